@@ -1,0 +1,76 @@
+/*
+ * CTidemark: the thin C shim under Tidemark. It holds only what Swift cannot
+ * do directly: ioctl request numbers and variadic ioctl/open calls, the
+ * libbpf object lifecycle (load, attach, pin) of the embedded tracer, atomic
+ * read-modify-write on words of a shared mmapped BPF map, the CRC32C
+ * instruction, and io_uring glue (liburing's API is mostly static inline).
+ * Every symbol is prefixed tm_. Only the TidemarkSystem target imports it.
+ */
+#ifndef CTIDEMARK_H
+#define CTIDEMARK_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "tidemark_tracer_abi.h"
+
+/* ---- block device ioctls (Swift cannot import the _IO* macros) ---- */
+/* Size of a block device in bytes (BLKGETSIZE64). Returns 0 or -errno. */
+int tm_blk_size_bytes(int fd, uint64_t *out);
+/* Logical sector size (BLKSSZGET). Returns 0 or -errno. */
+int tm_blk_logical_sector_size(int fd, uint32_t *out);
+/* Zero a byte range of a block device (BLKZEROOUT). Returns 0 or -errno. */
+int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
+/* open(2) is variadic in C; Swift imports it only through Glibc overlays
+ * that lack O_DIRECT. Returns fd or -errno. */
+int tm_open(const char *path, int flags, mode_t mode);
+extern const int tm_O_DIRECT;
+/* flock(LOCK_EX|LOCK_NB): Swift resolves `flock` to the struct of the same
+ * name. Returns 0 or -errno. */
+int tm_flock_exclusive_nb(int fd);
+/* fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE). 0 or -errno. */
+int tm_punch_hole(int fd, uint64_t offset, uint64_t length);
+
+/* ---- atomics on shared memory (Swift's Atomic needs storage it owns) ---- */
+static inline uint64_t tm_atomic_load_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+/* Clears the bits of mask in *p and returns the previous value. */
+static inline uint64_t tm_atomic_fetch_and_u64(uint64_t *p, uint64_t mask) {
+    return __atomic_fetch_and(p, mask, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t tm_atomic_fetch_or_u64(uint64_t *p, uint64_t mask) {
+    return __atomic_fetch_or(p, mask, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t tm_atomic_exchange_u64(uint64_t *p, uint64_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
+/* Index of the first non-zero word in [p, p+n), or n. Vectorized by the C
+ * compiler; this is the hot loop of draining a mostly clean bitmap. */
+size_t tm_find_nonzero_word(const uint64_t *p, size_t n);
+
+/* ---- CRC32C (Castagnoli), hardware instruction when present ---- */
+uint32_t tm_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* ---- the tracer (libbpf) ---- */
+struct tm_tracer_fds {
+    int disks_fd;      /* tm_disks: whole dev_t -> struct tm_disk */
+    int bitmaps_fd;    /* tm_bitmaps: slot -> inner bitmap map */
+    int slot_state_fd; /* tm_slot_state (mmapable) */
+    int slot_info_fd;  /* tm_slot_info */
+};
+/* Loads the embedded tracer, attaches it to block:block_rq_complete and pins
+ * maps and link under pin_dir (which must exist). If pin_dir already holds a
+ * link, nothing is loaded. Returns 0 or -errno; errbuf gets a message. */
+int tm_tracer_load_and_pin(const char *pin_dir, char *errbuf, size_t errlen);
+/* Creates an mmapable inner bitmap map of nr_words 64-bit words. fd or -errno. */
+int tm_tracer_create_bitmap(uint32_t nr_words, char *errbuf, size_t errlen);
+/* Silences or restores libbpf's own stderr output. */
+void tm_libbpf_quiet(int quiet);
+
+/* io_uring glue lives in its own header. */
+#include "tm_uring.h"
+
+#endif

@@ -1,0 +1,64 @@
+/*
+ * Tidemark tracer ABI: the layout of the BPF maps shared between the eBPF
+ * program (CSources/bpf/tracer.bpf.c) and the agent. Plain fixed-width C
+ * types only, so both the BPF target and the host compiler agree on the
+ * layout. Changing anything here changes TM_TRACER_ABI_VERSION.
+ */
+#ifndef TIDEMARK_TRACER_ABI_H
+#define TIDEMARK_TRACER_ABI_H
+
+#define TM_TRACER_ABI_VERSION 1u
+
+/* Maximum number of tracked regions (disks or partitions) on one host. */
+#define TM_MAX_SLOTS 64u
+/* Maximum number of tracked regions that share one whole disk. */
+#define TM_MAX_REGIONS_PER_DISK 4u
+/* The longest run of full bitmap words one event may set with bpf_loop.
+ * 2^23 is the kernel's limit for bpf_loop iterations (BPF_MAX_LOOPS).
+ * A longer run sets the slot's overflow flag instead, which the agent
+ * answers by marking the whole region dirty: never fewer bits. */
+#define TM_MAX_WORDS_PER_EVENT (1u << 23)
+
+/* One tracked region of a whole disk, in 512-byte sectors relative to the
+ * start of the whole disk (a partition's /sys/class/block/<part>/start). */
+struct tm_region {
+    unsigned long long start_sector;
+    unsigned long long nr_sectors;
+    unsigned long long nr_chunks;
+    unsigned int slot;               /* index into tm_bitmaps / tm_slot_state */
+    unsigned int chunk_shift;        /* log2(chunk size in sectors) */
+};
+
+/* Value of tm_disks, keyed by the whole disk's kernel dev_t
+ * (major << 20 | minor). */
+struct tm_disk {
+    unsigned int nr_regions;
+    unsigned int pad;
+    struct tm_region regions[TM_MAX_REGIONS_PER_DISK];
+};
+
+/* Value of tm_slot_state (mmapable array indexed by slot): counters and the
+ * overflow flag written by the BPF program with atomic operations. */
+struct tm_slot_state {
+    unsigned long long overflow;     /* non-zero: mark the whole region dirty */
+    unsigned long long events;       /* write/discard completions that touched the region */
+    unsigned long long lookup_misses;/* bitmap word lookups that failed (must stay 0) */
+    unsigned long long reserved;
+};
+
+/* Value of tm_slot_info (array indexed by slot), written only by agents:
+ * who owns the slot, so a second agent or the debug tool can find it. */
+#define TM_PATH_MAX 256u
+struct tm_slot_info {
+    unsigned int in_use;
+    unsigned int whole_dev;          /* kernel dev_t of the whole disk */
+    unsigned int region_dev;         /* kernel dev_t of the tracked device (partition or disk) */
+    unsigned int chunk_shift;
+    unsigned long long start_sector;
+    unsigned long long nr_sectors;
+    unsigned long long nr_chunks;
+    unsigned long long attached_unix_ns;
+    char hrl_path[TM_PATH_MAX];      /* absolute path of the owning .hrl file */
+};
+
+#endif

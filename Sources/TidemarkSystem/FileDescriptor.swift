@@ -1,0 +1,130 @@
+import CTidemark
+import Glibc
+
+/// An owned file descriptor, closed on deinit. The corresponding C calls are
+/// `open`, `pread`, `pwrite`, `fdatasync`, `close`.
+public final class FileDescriptor: @unchecked Sendable {
+    public let rawValue: Int32
+    public let path: String
+
+    public struct Flags: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let readOnly = Flags([])
+        public static let writeOnly = Flags(rawValue: O_WRONLY)
+        public static let readWrite = Flags(rawValue: O_RDWR)
+        public static let create = Flags(rawValue: O_CREAT)
+        public static let exclusive = Flags(rawValue: O_EXCL)
+        public static let truncate = Flags(rawValue: O_TRUNC)
+        public static let direct = Flags(rawValue: tm_O_DIRECT)
+        public static let noFollow = Flags(rawValue: O_NOFOLLOW)
+    }
+
+    public init(takingOwnershipOf fd: Int32, path: String) {
+        precondition(fd >= 0)
+        self.rawValue = fd
+        self.path = path
+    }
+
+    /// Opens `path`. The corresponding C function is `open` (with O_CLOEXEC).
+    public convenience init(open path: String, _ flags: Flags, mode: mode_t = 0o600, purpose: String = "opening") throws {
+        let fd = tm_open(path, flags.rawValue, mode)
+        if fd < 0 {
+            throw SystemError(call: "open", errno: -fd, context: "\(purpose) \(path)")
+        }
+        self.init(takingOwnershipOf: fd, path: path)
+    }
+
+    deinit { _ = Glibc.close(rawValue) }
+
+    /// Reads exactly `buffer.count` bytes at `offset`, or fewer only at end of file.
+    @discardableResult
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscall("pread", "reading \(path) at \(offset + UInt64(done))") {
+                Glibc.pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Writes all of `buffer` at `offset`.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscall("pwrite", "writing \(path) at \(offset + UInt64(done))") {
+                Glibc.pwrite(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            precondition(n > 0, "pwrite returned 0 for a non-empty buffer")
+            done += n
+        }
+    }
+
+    /// Makes written data durable. A failure here is fatal for the data
+    /// written since the last successful sync: callers must not retry and
+    /// trust it (the kernel may have dropped the dirty pages).
+    public func dataSync() throws {
+        _ = try syscall("fdatasync", "flushing \(path) to stable storage") { Glibc.fdatasync(rawValue) }
+    }
+
+    public func sync() throws {
+        _ = try syscall("fsync", "flushing \(path) to stable storage") { Glibc.fsync(rawValue) }
+    }
+
+    public func truncate(to size: UInt64) throws {
+        _ = try syscall("ftruncate", "resizing \(path) to \(size) bytes") { Glibc.ftruncate(rawValue, off_t(size)) }
+    }
+
+    public func stat() throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try syscall("fstat", "inspecting \(path)") { Glibc.fstat(rawValue, &st) }
+        return st
+    }
+
+    /// Takes an exclusive advisory lock without waiting; returns false if
+    /// another open file description holds it. The corresponding C call is
+    /// `flock(LOCK_EX|LOCK_NB)`.
+    public func tryLockExclusive() throws -> Bool {
+        while true {
+            let r = tm_flock_exclusive_nb(rawValue)
+            if r == 0 { return true }
+            let e = -r
+            if e == EINTR { continue }
+            if e == EWOULDBLOCK { return false }
+            throw SystemError(call: "flock", errno: e, context: "locking \(path)")
+        }
+    }
+
+    /// Punches a hole (keeps the size): the range reads back as zeros.
+    public func punchHole(at offset: UInt64, length: UInt64) throws {
+        try shimcall("fallocate(PUNCH_HOLE)", "deallocating \(length) bytes of \(path) at \(offset)") {
+            tm_punch_hole(rawValue, offset, length)
+        }
+    }
+}
+
+/// A page-aligned buffer, reused across I/Os (O_DIRECT needs alignment).
+public final class AlignedBuffer: @unchecked Sendable {
+    public let count: Int
+    public let alignment: Int
+    public let pointer: UnsafeMutableRawPointer
+
+    public init(count: Int, alignment: Int = 4096) {
+        precondition(count > 0 && alignment > 0 && alignment & (alignment - 1) == 0)
+        self.count = count
+        self.alignment = alignment
+        self.pointer = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: alignment)
+        self.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+    }
+
+    deinit { pointer.deallocate() }
+
+    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: count) }
+    public func slice(_ offset: Int, _ length: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(offset >= 0 && length >= 0 && offset + length <= count)
+        return UnsafeMutableRawBufferPointer(start: pointer + offset, count: length)
+    }
+}
