@@ -5,6 +5,10 @@
 #include <linux/falloc.h>
 #include <sys/ioctl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/mount.h>
+#include <sys/vfs.h>
+#include <sys/sysmacros.h>
 #include "CTidemark.h"
 
 const int tm_O_DIRECT = O_DIRECT;
@@ -49,4 +53,25 @@ size_t tm_find_nonzero_word(const uint64_t *p, size_t n) {
 
 int tm_flock_exclusive_nb(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : -errno;
+}
+
+int tm_stat(const char *path, struct stat *out) {
+    return stat(path, out) == 0 ? 0 : -errno;
+}
+
+unsigned int tm_dev_major(unsigned long long dev) { return major(dev); }
+unsigned int tm_dev_minor(unsigned long long dev) { return minor(dev); }
+
+int tm_flock(int fd, int op) {
+    return flock(fd, op) == 0 ? 0 : -errno;
+}
+
+int tm_mount_bpffs(const char *path) {
+    return mount("bpf", path, "bpf", 0, "mode=0700") == 0 ? 0 : -errno;
+}
+
+long long tm_statfs_type(const char *path) {
+    struct statfs s;
+    if (statfs(path, &s) != 0) return -errno;
+    return (long long)(unsigned long)s.f_type;
 }

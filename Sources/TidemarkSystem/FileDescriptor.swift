@@ -98,6 +98,13 @@ public final class FileDescriptor: @unchecked Sendable {
         }
     }
 
+    /// Zeroes a range of a block device (BLKZEROOUT).
+    public func zeroOut(offset: UInt64, length: UInt64) throws {
+        try shimcall("ioctl(BLKZEROOUT)", "zeroing \(length) bytes of \(path) at \(offset)") {
+            tm_blk_zeroout(rawValue, offset, length)
+        }
+    }
+
     /// Punches a hole (keeps the size): the range reads back as zeros.
     public func punchHole(at offset: UInt64, length: UInt64) throws {
         try shimcall("fallocate(PUNCH_HOLE)", "deallocating \(length) bytes of \(path) at \(offset)") {

@@ -27,9 +27,21 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
  * that lack O_DIRECT. Returns fd or -errno. */
 int tm_open(const char *path, int flags, mode_t mode);
 extern const int tm_O_DIRECT;
+/* stat(2): Swift resolves `stat` to the struct of the same name. 0 or -errno. */
+struct stat;
+int tm_stat(const char *path, struct stat *out);
+/* major()/minor() are macros. */
+unsigned int tm_dev_major(unsigned long long dev);
+unsigned int tm_dev_minor(unsigned long long dev);
 /* flock(LOCK_EX|LOCK_NB): Swift resolves `flock` to the struct of the same
  * name. Returns 0 or -errno. */
 int tm_flock_exclusive_nb(int fd);
+/* flock(fd, op) for any op (LOCK_EX, LOCK_UN...). 0 or -errno. */
+int tm_flock(int fd, int op);
+/* mount(2) of a bpf filesystem at path. 0 or -errno. */
+int tm_mount_bpffs(const char *path);
+/* statfs(2) f_type of path, or -errno. */
+long long tm_statfs_type(const char *path);
 /* fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE). 0 or -errno. */
 int tm_punch_hole(int fd, uint64_t offset, uint64_t length);
 

@@ -1,0 +1,429 @@
+import CTidemark
+import Glibc
+
+/// Where the tracer lives. Overridable for tests that must not disturb a
+/// production tracer (`TIDEMARK_BPF_PIN_DIR`, `TIDEMARK_RUN_DIR`).
+public enum TracerPaths {
+    public static let bpffs = "/sys/fs/bpf"
+    public static var pinDir: String {
+        SystemEnvironment.variables["TIDEMARK_BPF_PIN_DIR"] ?? "/sys/fs/bpf/tidemark"
+    }
+    public static var runDir: String {
+        SystemEnvironment.variables["TIDEMARK_RUN_DIR"] ?? "/run/tidemark"
+    }
+}
+
+/// What a slot of the pinned tracer is tracking, and for whom.
+public struct TrackedSlot: Sendable, Equatable {
+    public var slot: UInt32
+    public var wholeDev: UInt32
+    public var regionDev: UInt32
+    public var chunkShift: UInt32
+    public var startSector: UInt64
+    public var nrSectors: UInt64
+    public var nrChunks: UInt64
+    public var attachedUnixNs: UInt64
+    public var hrlPath: String
+
+    public var chunkSizeBytes: UInt32 { UInt32(512) << chunkShift }
+    public var nrWords: Int { Int((nrChunks + 63) / 64) }
+}
+
+/// The pinned eBPF tracer: the program on block:block_rq_complete, its maps,
+/// and one mmapable bitmap map per tracked region ("slot"), all pinned under
+/// `TracerPaths.pinDir` so tracking goes on while no agent runs. Changes to
+/// the slot tables are serialized host-wide by a lock file in the run dir.
+public final class Tracer: @unchecked Sendable {
+    let disksFD: Int32
+    let bitmapsFD: Int32
+    let slotStateFD: Int32
+    let slotInfoFD: Int32
+    public let pinDir: String
+
+    deinit {
+        for fd in [disksFD, bitmapsFD, slotStateFD, slotInfoFD] { _ = Glibc.close(fd) }
+    }
+
+    private init(pinDir: String, fds: [Int32]) {
+        self.pinDir = pinDir
+        (disksFD, bitmapsFD, slotStateFD, slotInfoFD) = (fds[0], fds[1], fds[2], fds[3])
+    }
+
+    /// True when a tracer is pinned (a link exists) on this host.
+    public static var isPinned: Bool { fileExists(TracerPaths.pinDir + "/link") }
+
+    /// Opens the pinned tracer, loading and pinning it first if `create` is
+    /// set and none is there. Returns nil if none is pinned and `create` is false.
+    public static func open(create: Bool) throws -> Tracer? {
+        let pinDir = TracerPaths.pinDir
+        if create {
+            try ensureBPFFilesystem()
+            try makeDirectories(pinDir, mode: 0o700)
+            try withHostLock {
+                tm_libbpf_quiet(1)
+                var err = [CChar](repeating: 0, count: 512)
+                let rc = tm_tracer_load_and_pin(pinDir, &err, err.count)
+                if rc != 0 {
+                    throw Tracer.loadError(errno: -rc, detail: String(cString: err))
+                }
+            }
+        } else if !fileExists(pinDir + "/link") {
+            return nil
+        }
+        var fds: [Int32] = []
+        for name in ["tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
+            let fd = bpf_obj_get(pinDir + "/" + name)
+            if fd < 0 {
+                let e = errno
+                fds.forEach { _ = Glibc.close($0) }
+                throw SystemError(call: "bpf(BPF_OBJ_GET)", errno: e, context: "opening the pinned tracer map \(pinDir)/\(name)")
+            }
+            fds.append(fd)
+        }
+        return Tracer(pinDir: pinDir, fds: fds)
+    }
+
+    static func loadError(errno e: Int32, detail: String) -> TidemarkError {
+        switch e {
+        case EPERM, EACCES:
+            return TidemarkError(.unsupported, "cannot load the eBPF tracer: \(detail)",
+                                 hint: "run the agent as root (it needs CAP_BPF and CAP_PERFMON)")
+        case ENOSYS, EOPNOTSUPP, EINVAL where !fileExists("/sys/kernel/btf/vmlinux"):
+            return TidemarkError(.unsupported, "this kernel cannot run the eBPF tracer: \(detail)",
+                                 hint: "Tidemark needs a kernel with CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF (/sys/kernel/btf/vmlinux) and tracepoints (5.17 or later)")
+        default:
+            return TidemarkError(.unsupported, "cannot load the eBPF tracer: \(detail)",
+                                 hint: "check `dmesg` and that /sys/kernel/btf/vmlinux exists; the kernel needs BPF, BTF and bpf_loop (5.17+)")
+        }
+    }
+
+    /// Mounts bpffs at /sys/fs/bpf when nothing of that type is there yet.
+    static func ensureBPFFilesystem() throws {
+        let bpfMagic: Int64 = 0xCAFE4A11
+        if tm_statfs_type(TracerPaths.bpffs) == bpfMagic { return }
+        let rc = tm_mount_bpffs(TracerPaths.bpffs)
+        if rc != 0 {
+            throw TidemarkError(.unsupported, "no BPF filesystem at \(TracerPaths.bpffs) and mounting one failed: \(String(cString: strerror(-rc)))",
+                                hint: "mount it: mount -t bpf bpf /sys/fs/bpf")
+        }
+    }
+
+    /// Runs `body` holding the host-wide tracer lock (blocking flock).
+    public static func withHostLock<T>(_ body: () throws -> T) throws -> T {
+        try makeDirectories(TracerPaths.runDir, mode: 0o700)
+        let lock = try FileDescriptor(open: TracerPaths.runDir + "/tracer.lock", [.readWrite, .create], purpose: "opening the tracer lock")
+        try shimcall("flock(LOCK_EX)", "locking \(lock.path)") { tm_flock(lock.rawValue, LOCK_EX) }
+        defer { _ = tm_flock(lock.rawValue, LOCK_UN) }
+        return try body()
+    }
+
+    // MARK: slots
+
+    /// Every slot in use.
+    public func slots() throws -> [TrackedSlot] {
+        var out: [TrackedSlot] = []
+        for slot in 0..<TM_MAX_SLOTS {
+            if let s = try slotInfo(UInt32(slot)) { out.append(s) }
+        }
+        return out
+    }
+
+    func slotInfo(_ slot: UInt32) throws -> TrackedSlot? {
+        var key = slot
+        var info = tm_slot_info()
+        _ = try syscall("bpf(BPF_MAP_LOOKUP_ELEM)", "reading tracer slot \(slot)") {
+            bpf_map_lookup_elem(slotInfoFD, &key, &info)
+        }
+        guard info.in_use != 0 else { return nil }
+        let path = withUnsafeBytes(of: &info.hrl_path) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return TrackedSlot(slot: slot, wholeDev: info.whole_dev, regionDev: info.region_dev, chunkShift: info.chunk_shift,
+                           startSector: info.start_sector, nrSectors: info.nr_sectors, nrChunks: info.nr_chunks,
+                           attachedUnixNs: info.attached_unix_ns, hrlPath: path)
+    }
+
+    /// The slot tracking `device`, if any.
+    public func slot(for device: BlockDeviceInfo) throws -> TrackedSlot? {
+        try slots().first { $0.regionDev == device.kernelDev }
+    }
+
+    public enum AttachOutcome: Sendable, Equatable {
+        /// A new slot: tracking starts now; earlier writes are unknown.
+        case attached(TrackedSlot)
+        /// The slot was already tracking this device for this .hrl: no write was missed.
+        case resumed(TrackedSlot)
+    }
+
+    /// Starts tracking `device` at `chunkSizeBytes` for the state file
+    /// `hrlPath`, or resumes the pinned slot that already does.
+    public func attach(_ device: BlockDeviceInfo, chunkSizeBytes: UInt32, hrlPath: String) throws -> AttachOutcome {
+        precondition(chunkSizeBytes >= 4096 && chunkSizeBytes <= 1 << 20 && chunkSizeBytes & (chunkSizeBytes - 1) == 0)
+        precondition(hrlPath.hasPrefix("/"), "hrlPath must be absolute")
+        return try Tracer.withHostLock {
+            if let existing = try slot(for: device) {
+                guard existing.hrlPath == hrlPath else {
+                    throw TidemarkError(.busy, "\(device.path) is already tracked by another agent (state file \(existing.hrlPath))",
+                                        hint: "use that agent's --state-dir, or stop it and run `tidemark-agent untrack --disk \(device.path) --state-dir <its dir>` first")
+                }
+                guard existing.chunkSizeBytes == chunkSizeBytes else {
+                    throw TidemarkError(.busy, "\(device.path) is tracked with chunk size \(existing.chunkSizeBytes) bytes, not \(chunkSizeBytes)",
+                                        hint: "keep --chunk-size \(existing.chunkSizeBytes), or untrack the disk first (this forces a resync)")
+                }
+                return .resumed(existing)
+            }
+            let used = try slots()
+            guard let free = (0..<UInt32(TM_MAX_SLOTS)).first(where: { s in !used.contains { $0.slot == s } }) else {
+                throw TidemarkError(.busy, "the tracer already tracks \(TM_MAX_SLOTS) devices, its maximum",
+                                    hint: "untrack a device you no longer protect")
+            }
+            let sameDisk = used.filter { $0.wholeDev == device.wholeKernelDev }
+            guard sameDisk.count < TM_MAX_REGIONS_PER_DISK else {
+                throw TidemarkError(.busy, "\(TM_MAX_REGIONS_PER_DISK) regions of this whole disk are already tracked, the maximum",
+                                    hint: "track the whole disk instead of its partitions")
+            }
+            let shift = UInt32((chunkSizeBytes / 512).trailingZeroBitCount)
+            let nrSectors = device.sizeBytes / 512
+            let nrChunks = (device.sizeBytes + UInt64(chunkSizeBytes) - 1) / UInt64(chunkSizeBytes)
+            let nrWords = max(1, (nrChunks + 63) / 64)
+            guard nrWords < UInt64(UInt32.max / 8) else {
+                throw TidemarkError(.invalidArgument, "\(device.path) is too large for chunk size \(chunkSizeBytes)",
+                                    hint: "use a larger --chunk-size")
+            }
+
+            // 1. The bitmap, pinned, and in the outer map before the region
+            //    exists: the program must never see a region without its bitmap.
+            var err = [CChar](repeating: 0, count: 256)
+            let mapFD = tm_tracer_create_bitmap(UInt32(nrWords), &err, err.count)
+            guard mapFD >= 0 else { throw SystemError(call: "bpf(BPF_MAP_CREATE)", errno: -mapFD, context: String(cString: err)) }
+            defer { _ = Glibc.close(mapFD) }
+            let pin = bitmapPinPath(free)
+            _ = Glibc.unlink(pin)
+            try shimcall("bpf(BPF_OBJ_PIN)", "pinning \(pin)") { Int32(bpf_obj_pin(mapFD, pin)) }
+            var key = free
+            var inner = mapFD
+            _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "installing the bitmap of slot \(free)") {
+                bpf_map_update_elem(bitmapsFD, &key, &inner, UInt64(BPF_ANY))
+            }
+            var state = tm_slot_state()
+            _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "resetting slot \(free) state") {
+                bpf_map_update_elem(slotStateFD, &key, &state, UInt64(BPF_ANY))
+            }
+            var info = tm_slot_info()
+            info.in_use = 1
+            info.whole_dev = device.wholeKernelDev
+            info.region_dev = device.kernelDev
+            info.chunk_shift = shift
+            info.start_sector = device.startSector
+            info.nr_sectors = nrSectors
+            info.nr_chunks = nrChunks
+            info.attached_unix_ns = UInt64(wallClockNanoseconds())
+            withUnsafeMutableBytes(of: &info.hrl_path) { raw in
+                let bytes = Array(hrlPath.utf8.prefix(Int(TM_PATH_MAX) - 1))
+                raw.copyBytes(from: bytes)
+            }
+            guard hrlPath.utf8.count < Int(TM_PATH_MAX) else {
+                throw TidemarkError(.invalidArgument, "state file path \(hrlPath) is longer than \(TM_PATH_MAX - 1) bytes",
+                                    hint: "use a shorter --state-dir")
+            }
+            _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "recording slot \(free)") {
+                bpf_map_update_elem(slotInfoFD, &key, &info, UInt64(BPF_ANY))
+            }
+            // 2. The region: from here on, completions are marked.
+            let slot = TrackedSlot(slot: free, wholeDev: device.wholeKernelDev, regionDev: device.kernelDev, chunkShift: shift,
+                                   startSector: device.startSector, nrSectors: nrSectors, nrChunks: nrChunks,
+                                   attachedUnixNs: info.attached_unix_ns, hrlPath: hrlPath)
+            try writeRegions(wholeDev: device.wholeKernelDev, slots: sameDisk + [slot])
+            return .attached(slot)
+        }
+    }
+
+    /// Stops tracking a slot and releases its bitmap. When no slot remains,
+    /// the whole tracer (program, link, maps) is unpinned and goes away.
+    public func detach(_ slot: TrackedSlot) throws {
+        try Tracer.withHostLock {
+            let others = try slots().filter { $0.wholeDev == slot.wholeDev && $0.slot != slot.slot }
+            try writeRegions(wholeDev: slot.wholeDev, slots: others)
+            var key = slot.slot
+            _ = bpf_map_delete_elem(bitmapsFD, &key)
+            var info = tm_slot_info()
+            _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "clearing slot \(slot.slot)") {
+                bpf_map_update_elem(slotInfoFD, &key, &info, UInt64(BPF_ANY))
+            }
+            _ = Glibc.unlink(bitmapPinPath(slot.slot))
+            if try slots().isEmpty {
+                for name in ["link", "tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
+                    _ = Glibc.unlink(pinDir + "/" + name)
+                }
+                _ = Glibc.rmdir(pinDir)
+            }
+        }
+    }
+
+    private func writeRegions(wholeDev: UInt32, slots: [TrackedSlot]) throws {
+        var key = wholeDev
+        if slots.isEmpty {
+            _ = bpf_map_delete_elem(disksFD, &key)
+            return
+        }
+        var disk = tm_disk()
+        disk.nr_regions = UInt32(slots.count)
+        withUnsafeMutableBytes(of: &disk.regions) { raw in
+            let regions = raw.bindMemory(to: tm_region.self)
+            for (i, s) in slots.enumerated() {
+                regions[i] = tm_region(start_sector: s.startSector, nr_sectors: s.nrSectors, nr_chunks: s.nrChunks,
+                                       slot: s.slot, chunk_shift: s.chunkShift)
+            }
+        }
+        _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "updating the tracked regions of disk \(wholeDev >> 20):\(wholeDev & 0xFFFFF)") {
+            bpf_map_update_elem(disksFD, &key, &disk, UInt64(BPF_ANY))
+        }
+    }
+
+    func bitmapPinPath(_ slot: UInt32) -> String { pinDir + "/bitmap-\(slot)" }
+
+    // MARK: memory maps
+
+    /// Maps a slot's bitmap into this process (shared with the kernel).
+    public func mapBitmap(_ slot: TrackedSlot, writable: Bool = true) throws -> MappedWords {
+        let fd = bpf_obj_get(bitmapPinPath(slot.slot))
+        guard fd >= 0 else {
+            throw SystemError(call: "bpf(BPF_OBJ_GET)", errno: errno, context: "opening the bitmap of slot \(slot.slot)")
+        }
+        defer { _ = Glibc.close(fd) }
+        return try MappedWords(fd: fd, count: max(1, slot.nrWords), writable: writable, what: "the bitmap of slot \(slot.slot)")
+    }
+
+    /// Maps the per-slot state array (overflow flags and counters).
+    public func mapSlotStates(writable: Bool = true) throws -> MappedWords {
+        let words = Int(TM_MAX_SLOTS) * MemoryLayout<tm_slot_state>.stride / 8
+        return try MappedWords(fd: slotStateFD, count: words, writable: writable, what: "the tracer slot states")
+    }
+}
+
+/// 64-bit words of a BPF array map, mapped shared with the kernel.
+public final class MappedWords: @unchecked Sendable {
+    public let base: UnsafeMutablePointer<UInt64>
+    public let count: Int
+    private let mappedBytes: Int
+
+    init(fd: Int32, count: Int, writable: Bool, what: String) throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = (count * 8 + page - 1) / page * page
+        let prot = writable ? (PROT_READ | PROT_WRITE) : PROT_READ
+        guard let p = mmap(nil, bytes, prot, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw SystemError(call: "mmap", errno: errno, context: "mapping \(what)")
+        }
+        self.base = p.bindMemory(to: UInt64.self, capacity: count)
+        self.count = count
+        self.mappedBytes = bytes
+    }
+
+    deinit { munmap(base, mappedBytes) }
+
+    public var buffer: UnsafeBufferPointer<UInt64> { UnsafeBufferPointer(start: base, count: count) }
+
+    @inline(__always) public func load(_ i: Int) -> UInt64 {
+        precondition(i >= 0 && i < count)
+        return tm_atomic_load_u64(base + i)
+    }
+    /// Atomically clears `mask` in word i; returns the previous value.
+    @inline(__always) @discardableResult public func clear(_ i: Int, _ mask: UInt64) -> UInt64 {
+        precondition(i >= 0 && i < count)
+        return tm_atomic_fetch_and_u64(base + i, ~mask)
+    }
+    /// Index of the first non-zero word at or after `from`, or `count`.
+    @inline(__always) public func nextNonZero(from: Int) -> Int {
+        from >= count ? count : from + tm_find_nonzero_word(base + from, count - from)
+    }
+}
+
+/// The live kernel bitmap of a tracked disk, for the debug tool.
+public struct LiveTrackingSnapshot: Sendable {
+    public var words: [UInt64]
+    public var overflow: Bool
+    public var chunkSizeBytes: UInt32
+    public var nrChunks: UInt64
+    public var devicePath: String
+}
+
+public enum LiveTracking {
+    /// The undrained bits of the disk whose state file is `path`, or nil if
+    /// no pinned tracer slot belongs to that file on this host.
+    public static func snapshot(forHRLPath path: String) throws -> LiveTrackingSnapshot? {
+        guard Tracer.isPinned, let abs = realpathString(path) else { return nil }
+        guard let tracer = try Tracer.open(create: false),
+              let slot = try tracer.slots().first(where: { $0.hrlPath == abs }) else { return nil }
+        let words = try tracer.mapBitmap(slot, writable: false)
+        let states = try tracer.mapSlotStates(writable: false)
+        let stride = MemoryLayout<tm_slot_state>.stride / 8
+        let overflow = states.load(Int(slot.slot) * stride) != 0
+        let copy = (0..<slot.nrWords).map { words.load($0) }
+        let dev = "/dev/block/\(slot.regionDev >> 20):\(slot.regionDev & 0xFFFFF)"
+        return LiveTrackingSnapshot(words: copy, overflow: overflow, chunkSizeBytes: slot.chunkSizeBytes,
+                                    nrChunks: slot.nrChunks, devicePath: dev)
+    }
+}
+
+public func wallClockNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// mkdir -p with a mode for the directories it creates.
+public func makeDirectories(_ path: String, mode: mode_t) throws {
+    var prefix = ""
+    for part in path.split(separator: "/") {
+        prefix += "/" + part
+        if Glibc.mkdir(prefix, mode) != 0 && errno != EEXIST {
+            throw SystemError(call: "mkdir", errno: errno, context: "creating directory \(prefix)")
+        }
+    }
+}
+
+public enum SystemEnvironment {
+    public static var variables: [String: String] {
+        var out: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        return out
+    }
+}
+
+/// One tracked slot as the agent drains it: the shared bitmap words and the
+/// slot's overflow flag.
+public final class SlotBitmap: @unchecked Sendable {
+    public let slot: TrackedSlot
+    public let words: MappedWords
+    private let states: MappedWords
+    private let stateIndex: Int
+
+    public init(tracer: Tracer, slot: TrackedSlot) throws {
+        self.slot = slot
+        self.words = try tracer.mapBitmap(slot)
+        self.states = try tracer.mapSlotStates()
+        self.stateIndex = Int(slot.slot) * (MemoryLayout<tm_slot_state>.stride / 8)
+    }
+
+    /// The program could not set some bits (a run longer than it may loop
+    /// over, or a failed lookup): the whole region must count as dirty.
+    public var overflowed: Bool { states.load(stateIndex) != 0 }
+    /// Clears the overflow flag. Call only after the whole region was made
+    /// dirty durably, and before any of it is read.
+    public func clearOverflow() { states.clear(stateIndex, ~0) }
+    /// Write/discard completions the program has seen for this slot.
+    public var events: UInt64 { states.load(stateIndex + 1) }
+    /// Failed bitmap lookups in the program (a bug if ever non-zero).
+    public var lookupMisses: UInt64 { states.load(stateIndex + 2) }
+}
