@@ -18,7 +18,9 @@ import TidemarkSystem
 ///
 /// A writable handle holds an exclusive `flock` on the file for its lifetime,
 /// so two agents never update the same file; read-only handles (the debug
-/// tool) take no lock and tolerate a concurrent writer page by page.
+/// tool) take no lock and tolerate a concurrent writer: their `header` is as
+/// of `open`, and every query re-reads both slots of each page, so it sees
+/// each page's latest complete version (not one instant across pages).
 ///
 /// `@unchecked Sendable`: the handle has mutable state and no lock of its
 /// own. The caller serializes access (the agent gives each disk's file to one
@@ -307,9 +309,13 @@ public final class TrackingFile: @unchecked Sendable {
         try commitHeader { $0.clearSeq += 1 }
     }
 
-    /// Number of dirty chunks (from the per-page counts: no I/O).
+    /// Number of dirty chunks: from the per-page counts, without I/O, for a
+    /// writable handle; a read-only handle re-reads every page.
     public func dirtyCount() throws -> UInt64 {
-        _ = try liveFD()
+        let fd = try liveFD()
+        if isReadOnly {
+            for page in pages.indices { try loadCurrent(page, into: scanBuffer, fd) }
+        }
         var n: UInt64 = 0
         for p in pages { n += UInt64(p.popcount) }
         return n
@@ -340,7 +346,7 @@ public final class TrackingFile: @unchecked Sendable {
         var page = 0
         while page < pages.count {
             defer { page += 1 }
-            if pages[page].popcount == 0 { continue }
+            if !mayHoldBits(page) { continue }
             try loadCurrent(page, into: scanBuffer, fd)
             runs.removeAll(keepingCapacity: true)
             if let p = pending { runs.append(p) }
@@ -359,7 +365,7 @@ public final class TrackingFile: @unchecked Sendable {
     public func dirtyWords() throws -> SparseWords {
         let fd = try liveFD()
         var out = SparseWords()
-        for page in pages.indices where pages[page].popcount != 0 {
+        for page in pages.indices where mayHoldBits(page) {
             try loadCurrent(page, into: scanBuffer, fd)
             withWords(scanBuffer, page: page) { w, first in
                 for k in 0..<w.count where w[k] != 0 { out.append(wordIndex: first + UInt64(k), bits: w[k]) }
@@ -373,7 +379,7 @@ public final class TrackingFile: @unchecked Sendable {
     public func readAllWords() throws -> [UInt64] {
         let fd = try liveFD()
         var out = [UInt64](repeating: 0, count: Int(header.wordCount))
-        for page in pages.indices where pages[page].popcount != 0 {
+        for page in pages.indices where mayHoldBits(page) {
             try loadCurrent(page, into: scanBuffer, fd)
             withWords(scanBuffer, page: page) { w, first in
                 for k in 0..<w.count { out[Int(first) + k] = w[k] }
@@ -480,18 +486,19 @@ public final class TrackingFile: @unchecked Sendable {
     }
 
     /// Reads the current copy of `page` into `buffer`. A writable handle owns
-    /// the file, so a mismatch with what it last wrote means someone else
-    /// changed it: corrupt. A read-only handle may race a writer that moved
-    /// on, so it looks for the current slot again.
+    /// the file, so it reads the slot it last wrote, and a mismatch means
+    /// someone else changed the file: corrupt. A read-only handle may race a
+    /// writer that moved on, so it reads both slots and takes the newest
+    /// valid one every time.
     private func loadCurrent(_ page: Int, into buffer: AlignedBuffer, _ fd: FileDescriptor) throws {
         let meta = pages[page]
-        try readSlot(page, Int(meta.slot), into: buffer, fd)
-        if case .valid(let seq, _) = HRLFormat.checkBitmapSlot(UnsafeRawBufferPointer(buffer.bytes), page: UInt64(page),
-                                                              slot: Int(meta.slot), context),
-           seq == meta.sequence {
-            return
-        }
-        guard isReadOnly else {
+        if !isReadOnly {
+            try readSlot(page, Int(meta.slot), into: buffer, fd)
+            if case .valid(let seq, _) = HRLFormat.checkBitmapSlot(UnsafeRawBufferPointer(buffer.bytes), page: UInt64(page),
+                                                                  slot: Int(meta.slot), context),
+               seq == meta.sequence {
+                return
+            }
             throw TrackingFileError(.corrupt, path: path,
                                     detail: "bitmap page \(page) slot \(HRLFormat.slotName(Int(meta.slot))) no longer holds sequence \(meta.sequence): the file was changed underneath this process")
         }
@@ -509,6 +516,12 @@ public final class TrackingFile: @unchecked Sendable {
         }
         if best.slot == 0 { try readSlot(page, 0, into: buffer, fd) }
         pages[page] = PageMeta(sequence: best.sequence, popcount: best.popcount, slot: UInt8(best.slot))
+    }
+
+    /// Whether a page must be read to find its bits: a writable handle knows
+    /// every page's count; a read-only one may be behind a concurrent writer.
+    private func mayHoldBits(_ page: Int) -> Bool {
+        isReadOnly || pages[page].popcount != 0
     }
 
     private func readSlot(_ page: Int, _ slot: Int, into buffer: AlignedBuffer, _ fd: FileDescriptor) throws {
