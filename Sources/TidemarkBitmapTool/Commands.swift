@@ -331,7 +331,18 @@ public enum BitmapTool {
             return CommandResult(output: out)
         }
         let n = report.problems.count
-        out = "\(path): \(n) problem\(n == 1 ? "" : "s") — the agent will not trust this file and will resync the disk\n"
+        var notTrackingFile = false
+        do {
+            _ = try TrackingFile.open(at: path, readOnly: true)
+        } catch let error as TrackingFileError {
+            notTrackingFile = error.kind == .notATrackingFile
+        } catch {}
+        if notTrackingFile {
+            out = "\(path): not a Tidemark tracking (.hrl) file — .hrl files live in the agent's state_dir "
+                + "(default /var/lib/tidemark), named <disk-id>.hrl\n"
+        } else {
+            out = "\(path): \(n) problem\(n == 1 ? "" : "s") — the agent will not trust this file and will resync the disk\n"
+        }
         for problem in report.problems { out += "  \(problem)\n" }
         for note in report.notes { out += "  note: \(note)\n" }
         return CommandResult(output: out, exitCode: ToolExit.problem)

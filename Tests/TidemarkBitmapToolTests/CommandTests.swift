@@ -254,7 +254,7 @@ private let chunk: UInt64 = 65536
 
         let r = BitmapTool.verify(path: p)
         #expect(r.exitCode == 1)
-        #expect(r.output.hasPrefix("\(p): "))
+        #expect(r.output.hasPrefix("\(p): 1 problem — the agent will not trust this file and will resync the disk\n"))
         #expect(r.output.contains("page 1"), "\(r.output)")
         #expect(!r.output.contains("page 0"), "\(r.output)")
 
@@ -270,7 +270,8 @@ private let chunk: UInt64 = 65536
         let p = try fx.write("notes.txt", Array(String(repeating: "hello, world\n", count: 700).utf8))
         let v = BitmapTool.verify(path: p)
         #expect(v.exitCode == 1)
-        #expect(v.output.hasPrefix("\(p): "))
+        #expect(v.output.hasPrefix("\(p): not a Tidemark tracking (.hrl) file — "))
+        #expect(v.output.contains("no .hrl magic"), "\(v.output)")
         for run in [BitmapTool.show(path: p, hrlOnly: true), BitmapTool.extents(path: p, hrlOnly: true),
                     BitmapTool.map(path: p, hrlOnly: true)] {
             #expect(run.exitCode == 1)
