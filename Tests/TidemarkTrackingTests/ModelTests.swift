@@ -61,7 +61,7 @@ import Testing
         var file = try makeFile(dir, "model.hrl")
         let nr = file.header.nrChunks
         var model = Set<UInt64>()
-        let operations = 1500
+        let operations = 2000
 
         func randomRun() -> (UInt64, UInt64) {
             // Biased toward page boundaries (multiples of 32_512) and the disk's end.

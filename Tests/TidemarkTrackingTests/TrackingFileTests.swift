@@ -19,6 +19,9 @@ import TidemarkSystem
         // Exactly one full page of words, then one word more.
         #expect(HRLFormat.layout(diskSizeBytes: 508 * 64 * 4096, chunkSizeBytes: 4096).bitmapPages == 1)
         #expect(HRLFormat.layout(diskSizeBytes: 508 * 64 * 4096 + 1, chunkSizeBytes: 4096).bitmapPages == 2)
+        // What stays in memory per bitmap page: 16 bytes per 4 KiB of bits, so a
+        // 16 TiB disk at 64 KiB chunks needs 8257 × 16 = 132 KiB (budget: 32 MiB).
+        #expect(MemoryLayout<TrackingFile.PageMeta>.stride == 16)
     }
 
     @Test func fieldValueTruncatesAtUTF8Boundary() {
