@@ -1,7 +1,6 @@
 import Foundation
 import Testing
 import TidemarkSystem
-import TidemarkTesting
 import TidemarkTracking
 @testable import TidemarkBitmapTool
 
@@ -10,7 +9,9 @@ final class Fixture {
     let dir: String
 
     init(_ tag: String = "bitmap-tool") throws {
-        dir = try TestEnv.tempDir(tag)
+        let base = ProcessInfo.processInfo.environment["TIDEMARK_TEST_TMP"] ?? NSTemporaryDirectory()
+        dir = (base as NSString).appendingPathComponent("tidemark-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
 
     deinit { try? FileManager.default.removeItem(atPath: dir) }
@@ -60,3 +61,39 @@ func extentPairs(_ value: Any?) -> [[UInt64]] {
 }
 
 func uint(_ value: Any?) -> UInt64? { (value as? NSNumber)?.uint64Value }
+
+/// The built `tidemark-bitmap` beside the test bundle (or in TIDEMARK_BIN_DIR), if there is one.
+func toolBinary() -> String? {
+    let dir: String
+    if let d = ProcessInfo.processInfo.environment["TIDEMARK_BIN_DIR"] {
+        dir = d
+    } else {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        dir = (exe as NSString).deletingLastPathComponent
+    }
+    let path = dir + "/tidemark-bitmap"
+    return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+}
+
+struct ToolRun {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs the tool to completion with its output captured.
+func runTool(_ binary: String, _ arguments: [String]) throws -> ToolRun {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Outputs are small; read both fully, then wait.
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return ToolRun(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                   stderr: String(decoding: stderr, as: UTF8.self))
+}

@@ -1,6 +1,5 @@
 import Foundation
 import Testing
-import TidemarkTesting
 import TidemarkTracking
 @testable import TidemarkBitmapTool
 
@@ -288,35 +287,30 @@ struct DecodedPNG {
 
 /// The executable itself: argument parsing and exit codes.
 @Suite struct Executable {
-    static var binary: String? {
-        let path = TestEnv.binary("tidemark-bitmap")
-        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
-    }
-
     @Test func exitCodes() throws {
-        guard let binary = Self.binary else {
+        guard let binary = toolBinary() else {
             print("SKIP: tidemark-bitmap is not built beside the test bundle")
             return
         }
         let fx = try Fixture()
         let hrl = try fx.hrl(dirty: [1, 2])
-        let ok = try run([binary, "verify", hrl])
+        let ok = try runTool(binary, ["verify", hrl])
         #expect(ok.status == 0)
         #expect(ok.stdout.hasPrefix("\(hrl): OK (format v1"))
-        let extents = try run([binary, "extents", hrl, "--hrl-only"])
+        let extents = try runTool(binary, ["extents", hrl, "--hrl-only"])
         #expect(extents.status == 0 && extents.stdout == "65536 131072 (chunks 1-2)\n")
-        let missing = try run([binary, "show", fx.path("gone.hrl")])
+        let missing = try runTool(binary, ["show", fx.path("gone.hrl")])
         #expect(missing.status == 2)
         #expect(missing.stderr.contains("gone.hrl: no such file"))
         #expect(!missing.stderr.contains("Fatal error"))
-        let usage = try run([binary, "map", hrl, "--width", "zero"])
+        let usage = try runTool(binary, ["map", hrl, "--width", "zero"])
         #expect(usage.status == 2)
-        let unknown = try run([binary, "frobnicate"])
+        let unknown = try runTool(binary, ["frobnicate"])
         #expect(unknown.status == 2)
-        let help = try run([binary, "--help"])
+        let help = try runTool(binary, ["--help"])
         #expect(help.status == 0 && help.stdout.contains("verify"))
         let junk = try fx.write("junk.hrl", [UInt8](repeating: 7, count: 9000))
-        let bad = try run([binary, "verify", junk])
+        let bad = try runTool(binary, ["verify", junk])
         #expect(bad.status == 1)
     }
 }
