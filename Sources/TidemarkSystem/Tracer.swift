@@ -319,6 +319,18 @@ public final class MappedWords: @unchecked Sendable {
         self.mappedBytes = bytes
     }
 
+    /// Private anonymous memory of the same shape, for benchmarks and tests.
+    public init(anonymousWordCount count: Int) throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = (count * 8 + page - 1) / page * page
+        guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            throw SystemError(call: "mmap", errno: errno, context: "allocating \(bytes) bytes")
+        }
+        self.base = p.bindMemory(to: UInt64.self, capacity: count)
+        self.count = count
+        self.mappedBytes = bytes
+    }
+
     deinit { munmap(base, mappedBytes) }
 
     public var buffer: UnsafeBufferPointer<UInt64> { UnsafeBufferPointer(start: base, count: count) }

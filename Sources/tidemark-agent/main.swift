@@ -1,1 +1,87 @@
-print("todo")
+import ArgumentParser
+import Glibc
+import TidemarkAgentCore
+import TidemarkSystem
+
+struct DiskOptions: ParsableArguments {
+    @Option(name: .customLong("disk"), help: "A block device to work on (repeatable).")
+    var disks: [String] = []
+
+    @Option(help: "Directory of the .hrl state files (default /var/lib/tidemark).")
+    var stateDir: String?
+
+    @Option(help: "Configuration file (default /etc/tidemark/agent.yaml, when it exists).")
+    var config: String?
+}
+
+struct Track: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Track writes to disks until SIGTERM/SIGINT; tracking stays pinned after exit.")
+    @OptionGroup var common: DiskOptions
+    @Option(help: "Chunk size, a power of two from 4k to 1m (default 64k).")
+    var chunkSize: String?
+
+    func run() throws {
+        try runReportingErrors {
+            try AgentCommands.track(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                          stateDir: common.stateDir, chunkSize: chunkSize))
+        }
+    }
+}
+
+struct Untrack: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop tracking disks; their .hrl files become resync-required.")
+    @OptionGroup var common: DiskOptions
+
+    func run() throws {
+        try runReportingErrors {
+            try AgentCommands.untrack(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                            stateDir: common.stateDir, chunkSize: nil))
+        }
+    }
+}
+
+struct MirrorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mirror",
+        abstract: "Keep a file or block device a continuous mirror of a disk.")
+    @OptionGroup var common: DiskOptions
+    @Option(help: "The mirror: a file (created sparse) or a block device at least as large.")
+    var to: String?
+    @Option(help: "Chunk size, a power of two from 4k to 1m (default 64k).")
+    var chunkSize: String?
+    @Flag(help: "Copy until the mirror is current, then exit 0.")
+    var once = false
+
+    func run() throws {
+        try runReportingErrors {
+            try AgentCommands.mirror(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                           stateDir: common.stateDir, chunkSize: chunkSize, mirrorTo: to),
+                                     once: once)
+        }
+    }
+}
+
+/// Operating errors end in one clear message and exit status 1, never a trace.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        let text = "tidemark-agent: error: \(error)\n"
+        _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+        throw ExitCode(1)
+    }
+}
+
+struct Agent: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tidemark-agent",
+        abstract: "Tidemark mobility agent: tracks changed disk chunks and replicates them.",
+        version: tidemarkVersion,
+        subcommands: [Track.self, Untrack.self, MirrorCommand.self])
+}
+
+Agent.main()

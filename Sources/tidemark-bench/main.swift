@@ -1,1 +1,91 @@
-print("todo")
+import ArgumentParser
+import Glibc
+import TidemarkAgentCore
+import TidemarkSystem
+import TidemarkTracking
+
+/// Benchmarks that run in-process. The device-level ones (fio references,
+/// mirror first copy, tracer write-path cost) are in scripts/bench.sh, which
+/// calls this for the bitmap figures. Results go to BENCHMARKS.md by hand,
+/// with the command that produced them.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tidemark-bench",
+        abstract: "Tidemark in-process benchmarks.",
+        subcommands: [ScanBench.self])
+}
+
+struct ScanBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scan",
+        abstract: "Drain and list the extents of a bitmap (default: 16 TiB at 64 KiB chunks, 1% dirty).")
+    @Option(help: "Disk size covered by the bitmap, in TiB.") var diskTiB: UInt64 = 16
+    @Option(help: "Chunk size in KiB.") var chunkKiB: UInt64 = 64
+    @Option(help: "Fraction of chunks dirty, in percent.") var dirtyPercent: Double = 1
+    @Option(help: "Dirty layout: clustered (1 MiB runs) or scattered (single chunks).") var layout: String = "clustered"
+    @Option(help: "Repetitions; the median is reported.") var repeats: Int = 7
+
+    func run() throws {
+        let nrChunks = diskTiB << 40 / (chunkKiB << 10)
+        let nrWords = Int((nrChunks + 63) / 64)
+        let words = try MappedWords(anonymousWordCount: nrWords)
+        let bitmapBytes = Double(nrWords * 8)
+        var rng = SplitMix64(seed: 42)
+        var drainTimes: [Double] = [], listTimes: [Double] = [], dirtySeen: UInt64 = 0, extentsSeen = 0
+        for _ in 0..<repeats {
+            fill(words, nrChunks: nrChunks, rng: &rng)
+            var t0 = monotonicNanoseconds()
+            let sparse = DrainScan.snapshot(words)
+            var extents: [ChunkExtent] = []
+            extents.reserveCapacity(1 << 16)
+            // Listing runs over the same words the drain saw (before clearing).
+            let t1 = monotonicNanoseconds()
+            BitmapScan.extents(words.buffer, nrChunks: nrChunks, into: &extents)
+            let t2 = monotonicNanoseconds()
+            DrainScan.clear(words, sparse)
+            let t3 = monotonicNanoseconds()
+            drainTimes.append(Double((t1 - t0) + (t3 - t2)) / 1e9)
+            listTimes.append(Double(t2 - t1) / 1e9)
+            dirtySeen = sparse.popcount
+            extentsSeen = extents.count
+            t0 = 0
+            precondition(words.nextNonZero(from: 0) == words.count, "drain left bits behind")
+        }
+        let drain = median(drainTimes), list = median(listTimes)
+        print("bitmap: \(diskTiB) TiB at \(chunkKiB) KiB chunks = \(nrWords * 8 >> 20) MiB of bits; \(layout) \(dirtyPercent)% dirty = \(dirtySeen) chunks in \(extentsSeen) extents")
+        print("drain (snapshot + clear): \(fmt(drain * 1e3)) ms = \(fmt(bitmapBytes / drain / 1e9)) GB/s of bitmap")
+        print("list extents:             \(fmt(list * 1e3)) ms = \(fmt(bitmapBytes / list / 1e9)) GB/s of bitmap")
+        print("drain + list:             \(fmt((drain + list) * 1e3)) ms = \(fmt(bitmapBytes / (drain + list) / 1e9)) GB/s of bitmap")
+    }
+
+    func fill(_ w: MappedWords, nrChunks: UInt64, rng: inout SplitMix64) {
+        let target = UInt64(Double(nrChunks) * dirtyPercent / 100)
+        var set: UInt64 = 0
+        let run: UInt64 = layout == "clustered" ? max(1, (1 << 20) / (chunkKiB << 10)) : 1
+        while set < target {
+            let start = rng.next() % (nrChunks - run)
+            for c in start..<start + run {
+                let before = w.base[Int(c / 64)]
+                w.base[Int(c / 64)] = before | (1 << (c % 64))
+                if before & (1 << (c % 64)) == 0 { set += 1 }
+            }
+        }
+    }
+}
+
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+}
+
+func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+func fmt(_ x: Double) -> String { String(Double(Int(x * 100)) / 100) }
+
+Bench.main()

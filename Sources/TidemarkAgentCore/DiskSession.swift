@@ -1,0 +1,222 @@
+import Glibc
+import TidemarkSystem
+import TidemarkTracking
+
+/// One protected disk in this agent: the device, its `.hrl`, its slot in the
+/// pinned tracer, and the drain from the kernel map into the `.hrl`.
+///
+/// Invariant kept here (DESIGN.md, "The .hrl file"): at every instant, each
+/// chunk written since the last commit is dirty in the kernel map, in the
+/// `.hrl`, or both. So a drain never clears a kernel bit before the `.hrl`
+/// holding it is durable: it snapshots the words, persists them
+/// (write + fdatasync), and only then clears exactly those bits with an
+/// atomic AND-NOT. A write completing meanwhile sets its bit again (or it was
+/// still set and stays), and is drained next time.
+public final class DiskSession {
+    public let device: BlockDeviceInfo
+    public let hrl: TrackingFile
+    public let tracer: Tracer
+    public let slot: TrackedSlot
+    public let bitmap: SlotBitmap
+    /// What happened at start, for logs and tests.
+    public let startNote: String
+    private let deviceLock: FileDescriptor
+
+    public struct DrainResult: Sendable {
+        /// Chunks newly drained from the kernel (bits set in the kernel map).
+        public var chunks: UInt64
+        public var overflowed: Bool
+    }
+
+    private init(device: BlockDeviceInfo, hrl: TrackingFile, tracer: Tracer, slot: TrackedSlot,
+                 bitmap: SlotBitmap, startNote: String, deviceLock: FileDescriptor) {
+        self.device = device; self.hrl = hrl; self.tracer = tracer; self.slot = slot
+        self.bitmap = bitmap; self.startNote = startNote; self.deviceLock = deviceLock
+    }
+
+    /// The state file of `device` in `stateDir`.
+    public static func hrlPath(stateDir: String, device: BlockDeviceInfo) -> String {
+        stateDir + "/" + device.kernelName + ".hrl"
+    }
+
+    /// Takes the per-device agent lock (one agent per device on a host).
+    static func lockDevice(_ device: BlockDeviceInfo) throws -> FileDescriptor {
+        try makeDirectories(TracerPaths.runDir, mode: 0o700)
+        let path = TracerPaths.runDir + "/dev-\(device.major)-\(device.minor).lock"
+        let fd = try FileDescriptor(open: path, [.readWrite, .create], purpose: "opening the device lock")
+        guard try fd.tryLockExclusive() else {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = (try? buf.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
+            let pid = String(decoding: buf[0..<n], as: UTF8.self).trimmingWhitespace()
+            throw TidemarkError(.busy, "\(device.path) is already being tracked by another agent process (pid \(pid.isEmpty ? "?" : pid))",
+                                hint: "stop that agent first (kill -TERM \(pid.isEmpty ? "<pid>" : pid)); tracking stays pinned while it is stopped")
+        }
+        try fd.truncate(to: 0)
+        let pid = Array("\(getpid())\n".utf8)
+        try pid.withUnsafeBytes { try fd.write($0, at: 0) }
+        return fd
+    }
+
+    /// Opens (or creates) the disk's state, reconciles it with the pinned
+    /// tracer, and starts or resumes tracking. Everything that makes the
+    /// `.hrl` untrustworthy is recorded in it as `resync-required`.
+    public static func open(devicePath: String, stateDir: String, chunkSizeBytes: UInt32) throws -> DiskSession {
+        let device = try BlockDeviceInfo.inspect(devicePath)
+        try makeDirectories(stateDir, mode: 0o700)
+        guard let stateDirAbs = realpathString(stateDir) else {
+            throw TidemarkError(.notFound, "state directory \(stateDir) cannot be resolved")
+        }
+        let lock = try lockDevice(device)
+        let hrlPath = hrlPath(stateDir: stateDirAbs, device: device)
+        guard let tracer = try Tracer.open(create: true) else {
+            throw TidemarkError(.state, "the tracer could not be opened after loading it")
+        }
+        var existing = try tracer.slot(for: device)
+        if let e = existing {
+            if e.hrlPath != hrlPath {
+                throw TidemarkError(.busy, "\(device.path) is already tracked by another agent (state file \(e.hrlPath))",
+                                    hint: "use --state-dir \(parentDirectory(e.hrlPath)), or run `tidemark-agent untrack --disk \(device.path) --state-dir \(parentDirectory(e.hrlPath))` first")
+            }
+            if e.chunkSizeBytes != chunkSizeBytes {
+                throw TidemarkError(.busy, "\(device.path) is tracked with chunk size \(e.chunkSizeBytes) bytes, not \(chunkSizeBytes)",
+                                    hint: "pass --chunk-size \(e.chunkSizeBytes), or untrack the disk first (that forces a resync)")
+            }
+        }
+
+        let identity = DiskIdentity(diskID: device.kernelName, identity: device.identity, sizeBytes: device.sizeBytes)
+        var notes: [String] = []
+        var hrl: TrackingFile?
+        var resync: (ResyncReason, String)?
+        if !fileExists(hrlPath) {
+            resync = existing != nil
+                ? (.trackingFileMissing, "the tracking file was missing while the tracer was attached")
+                : (.neverSynchronized, "first tracking of this disk: no earlier state")
+        } else {
+            do {
+                let f = try TrackingFile.open(at: hrlPath)
+                let h = f.header
+                if h.diskSizeBytes != device.sizeBytes {
+                    resync = (.diskSizeChanged, "disk size changed from \(h.diskSizeBytes) to \(device.sizeBytes) bytes")
+                } else if h.diskIdentity != device.identity {
+                    resync = (.diskIdentityChanged, "disk identity changed from '\(h.diskIdentity)' to '\(device.identity)'")
+                } else if h.chunkSizeBytes != chunkSizeBytes {
+                    resync = (.chunkSizeChanged, "chunk size changed from \(h.chunkSizeBytes) to \(chunkSizeBytes) bytes")
+                } else {
+                    hrl = f
+                }
+            } catch let e as TrackingFileError {
+                let aside = hrlPath + ".corrupt-\(wallClockNanoseconds() / 1_000_000_000)"
+                _ = Glibc.rename(hrlPath, aside)
+                notes.append("kept the untrusted file as \(aside)")
+                resync = (.trackingFileCorrupt, e.detail)
+            }
+        }
+        if let (reason, text) = resync {
+            Log.warning("\(device.path): resync required (\(reason)): \(text)")
+            notes.append("resync-required: \(reason): \(text)")
+            if let e = existing, e.nrSectors != device.sizeBytes / 512 {
+                // The pinned slot was sized for the old disk: replace it.
+                try tracer.detach(e)
+                existing = nil
+            }
+            hrl = try TrackingFile.create(at: hrlPath, identity: identity, chunkSizeBytes: chunkSizeBytes,
+                                          state: .resyncRequired, reason: reason, reasonText: text)
+        }
+        let file = hrl!
+
+        let outcome = try tracer.attach(device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
+        let slot: TrackedSlot
+        switch outcome {
+        case .resumed(let s):
+            slot = s
+            notes.append("resumed pinned tracking (slot \(s.slot))")
+            if file.header.state == .clean { try file.setState(.tracking, reason: .none, text: "") }
+        case .attached(let s):
+            slot = s
+            notes.append("attached the tracer (slot \(s.slot))")
+            switch file.header.state {
+            case .tracking:
+                // The .hrl says we were tracking, but no tracer was: writes went unseen.
+                let rebooted = file.header.bootID != TrackingFile.bootID()
+                let reason: ResyncReason = rebooted ? .uncleanShutdown : .tracerDetached
+                let text = rebooted
+                    ? "the host rebooted while the disk was tracked (boot id \(file.header.bootID) → \(TrackingFile.bootID())); writes during the outage are unknown"
+                    : "the tracer was detached while the state file said tracking; writes in between are unknown"
+                Log.warning("\(device.path): resync required (\(reason)): \(text)")
+                notes.append("resync-required: \(reason): \(text)")
+                try file.setState(.resyncRequired, reason: reason, text: text)
+            case .clean:
+                try file.setState(.tracking, reason: .none, text: "")
+            case .resyncRequired:
+                break
+            }
+        }
+        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
+                           startNote: notes.joined(separator: "; "), deviceLock: lock)
+    }
+
+    /// Moves every set bit of the kernel map into the `.hrl`, durably, then
+    /// clears those bits in the kernel map. See the type's comment for why
+    /// the order is what it is.
+    @discardableResult
+    public func drain() throws -> DrainResult {
+        let words = bitmap.words
+        let overflow = bitmap.overflowed
+        let sparse = DrainScan.snapshot(words)
+        if overflow {
+            Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty")
+            try hrl.markAllDirty()
+        }
+        if !sparse.isEmpty { try hrl.persistSet(sparse) }
+        // Durable now: the kernel copies of exactly these bits may go.
+        DrainScan.clear(words, sparse)
+        if overflow { bitmap.clearOverflow() }
+        return DrainResult(chunks: sparse.popcount, overflowed: overflow)
+    }
+
+    /// Stops tracking: a last drain, then the slot is released and the state
+    /// file records that writes from now on are not tracked.
+    public func detachAndRecord() throws {
+        try drain()
+        try tracer.detach(slot)
+        try hrl.setState(.resyncRequired, reason: .tracerDetached,
+                         text: "untracked by the operator; writes after that are not tracked")
+    }
+}
+
+func parentDirectory(_ path: String) -> String {
+    guard let i = path.lastIndex(of: "/") else { return "." }
+    return i == path.startIndex ? "/" : String(path[..<i])
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// The two halves of a drain that touch the shared kernel words; the
+/// benchmark measures exactly these.
+public enum DrainScan {
+    /// Every non-zero word, read without changing it.
+    public static func snapshot(_ words: MappedWords) -> SparseWords {
+        var sparse = SparseWords()
+        var i = words.nextNonZero(from: 0)
+        while i < words.count {
+            let v = words.load(i)
+            if v != 0 { sparse.append(wordIndex: UInt64(i), bits: v) }
+            i = words.nextNonZero(from: i + 1)
+        }
+        return sparse
+    }
+
+    /// Clears exactly the snapshot's bits (atomic AND-NOT): bits set since
+    /// the snapshot survive.
+    public static func clear(_ words: MappedWords, _ sparse: SparseWords) {
+        for e in sparse.entries { words.clear(Int(e.wordIndex), e.bits) }
+    }
+}

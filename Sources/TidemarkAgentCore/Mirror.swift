@@ -1,0 +1,251 @@
+import Glibc
+import TidemarkSystem
+import TidemarkTracking
+
+/// Where a mirror is written: a regular file (made sparse on a full copy) or
+/// a block device at least as large as the source.
+public final class MirrorTarget {
+    public let path: String
+    public let fd: FileDescriptor
+    public let isBlockDevice: Bool
+    /// Names this target in the `.hrl` (target_id): a different target means a full copy.
+    public let identity: String
+
+    public init(path: String, sourceSizeBytes: UInt64) throws {
+        self.path = path
+        if let dev = try? BlockDeviceInfo.inspect(path) {
+            guard dev.sizeBytes >= sourceSizeBytes else {
+                throw TidemarkError(.invalidArgument, "mirror target \(path) holds \(dev.sizeBytes) bytes; the source needs \(sourceSizeBytes)",
+                                    hint: "use a larger device, or a file path")
+            }
+            fd = try FileDescriptor(open: path, .readWrite, purpose: "opening the mirror target")
+            isBlockDevice = true
+            identity = "blockdev:\(dev.identity)"
+        } else {
+            let dir = parentDirectory(path)
+            guard fileExists(dir) else {
+                throw TidemarkError(.notFound, "the directory of mirror target \(path) does not exist",
+                                    hint: "create \(dir) first")
+            }
+            fd = try FileDescriptor(open: path, [.readWrite, .create], mode: 0o600, purpose: "opening the mirror target")
+            let st = try fd.stat()
+            guard (st.st_mode & S_IFMT) == S_IFREG else {
+                throw TidemarkError(.invalidArgument, "mirror target \(path) is neither a regular file nor a block device")
+            }
+            isBlockDevice = false
+            identity = "file:\(realpathString(path) ?? path);ino=\(st.st_ino)"
+        }
+    }
+
+    /// Before a full copy: a file becomes all holes of the source's size, so
+    /// zero chunks need no write at all.
+    func prepareForFullCopy(sizeBytes: UInt64) throws {
+        if !isBlockDevice {
+            try fd.truncate(to: 0)
+            try fd.truncate(to: sizeBytes)
+        }
+    }
+
+    /// Makes a range read as zeros: a hole in a file, BLKZEROOUT on a device.
+    func zero(offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { return }
+        if isBlockDevice {
+            try fd.zeroOut(offset: offset, length: length)
+        } else {
+            try fd.punchHole(at: offset, length: length)
+        }
+    }
+}
+
+/// Keeps a target a continuous mirror of a tracked disk.
+public final class Mirror {
+    public let session: DiskSession
+    public let target: MirrorTarget
+    let reader: ChunkReader
+    let chunkBytes: UInt64
+
+    public struct Stats: Sendable, Equatable {
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        public var zeroChunksSkipped: UInt64 = 0
+        public var chunksCopied: UInt64 = 0
+    }
+    public private(set) var stats = Stats()
+
+    public init(session: DiskSession, targetPath: String, readOptions: ChunkReaderOptions? = nil) throws {
+        self.session = session
+        self.chunkBytes = UInt64(session.hrl.header.chunkSizeBytes)
+        self.target = try MirrorTarget(path: targetPath, sourceSizeBytes: session.device.sizeBytes)
+        var options = readOptions ?? ChunkReaderOptions()
+        if readOptions == nil {
+            options.queueDepth = Limits.readQueueDepth
+            options.maxRequestBytes = Limits.readRequestBytesMax
+        }
+        self.reader = try ChunkReader(path: session.device.path, options: options) { Log.warning($0) }
+        if let why = reader.fallbackReason { Log.warning("\(session.device.path): reading without io_uring/O_DIRECT: \(why)") }
+    }
+
+    /// True when the target does not hold a consistent copy to build on.
+    public var needsFullCopy: Bool {
+        let h = session.hrl.header
+        return h.state == .resyncRequired || h.targetID != target.identity
+    }
+
+    /// Copies the whole disk, skipping zero chunks, then marks the mirror
+    /// current as of the copy's start. Writes during the copy stay in the
+    /// kernel map and are copied by the next delta cycle.
+    public func fullCopy() throws {
+        let size = session.device.sizeBytes
+        try session.drain()
+        // The copy is only trusted once complete: until then the state stays
+        // resync-required (or becomes it, if the target changed).
+        if session.hrl.header.state != .resyncRequired {
+            try session.hrl.setState(.resyncRequired, reason: .targetChanged, text: "full copy to \(target.path) in progress")
+        }
+        try session.hrl.setTargetID("")
+        try target.prepareForFullCopy(sizeBytes: size)
+        let chunk = Int(chunkBytes)
+        var pendingZero: (UInt64, UInt64)? = nil // only for block-device targets
+        try reader.read([ByteExtent(offset: 0, length: size)]) { offset, bytes in
+            stats.bytesRead += UInt64(bytes.count)
+            var pos = 0
+            var runStart = -1
+            func flushRun(_ end: Int) throws {
+                if runStart >= 0 {
+                    try target.fd.write(UnsafeRawBufferPointer(rebasing: bytes[runStart..<end]), at: offset + UInt64(runStart))
+                    stats.bytesWritten += UInt64(end - runStart)
+                    runStart = -1
+                }
+            }
+            while pos < bytes.count {
+                let n = min(chunk, bytes.count - pos)
+                let piece = UnsafeRawBufferPointer(rebasing: bytes[pos..<pos + n])
+                if isAllZero(piece) {
+                    try flushRun(pos)
+                    stats.zeroChunksSkipped += 1
+                    if target.isBlockDevice {
+                        let at = offset + UInt64(pos)
+                        if let (s, l) = pendingZero, s + l == at { pendingZero = (s, l + UInt64(n)) } else {
+                            if let (s, l) = pendingZero { try target.zero(offset: s, length: l) }
+                            pendingZero = (at, UInt64(n))
+                        }
+                    }
+                } else {
+                    if runStart < 0 { runStart = pos }
+                    stats.chunksCopied += 1
+                }
+                pos += n
+            }
+            try flushRun(bytes.count)
+        }
+        if let (s, l) = pendingZero { try target.zero(offset: s, length: l) }
+        try target.fd.dataSync()
+        // No drain ran during the copy, so the .hrl holds exactly the bits from
+        // before it began: all covered by the copy.
+        try session.hrl.clearAll()
+        try session.hrl.setTargetID(target.identity)
+        try session.hrl.setState(.tracking, reason: .none, text: "")
+        Log.info("\(session.device.path): full copy to \(target.path) done: \(stats.bytesWritten) bytes written, \(stats.zeroChunksSkipped) zero chunks skipped")
+    }
+
+    private struct StopIteration: Error {}
+
+    /// One delta cycle: drain, copy up to `Limits.mirrorCycleBytesMax` of
+    /// dirty chunks, sync the target, clear those bits. Returns the chunks
+    /// drained from the kernel and the chunks copied.
+    @discardableResult
+    public func deltaCycle() throws -> (drained: UInt64, copied: UInt64) {
+        let drained = try session.drain().chunks
+        var extents: [ChunkExtent] = []
+        var bytes: UInt64 = 0
+        let maxChunks = max(1, Limits.mirrorCycleBytesMax / chunkBytes)
+        do {
+            try session.hrl.forEachDirtyExtent(maxChunksPerExtent: maxChunks) { e in
+                extents.append(e)
+                bytes += e.chunkCount * chunkBytes
+                if bytes >= Limits.mirrorCycleBytesMax { throw StopIteration() }
+            }
+        } catch is StopIteration {}
+        guard !extents.isEmpty else { return (drained, 0) }
+        let size = session.device.sizeBytes
+        let byteExtents = extents.map { e -> ByteExtent in
+            let off = e.firstChunk * chunkBytes
+            return ByteExtent(offset: off, length: min(e.chunkCount * chunkBytes, size - off))
+        }
+        try reader.read(byteExtents) { offset, data in
+            stats.bytesRead += UInt64(data.count)
+            try target.fd.write(data, at: offset)
+            stats.bytesWritten += UInt64(data.count)
+        }
+        try target.fd.dataSync()
+        var clear = SparseWords()
+        var copied: UInt64 = 0
+        for e in extents {
+            copied += e.chunkCount
+            appendBits(&clear, first: e.firstChunk, count: e.chunkCount)
+        }
+        try session.hrl.persistClear(clear)
+        stats.chunksCopied += copied
+        return (drained, copied)
+    }
+
+    /// Copies until the mirror is current: a full copy if needed, then delta
+    /// cycles until one finds nothing new.
+    public func runOnce() throws {
+        if needsFullCopy { try fullCopy() }
+        for _ in 0..<Limits.mirrorOnceCyclesMax {
+            let r = try deltaCycle()
+            if try r.copied == 0 && r.drained == 0 && session.hrl.dirtyCount() == 0 { return }
+            if StopSignal.isRequested { return }
+        }
+        throw TidemarkError(.state, "the mirror did not converge after \(Limits.mirrorOnceCyclesMax) cycles: the disk keeps changing",
+                            hint: "run without --once to mirror continuously")
+    }
+
+    /// Mirrors continuously until SIGTERM/SIGINT.
+    public func runContinuously(intervalMs: Int) throws {
+        if needsFullCopy { try fullCopy() }
+        println("\(session.device.path) → \(target.path): mirror current; mirroring continuously")
+        while !StopSignal.isRequested {
+            let r = try deltaCycle()
+            if r.copied > 0 { Log.debug("\(session.device.path): copied \(r.copied) chunks") }
+            if r.copied == 0 { StopSignal.sleep(milliseconds: intervalMs) }
+        }
+        try deltaCycle()
+    }
+}
+
+/// Sets the bits of chunks [first, first+count) in a SparseWords being built
+/// in ascending order.
+func appendBits(_ words: inout SparseWords, first: UInt64, count: UInt64) {
+    var c = first
+    let end = first + count
+    while c < end {
+        let w = c / 64
+        let lo = c % 64
+        let hi = min(64, lo + (end - c))
+        let mask: UInt64 = hi - lo == 64 ? ~0 : ((UInt64(1) << (hi - lo)) - 1) << lo
+        words.append(wordIndex: w, bits: mask)
+        c += hi - lo
+    }
+}
+
+/// True when every byte is zero (word at a time; the buffers are aligned).
+@inline(__always)
+func isAllZero(_ b: UnsafeRawBufferPointer) -> Bool {
+    let words = b.count / 8
+    if let base = b.baseAddress, Int(bitPattern: base) & 7 == 0 {
+        let p = base.assumingMemoryBound(to: UInt64.self)
+        var acc: UInt64 = 0
+        var i = 0
+        while i < words {
+            acc |= p[i]
+            if i & 511 == 511 && acc != 0 { return false }
+            i += 1
+        }
+        if acc != 0 { return false }
+        for j in words * 8..<b.count where b[j] != 0 { return false }
+        return true
+    }
+    return !b.contains { $0 != 0 }
+}

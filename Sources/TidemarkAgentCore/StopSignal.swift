@@ -1,0 +1,26 @@
+import Glibc
+import Synchronization
+
+private let stopRequested = Atomic<Int32>(0)
+
+/// SIGTERM / SIGINT request an orderly stop: the running loop finishes its
+/// current step (a drain is always completed and persisted), then returns.
+public enum StopSignal {
+    public static func install() {
+        signal(SIGTERM) { sig in stopRequested.store(sig, ordering: .relaxed) }
+        signal(SIGINT) { sig in stopRequested.store(sig, ordering: .relaxed) }
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    public static var isRequested: Bool { stopRequested.load(ordering: .relaxed) != 0 }
+
+    /// Sleeps up to `milliseconds`, waking early when a stop is requested.
+    public static func sleep(milliseconds: Int) {
+        var left = milliseconds
+        while left > 0 && !isRequested {
+            let step = min(left, 20)
+            usleep(useconds_t(step * 1000))
+            left -= step
+        }
+    }
+}

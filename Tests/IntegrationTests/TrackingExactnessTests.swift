@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import TidemarkTesting
+
+/// The tracked set must equal exactly the chunks written: no chunk missing,
+/// none extra. Real loop devices, the real agent, the real eBPF tracer.
+@Suite(.serialized) struct TrackingExactnessTests {
+    @Test func directWritesDiscardsAndWriteZeroes() throws {
+        guard TestEnv.requireRoot("tracking exactness") else { return }
+        let h = try Harness("exact")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 64)
+        _ = try h.startTrack([d])
+        var expected = Set<UInt64>()
+        // Unaligned starts and ends, a write spanning many chunks, the last chunk.
+        let writes: [(UInt64, UInt64)] = [(0, 4096), (65536 * 3 + 4096, 8192), (1 << 20, 3 << 20),
+                                          (64 << 20 - 4096, 4096), (10 << 20 + 61440, 8192)]
+        for (off, len) in writes {
+            try h.writeDirect(d, offset: off, length: len)
+            expected.formUnion(h.chunks(offset: off, length: len))
+        }
+        try sh("blkdiscard -o \(20 << 20) -l \(5 << 20) \(d.path)")
+        expected.formUnion(h.chunks(offset: 20 << 20, length: 5 << 20))
+        try sh("blkdiscard -z -o \(30 << 20) -l \(1 << 20) \(d.path)")
+        expected.formUnion(h.chunks(offset: 30 << 20, length: 1 << 20))
+        // Reads must not mark anything.
+        try sh("dd if=\(d.path) of=/dev/null bs=1M count=64 iflag=direct status=none")
+        h.settle()
+        #expect(try h.dirtyChunks(d, chunk: 65536) == expected)
+        // After the agent stops, everything is in the .hrl alone.
+        h.agents[0].stop()
+        #expect(try h.dirtyChunks(d, hrlOnly: true) == expected)
+    }
+
+    @Test func bufferedWritesAndSync() throws {
+        guard TestEnv.requireRoot("tracking exactness (buffered)") else { return }
+        let h = try Harness("buffered")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 32, directIO: false)
+        _ = try h.startTrack([d], chunkSize: "4k")
+        var expected = Set<UInt64>()
+        for (off, len) in [(UInt64(8192), UInt64(4096)), (1 << 20, 1 << 20), (7 << 20 + 4096, 12288)] {
+            try sh("head -c \(len) /dev/urandom | dd of=\(d.path) bs=\(len) seek=\(off) oflag=seek_bytes iflag=fullblock conv=notrunc status=none")
+            expected.formUnion(h.chunks(offset: off, length: len, chunk: 4096))
+        }
+        try sh("sync")
+        h.settle()
+        #expect(try h.dirtyChunks(d, chunk: 4096) == expected)
+    }
+
+    @Test func severalDisksAtOnce() throws {
+        guard TestEnv.requireRoot("tracking several disks") else { return }
+        let h = try Harness("multi")
+        defer { h.close() }
+        let a = try h.loop(sizeMiB: 16), b = try h.loop(sizeMiB: 16), c = try h.loop(sizeMiB: 16)
+        _ = try h.startTrack([a, b])
+        try h.writeDirect(a, offset: 1 << 20, length: 65536)
+        try h.writeDirect(b, offset: 2 << 20, length: 131072)
+        try h.writeDirect(c, offset: 3 << 20, length: 65536) // not tracked
+        h.settle()
+        #expect(try h.dirtyChunks(a) == h.chunks(offset: 1 << 20, length: 65536))
+        #expect(try h.dirtyChunks(b) == h.chunks(offset: 2 << 20, length: 131072))
+        #expect(!FileManager.default.fileExists(atPath: h.hrl(c)))
+    }
+
+    @Test func partitionOffsetsAreSubtracted() throws {
+        guard TestEnv.requireRoot("tracking a partition") else { return }
+        let h = try Harness("part")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 64)
+        // Partition 1: from 8 MiB, 32 MiB long (sectors of 512 bytes).
+        try sh("addpart \(d.path) 1 \(8 << 11) \(32 << 11)")
+        defer { _ = try? sh("delpart \(d.path) 1") }
+        let partPath = d.path + "p1"
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: partPath) && waited < 100 { usleep(20_000); waited += 1 }
+        let part = PartitionDevice(path: partPath, name: d.name + "p1")
+        let p = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "track", "--state-dir", h.stateDir, "--disk", partPath],
+                                      env: h.env, logDir: h.dir)
+        h.agents.append(p)
+        try p.waitForOutput("tracking")
+        // Inside the partition at partition offset 1 MiB + 4 KiB.
+        try sh("head -c 4096 /dev/urandom | dd of=\(partPath) bs=4096 seek=\((1 << 20) + 4096) oflag=direct,seek_bytes status=none")
+        // On the whole disk, outside the partition: must not count.
+        try h.writeDirect(d, offset: 1 << 20, length: 65536)
+        try h.writeDirect(d, offset: 50 << 20, length: 65536)
+        // On the whole disk, inside the partition (disk offset 8 MiB + 2 MiB).
+        try h.writeDirect(d, offset: (8 << 20) + (2 << 20), length: 65536)
+        h.settle()
+        let got = try h.dirtyChunks(hrl: h.stateDir + "/" + part.name + ".hrl")
+        #expect(got == Set([UInt64(16), UInt64(32)]))
+        p.stop()
+        _ = try? h.agent(["untrack", "--disk", partPath, "--state-dir", h.stateDir])
+    }
+}
+
+struct PartitionDevice { var path: String; var name: String }
+
+extension Harness {
+    func dirtyChunks(hrl path: String) throws -> Set<UInt64> {
+        let r = try bitmap(["extents", path, "--json"])
+        guard r.ok else { throw TestFailure("tidemark-bitmap extents failed: \(r.stderr)") }
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let cs = (obj["chunk_size"] as! NSNumber).uint64Value
+        var out = Set<UInt64>()
+        for e in obj["extents"] as! [[NSNumber]] {
+            for c in (e[0].uint64Value / cs)..<((e[0].uint64Value + e[1].uint64Value + cs - 1) / cs) { out.insert(c) }
+        }
+        return out
+    }
+}
