@@ -68,7 +68,7 @@ public final class DiskSession {
         }
         let lock = try lockDevice(device)
         let hrlPath = hrlPath(stateDir: stateDirAbs, device: device)
-        guard let tracer = try Tracer.open(create: true) else {
+        guard var tracer = try Tracer.open(create: true) else {
             throw TidemarkError(.state, "the tracer could not be opened after loading it")
         }
         var existing = try tracer.slot(for: device)
@@ -118,6 +118,11 @@ public final class DiskSession {
                 // The pinned slot was sized for the old disk: replace it.
                 try tracer.detach(e)
                 existing = nil
+                // Detaching the last slot unpins the whole tracer: load it again.
+                guard let reloaded = try Tracer.open(create: true) else {
+                    throw TidemarkError(.state, "the tracer could not be opened after loading it")
+                }
+                tracer = reloaded
             }
             hrl = try TrackingFile.create(at: hrlPath, identity: identity, chunkSizeBytes: chunkSizeBytes,
                                           state: .resyncRequired, reason: reason, reasonText: text)

@@ -10,6 +10,13 @@ public enum StopSignal {
         signal(SIGTERM) { sig in stopRequested.store(sig, ordering: .relaxed) }
         signal(SIGINT) { sig in stopRequested.store(sig, ordering: .relaxed) }
         signal(SIGPIPE, SIG_IGN)
+        // A parent may have started us with these blocked (posix_spawn keeps
+        // the caller's mask): a daemon that cannot be stopped is worse than none.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     public static var isRequested: Bool { stopRequested.load(ordering: .relaxed) != 0 }

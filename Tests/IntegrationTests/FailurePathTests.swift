@@ -35,7 +35,7 @@ import TidemarkTesting
         agent.stop()
         let header = try h.header(d)
         #expect(header["state"] as? String == "resync-required", "\(header)")
-        #expect(header["reason"] as? String == "tracking-file-corrupt", "\(header)")
+        #expect((header["reason"] as? [String: Any])?["name"] as? String == "tracking-file-corrupt", "\(header)")
         #expect(try sh("ls \(h.stateDir)").contains(".corrupt-"))
     }
 
@@ -50,7 +50,7 @@ import TidemarkTesting
         agent.stop()
         let header = try h.header(d)
         #expect(header["state"] as? String == "resync-required")
-        #expect(header["reason"] as? String == "disk-size-changed", "\(header)")
+        #expect((header["reason"] as? [String: Any])?["name"] as? String == "disk-size-changed", "\(header)")
     }
 
     @Test func untrackThenTrackRequiresResync() throws {
@@ -64,7 +64,7 @@ import TidemarkTesting
         #expect(!FileManager.default.fileExists(atPath: h.sandbox.pinDir + "/link"), "the last untrack unpins the tracer")
         let header = try h.header(d)
         #expect(header["state"] as? String == "resync-required")
-        #expect(header["reason"] as? String == "tracer-detached")
+        #expect((header["reason"] as? [String: Any])?["name"] as? String == "tracer-detached")
     }
 
     @Test func badInputIsRefusedAndChangesNothing() throws {
