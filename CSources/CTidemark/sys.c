@@ -39,7 +39,7 @@ int tm_punch_hole(int fd, uint64_t offset, uint64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : -errno;
 }
 
-size_t tm_find_nonzero_word(const uint64_t *p, size_t n) {
+static size_t find_nonzero_scalar(const uint64_t *p, size_t n) {
     size_t i = 0;
     /* Eight words at a time: OR-reduce, which the compiler vectorizes. */
     for (; i + 8 <= n; i += 8) {
@@ -49,6 +49,33 @@ size_t tm_find_nonzero_word(const uint64_t *p, size_t n) {
     for (; i < n; i++)
         if (__atomic_load_n(&p[i], __ATOMIC_RELAXED)) return i;
     return n;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* 32 words (256 bytes) per step with AVX2: the scan of a mostly clean bitmap
+ * is bound by memory bandwidth, and wide loads get closest to it. */
+__attribute__((target("avx2")))
+static size_t find_nonzero_avx2(const uint64_t *p, size_t n) {
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i *v = (const __m256i *)(p + i);
+        __m256i a = _mm256_or_si256(_mm256_loadu_si256(v), _mm256_loadu_si256(v + 1));
+        __m256i b = _mm256_or_si256(_mm256_loadu_si256(v + 2), _mm256_loadu_si256(v + 3));
+        __m256i c = _mm256_or_si256(_mm256_loadu_si256(v + 4), _mm256_loadu_si256(v + 5));
+        __m256i d = _mm256_or_si256(_mm256_loadu_si256(v + 6), _mm256_loadu_si256(v + 7));
+        __m256i x = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
+        if (!_mm256_testz_si256(x, x)) break;
+    }
+    return i + find_nonzero_scalar(p + i, n - i);
+}
+#endif
+
+size_t tm_find_nonzero_word(const uint64_t *p, size_t n) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) return find_nonzero_avx2(p, n);
+#endif
+    return find_nonzero_scalar(p, n);
 }
 
 int tm_flock_exclusive_nb(int fd) {

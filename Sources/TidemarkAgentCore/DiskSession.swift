@@ -210,11 +210,20 @@ public enum DrainScan {
     /// Every non-zero word, read without changing it.
     public static func snapshot(_ words: MappedWords) -> SparseWords {
         var sparse = SparseWords()
+        sparse.entries.reserveCapacity(1024)
+        // Dirty words cluster (writes are local): after a hit, look at the
+        // next window of words directly before going back to the vector scan.
+        let window = 64
         var i = words.nextNonZero(from: 0)
         while i < words.count {
-            let v = words.load(i)
-            if v != 0 { sparse.append(wordIndex: UInt64(i), bits: v) }
-            i = words.nextNonZero(from: i + 1)
+            let end = min(words.count, i + window)
+            var j = i
+            while j < end {
+                let v = words.load(j)
+                if v != 0 { sparse.append(wordIndex: UInt64(j), bits: v) }
+                j += 1
+            }
+            i = words.nextNonZero(from: end)
         }
         return sparse
     }

@@ -335,17 +335,19 @@ public final class MappedWords: @unchecked Sendable {
 
     public var buffer: UnsafeBufferPointer<UInt64> { UnsafeBufferPointer(start: base, count: count) }
 
-    @inline(__always) public func load(_ i: Int) -> UInt64 {
+    // Inlinable: the drain calls these once per dirty word of a bitmap that
+    // can be 32 MiB; a cross-module call each would dominate.
+    @inlinable @inline(__always) public func load(_ i: Int) -> UInt64 {
         precondition(i >= 0 && i < count)
         return tm_atomic_load_u64(base + i)
     }
     /// Atomically clears `mask` in word i; returns the previous value.
-    @inline(__always) @discardableResult public func clear(_ i: Int, _ mask: UInt64) -> UInt64 {
+    @inlinable @inline(__always) @discardableResult public func clear(_ i: Int, _ mask: UInt64) -> UInt64 {
         precondition(i >= 0 && i < count)
         return tm_atomic_fetch_and_u64(base + i, ~mask)
     }
     /// Index of the first non-zero word at or after `from`, or `count`.
-    @inline(__always) public func nextNonZero(from: Int) -> Int {
+    @inlinable @inline(__always) public func nextNonZero(from: Int) -> Int {
         from >= count ? count : from + tm_find_nonzero_word(base + from, count - from)
     }
 }
