@@ -8,9 +8,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 clang=${BPF_CLANG:-/opt/swift/usr/bin/clang}
 out_h="$here/../CTidemark/tracer_bpf_object.h"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-"$clang" -target bpf -O2 -g -mcpu=v3 -D__TARGET_ARCH_x86 \
+# Relative paths and a fixed compilation directory: the object must not
+# depend on where the checkout lives, or the --check below fails on CI.
+(cd "$here" && "$clang" -target bpf -O2 -g -mcpu=v3 -D__TARGET_ARCH_x86 \
   -I/usr/include/x86_64-linux-gnu -I/usr/include \
-  -fdebug-prefix-map="$here"=. -c "$here/tracer.bpf.c" -o "$tmp/tracer.bpf.o"
+  -fdebug-compilation-dir=. -c tracer.bpf.c -o "$tmp/tracer.bpf.o")
 # Drop DWARF (BTF stays): smaller, and free of build paths.
 llvm_strip=$(dirname "$clang")/llvm-strip
 if [ -x "$llvm_strip" ]; then "$llvm_strip" -g "$tmp/tracer.bpf.o"; fi
