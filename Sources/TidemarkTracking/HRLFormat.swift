@@ -37,6 +37,11 @@ public struct HRLHeader: Sendable, Equatable {
     /// The kernel boot id at the last header write: a different boot id at
     /// start-up with state `tracking` means the host went down while tracking.
     public var bootID: String
+    /// Header flag bit 0 (offset 92): a bitmap update was in progress when
+    /// this header was written. Only then may a bitmap page have an invalid
+    /// slot (torn by a crash); with the flag clear, an invalid slot is damage
+    /// that could have destroyed the newest copy of a page.
+    public var updateInFlight: Bool = false
 
     /// ceil(nrChunks / 64): the number of bitmap words that carry chunks.
     public var wordCount: UInt64 { nrChunks / 64 + (nrChunks % 64 == 0 ? 0 : 1) }
@@ -58,6 +63,9 @@ public struct HRLHeader: Sendable, Equatable {
 /// Layout constants and codecs of format version 1.
 enum HRLFormat {
     static let version: UInt32 = 1
+    /// Header flags (u32 at offset 92).
+    static let flagUpdateInFlight: UInt32 = 1
+    static let knownHeaderFlags: UInt32 = flagUpdateInFlight
     static let pageSize = 4096
     static let magic: [UInt8] = Array("TMHRL\r\n\u{1A}".utf8)
     /// "TMBP" read as a little-endian u32.
@@ -76,7 +84,7 @@ enum HRLFormat {
     enum H {
         static let magic = 0, version = 8, pageSize = 12, generation = 16, diskSize = 24
         static let chunkSize = 32, state = 36, nrChunks = 40, bitmapPages = 48, created = 56
-        static let stateChanged = 64, drainSeq = 72, clearSeq = 80, reason = 88, reserved = 92
+        static let stateChanged = 64, drainSeq = 72, clearSeq = 80, reason = 88, flags = 92
         static let uuid = 96
         static let diskID = (offset: 112, size: 64)
         static let diskIdentity = (offset: 176, size: 256)
@@ -183,6 +191,7 @@ enum HRLFormat {
         store(b, H.created, h.createdUnixNs)
         store(b, H.stateChanged, h.stateChangedUnixNs)
         store(b, H.drainSeq, h.drainSeq)
+        store(b, H.flags, h.updateInFlight ? HRLFormat.flagUpdateInFlight : UInt32(0))
         store(b, H.clearSeq, h.clearSeq)
         store(b, H.reason, h.reason.rawValue)
         for (i, u) in h.fileUUID.enumerated() { b[H.uuid + i] = u }
@@ -241,7 +250,8 @@ enum HRLFormat {
         guard let state = TrackingState(rawValue: stateRaw) else { return .invalid("unknown state \(stateRaw)") }
         let reasonRaw = load(b, H.reason, as: UInt32.self)
         guard let reason = ResyncReason(rawValue: reasonRaw) else { return .invalid("unknown reason code \(reasonRaw)") }
-        if load(b, H.reserved, as: UInt32.self) != 0 { return .invalid("reserved field at offset 92 is not zero") }
+        let flags = load(b, H.flags, as: UInt32.self)
+        if flags & ~HRLFormat.knownHeaderFlags != 0 { return .invalid("unknown flags 0x\(String(flags, radix: 16)) at offset 92") }
         if !isAllZero(UnsafeRawBufferPointer(rebasing: b[H.end..<crcOffset])) {
             return .invalid("unused bytes \(H.end)..<\(crcOffset) are not zero")
         }
@@ -258,7 +268,7 @@ enum HRLFormat {
             }
             strings.append(s)
         }
-        return .valid(HRLHeader(
+        var decoded = HRLHeader(
             formatVersion: version, generation: gen, diskSizeBytes: disk, chunkSizeBytes: chunk, state: state,
             nrChunks: nr, bitmapPages: pages,
             createdUnixNs: load(b, H.created, as: UInt64.self),
@@ -268,7 +278,9 @@ enum HRLFormat {
             reason: reason,
             fileUUID: Array(b[H.uuid..<(H.uuid + 16)]),
             diskID: strings[0], diskIdentity: strings[1], reasonText: strings[2], targetID: strings[3],
-            bootID: strings[4]))
+            bootID: strings[4])
+        decoded.updateInFlight = flags & HRLFormat.flagUpdateInFlight != 0
+        return .valid(decoded)
     }
 
     // MARK: Bitmap pages

@@ -109,6 +109,17 @@ enum HRLScanner {
             case .valid(let seq, _): "valid, sequence \(seq)"
             }
         }
+        /// Why a slot beside a valid one (holding `seq`) is not valid, or nil if
+        /// that is normal. Written slots never go back to all zero, so "never
+        /// written" is normal only beside sequence 1 (a page not updated since
+        /// creation); beside a later one it is damage like any other.
+        func notValid(_ s: HRLFormat.BitmapSlot, besideSequence seq: UInt64) -> String? {
+            switch s {
+            case .invalid(let why): why
+            case .empty where seq > 1: "never written (all zero) beside sequence \(seq)"
+            default: nil
+            }
+        }
         while page < header.bitmapPages && missingFrom == nil {
             let n = Int(min(UInt64(batchPages), header.bitmapPages - page))
             let got = try fd.read(into: batch.slice(0, n * 2 * ps), at: HRLFormat.bitmapSlotOffset(page: page, slot: 0))
@@ -127,13 +138,21 @@ enum HRLScanner {
                     chosen = sa > sb ? .init(sequence: sa, popcount: pa, slot: 0) : .init(sequence: sb, popcount: pb, slot: 1)
                 case (.valid(let sa, let pa), _):
                     chosen = .init(sequence: sa, popcount: pa, slot: 0)
-                    if case .invalid(let why) = b {
-                        note("bitmap page \(p) slot B: \(why) — ignored, slot A (sequence \(sa)) is current; expected after a crash during a write")
+                    if let why = notValid(b, besideSequence: sa) {
+                        if header.updateInFlight {
+                            note("bitmap page \(p) slot B: \(why) — ignored, slot A (sequence \(sa)) is current; expected after a crash during a write")
+                        } else if problem(.corrupt, "bitmap page \(p) slot B: \(why), and no update was in flight: the storage damaged a written page, which may have held its newest bits") {
+                            return r
+                        }
                     }
                 case (_, .valid(let sb, let pb)):
                     chosen = .init(sequence: sb, popcount: pb, slot: 1)
-                    if case .invalid(let why) = a {
-                        note("bitmap page \(p) slot A: \(why) — ignored, slot B (sequence \(sb)) is current; expected after a crash during a write")
+                    if let why = notValid(a, besideSequence: sb) {
+                        if header.updateInFlight {
+                            note("bitmap page \(p) slot A: \(why) — ignored, slot B (sequence \(sb)) is current; expected after a crash during a write")
+                        } else if problem(.corrupt, "bitmap page \(p) slot A: \(why), and no update was in flight: the storage damaged a written page, which may have held its newest bits") {
+                            return r
+                        }
                     }
                 default:
                     let bothChecksums = [a, b].allSatisfy { if case .invalid(let w) = $0 { w.hasPrefix("bad checksum") } else { false } }

@@ -178,7 +178,22 @@ public final class TrackingFile: @unchecked Sendable {
         guard let header = scan.header else {
             throw TrackingFileError(.corrupt, path: path, detail: "no usable header")  // unreachable: no problem means a header
         }
-        return TrackingFile(path: path, fd: fd, readOnly: readOnly, header: header, pages: scan.pages)
+        let file = TrackingFile(path: path, fd: fd, readOnly: readOnly, header: header, pages: scan.pages)
+        if !readOnly && header.updateInFlight { try file.finishInterruptedUpdate() }
+        return file
+    }
+
+    /// After a crash during a bitmap update, some non-current slots may be
+    /// torn. Rewrites every page's current copy into its other slot, so both
+    /// are valid again, then clears the in-flight flag: from then on any
+    /// invalid slot is damage, not a crash.
+    private func finishInterruptedUpdate() throws {
+        let fd = try beginMutation()
+        for page in pages.indices {
+            try loadCurrent(page, into: modifyBuffer, fd)
+            try writeNextSlot(page, from: modifyBuffer, fd)
+        }
+        try commitHeader { $0.updateInFlight = false }
     }
 
     /// Every problem that makes the file unusable, one line each, naming the
@@ -276,6 +291,7 @@ public final class TrackingFile: @unchecked Sendable {
         guard changed else { return }
         try commitHeader { h in
             if set { h.drainSeq += 1 } else { h.clearSeq += 1 }
+            h.updateInFlight = false
         }
     }
 
@@ -292,7 +308,7 @@ public final class TrackingFile: @unchecked Sendable {
             changed = true
         }
         guard changed else { return }
-        try commitHeader { $0.drainSeq += 1 }
+        try commitHeader { $0.drainSeq += 1; $0.updateInFlight = false }
     }
 
     /// Clears every bit: the target is now complete (e.g. after a full
@@ -306,7 +322,7 @@ public final class TrackingFile: @unchecked Sendable {
             changed = true
         }
         guard changed else { return }
-        try commitHeader { $0.clearSeq += 1 }
+        try commitHeader { $0.clearSeq += 1; $0.updateInFlight = false }
     }
 
     /// Number of dirty chunks: from the per-page counts, without I/O, for a
@@ -535,6 +551,11 @@ public final class TrackingFile: @unchecked Sendable {
     /// does not hold the current copy, with the next sequence number. Not
     /// durable until the `fdatasync` in `commitHeader`.
     private func writeNextSlot(_ page: Int, from buffer: AlignedBuffer, _ fd: FileDescriptor) throws {
+        if !header.updateInFlight {
+            // Intent first, durably: a crash from here until the final header
+            // may tear page slots, and only this flag makes that acceptable.
+            try commitHeader { $0.updateInFlight = true }
+        }
         let meta = pages[page]
         let slot = 1 - Int(meta.slot)
         let seq = meta.sequence + 1
@@ -552,6 +573,13 @@ public final class TrackingFile: @unchecked Sendable {
     /// then adopts it. The header is the last write of every update.
     private func commitHeader(_ change: (inout HRLHeader) -> Void) throws {
         let fd = try liveFD()
+        if header.updateInFlight {
+            // The final header of a page update: its page slots must be
+            // durable before a header with the flag clear can be, or a crash
+            // could keep this header and tear a page, and the file would
+            // then read as damaged.
+            try fd.dataSync()
+        }
         var h = header
         change(&h)
         h.generation += 1
