@@ -173,7 +173,9 @@ public final class TrackingFile: @unchecked Sendable {
         if !readOnly {
             guard try fd.tryLockExclusive() else { throw busyError(path) }
         }
-        let scan = try HRLScanner.scan(fd: fd, path: path, stopAtFirstProblem: true, buildPageTable: true)
+        let scan = readOnly
+            ? try scanSettled(fd: fd, path: path, stopAtFirstProblem: true, buildPageTable: true)
+            : try HRLScanner.scan(fd: fd, path: path, stopAtFirstProblem: true, buildPageTable: true)
         if let first = scan.problems.first { throw first }
         guard let header = scan.header else {
             throw TrackingFileError(.corrupt, path: path, detail: "no usable header")  // unreachable: no problem means a header
@@ -208,13 +210,36 @@ public final class TrackingFile: @unchecked Sendable {
     public static func verifyReport(at path: String) -> HRLVerifyReport {
         do {
             let fd = try FileDescriptor(open: path, .readOnly, purpose: "opening the tracking file")
-            let scan = try HRLScanner.scan(fd: fd, path: path, stopAtFirstProblem: false, buildPageTable: false)
+            let scan = try scanSettled(fd: fd, path: path, stopAtFirstProblem: false, buildPageTable: false)
             var problems = scan.problems.map(\.detail)
             if scan.omittedProblems > 0 { problems.append("… and \(scan.omittedProblems) more problems") }
             return HRLVerifyReport(header: scan.header, problems: problems, notes: scan.notes)
         } catch {
             return HRLVerifyReport(header: nil, problems: ["cannot read the file: \(error)"], notes: [])
         }
+    }
+
+    /// Read-only scans take no lock, so an agent may be updating the file
+    /// meanwhile: a reader that saw the header just before the writer's
+    /// intent header landed can then meet a half-written page slot. Such a
+    /// problem goes away once the header moves on; a real one stays with the
+    /// same header generation. So a scan with problems is repeated, a bounded
+    /// number of times, while the generation keeps changing.
+    static let readRetryCountMax = 5
+    static let readRetryDelayMs: UInt32 = 20
+
+    static func scanSettled(fd: FileDescriptor, path: String, stopAtFirstProblem: Bool, buildPageTable: Bool) throws -> HRLScanner.Result {
+        var scan = try HRLScanner.scan(fd: fd, path: path, stopAtFirstProblem: stopAtFirstProblem, buildPageTable: buildPageTable)
+        var attempt = 0
+        while !scan.problems.isEmpty && attempt < readRetryCountMax {
+            attempt += 1
+            usleep(readRetryDelayMs * 1000)
+            let again = try HRLScanner.scan(fd: fd, path: path, stopAtFirstProblem: stopAtFirstProblem, buildPageTable: buildPageTable)
+            let moved = again.header?.generation != scan.header?.generation
+            scan = again
+            if !moved { break }
+        }
+        return scan
     }
 
     /// Closes the file (and releases the lock). Later calls throw.
