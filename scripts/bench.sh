@@ -48,7 +48,7 @@ if [ "$what" = all ] || [ "$what" = writecost ]; then
              python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))'; }
   fiojob >/dev/null # warm-up
   off=(); on=()
-  for r in 1 2 3; do
+  for r in $(seq 1 "${ROUNDS:-5}"); do
     # Alternate the order so drift favors neither side.
     if [ $((r % 2)) = 1 ]; then off+=("$(fiojob)"); start_track "$l"; on+=("$(fiojob)"); stop_track
     else start_track "$l"; on+=("$(fiojob)"); stop_track; off+=("$(fiojob)"); fi

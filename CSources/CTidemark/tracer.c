@@ -52,7 +52,7 @@ int tm_tracer_load_and_pin(const char *pin_dir, char *errbuf, size_t errlen) {
         }
     }
     struct bpf_program *prog = bpf_object__find_program_by_name(obj, "tm_block_rq_complete");
-    struct bpf_link *link = prog ? bpf_program__attach_tracepoint(prog, "block", "block_rq_complete") : NULL;
+    struct bpf_link *link = prog ? bpf_program__attach(prog) : NULL; /* tp_btf/block_rq_complete */
     if (!link) {
         err = -errno;
         bpf_object__close(obj);

@@ -12,20 +12,34 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "../CTidemark/include/tidemark_tracer_abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* CO-RE view of the tracepoint record: libbpf relocates every field access
- * against the running kernel's BTF, so the ioprio field added in 6.x (which
- * moved rwbs) and the rwbs length change do not matter. */
-struct trace_event_raw_block_rq_completion {
-    __u32 dev;
-    __u64 sector;
-    __u32 nr_sector;
-    int error;
-    char rwbs[8];
+/* CO-RE views of the kernel's block request: libbpf relocates every field
+ * access against the running kernel's BTF. Only the fields used are named. */
+struct gendisk {
+    int major;
+    int first_minor;
 } __attribute__((preserve_access_index));
+
+struct request_queue {
+    struct gendisk *disk;
+} __attribute__((preserve_access_index));
+
+struct request {
+    struct request_queue *q;
+    unsigned int cmd_flags;
+    unsigned long long __sector;
+} __attribute__((preserve_access_index));
+
+/* REQ_OP_MASK and op_is_write() from include/linux/blk_types.h: operations
+ * with the low bit set (write, discard, secure erase, write-zeroes, zone
+ * append, zone resets...) change data; reads, flushes and driver-private
+ * "in" operations do not. */
+#define TM_REQ_OP_MASK 0xffu
+#define TM_OP_CHANGES_DATA(op) ((op) & 1u)
 
 struct inner_bitmap {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -138,29 +152,30 @@ static __always_inline void mark_chunks(__u32 slot, __u64 first, __u64 last)
     }
 }
 
-SEC("tp/block/block_rq_complete")
-int tm_block_rq_complete(struct trace_event_raw_block_rq_completion *ctx)
+/* A BTF raw tracepoint on block:block_rq_complete: the same tracepoint,
+ * called with (struct request *rq, blk_status_t error, unsigned int nr_bytes),
+ * without the perf event record a classic tracepoint program makes the kernel
+ * build for every completion on every disk. */
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(tm_block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
-    __u32 dev = BPF_CORE_READ(ctx, dev);
+    struct gendisk *gd = BPF_CORE_READ(rq, q, disk);
+    if (!gd)
+        return 0;
+    /* The whole disk's dev_t in the kernel's encoding, as disk_devt(). */
+    __u32 dev = ((__u32)BPF_CORE_READ(gd, major) << 20) | (__u32)BPF_CORE_READ(gd, first_minor);
     struct tm_disk *disk = bpf_map_lookup_elem(&tm_disks, &dev);
     if (!disk)
         return 0;
 
-    __u32 nr_sector = BPF_CORE_READ(ctx, nr_sector);
+    __u32 op = BPF_CORE_READ(rq, cmd_flags) & TM_REQ_OP_MASK;
+    if (!TM_OP_CHANGES_DATA(op))
+        return 0;
+    __u32 nr_sector = nr_bytes >> 9;
     if (nr_sector == 0)
         return 0;
 
-    /* rwbs: optional 'F' (preflush), then the operation: 'R' read,
-     * 'W' write, 'D' discard (and 'DE' secure erase), 'F' flush, 'N' for
-     * anything else, which includes write-zeroes. Only reads and pure
-     * flushes leave data unchanged; everything else is marked. */
-    char rwbs[2] = {};
-    bpf_core_read(&rwbs, sizeof(rwbs), &ctx->rwbs);
-    char op = rwbs[0] == 'F' ? rwbs[1] : rwbs[0];
-    if (op == 'R' || op == 0 || op == 'F')
-        return 0;
-
-    __u64 lo = BPF_CORE_READ(ctx, sector);
+    __u64 lo = BPF_CORE_READ(rq, __sector);
     __u64 hi = lo + nr_sector; /* exclusive */
 
     __u32 n = disk->nr_regions;
