@@ -112,7 +112,6 @@ public final class Mirror {
             options.maxRequestBytes = Limits.readRequestBytesMax
         }
         self.reader = try ChunkReader(path: session.device.path, options: options) { Log.warning($0) }
-        if let why = reader.fallbackReason { Log.warning("\(session.device.path): reading without io_uring/O_DIRECT: \(why)") }
     }
 
     /// True when the target does not hold a consistent copy to build on.
@@ -212,7 +211,7 @@ public final class Mirror {
         var copied: UInt64 = 0
         for e in extents {
             copied += e.chunkCount
-            appendBits(&clear, first: e.firstChunk, count: e.chunkCount)
+            clear.appendChunks(first: e.firstChunk, count: e.chunkCount)
         }
         try session.hrl.persistClear(clear)
         stats.chunksCopied += copied
@@ -242,21 +241,6 @@ public final class Mirror {
             if r.copied == 0 { StopSignal.sleep(milliseconds: intervalMs) }
         }
         try deltaCycle()
-    }
-}
-
-/// Sets the bits of chunks [first, first+count) in a SparseWords being built
-/// in ascending order.
-func appendBits(_ words: inout SparseWords, first: UInt64, count: UInt64) {
-    var c = first
-    let end = first + count
-    while c < end {
-        let w = c / 64
-        let lo = c % 64
-        let hi = min(64, lo + (end - c))
-        let mask: UInt64 = hi - lo == 64 ? ~0 : ((UInt64(1) << (hi - lo)) - 1) << lo
-        words.append(wordIndex: w, bits: mask)
-        c += hi - lo
     }
 }
 
