@@ -1,3 +1,5 @@
+import TidemarkSystem
+
 extension BitmapScan {
     /// The merged chunk runs of a sparse word list (sorted by word index):
     /// what a drain produced, listed without scanning the whole bitmap again.
@@ -25,6 +27,65 @@ extension BitmapScan {
         }
         if runEnd > runStart && runStart < nrChunks {
             out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
+        }
+    }
+}
+
+extension BitmapScan {
+    /// The merged chunk runs of a drain snapshot: the same list as
+    /// `extents(_: SparseWords, ...)` of the same words, without building
+    /// tuples first. One pass over the flat arrays, one step per run.
+    public static func extents(_ drained: DrainWords, nrChunks: UInt64, into out: inout [ChunkExtent]) {
+        drained.withEntries { idx, bits in
+            let n = idx.count
+            guard n > 0 else { return }
+            out.reserveCapacity(out.count + n)
+            // The open run [runStart, runEnd); empty at first. An empty run
+            // at 0 may be "extended" by a run starting at chunk 0: same result.
+            var runStart: UInt64 = 0
+            var runEnd: UInt64 = 0
+            for k in 0..<n {
+                var w = bits[k]
+                let base = UInt64(idx[k]) &<< 6
+                while w != 0 {
+                    // Lowest run of ones: adding its lowest bit carries
+                    // through it; the carry's lowest bit is where it ends
+                    // (64 if it reaches the top: 0.trailingZeroBitCount == 64).
+                    let low = w & (0 &- w)
+                    let carry = w &+ low
+                    let first = base &+ UInt64(low.trailingZeroBitCount)
+                    let end = base &+ UInt64(carry.trailingZeroBitCount)
+                    w &= carry
+                    if runEnd == first {
+                        runEnd = end
+                    } else {
+                        if runEnd > runStart && runStart < nrChunks {
+                            out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
+                        }
+                        runStart = first
+                        runEnd = end
+                    }
+                }
+            }
+            if runEnd > runStart && runStart < nrChunks {
+                out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
+            }
+        }
+    }
+}
+
+extension SparseWords {
+    /// The words of a drain snapshot, for `TrackingFile.persistSet`: one
+    /// copy into an array of exactly the right size.
+    public init(_ drained: DrainWords) {
+        self.init()
+        entries = drained.withEntries { idx, bits in
+            [(wordIndex: UInt64, bits: UInt64)](unsafeUninitializedCapacity: idx.count) { buf, initialized in
+                for k in 0..<idx.count {
+                    (buf.baseAddress! + k).initialize(to: (wordIndex: UInt64(idx[k]), bits: bits[k]))
+                }
+                initialized = idx.count
+            }
         }
     }
 }

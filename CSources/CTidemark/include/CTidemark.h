@@ -84,5 +84,6 @@ void tm_libbpf_quiet(int quiet);
 
 /* io_uring glue lives in its own header. */
 #include "tm_uring.h"
+#include "tm_drain.h"
 
 #endif
