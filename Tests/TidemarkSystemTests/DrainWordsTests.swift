@@ -1,0 +1,215 @@
+import CTidemark
+import Dispatch
+import Testing
+@testable import TidemarkSystem
+
+/// Seeded generator so failures reproduce (SplitMix64).
+private struct Rng {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+}
+
+/// The non-zero words by a plain loop: what a snapshot must equal.
+private func reference(_ w: MappedWords) -> [(UInt32, UInt64)] {
+    (0..<w.count).compactMap { i in w.base[i] != 0 ? (UInt32(i), w.base[i]) : nil }
+}
+
+private func entries(_ d: DrainWords) -> [(UInt32, UInt64)] {
+    (0..<d.count).map { (UInt32(d[$0].wordIndex), d[$0].bits) }
+}
+
+private func same(_ a: [(UInt32, UInt64)], _ b: [(UInt32, UInt64)]) -> Bool {
+    a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+}
+
+/// Fills `fraction` of the words with random non-zero values (some full,
+/// some single bits, some random).
+private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
+    for i in 0..<w.count {
+        w.base[i] = 0
+        guard Double(rng.next() % 1_000_000) / 1_000_000 < fraction else { continue }
+        switch rng.below(3) {
+        case 0: w.base[i] = ~0
+        case 1: w.base[i] = 1 << UInt64(rng.below(64))
+        default: w.base[i] = rng.next() | 1 << 63
+        }
+    }
+}
+
+@Suite struct DrainWordsTests {
+    @Test(arguments: [1, 31, 32, 33, 63, 64, 1000, 4099])
+    func snapshotEqualsTheNonZeroWordsAndLeavesThemAlone(count: Int) throws {
+        let w = try MappedWords(anonymousWordCount: count)
+        var rng = Rng(seed: UInt64(count))
+        var d = DrainWords()
+        for fraction in [0.0, 0.001, 0.05, 0.3, 0.5, 0.9, 1.0] {
+            fill(w, fraction: fraction, rng: &rng)
+            let before = reference(w)
+            d.snapshot(w)
+            #expect(same(entries(d), before), "count \(count), fraction \(fraction)")
+            #expect(same(reference(w), before), "the snapshot modified the words")
+            #expect(d.popcount == before.reduce(0) { $0 + UInt64($1.1.nonzeroBitCount) })
+            d.clear(w)
+            #expect(w.nextNonZero(from: 0) == w.count, "count \(count), fraction \(fraction): bits left after the clear")
+        }
+    }
+
+    @Test func bitsSetAfterTheSnapshotSurviveTheClear() throws {
+        let w = try MappedWords(anonymousWordCount: 5000)
+        var rng = Rng(seed: 7)
+        for round in 0..<20 {
+            fill(w, fraction: 0.2, rng: &rng)
+            var d = DrainWords()
+            d.snapshot(w)
+            let snap = entries(d)
+            // New bits between the snapshot and the clear: in words of the
+            // snapshot (bits it did not have) and in words outside it.
+            var extra = [UInt64](repeating: 0, count: w.count)
+            for _ in 0..<500 {
+                let i = rng.below(w.count)
+                let bit: UInt64 = 1 << UInt64(rng.below(64))
+                if w.base[i] & bit == 0 { extra[i] |= bit }
+                w.base[i] |= bit
+            }
+            #expect(extra.contains { $0 != 0 })
+            d.clear(w)
+            var inSnapshot = [UInt64](repeating: 0, count: w.count)
+            for (i, b) in snap { inSnapshot[Int(i)] = b }
+            for i in 0..<w.count {
+                // Exactly the added bits remain; every snapshot bit is gone.
+                #expect(w.base[i] == extra[i], "round \(round), word \(i)")
+                #expect(w.base[i] & inSnapshot[i] == 0)
+            }
+        }
+    }
+
+    @Test func aSmallCapacityGrowsAndResumesWhereTheScanStopped() throws {
+        let w = try MappedWords(anonymousWordCount: 10_007)
+        var rng = Rng(seed: 3)
+        fill(w, fraction: 1.0, rng: &rng)
+        var d = DrainWords(capacity: 1)
+        #expect(d.capacity < w.count)
+        d.snapshot(w)
+        #expect(d.count == w.count)
+        #expect(d.capacity >= w.count)
+        #expect(same(entries(d), reference(w)))
+    }
+
+    @Test func theCScanResumesAtItsPosition() throws {
+        let w = try MappedWords(anonymousWordCount: 3000)
+        var rng = Rng(seed: 11)
+        fill(w, fraction: 0.6, rng: &rng)
+        let cap = 40
+        var idx = [UInt32](repeating: 0, count: cap), bits = [UInt64](repeating: 0, count: cap)
+        var got: [(UInt32, UInt64)] = []
+        var pos = 0, calls = 0
+        while pos < w.count {
+            let n = tm_snapshot_nonzero(w.base, w.count, &pos, &idx, &bits, cap)
+            #expect(n <= cap)
+            for k in 0..<n { got.append((idx[k], bits[k])) }
+            calls += 1
+            #expect(calls < 10_000, "no progress")
+            if calls >= 10_000 { break }
+        }
+        #expect(calls > 1)
+        #expect(same(got, reference(w)))
+        // Fewer than 32 free entries: no progress, nothing written.
+        var p0 = 0
+        #expect(tm_snapshot_nonzero(w.base, w.count, &p0, &idx, &bits, 31) == 0)
+        #expect(p0 == 0)
+    }
+
+    @Test func anEmptyBitmapAndAReusedBuffer() throws {
+        let w = try MappedWords(anonymousWordCount: 4096)
+        var d = DrainWords()
+        d.snapshot(w)
+        #expect(d.isEmpty && d.count == 0 && d.popcount == 0)
+        d.clear(w)
+        #expect(w.nextNonZero(from: 0) == w.count)
+        w.base[100] = 5
+        d.snapshot(w)
+        #expect(d.count == 1)
+        d.clear(w)
+        d.snapshot(w) // the previous contents do not linger
+        #expect(d.isEmpty)
+    }
+
+    @Test(arguments: [1, 2, 31, 32, 33, 64, 4099])
+    func theLastWord(count: Int) throws {
+        let w = try MappedWords(anonymousWordCount: count)
+        w.base[count - 1] = 1 << 63
+        var d = DrainWords()
+        d.snapshot(w)
+        #expect(same(entries(d), [(UInt32(count - 1), 1 << 63)]))
+        w.base[0] |= 1
+        d.clear(w)
+        #expect(w.base[count - 1] & (1 << 63) == 0)
+        #expect(w.base[0] == 1) // set after the snapshot (or beside its bit in a one-word map)
+    }
+
+    @Test func aLargeSnapshotDoesNotPinItsMemory() throws {
+        let w = try MappedWords(anonymousWordCount: 200_000)
+        var rng = Rng(seed: 5)
+        fill(w, fraction: 1.0, rng: &rng)
+        var d = DrainWords()
+        d.snapshot(w)
+        d.clear(w)
+        #expect(d.capacity >= 200_000)
+        w.base[10] = 1
+        d.snapshot(w) // sizes down from the previous count...
+        d.snapshot(w) // ...and from this one
+        #expect(d.capacity < 200_000 / 8)
+        #expect(same(entries(d), [(10, 1)]))
+    }
+
+    /// A writer ORs bits (atomically, as the BPF program does) while the
+    /// drain snapshots and clears over and over: every bit it set is in some
+    /// snapshot or still in the map; none is lost, none invented.
+    @Test func nothingIsLostToAConcurrentWriter() throws {
+        let w = try MappedWords(anonymousWordCount: 2048)
+        final class Box: @unchecked Sendable { var everSet: [UInt64] = [] }
+        let box = Box()
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) {
+            var rng = Rng(seed: 99)
+            var ever = [UInt64](repeating: 0, count: w.count)
+            for _ in 0..<2_000_000 {
+                // Mostly a small hot region, so the writer and the clear
+                // meet on the same words.
+                let i = rng.below(8) == 0 ? rng.below(w.count) : rng.below(64)
+                let bit: UInt64 = 1 << UInt64(rng.below(64))
+                _ = tm_atomic_fetch_or_u64(w.base + i, bit)
+                ever[i] |= bit
+            }
+            box.everSet = ever
+        }
+        var drainedUnion = [UInt64](repeating: 0, count: w.count)
+        var d = DrainWords()
+        var drains = 0
+        func drainOnce() {
+            d.snapshot(w)
+            for k in 0..<d.count {
+                let e = d[k]
+                drainedUnion[Int(e.wordIndex)] |= e.bits
+            }
+            d.clear(w)
+            drains += 1
+        }
+        while group.wait(timeout: .now()) == .timedOut { drainOnce() }
+        let remaining = (0..<w.count).map { w.base[$0] }
+        drainOnce()
+        #expect(drains > 10)
+        for i in 0..<w.count {
+            #expect(drainedUnion[i] | remaining[i] == box.everSet[i], "word \(i)")
+        }
+        #expect(w.nextNonZero(from: 0) == w.count)
+    }
+}
