@@ -74,11 +74,14 @@ if [ "$what" = all ] || [ "$what" = mirror ]; then
   fioread() { echo 3 > /proc/sys/vm/drop_caches; fio --name=sr --filename="$l" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring \
               --direct=1 --size="$bytes" --output-format=json | \
               python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'; }
+  # MIRROR_DIR puts the mirror on other storage (e.g. /dev/shm): by default it
+  # shares the disk being read, so reads and writes split its bandwidth.
+  mdir=${MIRROR_DIR:-$work}
   mirror() {
-    rm -f "$work/mirror.img" "$work/state/"*.hrl; echo 3 > /proc/sys/vm/drop_caches
+    rm -f "$mdir/mirror.img" "$work/state/"*.hrl; echo 3 > /proc/sys/vm/drop_caches
     "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
     local t0 t1; t0=$(date +%s.%N)
-    "$BIN/tidemark-agent" mirror --disk "$l" --to "$work/mirror.img" --state-dir "$work/state" --once > "$work/mirror.out"
+    "$BIN/tidemark-agent" mirror --disk "$l" --to "$mdir/mirror.img" --state-dir "$work/state" --once > "$work/mirror.out"
     t1=$(date +%s.%N)
     awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%d", b/(c-a)}'
   }
@@ -88,7 +91,9 @@ if [ "$what" = all ] || [ "$what" = mirror ]; then
   echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; $(tail -1 "$work/mirror.out")"
   echo "fio seq read: $((m_f >> 20)) MiB/s; mirror first copy: $((m_m >> 20)) MiB/s of device (runs: fio ${fr[*]}, mirror ${mr[*]})"
   echo "mirror/fio ratio: $(ratio "$m_m" "$m_f") (target >= 0.8)"
-  cmp "$l" "$work/mirror.img" && echo "mirror verified identical (cmp)"
+  echo "mirror target in $mdir"
+  cmp "$l" "$mdir/mirror.img" && echo "mirror verified identical (cmp)"
+  rm -f "$mdir/mirror.img"
 fi
 
 if [ "$what" = all ] || [ "$what" = memory ]; then

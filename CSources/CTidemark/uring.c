@@ -47,6 +47,15 @@ int tm_uring_prep_read(struct tm_uring *r, int fd, void *buf, unsigned len,
     return 0;
 }
 
+int tm_uring_prep_write(struct tm_uring *r, int fd, const void *buf, unsigned len,
+                        uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_write(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int tm_uring_submit(struct tm_uring *r) {
     return io_uring_submit(&r->ring);
 }

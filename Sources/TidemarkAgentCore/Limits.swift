@@ -10,6 +10,10 @@ public enum Limits {
     /// One read request at most this long; with the queue depth, this bounds
     /// the reader's buffers to 8 MiB.
     public static let readRequestBytesMax = 1 << 20
+    /// Mirror target writes in flight, and the size of each write buffer:
+    /// together 8 MiB of copies, beside the reader's 8 MiB.
+    public static let writeQueueDepth = 8
+    public static let writeBufferBytes = 1 << 20
     /// One delta copy cycle copies at most this much before it syncs the
     /// mirror and clears the bits it covered, so progress is durable in steps.
     public static let mirrorCycleBytesMax: UInt64 = 256 << 20

@@ -14,6 +14,9 @@ public final class MirrorTarget {
     /// writes followed by fdatasync run at a quarter of the device's direct
     /// write rate here. Nil when the filesystem refuses O_DIRECT.
     private var directFD: FileDescriptor?
+    /// Aligned writes go through io_uring on `directFD`, in flight while the
+    /// source is read; memory: writeQueueDepth × writeBufferBytes.
+    private var writer: AsyncWriter?
     static let directAlignmentBytes = 4096
 
     public init(path: String, sourceSizeBytes: UInt64) throws {
@@ -41,29 +44,36 @@ public final class MirrorTarget {
             identity = "file:\(realpathString(path) ?? path);ino=\(st.st_ino)"
         }
         directFD = try? FileDescriptor(open: path, [.readWrite, .direct], purpose: "opening the mirror target for direct I/O")
-        if directFD == nil { Log.info("\(path): O_DIRECT not available; the mirror writes through the page cache") }
+        if let directFD {
+            writer = try AsyncWriter(fd: directFD, queueDepth: Limits.writeQueueDepth, bufferBytes: Limits.writeBufferBytes)
+        } else {
+            Log.info("\(path): O_DIRECT not available; the mirror writes through the page cache")
+        }
     }
 
     /// Writes `data` at `offset`: with O_DIRECT when offset, length and
     /// memory are aligned, else buffered (made durable by `sync`).
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
         let a = Self.directAlignmentBytes
-        if let direct = directFD, offset % UInt64(a) == 0, data.count % a == 0,
-           let base = data.baseAddress, Int(bitPattern: base) % a == 0 {
-            do {
-                try direct.write(data, at: offset)
-                return
-            } catch let e as SystemError where e.errno == EINVAL {
-                Log.warning("\(path): O_DIRECT write refused (\(e)); writing through the page cache from now on")
-                directFD = nil
-            }
+        if let writer, offset % UInt64(a) == 0, data.count % a == 0 {
+            try writer.write(data, at: offset)
+            return
         }
         try fd.write(data, at: offset)
+    }
+
+    /// The zero-copy read → write pipeline for a first copy, when the target
+    /// takes O_DIRECT and io_uring works; nil otherwise.
+    func copyPipeline(sourcePath: String) throws -> CopyPipeline? {
+        guard let directFD else { return nil }
+        return try CopyPipeline(sourcePath: sourcePath, target: directFD, bufferedTarget: fd,
+                                queueDepth: Limits.readQueueDepth, bufferBytes: Limits.readRequestBytesMax)
     }
 
     /// Makes every write durable (direct writes too: fdatasync also covers
     /// the block allocations they made).
     func sync() throws {
+        try writer?.flush()
         try fd.dataSync()
     }
 
@@ -84,6 +94,28 @@ public final class MirrorTarget {
         } else {
             try fd.punchHole(at: offset, length: length)
         }
+    }
+}
+
+/// Coalesces the zero chunks met during a first copy into runs, zeroed on a
+/// block-device target (a fresh file target is all holes already).
+struct ZeroRuns {
+    let target: MirrorTarget
+    var pending: (offset: UInt64, length: UInt64)?
+
+    mutating func add(offset: UInt64, length: UInt64) throws {
+        guard target.isBlockDevice else { return }
+        if let p = pending, p.offset + p.length == offset {
+            pending = (p.offset, p.length + length)
+        } else {
+            try flush()
+            pending = (offset, length)
+        }
+    }
+
+    mutating func flush() throws {
+        if let p = pending { try target.zero(offset: p.offset, length: p.length) }
+        pending = nil
     }
 }
 
@@ -133,41 +165,19 @@ public final class Mirror {
         }
         try session.hrl.setTargetID("")
         try target.prepareForFullCopy(sizeBytes: size)
-        let chunk = Int(chunkBytes)
-        var pendingZero: (UInt64, UInt64)? = nil // only for block-device targets
-        try reader.read([ByteExtent(offset: 0, length: size)]) { offset, bytes in
-            stats.bytesRead += UInt64(bytes.count)
-            var pos = 0
-            var runStart = -1
-            func flushRun(_ end: Int) throws {
-                if runStart >= 0 {
-                    try target.write(UnsafeRawBufferPointer(rebasing: bytes[runStart..<end]), at: offset + UInt64(runStart))
-                    stats.bytesWritten += UInt64(end - runStart)
-                    runStart = -1
+        var zeros = ZeroRuns(target: target)
+        if let pipeline = try target.copyPipeline(sourcePath: session.device.path) {
+            try pipeline.run(sizeBytes: size) { offset, bytes in
+                try dataRuns(offset, bytes, &zeros)
+            }
+        } else {
+            try reader.read([ByteExtent(offset: 0, length: size)]) { offset, bytes in
+                for r in try dataRuns(offset, bytes, &zeros) {
+                    try target.write(UnsafeRawBufferPointer(rebasing: bytes[r]), at: offset + UInt64(r.lowerBound))
                 }
             }
-            while pos < bytes.count {
-                let n = min(chunk, bytes.count - pos)
-                let piece = UnsafeRawBufferPointer(rebasing: bytes[pos..<pos + n])
-                if isAllZero(piece) {
-                    try flushRun(pos)
-                    stats.zeroChunksSkipped += 1
-                    if target.isBlockDevice {
-                        let at = offset + UInt64(pos)
-                        if let (s, l) = pendingZero, s + l == at { pendingZero = (s, l + UInt64(n)) } else {
-                            if let (s, l) = pendingZero { try target.zero(offset: s, length: l) }
-                            pendingZero = (at, UInt64(n))
-                        }
-                    }
-                } else {
-                    if runStart < 0 { runStart = pos }
-                    stats.chunksCopied += 1
-                }
-                pos += n
-            }
-            try flushRun(bytes.count)
         }
-        if let (s, l) = pendingZero { try target.zero(offset: s, length: l) }
+        try zeros.flush()
         try target.sync()
         // No drain ran during the copy, so the .hrl holds exactly the bits from
         // before it began: all covered by the copy.
@@ -175,6 +185,32 @@ public final class Mirror {
         try session.hrl.setTargetID(target.identity)
         try session.hrl.setState(.tracking, reason: .none, text: "")
         Log.info("\(session.device.path): full copy to \(target.path) done: \(stats.bytesWritten) bytes written, \(stats.zeroChunksSkipped) zero chunks skipped")
+    }
+
+    /// The runs of non-zero chunks of a piece of the source (to be written),
+    /// counting what is skipped; zero chunks are holes in a fresh file, and
+    /// are zeroed explicitly (in coalesced runs) on a block device.
+    private func dataRuns(_ offset: UInt64, _ bytes: UnsafeRawBufferPointer, _ zeros: inout ZeroRuns) throws -> [Range<Int>] {
+        stats.bytesRead += UInt64(bytes.count)
+        let chunk = Int(chunkBytes)
+        var runs: [Range<Int>] = []
+        var runStart = -1
+        var pos = 0
+        while pos < bytes.count {
+            let n = min(chunk, bytes.count - pos)
+            if isAllZero(UnsafeRawBufferPointer(rebasing: bytes[pos..<pos + n])) {
+                if runStart >= 0 { runs.append(runStart..<pos); runStart = -1 }
+                stats.zeroChunksSkipped += 1
+                try zeros.add(offset: offset + UInt64(pos), length: UInt64(n))
+            } else {
+                if runStart < 0 { runStart = pos }
+                stats.chunksCopied += 1
+            }
+            pos += n
+        }
+        if runStart >= 0 { runs.append(runStart..<bytes.count) }
+        for r in runs { stats.bytesWritten += UInt64(r.count) }
+        return runs
     }
 
     private struct StopIteration: Error {}

@@ -78,4 +78,29 @@ import TidemarkTesting
         #expect(allocatedKiB <= 1100, "mirror allocates \(allocatedKiB) KiB for 1 MiB of data")
         #expect(r.stdout.contains("1008 zero chunks skipped"), "\(r.stdout)")
     }
+
+    /// Every copy path gives an identical mirror: the zero-copy io_uring
+    /// pipeline (O_DIRECT target), the buffered path (tmpfs refuses O_DIRECT),
+    /// and pread/pwrite when io_uring is disabled.
+    @Test(arguments: ["pipeline", "tmpfs", "no-io-uring"])
+    func everyCopyPathGivesAnIdenticalMirror(_ path: String) throws {
+        guard TestEnv.requireRoot("mirror copy paths") else { return }
+        let h = try Harness("paths")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 48)
+        try sh("dd if=/dev/urandom of=\(d.path) bs=1M count=5 seek=3 oflag=direct status=none")
+        try h.writeDirect(d, offset: (20 << 20) + 65536, length: 4096)
+        let target = path == "tmpfs" ? "/dev/shm/tidemark-test-\(getpid())-\(d.name).img" : h.dir + "/mirror.img"
+        defer { try? FileManager.default.removeItem(atPath: target) }
+        let env = path == "no-io-uring" ? ["TIDEMARK_DISABLE_IO_URING": "1"] : [:]
+        let r = try h.agent(["mirror", "--disk", d.path, "--to", target, "--state-dir", h.stateDir, "--once"], extraEnv: env)
+        #expect(r.ok, "\(r.stderr)")
+        try sh("cmp \(d.path) \(target)")
+        // A delta through the same path.
+        try h.writeDirect(d, offset: 40 << 20, length: 8192)
+        let again = try h.agent(["mirror", "--disk", d.path, "--to", target, "--state-dir", h.stateDir, "--once"], extraEnv: env)
+        #expect(again.ok, "\(again.stderr)")
+        #expect(again.stdout.contains("65536 written"), "\(again.stdout)")
+        try sh("cmp \(d.path) \(target)")
+    }
 }

@@ -36,6 +36,11 @@ int tm_uring_prep_read(struct tm_uring *ring, int fd, void *buf, unsigned len,
 /* Submits queued reads (io_uring_enter). Returns how many the kernel took
  * (may be fewer than queued) or -errno (-EAGAIN/-ENOMEM/-EBUSY: reap
  * completions, then retry; -EINTR: retry). */
+/* Queues a write (IORING_OP_WRITE, Linux 5.6+, probed with the read op):
+ * io_uring_prep_write is static inline. 0, or -EBUSY when the SQ is full. */
+int tm_uring_prep_write(struct tm_uring *ring, int fd, const void *buf, unsigned len,
+                        uint64_t offset, uint64_t user_data);
+
 int tm_uring_submit(struct tm_uring *ring);
 
 /* Waits for one completion, copies out its user_data and result (bytes read
