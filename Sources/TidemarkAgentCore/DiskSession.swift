@@ -23,6 +23,8 @@ public final class DiskSession {
     private let deviceLock: FileDescriptor
     /// The drain's snapshot buffer, kept so steady drains do not allocate.
     private var drained = DrainWords()
+    /// The same words as `SparseWords` for `persistSet`, also kept.
+    private var persisted = SparseWords()
 
     public struct DrainResult: Sendable {
         /// Chunks newly drained from the kernel (bits set in the kernel map).
@@ -175,7 +177,10 @@ public final class DiskSession {
             Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty")
             try hrl.markAllDirty()
         }
-        if !drained.isEmpty { try hrl.persistSet(SparseWords(drained)) }
+        if !drained.isEmpty {
+            persisted.assign(drained)
+            try hrl.persistSet(persisted)
+        }
         // Durable now: the kernel copies of exactly these bits may go.
         DrainScan.clear(words, drained)
         if overflow { bitmap.clearOverflow() }

@@ -75,16 +75,27 @@ extension BitmapScan {
 }
 
 extension SparseWords {
-    /// The words of a drain snapshot, for `TrackingFile.persistSet`: one
-    /// copy into an array of exactly the right size.
+    /// The words of a drain snapshot, for `TrackingFile.persistSet`.
     public init(_ drained: DrainWords) {
         self.init()
-        entries = drained.withEntries { idx, bits in
-            [(wordIndex: UInt64, bits: UInt64)](unsafeUninitializedCapacity: idx.count) { buf, initialized in
-                for k in 0..<idx.count {
-                    (buf.baseAddress! + k).initialize(to: (wordIndex: UInt64(idx[k]), bits: bits[k]))
-                }
-                initialized = idx.count
+        assign(drained)
+    }
+
+    /// Replaces the entries with the words of a drain snapshot, reusing the
+    /// array's capacity (a fresh multi-megabyte array costs more in page
+    /// faults than the copy itself).
+    public mutating func assign(_ drained: DrainWords) {
+        // Resize (keeping the storage; only a grown tail is zero-filled),
+        // then overwrite in place: no per-element capacity or uniqueness checks.
+        let n = drained.count
+        if entries.count > n {
+            entries.removeLast(entries.count - n)
+        } else if entries.count < n {
+            entries.append(contentsOf: repeatElement((wordIndex: 0, bits: 0), count: n - entries.count))
+        }
+        entries.withUnsafeMutableBufferPointer { e in
+            drained.withEntries { idx, bits in
+                for k in 0..<n { e[k] = (wordIndex: UInt64(idx[k]), bits: bits[k]) }
             }
         }
     }

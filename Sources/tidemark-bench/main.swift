@@ -24,6 +24,7 @@ struct ScanBench: ParsableCommand {
     @Option(help: "Fraction of chunks dirty, in percent.") var dirtyPercent: Double = 1
     @Option(help: "Dirty layout: clustered (1 MiB runs) or scattered (single chunks).") var layout: String = "clustered"
     @Option(help: "Repetitions; the median is reported.") var repeats: Int = 7
+    @Flag(help: "Evict the bitmap from the caches between snapshot and clear (untimed), as the persist in between may.") var coldClear = false
 
     func run() throws {
         let nrChunks = diskTiB << 40 / (chunkKiB << 10)
@@ -31,19 +32,29 @@ struct ScanBench: ParsableCommand {
         let words = try MappedWords(anonymousWordCount: nrWords)
         let bitmapBytes = Double(nrWords * 8)
         var rng = SplitMix64(seed: 42)
-        var drainTimes: [Double] = [], listTimes: [Double] = [], persistTimes: [Double] = []
+        var drainTimes: [Double] = [], snapTimes: [Double] = [], listTimes: [Double] = [], persistTimes: [Double] = []
         var dirtySeen: UInt64 = 0, extentsSeen = 0, wordsSeen = 0
         // Reused across drains, as DiskSession does.
         var drained = DrainWords()
         var extents: [ChunkExtent] = []
+        var sparse = SparseWords()
+        // Larger than the last-level cache: streaming through it evicts the bitmap.
+        var evict = [UInt64](repeating: 1, count: coldClear ? 16 << 20 : 0)
         for _ in 0..<repeats {
             fill(words, nrChunks: nrChunks, rng: &rng)
             // Reference for the listing: a full scan of the raw bitmap.
             var check: [ChunkExtent] = []
             BitmapScan.extents(words.buffer, nrChunks: nrChunks, into: &check)
-            let t0 = monotonicNanoseconds()
+            var t0 = monotonicNanoseconds()
             DrainScan.snapshot(words, into: &drained)
+            var tS = monotonicNanoseconds()
             // (DiskSession.drain persists the snapshot here.)
+            if coldClear {
+                evict.withUnsafeMutableBufferPointer { b in for i in b.indices { b[i] &+= 1 } }
+                let now = monotonicNanoseconds()
+                t0 += now - tS
+                tS = now
+            }
             DrainScan.clear(words, drained)
             let t1 = monotonicNanoseconds()
             // The drained words are what gets listed: no second pass over the bitmap.
@@ -51,13 +62,14 @@ struct ScanBench: ParsableCommand {
             BitmapScan.extents(drained, nrChunks: nrChunks, into: &extents)
             let t2 = monotonicNanoseconds()
             // What DiskSession.drain hands to TrackingFile.persistSet.
-            let sparse = SparseWords(drained)
+            sparse.assign(drained)
             let t3 = monotonicNanoseconds()
             precondition(extents == check, "listing from the drained words differs from a full scan")
             var fromSparse: [ChunkExtent] = []
             BitmapScan.extents(sparse, nrChunks: nrChunks, into: &fromSparse)
             precondition(fromSparse == check, "the persisted set differs from the snapshot")
             drainTimes.append(Double(t1 - t0) / 1e9)
+            snapTimes.append(Double(tS - t0) / 1e9)  // includes no eviction time
             listTimes.append(Double(t2 - t1) / 1e9)
             persistTimes.append(Double(t3 - t2) / 1e9)
             dirtySeen = drained.popcount
@@ -67,7 +79,7 @@ struct ScanBench: ParsableCommand {
         }
         let drain = median(drainTimes), list = median(listTimes), persist = median(persistTimes)
         print("bitmap: \(diskTiB) TiB at \(chunkKiB) KiB chunks = \((nrWords * 8) >> 20) MiB of bits; \(layout) \(dirtyPercent)% dirty = \(dirtySeen) chunks in \(wordsSeen) words, \(extentsSeen) extents")
-        print("drain (snapshot + clear): \(fmt(drain * 1e3)) ms = \(fmt(bitmapBytes / drain / 1e9)) GB/s of bitmap")
+        print("drain (snapshot + clear): \(fmt(drain * 1e3)) ms = \(fmt(bitmapBytes / drain / 1e9)) GB/s of bitmap (snapshot \(fmt(median(snapTimes) * 1e3)) ms)")
         print("list extents (drained):   \(fmt(list * 1e3)) ms = \(fmt(bitmapBytes / list / 1e9)) GB/s of bitmap")
         print("drain + list:             \(fmt((drain + list) * 1e3)) ms = \(fmt(bitmapBytes / (drain + list) / 1e9)) GB/s of bitmap")
         print("(to SparseWords for persistSet: \(fmt(persist * 1e3)) ms, not in the figures above)")
