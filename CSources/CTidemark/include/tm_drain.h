@@ -11,8 +11,12 @@
  *    with a compare/movemask per 256-byte block instead of a call per word.
  *  - The clear issues prefetch-for-write (__builtin_prefetch(p, 1), PREFETCHW
  *    on x86) a few dozen words ahead of the locked AND-NOTs. A locked RMW is
- *    a full barrier on x86: without prefetching, each one waits alone for its
- *    cold cache line, and 250k of them serialize on memory latency.
+ *    a full barrier on x86; where it also holds back later misses, each one
+ *    would wait alone for its cold cache line. (Measured on the 2-vCPU AMD
+ *    EPYC VM of BENCHMARKS.md, the clear costs ~8-9 ns per word with or
+ *    without the prefetch, bitmap cached or evicted, rolling or batched:
+ *    there the locked operation itself is the cost. The prefetch is kept as
+ *    it costs nothing measurable.)
  * Swift has neither the vector intrinsics nor prefetch.
  */
 #ifndef TM_DRAIN_H
