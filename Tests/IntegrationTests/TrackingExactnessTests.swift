@@ -32,6 +32,27 @@ import TidemarkTesting
         #expect(try h.dirtyChunks(d, hrlOnly: true) == expected)
     }
 
+    /// A discard of 200 GiB spans ~51 k full bitmap words, which the program
+    /// fills with bpf_loop: every chunk, from a start inside a chunk to an
+    /// end inside another, and nothing else.
+    @Test func hugeDiscardMarksEveryChunk() throws {
+        guard TestEnv.requireRoot("huge discard") else { return }
+        let h = try Harness("bigdiscard")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 1 << 20) // 1 TiB, sparse
+        _ = try h.startTrack([d])
+        let off: UInt64 = (3 << 30) + 4096, len: UInt64 = 200 << 30
+        try sh("blkdiscard -o \(off) -l \(len) \(d.path)")
+        h.settle()
+        let r = try h.bitmap(["extents", h.hrl(d), "--json"])
+        #expect(r.ok, "\(r.stderr)")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let extents = (obj["extents"] as! [[NSNumber]]).map { [$0[0].uint64Value, $0[1].uint64Value] }
+        let first = off / h.chunk * h.chunk
+        let end = (off + len + h.chunk - 1) / h.chunk * h.chunk
+        #expect(extents == [[first, end - first]], "\(extents.prefix(4))")
+    }
+
     @Test func bufferedWritesAndSync() throws {
         guard TestEnv.requireRoot("tracking exactness (buffered)") else { return }
         let h = try Harness("buffered")
