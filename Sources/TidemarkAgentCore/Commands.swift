@@ -20,8 +20,8 @@ public struct AgentSettings: Sendable {
         Log.setLevel(config.logLevel.agentLevel)
         var chunk = config.chunkSizeBytes
         if let chunkSize {
-            guard let v = AgentConfig.parseSize(chunkSize), v >= UInt64(Limits.chunkSizeBytesMin),
-                  v <= UInt64(Limits.chunkSizeBytesMax), v & (v - 1) == 0 else {
+            guard let v = AgentConfig.parseSize(chunkSize), v >= UInt64(AgentConfig.chunkSizeBytesMin),
+                  v <= UInt64(AgentConfig.chunkSizeBytesMax), v & (v - 1) == 0 else {
                 throw TidemarkError(.invalidArgument, "--chunk-size '\(chunkSize)' is not a power of two from 4k to 1m",
                                     hint: "for example --chunk-size 64k")
             }

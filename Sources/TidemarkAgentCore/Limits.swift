@@ -1,10 +1,7 @@
-/// Every limit and default of the agent, in one place, units in the names.
+/// Every limit of the agent's data path, in one place, units in the names.
+/// Configuration defaults and bounds (chunk size, intervals) live with the
+/// configuration, in `AgentConfig`.
 public enum Limits {
-    public static let chunkSizeBytesDefault: UInt32 = 64 << 10
-    public static let chunkSizeBytesMin: UInt32 = 4 << 10
-    public static let chunkSizeBytesMax: UInt32 = 1 << 20
-    public static let drainIntervalMsDefault = 1000
-    public static let mirrorIntervalMsDefault = 1000
     /// Reads in flight while copying (io_uring queue depth).
     public static let readQueueDepth = 8
     /// One read request at most this long; with the queue depth, this bounds
@@ -20,6 +17,4 @@ public enum Limits {
     /// `mirror --once` gives up converging after this many delta cycles in a
     /// row that each still found new writes (the disk never went quiet).
     public static let mirrorOnceCyclesMax = 10_000
-    /// How long a start waits for the device lock of another agent.
-    public static let deviceLockWaitMs = 0
 }
