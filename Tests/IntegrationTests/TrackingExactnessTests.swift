@@ -53,6 +53,31 @@ import TidemarkTesting
         #expect(extents == [[first, end - first]], "\(extents.prefix(4))")
     }
 
+    /// With the agent stopped, tracking stays pinned: writes land in the
+    /// kernel map only, and the debug tool shows them as undrained (and says
+    /// so); --hrl-only does not. The next agent start drains them.
+    @Test func debugToolShowsUndrainedLiveBits() throws {
+        guard TestEnv.requireRoot("live bits in the debug tool") else { return }
+        let h = try Harness("live")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 32)
+        let agent = try h.startTrack([d])
+        try h.writeDirect(d, offset: 1 << 20, length: 65536)
+        h.settle()
+        agent.stop()
+        try h.writeDirect(d, offset: 9 << 20, length: 131072) // no agent running
+        let drainedChunks = h.chunks(offset: 1 << 20, length: 65536)
+        let liveChunks = h.chunks(offset: 9 << 20, length: 131072)
+        #expect(try h.dirtyChunks(d, hrlOnly: true) == drainedChunks)
+        #expect(try h.dirtyChunks(d) == drainedChunks.union(liveChunks))
+        let show = try h.bitmap(["show", h.hrl(d)])
+        #expect(show.ok && show.stdout.contains("includes 2 undrained chunks from the live kernel map"), "\(show.stdout)")
+        // A new agent drains them into the .hrl.
+        _ = try h.startTrack([d])
+        h.settle()
+        #expect(try h.dirtyChunks(d, hrlOnly: true) == drainedChunks.union(liveChunks))
+    }
+
     @Test func bufferedWritesAndSync() throws {
         guard TestEnv.requireRoot("tracking exactness (buffered)") else { return }
         let h = try Harness("buffered")
