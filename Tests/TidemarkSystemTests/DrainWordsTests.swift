@@ -1,21 +1,9 @@
 import CTidemark
 import Dispatch
 import Testing
+import TidemarkTesting
 @testable import TidemarkSystem
 
-/// Seeded generator so failures reproduce (SplitMix64).
-private struct Rng {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-}
 
 /// The non-zero words by a plain loop: what a snapshot must equal.
 private func reference(_ w: MappedWords) -> [(UInt32, UInt64)] {
@@ -32,7 +20,7 @@ private func same(_ a: [(UInt32, UInt64)], _ b: [(UInt32, UInt64)]) -> Bool {
 
 /// Fills `fraction` of the words with random non-zero values (some full,
 /// some single bits, some random).
-private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
+private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
     for i in 0..<w.count {
         w.base[i] = 0
         guard Double(rng.next() % 1_000_000) / 1_000_000 < fraction else { continue }
@@ -48,7 +36,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
     @Test(arguments: [1, 31, 32, 33, 63, 64, 1000, 4099])
     func snapshotEqualsTheNonZeroWordsAndLeavesThemAlone(count: Int) throws {
         let w = try MappedWords(anonymousWordCount: count)
-        var rng = Rng(seed: UInt64(count))
+        var rng = SplitMix64(seed: UInt64(count))
         var d = DrainWords()
         for fraction in [0.0, 0.001, 0.05, 0.3, 0.5, 0.9, 1.0] {
             fill(w, fraction: fraction, rng: &rng)
@@ -64,7 +52,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
 
     @Test func bitsSetAfterTheSnapshotSurviveTheClear() throws {
         let w = try MappedWords(anonymousWordCount: 5000)
-        var rng = Rng(seed: 7)
+        var rng = SplitMix64(seed: 7)
         for round in 0..<20 {
             fill(w, fraction: 0.2, rng: &rng)
             var d = DrainWords()
@@ -93,7 +81,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
 
     @Test func aSmallCapacityGrowsAndResumesWhereTheScanStopped() throws {
         let w = try MappedWords(anonymousWordCount: 10_007)
-        var rng = Rng(seed: 3)
+        var rng = SplitMix64(seed: 3)
         fill(w, fraction: 1.0, rng: &rng)
         var d = DrainWords(capacity: 1)
         #expect(d.capacity < w.count)
@@ -105,7 +93,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
 
     @Test func theCScanResumesAtItsPosition() throws {
         let w = try MappedWords(anonymousWordCount: 3000)
-        var rng = Rng(seed: 11)
+        var rng = SplitMix64(seed: 11)
         fill(w, fraction: 0.6, rng: &rng)
         let cap = 40
         var idx = [UInt32](repeating: 0, count: cap), bits = [UInt64](repeating: 0, count: cap)
@@ -157,7 +145,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
 
     @Test func aLargeSnapshotDoesNotPinItsMemory() throws {
         let w = try MappedWords(anonymousWordCount: 200_000)
-        var rng = Rng(seed: 5)
+        var rng = SplitMix64(seed: 5)
         fill(w, fraction: 1.0, rng: &rng)
         var d = DrainWords()
         d.snapshot(w)
@@ -179,7 +167,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout Rng) {
         let box = Box()
         let group = DispatchGroup()
         DispatchQueue.global().async(group: group) {
-            var rng = Rng(seed: 99)
+            var rng = SplitMix64(seed: 99)
             var ever = [UInt64](repeating: 0, count: w.count)
             for _ in 0..<2_000_000 {
                 // Mostly a small hot region, so the writer and the clear

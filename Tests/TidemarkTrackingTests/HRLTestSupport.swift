@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TidemarkTesting
 import TidemarkSystem
 @testable import TidemarkTracking
 
@@ -116,18 +117,6 @@ func expectTrackingError(_ kind: TrackingFileError.Kind, sourceLocation: SourceL
     }
 }
 
-/// SplitMix64: a tiny seeded generator, so every failure reproduces from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The set chunks of a word array.
 func chunks(of words: [UInt64]) -> [UInt64] {

@@ -1,4 +1,5 @@
 import Testing
+import TidemarkTesting
 @testable import TidemarkTracking
 
 @Suite struct BitmapScanTests {

@@ -1,26 +1,16 @@
 import Testing
 import TidemarkSystem
+import TidemarkTesting
 @testable import TidemarkTracking
 
 /// Listing extents from drained words (flat arrays or SparseWords) must give
 /// exactly what a full scan of the raw bitmap gives.
 @Suite struct SparseExtentsTests {
-    struct Rng {
-        var s: UInt64
-        mutating func next() -> UInt64 {
-            s &+= 0x9E3779B97F4A7C15
-            var z = s
-            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test(arguments: [(1, UInt64(1)), (3, 100), (1000, 64_000), (4099, 262_000), (4099, 262_336)])
     func drainedListingEqualsFullScan(_ nrWords: Int, _ nrChunks: UInt64) throws {
         let words = try MappedWords(anonymousWordCount: nrWords)
         for seed in UInt64(1)...6 {
-            var rng = Rng(s: seed)
+            var rng = SplitMix64(seed: seed)
             for i in 0..<nrWords { words.base[i] = 0 }
             // Mixed layout: runs across word boundaries, single bits, full words.
             for _ in 0..<(Int(seed) * nrWords / 4 + 1) {
