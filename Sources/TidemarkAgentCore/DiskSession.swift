@@ -75,6 +75,11 @@ public final class DiskSession {
         guard var tracer = try Tracer.open(create: true) else {
             throw TidemarkError(.state, "the tracer could not be opened after loading it")
         }
+        var started = false
+        defer {
+            // A start that failed must not leave an idle tracer loaded.
+            if !started { try? tracer.releaseIfUnused() }
+        }
         var existing = try tracer.slot(for: device)
         if let e = existing {
             if e.hrlPath != hrlPath {
@@ -161,6 +166,7 @@ public final class DiskSession {
             }
         }
         let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        started = true
         return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
                            startNote: notes.joined(separator: "; "), deviceLock: lock)
     }

@@ -160,6 +160,10 @@ public final class Tracer: @unchecked Sendable {
     public func attach(_ device: BlockDeviceInfo, chunkSizeBytes: UInt32, hrlPath: String) throws -> AttachOutcome {
         precondition(chunkSizeBytes >= 4096 && chunkSizeBytes <= 1 << 20 && chunkSizeBytes & (chunkSizeBytes - 1) == 0)
         precondition(hrlPath.hasPrefix("/"), "hrlPath must be absolute")
+        guard hrlPath.utf8.count < Int(TM_PATH_MAX) else {
+            throw TidemarkError(.invalidArgument, "state file path \(hrlPath) is longer than \(TM_PATH_MAX - 1) bytes",
+                                hint: "use a shorter --state-dir")
+        }
         return try Tracer.withHostLock {
             if let existing = try slot(for: device) {
                 guard existing.hrlPath == hrlPath else {
@@ -193,6 +197,18 @@ public final class Tracer: @unchecked Sendable {
 
             // 1. The bitmap, pinned, and in the outer map before the region
             //    exists: the program must never see a region without its bitmap.
+            //    Any failure from here undoes what was made, so no orphaned
+            //    pin or half-filled slot is left behind.
+            var key = free
+            var installed = false
+            defer {
+                if !installed {
+                    _ = bpf_map_delete_elem(bitmapsFD, &key)
+                    var empty = tm_slot_info()
+                    _ = bpf_map_update_elem(slotInfoFD, &key, &empty, UInt64(BPF_ANY))
+                    _ = Glibc.unlink(bitmapPinPath(free))
+                }
+            }
             var err = [CChar](repeating: 0, count: 256)
             let mapFD = tm_tracer_create_bitmap(UInt32(nrWords), &err, err.count)
             guard mapFD >= 0 else { throw SystemError(call: "bpf(BPF_MAP_CREATE)", errno: -mapFD, context: String(cString: err)) }
@@ -200,7 +216,6 @@ public final class Tracer: @unchecked Sendable {
             let pin = bitmapPinPath(free)
             _ = Glibc.unlink(pin)
             try shimcall("bpf(BPF_OBJ_PIN)", "pinning \(pin)") { Int32(bpf_obj_pin(mapFD, pin)) }
-            var key = free
             var inner = mapFD
             _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "installing the bitmap of slot \(free)") {
                 bpf_map_update_elem(bitmapsFD, &key, &inner, UInt64(BPF_ANY))
@@ -222,10 +237,6 @@ public final class Tracer: @unchecked Sendable {
                 let bytes = Array(hrlPath.utf8.prefix(Int(TM_PATH_MAX) - 1))
                 raw.copyBytes(from: bytes)
             }
-            guard hrlPath.utf8.count < Int(TM_PATH_MAX) else {
-                throw TidemarkError(.invalidArgument, "state file path \(hrlPath) is longer than \(TM_PATH_MAX - 1) bytes",
-                                    hint: "use a shorter --state-dir")
-            }
             _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "recording slot \(free)") {
                 bpf_map_update_elem(slotInfoFD, &key, &info, UInt64(BPF_ANY))
             }
@@ -234,6 +245,7 @@ public final class Tracer: @unchecked Sendable {
                                    startSector: device.startSector, nrSectors: nrSectors, nrChunks: nrChunks,
                                    attachedUnixNs: info.attached_unix_ns, hrlPath: hrlPath)
             try writeRegions(wholeDev: device.wholeKernelDev, slots: sameDisk + [slot])
+            installed = true
             return .attached(slot)
         }
     }
@@ -251,13 +263,23 @@ public final class Tracer: @unchecked Sendable {
                 bpf_map_update_elem(slotInfoFD, &key, &info, UInt64(BPF_ANY))
             }
             _ = Glibc.unlink(bitmapPinPath(slot.slot))
-            if try slots().isEmpty {
-                for name in ["link", "tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
-                    _ = Glibc.unlink(pinDir + "/" + name)
-                }
-                _ = Glibc.rmdir(pinDir)
-            }
+            if try slots().isEmpty { unpinAll() }
         }
+    }
+
+    /// Unpins the whole tracer if no slot uses it: called when a start
+    /// failed after loading it, so no idle program stays attached.
+    public func releaseIfUnused() throws {
+        try Tracer.withHostLock {
+            if try slots().isEmpty { unpinAll() }
+        }
+    }
+
+    private func unpinAll() {
+        for name in ["link", "tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
+            _ = Glibc.unlink(pinDir + "/" + name)
+        }
+        _ = Glibc.rmdir(pinDir)
     }
 
     private func writeRegions(wholeDev: UInt32, slots: [TrackedSlot]) throws {

@@ -94,6 +94,21 @@ import TidemarkTesting
         #expect(r.status == 1 && r.stderr.contains("\(cfg):2:") && r.stderr.contains("chunk_size"), "\(r.stderr)")
     }
 
+    /// A start that fails after the tracer was loaded (here: the .hrl cannot
+    /// be created) says why and leaves no idle tracer attached.
+    @Test func failedStartLeavesNoTracerLoaded() throws {
+        guard TestEnv.requireRoot("failed start") else { return }
+        let h = try Harness("failedstart")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 16)
+        let locked = h.dir + "/immutable-state"
+        try sh("mkdir -p \(locked) && chattr +i \(locked)")
+        defer { _ = try? sh("chattr -i \(locked)") }
+        let r = try h.agent(["track", "--disk", d.path, "--state-dir", locked])
+        #expect(r.status == 1 && r.stderr.contains(locked), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: h.sandbox.pinDir + "/link"), "an idle tracer stayed loaded")
+    }
+
     @Test func diskTrackedByAnotherAgentIsRefused() throws {
         guard TestEnv.requireRoot("disk owned by another agent") else { return }
         let h = try Harness("owned")
