@@ -136,21 +136,16 @@ enum HRLScanner {
                 case (.valid(let sa, let pa), .valid(let sb, let pb)):
                     // Parity (A odd, B even) makes equal sequences impossible.
                     chosen = sa > sb ? .init(sequence: sa, popcount: pa, slot: 0) : .init(sequence: sb, popcount: pb, slot: 1)
-                case (.valid(let sa, let pa), _):
-                    chosen = .init(sequence: sa, popcount: pa, slot: 0)
-                    if let why = notValid(b, besideSequence: sa) {
+                case (.valid(let seq, let pop), _), (_, .valid(let seq, let pop)):
+                    // One valid slot: it is current. The other may be torn only
+                    // while an update was in flight; otherwise it is damage.
+                    let current = { if case .valid = a { 0 } else { 1 } }()
+                    let (cur, oth) = current == 0 ? ("A", "B") : ("B", "A")
+                    chosen = .init(sequence: seq, popcount: pop, slot: UInt8(current))
+                    if let why = notValid(current == 0 ? b : a, besideSequence: seq) {
                         if header.updateInFlight {
-                            note("bitmap page \(p) slot B: \(why) — ignored, slot A (sequence \(sa)) is current; expected after a crash during a write")
-                        } else if problem(.corrupt, "bitmap page \(p) slot B: \(why), and no update was in flight: the storage damaged a written page, which may have held its newest bits") {
-                            return r
-                        }
-                    }
-                case (_, .valid(let sb, let pb)):
-                    chosen = .init(sequence: sb, popcount: pb, slot: 1)
-                    if let why = notValid(a, besideSequence: sb) {
-                        if header.updateInFlight {
-                            note("bitmap page \(p) slot A: \(why) — ignored, slot B (sequence \(sb)) is current; expected after a crash during a write")
-                        } else if problem(.corrupt, "bitmap page \(p) slot A: \(why), and no update was in flight: the storage damaged a written page, which may have held its newest bits") {
+                            note("bitmap page \(p) slot \(oth): \(why) — ignored, slot \(cur) (sequence \(seq)) is current; expected after a crash during a write")
+                        } else if problem(.corrupt, "bitmap page \(p) slot \(oth): \(why), and no update was in flight: the storage damaged a written page, which may have held its newest bits") {
                             return r
                         }
                     }
