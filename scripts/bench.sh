@@ -74,14 +74,23 @@ if [ "$what" = all ] || [ "$what" = mirror ]; then
   fioread() { echo 3 > /proc/sys/vm/drop_caches; fio --name=sr --filename="$l" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring \
               --direct=1 --size="$bytes" --output-format=json | \
               python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'; }
-  # MIRROR_DIR puts the mirror on other storage (e.g. /dev/shm): by default it
-  # shares the disk being read, so reads and writes split its bandwidth.
-  mdir=${MIRROR_DIR:-$work}
+  # By default the mirror file shares the disk being read, so reads and writes
+  # split its bandwidth. MIRROR_DIR puts the mirror file on other storage;
+  # MIRROR_RAM=1 mirrors to a loop block device over a file in /dev/shm:
+  # separate storage (RAM) whose block device accepts O_DIRECT.
+  mdir=${MIRROR_DIR:-$work}; mto="$mdir/mirror.img"
+  if [ "${MIRROR_RAM:-0}" = 1 ]; then
+    truncate -s "$bytes" /dev/shm/tidemark-bench-mirror.img
+    mto=$(losetup -f --show /dev/shm/tidemark-bench-mirror.img); loops+=("$mto"); mdir="$mto (file in /dev/shm)"
+  fi
+  prepare_target() {
+    if [ -b "$mto" ]; then blkdiscard -f "$mto"; else rm -f "$mto"; fi
+  }
   mirror() {
-    rm -f "$mdir/mirror.img" "$work/state/"*.hrl; echo 3 > /proc/sys/vm/drop_caches
+    prepare_target; rm -f "$work/state/"*.hrl; echo 3 > /proc/sys/vm/drop_caches
     "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
     local t0 t1; t0=$(date +%s.%N)
-    "$BIN/tidemark-agent" mirror --disk "$l" --to "$mdir/mirror.img" --state-dir "$work/state" --once > "$work/mirror.out"
+    "$BIN/tidemark-agent" mirror --disk "$l" --to "$mto" --state-dir "$work/state" --once > "$work/mirror.out"
     t1=$(date +%s.%N)
     awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%d", b/(c-a)}'
   }
@@ -92,8 +101,8 @@ if [ "$what" = all ] || [ "$what" = mirror ]; then
   echo "fio seq read: $((m_f >> 20)) MiB/s; mirror first copy: $((m_m >> 20)) MiB/s of device (runs: fio ${fr[*]}, mirror ${mr[*]})"
   echo "mirror/fio ratio: $(ratio "$m_m" "$m_f") (target >= 0.8)"
   echo "mirror target in $mdir"
-  cmp "$l" "$mdir/mirror.img" && echo "mirror verified identical (cmp)"
-  rm -f "$mdir/mirror.img"
+  cmp "$l" "$mto" && echo "mirror verified identical (cmp)"
+  if [ -b "$mto" ]; then losetup -d "$mto"; rm -f /dev/shm/tidemark-bench-mirror.img; else rm -f "$mto"; fi
 fi
 
 if [ "$what" = all ] || [ "$what" = memory ]; then
