@@ -10,6 +10,8 @@ let package = Package(
         .executable(name: "tidemark-agent", targets: ["tidemark-agent"]),
         .executable(name: "tidemark-bitmap", targets: ["tidemark-bitmap"]),
         .executable(name: "tidemark-bench", targets: ["tidemark-bench"]),
+        .executable(name: "tidemark-server", targets: ["tidemark-server"]),
+        .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -24,6 +26,7 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [
                 .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring"),
+                .linkedLibrary("zstd"), .linkedLibrary("ssl"), .linkedLibrary("crypto"),
             ]
         ),
         // Syscalls, typed errors, block devices, the BPF tracer, the io_uring reader.
@@ -33,7 +36,15 @@ let package = Package(
         // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
         .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Agent modes: track, untrack, mirror.
-        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig"]),
+        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
+        // Wire format: frames, sealed segments (zstd + AES-256-GCM), replication keys.
+        .target(name: "TidemarkWire", dependencies: ["TidemarkSystem"]),
+        // Target storage: the local-directory backend, recovery points, prune, materialize.
+        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem"]),
+        // The process server: TLS ingest, durable spool, uploader to target storage.
+        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
+        // tidemarkctl's commands: points, recover.
+        .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
         .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking"]),
         .executableTarget(
@@ -49,9 +60,19 @@ let package = Package(
             dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkAgentCore",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .executableTarget(
+            name: "tidemark-server",
+            dependencies: ["TidemarkServerCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "tidemarkctl",
+            dependencies: ["TidemarkCtlCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .target(name: "TidemarkTesting", dependencies: ["TidemarkSystem"], path: "Tests/TidemarkTesting"),
         .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkTesting"]),

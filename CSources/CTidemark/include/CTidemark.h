@@ -15,6 +15,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include "tidemark_tracer_abi.h"
+#include "tm_crypto.h"
+#include "tm_tls.h"
 
 /* ---- block device ioctls (Swift cannot import the _IO* macros) ---- */
 /* Size of a block device in bytes (BLKGETSIZE64). Returns 0 or -errno. */

@@ -1,0 +1,1 @@
+// TidemarkCtlCore: see docs/dev/replication-interfaces.md

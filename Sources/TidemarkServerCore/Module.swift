@@ -1,0 +1,1 @@
+// TidemarkServerCore: see docs/dev/replication-interfaces.md

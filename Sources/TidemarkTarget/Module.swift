@@ -1,0 +1,1 @@
+// TidemarkTarget: see docs/dev/replication-interfaces.md

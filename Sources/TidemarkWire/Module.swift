@@ -1,0 +1,1 @@
+// TidemarkWire: see docs/dev/replication-interfaces.md

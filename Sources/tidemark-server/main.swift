@@ -1,0 +1,1 @@
+print("tidemark-server: not built yet")

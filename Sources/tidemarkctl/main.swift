@@ -1,0 +1,1 @@
+print("tidemarkctl: not built yet")
