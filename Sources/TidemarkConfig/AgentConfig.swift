@@ -10,6 +10,9 @@ public enum LogLevel: String, Sendable, Equatable, CaseIterable, CustomStringCon
 /// environment overrides. Every key is optional and has a default; the shipped file
 /// `Packaging/agent.yaml` lists them all at their defaults.
 public struct AgentConfig: Sendable, Equatable {
+    /// This agent's identity towards the servers (`agent_id`): 1–64 characters of [A-Za-z0-9._-].
+    /// Default "agent-" + the host name; an empty value in the file means the default.
+    public var agentID: String
     /// Where the `.hrl` change-tracking files live (`state_dir`).
     public var stateDir: String
     /// Tracking granularity in bytes (`chunk_size`): a power of two from 4 KiB to 1 MiB.
@@ -22,37 +25,129 @@ public struct AgentConfig: Sendable, Equatable {
     public var mirrorTo: String?
     /// Delta copy cadence of `tidemark-agent mirror` (`mirror.interval_ms`).
     public var mirrorIntervalMs: Int
+
+    /// Process server host (`replication.server`, the part before `:port`); nil when not set.
+    /// An IPv6 address is stored without brackets (`::1`).
+    public var serverHost: String?
+    /// Process server port (`replication.server`, the part after the host); 9443 when not given.
+    public var serverPort: UInt16
+    /// Name to verify in the server's certificate (`replication.server_name`); nil = use `serverHost`.
+    public var serverName: String?
+    /// CA certificate that signed the server's certificate (`replication.ca`).
+    public var tlsCAPath: String
+    /// This agent's certificate (`replication.cert`).
+    public var tlsCertPath: String
+    /// This agent's private key (`replication.key`).
+    public var tlsKeyPath: String
+    /// The replication (encryption) key file (`replication.replication_key`).
+    public var replicationKeyPath: String
+    /// zstd level (`replication.compression_level`): 0 = off, 1…19.
+    public var compressionLevel: Int32
+    /// Outgoing bandwidth cap in bytes per second (`replication.bandwidth_limit`); 0 = unlimited.
+    public var bandwidthLimitBytesPerSecond: UInt64
+    /// Target size of a replication segment in bytes (`replication.segment_size`): 64 KiB…8 MiB.
+    public var segmentSizeBytes: UInt32
+    /// Most bytes sent but not yet acknowledged durable (`replication.inflight_bytes`): 8 MiB…1 GiB.
+    public var inflightBytesMax: UInt64
+
+    /// Seconds between crash-consistent recovery points (`policy.crash_consistent_interval`); 0 = off.
+    public var crashConsistentIntervalSeconds: Int
+    /// Seconds between app-consistent recovery points (`policy.app_consistent_interval`); 0 = off.
+    public var appConsistentIntervalSeconds: Int
+    /// Longest a filesystem stays frozen for an app-consistent point (`policy.freeze_timeout_ms`): 100…60000.
+    public var freezeTimeoutMs: Int
+    /// Executable run before freezing (`policy.pre_freeze_hook`); nil when not set.
+    public var preFreezeHook: String?
+    /// Executable run after thawing (`policy.post_thaw_hook`); nil when not set.
+    public var postThawHook: String?
+
+    /// The agent's local control socket (`control_socket`).
+    public var controlSocketPath: String
     /// `log_level`.
     public var logLevel: LogLevel
 
-    public init(stateDir: String = AgentConfig.defaults.stateDir,
+    public init(agentID: String = AgentConfig.defaults.agentID,
+                stateDir: String = AgentConfig.defaults.stateDir,
                 chunkSizeBytes: UInt32 = AgentConfig.defaults.chunkSizeBytes,
                 disks: [String] = AgentConfig.defaults.disks,
                 drainIntervalMs: Int = AgentConfig.defaults.drainIntervalMs,
                 mirrorTo: String? = AgentConfig.defaults.mirrorTo,
                 mirrorIntervalMs: Int = AgentConfig.defaults.mirrorIntervalMs,
+                serverHost: String? = AgentConfig.defaults.serverHost,
+                serverPort: UInt16 = AgentConfig.defaults.serverPort,
+                serverName: String? = AgentConfig.defaults.serverName,
+                tlsCAPath: String = AgentConfig.defaults.tlsCAPath,
+                tlsCertPath: String = AgentConfig.defaults.tlsCertPath,
+                tlsKeyPath: String = AgentConfig.defaults.tlsKeyPath,
+                replicationKeyPath: String = AgentConfig.defaults.replicationKeyPath,
+                compressionLevel: Int32 = AgentConfig.defaults.compressionLevel,
+                bandwidthLimitBytesPerSecond: UInt64 = AgentConfig.defaults.bandwidthLimitBytesPerSecond,
+                segmentSizeBytes: UInt32 = AgentConfig.defaults.segmentSizeBytes,
+                inflightBytesMax: UInt64 = AgentConfig.defaults.inflightBytesMax,
+                crashConsistentIntervalSeconds: Int = AgentConfig.defaults.crashConsistentIntervalSeconds,
+                appConsistentIntervalSeconds: Int = AgentConfig.defaults.appConsistentIntervalSeconds,
+                freezeTimeoutMs: Int = AgentConfig.defaults.freezeTimeoutMs,
+                preFreezeHook: String? = AgentConfig.defaults.preFreezeHook,
+                postThawHook: String? = AgentConfig.defaults.postThawHook,
+                controlSocketPath: String = AgentConfig.defaults.controlSocketPath,
                 logLevel: LogLevel = AgentConfig.defaults.logLevel) {
+        self.agentID = agentID
         self.stateDir = stateDir
         self.chunkSizeBytes = chunkSizeBytes
         self.disks = disks
         self.drainIntervalMs = drainIntervalMs
         self.mirrorTo = mirrorTo
         self.mirrorIntervalMs = mirrorIntervalMs
+        self.serverHost = serverHost
+        self.serverPort = serverPort
+        self.serverName = serverName
+        self.tlsCAPath = tlsCAPath
+        self.tlsCertPath = tlsCertPath
+        self.tlsKeyPath = tlsKeyPath
+        self.replicationKeyPath = replicationKeyPath
+        self.compressionLevel = compressionLevel
+        self.bandwidthLimitBytesPerSecond = bandwidthLimitBytesPerSecond
+        self.segmentSizeBytes = segmentSizeBytes
+        self.inflightBytesMax = inflightBytesMax
+        self.crashConsistentIntervalSeconds = crashConsistentIntervalSeconds
+        self.appConsistentIntervalSeconds = appConsistentIntervalSeconds
+        self.freezeTimeoutMs = freezeTimeoutMs
+        self.preFreezeHook = preFreezeHook
+        self.postThawHook = postThawHook
+        self.controlSocketPath = controlSocketPath
         self.logLevel = logLevel
     }
 
-    private init(defaultsStateDir: String) {
-        stateDir = defaultsStateDir
+    private init(defaultsFor hostName: String) {
+        agentID = hostDerivedID(prefix: "agent-", hostName: hostName)
+        stateDir = "/var/lib/tidemark"
         chunkSizeBytes = 64 * 1024
         disks = []
         drainIntervalMs = 1000
         mirrorTo = nil
         mirrorIntervalMs = 1000
+        serverHost = nil
+        serverPort = AgentConfig.defaultServerPort
+        serverName = nil
+        tlsCAPath = "/etc/tidemark/tls/ca.crt"
+        tlsCertPath = "/etc/tidemark/tls/agent.crt"
+        tlsKeyPath = "/etc/tidemark/tls/agent.key"
+        replicationKeyPath = "/etc/tidemark/replication.key"
+        compressionLevel = 1
+        bandwidthLimitBytesPerSecond = 0
+        segmentSizeBytes = 4 << 20
+        inflightBytesMax = 64 << 20
+        crashConsistentIntervalSeconds = 5 * 60
+        appConsistentIntervalSeconds = 60 * 60
+        freezeTimeoutMs = 2000
+        preFreezeHook = nil
+        postThawHook = nil
+        controlSocketPath = "/run/tidemark/agent.sock"
         logLevel = .info
     }
 
     /// The value of every key when neither the file nor the environment sets it.
-    public static let defaults = AgentConfig(defaultsStateDir: "/var/lib/tidemark")
+    public static let defaults = AgentConfig(defaultsFor: currentHostName())
 
     /// The file read when `--config` is not given.
     public static let defaultPath = "/etc/tidemark/agent.yaml"
@@ -62,17 +157,40 @@ public struct AgentConfig: Sendable, Equatable {
     public static let chunkSizeBytesMax: UInt32 = 1024 * 1024
     public static let intervalMsMin = 10
     public static let intervalMsMax = 60_000
+    /// The process server port when `replication.server` names only a host.
+    public static let defaultServerPort: UInt16 = 9443
+    public static let compressionLevelMax: Int32 = 19
+    public static let segmentSizeBytesMin: UInt32 = 64 * 1024
+    public static let segmentSizeBytesMax: UInt32 = 8 << 20
+    public static let inflightBytesMin: UInt64 = 8 << 20
+    public static let inflightBytesMaxLimit: UInt64 = 1 << 30
+    /// Bounds of a recovery-point interval that is not 0 (off): 1 s to 30 days.
+    public static let pointIntervalSecondsMin = 1
+    public static let pointIntervalSecondsMax = 30 * 86_400
+    public static let freezeTimeoutMsMin = 100
+    public static let freezeTimeoutMsMax = 60_000
 
     /// Every top-level key, in the order of the shipped file.
-    public static let knownKeys = ["state_dir", "chunk_size", "disks", "drain_interval_ms", "mirror", "log_level"]
+    public static let knownKeys = ["agent_id", "state_dir", "chunk_size", "disks", "drain_interval_ms", "mirror",
+                                   "replication", "policy", "control_socket", "log_level"]
     /// Every key under `mirror:`.
     public static let knownMirrorKeys = ["to", "interval_ms"]
+    /// Every key under `replication:`.
+    public static let knownReplicationKeys = ["server", "server_name", "ca", "cert", "key", "replication_key",
+                                              "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes"]
+    /// Every key under `policy:`.
+    public static let knownPolicyKeys = ["crash_consistent_interval", "app_consistent_interval", "freeze_timeout_ms",
+                                         "pre_freeze_hook", "post_thaw_hook"]
+
+    static let schema = ConfigSchema(topLevel: knownKeys, sections: [("mirror", knownMirrorKeys),
+                                                                      ("replication", knownReplicationKeys),
+                                                                      ("policy", knownPolicyKeys)])
 
     /// Loads the file given explicitly (`--config FILE`): a missing file is an error.
     /// Environment overrides are applied on top.
     public static func load(path: String,
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentConfig {
-        let yaml = try readFile(path)
+        let yaml = try readConfigFile(path, daemon: "agent", defaultPath: defaultPath)
         return try parse(yaml: yaml, path: path, environment: environment)
     }
 
@@ -80,8 +198,7 @@ public struct AgentConfig: Sendable, Equatable {
     /// environment overrides are applied either way. For the case where no `--config` was given.
     public static func loadDefault(path: String = AgentConfig.defaultPath,
                                    environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentConfig {
-        var isDirectory: ObjCBool = false
-        if !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+        if !configFileExists(path) {
             var config = AgentConfig.defaults
             try config.applyEnvironment(environment, path: path)
             return config
@@ -98,42 +215,18 @@ public struct AgentConfig: Sendable, Equatable {
         return config
     }
 
-    private static func readFile(_ path: String) throws -> String {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ConfigError(code: .fileNotFound, file: path, line: nil, key: nil,
-                              message: "no such file",
-                              hint: "check the path given to --config (without --config the agent reads \(defaultPath))")
-        }
-        if isDirectory.boolValue {
-            throw ConfigError(code: .unreadable, file: path, line: nil, key: nil,
-                              message: "is a directory, not a configuration file",
-                              hint: "give the path of the YAML file, e.g. \(defaultPath)")
-        }
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
-        } catch {
-            throw ConfigError(code: .unreadable, file: path, line: nil, key: nil,
-                              message: "cannot be read (\(error.localizedDescription))",
-                              hint: "check the file's permissions")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(code: .unreadable, file: path, line: nil, key: nil,
-                              message: "is not UTF-8 text",
-                              hint: "the configuration must be a UTF-8 YAML file")
-        }
-        return text
-    }
-
     // MARK: Environment
 
     /// The environment variables that override keys, and the key each overrides.
     public static let environmentOverrides: [(variable: String, key: String)] = [
+        ("TIDEMARK_AGENT_ID", "agent_id"),
         ("TIDEMARK_STATE_DIR", "state_dir"),
         ("TIDEMARK_CHUNK_SIZE", "chunk_size"),
         ("TIDEMARK_DISKS", "disks"),
         ("TIDEMARK_DRAIN_INTERVAL_MS", "drain_interval_ms"),
+        ("TIDEMARK_SERVER", "replication.server"),
+        ("TIDEMARK_REPLICATION_KEY", "replication.replication_key"),
+        ("TIDEMARK_CONTROL_SOCKET", "control_socket"),
         ("TIDEMARK_LOG_LEVEL", "log_level"),
     ]
 
@@ -146,6 +239,7 @@ public struct AgentConfig: Sendable, Equatable {
             guard let value = environment[variable] else { continue }
             do {
                 switch key {
+                case "agent_id": agentID = try Validate.identifier(value, prefix: "agent-") ?? Self.defaults.agentID
                 case "state_dir": stateDir = try Validate.stateDir(value)
                 case "chunk_size": chunkSizeBytes = try Validate.chunkSize(value)
                 case "disks":
@@ -165,6 +259,13 @@ public struct AgentConfig: Sendable, Equatable {
                     }
                     disks = result
                 case "drain_interval_ms": drainIntervalMs = try Validate.intervalMs(value)
+                case "replication.server":
+                    let endpoint = try Validate.serverEndpoint(value)
+                    serverHost = endpoint?.host
+                    serverPort = endpoint?.port ?? Self.defaultServerPort
+                case "replication.replication_key":
+                    replicationKeyPath = try Validate.absolutePath(value, example: "/etc/tidemark/replication.key")
+                case "control_socket": controlSocketPath = try Validate.socketPath(value)
                 case "log_level": logLevel = try Validate.logLevel(value)
                 default: preconditionFailure("environment override for unknown key \(key)")
                 }
@@ -203,6 +304,48 @@ public struct AgentConfig: Sendable, Equatable {
             return "\(bytes / scale)\(suffix)"
         }
         return "\(bytes)"
+    }
+
+    // MARK: Durations
+
+    /// Parses a duration in seconds: `300` (plain seconds), `300s`, `5m`, `1h`, `3d`, or a sum such as
+    /// `1h30m`; `0` is 0. Units: s, m (minutes), h, d. Returns nil for anything else or on overflow.
+    public static func parseDuration(_ s: String) -> Int? {
+        let text = s.trimmingCharacters(in: .whitespaces).lowercased()
+        guard !text.isEmpty else { return nil }
+        if text.allSatisfy({ $0.isASCII && $0.isNumber }) { return Int(text) }
+        var rest = Substring(text)
+        var total = 0
+        while !rest.isEmpty {
+            let digits = rest.prefix(while: { $0.isASCII && $0.isNumber })
+            guard !digits.isEmpty, let number = Int(digits) else { return nil }
+            rest = rest.dropFirst(digits.count)
+            guard let unit = rest.first else { return nil }
+            rest = rest.dropFirst()
+            let scale: Int
+            switch unit {
+            case "s": scale = 1
+            case "m": scale = 60
+            case "h": scale = 3600
+            case "d": scale = 86_400
+            default: return nil
+            }
+            let (product, overflow1) = number.multipliedReportingOverflow(by: scale)
+            let (sum, overflow2) = total.addingReportingOverflow(product)
+            if overflow1 || overflow2 { return nil }
+            total = sum
+        }
+        return total
+    }
+
+    /// Formats seconds the way the configuration accepts them, in the largest whole unit: `300` → `5m`,
+    /// `3600` → `1h`, `259200` → `3d`, `90` → `90s`, `0` → `0`.
+    public static func formatDuration(_ seconds: Int) -> String {
+        if seconds == 0 { return "0" }
+        for (scale, suffix) in [(86_400, "d"), (3600, "h"), (60, "m")] where seconds % scale == 0 {
+            return "\(seconds / scale)\(suffix)"
+        }
+        return "\(seconds)s"
     }
 }
 
@@ -289,15 +432,17 @@ func closestMatch(_ word: String, among candidates: [String]) -> String? {
         if best == nil || d < best!.distance { best = (candidate, d) }
     }
     guard let best else { return nil }
-    // A typo changes a few letters; allow more for longer names. Also accept a
-    // missing or extra separator-delimited word ("chunk" for "chunk_size").
-    let limit = max(2, best.candidate.count / 3)
-    if best.distance <= limit { return best.candidate }
+    // A one-letter slip is the likeliest explanation.
+    if best.distance <= 1 { return best.candidate }
+    // Then a missing or extra trailing word ("spool_max" for "spool_max_bytes", "chunk" for
+    // "chunk_size"), which a plain edit distance may match to a different key ("spool_dir").
     if let prefixed = candidates.first(where: { $0.hasPrefix(normalized) || normalized.hasPrefix($0) }),
        min(normalized.count, prefixed.count) >= 3 {
         return prefixed
     }
-    return nil
+    // A typo changes a few letters; allow more for longer names.
+    let limit = max(2, best.candidate.count / 3)
+    return best.distance <= limit ? best.candidate : nil
 }
 
 /// Levenshtein distance over Unicode scalars.

@@ -56,19 +56,15 @@ private func temporaryDirectory() throws -> URL {
     }
 
     @Test func shippedFileEqualsDefaults() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let shipped = root.appendingPathComponent("Packaging/agent.yaml").path
+        let shipped = repositoryRoot().appendingPathComponent("Packaging/agent.yaml").path
         #expect(try AgentConfig.load(path: shipped, environment: [:]) == .defaults)
         // Every key is present in the shipped file, each with a comment line above it.
         let text = try String(contentsOfFile: shipped, encoding: .utf8)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        for key in AgentConfig.knownKeys + AgentConfig.knownMirrorKeys {
-            let index = lines.firstIndex { $0.trimmingCharacters(in: .whitespaces).hasPrefix("\(key):") }
-            #expect(index != nil, "shipped file lacks \(key)")
-            if let index, key != "mirror" {
-                #expect(lines[index - 1].trimmingCharacters(in: .whitespaces).hasPrefix("#"), "\(key) has no comment")
-            }
-        }
+        expectEveryKeyCommented(lines: lines, topLevel: AgentConfig.knownKeys,
+                                sections: [("mirror", AgentConfig.knownMirrorKeys),
+                                           ("replication", AgentConfig.knownReplicationKeys),
+                                           ("policy", AgentConfig.knownPolicyKeys)])
     }
 }
 
@@ -160,9 +156,11 @@ private func temporaryDirectory() throws -> URL {
     }
 
     @Test func unknownKeyWithoutCloseMatchListsKnownKeys() throws {
-        let error = try #require(failure("\n\ncompression: zstd\n"))
+        let error = try #require(failure("\n\nfrobnicate: zstd\n"))
         #expect(error.line == 3)
-        #expect(error.hint == "known keys: state_dir, chunk_size, disks, drain_interval_ms, mirror, log_level")
+        #expect(error.hint == "known keys: agent_id, state_dir, chunk_size, disks, drain_interval_ms, mirror, replication, policy, control_socket, log_level")
+        // A key that is close to one in a section points there.
+        #expect(failure("compression: zstd\n")?.hint == "did you mean 'replication.compression_level'?")
     }
 
     @Test func unknownKeyInMirror() throws {
