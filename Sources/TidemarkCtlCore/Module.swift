@@ -1,1 +1,0 @@
-// TidemarkCtlCore: see docs/dev/replication-interfaces.md

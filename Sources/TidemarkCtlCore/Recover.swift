@@ -1,0 +1,210 @@
+import Glibc
+import TidemarkSystem
+import TidemarkTarget
+import TidemarkWire
+
+public enum RecoverCommand {
+    public static let defaultKeyPath = "/etc/tidemark/replication.key"
+
+    public struct Result: Sendable {
+        public var point: PointRecord
+        public var bytes: UInt64
+        public var path: String
+        /// The line tidemarkctl prints.
+        public var summary: String { "recovered point \(point.id) of \(point.diskID) (\(bytes) bytes) to \(path)" }
+    }
+
+    /// `tidemarkctl recover`: writes the image of a recovery point to a file
+    /// or block device.
+    ///
+    /// `pointID` is a point id or "latest" (the highest sequence of the disk).
+    /// A file is written under a temporary name beside `to` and renamed into
+    /// place only when complete, so a failure never leaves a partial image
+    /// behind; a block device that failed half way is reported as such.
+    public static func run(pointID: String, diskID: String?, to: String, targetDir: String, keyPath: String,
+                           progress: ProgressReporter?) throws -> Result {
+        guard let target = try TargetLocation.openExisting(targetDir) else {
+            throw TidemarkError(.notFound, "target storage \(targetDir) is empty: it holds no recovery point",
+                                hint: "check --target; points appear once the process server has uploaded a tagged segment")
+        }
+        let point = try choosePoint(pointID, diskID: diskID, target: target, targetDir: targetDir)
+        guard let disk = try target.disk(point.diskID) else {
+            throw TidemarkError(.corrupt, "point '\(point.id)' names disk '\(point.diskID)', which has no disk record in \(targetDir)")
+        }
+        let key = try loadKey(keyPath)
+        guard disk.keyID == key.id else {
+            throw TidemarkError(.invalidArgument,
+                                "disk \(point.diskID) was sealed with key id \(Format.hex16(disk.keyID)), this key (\(keyPath)) is \(key.idHex)",
+                                hint: "load the replication key the agent used for this disk: --key FILE")
+        }
+        let opener = try SegmentOpener(key: key)
+        let destination = try Destination(to)
+
+        StopSignal.install()
+        let open: (UInt64, [UInt8]) throws -> [(offset: UInt64, bytes: [UInt8]?, length: UInt64)] = { sequence, sealed in
+            if StopSignal.isRequested {
+                throw TidemarkError(.state, "interrupted", hint: "run the recovery again")
+            }
+            let (header, payload) = try sealed.withUnsafeBytes { try opener.open($0, diskID: point.diskID, sequence: sequence) }
+            var out = [(offset: UInt64, bytes: [UInt8]?, length: UInt64)]()
+            out.reserveCapacity(header.extents.count)
+            var pos = 0
+            for e in header.extents {
+                let n = Int(e.length)
+                switch e.kind {
+                case .zero:
+                    out.append((e.offset, nil, UInt64(e.length)))
+                case .data:
+                    guard pos + n <= payload.count else {
+                        throw TidemarkError(.corrupt, "segment \(sequence) of disk \(point.diskID): its data extents need more than its \(payload.count) payload bytes")
+                    }
+                    out.append((e.offset, Array(payload[pos..<(pos + n)]), UInt64(e.length)))
+                    pos += n
+                }
+            }
+            return out
+        }
+        do {
+            try target.materialize(point: point, to: destination.writePath, open: open) { done, total in
+                progress?.update(done: done, total: total)
+            }
+            progress?.finish()
+            try destination.commit()
+        } catch {
+            progress?.finish()
+            throw destination.abandon(error)
+        }
+        return Result(point: point, bytes: disk.sizeBytes, path: to)
+    }
+
+    static func choosePoint(_ wanted: String, diskID: String?, target: LocalDirectoryTarget, targetDir: String) throws -> PointRecord {
+        if let diskID, try target.disk(diskID) == nil {
+            throw TidemarkError(.notFound, "target storage \(targetDir) has no disk '\(diskID)'",
+                                hint: PointsCommand.knownDisksHint(target))
+        }
+        let complete = try target.points(diskID: diskID)
+        if wanted == "latest" {
+            let disks = Set(complete.map(\.diskID))
+            if diskID == nil && disks.count > 1 {
+                throw TidemarkError(.invalidArgument,
+                                    "the target holds points of \(disks.count) disks (\(disks.sorted().prefix(5).joined(separator: ", "))); 'latest' needs --disk",
+                                    hint: "tidemarkctl recover --point latest --disk ID ...; tidemarkctl points list shows the disks")
+            }
+            if let p = complete.max(by: { $0.sequence < $1.sequence }) { return p }
+            let pending = try target.points(diskID: diskID, includeIncomplete: true)
+            let scope = diskID.map { "disk '\($0)'" } ?? "any disk"
+            if let p = pending.max(by: { $0.sequence < $1.sequence }) {
+                let committed = try target.committedSequence(diskID: p.diskID)
+                throw TidemarkError(.notFound,
+                                    "no complete recovery point of \(scope) in \(targetDir): point '\(p.id)' (sequence \(p.sequence)) still misses segments after sequence \(committed)",
+                                    hint: "the process server may still be uploading sequence \(committed + 1); try again later")
+            }
+            throw TidemarkError(.notFound, "no recovery point of \(scope) in \(targetDir)",
+                                hint: "create one with tidemarkctl point create --disk DEV on the protected host")
+        }
+        let matches = complete.filter { $0.id == wanted }
+        if matches.count > 1 {
+            throw TidemarkError(.invalidArgument,
+                                "point id '\(wanted)' exists for several disks (\(matches.map(\.diskID).joined(separator: ", ")))",
+                                hint: "say which with --disk ID")
+        }
+        if let p = matches.first { return p }
+        if let p = try target.points(diskID: diskID, includeIncomplete: true).first(where: { $0.id == wanted }) {
+            let committed = try target.committedSequence(diskID: p.diskID)
+            throw TidemarkError(.notFound,
+                                "point '\(wanted)' of disk '\(p.diskID)' (sequence \(p.sequence)) cannot be materialized yet: the target holds every segment only up to sequence \(committed)",
+                                hint: "the process server may still be uploading sequence \(committed + 1); if it was lost, choose an earlier point (tidemarkctl points list)")
+        }
+        throw TidemarkError(.notFound, "no recovery point '\(wanted)'" + (diskID.map { " of disk '\($0)'" } ?? "") + " in \(targetDir)",
+                            hint: "tidemarkctl points list shows the points; --point latest picks the newest")
+    }
+
+    static func loadKey(_ path: String) throws -> ReplicationKey {
+        do {
+            return try ReplicationKey.load(path: path)
+        } catch let e as SystemError where e.errno == ENOENT {
+            throw TidemarkError(.notFound, "replication key \(path) does not exist",
+                                hint: "pass --key FILE with the key the agents seal segments with; without it nothing can be recovered")
+        } catch let e as SystemError where e.errno == EACCES {
+            throw TidemarkError(.invalidArgument, "replication key \(path) is not readable by this user",
+                                hint: "run tidemarkctl recover as root (the key file is mode 0600)")
+        }
+    }
+}
+
+/// Where an image goes. A regular file (or a new one) is written to a
+/// temporary name in the same directory and renamed over the destination
+/// when complete; a block device is written in place.
+struct Destination {
+    let path: String
+    /// The file materialize writes (the temporary name for a file).
+    let writePath: String
+    /// The path renamed onto (the symlink's target for a symlink).
+    let finalPath: String
+    let isBlockDevice: Bool
+
+    init(_ path: String) throws {
+        self.path = path
+        guard !path.isEmpty, !path.hasSuffix("/") else {
+            throw TidemarkError(.invalidArgument, "--to '\(path)' is not a file or block device path")
+        }
+        var st = Glibc.stat()
+        var lst = Glibc.stat()
+        let exists = stat(path, &st) == 0
+        let statErrno = errno
+        let isLink = lstat(path, &lst) == 0 && lst.st_mode & S_IFMT == S_IFLNK
+        if !exists && statErrno != ENOENT {
+            throw SystemError(call: "stat", errno: statErrno, context: "inspecting the recovery destination \(path)")
+        }
+        if exists && st.st_mode & S_IFMT == S_IFBLK {
+            isBlockDevice = true
+            writePath = path
+            finalPath = path
+            return
+        }
+        isBlockDevice = false
+        if exists && st.st_mode & S_IFMT != S_IFREG {
+            throw TidemarkError(.invalidArgument, "\(path) is neither a regular file nor a block device",
+                                hint: "--to takes an image file (created or replaced) or a block device")
+        }
+        if isLink && !exists {
+            throw TidemarkError(.invalidArgument, "\(path) is a dangling symbolic link", hint: "remove it or give the real path")
+        }
+        var final = path
+        if isLink, let resolved = realpath(path, nil) {
+            final = String(cString: resolved)
+            free(resolved)
+        }
+        finalPath = final
+        let slash = final.lastIndex(of: "/")
+        let dir = slash.map { $0 == final.startIndex ? "/" : String(final[..<$0]) } ?? "."
+        let base = slash.map { String(final[final.index(after: $0)...]) } ?? final
+        var dst = Glibc.stat()
+        guard stat(dir, &dst) == 0, dst.st_mode & S_IFMT == S_IFDIR else {
+            throw TidemarkError(.notFound, "the directory \(dir) of \(path) does not exist", hint: "create it first")
+        }
+        writePath = (dir == "/" ? "" : dir) + "/." + base + ".tidemark-partial-\(getpid())"
+    }
+
+    var directory: String {
+        guard let slash = finalPath.lastIndex(of: "/") else { return "." }
+        return slash == finalPath.startIndex ? "/" : String(finalPath[..<slash])
+    }
+
+    /// Puts a complete image in place.
+    func commit() throws {
+        guard !isBlockDevice else { return }
+        _ = try syscall("rename", "moving the recovered image \(writePath) to \(finalPath)") { rename(writePath, finalPath) }
+        let dir = try FileDescriptor(open: directory, .readOnly, purpose: "opening \(directory) to persist the new image's name")
+        try dir.sync()
+    }
+
+    /// Cleans up after a failure; returns the error to report.
+    func abandon(_ error: Error) -> Error {
+        if isBlockDevice {
+            return NotedError(underlying: error, note: "\(path) may have been partly overwritten: do not use it before a recovery to it succeeds")
+        }
+        unlink(writePath)
+        return error
+    }
+}
