@@ -1,0 +1,101 @@
+/* OpenSSL EVP and getrandom behind tm_ functions: see include/tm_crypto.h for
+ * why this is C. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+#include "tm_crypto.h"
+
+/* One context per direction, each keyed once: a message then costs only the
+ * nonce reset (EVP_*Init_ex with NULL cipher and key keeps the key schedule). */
+struct tm_gcm {
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+};
+
+struct tm_gcm *tm_gcm_new(const uint8_t *key32) {
+    struct tm_gcm *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->enc = EVP_CIPHER_CTX_new();
+    g->dec = EVP_CIPHER_CTX_new();
+    if (!g->enc || !g->dec
+        || EVP_EncryptInit_ex(g->enc, EVP_aes_256_gcm(), NULL, key32, NULL) != 1
+        || EVP_DecryptInit_ex(g->dec, EVP_aes_256_gcm(), NULL, key32, NULL) != 1) {
+        tm_gcm_free(g);
+        return NULL;
+    }
+    /* The default GCM IV length is 12 bytes, which is what we use. */
+    return g;
+}
+
+void tm_gcm_free(struct tm_gcm *g) {
+    if (!g) return;
+    EVP_CIPHER_CTX_free(g->enc);
+    EVP_CIPHER_CTX_free(g->dec);
+    free(g);
+}
+
+/* EVP_*Update takes an int length: feed at most 1 GiB per call. */
+#define TM_GCM_STEP ((size_t)1 << 30)
+
+int tm_gcm_seal(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
+                const void *aad, size_t aadlen, uint8_t *tag16) {
+    int outl = 0;
+    if (aadlen > INT_MAX) return -EINVAL;
+    if (EVP_EncryptInit_ex(g->enc, NULL, NULL, NULL, nonce12) != 1) return -EIO;
+    if (aadlen && EVP_EncryptUpdate(g->enc, NULL, &outl, aad, (int)aadlen) != 1) return -EIO;
+    unsigned char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t step = n - done < TM_GCM_STEP ? n - done : TM_GCM_STEP;
+        if (EVP_EncryptUpdate(g->enc, p + done, &outl, p + done, (int)step) != 1) return -EIO;
+        done += step;
+    }
+    if (EVP_EncryptFinal_ex(g->enc, p + n, &outl) != 1) return -EIO; /* GCM writes nothing here */
+    if (EVP_CIPHER_CTX_ctrl(g->enc, EVP_CTRL_GCM_GET_TAG, 16, tag16) != 1) return -EIO;
+    return 0;
+}
+
+int tm_gcm_open(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
+                const void *aad, size_t aadlen, const uint8_t *tag16) {
+    int outl = 0;
+    unsigned char tag[16];
+    if (aadlen > INT_MAX) return -EINVAL;
+    memcpy(tag, tag16, 16); /* EVP_CTRL_GCM_SET_TAG takes a non-const pointer */
+    if (EVP_DecryptInit_ex(g->dec, NULL, NULL, NULL, nonce12) != 1) return -EIO;
+    if (aadlen && EVP_DecryptUpdate(g->dec, NULL, &outl, aad, (int)aadlen) != 1) return -EIO;
+    unsigned char *p = buf;
+    for (size_t done = 0; done < n;) {
+        size_t step = n - done < TM_GCM_STEP ? n - done : TM_GCM_STEP;
+        if (EVP_DecryptUpdate(g->dec, p + done, &outl, p + done, (int)step) != 1) return -EIO;
+        done += step;
+    }
+    if (EVP_CIPHER_CTX_ctrl(g->dec, EVP_CTRL_GCM_SET_TAG, 16, tag) != 1) return -EIO;
+    if (EVP_DecryptFinal_ex(g->dec, p + n, &outl) != 1) {
+        OPENSSL_cleanse(buf, n);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+int tm_sha256(const void *data, size_t n, uint8_t *out32) {
+    unsigned int len = 0;
+    return EVP_Digest(data, n, out32, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -EIO;
+}
+
+int tm_random_bytes(void *buf, size_t n) {
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}

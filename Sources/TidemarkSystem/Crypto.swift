@@ -1,0 +1,97 @@
+import CTidemark
+import Glibc
+
+/// AES-256-GCM via OpenSSL EVP (the C side is `tm_crypto.h`): 12-byte nonce,
+/// 16-byte tag, encryption and decryption in place. The key is scheduled once
+/// per instance and the EVP contexts are reused for every message.
+/// Not thread-safe: one per worker.
+public final class AES256GCM: @unchecked Sendable {
+    public static let keyBytes = 32, nonceBytes = 12, tagBytes = 16
+    private let ctx: OpaquePointer
+
+    public init(key: [UInt8]) throws {
+        guard key.count == Self.keyBytes else {
+            throw TidemarkError(.invalidArgument, "an AES-256 key is \(Self.keyBytes) bytes, got \(key.count)")
+        }
+        guard let c = key.withUnsafeBufferPointer({ tm_gcm_new($0.baseAddress) }) else {
+            throw SystemError(call: "EVP_EncryptInit_ex", errno: ENOMEM, context: "setting up AES-256-GCM")
+        }
+        ctx = c
+    }
+
+    deinit { tm_gcm_free(ctx) }
+
+    /// Encrypts `buffer` in place and writes the 16-byte tag.
+    public func seal(_ buffer: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                     aad: UnsafeRawBufferPointer, tag: UnsafeMutableRawBufferPointer) throws {
+        precondition(nonce.count == Self.nonceBytes && tag.count == Self.tagBytes, "AES256GCM.seal: nonce/tag size")
+        let r = withNonNull(buffer) { b in
+            tm_gcm_seal(ctx, b, buffer.count, nonce.assumingMemoryBound(to: UInt8.self).baseAddress,
+                        aad.baseAddress, aad.count, tag.assumingMemoryBound(to: UInt8.self).baseAddress)
+        }
+        if r != 0 {
+            throw SystemError(call: "EVP_EncryptUpdate", errno: -r, context: "encrypting \(buffer.count) bytes with AES-256-GCM")
+        }
+    }
+
+    /// Decrypts in place; throws TidemarkError(.corrupt, "authentication
+    /// failed ...") on a bad tag, and then leaves the buffer zeroed.
+    public func open(_ buffer: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                     aad: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) throws {
+        precondition(nonce.count == Self.nonceBytes && tag.count == Self.tagBytes, "AES256GCM.open: nonce/tag size")
+        let r = withNonNull(buffer) { b in
+            tm_gcm_open(ctx, b, buffer.count, nonce.assumingMemoryBound(to: UInt8.self).baseAddress,
+                        aad.baseAddress, aad.count, tag.assumingMemoryBound(to: UInt8.self).baseAddress)
+        }
+        if r == -EBADMSG {
+            throw TidemarkError(.corrupt, "authentication failed: wrong key, or the data was tampered with")
+        }
+        if r != 0 {
+            throw SystemError(call: "EVP_DecryptUpdate", errno: -r, context: "decrypting \(buffer.count) bytes with AES-256-GCM")
+        }
+    }
+
+    /// EVP wants a valid pointer even for zero bytes.
+    private func withNonNull(_ b: UnsafeMutableRawBufferPointer, _ body: (UnsafeMutableRawPointer) -> Int32) -> Int32 {
+        if let p = b.baseAddress { return body(p) }
+        var one: UInt8 = 0
+        return withUnsafeMutableBytes(of: &one) { body($0.baseAddress!) }
+    }
+}
+
+/// Bytes from the operating system's CSPRNG (getrandom(2)).
+public enum SecureRandom {
+    public static func fill(_ b: UnsafeMutableRawBufferPointer) throws {
+        guard let p = b.baseAddress, b.count > 0 else { return }
+        try shimcall("getrandom", "reading \(b.count) random bytes") { tm_random_bytes(p, b.count) }
+    }
+
+    /// n random bytes.
+    public static func bytes(_ n: Int) throws -> [UInt8] {
+        var a = [UInt8](repeating: 0, count: n)
+        try a.withUnsafeMutableBytes { try fill($0) }
+        return a
+    }
+}
+
+/// SHA-256 (OpenSSL EVP_Digest).
+public enum SHA256 {
+    public static let digestBytes = 32
+
+    /// The 32-byte digest of b.
+    public static func hash(_ b: UnsafeRawBufferPointer) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: digestBytes)
+        var one: UInt8 = 0
+        let r = out.withUnsafeMutableBufferPointer { o in
+            withUnsafeBytes(of: &one) { scratch in
+                tm_sha256(b.baseAddress ?? scratch.baseAddress!, b.count, o.baseAddress)
+            }
+        }
+        // EVP_Digest fails only when OpenSSL cannot allocate or its provider
+        // is missing; neither is recoverable here.
+        precondition(r == 0, "SHA256: EVP_Digest failed")
+        return out
+    }
+
+    public static func hash(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { hash($0) } }
+}
