@@ -1,1 +1,0 @@
-// TidemarkWire: see docs/dev/replication-interfaces.md

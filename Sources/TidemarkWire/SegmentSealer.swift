@@ -1,0 +1,151 @@
+import TidemarkSystem
+
+/// Seals segments: zstd (skipped when it does not shrink), then AES-256-GCM
+/// with the encoded header as associated data and a fresh random 96-bit
+/// nonce per segment. Random nonces collide with probability about
+/// n²/2^97 after n segments: rotate the replication key well before 2^32
+/// segments (docs/wire-format.md, "Nonces").
+///
+/// Not thread-safe: one per worker thread (it reuses its zstd and EVP
+/// contexts and a compression buffer).
+public final class SegmentSealer: @unchecked Sendable {
+    public let key: ReplicationKey
+    private let gcm: AES256GCM
+    private let zstd: ZstdCompressor
+    private var scratch: [UInt8] = []
+
+    public init(key: ReplicationKey, compressionLevel: Int32) throws {
+        self.key = key
+        self.gcm = try AES256GCM(key: key.bytes)
+        self.zstd = try ZstdCompressor(level: compressionLevel)
+    }
+
+    /// payload = the bytes of the .data extents, concatenated in extent order.
+    /// Returns the sealed segment: header ‖ ciphertext ‖ tag.
+    public func seal(kind: SegmentKind, diskID: String, sequence: UInt64, diskSizeBytes: UInt64, chunkSizeBytes: UInt32,
+                     extents: [SegmentExtent], payload: UnsafeRawBufferPointer, point: PointTag?) throws -> [UInt8] {
+        try checkIdentifier(diskID, "disk id")
+        guard chunkSizeBytes > 0 else { throw TidemarkError(.invalidArgument, "chunk size 0 for disk \(diskID)") }
+        switch (kind, point) {
+        case (.data, nil): break
+        case (.data, .some): throw TidemarkError(.invalidArgument, "a data segment cannot carry a recovery point; use kind .point")
+        case (.point, nil): throw TidemarkError(.invalidArgument, "a point segment needs its recovery point tag")
+        case (.point, .some(let p)): try checkIdentifier(p.id, "recovery point id")
+        }
+        guard extents.count <= WireLimits.extentsPerSegmentMax else {
+            throw TidemarkError(.invalidArgument, "\(extents.count) extents in one segment; the limit is \(WireLimits.extentsPerSegmentMax)")
+        }
+        var end: UInt64 = 0
+        var dataBytes: UInt64 = 0
+        for (i, e) in extents.enumerated() {
+            try SegmentHeader.checkExtent(e, index: i, previousEnd: end, diskSizeBytes: diskSizeBytes, error: .invalidArgument)
+            end = e.offset + UInt64(e.length)
+            if e.kind == .data { dataBytes += UInt64(e.length) }
+        }
+        guard dataBytes <= UInt64(WireLimits.segmentPayloadBytesMax) else {
+            throw TidemarkError(.invalidArgument, "segment data extents hold \(dataBytes) bytes; the limit is \(WireLimits.segmentPayloadBytesMax)")
+        }
+        guard UInt64(payload.count) == dataBytes else {
+            throw TidemarkError(.invalidArgument, "segment payload is \(payload.count) bytes; its data extents hold \(dataBytes)")
+        }
+
+        // Compress into the scratch buffer; keep it only when it shrinks.
+        let plain = payload.count
+        if scratch.count < plain { scratch = [UInt8](repeating: 0, count: plain) }
+        let compressedLength = try scratch.withUnsafeMutableBytes { try zstd.compress(payload, into: $0) }
+
+        let header = SegmentHeader(kind: kind, diskID: diskID, keyID: key.id, sequence: sequence, diskSizeBytes: diskSizeBytes,
+                                   chunkSizeBytes: chunkSizeBytes, compressed: compressedLength != nil,
+                                   plainLength: UInt32(plain), cipherLength: UInt32(compressedLength ?? plain),
+                                   nonce: try SecureRandom.bytes(SegmentFormat.nonceBytes), extents: extents, point: point)
+        let headerBytes = header.encode()
+        let bodyLength = Int(header.cipherLength)
+        var out = [UInt8](repeating: 0, count: headerBytes.count + bodyLength + SegmentFormat.tagBytes)
+        try out.withUnsafeMutableBytes { o in
+            headerBytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: o[0..<headerBytes.count]).copyMemory(from: $0) }
+            let body = UnsafeMutableRawBufferPointer(rebasing: o[headerBytes.count..<headerBytes.count + bodyLength])
+            if compressedLength != nil {
+                scratch.withUnsafeBytes { body.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<bodyLength])) }
+            } else if bodyLength > 0 {
+                body.copyMemory(from: payload)
+            }
+            let aad = UnsafeRawBufferPointer(rebasing: o[0..<headerBytes.count])
+            let tag = UnsafeMutableRawBufferPointer(rebasing: o[(headerBytes.count + bodyLength)...])
+            try header.nonce.withUnsafeBytes { nonce in
+                try gcm.seal(body, nonce: nonce, aad: aad, tag: tag)
+            }
+        }
+        return out
+    }
+}
+
+/// Opens sealed segments: checks that the segment is the one expected (disk
+/// id, sequence, key id), authenticates it, decrypts and decompresses it.
+/// Not thread-safe: one per worker thread.
+public final class SegmentOpener: @unchecked Sendable {
+    public let key: ReplicationKey
+    private let gcm: AES256GCM
+    private let zstd: ZstdDecompressor
+    private var scratch: [UInt8] = []
+
+    public init(key: ReplicationKey) throws {
+        self.key = key
+        self.gcm = try AES256GCM(key: key.bytes)
+        self.zstd = try ZstdDecompressor()
+    }
+
+    /// Verifies disk id, sequence and key id against expectations,
+    /// authenticates and decompresses. Returns the header and the payload
+    /// (the bytes of the .data extents, concatenated in extent order). Every
+    /// failure is TidemarkError(.corrupt) with a message naming the mismatch.
+    public func open(_ segment: UnsafeRawBufferPointer, diskID: String, sequence: UInt64) throws -> (SegmentHeader, [UInt8]) {
+        let (header, headerBytes) = try SegmentHeader.decode(segment)
+        guard header.diskID == diskID else {
+            throw TidemarkError(.corrupt, "segment belongs to disk \(header.diskID), expected \(diskID)",
+                                hint: "the segment was stored under the wrong disk, or moved there")
+        }
+        guard header.sequence == sequence else {
+            throw TidemarkError(.corrupt, "segment of disk \(diskID) has sequence \(header.sequence), expected \(sequence)",
+                                hint: "the segment was stored under the wrong sequence number, or replayed")
+        }
+        guard header.keyID == key.id else {
+            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) was sealed with key id \(hex16(header.keyID)), this key is \(key.idHex)",
+                                hint: "load the replication key the agent used for this disk")
+        }
+        let cipherLength = Int(header.cipherLength)
+        let plainLength = Int(header.plainLength)
+        let aad = UnsafeRawBufferPointer(rebasing: segment[0..<headerBytes])
+        let cipher = UnsafeRawBufferPointer(rebasing: segment[headerBytes..<headerBytes + cipherLength])
+        let tag = UnsafeRawBufferPointer(rebasing: segment[(headerBytes + cipherLength)...])
+        var payload = [UInt8](repeating: 0, count: plainLength)
+
+        func authenticate(_ body: UnsafeMutableRawBufferPointer) throws {
+            body.copyMemory(from: cipher)
+            do {
+                try header.nonce.withUnsafeBytes { try gcm.open(body, nonce: $0, aad: aad, tag: tag) }
+            } catch let e as TidemarkError where e.kind == .corrupt {
+                throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): authentication failed: wrong replication key, or the segment was tampered with",
+                                    hint: "this segment must not be used; re-send it from the agent or restore from another copy")
+            }
+        }
+
+        if header.compressed {
+            if scratch.count < cipherLength { scratch = [UInt8](repeating: 0, count: cipherLength) }
+            try scratch.withUnsafeMutableBytes { s in
+                let body = UnsafeMutableRawBufferPointer(rebasing: s[0..<cipherLength])
+                try authenticate(body)
+                do {
+                    try payload.withUnsafeMutableBytes { try zstd.decompress(UnsafeRawBufferPointer(body), into: $0, expected: plainLength) }
+                } catch let e as TidemarkError {
+                    throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) authenticated but does not decompress: \(e.message)")
+                }
+            }
+        } else {
+            try payload.withUnsafeMutableBytes { try authenticate($0) }
+        }
+        guard UInt64(payload.count) == header.dataBytes else {
+            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(payload.count) bytes, its data extents hold \(header.dataBytes)")
+        }
+        return (header, payload)
+    }
+}

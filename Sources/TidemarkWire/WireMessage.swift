@@ -1,0 +1,148 @@
+import TidemarkSystem
+
+/// Constants of the frame format (docs/wire-format.md, "Frames").
+public enum WireProtocol {
+    /// "TMWF".
+    public static let magic: [UInt8] = [0x54, 0x4D, 0x57, 0x46]
+    /// The version of this protocol: frame layout and message payloads.
+    public static let version: UInt16 = 1
+    /// magic (4), version u16, type u16, payload length u32.
+    public static let frameHeaderBytes = 12
+}
+
+/// One message of the agent ↔ process server protocol.
+public enum WireMessage: Equatable, Sendable {
+    case hello(protocolVersion: UInt16, agentID: String)
+    case helloOK(protocolVersion: UInt16, serverID: String)
+    case openDisk(diskID: String, diskSizeBytes: UInt64, chunkSizeBytes: UInt32, keyID: UInt64)
+    case diskState(diskID: String, durableSequence: UInt64, committedSequence: UInt64)
+    /// A sealed segment, verbatim.
+    case segment([UInt8])
+    /// Every segment of the disk up to `sequence` is in the spool (cumulative).
+    case ackDurable(diskID: String, sequence: UInt64)
+    /// Every segment of the disk up to `sequence` is in target storage (cumulative).
+    case ackCommitted(diskID: String, sequence: UInt64)
+    case error(code: UInt16, message: String)
+    case ping(UInt64), pong(UInt64)
+
+    /// Message type codes (the frame header's type field).
+    public enum MessageType: UInt16, Sendable, CaseIterable {
+        case hello = 1, helloOK = 2, openDisk = 3, diskState = 4, segment = 5
+        case ackDurable = 6, ackCommitted = 7, error = 8, ping = 9, pong = 10
+
+        /// The largest payload a frame of this type may declare.
+        public var payloadBytesMax: Int {
+            self == .segment ? WireLimits.framePayloadBytesMax : WireLimits.controlPayloadBytesMax
+        }
+    }
+
+    public var type: MessageType {
+        switch self {
+        case .hello: .hello
+        case .helloOK: .helloOK
+        case .openDisk: .openDisk
+        case .diskState: .diskState
+        case .segment: .segment
+        case .ackDurable: .ackDurable
+        case .ackCommitted: .ackCommitted
+        case .error: .error
+        case .ping: .ping
+        case .pong: .pong
+        }
+    }
+
+    /// Encodes the payload of a message other than .segment. Identifiers
+    /// that break the limits throw .invalidArgument; an error message longer
+    /// than the limit is cut at a UTF-8 scalar boundary.
+    func encodeControlPayload(into w: inout ByteWriter) throws {
+        func id(_ s: String, _ what: String) throws {
+            try checkIdentifier(s, what)
+            w.u8(UInt8(s.utf8.count))
+            w.raw(s.utf8)
+        }
+        switch self {
+        case .hello(let v, let agentID):
+            w.u16(v); try id(agentID, "agent id")
+        case .helloOK(let v, let serverID):
+            w.u16(v); try id(serverID, "server id")
+        case .openDisk(let diskID, let size, let chunk, let keyID):
+            try id(diskID, "disk id"); w.u64(size); w.u32(chunk); w.u64(keyID)
+        case .diskState(let diskID, let durable, let committed):
+            try id(diskID, "disk id"); w.u64(durable); w.u64(committed)
+        case .ackDurable(let diskID, let seq), .ackCommitted(let diskID, let seq):
+            try id(diskID, "disk id"); w.u64(seq)
+        case .error(let code, let message):
+            let m = Self.truncateUTF8(message, WireLimits.errorMessageBytesMax)
+            w.u16(code); w.u16(UInt16(m.count)); w.raw(m)
+        case .ping(let v), .pong(let v):
+            w.u64(v)
+        case .segment:
+            preconditionFailure("segment payloads are written verbatim")
+        }
+    }
+
+    /// At most max bytes of s, cut at a scalar boundary.
+    static func truncateUTF8(_ s: String, _ max: Int) -> [UInt8] {
+        if s.utf8.count <= max { return Array(s.utf8) }
+        var out: [UInt8] = []
+        for scalar in s.unicodeScalars {
+            let n = String(scalar).utf8.count
+            if out.count + n > max { break }
+            out.append(contentsOf: String(scalar).utf8)
+        }
+        return out
+    }
+
+    /// Decodes a frame payload of the given type. The payload must be
+    /// consumed exactly; malformed input throws .corrupt.
+    static func decode(type: MessageType, payload: UnsafeRawBufferPointer) throws -> WireMessage {
+        var r = ByteReader(payload, what: "\(type) message")
+        func id(_ what: String) throws -> String {
+            let n = Int(try r.u8("\(what) length"))
+            let s = try r.string(n, what)
+            try checkDecodedIdentifier(s, what, in: "\(type) message")
+            return s
+        }
+        let m: WireMessage
+        switch type {
+        case .hello:
+            let v = try r.u16("protocol version")
+            m = .hello(protocolVersion: v, agentID: try id("agent id"))
+        case .helloOK:
+            let v = try r.u16("protocol version")
+            m = .helloOK(protocolVersion: v, serverID: try id("server id"))
+        case .openDisk:
+            let d = try id("disk id")
+            m = .openDisk(diskID: d, diskSizeBytes: try r.u64("disk size"), chunkSizeBytes: try r.u32("chunk size"),
+                          keyID: try r.u64("key id"))
+        case .diskState:
+            let d = try id("disk id")
+            m = .diskState(diskID: d, durableSequence: try r.u64("durable sequence"),
+                           committedSequence: try r.u64("committed sequence"))
+        case .segment:
+            guard payload.count <= WireLimits.segmentBytesMax else {
+                throw TidemarkError(.corrupt, "segment message of \(payload.count) bytes exceeds the segment limit \(WireLimits.segmentBytesMax)")
+            }
+            m = .segment(r.rest())
+        case .ackDurable:
+            let d = try id("disk id")
+            m = .ackDurable(diskID: d, sequence: try r.u64("sequence"))
+        case .ackCommitted:
+            let d = try id("disk id")
+            m = .ackCommitted(diskID: d, sequence: try r.u64("sequence"))
+        case .error:
+            let code = try r.u16("error code")
+            let n = Int(try r.u16("message length"))
+            guard n <= WireLimits.errorMessageBytesMax else {
+                throw TidemarkError(.corrupt, "error message: \(n) bytes exceeds the limit \(WireLimits.errorMessageBytesMax)")
+            }
+            m = .error(code: code, message: try r.string(n, "message"))
+        case .ping:
+            m = .ping(try r.u64("value"))
+        case .pong:
+            m = .pong(try r.u64("value"))
+        }
+        try r.end()
+        return m
+    }
+}

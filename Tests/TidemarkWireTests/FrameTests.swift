@@ -1,0 +1,169 @@
+import Testing
+import TidemarkSystem
+import TidemarkTesting
+@testable import TidemarkWire
+
+/// An in-memory stream: writes append, reads consume, optionally a few
+/// bytes at a time to exercise partial reads.
+final class MemoryPipe: ByteStream {
+    var data: [UInt8] = []
+    var readPosition = 0
+    var maxRead: Int
+    var reads = 0
+
+    init(_ bytes: [UInt8] = [], maxRead: Int = .max) {
+        data = bytes
+        self.maxRead = maxRead
+    }
+
+    func read(into b: UnsafeMutableRawBufferPointer) throws -> Int {
+        reads += 1
+        let n = min(b.count, data.count - readPosition, maxRead)
+        guard n > 0 else { return 0 }
+        data.withUnsafeBytes { b.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[readPosition..<readPosition + n])) }
+        readPosition += n
+        return n
+    }
+
+    func writeAll(_ b: UnsafeRawBufferPointer) throws { data.append(contentsOf: b) }
+}
+
+func frame(type: UInt16, length: UInt32, version: UInt16 = 1, magic: [UInt8] = WireProtocol.magic) -> [UInt8] {
+    var w = ByteWriter()
+    w.raw(magic); w.u16(version); w.u16(type); w.u32(length)
+    return w.bytes
+}
+
+func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
+    let r = FrameReader(MemoryPipe(bytes, maxRead: maxRead))
+    var out: [WireMessage] = []
+    while let m = try r.next() { out.append(m) }
+    return out
+}
+
+@Suite struct FrameTests {
+    static let messages: [WireMessage] = [
+        .hello(protocolVersion: 1, agentID: "agent-01.example"),
+        .helloOK(protocolVersion: 1, serverID: "ps-1"),
+        .openDisk(diskID: "disk-a", diskSizeBytes: 1 << 40, chunkSizeBytes: 65536, keyID: 0xDEAD_BEEF_0123_4567),
+        .diskState(diskID: "disk-a", durableSequence: 41, committedSequence: 17),
+        .segment([1, 2, 3, 4, 5]),
+        .ackDurable(diskID: "disk-a", sequence: 42),
+        .ackCommitted(diskID: "disk-a", sequence: 18),
+        .error(code: 7, message: "spool full — back off"),
+        .ping(99), .pong(99),
+        .segment([]),
+    ]
+
+    @Test(arguments: [Int.max, 1, 5, 13]) func roundTrip(maxRead: Int) throws {
+        let pipe = MemoryPipe()
+        let w = FrameWriter(pipe)
+        for m in Self.messages { try w.send(m) }
+        #expect(w.framesWritten == UInt64(Self.messages.count))
+        #expect(try readAll(pipe.data, maxRead: maxRead) == Self.messages)
+    }
+
+    @Test func realSegmentThroughFrames() throws {
+        let key = try testKey()
+        let segment = try seal(Fixture.random(), sealer: SegmentSealer(key: key, compressionLevel: 1))
+        let pipe = MemoryPipe()
+        try FrameWriter(pipe).send(.segment(segment))
+        let got = try readAll(pipe.data, maxRead: 70_000)
+        #expect(got == [.segment(segment)])
+        guard case .segment(let bytes) = got[0] else { return }
+        #expect(try open(bytes, opener: SegmentOpener(key: key)).1 == Fixture.random().payload)
+    }
+
+    @Test func longErrorMessageIsCutAtScalarBoundary() throws {
+        let pipe = MemoryPipe()
+        let long = String(repeating: "é", count: 3000)  // 6000 bytes
+        try FrameWriter(pipe).send(.error(code: 1, message: long))
+        guard case .error(_, let m) = try readAll(pipe.data)[0] else { Issue.record("not an error"); return }
+        #expect(m.utf8.count == 4096 && m == String(repeating: "é", count: 2048))
+    }
+
+    @Test func writerRejectsOversizedIdentifiers() throws {
+        let pipe = MemoryPipe()
+        let w = FrameWriter(pipe)
+        #expect(tidemarkError { try w.send(.hello(protocolVersion: 1, agentID: String(repeating: "a", count: 256))) }?.kind == .invalidArgument)
+        #expect(tidemarkError { try w.send(.ackDurable(diskID: "", sequence: 1)) }?.kind == .invalidArgument)
+        #expect(tidemarkError { try w.send(.segment([UInt8](repeating: 0, count: WireLimits.segmentBytesMax + 1))) }?.kind == .invalidArgument)
+        #expect(pipe.data.isEmpty)
+    }
+
+    @Test func cleanEOFAndTruncation() throws {
+        #expect(try readAll([]) == [])
+        let pipe = MemoryPipe()
+        try FrameWriter(pipe).send(.diskState(diskID: "d", durableSequence: 1, committedSequence: 1))
+        for cut in 1..<pipe.data.count {
+            let e = tidemarkError { _ = try readAll(Array(pipe.data[0..<cut])) }
+            #expect(e?.kind == .io && e?.message.contains("closed in the middle of a frame") == true, "cut \(cut)")
+        }
+    }
+
+    @Test func oversizedFramesRejectedBeforeAllocation() throws {
+        // The declared length is refused from the header alone: the reader
+        // never asks the stream for the payload.
+        for (type, length) in [(UInt16(5), UInt32(WireLimits.framePayloadBytesMax + 1)), (5, .max), (1, UInt32(WireLimits.controlPayloadBytesMax + 1)), (8, 1 << 30)] {
+            let pipe = MemoryPipe(frame(type: type, length: length))
+            let e = tidemarkError { _ = try FrameReader(pipe).next() }
+            #expect(e?.kind == .corrupt && e?.message.contains("the limit is") == true, "type \(type) length \(length)")
+            #expect(pipe.readPosition == WireProtocol.frameHeaderBytes)
+        }
+    }
+
+    @Test func malformedFramesRejected() throws {
+        func corrupt(_ bytes: [UInt8], _ needle: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            let e = tidemarkError({ _ = try readAll(bytes) }, sourceLocation: sourceLocation)
+            #expect(e?.kind == .corrupt, sourceLocation: sourceLocation)
+            #expect(e?.message.contains(needle) == true, "\(e?.message ?? "-")", sourceLocation: sourceLocation)
+        }
+        corrupt(frame(type: 9, length: 8, magic: Array("HTTP".utf8)) + [UInt8](repeating: 0, count: 8), "bad frame magic")
+        corrupt(frame(type: 9, length: 8, version: 2) + [UInt8](repeating: 0, count: 8), "version 2")
+        corrupt(frame(type: 99, length: 0), "unknown message type 99")
+        // ping with 7 or 9 bytes
+        corrupt(frame(type: 9, length: 7) + [UInt8](repeating: 0, count: 7), "truncated")
+        corrupt(frame(type: 9, length: 9) + [UInt8](repeating: 0, count: 9), "trailing bytes")
+        // A string length pointing past the payload.
+        corrupt(frame(type: 6, length: 9) + [200] + [UInt8](repeating: 0x61, count: 8), "truncated")
+        // An empty disk id, invalid UTF-8.
+        corrupt(frame(type: 6, length: 9) + [0] + [UInt8](repeating: 0, count: 8), "empty")
+        corrupt(frame(type: 6, length: 10) + [1, 0xFF] + [UInt8](repeating: 0, count: 8), "not valid UTF-8")
+        // An error message longer than its limit, and one longer than the payload.
+        var w = ByteWriter(); w.u16(1); w.u16(5000); w.zeros(5000)
+        corrupt(frame(type: 8, length: UInt32(w.bytes.count)) + w.bytes, "limit")
+        corrupt(frame(type: 8, length: 4) + [1, 0, 0xFF, 0xFF], "error message")
+    }
+
+    /// Random garbage never crashes the reader and never yields more than it holds.
+    @Test func fuzzGarbage() throws {
+        var rng = SplitMix64(seed: 11)
+        let pipe = MemoryPipe()
+        let w = FrameWriter(pipe)
+        for m in Self.messages { try w.send(m) }
+        let good = pipe.data
+        for _ in 0..<2000 {
+            var t = good
+            for _ in 0..<(1 + rng.below(4)) { t[rng.below(t.count)] = UInt8.random(in: 0...255, using: &rng) }
+            if rng.below(4) == 0 { t = Array(t[0..<rng.below(t.count)]) }
+            do { _ = try readAll(t, maxRead: 1 + rng.below(64)) } catch is TidemarkError {}
+        }
+    }
+}
+
+@Suite struct GoldenTests {
+    /// The example frame of docs/wire-format.md, section 3.
+    @Test func ackDurableExample() throws {
+        let pipe = MemoryPipe()
+        try FrameWriter(pipe).send(.ackDurable(diskID: "d1", sequence: 42))
+        #expect(hex(pipe.data) == "544d5746010006000b0000000264312a00000000000000")
+    }
+
+    /// The limits table of docs/wire-format.md, section 6.
+    @Test func limits() {
+        #expect(WireLimits.segmentHeaderBytesMax == 33_354)
+        #expect(WireLimits.segmentBytesMax == 8_421_978)
+        #expect(WireLimits.segmentBytesMax <= WireLimits.framePayloadBytesMax)
+        #expect(WireLimits.framePayloadBytesMax == 8_454_144)
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+import TidemarkSystem
+import TidemarkTesting
+@testable import TidemarkWire
+
+@Suite struct ReplicationKeyTests {
+    func withDir(_ body: (String) throws -> Void) throws {
+        let dir = try TestEnv.tempDir("wire-key")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try body(dir)
+    }
+
+    func write(_ path: String, _ bytes: [UInt8], mode: Int) throws {
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes), attributes: [.posixPermissions: mode]))
+        #expect(chmod(path, mode_t(mode)) == 0)
+    }
+
+    @Test func generateThenLoad() throws {
+        try withDir { dir in
+            let path = dir + "/replication.key"
+            let k = try ReplicationKey.generate(path: path)
+            var st = stat()
+            #expect(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o600)
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            #expect(text == hex(k.bytes) + "\n")
+            #expect(try ReplicationKey.load(path: path) == k)
+            // O_EXCL: never overwrites.
+            let e = tidemarkError { _ = try ReplicationKey.generate(path: path) }
+            #expect(e?.kind == .state && e?.message.contains("already exists") == true)
+            #expect(try ReplicationKey.load(path: path) == k)
+        }
+    }
+
+    @Test func formats() throws {
+        try withDir { dir in
+            let raw: [UInt8] = (0..<32).map { UInt8($0 * 3) }
+            try write(dir + "/raw", raw, mode: 0o600)
+            #expect(try ReplicationKey.load(path: dir + "/raw").bytes == raw)
+            try write(dir + "/hex", Array(hex(raw).uppercased().utf8), mode: 0o400)
+            #expect(try ReplicationKey.load(path: dir + "/hex").bytes == raw)
+            try write(dir + "/hexnl", Array((hex(raw) + "\n").utf8), mode: 0o600)
+            #expect(try ReplicationKey.load(path: dir + "/hexnl").bytes == raw)
+            for (name, content) in [("short", Array(hex(raw).dropLast(2).utf8)), ("bad", Array(("x" + hex(raw).dropFirst()).utf8)),
+                                    ("empty", []), ("long", [UInt8](repeating: 0x61, count: 4096)), ("33", raw + [0])] {
+                try write(dir + "/" + name, content, mode: 0o600)
+                let e = tidemarkError { _ = try ReplicationKey.load(path: dir + "/" + name) }
+                #expect(e?.kind == .invalidArgument, "\(name)")
+            }
+        }
+    }
+
+    @Test func refusesGroupOrOtherAccess() throws {
+        try withDir { dir in
+            let path = dir + "/k"
+            for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+                try write(path, (0..<32).map { UInt8($0) }, mode: mode)
+                let e = tidemarkError { _ = try ReplicationKey.load(path: path) }
+                #expect(e?.message.contains("accessible by group or others (mode \(String(mode, radix: 8)))") == true)
+                #expect(e?.hint?.contains("chmod 600 \(path)") == true)
+            }
+            #expect(chmod(path, 0o600) == 0)
+            _ = try ReplicationKey.load(path: path)
+            // Symlinks are not followed; a missing file names its path.
+            #expect(symlink(path, dir + "/link") == 0)
+            #expect(throws: SystemError.self) { _ = try ReplicationKey.load(path: dir + "/link") }
+            #expect(throws: SystemError.self) { _ = try ReplicationKey.load(path: dir + "/missing") }
+        }
+    }
+}
