@@ -1,0 +1,151 @@
+import Foundation
+import Glibc
+import TidemarkSystem
+import TidemarkWire
+
+/// One agent connection. Its thread does every TLS read and write (OpenSSL
+/// does not allow a read and a write on one stream from two threads):
+/// it waits for a frame with a short poll, and between frames sends the
+/// acknowledgements other threads queued. Acknowledgements are cumulative,
+/// so the queue keeps only the newest per disk: its size is bounded by the
+/// disks the connection opened.
+final class Connection: @unchecked Sendable {
+    unowned let server: ProcessServer
+    let socket: TCPSocket
+    let peer: String
+    private let lock = NSLock()
+    private var durableAcks: [String: UInt64] = [:]
+    private var committedAcks: [String: UInt64] = [:]
+    private var closed = false
+    private var stream: TLSStream?
+
+    init(server: ProcessServer, socket: TCPSocket) {
+        self.server = server
+        self.socket = socket
+        self.peer = socket.peerDescription
+    }
+
+    var isClosed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return closed
+    }
+
+    func queueAck(disk: String, durable: UInt64) {
+        lock.lock()
+        durableAcks[disk] = max(durableAcks[disk] ?? 0, durable)
+        lock.unlock()
+    }
+
+    func queueAck(disk: String, committed: UInt64) {
+        lock.lock()
+        committedAcks[disk] = max(committedAcks[disk] ?? 0, committed)
+        lock.unlock()
+    }
+
+    /// Closes from any thread: the connection's own thread wakes and ends.
+    func close() {
+        lock.lock()
+        closed = true
+        let s = stream
+        lock.unlock()
+        if let s { s.shutdown() } else { socket.close() }
+    }
+
+    func serve() {
+        var agentID = "?"
+        do {
+            try socket.setTimeouts(readMs: ServerLimits.handshakeTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
+            let s = try TLSStream.accept(socket, server.tlsContext)
+            lock.lock()
+            stream = s
+            let wasClosed = closed
+            lock.unlock()
+            defer { s.close() }
+            if wasClosed { return }
+            let reader = FrameReader(s)
+            let writer = FrameWriter(s)
+            agentID = s.peerCommonName
+            do {
+                try handle(stream: s, reader: reader, writer: writer, certName: agentID)
+            } catch let v as ProtocolViolation {
+                Log.warning("\(peer) (\(agentID)): \(v.message); closing the connection")
+                try? writer.send(.error(code: v.code, message: v.message))
+            } catch let e as TidemarkError where e.kind == .corrupt {
+                Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
+                try? writer.send(.error(code: 400, message: e.message))
+            }
+        } catch {
+            if !isClosed { Log.warning("\(peer) (\(agentID)): connection ended: \(error)") }
+        }
+    }
+
+    private func handle(stream s: TLSStream, reader: FrameReader, writer: FrameWriter, certName: String) throws {
+        guard case .hello(let version, let agentID)? = try reader.next() else {
+            throw ProtocolViolation(code: 400, "expected hello as the first message")
+        }
+        guard version == WireProtocol.version else {
+            throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.version)")
+        }
+        guard agentID == certName else {
+            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'")
+        }
+        try writer.send(.helloOK(protocolVersion: WireProtocol.version, serverID: server.options.serverID))
+        try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
+        Log.info("\(peer): agent \(agentID) connected")
+        var opened: Set<String> = []
+        var idleMs = 0
+        while !isClosed && !server.isStopped {
+            try flushAcks(writer)
+            guard try reader.hasBufferedBytes || s.waitReadable(timeoutMs: ServerLimits.connectionPollMs) else {
+                idleMs += ServerLimits.connectionPollMs
+                if idleMs >= ServerLimits.idleTimeoutMs {
+                    throw ProtocolViolation(code: 408, "idle for \(idleMs / 1000) s")
+                }
+                continue
+            }
+            idleMs = 0
+            guard let message = try reader.next() else {
+                Log.info("\(peer): agent \(agentID) disconnected")
+                return
+            }
+            switch message {
+            case .openDisk(let diskID, let size, let chunk, let keyID):
+                if !opened.contains(diskID) && opened.count >= ServerLimits.disksPerConnectionMax {
+                    throw ProtocolViolation(code: 400, "more than \(ServerLimits.disksPerConnectionMax) disks on one connection")
+                }
+                let state = try server.openDisk(self, agentID: agentID, diskID: diskID, sizeBytes: size,
+                                                chunkSizeBytes: chunk, keyID: keyID)
+                opened.insert(diskID)
+                try writer.send(.diskState(diskID: diskID, durableSequence: state.durable, committedSequence: state.committed))
+            case .segment(let bytes):
+                let header = try bytes.withUnsafeBytes { try SegmentHeader.decode($0).0 }
+                guard opened.contains(header.diskID) else {
+                    throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
+                }
+                try bytes.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0) }
+            case .ping(let n):
+                try writer.send(.pong(n))
+            case .pong:
+                break
+            case .error(let code, let text):
+                Log.warning("\(peer): agent \(agentID) reports error \(code): \(text)")
+                return
+            default:
+                throw ProtocolViolation(code: 400, "unexpected message \(message.type) from an agent")
+            }
+        }
+        try flushAcks(writer)
+    }
+
+    private func flushAcks(_ writer: FrameWriter) throws {
+        lock.lock()
+        let d = durableAcks
+        let c = committedAcks
+        durableAcks.removeAll(keepingCapacity: true)
+        committedAcks.removeAll(keepingCapacity: true)
+        lock.unlock()
+        for (disk, seq) in d { try writer.send(.ackDurable(diskID: disk, sequence: seq)) }
+        for (disk, seq) in c { try writer.send(.ackCommitted(diskID: disk, sequence: seq)) }
+    }
+}

@@ -1,0 +1,423 @@
+import Foundation
+import Glibc
+import TidemarkSystem
+import TidemarkTarget
+import TidemarkWire
+
+/// The process server: TLS ingest → durable spool → upload to target storage,
+/// with the two acknowledgements of DESIGN.md ("durable", "committed").
+///
+/// Threads: one accept loop, one thread per connection (bounded by
+/// `maxConnections`), one spool sync thread (group commit), one uploader,
+/// one pruner. Connections never share a TLS stream across threads: each
+/// connection's thread reads frames and writes its own acknowledgements.
+public final class ProcessServer: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var serverID: String
+        public var listenHost: String
+        public var listenPort: UInt16
+        public var tls: TLSFiles
+        public var spoolDir: String
+        public var spoolMaxBytes: UInt64
+        public var targetPath: String
+        public var maxConnections: Int
+        public var retentionSeconds: Int
+        public var pruneIntervalSeconds: Int
+
+        public init(serverID: String, listenHost: String, listenPort: UInt16, tls: TLSFiles, spoolDir: String,
+                    spoolMaxBytes: UInt64, targetPath: String, maxConnections: Int, retentionSeconds: Int,
+                    pruneIntervalSeconds: Int) {
+            self.serverID = serverID
+            self.listenHost = listenHost
+            self.listenPort = listenPort
+            self.tls = tls
+            self.spoolDir = spoolDir
+            self.spoolMaxBytes = spoolMaxBytes
+            self.targetPath = targetPath
+            self.maxConnections = maxConnections
+            self.retentionSeconds = retentionSeconds
+            self.pruneIntervalSeconds = pruneIntervalSeconds
+        }
+    }
+
+    /// What the server knows of one disk.
+    final class DiskIngest {
+        let record: DiskRecord
+        var appended: UInt64
+        var durable: UInt64
+        var committed: UInt64
+        weak var owner: Connection?
+        init(record: DiskRecord, appended: UInt64, committed: UInt64) {
+            self.record = record
+            self.appended = appended
+            self.durable = appended
+            self.committed = committed
+        }
+    }
+
+    public let options: Options
+    let target: LocalDirectoryTarget
+    let spool: Spool
+    let tlsContext: TLSContext
+    let listener: TCPListener
+    let lock = NSLock()
+    var disks: [String: DiskIngest] = [:]
+    /// Highest sequence per disk found in the spool at startup (not yet uploaded).
+    var spooledHighest: [String: UInt64] = [:]
+    var connections: [ObjectIdentifier: Connection] = [:]
+    let uploads = UploadQueue()
+    private var stopped = false
+
+    /// The port actually listened on (useful with port 0 in tests).
+    public var port: UInt16 { listener.port }
+
+    public init(options: Options) throws {
+        self.options = options
+        self.tlsContext = try TLSContext.server(options.tls)
+        self.target = try LocalDirectoryTarget(root: options.targetPath)
+        let (spool, leftover) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
+            let (h, _) = try SegmentHeader.decode(bytes)
+            return (h.diskID, h.sequence)
+        }
+        self.spool = spool
+        self.listener = try TCPListener(host: options.listenHost, port: options.listenPort)
+        for r in leftover { spooledHighest[r.diskID] = max(spooledHighest[r.diskID] ?? 0, r.sequence) }
+        if !leftover.isEmpty {
+            Log.info("spool \(options.spoolDir): \(leftover.count) segments from an earlier run still to upload")
+        }
+        uploads.push(leftover)
+        spool.onDurable = { [unowned self] records in self.recordsDurable(records) }
+        spool.onDropped = { [unowned self] records in self.recordsDropped(records) }
+    }
+
+    /// Serves until `stop()`; returns after every thread has finished.
+    public func run() {
+        let syncThread = Thread { self.spool.runSyncLoop() }
+        let uploadThread = Thread { self.runUploader() }
+        let pruneThread = Thread { self.runPruner() }
+        for t in [syncThread, uploadThread, pruneThread] { t.start() }
+        Log.info("\(options.serverID): listening on \(options.listenHost):\(port) (TLS 1.3, client certificates required); spool \(options.spoolDir); target \(options.targetPath)")
+        while let socket = try? listener.accept() {
+            lock.lock()
+            let full = connections.count >= options.maxConnections
+            lock.unlock()
+            if full {
+                Log.warning("refusing \(socket.peerDescription): \(options.maxConnections) connections already (max_connections)")
+                socket.close()
+                continue
+            }
+            let c = Connection(server: self, socket: socket)
+            lock.lock()
+            connections[ObjectIdentifier(c)] = c
+            lock.unlock()
+            let t = Thread { c.serve(); self.connectionEnded(c) }
+            t.start()
+        }
+        // Stopping: close connections, let the threads drain.
+        lock.lock()
+        let open = Array(connections.values)
+        lock.unlock()
+        for c in open { c.close() }
+        while true {
+            lock.lock()
+            let n = connections.count
+            lock.unlock()
+            if n == 0 { break }
+            usleep(10_000)
+        }
+        uploads.stop()
+        spool.stop()
+        usleep(50_000)
+        Log.info("\(options.serverID): stopped")
+    }
+
+    public func stop() {
+        lock.lock()
+        stopped = true
+        lock.unlock()
+        listener.close()
+    }
+
+    var isStopped: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopped
+    }
+
+    func connectionEnded(_ c: Connection) {
+        lock.lock()
+        connections[ObjectIdentifier(c)] = nil
+        for d in disks.values where d.owner === c { d.owner = nil }
+        lock.unlock()
+    }
+
+    // MARK: Disks
+
+    /// Registers `c` as the one connection feeding `diskID` (an older one is
+    /// closed), makes everything spooled durable, and returns what the agent
+    /// must not re-send.
+    func openDisk(_ c: Connection, agentID: String, diskID: String, sizeBytes: UInt64, chunkSizeBytes: UInt32,
+                  keyID: UInt64) throws -> (durable: UInt64, committed: UInt64) {
+        let wanted = DiskRecord(diskID: diskID, ownerAgentID: agentID, sizeBytes: sizeBytes,
+                                chunkSizeBytes: chunkSizeBytes, keyID: keyID)
+        let record: DiskRecord
+        if let existing = try target.disk(diskID) {
+            guard existing.ownerAgentID == agentID else {
+                throw ProtocolViolation(code: 403, "disk \(diskID) belongs to agent \(existing.ownerAgentID), not \(agentID)")
+            }
+            guard existing.sizeBytes == sizeBytes, existing.chunkSizeBytes == chunkSizeBytes else {
+                throw ProtocolViolation(code: 409, "disk \(diskID) is stored with size \(existing.sizeBytes) and chunk size \(existing.chunkSizeBytes), the agent reports \(sizeBytes) and \(chunkSizeBytes); a resized disk needs a new disk id")
+            }
+            guard existing.keyID == keyID else {
+                throw ProtocolViolation(code: 409, "disk \(diskID) is stored under replication key id \(String(existing.keyID, radix: 16)), the agent uses \(String(keyID, radix: 16))")
+            }
+            record = existing
+        } else {
+            try target.putDisk(wanted)
+            record = wanted
+        }
+        lock.lock()
+        let ingest: DiskIngest
+        if let d = disks[diskID] {
+            ingest = d
+        } else {
+            let committed = try target.committedSequence(diskID: diskID)
+            ingest = DiskIngest(record: record, appended: max(committed, spooledHighest[diskID] ?? 0), committed: committed)
+            disks[diskID] = ingest
+        }
+        let previous = ingest.owner
+        ingest.owner = c
+        lock.unlock()
+        if let previous, previous !== c {
+            Log.info("\(diskID): a new connection from \(agentID) takes over; closing the old one")
+            previous.close()
+        }
+        // Whatever the old connection appended becomes durable (or is dropped)
+        // before we say how far the disk is.
+        spool.syncAll()
+        lock.lock()
+        defer { lock.unlock() }
+        return (ingest.durable, ingest.committed)
+    }
+
+    /// Appends a received segment to the spool; the durable acknowledgement follows from the sync thread.
+    func ingest(_ c: Connection, header: SegmentHeader, bytes: UnsafeRawBufferPointer) throws {
+        lock.lock()
+        guard let d = disks[header.diskID], d.owner === c else {
+            lock.unlock()
+            throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
+        }
+        guard header.sequence == d.appended + 1 else {
+            let expected = d.appended + 1
+            lock.unlock()
+            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) out of order: expected #\(expected)")
+        }
+        guard header.keyID == d.record.keyID else {
+            lock.unlock()
+            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) sealed with key id \(String(header.keyID, radix: 16)), the disk uses \(String(d.record.keyID, radix: 16))")
+        }
+        guard header.diskSizeBytes == d.record.sizeBytes, header.chunkSizeBytes == d.record.chunkSizeBytes else {
+            lock.unlock()
+            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) describes another disk geometry")
+        }
+        for e in header.extents where e.offset + UInt64(e.length) > d.record.sizeBytes {
+            lock.unlock()
+            throw ProtocolViolation(code: 400, "segment \(header.diskID) #\(header.sequence) has an extent past the end of the disk")
+        }
+        lock.unlock()
+        // Appending may block while the spool is full; the sequence check
+        // above stays valid because only this connection feeds the disk.
+        while true {
+            do {
+                _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes)
+                break
+            } catch let full as Spool.SpoolFull {
+                Log.warning("\(full.detail): holding back \(header.diskID) #\(header.sequence)")
+                if isStopped || c.isClosed { throw full }
+                usleep(useconds_t(ServerLimits.spoolFullWaitMs * 1000 * 4))
+            }
+        }
+        lock.lock()
+        d.appended = header.sequence
+        lock.unlock()
+    }
+
+    private func recordsDurable(_ records: [Spool.Record]) {
+        lock.lock()
+        var acks: [(Connection, String, UInt64)] = []
+        for r in records {
+            if let d = disks[r.diskID] {
+                d.durable = max(d.durable, r.sequence)
+                if let o = d.owner { acks.append((o, r.diskID, d.durable)) }
+            }
+        }
+        lock.unlock()
+        for (c, disk, seq) in acks { c.queueAck(disk: disk, durable: seq) }
+        uploads.push(records)
+    }
+
+    private func recordsDropped(_ records: [Spool.Record]) {
+        lock.lock()
+        var toClose: [Connection] = []
+        for r in records {
+            guard let d = disks[r.diskID] else { continue }
+            // Not durable: the agent re-sends from the durable point.
+            d.appended = min(d.appended, max(d.durable, r.sequence - 1))
+            if let o = d.owner { toClose.append(o) }
+        }
+        lock.unlock()
+        for c in toClose { c.close() }
+    }
+
+    // MARK: Upload
+
+    private func runUploader() {
+        var delayMs = ServerLimits.uploadRetryDelayMsMin
+        while let record = uploads.next() {
+            do {
+                try upload(record)
+                uploads.done()
+                spool.release(record)
+                delayMs = ServerLimits.uploadRetryDelayMsMin
+            } catch {
+                Log.error("uploading \(record.diskID) #\(record.sequence) to \(options.targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
+                uploads.requeueFront(record)
+                usleep(useconds_t(delayMs * 1000))
+                delayMs = min(delayMs * 2, ServerLimits.uploadRetryDelayMsMax)
+            }
+        }
+    }
+
+    private func upload(_ record: Spool.Record) throws {
+        let bytes = try spool.read(record)
+        let (header, _) = try bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
+        let extents = header.extents.map {
+            TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero)
+        }
+        var point: PointRecord?
+        if header.kind == .point, let tag = header.point {
+            point = PointRecord(id: tag.id, diskID: header.diskID, pointClass: tag.pointClass.rawValue,
+                                timeUnixMs: tag.timeUnixMs, sequence: header.sequence)
+        }
+        try bytes.withUnsafeBytes {
+            try target.putSegment(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: $0)
+        }
+        if let point { Log.info("\(point.diskID): recovery point \(point.id) (\(point.pointClass)) committed at #\(point.sequence)") }
+        lock.lock()
+        var ack: (Connection, UInt64)?
+        if let d = disks[record.diskID] {
+            d.committed = max(d.committed, record.sequence)
+            if let o = d.owner { ack = (o, d.committed) }
+        }
+        lock.unlock()
+        if let (c, seq) = ack { c.queueAck(disk: record.diskID, committed: seq) }
+    }
+
+    private func runPruner() {
+        var lastRun = Date.distantPast
+        while !isStopped {
+            usleep(200_000)
+            guard Date().timeIntervalSince(lastRun) >= Double(options.pruneIntervalSeconds) else { continue }
+            lastRun = Date()
+            pruneOnce()
+        }
+    }
+
+    /// Expires recovery points older than the retention on every disk.
+    public func pruneOnce() {
+        let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(options.retentionSeconds) * 1000
+        lock.lock()
+        let ids = Array(disks.keys)
+        lock.unlock()
+        for id in ids {
+            do {
+                let report = try target.prune(diskID: id, retainAfterUnixMs: cutoff)
+                Log.debug("\(id): prune: \(report)")
+            } catch {
+                Log.error("\(id): pruning expired recovery points failed: \(error)")
+            }
+        }
+    }
+}
+
+/// A peer broke the protocol: the connection is answered with an error frame and closed.
+struct ProtocolViolation: Error, CustomStringConvertible {
+    var code: UInt16
+    var message: String
+    init(code: UInt16, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    var description: String { message }
+}
+
+/// Durable records waiting for upload, in order. Its size is bounded by the
+/// spool's: every entry is a record in a spool file.
+final class UploadQueue: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var queue: [Spool.Record] = []
+    private var head = 0
+    private var stopped = false
+    private var inFlight = 0
+
+    func push(_ records: [Spool.Record]) {
+        guard !records.isEmpty else { return }
+        cond.lock()
+        queue.append(contentsOf: records)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func next() -> Spool.Record? {
+        cond.lock()
+        defer { cond.unlock() }
+        while head == queue.count && !stopped { cond.wait() }
+        // Stopping leaves the rest in the spool: the next start uploads it.
+        if stopped { return nil }
+        let r = queue[head]
+        head += 1
+        inFlight += 1
+        if head > 4096 && head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
+        return r
+    }
+
+    func done() {
+        cond.lock()
+        inFlight -= 1
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func requeueFront(_ r: Spool.Record) {
+        cond.lock()
+        inFlight -= 1
+        if head > 0 {
+            head -= 1
+            queue[head] = r
+        } else {
+            queue.insert(r, at: 0)
+        }
+        cond.unlock()
+    }
+
+    /// Waits until nothing is queued or uploading (tests, orderly stop).
+    func waitIdle(timeoutMs: Int) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        let deadline = Date(timeIntervalSinceNow: Double(timeoutMs) / 1000)
+        while head < queue.count || inFlight > 0 {
+            if !cond.wait(until: deadline) { return false }
+        }
+        return true
+    }
+
+    func stop() {
+        cond.lock()
+        stopped = true
+        cond.broadcast()
+        cond.unlock()
+    }
+}

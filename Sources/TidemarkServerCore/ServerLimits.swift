@@ -1,0 +1,27 @@
+/// Every limit of the process server, in one place, units in the names.
+/// Configurable values (spool size, connections, retention) live in
+/// `ServerConfig`; these are the fixed bounds around them.
+public enum ServerLimits {
+    /// A spool file is closed for appends once it reaches this size; it is
+    /// deleted when every record in it is committed to target storage.
+    public static let spoolFileBytesMax: UInt64 = 64 << 20
+    /// The TLS handshake and the hello must finish within this time.
+    public static let handshakeTimeoutMs = 10_000
+    /// A connection that sends nothing (not even a ping) for this long is closed.
+    public static let idleTimeoutMs = 120_000
+    /// Once a frame has begun, each read of its remaining bytes may wait this long.
+    public static let frameReadTimeoutMs = 30_000
+    /// How long a connection thread waits in one poll before it looks at its
+    /// outgoing acknowledgements again.
+    public static let connectionPollMs = 50
+    /// Disks one connection may open.
+    public static let disksPerConnectionMax = 64
+    /// While the spool is full, an append waits in steps of this long for the
+    /// uploader to free space, logging each time it has waited this many steps.
+    public static let spoolFullWaitMs = 50
+    public static let spoolFullLogEverySteps = 100
+    /// An upload to target storage that fails is retried after this long,
+    /// doubling up to the maximum; the record stays in the spool meanwhile.
+    public static let uploadRetryDelayMsMin = 100
+    public static let uploadRetryDelayMsMax = 10_000
+}

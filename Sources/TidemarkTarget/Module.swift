@@ -1,1 +1,0 @@
-// TidemarkTarget: see docs/dev/replication-interfaces.md
