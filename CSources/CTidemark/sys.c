@@ -29,6 +29,14 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length) {
     return ioctl(fd, BLKZEROOUT, range) == 0 ? 0 : -errno;
 }
 
+int tm_fs_freeze(int fd) {
+    return ioctl(fd, FIFREEZE, 0) == 0 ? 0 : -errno;
+}
+
+int tm_fs_thaw(int fd) {
+    return ioctl(fd, FITHAW, 0) == 0 ? 0 : -errno;
+}
+
 int tm_open(const char *path, int flags, mode_t mode) {
     int fd;
     do { fd = open(path, flags | O_CLOEXEC, mode); } while (fd < 0 && errno == EINTR);

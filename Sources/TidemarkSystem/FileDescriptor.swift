@@ -99,6 +99,17 @@ public final class FileDescriptor: @unchecked Sendable {
     }
 
     /// Zeroes a range of a block device (BLKZEROOUT).
+    /// Freezes the filesystem this (directory) descriptor is on: writes
+    /// block until `thawFilesystem`. The corresponding C call is `ioctl(FIFREEZE)`.
+    public func freezeFilesystem() throws {
+        try shimcall("ioctl(FIFREEZE)", "freezing the filesystem at \(path)") { tm_fs_freeze(rawValue) }
+    }
+
+    /// The corresponding C call is `ioctl(FITHAW)`.
+    public func thawFilesystem() throws {
+        try shimcall("ioctl(FITHAW)", "thawing the filesystem at \(path)") { tm_fs_thaw(rawValue) }
+    }
+
     public func zeroOut(offset: UInt64, length: UInt64) throws {
         try shimcall("ioctl(BLKZEROOUT)", "zeroing \(length) bytes of \(path) at \(offset)") {
             tm_blk_zeroout(rawValue, offset, length)

@@ -25,6 +25,10 @@ int tm_blk_size_bytes(int fd, uint64_t *out);
 int tm_blk_logical_sector_size(int fd, uint32_t *out);
 /* Zero a byte range of a block device (BLKZEROOUT). Returns 0 or -errno. */
 int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
+/* Freeze / thaw the filesystem of the open directory fd (FIFREEZE/FITHAW).
+ * Returns 0 or -errno. */
+int tm_fs_freeze(int fd);
+int tm_fs_thaw(int fd);
 /* open(2) is variadic in C; Swift imports it only through Glibc overlays
  * that lack O_DIRECT. Returns fd or -errno. */
 int tm_open(const char *path, int flags, mode_t mode);
