@@ -174,8 +174,11 @@ public final class DiskSession {
     /// Moves every set bit of the kernel map into the `.hrl`, durably, then
     /// clears those bits in the kernel map. See the type's comment for why
     /// the order is what it is.
+    /// `visit` sees each drained word (index, bits) once it is durable in the
+    /// `.hrl` and before it leaves the kernel map; after an overflow the
+    /// whole disk was marked dirty and the result says so.
     @discardableResult
-    public func drain() throws -> DrainResult {
+    public func drain(_ visit: ((UInt64, UInt64) -> Void)? = nil) throws -> DrainResult {
         let words = bitmap.words
         let overflow = bitmap.overflowed
         DrainScan.snapshot(words, into: &drained)
@@ -186,6 +189,7 @@ public final class DiskSession {
         if !drained.isEmpty {
             persisted.assign(drained)
             try hrl.persistSet(persisted)
+            if let visit { for i in 0..<drained.count { let e = drained[i]; visit(e.wordIndex, e.bits) } }
         }
         // Durable now: the kernel copies of exactly these bits may go.
         DrainScan.clear(words, drained)

@@ -63,6 +63,20 @@ struct MirrorCommand: ParsableCommand {
     }
 }
 
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replicate disks continuously to a process server (config: /etc/tidemark/agent.yaml).")
+    @OptionGroup var common: DiskOptions
+    @Option(help: "Process server host:port (overrides replication.server).")
+    var server: String?
+
+    func run() throws {
+        try runReportingErrors {
+            try AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server)
+        }
+    }
+}
+
 /// Operating errors end in one clear message and exit status 1, never a trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
@@ -81,7 +95,7 @@ struct Agent: ParsableCommand {
         commandName: "tidemark-agent",
         abstract: "Tidemark mobility agent: tracks changed disk chunks and replicates them.",
         version: tidemarkVersion,
-        subcommands: [Track.self, Untrack.self, MirrorCommand.self])
+        subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self])
 }
 
 Agent.main()

@@ -1,0 +1,285 @@
+import Foundation
+import Glibc
+import TidemarkSystem
+import TidemarkWire
+
+/// Every limit of the replication data path, in one place, units in the names.
+public enum ReplicationLimits {
+    public static let connectTimeoutMs = 5_000
+    /// A blocked TLS read or write gives up after this long (the connection is retried).
+    public static let ioTimeoutMs = 30_000
+    /// With nothing to send, the sender polls for acknowledgements this often.
+    public static let idlePollMs = 20
+    public static let reconnectDelayMsMin = 100
+    public static let reconnectDelayMsMax = 5_000
+    /// Before freezing for a point, wait (up to this long) until the backlog
+    /// of unread chunks is at most `pointBacklogChunksMax`, so the freeze is short.
+    public static let pointPrepareWaitMsMax = 30_000
+    public static let pointBacklogBytesMax: UInt64 = 8 << 20
+    /// A point request waits this long for its tag to be committed.
+    public static let pointCommitWaitMsMax = 120_000
+    /// Hook scripts (pre-freeze, post-thaw) are killed after this long.
+    public static let hookTimeoutMs = 60_000
+    /// Point requests waiting for the main loop.
+    public static let pointRequestsQueuedMax = 16
+}
+
+/// A filesystem mounted from the disk (or one of its partitions).
+struct MountedFilesystem: Equatable {
+    var mountPoint: String
+    var fsType: String
+    var device: String   // major:minor
+}
+
+enum Mounts {
+    /// The filesystems mounted from `device` or its partitions, one mount
+    /// point per filesystem (bind mounts of the same one are skipped).
+    static func filesystems(on device: BlockDeviceInfo) -> [MountedFilesystem] {
+        var devs: Set<String> = ["\(device.major):\(device.minor)"]
+        if !device.isPartition, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/block/\(device.kernelName)") {
+            for e in entries where e.hasPrefix(device.kernelName) {
+                if let d = try? String(contentsOfFile: "/sys/class/block/\(device.kernelName)/\(e)/dev", encoding: .utf8) {
+                    devs.insert(d.trimmingCharacters(in: .whitespacesAndNewlines))
+                }
+            }
+        }
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        var seen: Set<String> = []
+        var result: [MountedFilesystem] = []
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count >= 10, let dash = parts.firstIndex(of: "-"), dash + 1 < parts.count else { continue }
+            let dev = String(parts[2])
+            guard devs.contains(dev), !seen.contains(dev) else { continue }
+            seen.insert(dev)
+            let mountPoint = String(parts[4]).replacingOccurrences(of: "\\040", with: " ")
+            result.append(MountedFilesystem(mountPoint: mountPoint, fsType: String(parts[dash + 1]), device: dev))
+        }
+        return result
+    }
+}
+
+/// A recovery point asked for by `tidemarkctl point create` or the policy timer.
+public struct PointOrder: Sendable {
+    public var appConsistent: Bool
+    public var reply: @Sendable (Result<PointCreated, TidemarkError>) -> Void
+    public init(appConsistent: Bool, reply: @escaping @Sendable (Result<PointCreated, TidemarkError>) -> Void) {
+        self.appConsistent = appConsistent
+        self.reply = reply
+    }
+}
+
+public struct PointCreated: Sendable {
+    public var id: String
+    public var diskID: String
+    public var pointClass: PointClass
+    public var sequence: UInt64
+    public var freezeMs: Double
+}
+
+extension DiskReplicator {
+    /// Queues a point order for the main loop; refuses when too many wait.
+    public func order(_ o: PointOrder) {
+        cond.lock()
+        if orders.count >= ReplicationLimits.pointRequestsQueuedMax {
+            cond.unlock()
+            o.reply(.failure(TidemarkError(.busy, "\(ReplicationLimits.pointRequestsQueuedMax) point requests already wait for \(session.device.path)")))
+            return
+        }
+        orders.append(o)
+        cond.unlock()
+    }
+
+    /// Runs the point orders that are due: policy cadence and requests.
+    func servePointRequests() throws {
+        let now = monotonicSeconds()
+        if settings.crashIntervalSeconds > 0 && now - lastCrashPoint >= Double(settings.crashIntervalSeconds) {
+            lastCrashPoint = now
+            order(PointOrder(appConsistent: false) { _ in })
+        }
+        if settings.appIntervalSeconds > 0 && now - lastAppPoint >= Double(settings.appIntervalSeconds) {
+            lastAppPoint = now
+            order(PointOrder(appConsistent: true) { _ in })
+        }
+        while true {
+            cond.lock()
+            let o = orders.isEmpty ? nil : orders.removeFirst()
+            cond.unlock()
+            guard let o else { return }
+            do {
+                let created = try makePoint(appConsistent: o.appConsistent)
+                o.reply(.success(created))
+            } catch let e as TidemarkError {
+                Log.error("\(session.device.path): recovery point failed: \(e)")
+                o.reply(.failure(e))
+            } catch {
+                Log.error("\(session.device.path): recovery point failed: \(error)")
+                o.reply(.failure(TidemarkError(.io, "\(error)")))
+            }
+        }
+    }
+
+    /// freeze → drain → read → tag → thaw, with a watchdog that always thaws;
+    /// then waits for the tag to be committed.
+    func makePoint(appConsistent: Bool) throws -> PointCreated {
+        let mounts = Mounts.filesystems(on: session.device)
+        let cls: PointClass = mounts.isEmpty ? .unverified : (appConsistent ? .appConsistent : .crashConsistent)
+        if appConsistent && mounts.isEmpty {
+            throw TidemarkError(.state, "\(session.device.path) has no mounted filesystem to quiesce: an app-consistent point cannot be made",
+                                hint: "take a crash point instead (it will be marked unverified)")
+        }
+        // Shrink the backlog first, so the freeze lasts milliseconds.
+        let deadline = monotonicSeconds() + Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000
+        while true {
+            try drainOnce()
+            try clearCommitted()
+            cond.lock()
+            let backlog = toRead.count * chunkBytes
+            cond.unlock()
+            if backlog <= ReplicationLimits.pointBacklogBytesMax { break }
+            if monotonicSeconds() > deadline {
+                throw TidemarkError(.busy, "\(session.device.path): \(backlog) bytes still to replicate; a point waits until the backlog is small",
+                                    hint: "retry when the initial replication is done")
+            }
+            usleep(20_000)
+        }
+        if appConsistent, let hook = settings.preFreezeHook { try runHook(hook, "pre-freeze") }
+        var thawHookNeeded = appConsistent
+        defer { if thawHookNeeded, let hook = settings.postThawHook { try? runHook(hook, "post-thaw") } }
+
+        let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+        let request = PointRequest(tag: tag)
+        let freezer = Freezer(mounts: mounts)
+        let t0 = monotonicSeconds()
+        try freezer.freeze()
+        // The watchdog thaws even if this thread is stuck; a tag not yet
+        // numbered by then is abandoned, never faked.
+        let watchdog = Thread { [self] in
+            let end = t0 + Double(settings.freezeTimeoutMs) / 1000
+            while monotonicSeconds() < end {
+                if freezer.isThawed { return }
+                usleep(1_000)
+            }
+            cond.lock()
+            if request.sequence == nil { request.abandoned = true }
+            cond.broadcast()
+            cond.unlock()
+            freezer.thaw()
+        }
+        watchdog.start()
+        do {
+            try drainOnce()
+        } catch {
+            freezer.thaw()
+            throw error
+        }
+        cond.lock()
+        pointRequest = request
+        cond.broadcast()
+        while request.sequence == nil && !request.abandoned && !stopping {
+            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.01))
+        }
+        let sequence = request.sequence
+        if sequence == nil { request.abandoned = true }
+        pointRequest = nil
+        cond.unlock()
+        freezer.thaw()
+        let freezeMs = (monotonicSeconds() - t0) * 1000
+        if appConsistent, let hook = settings.postThawHook {
+            thawHookNeeded = false
+            try runHook(hook, "post-thaw")
+        }
+        guard let sequence else {
+            throw TidemarkError(.state, "\(session.device.path): the freeze exceeded \(settings.freezeTimeoutMs) ms before the point could be tagged; the filesystems were thawed and the point abandoned",
+                                hint: "raise policy.freeze_timeout_ms, or lower the write load")
+        }
+        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms")
+        recordFreeze(ms: freezeMs)
+        // Wait for the commit, so the caller can recover it at once.
+        let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
+        cond.lock()
+        while committedSequence < sequence && !stopping {
+            if !cond.wait(until: min(commitDeadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= commitDeadline { break }
+        }
+        let committed = committedSequence >= sequence
+        cond.unlock()
+        guard committed else {
+            throw TidemarkError(.state, "recovery point \(tag.id) was tagged at #\(sequence) but is not committed yet (the server is unreachable or slow)",
+                                hint: "it is committed once the server catches up; check `tidemarkctl points list`")
+        }
+        return PointCreated(id: tag.id, diskID: diskID, pointClass: cls, sequence: sequence, freezeMs: freezeMs)
+    }
+
+    static func newPointID() -> String {
+        var b = [UInt8](repeating: 0, count: 6)
+        try? b.withUnsafeMutableBytes { try SecureRandom.fill($0) }
+        let f = DateFormatter()
+        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+        f.timeZone = TimeZone(identifier: "UTC")
+        return "p-" + f.string(from: Date()) + "-" + b.map { String(format: "%02x", $0) }.joined()
+    }
+
+    func runHook(_ path: String, _ what: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.environment = ["TIDEMARK_DISK": session.device.path, "TIDEMARK_DISK_ID": diskID, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        do { try p.run() } catch {
+            throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
+                                hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
+        }
+        let deadline = monotonicSeconds() + Double(ReplicationLimits.hookTimeoutMs) / 1000
+        while p.isRunning {
+            if monotonicSeconds() > deadline {
+                p.terminate()
+                throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
+            }
+            usleep(5_000)
+        }
+        guard p.terminationStatus == 0 else {
+            throw TidemarkError(.state, "\(what) hook \(path) failed with status \(p.terminationStatus); no app-consistent point was made")
+        }
+    }
+}
+
+/// Freezes a set of filesystems; thaws each exactly once, from any thread.
+final class Freezer: @unchecked Sendable {
+    let mounts: [MountedFilesystem]
+    private let lock = NSLock()
+    private var frozen: [FileDescriptor] = []
+    private var thawed = false
+
+    init(mounts: [MountedFilesystem]) { self.mounts = mounts }
+
+    var isThawed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return thawed
+    }
+
+    func freeze() throws {
+        for m in mounts {
+            do {
+                let fd = try FileDescriptor(open: m.mountPoint, .readOnly, purpose: "opening mount point for freezing")
+                try fd.freezeFilesystem()
+                lock.lock()
+                frozen.append(fd)
+                lock.unlock()
+            } catch {
+                thaw()
+                throw TidemarkError(.state, "cannot freeze \(m.mountPoint) (\(m.fsType)): \(error)",
+                                    hint: "the filesystem may not support FIFREEZE; points of this disk cannot be crash-consistent")
+            }
+        }
+    }
+
+    func thaw() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !thawed else { return }
+        thawed = true
+        for fd in frozen {
+            do { try fd.thawFilesystem() } catch { Log.error("thawing \(fd.path) failed: \(error)") }
+        }
+        frozen.removeAll()
+    }
+}

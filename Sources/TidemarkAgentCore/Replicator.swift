@@ -1,0 +1,581 @@
+import Foundation
+import Glibc
+import TidemarkSystem
+import TidemarkTracking
+import TidemarkWire
+
+/// Where and how one disk replicates.
+public struct ReplicationSettings: Sendable {
+    public var agentID: String
+    public var serverHost: String
+    public var serverPort: UInt16
+    public var serverName: String
+    public var tls: TLSFiles
+    public var key: ReplicationKey
+    public var compressionLevel: Int32
+    public var segmentSizeBytes: UInt32
+    public var inflightBytesMax: UInt64
+    public var bandwidthLimitBytesPerSecond: UInt64
+    public var drainIntervalMs: Int
+    public var freezeTimeoutMs: Int
+    public var crashIntervalSeconds: Int
+    public var appIntervalSeconds: Int
+    public var preFreezeHook: String?
+    public var postThawHook: String?
+}
+
+/// Continuous replication of one tracked disk to a process server:
+///
+/// drain (main thread) → `.hrl` → to-read set → reader thread (io_uring,
+/// zero chunks become zero extents, seal on all cores) → send window →
+/// sender thread (TLS) → "durable" frees the window → "committed" lets the
+/// main thread clear the `.hrl` bits of chunks not written since.
+///
+/// Bounded: the window holds at most `inflightBytesMax` of sealed segments;
+/// when it is full the reader stops and bits accumulate (bitmap mode). The
+/// chunk → newest-segment map holds only chunks of uncommitted segments.
+public final class DiskReplicator: @unchecked Sendable {
+    public let session: DiskSession
+    public let settings: ReplicationSettings
+    public let diskID: String
+    let chunkBytes: UInt64
+    let chunkCount: UInt64
+
+    // Shared state, guarded by `cond`.
+    let cond = NSCondition()
+    var toRead: ChunkSet
+    var nextSequence: UInt64 = 1
+    var window: [Sealed] = []          // sealed, not yet durable, in sequence order
+    var windowBytes: UInt64 = 0
+    var uncommitted: [(sequence: UInt64, runs: [(UInt64, UInt64)])] = []
+    var chunkSequence: [UInt64: UInt64] = [:]
+    var durableSequence: UInt64 = 0
+    var committedSequence: UInt64 = 0
+    var clearedThrough: UInt64 = 0
+    var epoch: UInt64 = 0               // bumps when the server forces a re-send from scratch
+    var stopping = false
+    var connected = false
+    var pointRequest: PointRequest?
+    var readerBusy = false
+    var replicatedBefore = false
+    var targetLost = false
+    public internal(set) var stats = Stats()
+    var orders: [PointOrder] = []
+    var lastCrashPoint = monotonicSeconds()
+    var lastAppPoint = monotonicSeconds()
+    /// Freeze durations of the points made, for status and benchmarks (bounded).
+    public internal(set) var freezeMsHistory: [Double] = []
+
+    func recordFreeze(ms: Double) {
+        cond.lock()
+        if freezeMsHistory.count >= 10_000 { freezeMsHistory.removeFirst(5_000) }
+        freezeMsHistory.append(ms)
+        cond.unlock()
+    }
+
+    struct Sealed {
+        var sequence: UInt64
+        var bytes: [UInt8]
+        var runs: [(UInt64, UInt64)]
+        var sent = false
+    }
+
+    public struct Stats: Sendable {
+        public var bytesRead: UInt64 = 0
+        public var bytesSent: UInt64 = 0
+        public var zeroChunks: UInt64 = 0
+        public var segmentsSealed: UInt64 = 0
+    }
+
+    final class PointRequest: @unchecked Sendable {
+        let tag: PointTag
+        var sequence: UInt64?
+        var abandoned = false
+        var error: String?
+        init(tag: PointTag) { self.tag = tag }
+    }
+
+    public init(session: DiskSession, settings: ReplicationSettings) {
+        self.session = session
+        self.settings = settings
+        chunkBytes = UInt64(session.hrl.header.chunkSizeBytes)
+        chunkCount = (session.device.sizeBytes + chunkBytes - 1) / chunkBytes
+        toRead = ChunkSet(chunks: chunkCount)
+        diskID = Self.diskID(agentID: settings.agentID, device: session.device)
+    }
+
+    /// The disk's name on the wire and in target storage: stable across
+    /// reboots (derived from the disk's identity, not its kernel name).
+    public static func diskID(agentID: String, device: BlockDeviceInfo) -> String {
+        let digest = Array(device.identity.utf8).withUnsafeBytes { SHA256.hash($0) }
+        let hex = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
+        return "\(agentID)-\(device.kernelName)-\(hex)"
+    }
+
+    // MARK: Main loop
+
+    /// Replicates until `StopSignal` or `stop()`. Starts the reader and sender threads.
+    public func run() throws {
+        try prepare()
+        let reader = Thread { self.runReader() }
+        let sender = Thread { self.runSender() }
+        reader.start()
+        sender.start()
+        defer {
+            cond.lock()
+            stopping = true
+            cond.broadcast()
+            cond.unlock()
+            while true {
+                cond.lock()
+                let busy = readerBusy
+                cond.unlock()
+                if !busy { break }
+                usleep(5_000)
+            }
+        }
+        while !StopSignal.isRequested && !isStopping {
+            try drainOnce()
+            try clearCommitted()
+            try servePointRequests()
+            StopSignal.sleep(milliseconds: settings.drainIntervalMs)
+        }
+        try drainOnce()
+        try clearCommitted()
+    }
+
+    var isStopping: Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        return stopping
+    }
+
+    public func stop() {
+        cond.lock()
+        stopping = true
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Loads the backlog: a disk that needs a resync is marked dirty whole
+    /// (durably, so an interrupted initial replication resumes from the
+    /// `.hrl` instead of starting over); otherwise the `.hrl` bits are read.
+    func prepare() throws {
+        let h = session.hrl.header
+        replicatedBefore = h.targetID == replicatedTargetID
+        if h.state == .resyncRequired || (h.targetID != pendingTargetID && h.targetID != replicatedTargetID) {
+            Log.info("\(session.device.path): initial replication of \(diskID) (\(h.state == .resyncRequired ? "resync required: \(h.reason)" : "new target"))")
+            try markWholeDisk()
+        }
+        let words = try session.hrl.dirtyWords()
+        cond.lock()
+        for e in words.entries { toRead.insert(word: e.wordIndex, bits: e.bits) }
+        let n = toRead.count
+        cond.unlock()
+        Log.info("\(session.device.path): \(n) chunks to replicate as \(diskID)")
+    }
+
+    /// The `.hrl` names the target it is tracking for: "pending" until the
+    /// first commit, then "replicated"; a target that has nothing of a disk
+    /// marked replicated was lost, and the whole disk is sent again.
+    var pendingTargetID: String { "server:\(diskID)" }
+    var replicatedTargetID: String { "server:\(diskID)@replicated" }
+
+    /// Marks the whole disk dirty, durably: an interrupted initial
+    /// replication resumes from the `.hrl` instead of starting over.
+    func markWholeDisk() throws {
+        try session.drain()
+        try session.hrl.markAllDirty()
+        try session.hrl.setTargetID(pendingTargetID)
+        try session.hrl.setState(.tracking, reason: .none, text: "")
+        replicatedBefore = false
+        cond.lock()
+        toRead.insertAll()
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func drainOnce() throws {
+        var added: [(UInt64, UInt64)] = []
+        let result = try session.drain { w, b in added.append((w, b)) }
+        cond.lock()
+        if result.overflowed { toRead.insertAll() }
+        for (w, b) in added { toRead.insert(word: w, bits: b) }
+        if !added.isEmpty || result.overflowed { cond.broadcast() }
+        cond.unlock()
+    }
+
+    /// Clears, in the `.hrl`, the chunks of committed segments that were
+    /// not drained again since (those stay for their newer segment).
+    func clearCommitted() throws {
+        cond.lock()
+        let lost = targetLost
+        targetLost = false
+        let firstCommit = committedSequence > 0 && !replicatedBefore
+        cond.unlock()
+        if lost {
+            Log.warning("\(session.device.path): the target holds nothing of \(diskID), which was replicated before: sending the whole disk again")
+            try markWholeDisk()
+        }
+        if firstCommit {
+            try session.hrl.setTargetID(replicatedTargetID)
+            replicatedBefore = true
+        }
+        cond.lock()
+        var clear = SparseWords()
+        var chunks: [UInt64] = []
+        while let first = uncommitted.first, first.sequence <= committedSequence {
+            uncommitted.removeFirst()
+            for (start, n) in first.runs {
+                for c in start..<(start + n) where chunkSequence[c] == first.sequence {
+                    chunkSequence[c] = nil
+                    if !toRead.contains(c) { chunks.append(c) }
+                }
+            }
+        }
+        cond.unlock()
+        guard !chunks.isEmpty else { return }
+        chunks.sort()
+        clear = SparseWords(chunks: chunks)
+        try session.hrl.persistClear(clear)
+    }
+
+    // MARK: Reader
+
+    private func runReader() {
+        cond.lock()
+        readerBusy = true
+        cond.unlock()
+        defer {
+            cond.lock()
+            readerBusy = false
+            cond.broadcast()
+            cond.unlock()
+        }
+        do {
+            let reader = try ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
+            let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+            let sealers = try (0..<workers).map { _ in
+                try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
+            }
+            while true {
+                guard let batch = nextBatch(maxSegments: workers) else { return }
+                try produce(batch, reader: reader, sealers: sealers)
+            }
+        } catch {
+            Log.error("\(session.device.path): reader stopped: \(error)")
+            stop()
+        }
+    }
+
+    struct Planned {
+        var sequence: UInt64
+        var runs: [(UInt64, UInt64)]
+        var point: PointTag?
+        var epoch: UInt64
+    }
+
+    /// Waits for work and window space; takes up to `maxSegments` segments'
+    /// worth of chunks from the to-read set and numbers them.
+    private func nextBatch(maxSegments: Int) -> [Planned]? {
+        cond.lock()
+        defer { cond.unlock() }
+        let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
+        while true {
+            if stopping { return nil }
+            let roomy = windowBytes < settings.inflightBytesMax
+            if roomy && !toRead.isEmpty { break }
+            if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty {
+                // Everything drained under the freeze is in earlier segments: tag now.
+                let seq = nextSequence
+                nextSequence += 1
+                p.sequence = seq
+                cond.broadcast()
+                return [Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch)]
+            }
+            cond.wait(until: Date(timeIntervalSinceNow: 0.2))
+        }
+        var batch: [Planned] = []
+        while batch.count < maxSegments && !toRead.isEmpty {
+            var runs: [(UInt64, UInt64)] = []
+            var taken: UInt64 = 0
+            while taken < chunksPerSegment && runs.count < WireLimits.extentsPerSegmentMax / 2,
+                  let r = toRead.takeRun(maxChunks: chunksPerSegment - taken) {
+                runs.append((r.first, r.count))
+                taken += r.count
+            }
+            let seq = nextSequence
+            nextSequence += 1
+            for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
+            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch))
+        }
+        return batch
+    }
+
+    /// Reads, seals (in parallel) and queues a batch, in sequence order.
+    private func produce(_ batch: [Planned], reader: ChunkReader, sealers: [SegmentSealer]) throws {
+        let size = session.device.sizeBytes
+        var plans: [(extents: [SegmentExtent], payload: [UInt8])] = []
+        var readBytes: UInt64 = 0
+        var zeroChunks: UInt64 = 0
+        for p in batch {
+            var extents: [SegmentExtent] = []
+            var payload: [UInt8] = []
+            let byteExtents = p.runs.map { (start, n) -> ByteExtent in
+                let off = start * chunkBytes
+                return ByteExtent(offset: off, length: min(n * chunkBytes, size - off))
+            }
+            if !byteExtents.isEmpty {
+                try reader.read(byteExtents) { offset, data in
+                    readBytes += UInt64(data.count)
+                    var pos = 0
+                    while pos < data.count {
+                        let n = min(Int(chunkBytes), data.count - pos)
+                        let piece = UnsafeRawBufferPointer(rebasing: data[pos..<pos + n])
+                        let zero = isAllZero(piece)
+                        let off = offset + UInt64(pos)
+                        if zero { zeroChunks += 1 }
+                        let kind: ExtentKind = zero ? .zero : .data
+                        if var last = extents.last, last.kind == kind, last.offset + UInt64(last.length) == off,
+                           UInt64(last.length) + UInt64(n) <= UInt64(UInt32.max) {
+                            last.length += UInt32(n)
+                            extents[extents.count - 1] = last
+                        } else {
+                            extents.append(SegmentExtent(offset: off, length: UInt32(n), kind: kind))
+                        }
+                        if !zero { payload.append(contentsOf: piece) }
+                        pos += n
+                    }
+                }
+            }
+            plans.append((extents, payload))
+        }
+        let box = SealResults(count: batch.count)
+        let planned = plans
+        let sizeBytes = size
+        let chunk = UInt32(chunkBytes)
+        let disk = diskID
+        DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+            do {
+                let p = batch[i]
+                let bytes = try planned[i].payload.withUnsafeBytes {
+                    try sealers[i].seal(kind: p.point == nil ? .data : .point, diskID: disk, sequence: p.sequence,
+                                        diskSizeBytes: sizeBytes, chunkSizeBytes: chunk,
+                                        extents: planned[i].extents, payload: $0, point: p.point)
+                }
+                box.set(i, bytes)
+            } catch {
+                box.fail(error)
+            }
+        }
+        let (sealed, failure) = box.take()
+        if let failure { throw failure }
+        cond.lock()
+        defer { cond.unlock() }
+        stats.bytesRead += readBytes
+        stats.zeroChunks += zeroChunks
+        for (i, p) in batch.enumerated() {
+            if p.epoch != epoch {
+                // The server restarted numbering while we read: these chunks go back.
+                for (start, n) in p.runs { toRead.insert(first: start, count: n) }
+                continue
+            }
+            window.append(Sealed(sequence: p.sequence, bytes: sealed[i], runs: p.runs))
+            windowBytes += UInt64(sealed[i].count)
+            stats.segmentsSealed += 1
+        }
+        cond.broadcast()
+    }
+
+    // MARK: Sender
+
+    private func runSender() {
+        var backoffMs = ReplicationLimits.reconnectDelayMsMin
+        while !isStopping && !StopSignal.isRequested {
+            do {
+                try session(over: try connect())
+                backoffMs = ReplicationLimits.reconnectDelayMsMin
+            } catch {
+                if isStopping || StopSignal.isRequested { break }
+                Log.warning("\(diskID): connection to \(settings.serverHost):\(settings.serverPort) failed: \(error); retrying in \(backoffMs) ms")
+            }
+            cond.lock()
+            connected = false
+            for i in window.indices { window[i].sent = false }
+            cond.unlock()
+            StopSignal.sleep(milliseconds: backoffMs)
+            backoffMs = min(backoffMs * 2, ReplicationLimits.reconnectDelayMsMax)
+        }
+    }
+
+    private func connect() throws -> TLSStream {
+        let socket = try TCPSocket.connect(host: settings.serverHost, port: settings.serverPort,
+                                           timeoutMs: ReplicationLimits.connectTimeoutMs)
+        try socket.setTimeouts(readMs: ReplicationLimits.ioTimeoutMs, writeMs: ReplicationLimits.ioTimeoutMs)
+        let context = try TLSContext.client(settings.tls)
+        return try TLSStream.connect(socket, context, serverName: settings.serverName)
+    }
+
+    private func session(over stream: TLSStream) throws {
+        defer { stream.close() }
+        let reader = FrameReader(stream)
+        let writer = FrameWriter(stream)
+        try writer.send(.hello(protocolVersion: WireProtocol.version, agentID: settings.agentID))
+        guard case .helloOK(_, let serverID)? = try reader.next() else {
+            throw TidemarkError(.state, "the server did not answer hello")
+        }
+        try writer.send(.openDisk(diskID: diskID, diskSizeBytes: session.device.sizeBytes,
+                                  chunkSizeBytes: UInt32(chunkBytes), keyID: settings.key.id))
+        let state = try reader.next()
+        guard case .diskState(_, let durable, let committed)? = state else {
+            if case .error(let code, let message)? = state {
+                throw TidemarkError(.state, "the server refused disk \(diskID): \(message) (\(code))")
+            }
+            throw TidemarkError(.state, "the server did not answer openDisk")
+        }
+        resume(durable: durable, committed: committed)
+        Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
+        var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
+        while !isStopping && !StopSignal.isRequested {
+            // Send what is unsent, in order.
+            cond.lock()
+            let next = window.firstIndex { !$0.sent }
+            let item = next.map { window[$0] }
+            cond.unlock()
+            if let item {
+                bucket.take(UInt64(item.bytes.count))
+                try writer.send(.segment(item.bytes))
+                cond.lock()
+                if let i = window.firstIndex(where: { $0.sequence == item.sequence }) { window[i].sent = true }
+                stats.bytesSent += UInt64(item.bytes.count)
+                cond.unlock()
+            }
+            // Read whatever acknowledgements have arrived.
+            while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil ? ReplicationLimits.idlePollMs : 0) {
+                guard let m = try reader.next() else { throw TidemarkError(.state, "the server closed the connection") }
+                try handle(m)
+            }
+        }
+    }
+
+    /// After (re)connecting: drop what the server holds durably, and decide
+    /// what to re-send.
+    private func resume(durable: UInt64, committed: UInt64) {
+        cond.lock()
+        defer {
+            cond.broadcast()
+            cond.unlock()
+        }
+        connected = true
+        committedSequence = max(committedSequence, committed)
+        if durable < durableSequence || durable >= nextSequence {
+            // Either the server lost segments it had acknowledged (another
+            // server, a lost spool), or it is further than this agent (a
+            // restarted agent): numbering continues after the server's, and
+            // everything not committed is read again.
+            if durable < durableSequence {
+                Log.warning("\(diskID): the server has only #\(durable), #\(durableSequence) had been acknowledged: re-sending all uncommitted chunks")
+            }
+            for u in uncommitted { for (s, n) in u.runs { toRead.insert(first: s, count: n) } }
+            for w in window { for (s, n) in w.runs { toRead.insert(first: s, count: n) } }
+            uncommitted.removeAll()
+            chunkSequence.removeAll()
+            window.removeAll()
+            windowBytes = 0
+            nextSequence = durable + 1
+            durableSequence = durable
+            epoch += 1
+        }
+        if durable == 0 && committed == 0 && replicatedBefore {
+            // The target has nothing of a disk this .hrl says was replicated.
+            targetLost = true
+        }
+        ackDurableLocked(durable)
+    }
+
+    private func handle(_ m: WireMessage) throws {
+        switch m {
+        case .ackDurable(let disk, let seq) where disk == diskID:
+            cond.lock()
+            ackDurableLocked(seq)
+            cond.broadcast()
+            cond.unlock()
+        case .ackCommitted(let disk, let seq) where disk == diskID:
+            cond.lock()
+            committedSequence = max(committedSequence, seq)
+            cond.broadcast()
+            cond.unlock()
+        case .ping(let n):
+            _ = n
+        case .pong:
+            break
+        case .error(let code, let message):
+            throw TidemarkError(.state, "the server reports error \(code): \(message)")
+        default:
+            throw TidemarkError(.corrupt, "unexpected message \(m.type) from the server")
+        }
+    }
+
+    private func ackDurableLocked(_ seq: UInt64) {
+        durableSequence = max(durableSequence, seq)
+        while let first = window.first, first.sequence <= durableSequence {
+            window.removeFirst()
+            windowBytes -= UInt64(first.bytes.count)
+            uncommitted.append((first.sequence, first.runs))
+        }
+    }
+
+}
+
+/// Results of sealing a batch on all cores; each worker writes its own slot.
+final class SealResults: @unchecked Sendable {
+    private let lock = NSLock()
+    private var out: [[UInt8]]
+    private var failure: Error?
+    init(count: Int) { out = [[UInt8]](repeating: [], count: count) }
+    func set(_ i: Int, _ bytes: [UInt8]) {
+        lock.lock()
+        out[i] = bytes
+        lock.unlock()
+    }
+    func fail(_ e: Error) {
+        lock.lock()
+        failure = e
+        lock.unlock()
+    }
+    func take() -> ([[UInt8]], Error?) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (out, failure)
+    }
+}
+
+/// A token bucket for the agent's bandwidth limit; 0 = unlimited.
+struct TokenBucket {
+    let rate: UInt64
+    var tokens: Double
+    var last: Double
+    init(bytesPerSecond: UInt64) {
+        rate = bytesPerSecond
+        tokens = Double(bytesPerSecond)
+        last = monotonicSeconds()
+    }
+
+    mutating func take(_ bytes: UInt64) {
+        guard rate > 0 else { return }
+        let now = monotonicSeconds()
+        tokens = min(Double(rate), tokens + (now - last) * Double(rate))
+        last = now
+        tokens -= Double(bytes)
+        if tokens < 0 {
+            let wait = -tokens / Double(rate)
+            usleep(useconds_t(min(wait, 10) * 1_000_000))
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
