@@ -108,6 +108,10 @@ public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible {
         defer { for i in text.indices { text[i] = 0 } }
         try text.withUnsafeBytes { try fd.write($0, at: 0) }
         try fd.sync()
+        // The new directory entry must survive a crash too.
+        let slash = path.lastIndex(of: "/")
+        let dir = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        try FileDescriptor(open: dir, [.readOnly], purpose: "flushing the directory of the replication key").sync()
         return key
     }
 }

@@ -248,3 +248,38 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         #expect(!key.description.contains(hex(key.bytes)))
     }
 }
+
+@Suite struct SegmentLimitTests {
+    /// The largest segment (8 MiB payload in 2048 extents, long ids, a point
+    /// tag) fits in a frame and opens.
+    @Test func largestSegmentFitsAFrame() throws {
+        let key = try testKey()
+        var rng = SplitMix64(seed: 9)
+        let n = WireLimits.extentsPerSegmentMax
+        let length = WireLimits.segmentPayloadBytesMax / n
+        let extents = (0..<n).map { SegmentExtent(offset: UInt64($0) * UInt64(length) * 2, length: UInt32(length), kind: .data) }
+        let payload = (0..<WireLimits.segmentPayloadBytesMax).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let disk = String(repeating: "d", count: WireLimits.stringBytesMax)
+        let point = PointTag(id: String(repeating: "p", count: WireLimits.stringBytesMax), pointClass: .crashConsistent, timeUnixMs: -1)
+        let sealed = try payload.withUnsafeBytes {
+            try SegmentSealer(key: key, compressionLevel: 1).seal(kind: .point, diskID: disk, sequence: 1, diskSizeBytes: 1 << 40,
+                                                                 chunkSizeBytes: 4096, extents: extents, payload: $0, point: point)
+        }
+        #expect(sealed.count == WireLimits.segmentBytesMax)
+        let pipe = MemoryPipe()
+        try FrameWriter(pipe).send(.segment(sealed))
+        guard case .segment(let got)? = try FrameReader(pipe).next() else { Issue.record("no segment"); return }
+        let (h, p) = try open(got, opener: SegmentOpener(key: key), disk: disk, sequence: 1)
+        #expect(p == payload && h.point == point && h.extents == extents)
+        // One byte more payload is refused by the sealer.
+        let more = payload + [0]
+        var bigger = extents
+        bigger[n - 1].length += 1
+        #expect(tidemarkError {
+            _ = try more.withUnsafeBytes {
+                try SegmentSealer(key: key, compressionLevel: 1).seal(kind: .data, diskID: "d", sequence: 1, diskSizeBytes: 1 << 40,
+                                                                     chunkSizeBytes: 4096, extents: bigger, payload: $0, point: nil)
+            }
+        }?.kind == .invalidArgument)
+    }
+}
