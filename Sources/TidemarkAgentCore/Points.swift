@@ -169,6 +169,8 @@ extension DiskReplicator {
         watchdog.start()
         do {
             try drainOnce()
+            // Tests only: copy the frozen source as ground truth for the point.
+            if let hook = ProcessInfo.processInfo.environment["TIDEMARK_TEST_FROZEN_HOOK"] { try runHook(hook, "test frozen") }
         } catch {
             freezer.thaw()
             throw error
