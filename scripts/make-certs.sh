@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates the TLS material of a Tidemark installation with the openssl CLI:
 # a CA, a server certificate, one client certificate per agent and the
-# 32-byte replication key. ECDSA P-256 keys; private keys and the replication
-# key are mode 0600. See docs/keys-and-certificates.md.
+# 32-byte replication key (64 hex digits). ECDSA P-256 keys; private keys and
+# the replication key are mode 0600. See docs/keys-and-certificates.md.
 #
 #   scripts/make-certs.sh DIR [--agent NAME ...] [--server-name HOST|IP ...]
 #                             [--days N] [--ca-days N] [--agent-expired NAME ...] [--force]
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 die() { echo "make-certs.sh: $*" >&2; exit 1; }
@@ -51,7 +51,9 @@ valid_name() { [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] && [ "${#1}" -le 64 ];
 explicit_server=$(( ${#server_names[@]} > 0 ))
 [ ${#server_names[@]} -gt 0 ] || server_names=(127.0.0.1 localhost)
 if [ ${#agents[@]} -eq 0 ] && [ ${#expired_agents[@]} -eq 0 ]; then
-    agents=("agent-$(hostname -s 2>/dev/null || hostname)")
+    # The agent's default id (agent_id in agent.yaml): agent-<host name>, other characters as '-'.
+    default_agent="agent-$(hostname | tr -c 'A-Za-z0-9._\n-' '-')"
+    agents=("${default_agent:0:64}")
 fi
 for n in ${agents[@]+"${agents[@]}"} ${expired_agents[@]+"${expired_agents[@]}"}; do
     valid_name "$n" || die "agent name '$n' must be 1-64 characters of A-Z a-z 0-9 . _ - (it becomes the certificate's CN and a file name)"
@@ -195,8 +197,9 @@ done
 if [ -e "$dir/replication.key" ]; then
     echo "keeping the existing replication key $dir/replication.key"
 else
-    openssl rand -out "$work/replication.key" 32
-    [ "$(stat -c %s "$work/replication.key")" = 32 ] || die "openssl rand wrote a replication key that is not 32 bytes"
+    # 32 random bytes as 64 hex digits and a newline, the format ReplicationKey.generate writes.
+    openssl rand -hex 32 > "$work/replication.key"
+    grep -Eqx '[0-9a-f]{64}' "$work/replication.key" || die "openssl rand did not produce a 32-byte key"
     install_file "$work/replication.key" "$dir/replication.key" 600
     echo "created replication key $dir/replication.key (keep a copy offline: without it no backup can be read)"
 fi

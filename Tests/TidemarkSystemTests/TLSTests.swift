@@ -349,8 +349,9 @@ private func describe(_ error: Error) -> String { String(describing: error) }
             #expect(try mode(key) == 0o600, "\(key)")
         }
         #expect(try mode("agent-a.crt") == 0o644)
-        let key = try FileManager.default.attributesOfItem(atPath: certs.dir + "/replication.key")
-        #expect((key[.size] as? Int) == 32)
+        // 32 bytes as 64 hex digits and a newline, as ReplicationKey.generate writes it.
+        let key = try String(contentsOfFile: certs.dir + "/replication.key", encoding: .utf8)
+        #expect(key.count == 65 && key.hasSuffix("\n") && key.dropLast().allSatisfy(\.isHexDigit), "\(key)")
         let again = try run([makeCerts, certs.dir, "--agent", "agent-a"])
         #expect(!again.ok)
         #expect(again.stderr.contains("agent-a.crt exists (use --force to replace it)"))
