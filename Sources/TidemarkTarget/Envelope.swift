@@ -1,0 +1,282 @@
+import TidemarkSystem
+
+// The object envelope, layout version 1 (docs/target-layout.md section 3).
+// All integers little-endian.
+//
+//   0   8  magic "TMTARGET"
+//   8   2  format version (1)
+//  10   1  kind (1 disk, 2 segment, 3 point, 4 tombstone)
+//  11   1  reserved, 0
+//  12   4  header length H (bytes, including the header digest)
+//  16   8  sequence (0 for a disk record)
+//  24   8  payload length P
+//  32  32  payload SHA-256
+//  64   2  disk id length D (1...255)
+//  66   D  disk id, UTF-8
+//  66+D 4  metadata length M
+//  70+D M  metadata (per kind)
+//  70+D+M 32 SHA-256 of bytes [0, 70+D+M)
+//  H    P  payload
+// The object's size is exactly H + P.
+
+enum ObjectKind: UInt8, Sendable, CustomStringConvertible {
+    case disk = 1, segment = 2, point = 3, tombstone = 4
+    var description: String {
+        switch self {
+        case .disk: "disk record"
+        case .segment: "segment"
+        case .point: "point manifest"
+        case .tombstone: "tombstone"
+        }
+    }
+}
+
+enum EnvelopeFormat {
+    static let magic: [UInt8] = Array("TMTARGET".utf8)
+    static let version: UInt16 = 1
+    static let fixedBytes = 66          // up to and including the disk id length
+    static let minHeaderBytes = 66 + 1 + 4 + 32
+    static let headerBytesMax = 16 << 20
+    static let payloadBytesMax: UInt64 = 1 << 30
+    static let diskIDBytesMax = 255
+    static let stringBytesMax = 4096
+}
+
+struct Envelope: Equatable {
+    var kind: ObjectKind
+    var diskID: String
+    var sequence: UInt64
+    var payloadLength: UInt64
+    var payloadSHA256: [UInt8]
+    var metadata: [UInt8]
+    var headerLength: Int
+
+    /// Encodes the header for `payload` (the payload itself is written after it).
+    static func encodeHeader(kind: ObjectKind, diskID: String, sequence: UInt64, metadata: [UInt8],
+                             payload: UnsafeRawBufferPointer) -> [UInt8] {
+        let id = Array(diskID.utf8)
+        precondition(!id.isEmpty && id.count <= EnvelopeFormat.diskIDBytesMax)
+        var w = ByteWriter()
+        w.bytes(EnvelopeFormat.magic)
+        w.u16(EnvelopeFormat.version)
+        w.u8(kind.rawValue)
+        w.u8(0)
+        w.u32(UInt32(EnvelopeFormat.minHeaderBytes - 1 + id.count + metadata.count))
+        w.u64(sequence)
+        w.u64(UInt64(payload.count))
+        w.bytes(ObjectDigest.sha256(payload))
+        w.u16(UInt16(id.count))
+        w.bytes(id)
+        w.u32(UInt32(metadata.count))
+        w.bytes(metadata)
+        w.bytes(ObjectDigest.sha256(w.out))
+        return w.out
+    }
+
+    /// The header length stored in a prefix of at least 16 bytes.
+    static func headerLength(prefix: UnsafeRawBufferPointer) -> Int {
+        Int(ByteReader.loadU32(prefix, 12))
+    }
+
+    /// Decodes and verifies a header. `header` holds at least the header
+    /// bytes; `objectSize` is the object's size on storage. Every check
+    /// names the object and what is wrong.
+    static func decode(_ header: UnsafeRawBufferPointer, objectSize: UInt64, path: String,
+                       kind expectedKind: ObjectKind, diskID expectedDisk: String,
+                       sequence expectedSequence: UInt64) throws -> Envelope {
+        func corrupt(_ what: String) -> TidemarkError {
+            TidemarkError(.corrupt, "\(path): \(what)",
+                          hint: "the object is damaged or misplaced; it is not used. Restore it from a copy, or treat its sequence as lost")
+        }
+        guard objectSize >= UInt64(EnvelopeFormat.minHeaderBytes) else {
+            throw corrupt("truncated: \(objectSize) bytes, shorter than the smallest envelope (\(EnvelopeFormat.minHeaderBytes))")
+        }
+        guard header.count >= EnvelopeFormat.fixedBytes else { throw corrupt("truncated header") }
+        guard Array(header[0..<8]) == EnvelopeFormat.magic else { throw corrupt("bad magic (not a Tidemark target object)") }
+        let version = ByteReader.loadU16(header, 8)
+        guard version == EnvelopeFormat.version else {
+            throw TidemarkError(.unsupported, "\(path): envelope format version \(version); this build reads version \(EnvelopeFormat.version)",
+                                hint: "use a Tidemark release that knows this layout version")
+        }
+        let h = Int(ByteReader.loadU32(header, 12))
+        guard h >= EnvelopeFormat.minHeaderBytes, h <= EnvelopeFormat.headerBytesMax else {
+            throw corrupt("header length \(h) out of range")
+        }
+        guard UInt64(h) <= objectSize else { throw corrupt("truncated: header says \(h) header bytes, object has \(objectSize)") }
+        guard header.count >= h else { throw corrupt("truncated header") }
+        let stored = Array(header[(h - 32)..<h])
+        let computed = ObjectDigest.sha256(UnsafeRawBufferPointer(rebasing: header[0..<(h - 32)]))
+        guard stored == computed else { throw corrupt("header checksum mismatch (stored \(stored.hexString.prefix(16))…, computed \(computed.hexString.prefix(16))…)") }
+        guard let kind = ObjectKind(rawValue: header[10]) else { throw corrupt("unknown object kind \(header[10])") }
+        guard header[11] == 0 else { throw corrupt("reserved byte 11 is \(header[11]), not 0") }
+        let sequence = ByteReader.loadU64(header, 16)
+        let payloadLength = ByteReader.loadU64(header, 24)
+        let digest = Array(header[32..<64])
+        let d = Int(ByteReader.loadU16(header, 64))
+        guard d >= 1, d <= EnvelopeFormat.diskIDBytesMax, 66 + d + 4 + 32 <= h else { throw corrupt("disk id length \(d) out of range") }
+        guard let diskID = String(validating: Array(header[66..<(66 + d)]), as: UTF8.self) else { throw corrupt("disk id is not UTF-8") }
+        let m = Int(ByteReader.loadU32(header, 66 + d))
+        guard 70 + d + m + 32 == h else { throw corrupt("metadata length \(m) does not fit header length \(h)") }
+        let metadata = Array(header[(70 + d)..<(70 + d + m)])
+        guard kind == expectedKind else { throw corrupt("holds a \(kind), expected a \(expectedKind)") }
+        guard diskID == expectedDisk else { throw corrupt("belongs to disk '\(diskID)', expected disk '\(expectedDisk)'") }
+        guard sequence == expectedSequence else { throw corrupt("holds sequence \(sequence), expected \(expectedSequence)") }
+        guard payloadLength <= EnvelopeFormat.payloadBytesMax else { throw corrupt("payload length \(payloadLength) out of range") }
+        guard UInt64(h) + payloadLength == objectSize else {
+            throw corrupt(UInt64(h) + payloadLength > objectSize
+                ? "truncated: \(objectSize) bytes, envelope says \(UInt64(h) + payloadLength)"
+                : "\(objectSize - UInt64(h) - payloadLength) trailing bytes after the payload")
+        }
+        return Envelope(kind: kind, diskID: diskID, sequence: sequence, payloadLength: payloadLength,
+                        payloadSHA256: digest, metadata: metadata, headerLength: h)
+    }
+}
+
+// MARK: - Per-kind metadata
+
+enum Metadata {
+    static func encodeDisk(_ d: DiskRecord) -> [UInt8] {
+        var w = ByteWriter()
+        w.u64(d.sizeBytes)
+        w.u32(d.chunkSizeBytes)
+        w.u64(d.keyID)
+        w.string(d.ownerAgentID)
+        return w.out
+    }
+
+    static func decodeDisk(_ m: [UInt8], diskID: String, path: String) throws -> DiskRecord {
+        var r = ByteReader(m, path: path)
+        let size = try r.u64(), chunk = try r.u32(), key = try r.u64(), owner = try r.string()
+        try r.end()
+        return DiskRecord(diskID: diskID, ownerAgentID: owner, sizeBytes: size, chunkSizeBytes: chunk, keyID: key)
+    }
+
+    static func encodePoint(_ p: PointRecord, into w: inout ByteWriter) {
+        w.string(p.id)
+        w.string(p.pointClass)
+        w.u64(UInt64(bitPattern: p.timeUnixMs))
+        w.u64(p.sequence)
+    }
+
+    static func decodePoint(_ r: inout ByteReader, diskID: String) throws -> PointRecord {
+        let id = try r.string(), cls = try r.string()
+        let time = Int64(bitPattern: try r.u64()), seq = try r.u64()
+        return PointRecord(id: id, diskID: diskID, pointClass: cls, timeUnixMs: time, sequence: seq)
+    }
+
+    static func encodeSegment(extents: [TargetExtent], point: PointRecord?, into w: inout ByteWriter) {
+        w.u32(UInt32(extents.count))
+        for e in extents {
+            w.u64(e.offset)
+            w.u64(e.length)
+            w.u8(e.zero ? 1 : 0)
+        }
+        if let point {
+            w.u8(1)
+            encodePoint(point, into: &w)
+        } else {
+            w.u8(0)
+        }
+    }
+
+    static func decodeSegment(_ r: inout ByteReader, diskID: String) throws -> ([TargetExtent], PointRecord?) {
+        let n = Int(try r.u32())
+        guard n <= r.remaining / 17 else { throw r.corrupt("extent count \(n) exceeds the metadata") }
+        var extents = [TargetExtent]()
+        extents.reserveCapacity(n)
+        for _ in 0..<n {
+            let off = try r.u64(), len = try r.u64(), flags = try r.u8()
+            guard flags <= 1 else { throw r.corrupt("extent flags \(flags) (only bit 0, zero, is defined)") }
+            extents.append(TargetExtent(offset: off, length: len, zero: flags == 1))
+        }
+        let has = try r.u8()
+        guard has <= 1 else { throw r.corrupt("point flag \(has)") }
+        return (extents, has == 1 ? try decodePoint(&r, diskID: diskID) : nil)
+    }
+
+    static func encodeSegment(extents: [TargetExtent], point: PointRecord?) -> [UInt8] {
+        var w = ByteWriter()
+        encodeSegment(extents: extents, point: point, into: &w)
+        return w.out
+    }
+
+    static func encodePointManifest(_ p: PointRecord) -> [UInt8] {
+        var w = ByteWriter()
+        encodePoint(p, into: &w)
+        return w.out
+    }
+
+    static func encodeTombstone(_ s: StoredSegment, prunedAtUnixMs: Int64, deadAt: UInt64) -> [UInt8] {
+        var w = ByteWriter()
+        w.u64(UInt64(bitPattern: prunedAtUnixMs))
+        w.u64(deadAt)
+        w.u64(s.payloadLength)
+        w.bytes(s.payloadSHA256)
+        encodeSegment(extents: s.extents, point: s.point, into: &w)
+        return w.out
+    }
+}
+
+// MARK: - Little-endian codecs
+
+struct ByteWriter {
+    var out: [UInt8] = []
+    mutating func u8(_ v: UInt8) { out.append(v) }
+    mutating func u16(_ v: UInt16) { for i in 0..<2 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
+    mutating func u32(_ v: UInt32) { for i in 0..<4 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
+    mutating func u64(_ v: UInt64) { for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
+    mutating func bytes(_ b: [UInt8]) { out += b }
+    /// u16 length, then UTF-8 bytes.
+    mutating func string(_ s: String) {
+        let b = Array(s.utf8)
+        precondition(b.count <= EnvelopeFormat.stringBytesMax)
+        u16(UInt16(b.count))
+        bytes(b)
+    }
+}
+
+struct ByteReader {
+    let data: [UInt8]
+    let path: String
+    var at = 0
+
+    init(_ data: [UInt8], path: String) {
+        self.data = data
+        self.path = path
+    }
+
+    var remaining: Int { data.count - at }
+
+    func corrupt(_ what: String) -> TidemarkError {
+        TidemarkError(.corrupt, "\(path): metadata: \(what)",
+                      hint: "the object is damaged or was written by an incompatible tool; it is not used")
+    }
+
+    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, n <= remaining else { throw corrupt("truncated at byte \(at) (need \(n), have \(remaining))") }
+        defer { at += n }
+        return data[at..<(at + n)]
+    }
+
+    mutating func u8() throws -> UInt8 { try take(1).first! }
+    mutating func u16() throws -> UInt16 { try take(2).reversed().reduce(0) { $0 << 8 | UInt16($1) } }
+    mutating func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+    mutating func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func bytes(_ n: Int) throws -> [UInt8] { Array(try take(n)) }
+    mutating func string() throws -> String {
+        let n = Int(try u16())
+        guard let s = String(validating: Array(try take(n)), as: UTF8.self) else { throw corrupt("string is not UTF-8") }
+        return s
+    }
+    func end() throws {
+        guard remaining == 0 else { throw corrupt("\(remaining) unexpected trailing bytes") }
+    }
+
+    static func loadU16(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
+    static func loadU32(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
+        (0..<4).reduce(0) { $0 | UInt32(b[at + $1]) << (8 * $1) }
+    }
+    static func loadU64(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt64 {
+        (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * $1) }
+    }
+}

@@ -1,0 +1,433 @@
+import Glibc
+import TidemarkSystem
+
+/// Target storage in a local directory (layout version 1,
+/// docs/target-layout.md). Every object is immutable once written and
+/// verified on every read; the catalog (disks, points, committed sequences)
+/// is rebuilt from the directory alone.
+///
+/// Safe to share between threads and processes: objects are created with
+/// link() (never overwritten), prune takes a per-disk flock.
+public final class LocalDirectoryTarget: @unchecked Sendable {
+    public let root: String
+    public static let layoutVersion = 1
+    static let markerName = "TIDEMARK-TARGET"
+    static let markerContents = "tidemark-target layout 1\n"
+
+    private let lock = Lock()
+    /// Per disk: every sequence 1...n is known to be stored or pruned.
+    /// Sequences never disappear (a segment becomes a tombstone first), so
+    /// this only grows.
+    private var committedCache: [String: UInt64] = [:]
+
+    /// Opens (creating when absent or empty) a target directory.
+    public init(root: String) throws {
+        var r = root
+        while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
+        self.root = r
+        try Self.prepare(root: r)
+    }
+
+    private static func prepare(root: String) throws {
+        let markerPath = root + "/" + markerName
+        if let existing = try readSmallFile(markerPath) {
+            guard existing == Array(markerContents.utf8) else {
+                let text = String(decoding: existing.prefix(64), as: UTF8.self)
+                if text.hasPrefix("tidemark-target layout ") {
+                    throw TidemarkError(.unsupported, "\(markerPath): \(text.trimmingSuffixNewline()); this build knows layout \(layoutVersion)",
+                                        hint: "use a Tidemark release that knows this layout version")
+                }
+                throw TidemarkError(.corrupt, "\(markerPath): not a Tidemark target marker",
+                                    hint: "point the target at a directory made by Tidemark, or at an empty one")
+            }
+            try ObjectFiles.makeDirectory(root + "/disks")
+            return
+        }
+        // Parents as needed, then the root.
+        var prefix = root.hasPrefix("/") ? "" : "."
+        for part in root.split(separator: "/") {
+            prefix += "/" + part
+            try ObjectFiles.makeDirectory(prefix)
+        }
+        let names = try ObjectFiles.list(root) ?? []
+        let foreign = names.filter { $0 != "disks" && !$0.hasPrefix(ObjectFiles.tempPrefix) }
+        guard foreign.isEmpty else {
+            throw TidemarkError(.invalidArgument,
+                                "\(root) is not empty and has no \(markerName) marker (holds \(foreign.prefix(3).joined(separator: ", "))…)",
+                                hint: "use an empty directory for a new target, or the directory of an existing one")
+        }
+        try ObjectFiles.makeDirectory(root + "/disks")
+        // The marker comes last: a directory with a marker has the whole layout.
+        let bytes = Array(markerContents.utf8)
+        _ = try bytes.withUnsafeBytes {
+            try ObjectFiles.create(dir: root, name: markerName, header: [], payload: $0)
+        }
+    }
+
+    private static func readSmallFile(_ path: String) throws -> [UInt8]? {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor(open: path, .readOnly, purpose: "reading the target marker")
+        } catch let e as SystemError where e.errno == ENOENT {
+            return nil
+        }
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = try buf.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+        return Array(buf[0..<n])
+    }
+
+    // MARK: - Naming
+
+    /// Disk ids become directory names: bytes outside [A-Za-z0-9_-] are
+    /// written as %XX (uppercase hex), so the mapping is reversible and no
+    /// name starts with a dot.
+    static func encodeDiskID(_ id: String) -> String {
+        var s = ""
+        for b in id.utf8 {
+            switch b {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "-"):
+                s.unicodeScalars.append(Unicode.Scalar(b))
+            default:
+                let hex = Array("0123456789ABCDEF".unicodeScalars)
+                s.unicodeScalars.append("%")
+                s.unicodeScalars.append(hex[Int(b >> 4)])
+                s.unicodeScalars.append(hex[Int(b & 15)])
+            }
+        }
+        return s
+    }
+
+    static func decodeDiskID(_ name: String) -> String? {
+        var bytes = [UInt8]()
+        var it = Array(name.utf8).makeIterator()
+        while let b = it.next() {
+            if b == UInt8(ascii: "%") {
+                guard let h = it.next(), let l = it.next(), let hv = hexValue(h), let lv = hexValue(l) else { return nil }
+                bytes.append(hv << 4 | lv)
+            } else {
+                bytes.append(b)
+            }
+        }
+        guard let s = String(validating: bytes, as: UTF8.self), encodeDiskID(s) == name else { return nil }
+        return s
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    static func objectName(_ sequence: UInt64, _ suffix: String) -> String {
+        let digits = String(sequence)
+        return String(repeating: "0", count: 20 - digits.count) + digits + suffix
+    }
+
+    /// The sequence of an object name "<20 digits><suffix>", nil otherwise.
+    static func sequence(ofName name: String, suffix: String) -> UInt64? {
+        guard name.utf8.count == 20 + suffix.utf8.count, name.hasSuffix(suffix) else { return nil }
+        let digits = name.prefix(20)
+        guard digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return UInt64(digits)
+    }
+
+    func validateDiskID(_ id: String) throws {
+        let n = id.utf8.count
+        guard n >= 1, n <= EnvelopeFormat.diskIDBytesMax, Self.encodeDiskID(id).utf8.count <= 250 else {
+            throw TidemarkError(.invalidArgument, "disk id '\(id)' must be 1 to \(EnvelopeFormat.diskIDBytesMax) bytes (and at most 250 once encoded as a directory name)")
+        }
+    }
+
+    func diskDir(_ id: String) -> String { root + "/disks/" + Self.encodeDiskID(id) }
+    func diskRecordPath(_ id: String) -> String { diskDir(id) + "/disk" }
+    func segmentsDir(_ id: String) -> String { diskDir(id) + "/segments" }
+    func tombstonesDir(_ id: String) -> String { diskDir(id) + "/tombstones" }
+    func pointsDir(_ id: String) -> String { diskDir(id) + "/points" }
+    func segmentPath(_ id: String, _ seq: UInt64) -> String { segmentsDir(id) + "/" + Self.objectName(seq, ".seg") }
+    func tombstonePath(_ id: String, _ seq: UInt64) -> String { tombstonesDir(id) + "/" + Self.objectName(seq, ".tomb") }
+    func pointPath(_ id: String, _ seq: UInt64) -> String { pointsDir(id) + "/" + Self.objectName(seq, ".point") }
+
+    // MARK: - Disks
+
+    /// Stores the disk record. The first writer wins; the same record again
+    /// is a no-op, a different one for the same id throws.
+    public func putDisk(_ d: DiskRecord) throws {
+        try validateDiskID(d.diskID)
+        guard d.sizeBytes > 0, d.chunkSizeBytes > 0 else {
+            throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': size (\(d.sizeBytes)) and chunk size (\(d.chunkSizeBytes)) must be positive")
+        }
+        guard d.ownerAgentID.utf8.count <= EnvelopeFormat.stringBytesMax else {
+            throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': owner agent id longer than \(EnvelopeFormat.stringBytesMax) bytes")
+        }
+        let dir = diskDir(d.diskID)
+        try ObjectFiles.makeDirectory(dir)
+        for sub in [segmentsDir(d.diskID), tombstonesDir(d.diskID), pointsDir(d.diskID)] {
+            try ObjectFiles.makeDirectory(sub)
+        }
+        let header = Envelope.encodeHeader(kind: .disk, diskID: d.diskID, sequence: 0, metadata: Metadata.encodeDisk(d),
+                                           payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        if try ObjectFiles.create(dir: dir, name: "disk", header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0)) {
+            return
+        }
+        guard let existing = try disk(d.diskID) else {
+            throw TidemarkError(.state, "\(diskRecordPath(d.diskID)) vanished while being stored")
+        }
+        guard existing == d else {
+            throw TidemarkError(.state, "disk '\(d.diskID)' is already stored with a different record (stored \(existing), offered \(d))",
+                                hint: "a disk record is immutable; use a new disk id for a different disk")
+        }
+    }
+
+    /// The stored record of a disk, or nil.
+    public func disk(_ id: String) throws -> DiskRecord? {
+        try validateDiskID(id)
+        let path = diskRecordPath(id)
+        guard let (env, _, _) = try ObjectFiles.read(path, kind: .disk, diskID: id, sequence: 0, payload: true) else { return nil }
+        return try Metadata.decodeDisk(env.metadata, diskID: id, path: path)
+    }
+
+    /// Every disk with a record, ordered by id.
+    public func disks() throws -> [DiskRecord] {
+        let names = try ObjectFiles.list(root + "/disks") ?? []
+        var out = [DiskRecord]()
+        for name in names where !name.hasPrefix(".") {
+            guard let id = Self.decodeDiskID(name) else { continue }
+            if let d = try disk(id) { out.append(d) }
+        }
+        return out.sorted { $0.diskID < $1.diskID }
+    }
+
+    func requireDisk(_ id: String) throws -> DiskRecord {
+        guard let d = try disk(id) else {
+            throw TidemarkError(.notFound, "disk '\(id)' is not known to the target at \(root)",
+                                hint: "the disk record is stored when the agent first opens the disk (putDisk)")
+        }
+        return d
+    }
+
+    // MARK: - Segments
+
+    /// Checks extents against the disk: ascending, non-overlapping,
+    /// non-empty, chunk-aligned (the last chunk of the disk may be short),
+    /// inside the disk.
+    func validate(extents: [TargetExtent], disk d: DiskRecord, sequence: UInt64) throws {
+        let chunk = UInt64(d.chunkSizeBytes)
+        var previousEnd: UInt64 = 0
+        for (i, e) in extents.enumerated() {
+            let (end, overflow) = e.offset.addingReportingOverflow(e.length)
+            func bad(_ what: String) -> TidemarkError {
+                TidemarkError(.invalidArgument, "disk '\(d.diskID)' sequence \(sequence) extent \(i) (offset \(e.offset), length \(e.length)): \(what)")
+            }
+            guard e.length > 0, !overflow else { throw bad("empty or overflowing") }
+            guard end <= d.sizeBytes else { throw bad("ends beyond the disk size \(d.sizeBytes)") }
+            guard e.offset % chunk == 0, e.length % chunk == 0 || end == d.sizeBytes else {
+                throw bad("not aligned to the chunk size \(chunk)")
+            }
+            guard i == 0 || e.offset >= previousEnd else { throw bad("overlaps or precedes the previous extent") }
+            previousEnd = end
+        }
+    }
+
+    /// Stores a segment durably (file and directory fsynced before return).
+    /// The same sequence again with identical content succeeds without
+    /// writing; different content throws (objects are immutable). With
+    /// `point`, the point manifest is written after the segment.
+    public func putSegment(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?,
+                           bytes: UnsafeRawBufferPointer) throws {
+        let d = try requireDisk(diskID)
+        guard sequence >= 1 else { throw TidemarkError(.invalidArgument, "disk '\(diskID)': segment sequences start at 1") }
+        try validate(extents: extents, disk: d, sequence: sequence)
+        guard UInt64(bytes.count) <= EnvelopeFormat.payloadBytesMax else {
+            throw TidemarkError(.invalidArgument, "disk '\(diskID)' sequence \(sequence): \(bytes.count) bytes exceed the object limit \(EnvelopeFormat.payloadBytesMax)")
+        }
+        if let p = point {
+            guard p.diskID == diskID, p.sequence == sequence else {
+                throw TidemarkError(.invalidArgument, "point '\(p.id)' names disk '\(p.diskID)' sequence \(p.sequence) but travels in disk '\(diskID)' sequence \(sequence)")
+            }
+            guard p.id.utf8.count <= EnvelopeFormat.stringBytesMax, p.pointClass.utf8.count <= EnvelopeFormat.stringBytesMax else {
+                throw TidemarkError(.invalidArgument, "point '\(p.id.prefix(64))': id or class longer than \(EnvelopeFormat.stringBytesMax) bytes")
+            }
+        }
+        let metadata = Metadata.encodeSegment(extents: extents, point: point)
+        let header = Envelope.encodeHeader(kind: .segment, diskID: diskID, sequence: sequence, metadata: metadata, payload: bytes)
+        let name = Self.objectName(sequence, ".seg")
+        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+            // Pruned already: never store the bytes again, just confirm they match.
+            try checkSameSegment(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: bytes)
+        } else if try !ObjectFiles.create(dir: segmentsDir(diskID), name: name, header: header, payload: bytes) {
+            try checkSameSegment(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: bytes)
+        }
+        if let point {
+            // A tombstoned tag segment whose point expired stays expired.
+            if ObjectFiles.exists(tombstonePath(diskID, sequence)) && !ObjectFiles.exists(pointPath(diskID, sequence)) { return }
+            try putPointManifest(point)
+        }
+    }
+
+    /// The segment (or its tombstone) already stored at `sequence` must be
+    /// exactly what is offered.
+    private func checkSameSegment(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?,
+                                  bytes: UnsafeRawBufferPointer) throws {
+        let offered = ObjectDigest.sha256(bytes)
+        guard let stored = try segmentInfo(diskID: diskID, sequence: sequence) else {
+            throw TidemarkError(.state, "disk '\(diskID)' sequence \(sequence): object vanished while being stored")
+        }
+        var differences = [String]()
+        if stored.payloadLength != UInt64(bytes.count) || stored.payloadSHA256 != offered {
+            differences.append("bytes (stored \(stored.payloadLength) bytes sha256 \(stored.payloadSHA256.hexString.prefix(16))…, offered \(bytes.count) bytes sha256 \(offered.hexString.prefix(16))…)")
+        }
+        if stored.extents != extents { differences.append("extents") }
+        if stored.point != point { differences.append("point") }
+        guard differences.isEmpty else {
+            throw TidemarkError(.state, "disk '\(diskID)' sequence \(sequence) is already stored with different \(differences.joined(separator: ", "))",
+                                hint: "stored segments are immutable; the sender reused a sequence number for different data")
+        }
+        if !stored.pruned {
+            // Read it whole once: a damaged stored copy must not be acknowledged as a match.
+            _ = try readSegment(diskID: diskID, sequence: sequence)
+        }
+    }
+
+    private func putPointManifest(_ p: PointRecord) throws {
+        let header = Envelope.encodeHeader(kind: .point, diskID: p.diskID, sequence: p.sequence,
+                                           metadata: Metadata.encodePointManifest(p), payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        if try ObjectFiles.create(dir: pointsDir(p.diskID), name: Self.objectName(p.sequence, ".point"), header: header,
+                                  payload: UnsafeRawBufferPointer(start: nil, count: 0)) { return }
+        let stored = try readPoint(diskID: p.diskID, sequence: p.sequence)
+        guard stored == p else {
+            throw TidemarkError(.state, "disk '\(p.diskID)' sequence \(p.sequence): a different point is already stored (\(String(describing: stored)), offered \(p))",
+                                hint: "point manifests are immutable")
+        }
+    }
+
+    /// The segment's opaque bytes, checksum verified.
+    public func readSegment(diskID: String, sequence: UInt64) throws -> [UInt8] {
+        try validateDiskID(diskID)
+        let path = segmentPath(diskID, sequence)
+        if let (env, payload, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: true) {
+            // Decoding the metadata checks it is well formed.
+            var r = ByteReader(env.metadata, path: path)
+            _ = try Metadata.decodeSegment(&r, diskID: diskID)
+            try r.end()
+            return payload!
+        }
+        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+            throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
+                                hint: "its data is overwritten at every retained point")
+        }
+        throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
+    }
+
+    /// What is stored for a sequence: the segment's metadata, or its
+    /// tombstone's; nil when neither exists. Verifies the object header.
+    public func segmentInfo(diskID: String, sequence: UInt64) throws -> StoredSegment? {
+        try validateDiskID(diskID)
+        let path = segmentPath(diskID, sequence)
+        if let (env, _, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: false) {
+            var r = ByteReader(env.metadata, path: path)
+            let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
+            try r.end()
+            return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: env.payloadLength,
+                                 payloadSHA256: env.payloadSHA256, pruned: false, deadAtSequence: nil)
+        }
+        return try tombstone(diskID: diskID, sequence: sequence)
+    }
+
+    func tombstone(diskID: String, sequence: UInt64) throws -> StoredSegment? {
+        let path = tombstonePath(diskID, sequence)
+        guard let (env, _, _) = try ObjectFiles.read(path, kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
+            return nil
+        }
+        var r = ByteReader(env.metadata, path: path)
+        _ = try r.u64()  // pruned at
+        let deadAt = try r.u64(), length = try r.u64(), digest = try r.bytes(32)
+        let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
+        try r.end()
+        return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: length,
+                             payloadSHA256: digest, pruned: true, deadAtSequence: deadAt)
+    }
+
+    /// Sequences present as segment objects and as tombstones.
+    func listSequences(diskID: String) throws -> (segments: [UInt64], tombstones: [UInt64]) {
+        let segs = (try ObjectFiles.list(segmentsDir(diskID)) ?? []).compactMap { Self.sequence(ofName: $0, suffix: ".seg") }
+        let tombs = (try ObjectFiles.list(tombstonesDir(diskID)) ?? []).compactMap { Self.sequence(ofName: $0, suffix: ".tomb") }
+        return (segs.sorted(), tombs.sorted())
+    }
+
+    /// The highest S such that every sequence 1...S is stored as a segment
+    /// or a tombstone (0 when sequence 1 is missing or the disk is unknown).
+    public func committedSequence(diskID: String) throws -> UInt64 {
+        try validateDiskID(diskID)
+        let cached = lock.withLock { committedCache[diskID] }
+        var s: UInt64
+        if let cached {
+            s = cached
+        } else {
+            let (segs, tombs) = try listSequences(diskID: diskID)
+            var all = Set(segs)
+            all.formUnion(tombs)
+            s = 0
+            while all.contains(s + 1) { s += 1 }
+        }
+        // Segment first, then tombstone: prune writes the tombstone before
+        // deleting the segment, so a sequence is never seen as neither.
+        while ObjectFiles.exists(segmentPath(diskID, s + 1)) || ObjectFiles.exists(tombstonePath(diskID, s + 1)) { s += 1 }
+        let result = s
+        lock.withLock { committedCache[diskID] = max(committedCache[diskID] ?? 0, result) }
+        return s
+    }
+
+    // MARK: - Points
+
+    func readPoint(diskID: String, sequence: UInt64) throws -> PointRecord? {
+        let path = pointPath(diskID, sequence)
+        guard let (env, _, _) = try ObjectFiles.read(path, kind: .point, diskID: diskID, sequence: sequence, payload: true) else {
+            return nil
+        }
+        var r = ByteReader(env.metadata, path: path)
+        let p = try Metadata.decodePoint(&r, diskID: diskID)
+        try r.end()
+        guard p.sequence == sequence else { throw r.corrupt("point sequence \(p.sequence) differs from the envelope's \(sequence)") }
+        return p
+    }
+
+    /// Every point manifest of a disk, ordered by sequence.
+    func allPoints(diskID: String) throws -> [PointRecord] {
+        let names = try ObjectFiles.list(pointsDir(diskID)) ?? []
+        var out = [PointRecord]()
+        for seq in names.compactMap({ Self.sequence(ofName: $0, suffix: ".point") }).sorted() {
+            if let p = try readPoint(diskID: diskID, sequence: seq) { out.append(p) }
+        }
+        return out
+    }
+
+    /// Recovery points read from the target alone, ordered by (disk,
+    /// sequence). Only points that can be materialized are listed (sequence
+    /// <= the disk's committed sequence) unless `includeIncomplete`.
+    public func points(diskID: String?, includeIncomplete: Bool = false) throws -> [PointRecord] {
+        let ids = try diskID.map { [$0] } ?? disks().map(\.diskID)
+        var out = [PointRecord]()
+        for id in ids {
+            try validateDiskID(id)
+            let ps = try allPoints(diskID: id)
+            if includeIncomplete {
+                out += ps
+            } else {
+                let committed = try committedSequence(diskID: id)
+                out += ps.filter { $0.sequence <= committed }
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    func trimmingSuffixNewline() -> String {
+        var s = self
+        while s.hasSuffix("\n") { s.removeLast() }
+        return s
+    }
+}

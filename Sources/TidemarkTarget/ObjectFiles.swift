@@ -1,0 +1,171 @@
+import Glibc
+import TidemarkSystem
+
+/// File-system primitives for immutable objects: create-once (temp file,
+/// fsync, link without overwrite, fsync the directory), verified reads,
+/// directory listings.
+enum ObjectFiles {
+    static let tempPrefix = ".tmp-"
+
+    /// Creates `dir/name` with `header` followed by `payload`, durably, if it
+    /// does not exist yet. Returns false (and changes nothing) when an object
+    /// of that name already exists; it is never overwritten.
+    static func create(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> Bool {
+        let final = dir + "/" + name
+        let tmp = dir + "/" + tempPrefix + name + "-\(getpid())-\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff_ffff)"
+        do {
+            let fd = try FileDescriptor(open: tmp, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444,
+                                        purpose: "creating a temporary object")
+            try header.withUnsafeBytes { try fd.write($0, at: 0) }
+            if payload.count > 0 { try fd.write(payload, at: UInt64(header.count)) }
+            try fd.sync()
+        } catch {
+            _ = unlink(tmp)
+            throw error
+        }
+        // link() fails with EEXIST instead of replacing: the first complete
+        // object wins and is never rewritten (rename would overwrite).
+        let r = link(tmp, final)
+        let e = errno
+        _ = unlink(tmp)
+        if r != 0 {
+            if e == EEXIST { return false }
+            throw SystemError(call: "link", errno: e, context: "publishing object \(final)")
+        }
+        try syncDirectory(dir)
+        return true
+    }
+
+    /// Removes an object and makes the removal durable.
+    static func remove(_ path: String, syncDir: Bool = true) throws {
+        if unlink(path) != 0 {
+            let e = errno
+            if e == ENOENT { return }
+            throw SystemError(call: "unlink", errno: e, context: "removing \(path)")
+        }
+        if syncDir { try syncDirectory(parent(of: path)) }
+    }
+
+    static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    static func syncDirectory(_ dir: String) throws {
+        let fd = try FileDescriptor(open: dir, .readOnly, purpose: "opening directory to flush it")
+        try fd.sync()
+    }
+
+    /// mkdir that tolerates an existing directory; flushes the parent when it
+    /// created one.
+    static func makeDirectory(_ path: String) throws {
+        if mkdir(path, 0o755) == 0 {
+            try syncDirectory(parent(of: path))
+            return
+        }
+        let e = errno
+        if e == EEXIST {
+            var st = Glibc.stat()
+            if stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { return }
+            throw TidemarkError(.state, "\(path) exists and is not a directory", hint: "move it away; the target layout needs a directory there")
+        }
+        throw SystemError(call: "mkdir", errno: e, context: "creating directory \(path)")
+    }
+
+    /// Names in a directory (without "." and ".."); nil when it does not exist.
+    static func list(_ dir: String) throws -> [String]? {
+        guard let d = opendir(dir) else {
+            let e = errno
+            if e == ENOENT { return nil }
+            throw SystemError(call: "opendir", errno: e, context: "listing \(dir)")
+        }
+        defer { closedir(d) }
+        var names = [String]()
+        while true {
+            errno = 0
+            guard let ent = readdir(d) else {
+                if errno != 0 { throw SystemError(call: "readdir", errno: errno, context: "listing \(dir)") }
+                break
+            }
+            let name = withUnsafePointer(to: ent.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    /// Size of a file, nil when absent.
+    static func size(_ path: String) throws -> UInt64? {
+        var st = Glibc.stat()
+        if stat(path, &st) != 0 {
+            let e = errno
+            if e == ENOENT { return nil }
+            throw SystemError(call: "stat", errno: e, context: "inspecting \(path)")
+        }
+        return UInt64(st.st_size)
+    }
+
+    /// Reads and verifies an object. Returns nil when it does not exist.
+    /// With `payload` the payload is read and its SHA-256 checked too.
+    static func read(_ path: String, kind: ObjectKind, diskID: String, sequence: UInt64,
+                     payload wantPayload: Bool) throws -> (envelope: Envelope, payload: [UInt8]?, objectSize: UInt64)? {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor(open: path, [.readOnly, .noFollow], purpose: "reading object")
+        } catch let e as SystemError where e.errno == ENOENT {
+            return nil
+        }
+        let size = UInt64(try fd.stat().st_size)
+        var prefix = [UInt8](repeating: 0, count: Int(min(size, 4096)))
+        let got = try prefix.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+        guard got == prefix.count else {
+            throw TidemarkError(.corrupt, "\(path): truncated while reading (\(got) of \(prefix.count) bytes)")
+        }
+        if prefix.count >= 16 {
+            let h = prefix.withUnsafeBytes { Envelope.headerLength(prefix: $0) }
+            if h > prefix.count, UInt64(h) <= size, h <= EnvelopeFormat.headerBytesMax {
+                prefix = [UInt8](repeating: 0, count: h)
+                let n = try prefix.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+                guard n == h else { throw TidemarkError(.corrupt, "\(path): truncated while reading the header") }
+            }
+        }
+        let env = try prefix.withUnsafeBytes {
+            try Envelope.decode($0, objectSize: size, path: path, kind: kind, diskID: diskID, sequence: sequence)
+        }
+        guard wantPayload else { return (env, nil, size) }
+        var body = [UInt8](repeating: 0, count: Int(env.payloadLength))
+        if env.payloadLength > 0 {
+            let n = try body.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(env.headerLength)) }
+            guard n == body.count else {
+                throw TidemarkError(.corrupt, "\(path): truncated payload (\(n) of \(body.count) bytes)")
+            }
+        }
+        let digest = ObjectDigest.sha256(body)
+        guard digest == env.payloadSHA256 else {
+            throw TidemarkError(.corrupt, "\(path): payload checksum mismatch (stored \(env.payloadSHA256.hexString.prefix(16))…, computed \(digest.hexString.prefix(16))…)",
+                                hint: "the object is damaged; it is not used. Restore it from a copy, or treat its sequence as lost")
+        }
+        return (env, body, size)
+    }
+}
+
+/// A pthread mutex (no Foundation in this module).
+final class Lock: @unchecked Sendable {
+    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() {
+        m.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(m, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(m)
+        m.deallocate()
+    }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(m)
+        defer { pthread_mutex_unlock(m) }
+        return try body()
+    }
+}

@@ -1,0 +1,94 @@
+import TidemarkSystem
+
+/// A protected disk as target storage knows it. Stored once per disk
+/// (first writer wins) and never changed.
+public struct DiskRecord: Codable, Equatable, Sendable {
+    public var diskID: String
+    public var ownerAgentID: String
+    public var sizeBytes: UInt64
+    public var chunkSizeBytes: UInt32
+    public var keyID: UInt64
+
+    public init(diskID: String, ownerAgentID: String, sizeBytes: UInt64, chunkSizeBytes: UInt32, keyID: UInt64) {
+        self.diskID = diskID
+        self.ownerAgentID = ownerAgentID
+        self.sizeBytes = sizeBytes
+        self.chunkSizeBytes = chunkSizeBytes
+        self.keyID = keyID
+    }
+}
+
+/// One extent of a segment, in plaintext metadata: `length` bytes at
+/// `offset` of the disk, either data (carried, sealed, in the segment) or
+/// zeros (no payload).
+public struct TargetExtent: Equatable, Sendable {
+    public var offset: UInt64
+    public var length: UInt64
+    public var zero: Bool
+
+    public init(offset: UInt64, length: UInt64, zero: Bool) {
+        self.offset = offset
+        self.length = length
+        self.zero = zero
+    }
+
+    public var end: UInt64 { offset + length }
+}
+
+/// A recovery point: applying every segment with sequence <= `sequence`, in
+/// order, onto a zero image gives the disk as it was at the point.
+public struct PointRecord: Codable, Equatable, Sendable {
+    public var id: String
+    public var diskID: String
+    /// "crash-consistent", "app-consistent", "unverified", ...: stored as given.
+    public var pointClass: String
+    public var timeUnixMs: Int64
+    public var sequence: UInt64
+
+    public init(id: String, diskID: String, pointClass: String, timeUnixMs: Int64, sequence: UInt64) {
+        self.id = id
+        self.diskID = diskID
+        self.pointClass = pointClass
+        self.timeUnixMs = timeUnixMs
+        self.sequence = sequence
+    }
+}
+
+/// What the target holds for one sequence of a disk.
+public struct StoredSegment: Equatable, Sendable {
+    public var sequence: UInt64
+    public var extents: [TargetExtent]
+    public var point: PointRecord?
+    /// Length and SHA-256 of the opaque segment bytes (the sealed blob).
+    public var payloadLength: UInt64
+    public var payloadSHA256: [UInt8]
+    /// True when only a tombstone is left: the bytes were pruned.
+    public var pruned: Bool
+    /// For a pruned segment: the point sequence at which every one of its
+    /// chunks was overwritten (it is not needed by any point at or above it).
+    public var deadAtSequence: UInt64?
+}
+
+/// The outcome of `LocalDirectoryTarget.prune`.
+public struct PruneReport: Equatable, Sendable {
+    public var diskID: String
+    /// Points whose manifests were removed.
+    public var expiredPoints: [PointRecord]
+    /// Points kept (every point at or above `oldestRetainedSequence`).
+    public var retainedPoints: [PointRecord]
+    /// The sequence of the oldest retained point; nil when the disk has no
+    /// complete point (nothing is pruned then).
+    public var oldestRetainedSequence: UInt64?
+    /// Segments at or below `oldestRetainedSequence` that were looked at.
+    public var segmentsExamined: Int
+    /// Segments replaced by tombstones (their bytes deleted).
+    public var segmentsPruned: Int
+    /// Examined segments kept because part of them is still live.
+    public var segmentsKept: Int
+    /// Size of the deleted segment objects, in bytes (before tombstones).
+    public var bytesFreed: UInt64
+    /// Size of the tombstones written, in bytes.
+    public var tombstoneBytes: UInt64
+
+    public var pointsExpired: Int { expiredPoints.count }
+}
