@@ -121,7 +121,9 @@ extension LocalDirectoryTarget {
             progress(done, total)
         }
         try fd.dataSync()
-        precondition(done == total, "materialize accounted \(done) of \(total) bytes")
+        guard done == total else {
+            throw TidemarkError(.state, "materializing point '\(point.id)' of disk '\(diskID)' placed \(done) of \(total) bytes (a bug)")
+        }
         progress(done, total)
     }
 }
