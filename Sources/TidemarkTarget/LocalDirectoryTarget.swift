@@ -19,6 +19,8 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     /// Sequences never disappear (a segment becomes a tombstone first), so
     /// this only grows.
     private var committedCache: [String: UInt64] = [:]
+    /// Disk records, once read (they are immutable).
+    private var diskCache: [String: DiskRecord] = [:]
 
     /// Opens (creating when absent or empty) a target directory.
     public init(root: String) throws {
@@ -184,9 +186,12 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     /// The stored record of a disk, or nil.
     public func disk(_ id: String) throws -> DiskRecord? {
         try validateDiskID(id)
+        if let cached = lock.withLock({ diskCache[id] }) { return cached }
         let path = diskRecordPath(id)
         guard let (env, _, _) = try ObjectFiles.read(path, kind: .disk, diskID: id, sequence: 0, payload: true) else { return nil }
-        return try Metadata.decodeDisk(env.metadata, diskID: id, path: path)
+        let record = try Metadata.decodeDisk(env.metadata, diskID: id, path: path)
+        lock.withLock { diskCache[id] = record }
+        return record
     }
 
     /// Every disk with a record, ordered by id.

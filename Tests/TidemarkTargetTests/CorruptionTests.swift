@@ -92,6 +92,7 @@ import TidemarkTesting
         try flipByte(f.target.pointPath(f.disk.diskID, s2), at: 80)
         #expect(tidemarkError { _ = try f.target.points(diskID: f.disk.diskID) }?.kind == .corrupt)
         try flipByte(f.target.diskRecordPath(f.disk.diskID), at: 75)
+        try f.reopen()  // an instance keeps the (immutable) disk records it has read
         #expect(tidemarkError { _ = try f.target.disk(f.disk.diskID) }?.kind == .corrupt)
     }
 
