@@ -15,13 +15,10 @@ extension AgentCommands {
         if !disks.isEmpty { config.disks = disks }
         if let stateDir { config.stateDir = stateDir }
         if let server {
-            let parts = server.split(separator: ":")
-            config.serverHost = String(parts[0])
-            if parts.count > 1 {
-                guard let p = UInt16(parts[1]) else {
-                    throw TidemarkError(.invalidArgument, "--server '\(server)' has no valid port", hint: "for example --server 10.0.0.5:9443")
-                }
-                config.serverPort = p
+            do {
+                (config.serverHost, config.serverPort) = try AgentConfig.parseServerEndpoint(server)
+            } catch let e as InvalidValue {
+                throw TidemarkError(.invalidArgument, "--server '\(server)': \(e.message)", hint: e.hint)
             }
         }
         let file = configPath ?? AgentConfig.defaultPath

@@ -350,9 +350,9 @@ public struct AgentConfig: Sendable, Equatable {
 }
 
 /// A value that is the right type but not acceptable; the caller adds where it came from.
-struct InvalidValue: Error {
-    var message: String
-    var hint: String?
+public struct InvalidValue: Error, Sendable {
+    public var message: String
+    public var hint: String?
 }
 
 /// Checks shared by the YAML file and the environment, so both give the same messages.

@@ -228,3 +228,21 @@ extension Validate {
                      zeroMeansOff: true, example: example)
     }
 }
+
+extension AgentConfig {
+    /// Parses `host:port` with the checks of `replication.server`, for the
+    /// command-line override `--server`: one parser, one set of messages.
+    public static func parseServerEndpoint(_ text: String) throws -> (host: String, port: UInt16) {
+        guard let e = try Validate.serverEndpoint(text) else {
+            throw InvalidValue(message: "must not be empty", hint: Validate.serverHint)
+        }
+        return e
+    }
+}
+
+extension ServerConfig {
+    /// Parses `address:port` with the checks of `listen`, for `--listen`.
+    public static func parseListenEndpoint(_ text: String) throws -> (host: String, port: UInt16) {
+        try Validate.listenEndpoint(text)
+    }
+}

@@ -14,11 +14,11 @@ public enum ServerCommands {
         case .error: Log.setLevel(.error)
         }
         if let listen {
-            guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
-                throw TidemarkError(.invalidArgument, "--listen '\(listen)' is not host:port", hint: "for example --listen 0.0.0.0:9443")
+            do {
+                (c.listenHost, c.listenPort) = try ServerConfig.parseListenEndpoint(listen)
+            } catch let e as InvalidValue {
+                throw TidemarkError(.invalidArgument, "--listen '\(listen)': \(e.message)", hint: e.hint)
             }
-            c.listenHost = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-            c.listenPort = port
         }
         if let spoolDir { c.spoolDir = spoolDir }
         if let targetPath { c.targetPath = targetPath }
