@@ -54,7 +54,6 @@ public final class DiskReplicator: @unchecked Sendable {
     var clearedThrough: UInt64 = 0
     var epoch: UInt64 = 0               // bumps when the server forces a re-send from scratch
     var stopping = false
-    var connected = false
     var pointRequest: PointRequest?
     var readerBusy = false
     var replicatedBefore = false
@@ -400,7 +399,6 @@ public final class DiskReplicator: @unchecked Sendable {
                 Log.warning("\(diskID): connection to \(settings.serverHost):\(settings.serverPort) failed: \(error); retrying in \(backoffMs) ms")
             }
             cond.lock()
-            connected = false
             for i in window.indices { window[i].sent = false }
             cond.unlock()
             StopSignal.sleep(milliseconds: backoffMs)
@@ -466,7 +464,6 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.broadcast()
             cond.unlock()
         }
-        connected = true
         committedSequence = max(committedSequence, committed)
         if durable < durableSequence || durable >= nextSequence {
             // Either the server lost segments it had acknowledged (another
@@ -574,8 +571,4 @@ struct TokenBucket {
     }
 }
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
+func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }

@@ -403,17 +403,6 @@ final class UploadQueue: @unchecked Sendable {
         cond.unlock()
     }
 
-    /// Waits until nothing is queued or uploading (tests, orderly stop).
-    func waitIdle(timeoutMs: Int) -> Bool {
-        cond.lock()
-        defer { cond.unlock() }
-        let deadline = Date(timeIntervalSinceNow: Double(timeoutMs) / 1000)
-        while head < queue.count || inFlight > 0 {
-            if !cond.wait(until: deadline) { return false }
-        }
-        return true
-    }
-
     func stop() {
         cond.lock()
         stopped = true

@@ -347,13 +347,6 @@ public final class Spool: @unchecked Sendable {
         lock.broadcast()
     }
 
-    /// Bytes the spool holds now (for status and tests).
-    public var bytesUsed: UInt64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return usedBytes
-    }
-
     public func stop() {
         lock.lock()
         stopping = true
