@@ -207,6 +207,14 @@ public final class ProcessServer: @unchecked Sendable {
             lock.unlock()
             throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
         }
+        if header.sequence <= d.appended {
+            // A re-send of something already spooled (docs/wire-format.md,
+            // resume rules): idempotent, acknowledged again, not stored twice.
+            let durable = d.durable
+            lock.unlock()
+            c.queueAck(disk: header.diskID, durable: durable)
+            return
+        }
         guard header.sequence == d.appended + 1 else {
             let expected = d.appended + 1
             lock.unlock()
