@@ -13,7 +13,7 @@ public enum ReplicationLimits {
     public static let reconnectDelayMsMin = 100
     public static let reconnectDelayMsMax = 5_000
     /// Before freezing for a point, wait (up to this long) until the backlog
-    /// of unread chunks is at most `pointBacklogChunksMax`, so the freeze is short.
+    /// of unread chunks is at most `pointBacklogBytesMax`, so the freeze is short.
     public static let pointPrepareWaitMsMax = 30_000
     public static let pointBacklogBytesMax: UInt64 = 8 << 20
     /// A point request waits this long for its tag to be committed.
@@ -268,8 +268,11 @@ final class Freezer: @unchecked Sendable {
                 lock.unlock()
             } catch {
                 thaw()
+                let busy = (error as? SystemError)?.errno == EBUSY
                 throw TidemarkError(.state, "cannot freeze \(m.mountPoint) (\(m.fsType)): \(error)",
-                                    hint: "the filesystem may not support FIFREEZE; points of this disk cannot be crash-consistent")
+                                    hint: busy
+                                        ? "it is already frozen (fsfreeze -f?); thaw it with `fsfreeze -u \(m.mountPoint)` and retry"
+                                        : "the filesystem may not support FIFREEZE; points of this disk cannot be crash-consistent")
             }
         }
     }
