@@ -1,4 +1,5 @@
 import Glibc
+import TidemarkSystem
 
 /// Number and time formatting shared by the commands. Sizes are binary (KiB = 1024),
 /// the way `chunk_size` is configured.
@@ -125,20 +126,6 @@ indirect enum JSON: Equatable {
     }
 
     private static func writeString(_ s: String, to out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
+        out += jsonQuoted(s)
     }
 }
