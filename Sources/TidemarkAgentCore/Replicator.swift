@@ -22,6 +22,9 @@ public struct ReplicationSettings: Sendable {
     public var appIntervalSeconds: Int
     public var preFreezeHook: String?
     public var postThawHook: String?
+    /// A connection that makes no progress this long is dropped and made
+    /// again (`replication.io_timeout_ms`); see `session(over:)`.
+    public var ioTimeoutMs: Int
 }
 
 /// Continuous replication of one tracked disk to a process server:
@@ -409,9 +412,10 @@ public final class DiskReplicator: @unchecked Sendable {
     private func connect() throws -> TLSStream {
         let socket = try TCPSocket.connect(host: settings.serverHost, port: settings.serverPort,
                                            timeoutMs: ReplicationLimits.connectTimeoutMs)
-        try socket.setTimeouts(readMs: ReplicationLimits.ioTimeoutMs, writeMs: ReplicationLimits.ioTimeoutMs)
+        try socket.setTimeouts(readMs: settings.ioTimeoutMs, writeMs: settings.ioTimeoutMs)
         let context = try TLSContext.client(settings.tls)
-        return try TLSStream.connect(socket, context, serverName: settings.serverName)
+        return try TLSStream.connect(socket, context, serverName: settings.serverName,
+                                     handshakeTimeoutMs: settings.ioTimeoutMs)
     }
 
     private func session(over stream: TLSStream) throws {
@@ -434,7 +438,25 @@ public final class DiskReplicator: @unchecked Sendable {
         resume(durable: durable, committed: committed)
         Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
         var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
+        // Liveness: a connection can hang without an error (a stalled network
+        // path, a server that stopped reading). With nothing else to send, a
+        // ping goes out every quarter of the io timeout (it also keeps the
+        // server's idle limit away); when no frame at all arrives within the
+        // io timeout, the connection is given up and made again.
+        let ioTimeoutSeconds = Double(settings.ioTimeoutMs) / 1000
+        var lastHeard = monotonicSeconds()
+        var lastSent = lastHeard
+        var pings: UInt64 = 0
         while !isStopping && !StopSignal.isRequested {
+            let now = monotonicSeconds()
+            if now - lastHeard >= ioTimeoutSeconds {
+                throw TidemarkError(.io, "nothing heard from \(serverID) for \(settings.ioTimeoutMs) ms (replication.io_timeout_ms): the connection is given up and made again")
+            }
+            if now - lastSent >= ioTimeoutSeconds / 4 {
+                pings += 1
+                try writer.send(.ping(pings))
+                lastSent = now
+            }
             // Send what is unsent, in order.
             cond.lock()
             let next = window.firstIndex { !$0.sent }
@@ -443,6 +465,7 @@ public final class DiskReplicator: @unchecked Sendable {
             if let item {
                 bucket.take(UInt64(item.bytes.count))
                 try writer.send(.segment(item.bytes))
+                lastSent = monotonicSeconds()
                 cond.lock()
                 if let i = window.firstIndex(where: { $0.sequence == item.sequence }) { window[i].sent = true }
                 stats.bytesSent += UInt64(item.bytes.count)
@@ -451,6 +474,7 @@ public final class DiskReplicator: @unchecked Sendable {
             // Read whatever acknowledgements have arrived.
             while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil ? ReplicationLimits.idlePollMs : 0) {
                 guard let m = try reader.next() else { throw TidemarkError(.state, "the server closed the connection") }
+                lastHeard = monotonicSeconds()
                 try handle(m)
             }
         }
