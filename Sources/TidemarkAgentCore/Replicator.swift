@@ -394,10 +394,14 @@ public final class DiskReplicator: @unchecked Sendable {
     private func runSender() {
         var backoffMs = ReplicationLimits.reconnectDelayMsMin
         while !isStopping && !StopSignal.isRequested {
+            var established = false
             do {
-                try session(over: try connect())
+                try session(over: try connect(), established: &established)
                 backoffMs = ReplicationLimits.reconnectDelayMsMin
             } catch {
+                // A connection that worked and then broke is retried at once;
+                // only failures in a row back off further.
+                if established { backoffMs = ReplicationLimits.reconnectDelayMsMin }
                 if isStopping || StopSignal.isRequested { break }
                 Log.warning("\(diskID): connection to \(settings.serverHost):\(settings.serverPort) failed: \(error); retrying in \(backoffMs) ms")
             }
@@ -418,7 +422,7 @@ public final class DiskReplicator: @unchecked Sendable {
                                      handshakeTimeoutMs: settings.ioTimeoutMs)
     }
 
-    private func session(over stream: TLSStream) throws {
+    private func session(over stream: TLSStream, established: inout Bool) throws {
         defer { stream.close() }
         let reader = FrameReader(stream)
         let writer = FrameWriter(stream)
@@ -436,6 +440,7 @@ public final class DiskReplicator: @unchecked Sendable {
             throw TidemarkError(.state, "the server did not answer openDisk")
         }
         resume(durable: durable, committed: committed)
+        established = true
         Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
         var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
         // Liveness: a connection can hang without an error (a stalled network
