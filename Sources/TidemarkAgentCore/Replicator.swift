@@ -22,6 +22,9 @@ public struct ReplicationSettings: Sendable {
     public var appIntervalSeconds: Int
     public var preFreezeHook: String?
     public var postThawHook: String?
+    /// A connection that makes no progress this long is dropped and made
+    /// again (`replication.io_timeout_ms`); see `session(over:)`.
+    public var ioTimeoutMs: Int
 }
 
 /// Continuous replication of one tracked disk to a process server:
@@ -391,10 +394,14 @@ public final class DiskReplicator: @unchecked Sendable {
     private func runSender() {
         var backoffMs = ReplicationLimits.reconnectDelayMsMin
         while !isStopping && !StopSignal.isRequested {
+            var established = false
             do {
-                try session(over: try connect())
+                try session(over: try connect(), established: &established)
                 backoffMs = ReplicationLimits.reconnectDelayMsMin
             } catch {
+                // A connection that worked and then broke is retried at once;
+                // only failures in a row back off further.
+                if established { backoffMs = ReplicationLimits.reconnectDelayMsMin }
                 if isStopping || StopSignal.isRequested { break }
                 Log.warning("\(diskID): connection to \(settings.serverHost):\(settings.serverPort) failed: \(error); retrying in \(backoffMs) ms")
             }
@@ -409,12 +416,13 @@ public final class DiskReplicator: @unchecked Sendable {
     private func connect() throws -> TLSStream {
         let socket = try TCPSocket.connect(host: settings.serverHost, port: settings.serverPort,
                                            timeoutMs: ReplicationLimits.connectTimeoutMs)
-        try socket.setTimeouts(readMs: ReplicationLimits.ioTimeoutMs, writeMs: ReplicationLimits.ioTimeoutMs)
+        try socket.setTimeouts(readMs: settings.ioTimeoutMs, writeMs: settings.ioTimeoutMs)
         let context = try TLSContext.client(settings.tls)
-        return try TLSStream.connect(socket, context, serverName: settings.serverName)
+        return try TLSStream.connect(socket, context, serverName: settings.serverName,
+                                     handshakeTimeoutMs: settings.ioTimeoutMs)
     }
 
-    private func session(over stream: TLSStream) throws {
+    private func session(over stream: TLSStream, established: inout Bool) throws {
         defer { stream.close() }
         let reader = FrameReader(stream)
         let writer = FrameWriter(stream)
@@ -432,9 +440,28 @@ public final class DiskReplicator: @unchecked Sendable {
             throw TidemarkError(.state, "the server did not answer openDisk")
         }
         resume(durable: durable, committed: committed)
+        established = true
         Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
         var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
+        // Liveness: a connection can hang without an error (a stalled network
+        // path, a server that stopped reading). With nothing else to send, a
+        // ping goes out every quarter of the io timeout (it also keeps the
+        // server's idle limit away); when no frame at all arrives within the
+        // io timeout, the connection is given up and made again.
+        let ioTimeoutSeconds = Double(settings.ioTimeoutMs) / 1000
+        var lastHeard = monotonicSeconds()
+        var lastSent = lastHeard
+        var pings: UInt64 = 0
         while !isStopping && !StopSignal.isRequested {
+            let now = monotonicSeconds()
+            if now - lastHeard >= ioTimeoutSeconds {
+                throw TidemarkError(.io, "nothing heard from \(serverID) for \(settings.ioTimeoutMs) ms (replication.io_timeout_ms): the connection is given up and made again")
+            }
+            if now - lastSent >= ioTimeoutSeconds / 4 {
+                pings += 1
+                try writer.send(.ping(pings))
+                lastSent = now
+            }
             // Send what is unsent, in order.
             cond.lock()
             let next = window.firstIndex { !$0.sent }
@@ -443,6 +470,7 @@ public final class DiskReplicator: @unchecked Sendable {
             if let item {
                 bucket.take(UInt64(item.bytes.count))
                 try writer.send(.segment(item.bytes))
+                lastSent = monotonicSeconds()
                 cond.lock()
                 if let i = window.firstIndex(where: { $0.sequence == item.sequence }) { window[i].sent = true }
                 stats.bytesSent += UInt64(item.bytes.count)
@@ -451,6 +479,7 @@ public final class DiskReplicator: @unchecked Sendable {
             // Read whatever acknowledgements have arrived.
             while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil ? ReplicationLimits.idlePollMs : 0) {
                 guard let m = try reader.next() else { throw TidemarkError(.state, "the server closed the connection") }
+                lastHeard = monotonicSeconds()
                 try handle(m)
             }
         }

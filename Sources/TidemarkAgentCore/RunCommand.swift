@@ -41,7 +41,8 @@ extension AgentCommands {
             drainIntervalMs: config.drainIntervalMs, freezeTimeoutMs: config.freezeTimeoutMs,
             crashIntervalSeconds: config.crashConsistentIntervalSeconds,
             appIntervalSeconds: config.appConsistentIntervalSeconds,
-            preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook)
+            preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
+            ioTimeoutMs: config.ioTimeoutMs)
         StopSignal.install()
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []

@@ -49,6 +49,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var segmentSizeBytes: UInt32
     /// Most bytes sent but not yet acknowledged durable (`replication.inflight_bytes`): 8 MiB…1 GiB.
     public var inflightBytesMax: UInt64
+    /// How long a connection to the process server may make no progress
+    /// (`replication.io_timeout_ms`): a blocked send, or no frame received
+    /// while pings are answered within it; then the agent reconnects. 1000…300000.
+    public var ioTimeoutMs: Int
 
     /// Seconds between crash-consistent recovery points (`policy.crash_consistent_interval`); 0 = off.
     public var crashConsistentIntervalSeconds: Int
@@ -84,6 +88,7 @@ public struct AgentConfig: Sendable, Equatable {
                 bandwidthLimitBytesPerSecond: UInt64 = AgentConfig.defaults.bandwidthLimitBytesPerSecond,
                 segmentSizeBytes: UInt32 = AgentConfig.defaults.segmentSizeBytes,
                 inflightBytesMax: UInt64 = AgentConfig.defaults.inflightBytesMax,
+                ioTimeoutMs: Int = AgentConfig.defaults.ioTimeoutMs,
                 crashConsistentIntervalSeconds: Int = AgentConfig.defaults.crashConsistentIntervalSeconds,
                 appConsistentIntervalSeconds: Int = AgentConfig.defaults.appConsistentIntervalSeconds,
                 freezeTimeoutMs: Int = AgentConfig.defaults.freezeTimeoutMs,
@@ -109,6 +114,7 @@ public struct AgentConfig: Sendable, Equatable {
         self.bandwidthLimitBytesPerSecond = bandwidthLimitBytesPerSecond
         self.segmentSizeBytes = segmentSizeBytes
         self.inflightBytesMax = inflightBytesMax
+        self.ioTimeoutMs = ioTimeoutMs
         self.crashConsistentIntervalSeconds = crashConsistentIntervalSeconds
         self.appConsistentIntervalSeconds = appConsistentIntervalSeconds
         self.freezeTimeoutMs = freezeTimeoutMs
@@ -137,6 +143,7 @@ public struct AgentConfig: Sendable, Equatable {
         bandwidthLimitBytesPerSecond = 0
         segmentSizeBytes = 4 << 20
         inflightBytesMax = 64 << 20
+        ioTimeoutMs = 30_000
         crashConsistentIntervalSeconds = 5 * 60
         appConsistentIntervalSeconds = 60 * 60
         freezeTimeoutMs = 2000
@@ -164,6 +171,8 @@ public struct AgentConfig: Sendable, Equatable {
     public static let segmentSizeBytesMax: UInt32 = 8 << 20
     public static let inflightBytesMin: UInt64 = 8 << 20
     public static let inflightBytesMaxLimit: UInt64 = 1 << 30
+    public static let ioTimeoutMsMin = 1_000
+    public static let ioTimeoutMsMax = 300_000
     /// Bounds of a recovery-point interval that is not 0 (off): 1 s to 30 days.
     public static let pointIntervalSecondsMin = 1
     public static let pointIntervalSecondsMax = 30 * 86_400
@@ -177,7 +186,8 @@ public struct AgentConfig: Sendable, Equatable {
     public static let knownMirrorKeys = ["to", "interval_ms"]
     /// Every key under `replication:`.
     public static let knownReplicationKeys = ["server", "server_name", "ca", "cert", "key", "replication_key",
-                                              "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes"]
+                                              "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes",
+                                              "io_timeout_ms"]
     /// Every key under `policy:`.
     public static let knownPolicyKeys = ["crash_consistent_interval", "app_consistent_interval", "freeze_timeout_ms",
                                          "pre_freeze_hook", "post_thaw_hook"]

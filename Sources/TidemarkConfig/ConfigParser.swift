@@ -147,6 +147,9 @@ struct ConfigParser {
             case "inflight_bytes":
                 config.inflightBytesMax = try reader.validated(entry, key: key, expected: "a size such as 64m",
                                                                Validate.inflightBytes)
+            case "io_timeout_ms":
+                config.ioTimeoutMs = try reader.validated(entry, key: key, expected: "a whole number of milliseconds",
+                                                          Validate.ioTimeoutMs)
             default:
                 throw reader.unknownKey(entry, section: "replication")
             }

@@ -171,6 +171,14 @@ extension Validate {
                     what: "a whole number of milliseconds", hint: freezeTimeoutHint)
     }
 
+    static let ioTimeoutHint = "use a whole number of milliseconds from \(AgentConfig.ioTimeoutMsMin)"
+        + " to \(AgentConfig.ioTimeoutMsMax), e.g. 30000"
+
+    static func ioTimeoutMs(_ text: String) throws -> Int {
+        try integer(text, in: AgentConfig.ioTimeoutMsMin...AgentConfig.ioTimeoutMsMax,
+                    what: "a whole number of milliseconds", hint: ioTimeoutHint)
+    }
+
     static let bandwidthHint = "use bytes per second with an optional unit, e.g. 100m for 100 MiB/s, or 0 for unlimited"
 
     /// Bytes per second; `100m`, `100m/s` and `0` (unlimited) are accepted.

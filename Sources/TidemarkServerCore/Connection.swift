@@ -56,7 +56,7 @@ final class Connection: @unchecked Sendable {
         var agentID = "?"
         do {
             try socket.setTimeouts(readMs: ServerLimits.handshakeTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
-            let s = try TLSStream.accept(socket, server.tlsContext)
+            let s = try TLSStream.accept(socket, server.tlsContext, handshakeTimeoutMs: ServerLimits.handshakeTimeoutMs)
             lock.lock()
             stream = s
             let wasClosed = closed

@@ -47,6 +47,12 @@ public final class ProcessServer: @unchecked Sendable {
         var durable: UInt64
         var committed: UInt64
         weak var owner: Connection?
+        /// Segments of this disk between their checks and their append (at
+        /// most one per connection): a new owner waits for them to finish.
+        var ingestsInFlight = 0
+        /// The uploader is throwing away spooled segments that cannot be
+        /// uploaded (`discardUnreadable`): no connection may open the disk meanwhile.
+        var resetting = false
         init(record: DiskRecord, appended: UInt64, committed: UInt64) {
             self.record = record
             self.appended = appended
@@ -66,6 +72,10 @@ public final class ProcessServer: @unchecked Sendable {
     var spooledHighest: [String: UInt64] = [:]
     var connections: [ObjectIdentifier: Connection] = [:]
     let uploads = UploadQueue()
+    /// Per disk: spooled segments from this sequence on that were appended
+    /// before this spool position are never acknowledged or uploaded (one of
+    /// them could not be read back; the agent re-sends them). Guarded by `lock`.
+    private var discarded: [String: (fromSequence: UInt64, before: (fileIndex: UInt64, offset: UInt64))] = [:]
     private var stopped = false
 
     /// The port actually listened on (useful with port 0 in tests).
@@ -178,6 +188,12 @@ public final class ProcessServer: @unchecked Sendable {
         }
         lock.lock()
         let ingest: DiskIngest
+        while let d = disks[diskID], d.resetting {
+            lock.unlock()
+            usleep(10_000)
+            if isStopped { throw TidemarkError(.state, "the server is stopping") }
+            lock.lock()
+        }
         if let d = disks[diskID] {
             ingest = d
         } else {
@@ -191,6 +207,10 @@ public final class ProcessServer: @unchecked Sendable {
         if let previous, previous !== c {
             Log.info("\(diskID): a new connection from \(agentID) takes over; closing the old one")
             previous.close()
+            // A segment the old connection is appending (perhaps waiting for
+            // spool space) is appended or abandoned before the new owner
+            // learns how far the disk is: never both connections at once.
+            waitForIngests(ingest)
         }
         // Whatever the old connection appended becomes durable (or is dropped)
         // before we say how far the disk is.
@@ -232,12 +252,21 @@ public final class ProcessServer: @unchecked Sendable {
             lock.unlock()
             throw ProtocolViolation(code: 400, "segment \(header.diskID) #\(header.sequence) has an extent past the end of the disk")
         }
+        d.ingestsInFlight += 1
         lock.unlock()
         // Appending may block while the spool is full; the sequence check
-        // above stays valid because only this connection feeds the disk.
+        // above stays valid because only this connection feeds the disk, and
+        // a connection that takes over waits for this append to end (a
+        // closed connection abandons it).
+        defer {
+            lock.lock()
+            d.ingestsInFlight -= 1
+            lock.unlock()
+        }
         while true {
             do {
-                _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes)
+                _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes,
+                                     abandon: { c.isClosed || self.isStopped })
                 break
             } catch let full as Spool.SpoolFull {
                 Log.warning("\(full.detail): holding back \(header.diskID) #\(header.sequence)")
@@ -250,10 +279,21 @@ public final class ProcessServer: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Waits until no segment of `d` is between its checks and its append.
+    private func waitForIngests(_ d: DiskIngest) {
+        while true {
+            lock.lock()
+            let busy = d.ingestsInFlight > 0
+            lock.unlock()
+            if !busy { return }
+            usleep(5_000)
+        }
+    }
+
     private func recordsDurable(_ records: [Spool.Record]) {
         lock.lock()
         var acks: [(Connection, String, UInt64)] = []
-        for r in records {
+        for r in records where !isDiscardedLocked(r) {
             if let d = disks[r.diskID] {
                 d.durable = max(d.durable, r.sequence)
                 if let o = d.owner { acks.append((o, r.diskID, d.durable)) }
@@ -282,11 +322,20 @@ public final class ProcessServer: @unchecked Sendable {
     private func runUploader() {
         var delayMs = ServerLimits.uploadRetryDelayMsMin
         while let record = uploads.next() {
+            if isDiscarded(record) {
+                // Numbered after a segment that could not be read back: the agent re-sends it.
+                uploads.done()
+                spool.release(record)
+                continue
+            }
             do {
                 try upload(record)
                 uploads.done()
                 spool.release(record)
                 delayMs = ServerLimits.uploadRetryDelayMsMin
+            } catch let e as TidemarkError where e.kind == .corrupt {
+                uploads.done()
+                discardUnreadable(record, e)
             } catch {
                 Log.error("uploading \(record.diskID) #\(record.sequence) to \(options.targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
                 uploads.requeueFront(record)
@@ -296,9 +345,54 @@ public final class ProcessServer: @unchecked Sendable {
         }
     }
 
+    /// A spooled segment that does not verify when read back (its storage
+    /// failed) is never uploaded, and neither is anything spooled after it for
+    /// its disk: the target must not get a gap, nor segments the agent will
+    /// number again. The disk goes back to the sequence before it, and its
+    /// connection is closed: the agent reconnects, learns the lower durable
+    /// sequence and re-sends everything from there, read again from its
+    /// change-tracking bits (docs/wire-format.md, resume rules).
+    private func discardUnreadable(_ record: Spool.Record, _ error: TidemarkError) {
+        Log.error("\(record.diskID) #\(record.sequence) cannot be uploaded: \(error.message); it and every later spooled segment of \(record.diskID) are discarded and the agent is asked to re-send from #\(record.sequence)")
+        lock.lock()
+        let d = disks[record.diskID]
+        d?.resetting = true
+        let owner = d?.owner
+        d?.owner = nil
+        lock.unlock()
+        owner?.close()
+        if let d { waitForIngests(d) }
+        spool.syncAll()
+        let position = spool.appendPosition
+        spool.release(record)
+        lock.lock()
+        discarded[record.diskID] = (record.sequence, position)
+        if let d {
+            d.appended = min(d.appended, record.sequence - 1)
+            d.durable = min(d.durable, record.sequence - 1)
+            d.resetting = false
+        }
+        if let h = spooledHighest[record.diskID] { spooledHighest[record.diskID] = min(h, record.sequence - 1) }
+        lock.unlock()
+    }
+
+    private func isDiscarded(_ record: Spool.Record) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return isDiscardedLocked(record)
+    }
+
+    private func isDiscardedLocked(_ record: Spool.Record) -> Bool {
+        guard let d = discarded[record.diskID] else { return false }
+        return record.sequence >= d.fromSequence && record.location.isBefore(d.before)
+    }
+
     private func upload(_ record: Spool.Record) throws {
         let bytes = try spool.read(record)
         let (header, _) = try bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
+        guard header.diskID == record.diskID, header.sequence == record.sequence else {
+            throw TidemarkError(.corrupt, "spool record of \(record.diskID) #\(record.sequence) holds \(header.diskID) #\(header.sequence)")
+        }
         let extents = header.extents.map {
             TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero)
         }

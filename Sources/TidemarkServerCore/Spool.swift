@@ -20,6 +20,11 @@ public final class Spool: @unchecked Sendable {
         public var fileIndex: UInt64
         public var offset: UInt64   // of the payload
         public var length: UInt32
+
+        /// Appended before `position` (a value of `appendPosition`).
+        public func isBefore(_ position: (fileIndex: UInt64, offset: UInt64)) -> Bool {
+            fileIndex < position.fileIndex || (fileIndex == position.fileIndex && offset < position.offset)
+        }
     }
 
     /// One spooled segment.
@@ -180,7 +185,12 @@ public final class Spool: @unchecked Sendable {
     /// Appends one segment. Blocks while the spool is full (backpressure:
     /// the connection stops reading, TCP pushes back on the agent). Throws
     /// when the spool cannot take it (I/O error) or the spool is stopping.
-    public func append(diskID: String, sequence: UInt64, payload: UnsafeRawBufferPointer) throws -> Record {
+    ///
+    /// `abandon` is asked while waiting for space: when it answers true
+    /// (the connection was closed or replaced), the append gives up without
+    /// writing anything.
+    public func append(diskID: String, sequence: UInt64, payload: UnsafeRawBufferPointer,
+                       abandon: () -> Bool = { false }) throws -> Record {
         precondition(payload.count > 0 && payload.count <= Int(UInt32.max))
         let need = UInt64(Self.recordHeaderBytes + payload.count)
         lock.lock()
@@ -188,6 +198,9 @@ public final class Spool: @unchecked Sendable {
         var waited = 0
         while true {
             if stopping { throw TidemarkError(.state, "the server is stopping") }
+            if abandon() {
+                throw TidemarkError(.state, "\(diskID) #\(sequence) was not spooled: its connection closed while it waited for spool space")
+            }
             if current.failed || current.size + need > ServerLimits.spoolFileBytesMax && current.size > UInt64(Self.fileHeaderBytes) {
                 try rotateLocked()
             }
@@ -303,13 +316,32 @@ public final class Spool: @unchecked Sendable {
 
     // MARK: Read back and release
 
-    /// Reads a record's payload back (for the uploader), checking its CRC.
+    /// Where the next record will be appended: every record appended so far
+    /// has a location `isBefore` it.
+    public var appendPosition: (fileIndex: UInt64, offset: UInt64) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (current.index, current.size)
+    }
+
+    /// Reads a record's payload back (for the uploader) and verifies it: the
+    /// record header's magic and length, and the CRC32C of the payload that
+    /// the header stored when the record was appended. A record of a file
+    /// whose fdatasync failed is read from the storage, not from the page
+    /// cache (whose pages may no longer say what the storage holds).
+    /// Throws `.corrupt` when the record does not verify.
     public func read(_ record: Record) throws -> [UInt8] {
         lock.lock()
         let file = files[record.location.fileIndex]
+        let failed = file?.failed ?? false
         lock.unlock()
         guard let file else {
             throw TidemarkError(.state, "spool file \(record.location.fileIndex) of \(record.diskID) #\(record.sequence) is gone")
+        }
+        if failed {
+            let start = record.location.offset - UInt64(Self.recordHeaderBytes)
+            _ = posix_fadvise(file.fd.rawValue, off_t(start), off_t(UInt64(Self.recordHeaderBytes) + UInt64(record.location.length)),
+                              POSIX_FADV_DONTNEED)
         }
         var rh = [UInt8](repeating: 0, count: Self.recordHeaderBytes)
         _ = try rh.withUnsafeMutableBytes { try file.fd.read(into: $0, at: record.location.offset - UInt64(Self.recordHeaderBytes)) }

@@ -163,6 +163,9 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(try parse("replication:\n  inflight_bytes: 1g\n").inflightBytesMax == 1 << 30)
         #expect(try parse("policy:\n  freeze_timeout_ms: 100\n").freezeTimeoutMs == 100)
         #expect(try parse("policy:\n  freeze_timeout_ms: 60000\n").freezeTimeoutMs == 60000)
+        #expect(try parse("replication:\n  io_timeout_ms: 1000\n").ioTimeoutMs == 1000)
+        #expect(try parse("replication:\n  io_timeout_ms: 300000\n").ioTimeoutMs == 300_000)
+        #expect(AgentConfig.defaults.ioTimeoutMs == 30_000)
     }
 }
 
@@ -218,6 +221,8 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             ("replication:\n  segment_size: 16m\n", 2, "replication.segment_size", "'16m' is outside 64k..8m"),
             ("replication:\n  inflight_bytes: 4m\n", 2, "replication.inflight_bytes", "'4m' is outside 8m..1g"),
             ("replication:\n  inflight_bytes: 2g\n", 2, "replication.inflight_bytes", "'2g' is outside 8m..1g"),
+            ("replication:\n  io_timeout_ms: 999\n", 2, "replication.io_timeout_ms", "999 is outside 1000..300000"),
+            ("replication:\n  io_timeout_ms: 5s\n", 2, "replication.io_timeout_ms", "'5s' is not a whole number of milliseconds"),
             ("policy:\n  crash_consistent_interval: 3 weeks\n", 2, "policy.crash_consistent_interval", "'3 weeks' is not a duration"),
             ("policy:\n  crash_consistent_interval: 31d\n", 2, "policy.crash_consistent_interval", "'31d' is outside 0 or 1s..30d"),
             ("policy:\n  app_consistent_interval: -1h\n", 2, "policy.app_consistent_interval", "'-1h' is not a duration"),

@@ -1,0 +1,208 @@
+import Foundation
+import Testing
+import TidemarkTesting
+
+/// The world of the fault tests: certificates from scripts/make-certs.sh, a
+/// real server and agent process, ext4 on a real loop device with a frozen
+/// hook that keeps the ground truth of each point, and optionally a TCP
+/// proxy between them or a spool on its own small tmpfs. `close()` undoes
+/// everything (processes by pid, proxy, mounts, loop devices, pins).
+final class FaultWorld: @unchecked Sendable {
+    let h: Harness
+    let tls: String
+    let disk: LoopDevice
+    let mnt: String
+    var spoolDir: String
+    var spoolMount: String?
+    var mounted = false
+    var server: BackgroundProcess?
+    var agent: BackgroundProcess?
+    var proxy: TCPProxy?
+    var serverPort: UInt16 = 0
+    var loads: [BackgroundProcess] = []
+    /// Everything a test may want to stop before the world goes.
+    var cleanups: [() -> Void] = []
+
+    /// `agents`: certificate names to issue besides the agent's own
+    /// (`agent-it`); `expiredAgents`: names issued already expired.
+    init(_ tag: String, agents: [String] = [], expiredAgents: [String] = [], spoolTmpfsMiB: Int? = nil) throws {
+        h = try Harness(tag)
+        tls = h.dir + "/tls"
+        var args = [FileManager.default.currentDirectoryPath + "/scripts/make-certs.sh", tls, "--agent", "agent-it"]
+        for a in agents { args += ["--agent", a] }
+        for a in expiredAgents { args += ["--agent-expired", a] }
+        let certs = try run(args)
+        guard certs.ok else { throw TestFailure("make-certs.sh failed: \(certs.stderr)") }
+        disk = try h.loop(sizeMiB: 64, directIO: false)
+        mnt = h.dir + "/mnt"
+        spoolDir = h.dir + "/spool"
+        try sh("mkfs.ext4 -q -F \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
+        mounted = true
+        try sh("cp -a /usr/include/linux \(mnt)/; sync")
+        if let size = spoolTmpfsMiB {
+            let m = h.dir + "/spoolfs"
+            try sh("mkdir -p \(m) && mount -t tmpfs -o size=\(size)m tidemark-test-spool \(m)")
+            spoolMount = m
+            spoolDir = m + "/spool"
+        }
+        try "#!/bin/sh\ndd if=\"$TIDEMARK_DISK\" of=\(h.dir)/truth.img bs=1M iflag=direct status=none\n"
+            .write(toFile: h.dir + "/frozen-hook.sh", atomically: true, encoding: .utf8)
+        try sh("chmod 755 \(h.dir)/frozen-hook.sh")
+    }
+
+    var target: String { h.dir + "/target" }
+
+    func startServer(spoolMaxBytes: String = "1g", port: UInt16 = 0) throws {
+        try """
+        listen: 127.0.0.1:\(port)
+        tls:
+          ca: \(tls)/ca.crt
+          cert: \(tls)/server.crt
+          key: \(tls)/server.key
+        spool_dir: \(spoolDir)
+        spool_max_bytes: \(spoolMaxBytes)
+        target:
+          path: \(target)
+        log_level: debug
+        """.write(toFile: h.dir + "/server.yaml", atomically: true, encoding: .utf8)
+        let s = try BackgroundProcess([TestEnv.binary("tidemark-server"), "run", "--config", h.dir + "/server.yaml"],
+                                      env: h.env, logDir: h.dir)
+        server = s
+        try s.waitForOutput("listening on")
+        let line = s.stdout.split(separator: "\n").first { $0.contains("listening on") }!
+        serverPort = UInt16(line.split(separator: ":").last!)!
+    }
+
+    /// Puts a proxy between the agent (started after this) and the server.
+    func startProxy() throws {
+        proxy = try TCPProxy(upstreamPort: serverPort)
+    }
+
+    func startAgent(ioTimeoutMs: Int = 30_000, inflight: String = "16m") throws {
+        let port = proxy?.port ?? serverPort
+        try """
+        agent_id: agent-it
+        state_dir: \(h.stateDir)
+        drain_interval_ms: 50
+        replication:
+          server: 127.0.0.1:\(port)
+          ca: \(tls)/ca.crt
+          cert: \(tls)/agent-it.crt
+          key: \(tls)/agent-it.key
+          replication_key: \(tls)/replication.key
+          segment_size: 1m
+          inflight_bytes: \(inflight)
+          io_timeout_ms: \(ioTimeoutMs)
+        policy:
+          crash_consistent_interval: 0
+          app_consistent_interval: 0
+          freeze_timeout_ms: 20000
+        control_socket: \(h.dir)/agent.sock
+        log_level: debug
+        """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
+        let a = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
+                                       "--disk", disk.path],
+                                      env: h.env.merging(["TIDEMARK_TEST_FROZEN_HOOK": h.dir + "/frozen-hook.sh"]) { $1 },
+                                      logDir: h.dir)
+        agent = a
+        try a.waitForOutput("replicating")
+    }
+
+    /// The disk id the agent uses (from its log).
+    func diskID() throws -> String {
+        try waitFor("the agent names its disk", timeoutSeconds: 30) { self.agentDiskID() != nil }
+        return agentDiskID()!
+    }
+
+    private func agentDiskID() -> String? {
+        guard let log = agent?.stderr, let r = log.range(of: "to replicate as ") else { return nil }
+        return String(log[r.upperBound...].prefix { !$0.isWhitespace })
+    }
+
+    var logs: String {
+        "\n--- agent ---\n\(agent?.stderr.suffix(6000) ?? "")\n--- server ---\n\(server?.stderr.suffix(6000) ?? "")"
+    }
+
+    /// Takes a point; keeps the frozen copy as truth-ID.img; returns the id.
+    func point() throws -> String {
+        let r = try run([TestEnv.binary("tidemarkctl"), "point", "create", "--disk", disk.path, "--socket", h.dir + "/agent.sock"])
+        guard r.ok else { throw TestFailure("point create failed: \(r.stderr)\(logs)") }
+        let id = String(r.stdout.split(separator: " ")[1])
+        try sh("mv \(h.dir)/truth.img \(h.dir)/truth-\(id).img")
+        return id
+    }
+
+    /// Recovers point `id` from the target and compares it with its frozen truth; fsck -n.
+    func recoverAndCompare(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let out = h.dir + "/rec-\(id).img"
+        let r = try run([TestEnv.binary("tidemarkctl"), "recover", "--point", id, "--to", out,
+                         "--target", target, "--key", tls + "/replication.key"])
+        #expect(r.ok, "recover \(id): \(r.stderr)", sourceLocation: sourceLocation)
+        let cmp = try run(["/usr/bin/cmp", out, h.dir + "/truth-\(id).img"])
+        #expect(cmp.ok, "point \(id) does not match the frozen source: \(cmp.stdout)", sourceLocation: sourceLocation)
+        let fsck = try run(["/sbin/fsck.ext4", "-n", "-f", out])
+        #expect(fsck.ok, "fsck -n on point \(id): \(fsck.stdout) \(fsck.stderr)", sourceLocation: sourceLocation)
+        try? FileManager.default.removeItem(atPath: out)
+        try? FileManager.default.removeItem(atPath: h.dir + "/truth-\(id).img")
+    }
+
+    /// The sequences stored in the target for `diskID`, and its points' sequences.
+    func stored(_ diskID: String) throws -> (segments: [UInt64], points: [UInt64]) {
+        let base = target + "/disks/" + diskID
+        func seqs(_ dir: String, _ ext: String) throws -> [UInt64] {
+            guard FileManager.default.fileExists(atPath: dir) else { return [] }
+            return try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(ext) }
+                .compactMap { UInt64($0.dropLast(ext.count)) }.sorted()
+        }
+        return (try seqs(base + "/segments", ".seg"), try seqs(base + "/points", ".point"))
+    }
+
+    /// Nothing applied twice, nothing missing: the stored sequences are 1…N
+    /// without a gap, and the server never refused the agent's numbering.
+    func expectContiguous(_ diskID: String, checkLog: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (segments, points) = try stored(diskID)
+        #expect(!segments.isEmpty, sourceLocation: sourceLocation)
+        #expect(segments == Array(1...UInt64(max(1, segments.count))), "stored sequences have a gap: \(segments.prefix(50))…",
+                sourceLocation: sourceLocation)
+        #expect(points.allSatisfy { segments.contains($0) }, sourceLocation: sourceLocation)
+        guard checkLog else { return }
+        let log = server?.stderr ?? ""
+        #expect(!log.contains("out of order"), "the server saw a sequence out of order\(logs)", sourceLocation: sourceLocation)
+        #expect(!log.contains("does not match"), "\(logs)", sourceLocation: sourceLocation)
+    }
+
+    /// Writes files on the mounted disk for `seconds` (a background shell).
+    func churn(_ seconds: Double, seed: Int) throws -> BackgroundProcess {
+        let p = try BackgroundProcess(["/bin/sh", "-c", """
+            end=$(( $(date +%s) + \(Int(seconds.rounded(.up))) )); i=0
+            while [ $(date +%s) -lt $end ]; do
+              i=$((i+1)); head -c $(( (i * 7919 + \(seed)) % 262144 + 4096 )) /dev/urandom > \(mnt)/churn-\(seed)-$((i % 40))
+              [ $((i % 10)) = 0 ] && sync
+            done
+            """], logDir: h.dir)
+        loads.append(p)
+        return p
+    }
+
+    func close() {
+        for c in cleanups.reversed() { c() }
+        for l in loads { l.stop(timeoutSeconds: 10) }
+        agent?.stop()
+        proxy?.stop()
+        server?.stop()
+        if mounted { _ = try? sh("umount \(mnt)") }
+        if let m = spoolMount { _ = try? sh("umount \(m)") }
+        _ = try? sh("chattr -R -i \(target) 2>/dev/null; true")
+        h.close()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; throws after the deadline.
+func waitFor(_ what: String, timeoutSeconds: Double, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeoutSeconds)
+    while Date() < deadline {
+        if try condition() { return }
+        usleep(50_000)
+    }
+    throw TestFailure("timed out after \(timeoutSeconds) s waiting until \(what)")
+}
