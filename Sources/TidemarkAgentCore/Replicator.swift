@@ -528,7 +528,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.broadcast()
             cond.unlock()
         case .chunkDigests(let disk, let first, let sequence, let states) where disk == diskID:
-            try receiveDigests(first: first, sequence: sequence, states: states)
+            receiveDigests(first: first, sequence: sequence, states: states)
         case .ping(let n):
             _ = n
         case .pong:

@@ -43,8 +43,11 @@ final class ResyncState: @unchecked Sendable {
     var matched: [UInt64] = []
     var scanBusy = false
     var stats = ResyncStats()
-    /// The scan finished; the main thread logs once everything is committed.
+    /// A resync is under way: scanning, or its queued chunks not all committed yet.
     var awaitingCommit = false
+    /// Once the scan is over and the to-read set was empty once: every chunk
+    /// the scan queued is in a segment ≤ this sequence (of this epoch).
+    var endSequence: (sequence: UInt64, epoch: UInt64)?
     var startedAt = 0.0
     var bytesSentAtStart: UInt64 = 0
     var bytesReadAtStart: UInt64 = 0
@@ -106,6 +109,7 @@ extension DiskReplicator {
         }
         if all { resync.toScan.insertAll() } else if let word { resync.toScan.insert(word: word, bits: bits) }
         resync.awaitingCommit = true
+        resync.endSequence = nil
         cond.broadcast()
     }
 
@@ -125,11 +129,19 @@ extension DiskReplicator {
     }
 
     /// Once the scan is over and everything it queued is committed: marks
-    /// the `.hrl` replicated and logs what the resync cost.
+    /// the `.hrl` replicated and logs what the resync cost. "Everything it
+    /// queued" is every segment numbered by the first time the to-read set
+    /// was empty after the scan (new writes keep coming under load, so the
+    /// pipeline itself need never be empty); a server that renumbers (a new
+    /// epoch) restarts that wait.
     func finishResyncIfDone() throws {
         cond.lock()
-        let done = resync.awaitingCommit && !resync.active && toRead.isEmpty && window.isEmpty && uncommitted.isEmpty
-            && chunkSequence.isEmpty && resync.matched.isEmpty && committedSequence > 0
+        if resync.awaitingCommit && !resync.active {
+            if let end = resync.endSequence, end.epoch != epoch { resync.endSequence = nil }
+            if resync.endSequence == nil && toRead.isEmpty { resync.endSequence = (nextSequence - 1, epoch) }
+        }
+        let done = resync.awaitingCommit && !resync.active && resync.matched.isEmpty && committedSequence > 0
+            && resync.endSequence.map { committedSequence >= $0.sequence } == true
         let s = resync.stats
         let sent = stats.bytesSent - resync.bytesSentAtStart
         let readToSend = stats.bytesRead - resync.bytesReadAtStart
@@ -340,11 +352,13 @@ extension DiskReplicator {
     }
 
     /// Hands a `chunkDigests` answer to the scan.
-    func receiveDigests(first: UInt64, sequence: UInt64, states: [ChunkState]) throws {
+    func receiveDigests(first: UInt64, sequence: UInt64, states: [ChunkState]) {
         cond.lock()
         defer { cond.unlock() }
-        guard var q = resync.query, q.sent, q.first == first, UInt64(q.count) == UInt64(states.count) else {
-            throw TidemarkError(.corrupt, "the server answered digests for chunks \(first)..<\(first + UInt64(states.count)) of \(diskID), which were not asked for")
+        guard var q = resync.query, q.sent, q.reply == nil, q.first == first, UInt64(q.count) == UInt64(states.count) else {
+            // The answer to a request the scan gave up waiting for: harmless.
+            Log.debug("\(diskID): ignoring digests for chunks \(first)..<\(first + UInt64(states.count)), which no request waits for")
+            return
         }
         q.reply = (sequence, states)
         resync.query = q

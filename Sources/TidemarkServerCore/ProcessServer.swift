@@ -334,10 +334,10 @@ public final class ProcessServer: @unchecked Sendable {
 
     // MARK: Chunk digests
 
-    /// The disk's digest index, opened on first use and caught up with the
-    /// committed sequence from the objects (a missing or damaged index is
-    /// rebuilt this way).
-    func digestIndex(_ diskID: String) throws -> DigestIndex {
+    /// The disk's digest index, opened on first use and caught up from the
+    /// objects with `upTo` (default: the committed sequence); a missing or
+    /// damaged index is rebuilt this way.
+    func digestIndex(_ diskID: String, upTo: UInt64? = nil) throws -> DigestIndex {
         // One opener at a time: two index objects must never write one file.
         indexOpenLock.lock()
         defer { indexOpenLock.unlock() }
@@ -347,7 +347,7 @@ public final class ProcessServer: @unchecked Sendable {
         let index = try existing ?? target.digestIndex(diskID: diskID) { problem in
             Log.warning("\(diskID): rebuilding the chunk digest index from the segment objects: \(problem)")
         }
-        try index.catchUp(to: try target.committedSequence(diskID: diskID), from: target, digestsOf: sealedDigests)
+        try index.catchUp(to: try upTo ?? target.committedSequence(diskID: diskID), from: target, digestsOf: sealedDigests)
         lock.lock()
         let kept = digestIndexes[diskID] ?? index
         digestIndexes[diskID] = kept
@@ -372,7 +372,9 @@ public final class ProcessServer: @unchecked Sendable {
     /// next request), never data, so it is logged, not retried.
     private func updateDigestIndex(_ header: SegmentHeader, extents: [TargetExtent]) {
         do {
-            let index = try digestIndex(header.diskID)
+            // Caught up to the segment before, so this one is applied from
+            // the bytes at hand, not read back from storage.
+            let index = try digestIndex(header.diskID, upTo: header.sequence - 1)
             let digests = header.version >= 2 ? header.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
             try index.apply(sequence: header.sequence, extents: extents, digests: digests)
         } catch {
