@@ -141,9 +141,9 @@ public final class DiskReplicator: @unchecked Sendable {
         while !StopSignal.isRequested && !isStopping {
             try drainOnce()
             try clearCommitted()
-            // Points wait while a resync compares: the target does not
+            // No points while a resync compares: the target does not
             // match the disk until every chunk has been compared.
-            if !resyncActive { try servePointRequests() }
+            if resyncActive { refusePointOrdersDuringResync() } else { try servePointRequests() }
             StopSignal.sleep(milliseconds: settings.drainIntervalMs)
         }
         try drainOnce()

@@ -115,6 +115,21 @@ extension DiskReplicator {
 
     // MARK: Main thread
 
+    /// While the scan runs, point orders are answered at once: the target
+    /// does not match the disk until every chunk has been compared.
+    func refusePointOrdersDuringResync() {
+        cond.lock()
+        let waiting = orders
+        orders.removeAll()
+        let done = resync.stats.chunksScanned
+        let left = resync.toScan.count
+        cond.unlock()
+        for o in waiting {
+            o.reply(.failure(TidemarkError(.busy, "\(session.device.path): a resync is comparing the disk with the target (\(done) chunks compared, \(left) to go); a recovery point cannot be taken until it has finished",
+                                           hint: "retry when the agent logs 'resync of \(diskID) complete'")))
+        }
+    }
+
     /// Clears the `.hrl` bits of chunks the scan found equal on the target,
     /// except those drained again since (queued to send or in an
     /// uncommitted segment: they are cleared when that segment commits).
