@@ -141,9 +141,9 @@ public final class DiskReplicator: @unchecked Sendable {
         while !StopSignal.isRequested && !isStopping {
             try drainOnce()
             try clearCommitted()
-            // No points while a resync compares: the target does not
+            // Points wait while a resync compares: the target does not
             // match the disk until every chunk has been compared.
-            if resyncActive { refusePointOrdersDuringResync() } else { try servePointRequests() }
+            if resyncActive { holdPointOrdersDuringResync() } else { try servePointRequests() }
             StopSignal.sleep(milliseconds: settings.drainIntervalMs)
         }
         try drainOnce()

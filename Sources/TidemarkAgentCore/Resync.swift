@@ -48,6 +48,8 @@ final class ResyncState: @unchecked Sendable {
     /// Once the scan is over and the to-read set was empty once: every chunk
     /// the scan queued is in a segment ≤ this sequence (of this epoch).
     var endSequence: (sequence: UInt64, epoch: UInt64)?
+    /// Point orders have waited for the scan since then (monotonic seconds).
+    var ordersWaitingSince: Double?
     var startedAt = 0.0
     var bytesSentAtStart: UInt64 = 0
     var bytesReadAtStart: UInt64 = 0
@@ -115,17 +117,32 @@ extension DiskReplicator {
 
     // MARK: Main thread
 
-    /// While the scan runs, point orders are answered at once: the target
-    /// does not match the disk until every chunk has been compared.
-    func refusePointOrdersDuringResync() {
+    /// While the scan runs, point orders wait (the target does not match the
+    /// disk until every chunk has been compared) — like a point waits for a
+    /// large backlog, at most `ReplicationLimits.pointPrepareWaitMsMax`; then
+    /// they are refused with the progress and what to do.
+    func holdPointOrdersDuringResync() {
         cond.lock()
+        if orders.isEmpty {
+            resync.ordersWaitingSince = nil
+            cond.unlock()
+            return
+        }
+        let now = monotonicSeconds()
+        let since = resync.ordersWaitingSince ?? now
+        resync.ordersWaitingSince = since
+        guard now - since > Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000 else {
+            cond.unlock()
+            return
+        }
         let waiting = orders
         orders.removeAll()
+        resync.ordersWaitingSince = nil
         let done = resync.stats.chunksScanned
         let left = resync.toScan.count
         cond.unlock()
         for o in waiting {
-            o.reply(.failure(TidemarkError(.busy, "\(session.device.path): a resync is comparing the disk with the target (\(done) chunks compared, \(left) to go); a recovery point cannot be taken until it has finished",
+            o.reply(.failure(TidemarkError(.busy, "\(session.device.path): a resync is comparing the disk with the target (\(done) chunks compared, \(left) to go); a recovery point cannot be taken until it has finished (waited \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s)",
                                            hint: "retry when the agent logs 'resync of \(diskID) complete'")))
         }
     }

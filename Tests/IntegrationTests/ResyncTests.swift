@@ -55,7 +55,10 @@ import TidemarkTesting
         // 1. Initial replication: a new state directory and an empty target.
         try w.startAgent()
         let initial = try Self.waitForResync(w.agent!)
-        #expect(initial.identical == 0 && initial.bytesRead == 0, "nothing to compare on an empty target: \(initial)")
+        // Almost everything is unknown to an empty target; a few chunks may
+        // be identical or differ because tracking sent them before the scan
+        // reached them (the file system writes while the agent starts).
+        #expect(initial.identical + initial.differing < initial.compared / 10, "an empty target has nearly nothing to compare: \(initial)")
         #expect(initial.bytesSent > 80 << 20, "the initial replication sends the data: \(initial)")
         #expect(initial.compared == diskBytes / chunk)
         let first = try w.point()
