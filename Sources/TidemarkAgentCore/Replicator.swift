@@ -487,9 +487,10 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         committedSequence = max(committedSequence, committed)
-        // What the server held before this agent run sent anything: a
-        // resync compares only against digests that include all of it.
-        if resync.baseline == nil { resync.baseline = durable }
+        // A resync compares only against digests that include everything
+        // this server held when we connected (segments of an earlier run, or
+        // of a lost target's successor): set on every connection.
+        resync.baseline = durable
         if durable < durableSequence || durable >= nextSequence {
             // Either the server lost segments it had acknowledged (another
             // server, a lost spool), or it is further than this agent (a

@@ -25,10 +25,11 @@ import TidemarkWire
 ///   kernel map or the `.hrl`.
 ///
 /// The answer must reflect at least every segment the server held when this
-/// agent connected (`baseline`): segments of an earlier agent run still in
-/// the server's spool could otherwise overwrite a chunk judged equal. Later
-/// segments are this run's own, whose chunks were read from the disk after
-/// the bits that cover them were drained, so comparing against them is exact.
+/// connection was opened (`baseline`, the `diskState` durable sequence):
+/// segments of an earlier agent run still in the server's spool could
+/// otherwise overwrite a chunk judged equal. Later segments are this run's
+/// own, whose chunks were read from the disk after the bits that cover them
+/// were drained, so comparing against them is exact.
 ///
 /// Memory: the to-scan set is one bit per chunk (like the to-read set); a
 /// window holds at most 2048 chunk states; chunks are read 1 MiB at a time.
