@@ -32,7 +32,8 @@ import TidemarkWire
 /// were drained, so comparing against them is exact.
 ///
 /// Memory: the to-scan set is one bit per chunk (like the to-read set); a
-/// window holds at most 2048 chunk states; chunks are read 1 MiB at a time.
+/// window holds at most 2048 chunk states; chunks are read 1 MiB at a time,
+/// 8 in flight (`Limits.readQueueDepth`).
 /// Recovery points wait until the scan is over (a point would otherwise
 /// claim chunks not yet compared).
 final class ResyncState: @unchecked Sendable {
@@ -202,11 +203,19 @@ extension DiskReplicator {
             cond.unlock()
         }
         do {
-            let reader = try ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
+            // Opened at the first window that reads: most runs never scan.
+            // Its buffers: Limits.readQueueDepth reads of at most
+            // Limits.readRequestBytesMax bytes (8 MiB).
+            var reader: ChunkReader?
             let digester = ChunkDigester(key: settings.key, diskID: diskID)
             while let window = nextScanWindow() {
                 do {
-                    try scan(window, reader: reader, digester: digester)
+                    if reader == nil {
+                        reader = try ChunkReader(path: session.device.path,
+                                                 options: ChunkReaderOptions(queueDepth: Limits.readQueueDepth,
+                                                                             maxRequestBytes: Limits.readRequestBytesMax)) { Log.warning($0) }
+                    }
+                    try scan(window, reader: reader!, digester: digester)
                 } catch let e as ScanInterrupted {
                     Log.warning("\(diskID): resync window at chunk \(window.first): \(e.message); retrying")
                     cond.lock()
