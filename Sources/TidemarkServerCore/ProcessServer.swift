@@ -376,7 +376,8 @@ public final class ProcessServer: @unchecked Sendable {
             // the bytes at hand, not read back from storage.
             let index = try digestIndex(header.diskID, upTo: header.sequence - 1)
             let digests = header.version >= 2 ? header.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
-            try index.apply(sequence: header.sequence, extents: extents, digests: digests)
+            try index.apply(sequence: header.sequence, extents: extents, digests: digests,
+                            sync: header.sequence % ServerLimits.digestIndexFlushEverySegments == 0)
         } catch {
             Log.warning("\(header.diskID) #\(header.sequence): updating the chunk digest index failed: \(error); it will be rebuilt from the objects")
             dropDigestIndex(header.diskID)

@@ -41,8 +41,11 @@ public final class DigestIndex: @unchecked Sendable {
     private var fd: FileDescriptor
     private let diskIDHash: [UInt8]
     private let chunkCount: UInt64
-    /// Every segment 1...sequence is reflected.
+    /// Every segment 1...sequence is reflected (in the pages; the header on
+    /// storage may name an older sequence until the next `flush`).
     private var applied: UInt64
+    /// The sequence the header on storage names.
+    private var flushed: UInt64 = 0
 
     static let pageBytes = 4096
     static let entryBytes = 17
@@ -96,6 +99,7 @@ public final class DigestIndex: @unchecked Sendable {
         }
         guard try fd.stat().st_size == off_t(fileBytes) else { return "\(path): size differs from the disk's \(fileBytes) bytes" }
         applied = load64(page, 24)
+        flushed = applied
         return nil
     }
 
@@ -118,6 +122,7 @@ public final class DigestIndex: @unchecked Sendable {
         try writeHeader(sequence: 0)
         try fd.dataSync()
         applied = 0
+        flushed = 0
     }
 
     // MARK: Pages
@@ -196,9 +201,14 @@ public final class DigestIndex: @unchecked Sendable {
     /// Applies segment `sequence` (which must be `self.sequence + 1`; an
     /// earlier one is ignored): its zero extents' chunks become zero, its
     /// data extents' chunks the given digests (one per data chunk, in extent
-    /// order) or unknown when the segment has none (`digests` nil). Pages are
-    /// made durable before the header names the new sequence, so a crash
-    /// leaves an index that re-applying the segment repairs.
+    /// order) or unknown when the segment has none (`digests` nil).
+    ///
+    /// The pages are written at once; with `sync` they are made durable and
+    /// then the header names the new sequence, otherwise the header waits
+    /// for a later `flush`. Either way the header on storage never names a
+    /// sequence whose pages are not durable, so after a crash re-applying the
+    /// sequences after the header's repairs the index (section 9.2 of
+    /// docs/target-layout.md).
     public func apply(sequence: UInt64, extents: [TargetExtent], digests: [StoredDigest]?, sync: Bool = true) throws {
         try lock.withLock {
             if sequence <= applied { return }
@@ -254,9 +264,20 @@ public final class DigestIndex: @unchecked Sendable {
             }
             try writePage(p, &page)
         }
-        if sync { try fd.dataSync() }
-        try writeHeader(sequence: sequence)
         applied = sequence
+        if sync { try flushLocked() }
+    }
+
+    /// Makes the pages durable, then names the applied sequence in the header.
+    public func flush() throws {
+        try lock.withLock { try flushLocked() }
+    }
+
+    private func flushLocked() throws {
+        guard flushed != applied else { return }
+        try fd.dataSync()
+        try writeHeader(sequence: applied)
+        flushed = applied
     }
 
     /// Applies every sequence after the index's up to `committed`, reading
@@ -286,7 +307,7 @@ public final class DigestIndex: @unchecked Sendable {
                 }
                 s += 1
             }
-            try fd.dataSync()
+            try flushLocked()
         }
     }
 

@@ -213,6 +213,27 @@ import TidemarkTesting
         #expect(damaged.first?.contains("another disk") == true && copied.sequence == 0)
     }
 
+    /// Applies without a flush write pages but leave the header behind (a
+    /// crash then): another opener sees the old sequence and catching up
+    /// from the objects repairs it; a flush makes the header current.
+    @Test func headerLagsUntilFlushAndCatchUpRepairs() throws {
+        let f = try TargetFixture(tag: "digest-flush", sizeBytes: 500 * 4096)
+        try Self.history(f)
+        let index = try f.target.digestIndex(diskID: f.disk.diskID)
+        for seq in f.stored.keys.sorted() {
+            let s = f.stored[seq]!
+            try index.apply(sequence: seq, extents: s.extents, digests: Self.digests(f, extents: s.extents, plain: s.plain), sync: seq == 3)
+        }
+        #expect(index.sequence == 7)
+        let crashed = try f.target.digestIndex(diskID: f.disk.diskID)
+        #expect(crashed.sequence == 3, "the header names the last flushed sequence")
+        try crashed.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
+        #expect(crashed.sequence == 7)
+        #expect(try lookupAll(crashed, f) == Self.model(f))
+        try index.flush()
+        #expect(try f.target.digestIndex(diskID: f.disk.diskID).sequence == 7)
+    }
+
     /// Segments without digests (format 1) make their data chunks unknown,
     /// also when they overwrite chunks that had digests.
     @Test func segmentsWithoutDigestsMakeChunksUnknown() throws {
