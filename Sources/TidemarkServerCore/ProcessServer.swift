@@ -413,6 +413,9 @@ public final class ProcessServer: @unchecked Sendable {
                     case .data(let d): .data(ChunkDigest(low: d.low, high: d.high))
                     }
                 })
+            } catch let e as TidemarkError where e.kind == .busy {
+                Log.warning("\(diskID): chunk digest index: \(e); answering 'unknown'")
+                break
             } catch {
                 Log.warning("\(diskID): chunk digest index: \(error)\(attempt == 0 ? "; rebuilding it from the segment objects" : "; answering 'unknown'")")
                 dropDigestIndex(diskID)

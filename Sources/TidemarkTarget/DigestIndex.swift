@@ -33,7 +33,8 @@ public enum IndexedChunk: Equatable, Sendable {
 /// File `<disk-dir>/chunk-digests`: 4096-byte pages; page 0 is the header,
 /// page p ≥ 1 holds chunks [(p−1)·240, p·240), 17 bytes each, and a 16-byte
 /// check. Memory use is one page at a time, whatever the disk size.
-/// Thread-safe (one lock per index).
+/// Thread-safe (one lock per index); one open index per file at a time
+/// (an exclusive flock, held until the object goes away).
 public final class DigestIndex: @unchecked Sendable {
     public let disk: DiskRecord
     public let path: String
@@ -72,6 +73,12 @@ public final class DigestIndex: @unchecked Sendable {
         chunkCount = (disk.sizeBytes + UInt64(disk.chunkSizeBytes) - 1) / UInt64(disk.chunkSizeBytes)
         fd = try FileDescriptor(open: path, [.readWrite, .create, .noFollow], mode: 0o644, purpose: "opening the chunk digest index")
         applied = 0
+        // One writer at a time: two writers applying different sequences
+        // could leave a page with an older state under a newer header.
+        guard try fd.tryLockExclusive() else {
+            throw TidemarkError(.busy, "\(path) is in use by another process (another process server uploading disk '\(disk.diskID)')",
+                                hint: "digest requests are answered 'unknown' meanwhile; it frees when that server closes the index")
+        }
         if let problem = try readHeader() {
             damaged(problem)
             try reset()

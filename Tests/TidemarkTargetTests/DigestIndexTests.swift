@@ -94,25 +94,29 @@ import TidemarkTesting
 
     @Test func updatedPerCommitMatchesTheModelAndSurvivesReopen() throws {
         let f = try TargetFixture(tag: "digest-apply", sizeBytes: 500 * 4096)
-        let index = try f.target.digestIndex(diskID: f.disk.diskID)
-        #expect(index.sequence == 0)
-        #expect(try lookupAll(index, f).allSatisfy { $0 == .unknown })
+        var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
+        #expect(held!.sequence == 0)
+        #expect(try lookupAll(held!, f).allSatisfy { $0 == .unknown })
         try Self.history(f)
         for seq in f.stored.keys.sorted() {
             let s = f.stored[seq]!
-            try index.apply(sequence: seq, extents: s.extents, digests: Self.digests(f, extents: s.extents, plain: s.plain))
+            try held!.apply(sequence: seq, extents: s.extents, digests: Self.digests(f, extents: s.extents, plain: s.plain))
         }
-        #expect(index.sequence == 7)
+        #expect(held!.sequence == 7)
         let want = Self.model(f)
-        #expect(try lookupAll(index, f) == want)
+        #expect(try lookupAll(held!, f) == want)
         #expect(want.filter { if case .data = $0 { true } else { false } }.count == 30)
         #expect(want[0] == .zero && want[13] == .zero && want[231] == .zero && want[14] == .unknown && want[499] != .unknown)
         // Re-applying an old sequence changes nothing; a gap is refused.
-        try index.apply(sequence: 2, extents: f.stored[2]!.extents, digests: nil)
-        #expect(try lookupAll(index, f) == want)
-        let gap = tidemarkError { try index.apply(sequence: 9, extents: [], digests: nil) }
+        try held!.apply(sequence: 2, extents: f.stored[2]!.extents, digests: nil)
+        #expect(try lookupAll(held!, f) == want)
+        let gap = tidemarkError { try held!.apply(sequence: 9, extents: [], digests: nil) }
         #expect(gap?.kind == .state && gap?.message.contains("gap") == true)
-        // A second process opening the file sees the same index.
+        // One writer at a time: a second opener is refused while the first holds it.
+        let busy = tidemarkError { _ = try f.target.digestIndex(diskID: f.disk.diskID) }
+        #expect(busy?.kind == .busy && busy?.message.contains("in use by another process") == true)
+        // The next opener sees the same index.
+        held = nil
         var damaged: [String] = []
         let again = try f.target.digestIndex(diskID: f.disk.diskID) { damaged.append($0) }
         #expect(damaged.isEmpty && again.sequence == 7)
@@ -160,20 +164,20 @@ import TidemarkTesting
     @Test func damageAndTamperingAreDetected() throws {
         let f = try TargetFixture(tag: "digest-tamper", sizeBytes: 500 * 4096)
         try Self.history(f)
-        let index = try f.target.digestIndex(diskID: f.disk.diskID)
-        try index.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
-        let path = index.path
+        var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
+        try held!.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
+        let path = held!.path
         let pristine = try Data(contentsOf: URL(fileURLWithPath: path))
         func restore() throws { try pristine.write(to: URL(fileURLWithPath: path)) }
 
         // One flipped bit in a data page (chunk 4's digest): the lookup refuses the page.
         try flipByte(path, at: 4096 + 4 * 17 + 5)
-        let e = tidemarkError { _ = try index.lookup(first: 0, count: 8) }
+        let e = tidemarkError { _ = try held!.lookup(first: 0, count: 8) }
         #expect(e?.kind == .corrupt && e?.message.contains("page 1") == true, "\(e?.message ?? "-")")
         // Pages of other chunks are still served.
-        #expect(try index.lookup(first: 300, count: 1).states == [Self.model(f)[300]])
+        #expect(try held!.lookup(first: 300, count: 1).states == [Self.model(f)[300]])
         try restore()
-        #expect(try index.lookup(first: 0, count: 8).states == Array(Self.model(f)[0..<8]))
+        #expect(try held!.lookup(first: 0, count: 8).states == Array(Self.model(f)[0..<8]))
 
         // Swapping two pages (each is valid on its own) is detected: the check binds the page number.
         var swapped = pristine
@@ -181,19 +185,20 @@ import TidemarkTesting
         swapped.replaceSubrange(4096..<8192, with: p2)
         swapped.replaceSubrange(8192..<12288, with: p1)
         try swapped.write(to: URL(fileURLWithPath: path))
-        #expect(tidemarkError { _ = try index.lookup(first: 0, count: 1) }?.kind == .corrupt)
-        #expect(tidemarkError { _ = try index.lookup(first: 240, count: 1) }?.kind == .corrupt)
+        #expect(tidemarkError { _ = try held!.lookup(first: 0, count: 1) }?.kind == .corrupt)
+        #expect(tidemarkError { _ = try held!.lookup(first: 240, count: 1) }?.kind == .corrupt)
         try restore()
 
         // A page zeroed by the file system is "unknown", never "zero" or a digest.
         var zeroed = pristine
         zeroed.replaceSubrange(4096..<8192, with: [UInt8](repeating: 0, count: 4096))
         try zeroed.write(to: URL(fileURLWithPath: path))
-        #expect(try index.lookup(first: 0, count: 240).states.allSatisfy { $0 == .unknown })
+        #expect(try held!.lookup(first: 0, count: 240).states.allSatisfy { $0 == .unknown })
         try restore()
 
         // A damaged header: the index is replaced by an empty one (sequence 0), the reason is told.
         try flipByte(path, at: 24)
+        held = nil
         var damaged: [String] = []
         let reopened = try f.target.digestIndex(diskID: f.disk.diskID) { damaged.append($0) }
         #expect(damaged.count == 1 && damaged[0].contains("header checksum"), "\(damaged)")
@@ -219,18 +224,19 @@ import TidemarkTesting
     @Test func headerLagsUntilFlushAndCatchUpRepairs() throws {
         let f = try TargetFixture(tag: "digest-flush", sizeBytes: 500 * 4096)
         try Self.history(f)
-        let index = try f.target.digestIndex(diskID: f.disk.diskID)
+        var index: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
         for seq in f.stored.keys.sorted() {
             let s = f.stored[seq]!
-            try index.apply(sequence: seq, extents: s.extents, digests: Self.digests(f, extents: s.extents, plain: s.plain), sync: seq == 3)
+            try index!.apply(sequence: seq, extents: s.extents, digests: Self.digests(f, extents: s.extents, plain: s.plain), sync: seq == 3)
         }
-        #expect(index.sequence == 7)
-        let crashed = try f.target.digestIndex(diskID: f.disk.diskID)
-        #expect(crashed.sequence == 3, "the header names the last flushed sequence")
-        try crashed.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
-        #expect(crashed.sequence == 7)
-        #expect(try lookupAll(crashed, f) == Self.model(f))
-        try index.flush()
+        #expect(index!.sequence == 7)
+        index = nil  // "crash": never flushed after 3
+        var crashed: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
+        #expect(crashed!.sequence == 3, "the header names the last flushed sequence")
+        try crashed!.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
+        #expect(crashed!.sequence == 7)
+        #expect(try lookupAll(crashed!, f) == Self.model(f))
+        crashed = nil  // catch-up flushed
         #expect(try f.target.digestIndex(diskID: f.disk.diskID).sequence == 7)
     }
 
