@@ -86,6 +86,34 @@ int tm_sha256(const void *data, size_t n, uint8_t *out32) {
     return EVP_Digest(data, n, out32, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -EIO;
 }
 
+/* HMAC-SHA-256 (RFC 2104) over prefix ‖ data, built on EVP_Digest* so no
+ * deprecated HMAC_CTX is needed: the key is at most one SHA-256 block (64
+ * bytes), so it is zero-padded, never hashed first. */
+int tm_hmac_sha256(const uint8_t *key, size_t keylen, const void *prefix, size_t prefixlen,
+                   const void *data, size_t n, uint8_t *out32) {
+    if (keylen > 64) return -EINVAL;
+    uint8_t ipad[64], opad[64], inner[32];
+    memset(ipad, 0x36, sizeof ipad);
+    memset(opad, 0x5c, sizeof opad);
+    for (size_t i = 0; i < keylen; i++) { ipad[i] ^= key[i]; opad[i] ^= key[i]; }
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    if (!c) return -ENOMEM;
+    unsigned int len = 0;
+    int ok = EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1
+        && EVP_DigestUpdate(c, ipad, sizeof ipad) == 1
+        && (prefixlen == 0 || EVP_DigestUpdate(c, prefix, prefixlen) == 1)
+        && (n == 0 || EVP_DigestUpdate(c, data, n) == 1)
+        && EVP_DigestFinal_ex(c, inner, &len) == 1 && len == 32
+        && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1
+        && EVP_DigestUpdate(c, opad, sizeof opad) == 1
+        && EVP_DigestUpdate(c, inner, sizeof inner) == 1
+        && EVP_DigestFinal_ex(c, out32, &len) == 1 && len == 32;
+    EVP_MD_CTX_free(c);
+    OPENSSL_cleanse(ipad, sizeof ipad);
+    OPENSSL_cleanse(opad, sizeof opad);
+    return ok ? 0 : -EIO;
+}
+
 int tm_random_bytes(void *buf, size_t n) {
     unsigned char *p = buf;
     while (n > 0) {

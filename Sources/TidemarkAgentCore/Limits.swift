@@ -17,4 +17,13 @@ public enum Limits {
     /// `mirror --once` gives up converging after this many delta cycles in a
     /// row that each still found new writes (the disk never went quiet).
     public static let mirrorOnceCyclesMax = 10_000
+    /// Resync: the scan waits this long for the server's answer to a digest
+    /// request before it asks again (over a new connection if need be).
+    public static let digestReplyWaitMsMax = 30_000
+    /// Resync: while the server's digests reflect fewer segments than it held
+    /// when the agent connected (an earlier run's segments still uploading),
+    /// the scan asks again every `digestBaselinePollMs`, for at most this long
+    /// per window before it logs and retries the window.
+    public static let digestBaselineWaitMsMax = 60_000
+    public static let digestBaselinePollMs = 200
 }

@@ -62,6 +62,8 @@ public final class DiskReplicator: @unchecked Sendable {
     var replicatedBefore = false
     var targetLost = false
     public internal(set) var stats = Stats()
+    /// The digest-compare resync (Resync.swift), guarded by `cond`.
+    let resync: ResyncState
     var orders: [PointOrder] = []
     var lastCrashPoint = monotonicSeconds()
     var lastAppPoint = monotonicSeconds()
@@ -103,6 +105,7 @@ public final class DiskReplicator: @unchecked Sendable {
         chunkBytes = UInt64(session.hrl.header.chunkSizeBytes)
         chunkCount = (session.device.sizeBytes + chunkBytes - 1) / chunkBytes
         toRead = ChunkSet(chunks: chunkCount)
+        resync = ResyncState(chunks: chunkCount)
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
     }
 
@@ -121,8 +124,10 @@ public final class DiskReplicator: @unchecked Sendable {
         try prepare()
         let reader = Thread { self.runReader() }
         let sender = Thread { self.runSender() }
+        let scanner = Thread { self.runScan() }
         reader.start()
         sender.start()
+        scanner.start()
         defer {
             cond.lock()
             stopping = true
@@ -130,7 +135,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
             while true {
                 cond.lock()
-                let busy = readerBusy
+                let busy = readerBusy || resync.scanBusy
                 cond.unlock()
                 if !busy { break }
                 usleep(5_000)
@@ -139,7 +144,9 @@ public final class DiskReplicator: @unchecked Sendable {
         while !StopSignal.isRequested && !isStopping {
             try drainOnce()
             try clearCommitted()
-            try servePointRequests()
+            // Points wait while a resync compares: the target does not
+            // match the disk until every chunk has been compared.
+            if resyncActive { holdPointOrdersDuringResync() } else { try servePointRequests() }
             StopSignal.sleep(milliseconds: settings.drainIntervalMs)
         }
         try drainOnce()
@@ -160,21 +167,28 @@ public final class DiskReplicator: @unchecked Sendable {
     }
 
     /// Loads the backlog: a disk that needs a resync is marked dirty whole
-    /// (durably, so an interrupted initial replication resumes from the
-    /// `.hrl` instead of starting over); otherwise the `.hrl` bits are read.
+    /// (durably, so an interrupted resync resumes from the `.hrl` instead of
+    /// starting over) and its dirty chunks are compared with the target
+    /// before any is sent (Resync.swift); otherwise the `.hrl` bits are sent.
     func prepare() throws {
         let h = session.hrl.header
         replicatedBefore = h.targetID == replicatedTargetID
-        if h.state == .resyncRequired || (h.targetID != pendingTargetID && h.targetID != replicatedTargetID) {
-            Log.info("\(session.device.path): initial replication of \(diskID) (\(h.state == .resyncRequired ? "resync required: \(h.reason)" : "new target"))")
+        let known = [pendingTargetID, scanTargetID, replicatedTargetID]
+        if h.state == .resyncRequired || !known.contains(h.targetID) {
+            Log.info("\(session.device.path): resync of \(diskID) by digest comparison (\(h.state == .resyncRequired ? "resync required: \(h.reason)" : "new target"))")
             try markWholeDisk()
         }
+        // A resync interrupted earlier (or an initial replication of an
+        // older agent, "pending") compares what is left instead of sending it.
+        let scanning = session.hrl.header.targetID != replicatedTargetID
         let words = try session.hrl.dirtyWords()
         cond.lock()
-        for e in words.entries { toRead.insert(word: e.wordIndex, bits: e.bits) }
-        let n = toRead.count
+        for e in words.entries {
+            if scanning { scheduleScanLocked(word: e.wordIndex, bits: e.bits) } else { toRead.insert(word: e.wordIndex, bits: e.bits) }
+        }
+        let n = scanning ? resync.toScan.count : toRead.count
         cond.unlock()
-        Log.info("\(session.device.path): \(n) chunks to replicate as \(diskID)")
+        Log.info("\(session.device.path): \(n) chunks to \(scanning ? "compare with the target" : "replicate") as \(diskID)")
     }
 
     /// The `.hrl` names the target it is tracking for: "pending" until the
@@ -183,17 +197,17 @@ public final class DiskReplicator: @unchecked Sendable {
     var pendingTargetID: String { "server:\(diskID)" }
     var replicatedTargetID: String { "server:\(diskID)@replicated" }
 
-    /// Marks the whole disk dirty, durably: an interrupted initial
-    /// replication resumes from the `.hrl` instead of starting over.
+    /// Marks the whole disk dirty, durably, and schedules every chunk for
+    /// comparison with the target: an interrupted resync resumes from the
+    /// `.hrl` (target id "@scan") instead of starting over.
     func markWholeDisk() throws {
         try session.drain()
         try session.hrl.markAllDirty()
-        try session.hrl.setTargetID(pendingTargetID)
+        try session.hrl.setTargetID(scanTargetID)
         try session.hrl.setState(.tracking, reason: .none, text: "")
         replicatedBefore = false
         cond.lock()
-        toRead.insertAll()
-        cond.broadcast()
+        scheduleScanLocked(all: true)
         cond.unlock()
     }
 
@@ -213,12 +227,15 @@ public final class DiskReplicator: @unchecked Sendable {
         cond.lock()
         let lost = targetLost
         targetLost = false
-        let firstCommit = committedSequence > 0 && !replicatedBefore
+        // During a resync the `.hrl` says "@scan" until the comparison is
+        // over and its chunks are committed (finishResyncIfDone).
+        let firstCommit = committedSequence > 0 && !replicatedBefore && !resync.awaitingCommit
         cond.unlock()
         if lost {
             Log.warning("\(session.device.path): the target holds nothing of \(diskID), which was replicated before: sending the whole disk again")
             try markWholeDisk()
         }
+        try clearMatched()
         if firstCommit {
             try session.hrl.setTargetID(replicatedTargetID)
             replicatedBefore = true
@@ -236,10 +253,12 @@ public final class DiskReplicator: @unchecked Sendable {
             }
         }
         cond.unlock()
-        guard !chunks.isEmpty else { return }
-        chunks.sort()
-        clear = SparseWords(chunks: chunks)
-        try session.hrl.persistClear(clear)
+        if !chunks.isEmpty {
+            chunks.sort()
+            clear = SparseWords(chunks: chunks)
+            try session.hrl.persistClear(clear)
+        }
+        try finishResyncIfDone()
     }
 
     // MARK: Reader
@@ -287,7 +306,7 @@ public final class DiskReplicator: @unchecked Sendable {
             if stopping { return nil }
             let roomy = windowBytes < settings.inflightBytesMax
             if roomy && !toRead.isEmpty { break }
-            if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty {
+            if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty, !resync.active {
                 // Everything drained under the freeze is in earlier segments: tag now.
                 let seq = nextSequence
                 nextSequence += 1
@@ -408,6 +427,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.lock()
             for i in window.indices { window[i].sent = false }
             cond.unlock()
+            connectionEndedForScan()
             StopSignal.sleep(milliseconds: backoffMs)
             backoffMs = min(backoffMs * 2, ReplicationLimits.reconnectDelayMsMax)
         }
@@ -462,6 +482,9 @@ public final class DiskReplicator: @unchecked Sendable {
                 try writer.send(.ping(pings))
                 lastSent = now
             }
+            // A resync's digest request goes before segments: it is small and the scan waits for it.
+            let asked = try sendDigestRequest(writer)
+            if asked { lastSent = monotonicSeconds() }
             // Send what is unsent, in order.
             cond.lock()
             let next = window.firstIndex { !$0.sent }
@@ -477,7 +500,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 cond.unlock()
             }
             // Read whatever acknowledgements have arrived.
-            while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil ? ReplicationLimits.idlePollMs : 0) {
+            while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil && !asked ? ReplicationLimits.idlePollMs : 0) {
                 guard let m = try reader.next() else { throw TidemarkError(.state, "the server closed the connection") }
                 lastHeard = monotonicSeconds()
                 try handle(m)
@@ -494,6 +517,10 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         committedSequence = max(committedSequence, committed)
+        // A resync compares only against digests that include everything
+        // this server held when we connected (segments of an earlier run, or
+        // of a lost target's successor): set on every connection.
+        resync.baseline = durable
         if durable < durableSequence || durable >= nextSequence {
             // Either the server lost segments it had acknowledged (another
             // server, a lost spool), or it is further than this agent (a
@@ -531,6 +558,8 @@ public final class DiskReplicator: @unchecked Sendable {
             committedSequence = max(committedSequence, seq)
             cond.broadcast()
             cond.unlock()
+        case .chunkDigests(let disk, let first, let sequence, let states) where disk == diskID:
+            receiveDigests(first: first, sequence: sequence, states: states)
         case .ping(let n):
             _ = n
         case .pong:

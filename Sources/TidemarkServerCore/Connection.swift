@@ -124,6 +124,12 @@ final class Connection: @unchecked Sendable {
                     throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
                 }
                 try bytes.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0) }
+            case .digestRequest(let diskID, let first, let count):
+                guard opened.contains(diskID) else {
+                    throw ProtocolViolation(code: 400, "digest request for disk \(diskID), which this connection has not opened")
+                }
+                let (sequence, states) = try server.chunkStates(diskID: diskID, first: first, count: Int(count))
+                try writer.send(.chunkDigests(diskID: diskID, firstChunk: first, sequence: sequence, states: states))
             case .ping(let n):
                 try writer.send(.pong(n))
             case .pong:

@@ -71,6 +71,9 @@ public final class ProcessServer: @unchecked Sendable {
     /// Highest sequence per disk found in the spool at startup (not yet uploaded).
     var spooledHighest: [String: UInt64] = [:]
     var connections: [ObjectIdentifier: Connection] = [:]
+    /// Chunk digest indexes of the disks opened so far (docs/target-layout.md section 9).
+    var digestIndexes: [String: DigestIndex] = [:]
+    let indexOpenLock = NSLock()
     let uploads = UploadQueue()
     /// Per disk: spooled segments from this sequence on that were appended
     /// before this spool position are never acknowledged or uploaded (one of
@@ -215,6 +218,13 @@ public final class ProcessServer: @unchecked Sendable {
         // Whatever the old connection appended becomes durable (or is dropped)
         // before we say how far the disk is.
         spool.syncAll()
+        // Bring the digest index up to the committed sequence now, not in the
+        // middle of the agent's first digest request.
+        do {
+            _ = try digestIndex(diskID)
+        } catch {
+            Log.warning("\(diskID): the chunk digest index is unavailable: \(error); digest requests are answered 'unknown' (the agent sends those chunks)")
+        }
         lock.lock()
         defer { lock.unlock() }
         return (ingest.durable, ingest.committed)
@@ -404,6 +414,7 @@ public final class ProcessServer: @unchecked Sendable {
         try bytes.withUnsafeBytes {
             try target.putSegment(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: $0)
         }
+        updateDigestIndex(header, extents: extents)
         if let point { Log.info("\(point.diskID): recovery point \(point.id) (\(point.pointClass)) committed at #\(point.sequence)") }
         lock.lock()
         var ack: (Connection, UInt64)?
@@ -413,6 +424,98 @@ public final class ProcessServer: @unchecked Sendable {
         }
         lock.unlock()
         if let (c, seq) = ack { c.queueAck(disk: record.diskID, committed: seq) }
+    }
+
+    // MARK: Chunk digests
+
+    /// The disk's digest index, opened on first use and caught up from the
+    /// objects with `upTo` (default: the committed sequence); a missing or
+    /// damaged index is rebuilt this way.
+    func digestIndex(_ diskID: String, upTo: UInt64? = nil) throws -> DigestIndex {
+        // One opener at a time: two index objects must never write one file.
+        indexOpenLock.lock()
+        defer { indexOpenLock.unlock() }
+        lock.lock()
+        let existing = digestIndexes[diskID]
+        lock.unlock()
+        let index = try existing ?? target.digestIndex(diskID: diskID) { problem in
+            Log.warning("\(diskID): rebuilding the chunk digest index from the segment objects: \(problem)")
+        }
+        try index.catchUp(to: try upTo ?? target.committedSequence(diskID: diskID), from: target, digestsOf: sealedDigests)
+        lock.lock()
+        let kept = digestIndexes[diskID] ?? index
+        digestIndexes[diskID] = kept
+        lock.unlock()
+        return kept
+    }
+
+    /// The chunk digests in a stored sealed segment's header (nil for format
+    /// version 1), after checking that the header is the stored object's.
+    func sealedDigests(_ sequence: UInt64, _ bytes: [UInt8], _ extents: [TargetExtent]) throws -> [StoredDigest]? {
+        let (h, _) = try bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
+        let sealedExtents = h.extents.map { TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero) }
+        guard h.sequence == sequence, sealedExtents == extents else {
+            throw TidemarkError(.corrupt, "segment \(h.diskID) #\(sequence): its sealed header (sequence \(h.sequence), \(h.extents.count) extents) differs from the stored metadata",
+                                hint: "the object is damaged or misplaced; restore it from a copy")
+        }
+        return h.version >= 2 ? h.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
+    }
+
+    /// After a commit: records the segment's chunks in the digest index. A
+    /// failure only costs digest comparisons (the index is rebuilt on the
+    /// next request), never data, so it is logged, not retried.
+    private func updateDigestIndex(_ header: SegmentHeader, extents: [TargetExtent]) {
+        do {
+            // Caught up to the segment before, so this one is applied from
+            // the bytes at hand, not read back from storage.
+            let index = try digestIndex(header.diskID, upTo: header.sequence - 1)
+            let digests = header.version >= 2 ? header.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
+            try index.apply(sequence: header.sequence, extents: extents, digests: digests,
+                            sync: header.sequence % ServerLimits.digestIndexFlushEverySegments == 0)
+        } catch {
+            Log.warning("\(header.diskID) #\(header.sequence): updating the chunk digest index failed: \(error); it will be rebuilt from the objects")
+            dropDigestIndex(header.diskID)
+        }
+    }
+
+    private func dropDigestIndex(_ diskID: String) {
+        indexOpenLock.lock()
+        defer { indexOpenLock.unlock() }
+        lock.lock()
+        let index = digestIndexes.removeValue(forKey: diskID)
+        lock.unlock()
+        do { try index?.clear() } catch { Log.warning("\(diskID): clearing the chunk digest index failed: \(error)") }
+    }
+
+    /// Answers a digest request: the states of chunks [first, first + count)
+    /// and the sequence they reflect. A damaged index is rebuilt from the
+    /// objects and asked again; if that fails too, every chunk is 'unknown'
+    /// (the agent then sends them all: slower, never wrong).
+    func chunkStates(diskID: String, first: UInt64, count: Int) throws -> (UInt64, [ChunkState]) {
+        let record = try target.disk(diskID)
+        let chunks = record.map { ($0.sizeBytes + UInt64($0.chunkSizeBytes) - 1) / UInt64($0.chunkSizeBytes) } ?? 0
+        guard first < chunks, UInt64(count) <= chunks - first else {
+            throw ProtocolViolation(code: 400, "digest request for chunks \(first)..<\(first + UInt64(count)) of disk \(diskID), which has \(chunks) chunks")
+        }
+        for attempt in 0..<2 {
+            do {
+                let (seq, states) = try digestIndex(diskID).lookup(first: first, count: count)
+                return (seq, states.map {
+                    switch $0 {
+                    case .unknown: .unknown
+                    case .zero: .zero
+                    case .data(let d): .data(ChunkDigest(low: d.low, high: d.high))
+                    }
+                })
+            } catch let e as TidemarkError where e.kind == .busy {
+                Log.warning("\(diskID): chunk digest index: \(e); answering 'unknown'")
+                break
+            } catch {
+                Log.warning("\(diskID): chunk digest index: \(error)\(attempt == 0 ? "; rebuilding it from the segment objects" : "; answering 'unknown'")")
+                dropDigestIndex(diskID)
+            }
+        }
+        return (try target.committedSequence(diskID: diskID), [ChunkState](repeating: .unknown, count: count))
     }
 
     private func runPruner() {

@@ -24,4 +24,9 @@ public enum ServerLimits {
     /// doubling up to the maximum; the record stays in the spool meanwhile.
     public static let uploadRetryDelayMsMin = 100
     public static let uploadRetryDelayMsMax = 10_000
+    /// The chunk digest index of a disk is made durable (fdatasync, then its
+    /// header names the sequence) after this many committed segments, not
+    /// after each: a crash costs re-applying at most this many from the
+    /// objects, an fsync per segment would slow every upload.
+    public static let digestIndexFlushEverySegments: UInt64 = 64
 }

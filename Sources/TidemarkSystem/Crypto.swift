@@ -95,3 +95,23 @@ public enum SHA256 {
 
     public static func hash(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { hash($0) } }
 }
+
+/// HMAC-SHA-256 (RFC 2104; OpenSSL EVP underneath) with a key of at most 64
+/// bytes, over `prefix ‖ data` without copying them together.
+public enum HMACSHA256 {
+    public static let digestBytes = 32
+    public static let keyBytesMax = 64
+
+    public static func mac(key: [UInt8], prefix: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> [UInt8] {
+        precondition(key.count <= keyBytesMax, "HMACSHA256: key longer than \(keyBytesMax) bytes")
+        var out = [UInt8](repeating: 0, count: digestBytes)
+        let r = out.withUnsafeMutableBufferPointer { o in
+            key.withUnsafeBufferPointer { k in
+                tm_hmac_sha256(k.baseAddress, k.count, prefix.baseAddress, prefix.count, data.baseAddress, data.count, o.baseAddress)
+            }
+        }
+        // Fails only when OpenSSL cannot allocate or its provider is missing.
+        precondition(r == 0, "HMACSHA256: EVP digest failed (\(r))")
+        return out
+    }
+}

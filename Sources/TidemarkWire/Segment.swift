@@ -64,11 +64,16 @@ public struct PointTag: Equatable, Sendable {
 public enum SegmentFormat {
     /// "TMSG".
     public static let magic: [UInt8] = [0x54, 0x4D, 0x53, 0x47]
-    public static let version: UInt16 = 1
+    /// The version writers produce: 2 adds the chunk digests after the extents.
+    public static let version: UInt16 = 2
+    /// Versions a reader accepts (version 1 segments carry no digests).
+    public static let readableVersions: ClosedRange<UInt16> = 1...2
     /// Bytes before the disk id.
     public static let fixedBytes = 76
     /// Bytes per extent entry.
     public static let extentBytes = 16
+    /// Bytes per chunk digest (format version 2).
+    public static let chunkDigestBytes = ChunkDigest.byteCount
     public static let nonceBytes = 12
     public static let tagBytes = 16
     /// Flag bit: the ciphertext decrypts to a zstd frame, not to the payload.
@@ -94,10 +99,18 @@ public struct SegmentHeader: Equatable, Sendable {
     public var extents: [SegmentExtent]
     /// Present exactly when kind is .point.
     public var point: PointTag?
+    /// The format version: 1 (no digests) or 2.
+    public var version: UInt16
+    /// Version 2: one keyed digest per chunk of the data extents, in extent
+    /// order (`ChunkDigester`); empty in version 1.
+    public var chunkDigests: [ChunkDigest]
 
     public init(kind: SegmentKind, diskID: String, keyID: UInt64, sequence: UInt64, diskSizeBytes: UInt64,
                 chunkSizeBytes: UInt32, compressed: Bool, plainLength: UInt32, cipherLength: UInt32,
-                nonce: [UInt8], extents: [SegmentExtent], point: PointTag?) {
+                nonce: [UInt8], extents: [SegmentExtent], point: PointTag?,
+                version: UInt16 = SegmentFormat.version, chunkDigests: [ChunkDigest] = []) {
+        self.version = version
+        self.chunkDigests = chunkDigests
         self.kind = kind
         self.diskID = diskID
         self.keyID = keyID
@@ -115,6 +128,33 @@ public struct SegmentHeader: Equatable, Sendable {
     /// Bytes of the encoded header.
     public var encodedBytes: Int {
         SegmentFormat.fixedBytes + diskID.utf8.count + (point?.id.utf8.count ?? 0) + extents.count * SegmentFormat.extentBytes
+            + chunkDigests.count * SegmentFormat.chunkDigestBytes
+    }
+
+    /// The number of chunks the data extents cover: the digest count of a
+    /// version 2 header.
+    public static func dataChunkCount(_ extents: [SegmentExtent], chunkSizeBytes: UInt32) -> Int {
+        let chunk = UInt64(chunkSizeBytes)
+        return extents.reduce(0) { $0 + ($1.kind == .data ? Int((UInt64($1.length) + chunk - 1) / chunk) : 0) }
+    }
+
+    /// The data chunks of the extents, in extent order, paired with their
+    /// digests (version 2; nil for version 1, which has none).
+    public var dataChunkDigests: [(chunk: UInt64, digest: ChunkDigest)]? {
+        guard version >= 2 else { return nil }
+        let chunk = UInt64(chunkSizeBytes)
+        var out: [(UInt64, ChunkDigest)] = []
+        out.reserveCapacity(chunkDigests.count)
+        var i = 0
+        for e in extents where e.kind == .data {
+            var c = e.offset / chunk
+            while c * chunk < e.offset + UInt64(e.length) {
+                out.append((c, chunkDigests[i]))
+                i += 1
+                c += 1
+            }
+        }
+        return out
     }
 
     /// Sum of the data extents' lengths.
@@ -127,7 +167,7 @@ public struct SegmentHeader: Equatable, Sendable {
     func encode() -> [UInt8] {
         var w = ByteWriter(capacity: encodedBytes)
         w.raw(SegmentFormat.magic)
-        w.u16(SegmentFormat.version)
+        w.u16(version)
         w.u8(kind.rawValue)
         w.u8(compressed ? SegmentFormat.flagCompressed : 0)
         w.u32(UInt32(encodedBytes))
@@ -152,6 +192,7 @@ public struct SegmentHeader: Equatable, Sendable {
             w.u8(e.kind.rawValue)
             w.zeros(3)
         }
+        for d in chunkDigests { w.u64(d.low); w.u64(d.high) }
         assert(w.bytes.count == encodedBytes)
         return w.bytes
     }
@@ -169,8 +210,8 @@ public struct SegmentHeader: Equatable, Sendable {
             throw TidemarkError(.corrupt, "not a Tidemark segment (bad magic)")
         }
         let version = try r.u16("version")
-        guard version == SegmentFormat.version else {
-            throw TidemarkError(.corrupt, "segment format version \(version) is not supported (this build reads version \(SegmentFormat.version))",
+        guard SegmentFormat.readableVersions.contains(version) else {
+            throw TidemarkError(.corrupt, "segment format version \(version) is not supported (this build reads versions \(SegmentFormat.readableVersions.lowerBound) to \(SegmentFormat.readableVersions.upperBound))",
                                 hint: "upgrade Tidemark on this side")
         }
         let kindRaw = try r.u8("kind")
@@ -201,8 +242,10 @@ public struct SegmentHeader: Equatable, Sendable {
         guard extentCount <= WireLimits.extentsPerSegmentMax else {
             throw TidemarkError(.corrupt, "segment header: \(extentCount) extents, more than the limit \(WireLimits.extentsPerSegmentMax)")
         }
+        // Version 2 adds the digests, whose count follows from the extents:
+        // the exact check waits until they are decoded.
         let expectedHeader = SegmentFormat.fixedBytes + diskIDLength + pointIDLength + extentCount * SegmentFormat.extentBytes
-        guard headerLength == expectedHeader else {
+        guard version >= 2 ? (headerLength >= expectedHeader && headerLength <= WireLimits.segmentHeaderBytesMax) : headerLength == expectedHeader else {
             throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader))")
         }
         guard Int(plainLength) <= WireLimits.segmentPayloadBytesMax else {
@@ -258,9 +301,25 @@ public struct SegmentHeader: Equatable, Sendable {
             guard pad == [0, 0, 0] else { throw TidemarkError(.corrupt, "segment header: extent \(i) padding is not zero") }
             let e = SegmentExtent(offset: offset, length: length, kind: ek)
             try checkExtent(e, index: i, previousEnd: end, diskSizeBytes: diskSize, error: .corrupt)
+            if version >= 2 { try checkChunkAligned(e, index: i, chunkSizeBytes: chunkSize, diskSizeBytes: diskSize, error: .corrupt) }
             end = offset + UInt64(length)
             if ek == .data { dataBytes += UInt64(length) }
             extents.append(e)
+        }
+        var digests: [ChunkDigest] = []
+        if version >= 2 {
+            let n = dataChunkCount(extents, chunkSizeBytes: chunkSize)
+            guard n <= WireLimits.chunkDigestsPerSegmentMax else {
+                throw TidemarkError(.corrupt, "segment header: data extents cover \(n) chunks, more than the limit \(WireLimits.chunkDigestsPerSegmentMax)")
+            }
+            guard headerLength == expectedHeader + n * SegmentFormat.chunkDigestBytes else {
+                throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader + n * SegmentFormat.chunkDigestBytes) with \(n) chunk digests)")
+            }
+            digests.reserveCapacity(n)  // bounded by the limit checked above
+            for i in 0..<n {
+                let low = try r.u64("chunk digest \(i)")
+                digests.append(ChunkDigest(low: low, high: try r.u64("chunk digest \(i)")))
+            }
         }
         try r.need(0, "end")
         guard r.offset == headerLength else {
@@ -271,8 +330,21 @@ public struct SegmentHeader: Equatable, Sendable {
         }
         let h = SegmentHeader(kind: kind, diskID: diskID, keyID: keyID, sequence: sequence, diskSizeBytes: diskSize,
                               chunkSizeBytes: chunkSize, compressed: compressed, plainLength: plainLength,
-                              cipherLength: cipherLength, nonce: nonce, extents: extents, point: point)
+                              cipherLength: cipherLength, nonce: nonce, extents: extents, point: point,
+                              version: version, chunkDigests: digests)
         return (h, headerLength)
+    }
+
+    /// Version 2: an extent starts on a chunk boundary and spans whole
+    /// chunks (the disk's last chunk may be short), so each chunk of a data
+    /// extent has exactly one digest.
+    static func checkChunkAligned(_ e: SegmentExtent, index i: Int, chunkSizeBytes: UInt32, diskSizeBytes: UInt64,
+                                  error kind: TidemarkError.Kind) throws {
+        let chunk = UInt64(chunkSizeBytes)
+        let end = e.offset + UInt64(e.length)
+        guard e.offset % chunk == 0, UInt64(e.length) % chunk == 0 || end == diskSizeBytes else {
+            throw TidemarkError(kind, "segment extent \(i) [\(e.offset), +\(e.length)) is not aligned to the chunk size \(chunkSizeBytes); format version 2 carries one digest per chunk")
+        }
     }
 
     /// The rules on one extent, shared by the sealer (.invalidArgument) and

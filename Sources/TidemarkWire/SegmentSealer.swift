@@ -21,9 +21,16 @@ public final class SegmentSealer: @unchecked Sendable {
     }
 
     /// payload = the bytes of the .data extents, concatenated in extent order.
-    /// Returns the sealed segment: header ‖ ciphertext ‖ tag.
+    /// Returns the sealed segment: header ‖ ciphertext ‖ tag. Format version
+    /// 2 (the default) computes the chunk digests from the payload and
+    /// requires chunk-aligned extents; version 1 exists only so that tests
+    /// and tools can produce segments of the older format.
     public func seal(kind: SegmentKind, diskID: String, sequence: UInt64, diskSizeBytes: UInt64, chunkSizeBytes: UInt32,
-                     extents: [SegmentExtent], payload: UnsafeRawBufferPointer, point: PointTag?) throws -> [UInt8] {
+                     extents: [SegmentExtent], payload: UnsafeRawBufferPointer, point: PointTag?,
+                     formatVersion: UInt16 = SegmentFormat.version) throws -> [UInt8] {
+        guard SegmentFormat.readableVersions.contains(formatVersion) else {
+            throw TidemarkError(.invalidArgument, "segment format version \(formatVersion) is not one this build writes (\(SegmentFormat.readableVersions))")
+        }
         try checkIdentifier(diskID, "disk id")
         guard chunkSizeBytes > 0 else { throw TidemarkError(.invalidArgument, "chunk size 0 for disk \(diskID)") }
         switch (kind, point) {
@@ -39,6 +46,9 @@ public final class SegmentSealer: @unchecked Sendable {
         var dataBytes: UInt64 = 0
         for (i, e) in extents.enumerated() {
             try SegmentHeader.checkExtent(e, index: i, previousEnd: end, diskSizeBytes: diskSizeBytes, error: .invalidArgument)
+            if formatVersion >= 2 {
+                try SegmentHeader.checkChunkAligned(e, index: i, chunkSizeBytes: chunkSizeBytes, diskSizeBytes: diskSizeBytes, error: .invalidArgument)
+            }
             end = e.offset + UInt64(e.length)
             if e.kind == .data { dataBytes += UInt64(e.length) }
         }
@@ -47,6 +57,14 @@ public final class SegmentSealer: @unchecked Sendable {
         }
         guard UInt64(payload.count) == dataBytes else {
             throw TidemarkError(.invalidArgument, "segment payload is \(payload.count) bytes; its data extents hold \(dataBytes)")
+        }
+        var digests: [ChunkDigest] = []
+        if formatVersion >= 2 {
+            let n = SegmentHeader.dataChunkCount(extents, chunkSizeBytes: chunkSizeBytes)
+            guard n <= WireLimits.chunkDigestsPerSegmentMax else {
+                throw TidemarkError(.invalidArgument, "segment data extents cover \(n) chunks; the limit is \(WireLimits.chunkDigestsPerSegmentMax)")
+            }
+            digests = ChunkDigester(key: key, diskID: diskID).digests(extents: extents, chunkSizeBytes: chunkSizeBytes, payload: payload)
         }
 
         // Compress into the scratch buffer; keep it only when it shrinks.
@@ -57,7 +75,8 @@ public final class SegmentSealer: @unchecked Sendable {
         let header = SegmentHeader(kind: kind, diskID: diskID, keyID: key.id, sequence: sequence, diskSizeBytes: diskSizeBytes,
                                    chunkSizeBytes: chunkSizeBytes, compressed: compressedLength != nil,
                                    plainLength: UInt32(plain), cipherLength: UInt32(compressedLength ?? plain),
-                                   nonce: try SecureRandom.bytes(SegmentFormat.nonceBytes), extents: extents, point: point)
+                                   nonce: try SecureRandom.bytes(SegmentFormat.nonceBytes), extents: extents, point: point,
+                                   version: formatVersion, chunkDigests: digests)
         let headerBytes = header.encode()
         let bodyLength = Int(header.cipherLength)
         var out = [UInt8](repeating: 0, count: headerBytes.count + bodyLength + SegmentFormat.tagBytes)

@@ -11,15 +11,26 @@ public enum WireLimits {
     /// Largest UTF-8 length of the message of an `error` frame (a writer
     /// cuts a longer message at a scalar boundary).
     public static let errorMessageBytesMax = 4096
-    /// Largest segment header: the fixed part, the two strings, every extent.
+    /// Largest number of chunk digests in one segment header (format
+    /// version 2): one per data chunk, so 8 MiB of 4 KiB chunks.
+    public static let chunkDigestsPerSegmentMax = 2048
+    /// Largest segment header: the fixed part, the two strings, every
+    /// extent, every chunk digest.
     public static let segmentHeaderBytesMax =
         SegmentFormat.fixedBytes + 2 * stringBytesMax + extentsPerSegmentMax * SegmentFormat.extentBytes
+        + chunkDigestsPerSegmentMax * SegmentFormat.chunkDigestBytes
     /// Largest sealed segment: header, ciphertext (never longer than the
     /// payload: compression is skipped when it does not shrink), tag.
     public static let segmentBytesMax = segmentHeaderBytesMax + segmentPayloadBytesMax + SegmentFormat.tagBytes
     /// Largest frame payload of any message (a `segment` frame carries one
     /// sealed segment verbatim).
-    public static let framePayloadBytesMax = (8 << 20) + (64 << 10)
+    public static let framePayloadBytesMax = (8 << 20) + (128 << 10)
+    /// Largest chunk range one `digestRequest` may ask for, and so the
+    /// largest `chunkDigests` answer (2048 chunks: 128 MiB of disk at 64 KiB).
+    public static let digestsPerRequestMax = 2048
+    /// Largest frame payload of a `chunkDigests` message: disk id, first
+    /// chunk, sequence, count, a state byte and a digest per chunk.
+    public static let chunkDigestsPayloadBytesMax = 1 + stringBytesMax + 8 + 8 + 4 + digestsPerRequestMax * (1 + SegmentFormat.chunkDigestBytes)
     /// Largest frame payload of every message other than `segment`.
     public static let controlPayloadBytesMax = 8 << 10
 }

@@ -5,7 +5,9 @@ public enum WireProtocol {
     /// "TMWF".
     public static let magic: [UInt8] = [0x54, 0x4D, 0x57, 0x46]
     /// The version of this protocol: frame layout and message payloads.
-    public static let version: UInt16 = 1
+    /// Version 2 added `digestRequest` and `chunkDigests` (and segments of
+    /// format version 2).
+    public static let version: UInt16 = 2
     /// magic (4), version u16, type u16, payload length u32.
     public static let frameHeaderBytes = 12
 }
@@ -24,15 +26,26 @@ public enum WireMessage: Equatable, Sendable {
     case ackCommitted(diskID: String, sequence: UInt64)
     case error(code: UInt16, message: String)
     case ping(UInt64), pong(UInt64)
+    /// What does the target hold for chunks [firstChunk, firstChunk + count)?
+    /// (count 1 ... `WireLimits.digestsPerRequestMax`.)
+    case digestRequest(diskID: String, firstChunk: UInt64, count: UInt32)
+    /// The answer: one state per chunk from `firstChunk`, reflecting every
+    /// segment of the disk up to `sequence`.
+    case chunkDigests(diskID: String, firstChunk: UInt64, sequence: UInt64, states: [ChunkState])
 
     /// Message type codes (the frame header's type field).
     public enum MessageType: UInt16, Sendable, CaseIterable {
         case hello = 1, helloOK = 2, openDisk = 3, diskState = 4, segment = 5
         case ackDurable = 6, ackCommitted = 7, error = 8, ping = 9, pong = 10
+        case digestRequest = 11, chunkDigests = 12
 
         /// The largest payload a frame of this type may declare.
         public var payloadBytesMax: Int {
-            self == .segment ? WireLimits.framePayloadBytesMax : WireLimits.controlPayloadBytesMax
+            switch self {
+            case .segment: WireLimits.framePayloadBytesMax
+            case .chunkDigests: WireLimits.chunkDigestsPayloadBytesMax
+            default: WireLimits.controlPayloadBytesMax
+            }
         }
     }
 
@@ -48,6 +61,8 @@ public enum WireMessage: Equatable, Sendable {
         case .error: .error
         case .ping: .ping
         case .pong: .pong
+        case .digestRequest: .digestRequest
+        case .chunkDigests: .chunkDigests
         }
     }
 
@@ -76,6 +91,24 @@ public enum WireMessage: Equatable, Sendable {
             w.u16(code); w.u16(UInt16(m.count)); w.raw(m)
         case .ping(let v), .pong(let v):
             w.u64(v)
+        case .digestRequest(let diskID, let first, let count):
+            guard count >= 1, Int(count) <= WireLimits.digestsPerRequestMax else {
+                throw TidemarkError(.invalidArgument, "a digest request for \(count) chunks; it must ask for 1...\(WireLimits.digestsPerRequestMax)")
+            }
+            try id(diskID, "disk id"); w.u64(first); w.u32(count)
+        case .chunkDigests(let diskID, let first, let sequence, let states):
+            guard states.count >= 1, states.count <= WireLimits.digestsPerRequestMax else {
+                throw TidemarkError(.invalidArgument, "a digest answer with \(states.count) chunks; it must hold 1...\(WireLimits.digestsPerRequestMax)")
+            }
+            try id(diskID, "disk id"); w.u64(first); w.u64(sequence); w.u32(UInt32(states.count))
+            for st in states {
+                switch st {
+                case .unknown: w.u8(ChunkStateCode.unknown)
+                case .zero: w.u8(ChunkStateCode.zero)
+                case .data: w.u8(ChunkStateCode.data)
+                }
+            }
+            for case .data(let d) in states { w.u64(d.low); w.u64(d.high) }
         case .segment:
             preconditionFailure("segment payloads are written verbatim")
         }
@@ -141,8 +174,46 @@ public enum WireMessage: Equatable, Sendable {
             m = .ping(try r.u64("value"))
         case .pong:
             m = .pong(try r.u64("value"))
+        case .digestRequest:
+            let d = try id("disk id")
+            let first = try r.u64("first chunk")
+            let count = try r.u32("count")
+            guard count >= 1, Int(count) <= WireLimits.digestsPerRequestMax else {
+                throw TidemarkError(.corrupt, "digestRequest message: \(count) chunks; the limit is 1...\(WireLimits.digestsPerRequestMax)")
+            }
+            m = .digestRequest(diskID: d, firstChunk: first, count: count)
+        case .chunkDigests:
+            let d = try id("disk id")
+            let first = try r.u64("first chunk")
+            let sequence = try r.u64("sequence")
+            let n = Int(try r.u32("count"))
+            guard n >= 1, n <= WireLimits.digestsPerRequestMax else {
+                throw TidemarkError(.corrupt, "chunkDigests message: \(n) chunks; the limit is 1...\(WireLimits.digestsPerRequestMax)")
+            }
+            let codes = try r.bytes(n, "chunk states")
+            var states: [ChunkState] = []
+            states.reserveCapacity(n)
+            for (i, c) in codes.enumerated() {
+                switch c {
+                case ChunkStateCode.unknown: states.append(.unknown)
+                case ChunkStateCode.zero: states.append(.zero)
+                case ChunkStateCode.data:
+                    let low = try r.u64("digest of chunk \(i)")
+                    states.append(.data(ChunkDigest(low: low, high: try r.u64("digest of chunk \(i)"))))
+                default:
+                    throw TidemarkError(.corrupt, "chunkDigests message: chunk \(i) has unknown state \(c)")
+                }
+            }
+            m = .chunkDigests(diskID: d, firstChunk: first, sequence: sequence, states: states)
         }
         try r.end()
         return m
     }
+}
+
+/// The state byte of a chunk in a `chunkDigests` message.
+enum ChunkStateCode {
+    static let unknown: UInt8 = 0
+    static let zero: UInt8 = 1
+    static let data: UInt8 = 2
 }

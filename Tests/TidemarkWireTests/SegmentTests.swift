@@ -39,10 +39,11 @@ struct Fixture {
 let diskSize: UInt64 = 1 << 30
 
 func seal(_ f: Fixture, sealer: SegmentSealer, disk: String = "disk-a", sequence: UInt64 = 5,
-          kind: SegmentKind = .data, point: PointTag? = nil) throws -> [UInt8] {
+          kind: SegmentKind = .data, point: PointTag? = nil, chunk: UInt32 = 65536,
+          formatVersion: UInt16 = SegmentFormat.version) throws -> [UInt8] {
     try f.payload.withUnsafeBytes {
-        try sealer.seal(kind: kind, diskID: disk, sequence: sequence, diskSizeBytes: diskSize, chunkSizeBytes: 65536,
-                        extents: f.extents, payload: $0, point: point)
+        try sealer.seal(kind: kind, diskID: disk, sequence: sequence, diskSizeBytes: diskSize, chunkSizeBytes: chunk,
+                        extents: f.extents, payload: $0, point: point, formatVersion: formatVersion)
     }
 }
 
@@ -121,9 +122,12 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         f.payload.removeLast()
         #expect(tidemarkError { _ = try seal(f, sealer: sealer) }?.kind == .invalidArgument)
         let overlap = Fixture(extents: [SegmentExtent(offset: 100, length: 10, kind: .zero), SegmentExtent(offset: 105, length: 10, kind: .zero)], payload: [])
-        #expect(tidemarkError { _ = try seal(overlap, sealer: sealer) }?.message.contains("increasing offset order") == true)
+        #expect(tidemarkError { _ = try seal(overlap, sealer: sealer, chunk: 1) }?.message.contains("increasing offset order") == true)
+        #expect(tidemarkError { _ = try seal(overlap, sealer: sealer) }?.message.contains("not aligned to the chunk size 65536") == true)
+        #expect(tidemarkError { _ = try seal(overlap, sealer: sealer, formatVersion: 1) }?.message.contains("increasing offset order") == true)
         let beyond = Fixture(extents: [SegmentExtent(offset: diskSize - 5, length: 10, kind: .zero)], payload: [])
-        #expect(tidemarkError { _ = try seal(beyond, sealer: sealer) }?.message.contains("beyond the disk size") == true)
+        #expect(tidemarkError { _ = try seal(beyond, sealer: sealer, chunk: 1) }?.message.contains("beyond the disk size") == true)
+        #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, formatVersion: 3) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, disk: String(repeating: "d", count: 256)) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, kind: .point) }?.kind == .invalidArgument)
         let tooMany = Fixture(extents: (0..<(WireLimits.extentsPerSegmentMax + 1)).map { SegmentExtent(offset: UInt64($0) * 8, length: 4, kind: .zero) }, payload: [])
@@ -147,9 +151,9 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
             f = Fixture(extents: [SegmentExtent(offset: 4096, length: 64, kind: .data)],
                         payload: (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) })
         }
-        let s = try seal(f, sealer: sealer)
+        let s = try seal(f, sealer: sealer, chunk: compressible ? 512 : 64)
         let (h, headerBytes) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
-        #expect(h.compressed == compressible)
+        #expect(h.compressed == compressible && h.chunkDigests.count == 1)
         for bit in 0..<(s.count * 8) {
             var t = s
             t[bit / 8] ^= 1 << UInt8(bit % 8)
@@ -175,7 +179,8 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         // Moving an extent (offset of extent 0) to another place on the disk.
         let (h, n) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
         var m = s
-        m[n - h.extents.count * 16 + 1] ^= 0x10
+        // (the last extent, by 1 MiB: still chunk-aligned and in order, so only the tag check can tell)
+        m[n - h.chunkDigests.count * 16 - 16 + 2] ^= 0x10
         #expect(tidemarkError { _ = try open(m, opener: opener) }?.message.contains("authentication failed") == true)
     }
 
@@ -237,8 +242,8 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         m[0] = 0
         #expect(tidemarkError { _ = try m.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("magic") == true)
         var v = s
-        v[4] = 2
-        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 2") == true)
+        v[4] = 3
+        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 3") == true)
     }
 
     @Test func keyIDDerivation() throws {
@@ -281,5 +286,99 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
                                                                      chunkSizeBytes: 4096, extents: bigger, payload: $0, point: nil)
             }
         }?.kind == .invalidArgument)
+    }
+}
+
+@Suite struct ChunkDigestTests {
+    /// RFC 4231 test case 2 (key "Jefe").
+    @Test func hmacSHA256KnownAnswer() {
+        let data = Array("what do ya want for nothing?".utf8)
+        let mac = data.withUnsafeBytes { d in
+            [UInt8]().withUnsafeBytes { HMACSHA256.mac(key: Array("Jefe".utf8), prefix: $0, data: d) }
+        }
+        #expect(hex(mac) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        // Split between prefix and data, the MAC is the same.
+        let split = data[0..<7].withUnsafeBytes { p in data[7...].withUnsafeBytes { d in HMACSHA256.mac(key: Array("Jefe".utf8), prefix: p, data: d) } }
+        #expect(split == mac)
+    }
+
+    /// The digest is the documented construction, bound to key, disk and chunk index.
+    @Test func digestConstruction() throws {
+        let key = try testKey()
+        let chunk = [UInt8](repeating: 0x5A, count: 4096)
+        let d = ChunkDigester(key: key, diskID: "disk-a")
+        let got = chunk.withUnsafeBytes { d.digest(chunk: 7, $0) }
+        let k = SHA256.hash(Array("tidemark-chunk-digest".utf8) + [0] + key.bytes)
+        let prefix: [UInt8] = [6] + Array("disk-a".utf8) + [7, 0, 0, 0, 0, 0, 0, 0]
+        let mac = prefix.withUnsafeBytes { p in chunk.withUnsafeBytes { HMACSHA256.mac(key: k, prefix: p, data: $0) } }
+        #expect(got.bytes == Array(mac[0..<16]))
+        #expect(ChunkDigest(bytes: got.bytes) == got)
+        #expect(chunk.withUnsafeBytes { d.digest(chunk: 8, $0) } != got)
+        #expect(chunk.withUnsafeBytes { ChunkDigester(key: key, diskID: "disk-b").digest(chunk: 7, $0) } != got)
+        #expect(try chunk.withUnsafeBytes { ChunkDigester(key: try testKey(2), diskID: "disk-a").digest(chunk: 7, $0) } != got)
+        var changed = chunk
+        changed[4095] ^= 1
+        #expect(changed.withUnsafeBytes { d.digest(chunk: 7, $0) } != got)
+    }
+
+    /// Format version 2 carries one digest per data chunk, in extent order,
+    /// each the digest of that chunk's plaintext.
+    @Test func version2HeaderCarriesChunkDigests() throws {
+        let key = try testKey()
+        let f = Fixture.text()
+        let s = try seal(f, sealer: SegmentSealer(key: key, compressionLevel: 1))
+        let (h, n) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
+        #expect(h.version == 2 && s[4] == 2 && s[5] == 0)
+        // Extents: one data chunk at 0, two at chunks 4-5, zeros at 10-14.
+        #expect(h.chunkDigests.count == 3)
+        #expect(n == 76 + 6 + 3 * 16 + 3 * 16 && n == h.encodedBytes)
+        let d = ChunkDigester(key: key, diskID: "disk-a")
+        let expected = f.payload.withUnsafeBytes { p in
+            [d.digest(chunk: 0, UnsafeRawBufferPointer(rebasing: p[0..<65536])),
+             d.digest(chunk: 4, UnsafeRawBufferPointer(rebasing: p[65536..<131072])),
+             d.digest(chunk: 5, UnsafeRawBufferPointer(rebasing: p[131072..<196608]))]
+        }
+        #expect(h.chunkDigests == expected)
+        #expect(h.dataChunkDigests?.map(\.chunk) == [0, 4, 5])
+        // The digests are at the end of the header, in order, little-endian words.
+        #expect(Array(s[(n - 48)..<(n - 32)]) == expected[0].bytes)
+        // They are authenticated: flipping one fails the tag check.
+        var t = s
+        t[n - 1] ^= 1
+        #expect(tidemarkError { _ = try open(t, opener: SegmentOpener(key: key)) }?.message.contains("authentication failed") == true)
+        // An extent that does not start on a chunk boundary is refused.
+        let tail = Fixture(extents: [SegmentExtent(offset: diskSize - 65536 - 100, length: 65536 + 100, kind: .data)],
+                           payload: [UInt8](repeating: 1, count: 65636))
+        #expect(tidemarkError { _ = try seal(tail, sealer: SegmentSealer(key: key, compressionLevel: 1)) }?.message.contains("not aligned") == true)
+    }
+
+    /// Segments of format version 1 (no digests) stay readable.
+    @Test func version1StillOpens() throws {
+        let key = try testKey()
+        let f = Fixture.text()
+        let s = try seal(f, sealer: SegmentSealer(key: key, compressionLevel: 1), formatVersion: 1)
+        let (h, n) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
+        #expect(h.version == 1 && s[4] == 1 && h.chunkDigests.isEmpty && h.dataChunkDigests == nil)
+        #expect(n == 76 + 6 + 3 * 16)
+        let (oh, payload) = try open(s, opener: SegmentOpener(key: key))
+        #expect(payload == f.payload && oh.extents == f.extents)
+        // Version 1 does not require chunk alignment (it never did).
+        let odd = Fixture(extents: [SegmentExtent(offset: 100, length: 10, kind: .data)], payload: Array(0..<10))
+        #expect(try open(seal(odd, sealer: SegmentSealer(key: key, compressionLevel: 1), formatVersion: 1), opener: SegmentOpener(key: key)).1 == odd.payload)
+    }
+
+    /// A version 2 header whose length does not account for its digests, or
+    /// a version 1 header relabelled as version 2, is rejected.
+    @Test func version2LengthRules() throws {
+        let key = try testKey()
+        let v1 = try seal(Fixture.text(), sealer: SegmentSealer(key: key, compressionLevel: 1), formatVersion: 1)
+        var relabelled = v1
+        relabelled[4] = 2
+        let e = tidemarkError { _ = try relabelled.withUnsafeBytes { try SegmentHeader.decode($0) } }
+        #expect(e?.kind == .corrupt && e?.message.contains("chunk digests") == true, "\(e?.message ?? "-")")
+        let v2 = try seal(Fixture.text(), sealer: SegmentSealer(key: key, compressionLevel: 1))
+        var relabelledDown = v2
+        relabelledDown[4] = 1
+        #expect(tidemarkError { _ = try relabelledDown.withUnsafeBytes { try SegmentHeader.decode($0) } }?.kind == .corrupt)
     }
 }

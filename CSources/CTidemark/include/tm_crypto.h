@@ -65,6 +65,11 @@ int tm_gcm_open(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
 /* ---- hashing and randomness ---- */
 /* SHA-256 of data[0..n) into out32 (EVP_Digest). 0 or -EIO. */
 int tm_sha256(const void *data, size_t n, uint8_t *out32);
+/* HMAC-SHA-256 (RFC 2104) with a key of at most 64 bytes over
+ * prefix[0..prefixlen) ‖ data[0..n), into out32. 0, -EINVAL (key too long)
+ * or -ENOMEM/-EIO. */
+int tm_hmac_sha256(const uint8_t *key, size_t keylen, const void *prefix, size_t prefixlen,
+                   const void *data, size_t n, uint8_t *out32);
 /* Fills buf[0..n) from the OS CSPRNG (getrandom(2), retried on EINTR and
  * short reads). 0 or -errno. */
 int tm_random_bytes(void *buf, size_t n);
