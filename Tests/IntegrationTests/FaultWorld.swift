@@ -115,8 +115,10 @@ final class FaultWorld: @unchecked Sendable {
     }
 
     private func agentDiskID() -> String? {
-        guard let log = agent?.stderr, let r = log.range(of: "to replicate as ") else { return nil }
-        return String(log[r.upperBound...].prefix { !$0.isWhitespace })
+        // "<dev>: N chunks to replicate as ID" or "... to compare with the target as ID"
+        guard let log = agent?.stderr, let line = log.split(separator: "\n").first(where: { $0.contains(" chunks to ") }),
+              let r = line.range(of: " as ", options: .backwards) else { return nil }
+        return String(line[r.upperBound...].prefix { !$0.isWhitespace })
     }
 
     var logs: String {
