@@ -61,10 +61,18 @@ public final class ProcessServer: @unchecked Sendable {
         }
     }
 
-    public let options: Options
+    /// The options, of which `reload` may change the TLS files, retention,
+    /// prune interval and connection limit (read them under `lock`).
+    public private(set) var options: Options
     let target: LocalDirectoryTarget
     let spool: Spool
-    let tlsContext: TLSContext
+    private var currentTLSContext: TLSContext
+    /// The TLS context new connections use (swapped by `reload`).
+    var tlsContext: TLSContext {
+        lock.lock()
+        defer { lock.unlock() }
+        return currentTLSContext
+    }
     let listener: TCPListener
     let lock = NSLock()
     var disks: [String: DiskIngest] = [:]
@@ -86,7 +94,7 @@ public final class ProcessServer: @unchecked Sendable {
 
     public init(options: Options) throws {
         self.options = options
-        self.tlsContext = try TLSContext.server(options.tls)
+        self.currentTLSContext = try TLSContext.server(options.tls)
         self.target = try LocalDirectoryTarget(root: options.targetPath)
         let (spool, leftover) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
             let (h, _) = try SegmentHeader.decode(bytes)
@@ -112,10 +120,11 @@ public final class ProcessServer: @unchecked Sendable {
         Log.info("\(options.serverID): listening on \(options.listenHost):\(port) (TLS 1.3, client certificates required); spool \(options.spoolDir); target \(options.targetPath)")
         while let socket = try? listener.accept() {
             lock.lock()
-            let full = connections.count >= options.maxConnections
+            let limit = options.maxConnections
+            let full = connections.count >= limit
             lock.unlock()
             if full {
-                Log.warning("refusing \(socket.peerDescription): \(options.maxConnections) connections already (max_connections)")
+                Log.warning("refusing \(socket.peerDescription): \(limit) connections already (max_connections)")
                 socket.close()
                 continue
             }
@@ -518,11 +527,37 @@ public final class ProcessServer: @unchecked Sendable {
         return (try target.committedSequence(diskID: diskID), [ChunkState](repeating: .unknown, count: count))
     }
 
+    /// Applies what can change while serving: the TLS files (new
+    /// connections use them; a bad file keeps the old ones and throws),
+    /// retention, prune interval and connection limit. Returns the keys
+    /// that changed.
+    public func reload(_ new: Options) throws -> [String] {
+        var applied: [String] = []
+        // Certificates are re-read even under unchanged names: renewing them
+        // in place is the usual rotation.
+        let context = try TLSContext.server(new.tls)
+        applied.append("tls")
+        lock.lock()
+        currentTLSContext = context
+        if new.retentionSeconds != options.retentionSeconds { applied.append("retention") }
+        if new.pruneIntervalSeconds != options.pruneIntervalSeconds { applied.append("prune_interval") }
+        if new.maxConnections != options.maxConnections { applied.append("max_connections") }
+        options.tls = new.tls
+        options.retentionSeconds = new.retentionSeconds
+        options.pruneIntervalSeconds = new.pruneIntervalSeconds
+        options.maxConnections = new.maxConnections
+        lock.unlock()
+        return applied
+    }
+
     private func runPruner() {
         var lastRun = Date.distantPast
         while !isStopped {
             usleep(200_000)
-            guard Date().timeIntervalSince(lastRun) >= Double(options.pruneIntervalSeconds) else { continue }
+            lock.lock()
+            let interval = options.pruneIntervalSeconds
+            lock.unlock()
+            guard Date().timeIntervalSince(lastRun) >= Double(interval) else { continue }
             lastRun = Date()
             pruneOnce()
         }
@@ -530,8 +565,8 @@ public final class ProcessServer: @unchecked Sendable {
 
     /// Expires recovery points older than the retention on every disk.
     public func pruneOnce() {
-        let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(options.retentionSeconds) * 1000
         lock.lock()
+        let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(options.retentionSeconds) * 1000
         let ids = Array(disks.keys)
         lock.unlock()
         for id in ids {

@@ -4,38 +4,119 @@ import TidemarkConfig
 import TidemarkSystem
 
 public enum ServerCommands {
-    /// `tidemark-server run`: serves until SIGTERM/SIGINT.
+    /// `tidemark-server run`: serves until SIGTERM/SIGINT; SIGHUP re-reads
+    /// the configuration and applies what can change while serving.
     public static func run(configPath: String?, listen: String?, spoolDir: String?, targetPath: String?) throws {
-        var c = try configPath.map { try ServerConfig.load(path: $0) } ?? ServerConfig.loadDefault()
-        switch c.logLevel {
-        case .debug: Log.setLevel(.debug)
-        case .info: Log.setLevel(.info)
-        case .warning: Log.setLevel(.warning)
-        case .error: Log.setLevel(.error)
-        }
-        if let listen {
-            do {
-                (c.listenHost, c.listenPort) = try ServerConfig.parseListenEndpoint(listen)
-            } catch let e as InvalidValue {
-                throw TidemarkError(.invalidArgument, "--listen '\(listen)': \(e.message)", hint: e.hint)
-            }
-        }
-        if let spoolDir { c.spoolDir = spoolDir }
-        if let targetPath { c.targetPath = targetPath }
-        let server = try ProcessServer(options: .init(
-            serverID: c.serverID, listenHost: c.listenHost, listenPort: c.listenPort,
-            tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath),
-            spoolDir: c.spoolDir, spoolMaxBytes: c.spoolMaxBytes, targetPath: c.targetPath,
-            maxConnections: c.maxConnections, retentionSeconds: c.retentionSeconds,
-            pruneIntervalSeconds: c.pruneIntervalSeconds))
+        let overrides = Overrides(listen: listen, spoolDir: spoolDir, targetPath: targetPath)
+        let c = try loadConfig(configPath, overrides)
+        setLogLevel(c.logLevel)
+        let server = try ProcessServer(options: options(c))
         StopSignal.install()
+        ReloadSignal.install()
         let watcher = Thread {
-            while !StopSignal.isRequested { StopSignal.sleep(milliseconds: 100) }
+            var current = c
+            while !StopSignal.isRequested {
+                StopSignal.sleep(milliseconds: 100)
+                if ReloadSignal.takeRequest() { current = reload(server, current, configPath, overrides) }
+            }
             server.stop()
         }
         watcher.start()
         let line = "tidemark-server \(c.serverID) listening on \(c.listenHost):\(server.port)\n"
         _ = line.withCString { Glibc.write(1, $0, strlen($0)) }
         server.run()
+    }
+
+    /// Command-line values, which win over the file on every (re)load.
+    struct Overrides {
+        var listen: String?
+        var spoolDir: String?
+        var targetPath: String?
+    }
+
+    static func loadConfig(_ configPath: String?, _ o: Overrides) throws -> ServerConfig {
+        var c = try configPath.map { try ServerConfig.load(path: $0) } ?? ServerConfig.loadDefault()
+        if let listen = o.listen {
+            do {
+                (c.listenHost, c.listenPort) = try ServerConfig.parseListenEndpoint(listen)
+            } catch let e as InvalidValue {
+                throw TidemarkError(.invalidArgument, "--listen '\(listen)': \(e.message)", hint: e.hint)
+            }
+        }
+        if let spoolDir = o.spoolDir { c.spoolDir = spoolDir }
+        if let targetPath = o.targetPath { c.targetPath = targetPath }
+        return c
+    }
+
+    static func options(_ c: ServerConfig) -> ProcessServer.Options {
+        .init(serverID: c.serverID, listenHost: c.listenHost, listenPort: c.listenPort,
+              tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath),
+              spoolDir: c.spoolDir, spoolMaxBytes: c.spoolMaxBytes, targetPath: c.targetPath,
+              maxConnections: c.maxConnections, retentionSeconds: c.retentionSeconds,
+              pruneIntervalSeconds: c.pruneIntervalSeconds)
+    }
+
+    static func setLogLevel(_ level: TidemarkConfig.LogLevel) {
+        switch level {
+        case .debug: Log.setLevel(.debug)
+        case .info: Log.setLevel(.info)
+        case .warning: Log.setLevel(.warning)
+        case .error: Log.setLevel(.error)
+        }
+    }
+
+    /// The keys whose change needs a restart, changed between two configurations.
+    static func restartKeys(_ a: ServerConfig, _ b: ServerConfig) -> [String] {
+        var keys: [String] = []
+        if a.serverID != b.serverID { keys.append("server_id") }
+        if a.listenHost != b.listenHost || a.listenPort != b.listenPort { keys.append("listen") }
+        if a.spoolDir != b.spoolDir { keys.append("spool_dir") }
+        if a.spoolMaxBytes != b.spoolMaxBytes { keys.append("spool_max_bytes") }
+        if a.targetType != b.targetType || a.targetPath != b.targetPath { keys.append("target") }
+        if a.bandwidthLimitBytesPerSecond != b.bandwidthLimitBytesPerSecond { keys.append("bandwidth_limit") }
+        return keys
+    }
+
+    /// SIGHUP: a configuration that does not load (or TLS files that do not)
+    /// changes nothing and is reported; otherwise the reloadable keys apply
+    /// and the log says which changed keys wait for a restart.
+    static func reload(_ server: ProcessServer, _ current: ServerConfig, _ configPath: String?, _ o: Overrides) -> ServerConfig {
+        let file = configPath ?? ServerConfig.defaultPath
+        let new: ServerConfig
+        do {
+            new = try loadConfig(configPath, o)
+        } catch {
+            Log.error("reload of \(file) refused, the running configuration stays: \(error)")
+            return current
+        }
+        let applied: [String]
+        do {
+            applied = try server.reload(options(new))
+        } catch {
+            Log.error("reload of \(file) refused, the running configuration stays: \(error)")
+            return current
+        }
+        var changed = applied
+        if new.logLevel != current.logLevel {
+            setLogLevel(new.logLevel)
+            changed.append("log_level")
+        }
+        let pending = restartKeys(current, new)
+        var text = "reloaded \(file): applied \(changed.joined(separator: ", "))"
+        if !pending.isEmpty {
+            text += "; changed but applied only after a restart (systemctl restart tidemark-server): \(pending.joined(separator: ", "))"
+        }
+        Log.info(text)
+        // What runs is the old value of the restart-only keys.
+        var running = new
+        running.serverID = current.serverID
+        running.listenHost = current.listenHost
+        running.listenPort = current.listenPort
+        running.spoolDir = current.spoolDir
+        running.spoolMaxBytes = current.spoolMaxBytes
+        running.targetType = current.targetType
+        running.targetPath = current.targetPath
+        running.bandwidthLimitBytesPerSecond = current.bandwidthLimitBytesPerSecond
+        return running
     }
 }

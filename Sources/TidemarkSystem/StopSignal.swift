@@ -31,3 +31,22 @@ public enum StopSignal {
         }
     }
 }
+
+private let reloadRequests = Atomic<Int32>(0)
+
+/// SIGHUP asks a daemon to re-read its configuration file and apply what
+/// can change without a restart (`systemctl reload`).
+public enum ReloadSignal {
+    public static func install() {
+        signal(SIGHUP) { _ in reloadRequests.add(1, ordering: .relaxed) }
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGHUP)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
+    /// True once per burst of SIGHUPs received since the last call.
+    public static func takeRequest() -> Bool {
+        reloadRequests.exchange(0, ordering: .relaxed) != 0
+    }
+}

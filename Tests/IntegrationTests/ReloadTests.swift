@@ -1,0 +1,44 @@
+import Foundation
+import Testing
+import TidemarkTesting
+
+/// SIGHUP (`systemctl reload`) on the real server process while an agent
+/// replicates: reloadable keys apply, restart-only keys are named, a broken
+/// file changes nothing, and replication goes on throughout.
+@Suite(.serialized) struct ReloadTests {
+    @Test func serverReloadAppliesWhatItCanAndRefusesABrokenFile() throws {
+        guard TestEnv.requireRoot("server reload") else { return }
+        let w = try FaultWorld("reload")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent()
+        let server = try #require(w.server)
+        let first = try w.point()
+        let config = w.h.dir + "/server.yaml"
+        var text = try String(contentsOfFile: config, encoding: .utf8)
+
+        // Reloadable: retention and max_connections; restart-only: spool_max_bytes.
+        text += "\nretention: 48h\nmax_connections: 100\n"
+        text = text.replacingOccurrences(of: "spool_max_bytes: 1g", with: "spool_max_bytes: 2g")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        kill(server.pid, SIGHUP)
+        try waitFor("the server logs the reload", timeoutSeconds: 10) { server.stderr.contains("reloaded \(config)") }
+        let line = server.stderr.split(separator: "\n").first { $0.contains("reloaded \(config)") }.map(String.init) ?? ""
+        #expect(line.contains("retention") && line.contains("max_connections") && line.contains("tls"), "\(line)")
+        #expect(line.contains("after a restart") && line.contains("spool_max_bytes"), "\(line)")
+
+        // A broken file: refused with file:line, the running configuration stays.
+        try text.replacingOccurrences(of: "retention: 48h", with: "retention: forever")
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        kill(server.pid, SIGHUP)
+        try waitFor("the server refuses the broken file", timeoutSeconds: 10) { server.stderr.contains("reload of \(config) refused") }
+        let refusal = server.stderr.split(separator: "\n").first { $0.contains("refused") }.map(String.init) ?? ""
+        #expect(refusal.contains("server.yaml:"), "the refusal names file:line: \(refusal)")
+
+        // Still serving: a point taken after both reloads commits and recovers identical.
+        let second = try w.point()
+        try w.recoverAndCompare(first)
+        try w.recoverAndCompare(second)
+        #expect(kill(server.pid, 0) == 0, "the server is still running")
+    }
+}
