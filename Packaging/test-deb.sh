@@ -155,6 +155,20 @@ run_host() {
     verify=$(systemd-analyze verify /lib/systemd/system/tidemark-agent.service /lib/systemd/system/tidemark-server.service 2>&1 || true)
     check "systemd-analyze verify is clean${verify:+: $verify}" test -z "$verify"
 
+    say "the agent unit on a fresh install (nothing configured) waits and says what is missing"
+    # shellcheck disable=SC2046
+    $(sed -n 's/^ExecStart=//p' /lib/systemd/system/tidemark-agent.service) >"$work/idle.log" 2>&1 &
+    agent_pid=$!
+    for _ in $(seq 100); do grep -q "not replicating" "$work/idle.log" && break; sleep 0.1; done
+    check "the unconfigured agent says what is missing: $(head -n 1 "$work/idle.log")" grep -q "not replicating: no disk to replicate" "$work/idle.log"
+    kill -HUP "$agent_pid"
+    for _ in $(seq 50); do grep -q "still not replicating" "$work/idle.log" && break; sleep 0.1; done
+    check "SIGHUP re-reads the file" grep -q "reloaded /etc/tidemark/agent.yaml; still not replicating" "$work/idle.log"
+    kill -TERM "$agent_pid"
+    local rc=0; wait "$agent_pid" || rc=$?
+    check "the waiting agent stops on SIGTERM with status 0" test "$rc" = 0
+    agent_pid=""
+
     # A loop disk with ext4, certificates, and the two config files.
     truncate -s 256M "$work/disk.img"
     loop=$(losetup -f --show "$work/disk.img")

@@ -9,26 +9,38 @@ extension AgentCommands {
     /// `run`: continuous replication of every configured disk to the process
     /// server, recovery points on the policy's cadence and on request
     /// (`tidemarkctl point create`, through the control socket).
-    public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?) throws {
-        var config = try configPath.map { try AgentConfig.load(path: $0) } ?? AgentConfig.loadDefault()
-        Log.setLevel(config.logLevel.agentLevel)
-        if !disks.isEmpty { config.disks = disks }
-        if let stateDir { config.stateDir = stateDir }
-        if let server {
-            do {
-                (config.serverHost, config.serverPort) = try AgentConfig.parseServerEndpoint(server)
-            } catch let e as InvalidValue {
-                throw TidemarkError(.invalidArgument, "--server '\(server)': \(e.message)", hint: e.hint)
-            }
-        }
+    public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
+                           waitForConfig: Bool = false) throws {
         let file = configPath ?? AgentConfig.defaultPath
-        guard !config.disks.isEmpty else {
-            throw TidemarkError(.invalidArgument, "no disk to replicate", hint: "pass --disk /dev/... or list disks under 'disks:' in \(file)")
+        var config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
+        Log.setLevel(config.logLevel.agentLevel)
+        if waitForConfig, let missing = missingForRun(config, file: file) {
+            // A fresh install: the service runs, says what is missing, and
+            // waits; SIGHUP re-reads the file and says whether a restart
+            // would now start replication.
+            Log.warning("not replicating: \(missing.message); \(missing.hint ?? "")")
+            StopSignal.install()
+            ReloadSignal.install()
+            while !StopSignal.isRequested {
+                StopSignal.sleep(milliseconds: 200)
+                guard ReloadSignal.takeRequest() else { continue }
+                do {
+                    let again = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
+                    Log.setLevel(again.logLevel.agentLevel)
+                    if let still = missingForRun(again, file: file) {
+                        Log.warning("reloaded \(file); still not replicating: \(still.message); \(still.hint ?? "")")
+                    } else {
+                        Log.info("reloaded \(file): disks and server are configured now; restart the agent to start replicating (systemctl restart tidemark-agent)")
+                    }
+                } catch {
+                    Log.error("reload of \(file) refused: \(error)")
+                }
+            }
+            Log.info("stopped")
+            return
         }
-        guard let host = config.serverHost else {
-            throw TidemarkError(.invalidArgument, "no process server configured",
-                                hint: "set replication.server in \(file) (e.g. 'server: 10.0.0.5:9443') or pass --server")
-        }
+        if let missing = missingForRun(config, file: file) { throw missing }
+        guard let host = config.serverHost else { return }
         for d in config.disks { _ = try BlockDeviceInfo.inspect(d) }
         let key = try ReplicationKey.load(path: config.replicationKeyPath)
         let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath)
@@ -80,6 +92,33 @@ extension AgentCommands {
             throw TidemarkError(.state, "replication stopped: \(f)")
         }
         Log.info("stopped; tracking stays pinned")
+    }
+
+    /// The configuration of `run`: the file (or the defaults), then the command line.
+    static func loadRunConfig(_ configPath: String?, disks: [String], stateDir: String?, server: String?) throws -> AgentConfig {
+        var config = try configPath.map { try AgentConfig.load(path: $0) } ?? AgentConfig.loadDefault()
+        if !disks.isEmpty { config.disks = disks }
+        if let stateDir { config.stateDir = stateDir }
+        if let server {
+            do {
+                (config.serverHost, config.serverPort) = try AgentConfig.parseServerEndpoint(server)
+            } catch let e as InvalidValue {
+                throw TidemarkError(.invalidArgument, "--server '\(server)': \(e.message)", hint: e.hint)
+            }
+        }
+        return config
+    }
+
+    /// What `run` lacks to replicate anything, if anything.
+    static func missingForRun(_ config: AgentConfig, file: String) -> TidemarkError? {
+        if config.disks.isEmpty {
+            return TidemarkError(.invalidArgument, "no disk to replicate", hint: "pass --disk /dev/... or list disks under 'disks:' in \(file)")
+        }
+        if config.serverHost == nil {
+            return TidemarkError(.invalidArgument, "no process server configured",
+                                 hint: "set replication.server in \(file) (e.g. 'server: 10.0.0.5:9443') or pass --server")
+        }
+        return nil
     }
 
     static func handleControl(_ request: [String: String], _ table: [String: DiskReplicator]) -> [String: Any] {

@@ -69,10 +69,13 @@ struct Run: ParsableCommand {
     @OptionGroup var common: DiskOptions
     @Option(help: "Process server host:port (overrides replication.server).")
     var server: String?
+    @Flag(help: "With no disk or no server configured, wait (until SIGTERM) instead of failing; SIGHUP re-checks the file. For the service unit of a fresh install.")
+    var waitForConfig = false
 
     func run() throws {
         try runReportingErrors {
-            try AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server)
+            try AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server,
+                                  waitForConfig: waitForConfig)
         }
     }
 }
@@ -93,7 +96,7 @@ func runReportingErrors(_ body: () throws -> Void) throws {
 struct Agent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidemark-agent",
-        abstract: "Tidemark mobility agent: tracks changed disk chunks and replicates them.",
+        abstract: "Tidemark agent: tracks changed disk chunks and replicates them.",
         version: tidemarkVersion,
         subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self])
 }
