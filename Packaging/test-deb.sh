@@ -231,7 +231,7 @@ run_host() {
     hrl=$(ls /var/lib/tidemark/*.hrl)
     state=$(tidemark-bitmap show "$hrl" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
     check "the .hrl needs no resync after the upgrade (state: $state)" test "$state" = tracking
-    check "the restarted agent did not start a resync" test "$(grep -c -e 'initial replication' -e 'resync of' "$work/agent.log")" = 1
+    check "the restarted agent did not start a resync" test "$(grep -c -e 'initial replication of' -e 'by digest comparison' "$work/agent.log")" = 1
     local id
     id=$(point)
     tidemarkctl recover --point "$id" --to "$work/recovered.img" --target "$work/target" --key /etc/tidemark/tls/replication.key >/dev/null 2>"$work/recover.log" \
