@@ -239,6 +239,15 @@ run_host() {
     check "no write was missed: the point recovered after the upgrade equals the frozen disk" cmp -s "$work/recovered.img" "$work/truth.img"
     stop_agent
     kill "$server_pid"; wait "$server_pid" || true; server_pid=""
+
+    say "purge: state removed, tracking unpinned"
+    check "tracking is pinned while no agent runs" test -e /sys/fs/bpf/tidemark/link
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tidemark-agent tidemark-server >>"$work/host-apt.log" 2>&1 || fail "apt purge on the host"
+    host_installed=0
+    check "purge unpinned the tracer" test ! -e /sys/fs/bpf/tidemark
+    check "purge removed the state" test ! -e /var/lib/tidemark
+    check "purge removed the conffiles" test ! -e /etc/tidemark/agent.yaml -a ! -e /etc/tidemark/server.yaml
+    rm -rf /etc/tidemark/tls; rmdir /etc/tidemark
 }
 
 for m in "${modes[@]}"; do
