@@ -75,6 +75,36 @@ extension AgentCommands {
         control.start()
         defer { control.stop() }
         println("replicating \(order.count) disk(s) to \(host):\(config.serverPort) as \(config.agentID); SIGTERM or Ctrl-C stops the agent, tracking stays pinned")
+        // SIGHUP (systemctl reload): log_level applies at once; every other
+        // changed key is named as waiting for a restart.
+        ReloadSignal.install()
+        let started = config
+        let reloader = Thread {
+            var current = started
+            while !StopSignal.isRequested {
+                StopSignal.sleep(milliseconds: 200)
+                guard ReloadSignal.takeRequest() else { continue }
+                do {
+                    let new = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
+                    var text = "reloaded \(file)"
+                    if new.logLevel != current.logLevel {
+                        Log.setLevel(new.logLevel.agentLevel)
+                        text += ": applied log_level"
+                    } else {
+                        text += ": nothing that applies while running changed"
+                    }
+                    let pending = restartKeys(current, new)
+                    if !pending.isEmpty {
+                        text += "; changed but applied only after a restart (systemctl restart tidemark-agent; tracking stays pinned): \(pending.joined(separator: ", "))"
+                    }
+                    Log.info(text)
+                    current.logLevel = new.logLevel
+                } catch {
+                    Log.error("reload of \(file) refused, the running configuration stays: \(error)")
+                }
+            }
+        }
+        reloader.start()
         let failures = FailureBox()
         let threads = order.map { r in
             Thread {
@@ -107,6 +137,36 @@ extension AgentCommands {
             }
         }
         return config
+    }
+
+    /// The keys that differ between two configurations and that `run` applies
+    /// only at start.
+    static func restartKeys(_ a: AgentConfig, _ b: AgentConfig) -> [String] {
+        var keys: [String] = []
+        func check(_ name: String, _ differ: Bool) { if differ { keys.append(name) } }
+        check("agent_id", a.agentID != b.agentID)
+        check("state_dir", a.stateDir != b.stateDir)
+        check("chunk_size", a.chunkSizeBytes != b.chunkSizeBytes)
+        check("disks", a.disks != b.disks)
+        check("drain_interval_ms", a.drainIntervalMs != b.drainIntervalMs)
+        check("replication.server", a.serverHost != b.serverHost || a.serverPort != b.serverPort)
+        check("replication.server_name", a.serverName != b.serverName)
+        check("replication.ca", a.tlsCAPath != b.tlsCAPath)
+        check("replication.cert", a.tlsCertPath != b.tlsCertPath)
+        check("replication.key", a.tlsKeyPath != b.tlsKeyPath)
+        check("replication.replication_key", a.replicationKeyPath != b.replicationKeyPath)
+        check("replication.compression_level", a.compressionLevel != b.compressionLevel)
+        check("replication.bandwidth_limit", a.bandwidthLimitBytesPerSecond != b.bandwidthLimitBytesPerSecond)
+        check("replication.segment_size", a.segmentSizeBytes != b.segmentSizeBytes)
+        check("replication.inflight_bytes", a.inflightBytesMax != b.inflightBytesMax)
+        check("replication.io_timeout_ms", a.ioTimeoutMs != b.ioTimeoutMs)
+        check("policy.crash_consistent_interval", a.crashConsistentIntervalSeconds != b.crashConsistentIntervalSeconds)
+        check("policy.app_consistent_interval", a.appConsistentIntervalSeconds != b.appConsistentIntervalSeconds)
+        check("policy.freeze_timeout_ms", a.freezeTimeoutMs != b.freezeTimeoutMs)
+        check("policy.pre_freeze_hook", a.preFreezeHook != b.preFreezeHook)
+        check("policy.post_thaw_hook", a.postThawHook != b.postThawHook)
+        check("control_socket", a.controlSocketPath != b.controlSocketPath)
+        return keys
     }
 
     /// What `run` lacks to replicate anything, if anything.

@@ -2,11 +2,11 @@ import Foundation
 import Testing
 import TidemarkTesting
 
-/// SIGHUP (`systemctl reload`) on the real server process while an agent
-/// replicates: reloadable keys apply, restart-only keys are named, a broken
+/// SIGHUP (`systemctl reload`) on the real server and agent processes while
+/// the agent replicates: reloadable keys apply, restart-only keys are named, a broken
 /// file changes nothing, and replication goes on throughout.
 @Suite(.serialized) struct ReloadTests {
-    @Test func serverReloadAppliesWhatItCanAndRefusesABrokenFile() throws {
+    @Test func reloadAppliesWhatItCanAndRefusesABrokenFile() throws {
         guard TestEnv.requireRoot("server reload") else { return }
         let w = try FaultWorld("reload")
         defer { w.close() }
@@ -40,5 +40,25 @@ import TidemarkTesting
         try w.recoverAndCompare(first)
         try w.recoverAndCompare(second)
         #expect(kill(server.pid, 0) == 0, "the server is still running")
+
+        // The agent: log_level applies, the rest is named; it keeps replicating.
+        let agent = try #require(w.agent)
+        let agentConfig = w.h.dir + "/agent.yaml"
+        var agentText = try String(contentsOfFile: agentConfig, encoding: .utf8)
+        agentText = agentText.replacingOccurrences(of: "log_level: debug", with: "log_level: info")
+            .replacingOccurrences(of: "segment_size: 1m", with: "segment_size: 2m")
+        try agentText.write(toFile: agentConfig, atomically: true, encoding: .utf8)
+        kill(agent.pid, SIGHUP)
+        try waitFor("the agent logs the reload", timeoutSeconds: 10) { agent.stderr.contains("reloaded \(agentConfig)") }
+        let agentLine = agent.stderr.split(separator: "\n").first { $0.contains("reloaded \(agentConfig)") }.map(String.init) ?? ""
+        #expect(agentLine.contains("applied log_level") && agentLine.contains("after a restart") && agentLine.contains("replication.segment_size"),
+                "\(agentLine)")
+        try agentText.replacingOccurrences(of: "segment_size: 2m", with: "segment_size: huge")
+            .write(toFile: agentConfig, atomically: true, encoding: .utf8)
+        kill(agent.pid, SIGHUP)
+        try waitFor("the agent refuses the broken file", timeoutSeconds: 10) { agent.stderr.contains("reload of \(agentConfig) refused") }
+        let third = try w.point()
+        try w.recoverAndCompare(third)
+        #expect(kill(agent.pid, 0) == 0, "the agent is still running")
     }
 }
