@@ -64,6 +64,8 @@ public final class DiskReplicator: @unchecked Sendable {
     var lastAppPoint = monotonicSeconds()
     /// Freeze durations of the points made, for status and benchmarks (bounded).
     public internal(set) var freezeMsHistory: [Double] = []
+    /// The RPO: the newest drain time whose chunks are all committed (CommittedThrough.swift).
+    var committedThrough = CommittedThroughTracker()
 
     func recordFreeze(ms: Double) {
         cond.lock()
@@ -196,10 +198,13 @@ public final class DiskReplicator: @unchecked Sendable {
 
     func drainOnce() throws {
         var added: [(UInt64, UInt64)] = []
+        let startedUnixMs = CommittedThroughTracker.nowUnixMs()
         let result = try session.drain { w, b in added.append((w, b)) }
         cond.lock()
         if result.overflowed { toRead.insertAll() }
         for (w, b) in added { toRead.insert(word: w, bits: b) }
+        committedThrough.drained(atUnixMs: startedUnixMs, toReadEmpty: toRead.isEmpty,
+                                 lastSequence: nextSequence - 1, committed: committedSequence)
         if !added.isEmpty || result.overflowed { cond.broadcast() }
         cond.unlock()
     }
@@ -308,6 +313,7 @@ public final class DiskReplicator: @unchecked Sendable {
             for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
             batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch))
         }
+        if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
         return batch
     }
 
@@ -482,11 +488,13 @@ public final class DiskReplicator: @unchecked Sendable {
             nextSequence = durable + 1
             durableSequence = durable
             epoch += 1
+            committedThrough.renumbered(committed: committedSequence)
         }
         if durable == 0 && committed == 0 && replicatedBefore {
             // The target has nothing of a disk this .hrl says was replicated.
             targetLost = true
         }
+        committedThrough.advance(committed: committedSequence)
         ackDurableLocked(durable)
     }
 
@@ -500,6 +508,7 @@ public final class DiskReplicator: @unchecked Sendable {
         case .ackCommitted(let disk, let seq) where disk == diskID:
             cond.lock()
             committedSequence = max(committedSequence, seq)
+            committedThrough.advance(committed: committedSequence)
             cond.broadcast()
             cond.unlock()
         case .ping(let n):
