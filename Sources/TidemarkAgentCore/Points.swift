@@ -13,15 +13,30 @@ public enum ReplicationLimits {
     public static let reconnectDelayMsMin = 100
     public static let reconnectDelayMsMax = 5_000
     /// Before freezing for a point, wait (up to this long) until the backlog
-    /// of unread chunks is at most `pointBacklogBytesMax`, so the freeze is short.
+    /// of unread chunks is at most `pointBacklogBytesMax`, so the freeze is short:
+    /// everything unread when the freeze begins is read while frozen.
     public static let pointPrepareWaitMsMax = 30_000
-    public static let pointBacklogBytesMax: UInt64 = 8 << 20
+    public static let pointBacklogBytesMax: UInt64 = 1 << 20
+    /// While preparing a point the agent drains this often (not at the drain interval).
+    public static let pointPrepareDrainMs = 5
+    /// Before freezing, the filesystems are synced (syncfs) so that FIFREEZE's
+    /// own flush of dirty pages is small; repeated, up to this many rounds,
+    /// until one syncfs takes at most `pointSyncQuietMs` (little was dirty).
+    public static let pointSyncRoundsMax = 3
+    public static let pointSyncQuietMs = 20.0
+    /// After the backlog is small, wait at most this long for the reader to
+    /// seal what it already took, so no large batch is read under the freeze
+    /// (best effort: the freeze goes ahead after this).
+    public static let pointReaderIdleWaitMsMax = 2_000
     /// A point request waits this long for its tag to be committed.
     public static let pointCommitWaitMsMax = 120_000
     /// Hook scripts (pre-freeze, post-thaw) are killed after this long.
     public static let hookTimeoutMs = 60_000
     /// Point requests waiting for the main loop.
     public static let pointRequestsQueuedMax = 16
+    /// RPO checkpoints (drain time, sequence) not yet committed; when the
+    /// server stalls the newest is folded forward (the RPO only reads older).
+    public static let rpoCheckpointsMax = 4_096
 }
 
 /// A filesystem mounted from the disk (or one of its partitions).
@@ -128,20 +143,18 @@ extension DiskReplicator {
             throw TidemarkError(.state, "\(session.device.path) has no mounted filesystem to quiesce: an app-consistent point cannot be made",
                                 hint: "take a crash point instead (it will be marked unverified)")
         }
-        // Shrink the backlog first, so the freeze lasts milliseconds.
+        // Shrink what the freeze has to flush and to read first, so it lasts
+        // milliseconds: sync the filesystems (FIFREEZE flushes every dirty
+        // page, and a sync while not frozen leaves it little), then read the
+        // chunks that wrote, until the backlog is small; again while a sync
+        // still found much to write.
         let deadline = monotonicSeconds() + Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000
+        var round = 0
         while true {
-            try drainOnce()
-            try clearCommitted()
-            cond.lock()
-            let backlog = toRead.count * chunkBytes
-            cond.unlock()
-            if backlog <= ReplicationLimits.pointBacklogBytesMax { break }
-            if monotonicSeconds() > deadline {
-                throw TidemarkError(.busy, "\(session.device.path): \(backlog) bytes still to replicate; a point waits until the backlog is small",
-                                    hint: "retry when the initial replication is done")
-            }
-            usleep(20_000)
+            round += 1
+            let syncMs = syncFilesystems(mounts)
+            try waitForSmallBacklog(until: deadline)
+            if mounts.isEmpty || syncMs <= ReplicationLimits.pointSyncQuietMs || round >= ReplicationLimits.pointSyncRoundsMax { break }
         }
         if appConsistent, let hook = settings.preFreezeHook { try runHook(hook, "pre-freeze") }
         var thawHookNeeded = appConsistent
@@ -210,6 +223,48 @@ extension DiskReplicator {
                                 hint: "it is committed once the server catches up; check `tidemarkctl points list`")
         }
         return PointCreated(id: tag.id, diskID: diskID, pointClass: cls, sequence: sequence, freezeMs: freezeMs)
+    }
+
+    /// syncfs on each filesystem; returns how long it took in ms. A failed
+    /// syncfs is only logged: FIFREEZE flushes anyway (it is just slower).
+    func syncFilesystems(_ mounts: [MountedFilesystem]) -> Double {
+        let t0 = monotonicSeconds()
+        for m in mounts {
+            do {
+                try FileDescriptor(open: m.mountPoint, .readOnly, purpose: "opening mount point for syncfs").syncFilesystem()
+            } catch {
+                Log.warning("\(session.device.path): \(error); the freeze will flush instead")
+            }
+        }
+        return (monotonicSeconds() - t0) * 1000
+    }
+
+    /// Drains often until at most `pointBacklogBytesMax` of chunks are unread
+    /// and the send window has room (the reader is not held up), then waits
+    /// briefly for the reader to seal what it has taken; ends with a drain.
+    func waitForSmallBacklog(until deadline: Double) throws {
+        var idleDeadline: Double?
+        while true {
+            try drainOnce()
+            try clearCommitted()
+            cond.lock()
+            let backlog = toRead.count * chunkBytes
+            let roomy = windowBytes < settings.inflightBytesMax / 2
+            // Every numbered segment is sealed: the reader holds no batch.
+            let sealedThrough = max(window.last?.sequence ?? 0, uncommitted.last?.sequence ?? 0, durableSequence)
+            let readerIdle = sealedThrough + 1 >= nextSequence
+            cond.unlock()
+            let now = monotonicSeconds()
+            if backlog <= ReplicationLimits.pointBacklogBytesMax && roomy {
+                if readerIdle { return }
+                if idleDeadline == nil { idleDeadline = now + Double(ReplicationLimits.pointReaderIdleWaitMsMax) / 1000 }
+                if now > idleDeadline! { return }
+            } else if now > deadline {
+                throw TidemarkError(.busy, "\(session.device.path): \(backlog) bytes still to replicate; a point waits until the backlog is small",
+                                    hint: "retry when the initial replication is done")
+            }
+            usleep(useconds_t(ReplicationLimits.pointPrepareDrainMs * 1000))
+        }
     }
 
     static func newPointID() -> String {

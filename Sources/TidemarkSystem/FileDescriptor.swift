@@ -105,6 +105,11 @@ public final class FileDescriptor: @unchecked Sendable {
         try shimcall("ioctl(FIFREEZE)", "freezing the filesystem at \(path)") { tm_fs_freeze(rawValue) }
     }
 
+    /// Writes back the dirty data of the filesystem this descriptor is on. The corresponding C call is `syncfs`.
+    public func syncFilesystem() throws {
+        try shimcall("syncfs", "syncing the filesystem at \(path)") { tm_syncfs(rawValue) }
+    }
+
     /// The corresponding C call is `ioctl(FITHAW)`.
     public func thawFilesystem() throws {
         try shimcall("ioctl(FITHAW)", "thawing the filesystem at \(path)") { tm_fs_thaw(rawValue) }

@@ -29,6 +29,8 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
  * Returns 0 or -errno. */
 int tm_fs_freeze(int fd);
 int tm_fs_thaw(int fd);
+/* syncfs(2) of the filesystem holding fd. 0 or -errno. */
+int tm_syncfs(int fd);
 /* open(2) is variadic in C; Swift imports it only through Glibc overlays
  * that lack O_DIRECT. Returns fd or -errno. */
 int tm_open(const char *path, int flags, mode_t mode);
