@@ -262,9 +262,21 @@ public final class DiskReplicator: @unchecked Sendable {
             let sealers = try (0..<workers).map { _ in
                 try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
             }
+            // Batch N is sealed on `sealing` while batch N+1 is read here;
+            // one sealing at a time, so segments join the window in order.
+            let sealing = DispatchQueue(label: "tidemark.seal")
+            let sealed = DispatchSemaphore(value: 1)
+            let failure = SealResults(count: 0)
+            defer { sealed.wait() }
             while true {
                 guard let batch = nextBatch(maxSegments: workers) else { return }
-                try produce(batch, reader: reader, sealers: sealers)
+                let plans = try read(batch, reader: reader)
+                sealed.wait()
+                if let e = failure.take().1 { sealed.signal(); throw e }
+                sealing.async {
+                    do { try self.seal(batch, plans, sealers: sealers) } catch { failure.fail(error) }
+                    sealed.signal()
+                }
             }
         } catch {
             Log.error("\(session.device.path): reader stopped: \(error)")
@@ -317,13 +329,15 @@ public final class DiskReplicator: @unchecked Sendable {
         return batch
     }
 
-    /// Reads, seals (in parallel) and queues a batch, in sequence order.
-    private func produce(_ batch: [Planned], reader: ChunkReader, sealers: [SegmentSealer]) throws {
+    typealias ReadPlan = (extents: [SegmentExtent], payload: [UInt8], readBytes: UInt64, zeroChunks: UInt64)
+
+    /// Reads a batch: each segment's extents (zero chunks as zero extents) and payload.
+    private func read(_ batch: [Planned], reader: ChunkReader) throws -> [ReadPlan] {
         let size = session.device.sizeBytes
-        var plans: [(extents: [SegmentExtent], payload: [UInt8])] = []
-        var readBytes: UInt64 = 0
-        var zeroChunks: UInt64 = 0
+        var plans: [ReadPlan] = []
         for p in batch {
+            var readBytes: UInt64 = 0
+            var zeroChunks: UInt64 = 0
             var extents: [SegmentExtent] = []
             var payload: [UInt8] = []
             let byteExtents = p.runs.map { (start, n) -> ByteExtent in
@@ -353,11 +367,15 @@ public final class DiskReplicator: @unchecked Sendable {
                     }
                 }
             }
-            plans.append((extents, payload))
+            plans.append((extents, payload, readBytes, zeroChunks))
         }
+        return plans
+    }
+
+    /// Seals a batch (segments in parallel, one sealer each) and queues it, in sequence order.
+    private func seal(_ batch: [Planned], _ planned: [ReadPlan], sealers: [SegmentSealer]) throws {
         let box = SealResults(count: batch.count)
-        let planned = plans
-        let sizeBytes = size
+        let sizeBytes = session.device.sizeBytes
         let chunk = UInt32(chunkBytes)
         let disk = diskID
         DispatchQueue.concurrentPerform(iterations: batch.count) { i in
@@ -377,9 +395,9 @@ public final class DiskReplicator: @unchecked Sendable {
         if let failure { throw failure }
         cond.lock()
         defer { cond.unlock() }
-        stats.bytesRead += readBytes
-        stats.zeroChunks += zeroChunks
         for (i, p) in batch.enumerated() {
+            stats.bytesRead += planned[i].readBytes
+            stats.zeroChunks += planned[i].zeroChunks
             if p.epoch != epoch {
                 // The server restarted numbering while we read: these chunks go back.
                 for (start, n) in p.runs { toRead.insert(first: start, count: n) }
