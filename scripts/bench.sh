@@ -223,7 +223,9 @@ Y
   cat "$work/agent.err" >&2; echo "bench: the agent did not start" >&2; exit 1
 }
 stop_repl() {
-  [ -n "$agent" ] && { kill "$agent"; wait "$agent" || true; agent=""; }
+  local rc=0
+  [ -n "$agent" ] && { kill "$agent"; wait "$agent" || rc=$?; agent=""; }
+  [ "$rc" = 0 ] || { echo "bench: the agent exited with status $rc on SIGTERM:" >&2; tail -5 "$work/agent.err" >&2; }
   [ -n "$server" ] && { kill -CONT "$server" 2>/dev/null || true; kill "$server"; wait "$server" || true; server=""; }
 }
 # Waits until every chunk drained since the given time (default now) is
@@ -317,23 +319,23 @@ if [ "$what" = all ] || [ "$what" = incremental ]; then
   stop_repl
   dropcaches; trs=$(timed restic_backup "$l")
   dropcaches; tb=$(timed borg_backup "$l" b)
-  dropcaches; trsync=$(timed rsync --inplace --no-whole-file "$work/inc.img" "$work/prev.img")
+  dropcaches; trsync=$(timed rsync --inplace --no-whole-file --ignore-times "$work/inc.img" "$work/prev.img")
   cmp "$work/inc.img" "$work/prev.img" >/dev/null && echo "rsync copy verified identical (cmp)"
   echo "device: $((bytes >> 20)) MiB; rewritten: $((io >> 20)) MiB in 64 KiB random writes (O_DIRECT)"
   echo "initial copies: tidemark ${ti} s, restic ${tri} s, borg ${tbi} s"
   echo "incremental, last write to committed: tidemark ${tt} s (drain interval 1000 ms; $((sent >> 20)) MiB sent in total)"
-  echo "incremental: restic ${trs} s, borg ${tb} s, rsync --inplace --no-whole-file ${trsync} s"
+  echo "incremental: restic ${trs} s, borg ${tb} s, rsync --inplace --no-whole-file --ignore-times ${trsync} s (this rsync skips a file whose size is unchanged without -t; --ignore-times makes it run the delta)"
   echo "ratios (tool / tidemark, target >= 20): restic $(ratio "$trs" "$tt"), borg $(ratio "$tb" "$tt"), rsync $(ratio "$trsync" "$tt")"
   release_disk "$l"
   rm -rf "$work/restic" "$work/borg" "$work/target" "$work/spool" "$work/state" "$work/inc.img" "$work/prev.img"
 fi
 
 if [ "$what" = all ] || [ "$what" = rpo ]; then
-  steady=${RPO_STEADY_S:-30}; stall=${RPO_STALL_S:-60}; after=${RPO_AFTER_S:-40}
-  echo "== RPO under fio random 64 KiB writes at 100 MB/s; server stalled (SIGSTOP) for ${stall} s"
+  steady=${RPO_STEADY_S:-30}; stall=${RPO_STALL_S:-60}; after=${RPO_AFTER_S:-40}; drain=${RPO_DRAIN_MS:-1000}
+  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms); server stalled (SIGSTOP) for ${stall} s"
   fallocate -l 4G "$work/rpo.img"
   l=$(losetup -f --show --direct-io=on "$work/rpo.img"); loops+=("$l")
-  repl_setup; start_server; start_agent "$l"
+  repl_setup; start_server; start_agent "$l" "$drain"
   committed_at 300 >/dev/null
   fio --name=rpo --filename="$l" --rw=randwrite --bs=64k --iodepth=4 --ioengine=io_uring --direct=1 --size=4G \
       --rate=100000000 --time_based --runtime=$((steady + stall + after + 10)) --randrepeat=0 \

@@ -267,7 +267,8 @@ public final class DiskReplicator: @unchecked Sendable {
             let sealing = DispatchQueue(label: "tidemark.seal")
             let sealed = DispatchSemaphore(value: 1)
             let failure = SealResults(count: 0)
-            defer { sealed.wait() }
+            // Waits for the last sealing; the semaphore ends at its initial value (libdispatch traps otherwise).
+            defer { sealed.wait(); sealed.signal() }
             while true {
                 guard let batch = nextBatch(maxSegments: workers) else { return }
                 let plans = try read(batch, reader: reader)
