@@ -163,6 +163,10 @@ extension DiskReplicator {
         let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
         let request = PointRequest(tag: tag)
         let freezer = Freezer(mounts: mounts)
+        // A last sync just before the freeze: what was dirtied while the
+        // backlog was read is written now, not by FIFREEZE while frozen (it
+        // is read under the freeze either way).
+        _ = syncFilesystems(mounts)
         let t0 = monotonicSeconds()
         try freezer.freeze()
         let tFrozen = monotonicSeconds()
