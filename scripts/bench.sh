@@ -175,6 +175,7 @@ elif mode == 'sample':
         print('%.3f %d %d %d' % (time.time(), d['rpo_ms'], st['rss_bytes'], d['backlog_bytes']), flush=True)
         time.sleep(step)
 PY
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14+$15)/hz}' "/proc/$1/stat"; }  # user+system CPU seconds of a PID
 st() { python3 "$work/status.py" "$work/agent.sock" "$@"; }
 pct() { # percentile P of numbers on stdin (nearest rank)
   sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999999); if (i<1) i=1; print a[i]}'; }
@@ -272,13 +273,14 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   t0=$(now); start_agent "$l"
   tr=$(elapsed "$t0" "$(committed_at 900)")
   read -r sent zc < <(st get bytes_sent zero_chunks)
+  cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
   stop_repl
   target_bytes=$(du -sb "$work/target" | cut -f1)
   r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
   ref=$(( f < z ? f : z ))
   echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; sent $((sent >> 20)) MiB sealed, $zc zero chunks, target holds $((target_bytes >> 20)) MiB"
   echo "fio seq read (O_DIRECT): $(mibps "$f" 1) MiB/s; zstd -1 -T2: $(mibps "$z" 1) MiB/s (${tz} s from page cache)"
-  echo "tidemark initial replication, agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s"
+  echo "tidemark initial replication, agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s (CPU: agent ${cpu_a} s, server ${cpu_s_} s)"
   if [ "${SKIP_TOOLS:-0}" = 1 ]; then echo "replication/min(fio, zstd) ratio: $(ratio "$r" "$ref") (target >= 0.8); restic and borg skipped (SKIP_TOOLS=1)"; else
   dropcaches; restic -q -r "$work/restic" init
   trs=$(timed restic_backup "$l")
@@ -404,20 +406,28 @@ if [ "$what" = all ] || [ "$what" = recover ]; then
   point=$("$BIN/tidemarkctl" point create --disk "$l" --socket "$work/agent.sock" | awk '{print $2}')
   stop_repl
   target_bytes=$(du -sb "$work/target" | cut -f1)
-  fw=(); rr=()
+  fw=(); rr=(); cpus=()
   for r in 1 2 3; do
     dropcaches
     t=$(timed fio --name=sw --filename="$work/fio-w.img" --rw=write --bs=1M --ioengine=psync --direct=0 --end_fsync=1 --size="$bytes")
     fw+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')"); rm -f "$work/fio-w.img"
     dropcaches
-    t=$(timed "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key")
+    t0=$(now); TIMEFORMAT='%U %S'
+    cpu=$( { time "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1; } 2>&1 )
+    t=$(elapsed "$t0" "$(now)"); cpus+=("$(echo "$cpu" | awk '{printf "%.1f+%.1f", $1, $2}')")
     rr+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')")
     [ "$r" = 3 ] || rm -f "$work/recovered.img"
   done
   cmp "$l" "$work/recovered.img" && echo "recovered image verified identical to the source (cmp)"
+  if [ "${PERF:-0}" = 1 ]; then  # where a recovery spends its CPU (one more run under perf)
+    dropcaches; rm -f "$work/recovered.img"
+    perf record -q -g -o "$work/perf.data" "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1
+    perf report -i "$work/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9]' | head -25
+  fi
   m_f=$(printf '%s\n' "${fw[@]}" | median); m_r=$(printf '%s\n' "${rr[@]}" | median)
   echo "disk $((bytes >> 20)) MiB, target holds $((target_bytes >> 20)) MiB (cold cache before each run)"
   echo "fio seq write: $(mibps "$m_f" 1) MiB/s; recover: $(mibps "$m_r" 1) MiB/s (runs: fio ${fw[*]}, recover ${rr[*]})"
+  echo "recover CPU seconds (user+system) per run: ${cpus[*]}"
   echo "recover/fio ratio: $(ratio "$m_r" "$m_f") (target >= 0.8)"
   release_disk "$l"
   rm -rf "$work/target" "$work/spool" "$work/state" "$work/rec.img" "$work/recovered.img"

@@ -38,6 +38,10 @@ int tm_fs_thaw(int fd) {
     return ioctl(fd, FITHAW, 0) == 0 ? 0 : -errno;
 }
 
+int tm_start_writeback(int fd) {
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
+}
+
 int tm_syncfs(int fd) {
     return syncfs(fd) == 0 ? 0 : -errno;
 }

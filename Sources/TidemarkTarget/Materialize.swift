@@ -11,6 +11,10 @@ public enum MaterializeLimits {
     /// Segments read and opened ahead of the writes, per opener (bounds the
     /// memory of a recovery to about this × openers × 2 segment sizes).
     public static let segmentsAheadPerOpener = 2
+    /// Writeback of the image is started each time this much more was
+    /// written, so the disk writes while segments are opened and the final
+    /// fdatasync waits only for the tail.
+    public static let writebackStartBytes: UInt64 = 64 << 20
 }
 
 extension LocalDirectoryTarget {
@@ -164,6 +168,7 @@ extension LocalDirectoryTarget {
 
         // 4. Data, oldest segment first (ranges are disjoint, order is free).
         let steps = Array(plan.reversed())
+        var writebackStartedAt = done
         try fetch(steps.map(\.sequence)) { index, opened in
             let step = steps[index]
             let where_ = "disk '\(diskID)' sequence \(step.sequence)"
@@ -185,6 +190,10 @@ extension LocalDirectoryTarget {
                         done += UInt64(r.count)
                     }
                 }
+            }
+            if done - writebackStartedAt >= MaterializeLimits.writebackStartBytes {
+                writebackStartedAt = done
+                try fd.startWriteback()
             }
             progress(done, total)
         }
