@@ -386,6 +386,7 @@ if [ "$what" = all ] || [ "$what" = freeze ]; then
     sleep 0.25
   done
   tp=$(elapsed "$t0" "$(now)")
+  "$BIN/tidemarkctl" status --socket "$work/agent.sock" | sed 's/^/tidemarkctl status: /'
   kill "$fiopid"; wait "$fiopid" 2>/dev/null || true; bgpids=()
   stop_repl
   echo "$npoints points in ${tp} s; last: $out"
