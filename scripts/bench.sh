@@ -213,7 +213,8 @@ replication:
   key: $work/tls/agent-bench.key
   replication_key: $work/tls/replication.key
   segment_size: ${3:-4m}
-policy:
+${INFLIGHT:+  inflight_bytes: $INFLIGHT
+}policy:
   crash_consistent_interval: 0
   app_consistent_interval: 0
 control_socket: $work/agent.sock
@@ -334,7 +335,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = rpo ]; then
   steady=${RPO_STEADY_S:-30}; stall=${RPO_STALL_S:-60}; after=${RPO_AFTER_S:-40}; drain=${RPO_DRAIN_MS:-1000}
-  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms); server stalled (SIGSTOP) for ${stall} s"
+  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms, inflight_bytes ${INFLIGHT:-default 64m}); server stalled (SIGSTOP) for ${stall} s"
   fallocate -l 4G "$work/rpo.img"
   l=$(losetup -f --show --direct-io=on "$work/rpo.img"); loops+=("$l")
   repl_setup; start_server; start_agent "$l" "$drain"
