@@ -1,23 +1,39 @@
 #!/usr/bin/env bash
-# Tidemark benchmarks for issue #2 targets. Every figure is a ratio against a
-# reference measured in the same run on the same device (these machines are
-# noisy: only same-run ratios mean anything). Needs root. Usage:
-#   scripts/bench.sh [all|scan|writecost|mirror|memory]
+# Tidemark benchmarks for the targets of issues #2 and #3. Every figure is a
+# ratio against a reference measured in the same run on the same device (these
+# machines are noisy: only same-run ratios mean anything). Needs root. Usage:
+#   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover]
+#   scripts/bench.sh deps     installs what the benchmarks compare against
+#                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 what=${1:-all}
+bench_pkgs=(restic borgbackup rsync fio zstd python3 e2fsprogs)
+install_bench_deps() {
+  local missing=() p
+  for p in "${bench_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "installing benchmark dependencies: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+if [ "$what" = deps ]; then install_bench_deps; exit 0; fi
+case "$what" in replicate|incremental|all) install_bench_deps ;; esac
 swift build -c release 2>&1 | tail -n 1
 BIN=$(swift build -c release --show-bin-path)
 work=$(mktemp -d /var/tmp/tidemark-bench.XXXXXX)
 export TIDEMARK_BPF_PIN_DIR=/sys/fs/bpf/tidemark-bench TIDEMARK_RUN_DIR=/run/tidemark-bench
-loops=(); agent=""
+loops=(); agent=""; server=""; bgpids=(); mounts=()
 cleanup() {
+  for p in ${bgpids[@]+"${bgpids[@]}"}; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   [ -n "$agent" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null || true
-  for l in "${loops[@]}"; do
+  if [ -n "$server" ]; then kill -CONT "$server" 2>/dev/null || true; kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
+  for m in ${mounts[@]+"${mounts[@]}"}; do fsfreeze -u "$m" 2>/dev/null || true; umount "$m" 2>/dev/null || true; done
+  for l in ${loops[@]+"${loops[@]}"}; do
     "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
-    umount "$l" 2>/dev/null || true; losetup -d "$l" 2>/dev/null || true
+    umount "$l" 2>/dev/null || true; blockdev --setrw "$l" 2>/dev/null || true; losetup -d "$l" 2>/dev/null || true
   done
   rm -rf "$work" "$TIDEMARK_BPF_PIN_DIR" "$TIDEMARK_RUN_DIR"
 }
@@ -116,4 +132,305 @@ if [ "$what" = all ] || [ "$what" = memory ]; then
   stop_track
   echo "kernel bitmap map: $map_bytes bytes = $(awk -v b="$map_bytes" 'BEGIN {printf "%.3f", b/4/1048576}') MiB per TiB (target <= 2)"
   echo "agent RSS while tracking: $((rss_kib / 1024)) MiB (the agent maps the kernel bitmap; it holds no copy of it)"
+fi
+
+# ---- issue #3: replication to a process server (real processes, TLS on loopback) ----
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b-a}'; }
+mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.0f", b/s/1048576}'; }
+dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# status [FIELD...]: the agent's control-socket status; with fields, prints
+# disk 0's values separated by spaces (rss_bytes is the process's).
+cat > "$work/status.py" <<'PY'
+import json, socket, sys, time
+def status(path):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(path)
+    s.sendall(b'{"op":"status"}\n'); buf = b''
+    while not buf.endswith(b'\n'):
+        d = s.recv(65536)
+        if not d: break
+        buf += d
+    return json.loads(buf)
+def field(st, k):
+    return st[k] if k in st else st['disks'][0].get(k, -1)
+mode = sys.argv[2]
+if mode == 'get':
+    st = status(sys.argv[1]); print(' '.join(str(field(st, k)) for k in sys.argv[3:]))
+elif mode == 'wait-committed':
+    # until backlog 0 and the committed-through time >= argv[3] (unix ms); prints when (unix s)
+    since = int(sys.argv[3]); deadline = time.time() + float(sys.argv[4])
+    while time.time() < deadline:
+        d = status(sys.argv[1])['disks'][0]
+        if d['backlog_bytes'] == 0 and d.get('committed_through_unix_ms', 0) >= since and d['committed_sequence'] > 0:
+            print('%.3f' % time.time()); sys.exit(0)
+        time.sleep(0.01)
+    sys.exit('timed out waiting for the agent to commit: %s' % json.dumps(d))
+elif mode == 'sample':
+    # every argv[3] s for argv[4] s: "unix_s rpo_ms rss_bytes backlog_bytes" lines
+    step = float(sys.argv[3]); end = time.time() + float(sys.argv[4])
+    while time.time() < end:
+        st = status(sys.argv[1]); d = st['disks'][0]
+        print('%.3f %d %d %d' % (time.time(), d['rpo_ms'], st['rss_bytes'], d['backlog_bytes']), flush=True)
+        time.sleep(step)
+PY
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14+$15)/hz}' "/proc/$1/stat"; }  # user+system CPU seconds of a PID
+st() { python3 "$work/status.py" "$work/agent.sock" "$@"; }
+pct() { # percentile P of numbers on stdin (nearest rank)
+  sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999999); if (i<1) i=1; print a[i]}'; }
+
+# Server + agent of one disk: certificates, configs, processes (PIDs kept for cleanup).
+repl_setup() {
+  [ -e "$work/tls/ca.crt" ] || scripts/make-certs.sh "$work/tls" --agent agent-bench >/dev/null
+  cat > "$work/server.yaml" <<Y
+listen: 127.0.0.1:0
+tls:
+  ca: $work/tls/ca.crt
+  cert: $work/tls/server.crt
+  key: $work/tls/server.key
+spool_dir: $work/spool
+target:
+  path: $work/target
+Y
+}
+start_server() {
+  "$BIN/tidemark-server" run --config "$work/server.yaml" ${1:+--listen "$1"} >"$work/server.out" 2>"$work/server.err" &
+  server=$!
+  for _ in $(seq 200); do grep -q "listening on" "$work/server.out" 2>/dev/null && break; sleep 0.05; done
+  port=$(grep -o 'listening on .*' "$work/server.out" | head -1 | awk -F: '{print $NF}')
+  [ -n "$port" ] || { cat "$work/server.err" >&2; echo "bench: the server did not start" >&2; exit 1; }
+}
+start_agent() { # disk [drain_interval_ms] [segment_size]
+  cat > "$work/agent.yaml" <<Y
+agent_id: agent-bench
+state_dir: $work/state
+drain_interval_ms: ${2:-1000}
+replication:
+  server: 127.0.0.1:$port
+  ca: $work/tls/ca.crt
+  cert: $work/tls/agent-bench.crt
+  key: $work/tls/agent-bench.key
+  replication_key: $work/tls/replication.key
+  segment_size: ${3:-4m}
+${INFLIGHT:+  inflight_bytes: $INFLIGHT
+}policy:
+  crash_consistent_interval: 0
+  app_consistent_interval: 0
+control_socket: $work/agent.sock
+Y
+  "$BIN/tidemark-agent" run --config "$work/agent.yaml" --disk "$1" >"$work/agent.out" 2>"$work/agent.err" &
+  agent=$!
+  for _ in $(seq 200); do grep -q replicating "$work/agent.out" 2>/dev/null && [ -S "$work/agent.sock" ] && return; sleep 0.05; done
+  cat "$work/agent.err" >&2; echo "bench: the agent did not start" >&2; exit 1
+}
+stop_repl() {
+  local rc=0
+  [ -n "$agent" ] && { kill "$agent"; wait "$agent" || rc=$?; agent=""; }
+  [ "$rc" = 0 ] || { echo "bench: the agent exited with status $rc on SIGTERM:" >&2; tail -5 "$work/agent.err" >&2; }
+  [ -n "$server" ] && { kill -CONT "$server" 2>/dev/null || true; kill "$server"; wait "$server" || true; server=""; }
+}
+# Waits until every chunk drained since the given time (default now) is
+# committed and nothing is pending; prints when (unix seconds).
+committed_at() { # timeout_s [since_unix_ms]
+  st wait-committed "${2:-$(date +%s%3N)}" "$1" || { tail -5 "$work/agent.err" >&2; exit 1; }
+}
+release_disk() { # loop device: untrack, detach, forget
+  "$BIN/tidemark-agent" untrack --disk "$1" --state-dir "$work/state" >/dev/null 2>&1 || true
+  blockdev --setrw "$1" 2>/dev/null || true; losetup -d "$1"
+  local keep=() x; for x in "${loops[@]}"; do [ "$x" = "$1" ] || keep+=("$x"); done; loops=(${keep[@]+"${keep[@]}"})
+}
+
+# An ext4 image holding a copy of /usr (the mirror benchmark's data), as a loop device.
+make_usr_disk() { # -> sets $l, $bytes, $usr_kib
+  usr_kib=$(du -sk /usr | cut -f1)
+  local size_mib=$(( usr_kib * 14 / 10 / 1024 + 256 ))
+  truncate -s "${size_mib}M" "$work/usr.img"
+  mkfs.ext4 -q -F "$work/usr.img"
+  mkdir -p "$work/mnt"; mount -o loop "$work/usr.img" "$work/mnt"
+  cp -a /usr "$work/mnt/" 2>/dev/null || true
+  umount "$work/mnt"; sync
+  l=$(losetup -f --show --direct-io=on "$work/usr.img"); loops+=("$l")
+  bytes=$(blockdev --getsize64 "$l")
+}
+fio_seqread() { # dev bytes -> bytes/s (O_DIRECT, as the agent reads)
+  dropcaches
+  fio --name=sr --filename="$1" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring --direct=1 --size="$2" --output-format=json | \
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'
+}
+timed() { local t0; t0=$(now); "$@" >"$work/timed.out" 2>&1 || { cat "$work/timed.out" >&2; exit 1; }; elapsed "$t0" "$(now)"; }
+export RESTIC_PASSWORD=tidemark-bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+restic_backup() { restic -q -r "$work/restic" backup --stdin --stdin-filename disk.img < "$1"; }
+borg_backup() { borg create "$work/borg::$2" - < "$1"; }
+
+if [ "$what" = all ] || [ "$what" = replicate ]; then
+  echo "== initial replication of an ext4 disk holding a copy of /usr to a process server on loopback (TLS)"
+  make_usr_disk
+  f=$(fio_seqread "$l" "$bytes")
+  cat "$work/usr.img" > /dev/null   # zstd's rate is its own: the data comes from the page cache
+  tz=$(timed sh -c "zstd -1 -T2 -c '$work/usr.img' > /dev/null"); z=$(awk -v b="$bytes" -v s="$tz" 'BEGIN {printf "%d", b/s}')
+  dropcaches
+  repl_setup; start_server
+  t0=$(now); start_agent "$l"
+  tr=$(elapsed "$t0" "$(committed_at 900)")
+  read -r sent zc < <(st get bytes_sent zero_chunks)
+  cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
+  stop_repl
+  target_bytes=$(du -sb "$work/target" | cut -f1)
+  r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
+  ref=$(( f < z ? f : z ))
+  echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; sent $((sent >> 20)) MiB sealed, $zc zero chunks, target holds $((target_bytes >> 20)) MiB"
+  echo "fio seq read (O_DIRECT): $(mibps "$f" 1) MiB/s; zstd -1 -T2: $(mibps "$z" 1) MiB/s (${tz} s from page cache)"
+  echo "tidemark initial replication, agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s (CPU: agent ${cpu_a} s, server ${cpu_s_} s)"
+  if [ "${SKIP_TOOLS:-0}" = 1 ]; then echo "replication/min(fio, zstd) ratio: $(ratio "$r" "$ref") (target >= 0.8); restic and borg skipped (SKIP_TOOLS=1)"; else
+  dropcaches; restic -q -r "$work/restic" init
+  trs=$(timed restic_backup "$l")
+  dropcaches; borg init -e none "$work/borg"
+  tb=$(timed borg_backup "$l" a)
+  echo "restic backup --stdin: ${trs} s; borg create (-e none, lz4): ${tb} s"
+  echo "replication/min(fio, zstd) ratio: $(ratio "$r" "$ref") (target >= 0.8)"
+  echo "restic/tidemark time: $(ratio "$trs" "$tr"); borg/tidemark time: $(ratio "$tb" "$tr") (target >= 3)"
+  fi
+  release_disk "$l"
+  rm -rf "$work/restic" "$work/borg" "$work/target" "$work/spool" "$work/state" "$work/usr.img" "$work/mnt"
+
+fi
+
+# A loop device (O_DIRECT) over a new file of $2, filled with half-compressible data.
+make_filled_disk() { # name size -> sets $l, $bytes
+  fallocate -l "$2" "$work/$1.img"
+  l=$(losetup -f --show --direct-io=on "$work/$1.img"); loops+=("$l")
+  bytes=$(blockdev --getsize64 "$l")
+  fio --name=fill --filename="$l" --rw=write --bs=1M --iodepth=8 --ioengine=io_uring --direct=1 --size="$bytes" \
+      --buffer_compress_percentage=50 --refill_buffers --output=/dev/null
+}
+
+if [ "$what" = all ] || [ "$what" = incremental ]; then
+  echo "== incremental: 8 GiB disk, 1% of it rewritten in random 64 KiB writes after the initial copy"
+  make_filled_disk inc 8G
+  repl_setup; start_server; start_agent "$l"
+  t0=$(now); ti=$(elapsed "$t0" "$(committed_at 600)")
+  dropcaches; restic -q -r "$work/restic" init; tri=$(timed restic_backup "$l")
+  dropcaches; borg init -e none "$work/borg"; tbi=$(timed borg_backup "$l" a)
+  cp --sparse=always "$work/inc.img" "$work/prev.img"
+  io=$(( bytes / 100 ))
+  fio --name=inc --filename="$l" --rw=randwrite --bs=64k --iodepth=8 --ioengine=io_uring --direct=1 --size="$bytes" \
+      --io_size="$io" --randrepeat=0 --output=/dev/null
+  tw=$(date +%s%3N)   # fio has returned: every write completed
+  tt=$(awk -v a="$tw" -v b="$(committed_at 300 "$tw")" 'BEGIN {printf "%.3f", b-a/1000}')
+  read -r sent < <(st get bytes_sent)
+  stop_repl
+  dropcaches; trs=$(timed restic_backup "$l")
+  dropcaches; tb=$(timed borg_backup "$l" b)
+  dropcaches; trsync=$(timed rsync --inplace --no-whole-file --ignore-times "$work/inc.img" "$work/prev.img")
+  cmp "$work/inc.img" "$work/prev.img" >/dev/null && echo "rsync copy verified identical (cmp)"
+  echo "device: $((bytes >> 20)) MiB; rewritten: $((io >> 20)) MiB in 64 KiB random writes (O_DIRECT)"
+  echo "initial copies: tidemark ${ti} s, restic ${tri} s, borg ${tbi} s"
+  echo "incremental, last write to committed: tidemark ${tt} s (drain interval 1000 ms; $((sent >> 20)) MiB sent in total)"
+  echo "incremental: restic ${trs} s, borg ${tb} s, rsync --inplace --no-whole-file --ignore-times ${trsync} s (this rsync skips a file whose size is unchanged without -t; --ignore-times makes it run the delta)"
+  echo "ratios (tool / tidemark, target >= 20): restic $(ratio "$trs" "$tt"), borg $(ratio "$tb" "$tt"), rsync $(ratio "$trsync" "$tt")"
+  release_disk "$l"
+  rm -rf "$work/restic" "$work/borg" "$work/target" "$work/spool" "$work/state" "$work/inc.img" "$work/prev.img"
+fi
+
+if [ "$what" = all ] || [ "$what" = rpo ]; then
+  steady=${RPO_STEADY_S:-30}; stall=${RPO_STALL_S:-60}; after=${RPO_AFTER_S:-40}; drain=${RPO_DRAIN_MS:-1000}
+  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms, inflight_bytes ${INFLIGHT:-default 64m}); server stalled (SIGSTOP) for ${stall} s"
+  fallocate -l 4G "$work/rpo.img"
+  l=$(losetup -f --show --direct-io=on "$work/rpo.img"); loops+=("$l")
+  repl_setup; start_server; start_agent "$l" "$drain"
+  committed_at 300 >/dev/null
+  fio --name=rpo --filename="$l" --rw=randwrite --bs=64k --iodepth=4 --ioengine=io_uring --direct=1 --size=4G \
+      --rate=100000000 --time_based --runtime=$((steady + stall + after + 10)) --randrepeat=0 \
+      --output-format=json --output="$work/rpo-fio.json" &
+  bgpids+=($!); fiopid=$!
+  sleep 5
+  st sample 0.1 "$steady" > "$work/steady.txt"
+  rss0=$(awk '{print $3}' "$work/steady.txt" | pct 50)
+  kill -STOP "$server"; ts=$(now)
+  st sample 0.5 "$stall" > "$work/stall.txt"
+  kill -CONT "$server"; tc=$(now)
+  st sample 0.1 "$after" > "$work/after.txt"
+  wait "$fiopid" || true; bgpids=()
+  wbw=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["jobs"][0]["write"]["bw_bytes"]))' "$work/rpo-fio.json")
+  stop_repl
+  p50=$(awk '{print $2}' "$work/steady.txt" | pct 50); p99=$(awk '{print $2}' "$work/steady.txt" | pct 99)
+  mx=$(awk '{print $2}' "$work/steady.txt" | pct 100)
+  rssmax=$(awk '{print $3}' "$work/stall.txt" "$work/after.txt" | pct 100)
+  stall_rpo=$(tail -1 "$work/stall.txt" | awk '{print $2}')
+  back=$(awk -v c="$tc" '$2 >= 0 && $2 <= 2000 {printf "%.1f", $1-c; exit}' "$work/after.txt")
+  after_p99=$(awk -v c="$tc" -v b="${back:-1e9}" '$1-c > b {print $2}' "$work/after.txt" | pct 99)
+  echo "fio wrote at $((wbw / 1000000)) MB/s (random 64 KiB, O_DIRECT, rate-limited to 100 MB/s)"
+  echo "steady RPO over ${steady} s (samples every 100 ms): p50 ${p50} ms, p99 ${p99} ms, max ${mx} ms (target p99 <= 2000)"
+  echo "agent RSS: ${rss0} bytes before the stall, max ${rssmax} during/after: growth $(( (rssmax - rss0) >> 20 )) MiB (target <= 64)"
+  echo "RPO at the end of the ${stall} s stall: ${stall_rpo} ms; back to <= 2000 ms ${back:-never} s after SIGCONT (target <= 30 s); p99 after that ${after_p99:-n/a} ms"
+  release_disk "$l"
+  rm -rf "$work/target" "$work/spool" "$work/state" "$work/rpo.img"
+fi
+
+if [ "$what" = all ] || [ "$what" = freeze ]; then
+  npoints=${FREEZE_POINTS:-40}; direct=${FREEZE_DIRECT:-0}
+  echo "== crash-consistent point freeze time under 50 MB/s of $([ "$direct" = 1 ] && echo O_DIRECT || echo buffered) random writes on ext4, $npoints points"
+  fallocate -l 4G "$work/fz.img"
+  l=$(losetup -f --show --direct-io=on "$work/fz.img"); loops+=("$l")
+  mkfs.ext4 -q -F "$l"; mkdir -p "$work/fz"; mount "$l" "$work/fz"; mounts+=("$work/fz")
+  repl_setup; start_server; start_agent "$l"
+  committed_at 300 >/dev/null
+  fio --name=churn --directory="$work/fz" --rw=randwrite --bs=64k --size=2G --ioengine=psync --direct="$direct" \
+      --rate=50000000 --time_based --runtime=3600 --randrepeat=0 --output=/dev/null &
+  bgpids+=($!); fiopid=$!
+  sleep 5
+  : > "$work/freeze.txt"; t0=$(now)
+  for i in $(seq "$npoints"); do
+    out=$("$BIN/tidemarkctl" point create --disk "$l" --socket "$work/agent.sock") || { tail -5 "$work/agent.err" >&2; exit 1; }
+    echo "$out" | sed -n 's/.*freeze \([0-9.]*\) ms.*/\1/p' >> "$work/freeze.txt"
+    sleep 0.25
+  done
+  tp=$(elapsed "$t0" "$(now)")
+  "$BIN/tidemarkctl" status --socket "$work/agent.sock" | sed 's/^/tidemarkctl status: /'
+  kill "$fiopid"; wait "$fiopid" 2>/dev/null || true; bgpids=()
+  stop_repl
+  echo "$npoints points in ${tp} s; last: $out"
+  echo "freeze ms: p50 $(pct 50 < "$work/freeze.txt"), p99 $(pct 99 < "$work/freeze.txt"), max $(pct 100 < "$work/freeze.txt") (target p99 <= 50)"
+  echo "all: $(sort -n "$work/freeze.txt" | tr '\n' ' ')"
+  echo "slowest, as the agent splits them:"; grep -o 'frozen .*' "$work/agent.err" | sort -k2 -n | tail -3 | sed 's/^/  /'
+  echo "median one: $(grep -o 'frozen .*' "$work/agent.err" | sort -k2 -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+  umount "$work/fz"; mounts=()
+  release_disk "$l"
+  rm -rf "$work/target" "$work/spool" "$work/state" "$work/fz.img" "$work/fz"
+fi
+
+if [ "$what" = all ] || [ "$what" = recover ]; then
+  echo "== tidemarkctl recover of a 4 GiB point vs fio sequential write (buffered + fdatasync, as recover writes) to the same directory"
+  make_filled_disk rec 4G
+  repl_setup; start_server; start_agent "$l"
+  committed_at 600 >/dev/null
+  point=$("$BIN/tidemarkctl" point create --disk "$l" --socket "$work/agent.sock" | awk '{print $2}')
+  stop_repl
+  target_bytes=$(du -sb "$work/target" | cut -f1)
+  fw=(); rr=(); cpus=()
+  for r in 1 2 3; do
+    dropcaches
+    t=$(timed fio --name=sw --filename="$work/fio-w.img" --rw=write --bs=1M --ioengine=psync --direct=0 --end_fsync=1 --size="$bytes")
+    fw+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')"); rm -f "$work/fio-w.img"
+    dropcaches
+    t0=$(now); TIMEFORMAT='%U %S'
+    cpu=$( { time "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1; } 2>&1 )
+    t=$(elapsed "$t0" "$(now)"); cpus+=("$(echo "$cpu" | awk '{printf "%.1f+%.1f", $1, $2}')")
+    rr+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')")
+    [ "$r" = 3 ] || rm -f "$work/recovered.img"
+  done
+  cmp "$l" "$work/recovered.img" && echo "recovered image verified identical to the source (cmp)"
+  if [ "${PERF:-0}" = 1 ]; then  # where a recovery spends its CPU (one more run under perf)
+    dropcaches; rm -f "$work/recovered.img"
+    perf record -q -g -o "$work/perf.data" "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1
+    perf report -i "$work/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9]' | head -25
+  fi
+  m_f=$(printf '%s\n' "${fw[@]}" | median); m_r=$(printf '%s\n' "${rr[@]}" | median)
+  echo "disk $((bytes >> 20)) MiB, target holds $((target_bytes >> 20)) MiB (cold cache before each run)"
+  echo "fio seq write: $(mibps "$m_f" 1) MiB/s; recover: $(mibps "$m_r" 1) MiB/s (runs: fio ${fw[*]}, recover ${rr[*]})"
+  echo "recover CPU seconds (user+system) per run: ${cpus[*]}"
+  echo "recover/fio ratio: $(ratio "$m_r" "$m_f") (target >= 0.8)"
+  release_disk "$l"
+  rm -rf "$work/target" "$work/spool" "$work/state" "$work/rec.img" "$work/recovered.img"
 fi

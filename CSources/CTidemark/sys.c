@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/vfs.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 #include "CTidemark.h"
 
 const int tm_O_DIRECT = O_DIRECT;
@@ -35,6 +36,14 @@ int tm_fs_freeze(int fd) {
 
 int tm_fs_thaw(int fd) {
     return ioctl(fd, FITHAW, 0) == 0 ? 0 : -errno;
+}
+
+int tm_start_writeback(int fd) {
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
+}
+
+int tm_syncfs(int fd) {
+    return syncfs(fd) == 0 ? 0 : -errno;
 }
 
 int tm_open(const char *path, int flags, mode_t mode) {

@@ -69,6 +69,8 @@ public final class DiskReplicator: @unchecked Sendable {
     var lastAppPoint = monotonicSeconds()
     /// Freeze durations of the points made, for status and benchmarks (bounded).
     public internal(set) var freezeMsHistory: [Double] = []
+    /// The RPO: the newest drain time whose chunks are all committed (CommittedThrough.swift).
+    var committedThrough = CommittedThroughTracker()
 
     func recordFreeze(ms: Double) {
         cond.lock()
@@ -213,10 +215,13 @@ public final class DiskReplicator: @unchecked Sendable {
 
     func drainOnce() throws {
         var added: [(UInt64, UInt64)] = []
+        let startedUnixMs = CommittedThroughTracker.nowUnixMs()
         let result = try session.drain { w, b in added.append((w, b)) }
         cond.lock()
         if result.overflowed { toRead.insertAll() }
         for (w, b) in added { toRead.insert(word: w, bits: b) }
+        committedThrough.drained(atUnixMs: startedUnixMs, toReadEmpty: toRead.isEmpty,
+                                 lastSequence: nextSequence - 1, committed: committedSequence)
         if !added.isEmpty || result.overflowed { cond.broadcast() }
         cond.unlock()
     }
@@ -279,9 +284,22 @@ public final class DiskReplicator: @unchecked Sendable {
             let sealers = try (0..<workers).map { _ in
                 try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
             }
+            // Batch N is sealed on `sealing` while batch N+1 is read here;
+            // one sealing at a time, so segments join the window in order.
+            let sealing = DispatchQueue(label: "tidemark.seal")
+            let sealed = DispatchSemaphore(value: 1)
+            let failure = SealResults(count: 0)
+            // Waits for the last sealing; the semaphore ends at its initial value (libdispatch traps otherwise).
+            defer { sealed.wait(); sealed.signal() }
             while true {
                 guard let batch = nextBatch(maxSegments: workers) else { return }
-                try produce(batch, reader: reader, sealers: sealers)
+                let plans = try read(batch, reader: reader)
+                sealed.wait()
+                if let e = failure.take().1 { sealed.signal(); throw e }
+                sealing.async {
+                    do { try self.seal(batch, plans, sealers: sealers) } catch { failure.fail(error) }
+                    sealed.signal()
+                }
             }
         } catch {
             Log.error("\(session.device.path): reader stopped: \(error)")
@@ -330,16 +348,19 @@ public final class DiskReplicator: @unchecked Sendable {
             for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
             batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch))
         }
+        if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
         return batch
     }
 
-    /// Reads, seals (in parallel) and queues a batch, in sequence order.
-    private func produce(_ batch: [Planned], reader: ChunkReader, sealers: [SegmentSealer]) throws {
+    typealias ReadPlan = (extents: [SegmentExtent], payload: [UInt8], readBytes: UInt64, zeroChunks: UInt64)
+
+    /// Reads a batch: each segment's extents (zero chunks as zero extents) and payload.
+    private func read(_ batch: [Planned], reader: ChunkReader) throws -> [ReadPlan] {
         let size = session.device.sizeBytes
-        var plans: [(extents: [SegmentExtent], payload: [UInt8])] = []
-        var readBytes: UInt64 = 0
-        var zeroChunks: UInt64 = 0
+        var plans: [ReadPlan] = []
         for p in batch {
+            var readBytes: UInt64 = 0
+            var zeroChunks: UInt64 = 0
             var extents: [SegmentExtent] = []
             var payload: [UInt8] = []
             let byteExtents = p.runs.map { (start, n) -> ByteExtent in
@@ -369,11 +390,15 @@ public final class DiskReplicator: @unchecked Sendable {
                     }
                 }
             }
-            plans.append((extents, payload))
+            plans.append((extents, payload, readBytes, zeroChunks))
         }
+        return plans
+    }
+
+    /// Seals a batch (segments in parallel, one sealer each) and queues it, in sequence order.
+    private func seal(_ batch: [Planned], _ planned: [ReadPlan], sealers: [SegmentSealer]) throws {
         let box = SealResults(count: batch.count)
-        let planned = plans
-        let sizeBytes = size
+        let sizeBytes = session.device.sizeBytes
         let chunk = UInt32(chunkBytes)
         let disk = diskID
         DispatchQueue.concurrentPerform(iterations: batch.count) { i in
@@ -393,9 +418,9 @@ public final class DiskReplicator: @unchecked Sendable {
         if let failure { throw failure }
         cond.lock()
         defer { cond.unlock() }
-        stats.bytesRead += readBytes
-        stats.zeroChunks += zeroChunks
         for (i, p) in batch.enumerated() {
+            stats.bytesRead += planned[i].readBytes
+            stats.zeroChunks += planned[i].zeroChunks
             if p.epoch != epoch {
                 // The server restarted numbering while we read: these chunks go back.
                 for (start, n) in p.runs { toRead.insert(first: start, count: n) }
@@ -538,11 +563,13 @@ public final class DiskReplicator: @unchecked Sendable {
             nextSequence = durable + 1
             durableSequence = durable
             epoch += 1
+            committedThrough.renumbered(committed: committedSequence)
         }
         if durable == 0 && committed == 0 && replicatedBefore {
             // The target has nothing of a disk this .hrl says was replicated.
             targetLost = true
         }
+        committedThrough.advance(committed: committedSequence)
         ackDurableLocked(durable)
     }
 
@@ -556,6 +583,7 @@ public final class DiskReplicator: @unchecked Sendable {
         case .ackCommitted(let disk, let seq) where disk == diskID:
             cond.lock()
             committedSequence = max(committedSequence, seq)
+            committedThrough.advance(committed: committedSequence)
             cond.broadcast()
             cond.unlock()
         case .chunkDigests(let disk, let first, let sequence, let states) where disk == diskID:

@@ -182,8 +182,17 @@ extension AgentCommands {
     }
 
     static func handleControl(_ request: [String: String], _ table: [String: DiskReplicator]) -> [String: Any] {
+        if request["op"] == "status" {
+            // Every replicator once (the table also names each by its real path and disk id).
+            var seen = Set<ObjectIdentifier>()
+            var disks: [[String: Any]] = []
+            for r in table.values.sorted(by: { $0.diskID < $1.diskID }) where seen.insert(ObjectIdentifier(r)).inserted {
+                disks.append(r.status())
+            }
+            return ["ok": true, "rss_bytes": residentBytes(), "disks": disks]
+        }
         guard request["op"] == "create-point" else {
-            return ["ok": false, "error": "unknown request '\(request["op"] ?? "")' (known: create-point)"]
+            return ["ok": false, "error": "unknown request '\(request["op"] ?? "")' (known: create-point, status)"]
         }
         guard let disk = request["disk"], let r = table[disk] ?? realpathString(disk).flatMap({ table[$0] }) else {
             return ["ok": false, "error": "disk '\(request["disk"] ?? "")' is not replicated by this agent"]

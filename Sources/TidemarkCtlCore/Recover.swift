@@ -3,6 +3,11 @@ import TidemarkSystem
 import TidemarkTarget
 import TidemarkWire
 
+public enum RecoverLimits {
+    /// Segments are opened (decrypted, decompressed) on at most this many threads.
+    public static let openersMax = 8
+}
+
 public enum RecoverCommand {
     public static let defaultKeyPath = "/etc/tidemark/replication.key"
 
@@ -37,35 +42,18 @@ public enum RecoverCommand {
                                 "disk \(point.diskID) was sealed with key id \(Format.hex16(disk.keyID)), this key (\(keyPath)) is \(key.idHex)",
                                 hint: "load the replication key the agent used for this disk: --key FILE")
         }
-        let opener = try SegmentOpener(key: key)
+        // One opener (AES-GCM + zstd contexts) per core: segments are opened in parallel, ahead of the writes.
+        let workers = max(1, min(RecoverLimits.openersMax, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        let diskID = point.diskID
+        let openers: [SegmentOpen] = try (0..<workers).map { _ in
+            let opener = try SegmentOpener(key: key)
+            return { sequence, sealed in try openExtents(opener, sealed, diskID: diskID, sequence: sequence) }
+        }
         let destination = try Destination(to)
 
         StopSignal.install()
-        let open: (UInt64, [UInt8]) throws -> [(offset: UInt64, bytes: [UInt8]?, length: UInt64)] = { sequence, sealed in
-            if StopSignal.isRequested {
-                throw TidemarkError(.state, "interrupted", hint: "run the recovery again")
-            }
-            let (header, payload) = try sealed.withUnsafeBytes { try opener.open($0, diskID: point.diskID, sequence: sequence) }
-            var out = [(offset: UInt64, bytes: [UInt8]?, length: UInt64)]()
-            out.reserveCapacity(header.extents.count)
-            var pos = 0
-            for e in header.extents {
-                let n = Int(e.length)
-                switch e.kind {
-                case .zero:
-                    out.append((e.offset, nil, UInt64(e.length)))
-                case .data:
-                    guard pos + n <= payload.count else {
-                        throw TidemarkError(.corrupt, "segment \(sequence) of disk \(point.diskID): its data extents need more than its \(payload.count) payload bytes")
-                    }
-                    out.append((e.offset, Array(payload[pos..<(pos + n)]), UInt64(e.length)))
-                    pos += n
-                }
-            }
-            return out
-        }
         do {
-            try target.materialize(point: point, to: destination.writePath, open: open) { done, total in
+            try target.materialize(point: point, to: destination.writePath, openers: openers) { done, total in
                 progress?.update(done: done, total: total)
             }
             progress?.finish()
@@ -75,6 +63,31 @@ public enum RecoverCommand {
             throw destination.abandon(error)
         }
         return Result(point: point, bytes: disk.sizeBytes, path: to)
+    }
+
+    /// Authenticates, decompresses and splits one segment into its extents.
+    static func openExtents(_ opener: SegmentOpener, _ sealed: [UInt8], diskID: String, sequence: UInt64) throws -> OpenedExtents {
+        if StopSignal.isRequested {
+            throw TidemarkError(.state, "interrupted", hint: "run the recovery again")
+        }
+        let (header, payload) = try sealed.withUnsafeBytes { try opener.open($0, diskID: diskID, sequence: sequence) }
+        var out = OpenedExtents()
+        out.reserveCapacity(header.extents.count)
+        var pos = 0
+        for e in header.extents {
+            let n = Int(e.length)
+            switch e.kind {
+            case .zero:
+                out.append((e.offset, nil, UInt64(e.length)))
+            case .data:
+                guard pos + n <= payload.count else {
+                    throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): its data extents need more than its \(payload.count) payload bytes")
+                }
+                out.append((e.offset, Array(payload[pos..<(pos + n)]), UInt64(e.length)))
+                pos += n
+            }
+        }
+        return out
     }
 
     static func choosePoint(_ wanted: String, diskID: String?, target: LocalDirectoryTarget, targetDir: String) throws -> PointRecord {

@@ -105,6 +105,18 @@ public final class FileDescriptor: @unchecked Sendable {
         try shimcall("ioctl(FIFREEZE)", "freezing the filesystem at \(path)") { tm_fs_freeze(rawValue) }
     }
 
+    /// Writes back the dirty data of the filesystem this descriptor is on. The corresponding C call is `syncfs`.
+    public func syncFilesystem() throws {
+        try shimcall("syncfs", "syncing the filesystem at \(path)") { tm_syncfs(rawValue) }
+    }
+
+    /// Starts writeback of the file's dirty pages without waiting for it
+    /// (a later fdatasync has less to do). The corresponding C call is
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`.
+    public func startWriteback() throws {
+        try shimcall("sync_file_range", "starting writeback of \(path)") { tm_start_writeback(rawValue) }
+    }
+
     /// The corresponding C call is `ioctl(FITHAW)`.
     public func thawFilesystem() throws {
         try shimcall("ioctl(FITHAW)", "thawing the filesystem at \(path)") { tm_fs_thaw(rawValue) }

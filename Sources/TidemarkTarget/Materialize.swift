@@ -1,7 +1,66 @@
+import Dispatch
 import Glibc
 import TidemarkSystem
 
+/// Decrypts and decompresses one stored segment: its extents in order, nil
+/// bytes for zero extents (what `materialize` writes).
+public typealias OpenedExtents = [(offset: UInt64, bytes: [UInt8]?, length: UInt64)]
+public typealias SegmentOpen = @Sendable (UInt64, [UInt8]) throws -> OpenedExtents
+
+public enum MaterializeLimits {
+    /// Segments read and opened ahead of the writes, per opener (bounds the
+    /// memory of a recovery to about this × openers × 2 segment sizes).
+    public static let segmentsAheadPerOpener = 2
+    /// Writeback of the image is started each time this much more was
+    /// written, so the disk writes while segments are opened and the final
+    /// fdatasync waits only for the tail.
+    public static let writebackStartBytes: UInt64 = 64 << 20
+}
+
 extension LocalDirectoryTarget {
+    /// `materialize` with the segments read and opened on one thread per
+    /// opener (each opener is used by one thread at a time), ahead of the
+    /// writes, which stay on the calling thread in the same order.
+    public func materialize(point: PointRecord, to path: String, openers: [SegmentOpen],
+                            progress: (UInt64, UInt64) -> Void) throws {
+        precondition(!openers.isEmpty, "materialize needs at least one opener")
+        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
+            let diskID = point.diskID
+            let perBatch = openers.count * MaterializeLimits.segmentsAheadPerOpener
+            func start(_ range: Range<Int>) -> OpenBatch {
+                let batch = OpenBatch(count: range.count)
+                let sequences = range.map { steps[$0] }
+                DispatchQueue.global().async { [self] in
+                    // Opener k handles batch items k, k + n, k + 2n...
+                    DispatchQueue.concurrentPerform(iterations: openers.count) { k in
+                        var i = k
+                        while i < sequences.count, !batch.failed {
+                            do {
+                                let sealed = try self.readSegment(diskID: diskID, sequence: sequences[i])
+                                batch.set(i, try openers[k](sequences[i], sealed))
+                            } catch {
+                                batch.fail(error)
+                            }
+                            i += openers.count
+                        }
+                    }
+                    batch.finish()
+                }
+                return batch
+            }
+            var next: OpenBatch? = steps.isEmpty ? nil : start(0..<min(perBatch, steps.count))
+            var at = 0
+            while let current = next {
+                let opened = try current.wait()
+                let from = at
+                at += opened.count
+                next = at < steps.count ? start(at..<min(at + perBatch, steps.count)) : nil
+                for (k, o) in opened.enumerated() { try write(from + k, o) }
+            }
+        } }
+    }
+
+
     /// Writes the disk image of `point` to `path` (docs/target-layout.md
     /// section 7).
     ///
@@ -17,6 +76,19 @@ extension LocalDirectoryTarget {
     public func materialize(point: PointRecord, to path: String,
                             open: (UInt64, [UInt8]) throws -> [(offset: UInt64, bytes: [UInt8]?, length: UInt64)],
                             progress: (UInt64, UInt64) -> Void) throws {
+        let diskID = point.diskID
+        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
+            for (i, seq) in steps.enumerated() {
+                try write(i, try open(seq, try readSegment(diskID: diskID, sequence: seq)))
+            }
+        } }
+    }
+
+    /// The plan and the writes; `fetch(sequences, write)` opens the segments
+    /// of `sequences` (oldest first) and calls `write(index, opened)` for
+    /// each, in order, on the calling thread.
+    private func materialize(point: PointRecord, to path: String, progress: @escaping (UInt64, UInt64) -> Void,
+                             fetch: ([UInt64], (Int, OpenedExtents) throws -> Void) throws -> Void) throws {
         let record = try requireDisk(point.diskID)
         let diskID = point.diskID
         let s = point.sequence
@@ -95,9 +167,10 @@ extension LocalDirectoryTarget {
         progress(done, total)
 
         // 4. Data, oldest segment first (ranges are disjoint, order is free).
-        for step in plan.reversed() {
-            let sealed = try readSegment(diskID: diskID, sequence: step.sequence)
-            let opened = try open(step.sequence, sealed)
+        let steps = Array(plan.reversed())
+        var writebackStartedAt = done
+        try fetch(steps.map(\.sequence)) { index, opened in
+            let step = steps[index]
             let where_ = "disk '\(diskID)' sequence \(step.sequence)"
             guard opened.count == step.extents.count else {
                 throw TidemarkError(.corrupt, "\(where_): the opened segment has \(opened.count) extents, its stored metadata \(step.extents.count)")
@@ -118,6 +191,10 @@ extension LocalDirectoryTarget {
                     }
                 }
             }
+            if done - writebackStartedAt >= MaterializeLimits.writebackStartBytes {
+                writebackStartedAt = done
+                try fd.startWriteback()
+            }
             progress(done, total)
         }
         try fd.dataSync()
@@ -125,5 +202,56 @@ extension LocalDirectoryTarget {
             throw TidemarkError(.state, "materializing point '\(point.id)' of disk '\(diskID)' placed \(done) of \(total) bytes (a bug)")
         }
         progress(done, total)
+    }
+}
+
+/// The opened segments of one read-ahead batch, filled by worker threads.
+final class OpenBatch: @unchecked Sendable {
+    private let cond = BatchMonitor()
+    private var results: [OpenedExtents?]
+    private var error: Error?
+    private var done = false
+
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+
+    var failed: Bool { cond.locked { error != nil } }
+    func set(_ i: Int, _ o: OpenedExtents) { cond.locked { results[i] = o } }
+    func fail(_ e: Error) { cond.locked { if error == nil { error = e } } }
+    func finish() { cond.locked { done = true }; cond.signal() }
+
+    /// Waits for the batch; the first error of any worker is thrown.
+    func wait() throws -> [OpenedExtents] {
+        cond.waitUntil { done }
+        if let error { throw error }
+        return results.map { $0! }
+    }
+}
+
+/// A mutex and condition (pthread), without Foundation.
+final class BatchMonitor: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var condition = pthread_cond_t()
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&condition, nil)
+    }
+    deinit {
+        pthread_cond_destroy(&condition)
+        pthread_mutex_destroy(&mutex)
+    }
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+    func signal() {
+        pthread_mutex_lock(&mutex)
+        pthread_cond_broadcast(&condition)
+        pthread_mutex_unlock(&mutex)
+    }
+    func waitUntil(_ ready: () -> Bool) {
+        pthread_mutex_lock(&mutex)
+        while !ready() { pthread_cond_wait(&condition, &mutex) }
+        pthread_mutex_unlock(&mutex)
     }
 }

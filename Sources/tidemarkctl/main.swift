@@ -86,6 +86,23 @@ struct PointCreate: ParsableCommand {
     }
 }
 
+// MARK: status
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the replication state of the agent on this host: RPO, committed sequence and backlog per disk, RSS.")
+    @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
+    var socket: String = PointCreateCommand.defaultSocketPath
+    @Flag(help: "Print the agent's reply as one JSON object: {\"rss_bytes\",\"disks\":[{\"disk\",\"disk_id\",\"rpo_ms\",\"committed_sequence\",\"backlog_bytes\",...}]}.")
+    var json = false
+
+    func run() throws {
+        try runReportingErrors {
+            writeAll(1, try StatusCommand.run(socketPath: socket, json: json))
+        }
+    }
+}
+
 // MARK: recover
 
 struct Recover: ParsableCommand {
@@ -147,7 +164,7 @@ struct Ctl: ParsableCommand {
         commandName: "tidemarkctl",
         abstract: "Tidemark administration: recovery points, recovery, keys.",
         version: tidemarkVersion,
-        subcommands: [Points.self, PointGroup.self, Recover.self, Keys.self])
+        subcommands: [Points.self, PointGroup.self, Status.self, Recover.self, Keys.self])
 }
 
 Ctl.main()

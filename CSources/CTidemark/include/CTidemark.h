@@ -29,6 +29,10 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
  * Returns 0 or -errno. */
 int tm_fs_freeze(int fd);
 int tm_fs_thaw(int fd);
+/* syncfs(2) of the filesystem holding fd. 0 or -errno. */
+int tm_syncfs(int fd);
+/* sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): starts writeback of the whole file's dirty pages, without waiting. 0 or -errno. */
+int tm_start_writeback(int fd);
 /* open(2) is variadic in C; Swift imports it only through Glibc overlays
  * that lack O_DIRECT. Returns fd or -errno. */
 int tm_open(const char *path, int flags, mode_t mode);

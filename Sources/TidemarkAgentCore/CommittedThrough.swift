@@ -1,0 +1,101 @@
+import Foundation
+import Glibc
+
+/// The disk's "committed-through time": the newest drain time T such that
+/// every chunk drained at or before T is in a committed segment. The RPO of
+/// the disk is the age of that time (conservative: a write that completed
+/// just after T is counted as not yet protected).
+///
+/// A checkpoint (T, S) is recorded whenever the to-read set is empty after
+/// the drain that started at T was merged into it: every chunk drained at or
+/// before T is then in a segment numbered ≤ S (S = the last sequence
+/// numbered). When the committed sequence reaches S, T is committed through.
+/// All methods are called under the replicator's lock.
+struct CommittedThroughTracker {
+    /// Checkpoints not yet committed, oldest first (T and S increase).
+    private var pending: [(unixMs: Int64, sequence: UInt64)] = []
+    /// The newest committed-through time, nil before the first commit of a checkpoint.
+    private(set) var committedThroughUnixMs: Int64?
+    /// Wall time of the latest drain that started (not yet known to be in the set when `draining`).
+    private(set) var lastDrainUnixMs: Int64?
+
+    static func nowUnixMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// A drain that started at `unixMs` has been merged into the to-read set.
+    mutating func drained(atUnixMs unixMs: Int64, toReadEmpty: Bool, lastSequence: UInt64, committed: UInt64) {
+        lastDrainUnixMs = unixMs
+        if toReadEmpty { checkpoint(lastSequence: lastSequence, committed: committed) }
+    }
+
+    /// The to-read set became empty: everything drained up to the last drain
+    /// is in segments ≤ `lastSequence`.
+    mutating func checkpoint(lastSequence: UInt64, committed: UInt64) {
+        guard let t = lastDrainUnixMs else { return }
+        if let last = pending.last, last.sequence >= lastSequence {
+            // Nothing numbered since: the newer time needs no newer sequence.
+            pending[pending.count - 1] = (max(last.unixMs, t), last.sequence)
+        } else if pending.count >= ReplicationLimits.rpoCheckpointsMax {
+            // Full (the server stalls): fold into the newest, which can only make the answer older.
+            pending[pending.count - 1] = (t, lastSequence)
+        } else {
+            pending.append((t, lastSequence))
+        }
+        advance(committed: committed)
+    }
+
+    /// The committed sequence moved: checkpoints at or below it are committed.
+    mutating func advance(committed: UInt64) {
+        var i = 0
+        while i < pending.count && pending[i].sequence <= committed {
+            committedThroughUnixMs = max(committedThroughUnixMs ?? 0, pending[i].unixMs)
+            i += 1
+        }
+        if i > 0 { pending.removeFirst(i) }
+    }
+
+    /// Sequences above `committed` were renumbered (the server restarted
+    /// numbering): their checkpoints no longer mean anything.
+    mutating func renumbered(committed: UInt64) {
+        pending.removeAll { $0.sequence > committed }
+    }
+}
+
+extension DiskReplicator {
+    /// One disk's replication state for the control socket's `status` request.
+    /// `rpo_ms` is the age of the committed-through time (-1 until the first
+    /// checkpoint is committed); `backlog_bytes` counts chunks drained but not
+    /// yet read, plus sealed segments not yet durable, plus chunks of durable
+    /// segments not yet committed.
+    public func status() -> [String: Any] {
+        cond.lock()
+        defer { cond.unlock() }
+        let now = CommittedThroughTracker.nowUnixMs()
+        var uncommittedChunks: UInt64 = 0
+        for u in uncommitted { for (_, n) in u.runs { uncommittedChunks += n } }
+        var d: [String: Any] = [
+            "disk": session.device.path,
+            "disk_id": diskID,
+            "rpo_ms": committedThrough.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
+            "committed_sequence": committedSequence,
+            "durable_sequence": durableSequence,
+            "next_sequence": nextSequence,
+            "backlog_bytes": (toRead.count + uncommittedChunks) * chunkBytes + windowBytes,
+            "to_read_bytes": toRead.count * chunkBytes,
+            "window_bytes": windowBytes,
+            "bytes_read": stats.bytesRead,
+            "bytes_sent": stats.bytesSent,
+            "zero_chunks": stats.zeroChunks,
+        ]
+        if let t = committedThrough.committedThroughUnixMs { d["committed_through_unix_ms"] = t }
+        if let f = freezeMsHistory.last { d["last_freeze_ms"] = f }
+        return d
+    }
+}
+
+/// The resident set size of this process in bytes (from /proc/self/statm), 0 if unreadable.
+public func residentBytes() -> UInt64 {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    guard fields.count >= 2, let pages = UInt64(fields[1]) else { return 0 }
+    return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+}
