@@ -285,7 +285,7 @@ import TidemarkWire
     // MARK: Helpers
 
     static func frameHeader(type: UInt16, length: UInt32) -> [UInt8] {
-        var b: [UInt8] = [0x54, 0x4D, 0x57, 0x46, 1, 0]
+        var b: [UInt8] = [0x54, 0x4D, 0x57, 0x46, UInt8(WireProtocol.version & 0xFF), UInt8(WireProtocol.version >> 8)]
         b += [UInt8(type & 0xFF), UInt8(type >> 8)]
         b += (0..<4).map { UInt8(truncatingIfNeeded: length >> (8 * $0)) }
         return b
