@@ -6,8 +6,6 @@ import TidemarkWire
 /// Every limit of the replication data path, in one place, units in the names.
 public enum ReplicationLimits {
     public static let connectTimeoutMs = 5_000
-    /// A blocked TLS read or write gives up after this long (the connection is retried).
-    public static let ioTimeoutMs = 30_000
     /// With nothing to send, the sender polls for acknowledgements this often.
     public static let idlePollMs = 20
     public static let reconnectDelayMsMin = 100
@@ -17,6 +15,11 @@ public enum ReplicationLimits {
     /// everything unread when the freeze begins is read while frozen.
     public static let pointPrepareWaitMsMax = 30_000
     public static let pointBacklogBytesMax: UInt64 = 1 << 20
+    /// After `pointPreferredWaitMs` without reaching that, a point freezes as
+    /// soon as at most `pointBacklogBytesLateMax` is unread (a slow or
+    /// flapping link), and gives up at `pointPrepareWaitMsMax`.
+    public static let pointPreferredWaitMs = 5_000
+    public static let pointBacklogBytesLateMax: UInt64 = 8 << 20
     /// While preparing a point the agent drains this often (not at the drain interval).
     public static let pointPrepareDrainMs = 5
     /// Before freezing, the filesystems are synced (syncfs) so that FIFREEZE's
@@ -221,11 +224,24 @@ extension DiskReplicator {
         // Wait for the commit, so the caller can recover it at once.
         let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
         cond.lock()
-        while committedSequence < sequence && !stopping && !StopSignal.isRequested {
+        // A tag the server never made durable is gone when numbering restarts
+        // below it (the server lost segments, or a spooled one was damaged):
+        // the chunks read under the freeze are read again after the thaw, so
+        // the point cannot be remade and is reported lost.
+        func lostLocked() -> Bool {
+            restarts.contains { $0.epoch > request.epoch && $0.durable < sequence }
+                || (restarts.count >= Self.restartsKept && restarts[0].epoch > request.epoch + 1)
+        }
+        while committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
             if !cond.wait(until: min(commitDeadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= commitDeadline { break }
         }
-        let committed = committedSequence >= sequence
+        let lost = lostLocked()
+        let committed = !lost && committedSequence >= sequence
         cond.unlock()
+        if lost {
+            throw TidemarkError(.state, "recovery point \(tag.id) was lost: the server restarted numbering below its tag #\(sequence) before the tag was durable (it lost or refused segments); the data is re-sent, but this point cannot be remade",
+                                hint: "take a new point (tidemarkctl point create)")
+        }
         guard committed else {
             throw TidemarkError(.state, "recovery point \(tag.id) was tagged at #\(sequence) but is not committed yet (the server is unreachable or slow)",
                                 hint: "it is committed once the server catches up; check `tidemarkctl points list`")
@@ -252,6 +268,7 @@ extension DiskReplicator {
     /// briefly for the reader to seal what it has taken; ends with a drain.
     func waitForSmallBacklog(until deadline: Double) throws {
         var idleDeadline: Double?
+        let lateFrom = monotonicSeconds() + Double(ReplicationLimits.pointPreferredWaitMs) / 1000
         while true {
             try drainOnce()
             try clearCommitted()
@@ -267,6 +284,12 @@ extension DiskReplicator {
                 if readerIdle { return }
                 if idleDeadline == nil { idleDeadline = now + Double(ReplicationLimits.pointReaderIdleWaitMsMax) / 1000 }
                 if now > idleDeadline! { return }
+            } else if now > lateFrom && backlog <= ReplicationLimits.pointBacklogBytesLateMax {
+                // A slow or flapping link keeps the window full: after a
+                // while, accept a larger backlog (read under the freeze,
+                // which the watchdog still bounds).
+                Log.info("\(session.device.path): freezing with \(backlog) bytes unread\(roomy ? "" : " and the send window full") after waiting \(ReplicationLimits.pointPreferredWaitMs) ms for less")
+                return
             } else if now > deadline {
                 throw TidemarkError(.busy, "\(session.device.path): \(backlog) bytes still to replicate; a point waits until the backlog is small",
                                     hint: "retry when the initial replication is done")

@@ -56,6 +56,11 @@ public final class DiskReplicator: @unchecked Sendable {
     var committedSequence: UInt64 = 0
     var clearedThrough: UInt64 = 0
     var epoch: UInt64 = 0               // bumps when the server forces a re-send from scratch
+    /// Each restart of numbering: the epoch it began and the highest of this
+    /// run's sequences the server still held then. Segments above it, point
+    /// tags included, were thrown away (bounded: the newest `restartsKept`).
+    var restarts: [(epoch: UInt64, durable: UInt64)] = []
+    static let restartsKept = 64
     var stopping = false
     var pointRequest: PointRequest?
     var readerBusy = false
@@ -97,6 +102,8 @@ public final class DiskReplicator: @unchecked Sendable {
         let tag: PointTag
         var sequence: UInt64?
         var abandoned = false
+        /// The numbering epoch the tag was numbered in.
+        var epoch: UInt64 = 0
         var error: String?
         init(tag: PointTag) { self.tag = tag }
     }
@@ -329,10 +336,11 @@ public final class DiskReplicator: @unchecked Sendable {
                 let seq = nextSequence
                 nextSequence += 1
                 p.sequence = seq
+                p.epoch = epoch
                 cond.broadcast()
                 return [Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch)]
             }
-            cond.wait(until: Date(timeIntervalSinceNow: 0.2))
+            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.2))
         }
         var batch: [Planned] = []
         while batch.count < maxSegments && !toRead.isEmpty {
@@ -560,9 +568,14 @@ public final class DiskReplicator: @unchecked Sendable {
             chunkSequence.removeAll()
             window.removeAll()
             windowBytes = 0
+            // This run's segments the server still holds: those it had
+            // acknowledged, up to what it has now (none, when it is ahead).
+            let kept = min(durable, durableSequence)
             nextSequence = durable + 1
             durableSequence = durable
             epoch += 1
+            restarts.append((epoch, kept))
+            if restarts.count > Self.restartsKept { restarts.removeFirst(restarts.count - Self.restartsKept) }
             committedThrough.renumbered(committed: committedSequence)
         }
         if durable == 0 && committed == 0 && replicatedBefore {

@@ -12,7 +12,7 @@ extension AgentCommands {
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
                            waitForConfig: Bool = false) throws {
         let file = configPath ?? AgentConfig.defaultPath
-        var config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
+        let config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
         Log.setLevel(config.logLevel.agentLevel)
         if waitForConfig, let missing = missingForRun(config, file: file) {
             // A fresh install: the service runs, says what is missing, and

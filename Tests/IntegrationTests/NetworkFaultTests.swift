@@ -272,6 +272,11 @@ import TidemarkWire
             throw TestFailure("\(error)\(w.logs)")
         }
         #expect(w.server!.stderr.contains("reads back damaged"), "\(w.logs)")
+        // A point tagged before the agent learns of the loss is lost with it
+        // (and said so); take this one after the agent has started re-sending.
+        try waitFor("the agent re-sends what the server lost", timeoutSeconds: 60) {
+            w.agent!.stderr.contains("re-sending all uncommitted chunks")
+        }
         points.append(try w.point())
 
         let log = w.server!.stderr
