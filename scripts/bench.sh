@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Tidemark benchmarks for the targets of issues #2 and #3. Every figure is a
+# Tidemark benchmarks for the targets of issues #2, #3 and #4. Every figure is a
 # ratio against a reference measured in the same run on the same device (these
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
-#   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover]
+#   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle]
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
@@ -335,7 +335,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = rpo ]; then
   steady=${RPO_STEADY_S:-30}; stall=${RPO_STALL_S:-60}; after=${RPO_AFTER_S:-40}; drain=${RPO_DRAIN_MS:-1000}
-  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms, inflight_bytes ${INFLIGHT:-default 64m}); server stalled (SIGSTOP) for ${stall} s"
+  echo "== RPO under fio random 64 KiB writes at 100 MB/s (agent drain interval ${drain} ms, inflight_bytes ${INFLIGHT:-default}); server stalled (SIGSTOP) for ${stall} s"
   fallocate -l 4G "$work/rpo.img"
   l=$(losetup -f --show --direct-io=on "$work/rpo.img"); loops+=("$l")
   repl_setup; start_server; start_agent "$l" "$drain"
@@ -433,4 +433,30 @@ if [ "$what" = all ] || [ "$what" = recover ]; then
   echo "recover/fio ratio: $(ratio "$m_r" "$m_f") (target >= 0.8)"
   release_disk "$l"
   rm -rf "$work/target" "$work/spool" "$work/state" "$work/rec.img" "$work/recovered.img"
+fi
+
+# Issue #4: the agent tracking and replicating an idle disk (ext4 mounted, no
+# writes): CPU as a share of one core over IDLE_SECONDS, and RSS.
+if [ "$what" = all ] || [ "$what" = idle ]; then
+  echo "== idle agent: CPU and RSS while tracking an idle disk"
+  repl_setup
+  truncate -s 1G "$work/idle.img"
+  l=$(losetup -f --show "$work/idle.img"); loops+=("$l")
+  mkfs.ext4 -q -F "$l"; mkdir -p "$work/idle-mnt"; mount "$l" "$work/idle-mnt"; mounts+=("$work/idle-mnt"); cp -a /usr/share/doc/apt "$work/idle-mnt/"; sync
+  start_server
+  start_agent "$l"
+  committed_at 120 >/dev/null   # initial replication done
+  sleep 5                       # settle
+  secs=${IDLE_SECONDS:-60}
+  c0=$(awk '{print $14+$15}' "/proc/$agent/stat"); t0=$(now)
+  sleep "$secs"
+  c1=$(awk '{print $14+$15}' "/proc/$agent/stat"); t1=$(now)
+  rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$agent/status"); hwm_kib=$(awk '/^VmHWM/ {print $2}' "/proc/$agent/status")
+  awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" -v t="$(elapsed "$t0" "$t1")" \
+    'BEGIN {printf "agent CPU while idle: %.3f%% of one core over %.0f s (target <= 1%%)\n", 100*c/hz/t, t}'
+  echo "agent RSS: $((rss_kib / 1024)) MiB now, $((hwm_kib / 1024)) MiB peak since start (target <= 64 MiB)"
+  stop_repl
+  umount "$work/idle-mnt"
+  release_disk "$l"
+  rm -rf "$work/idle.img" "$work/target" "$work/spool" "$work/state"
 fi

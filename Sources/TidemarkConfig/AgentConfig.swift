@@ -142,7 +142,7 @@ public struct AgentConfig: Sendable, Equatable {
         compressionLevel = 1
         bandwidthLimitBytesPerSecond = 0
         segmentSizeBytes = 4 << 20
-        inflightBytesMax = 64 << 20
+        inflightBytesMax = 32 << 20
         ioTimeoutMs = 30_000
         crashConsistentIntervalSeconds = 5 * 60
         appConsistentIntervalSeconds = 60 * 60

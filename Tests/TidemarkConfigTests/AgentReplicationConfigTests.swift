@@ -39,7 +39,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(d.compressionLevel == 1)
         #expect(d.bandwidthLimitBytesPerSecond == 0)
         #expect(d.segmentSizeBytes == 4 << 20)
-        #expect(d.inflightBytesMax == 64 << 20)
+        #expect(d.inflightBytesMax == 32 << 20)
         #expect(d.crashConsistentIntervalSeconds == 300)
         #expect(d.appConsistentIntervalSeconds == 3600)
         #expect(d.freezeTimeoutMs == 2000)
