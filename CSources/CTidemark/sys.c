@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/falloc.h>
@@ -118,4 +119,9 @@ long long tm_statfs_type(const char *path) {
     struct statfs s;
     if (statfs(path, &s) != 0) return -errno;
     return (long long)(unsigned long)s.f_type;
+}
+
+/* Gives the heap's free memory back to the system (glibc keeps it otherwise). */
+void tm_heap_trim(void) {
+    malloc_trim(0);
 }

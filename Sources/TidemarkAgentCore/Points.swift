@@ -6,6 +6,9 @@ import TidemarkWire
 /// Every limit of the replication data path, in one place, units in the names.
 public enum ReplicationLimits {
     public static let connectTimeoutMs = 5_000
+    /// The reader gives its read buffers back after this long without work
+    /// (an idle agent does not keep the memory of its last burst).
+    public static let readerIdleReleaseMs = 5_000
     /// With nothing to send, the sender polls for acknowledgements this often.
     public static let idlePollMs = 20
     public static let reconnectDelayMsMin = 100

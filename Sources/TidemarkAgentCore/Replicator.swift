@@ -286,7 +286,10 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         do {
-            let reader = try ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
+            // The reader's aligned buffers (queue depth × request size) exist
+            // while there is work: after `readerIdleReleaseMs` without any,
+            // they are given back and made again by the next batch.
+            var reader: ChunkReader?
             let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
             let sealers = try (0..<workers).map { _ in
                 try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
@@ -299,8 +302,16 @@ public final class DiskReplicator: @unchecked Sendable {
             // Waits for the last sealing; the semaphore ends at its initial value (libdispatch traps otherwise).
             defer { sealed.wait(); sealed.signal() }
             while true {
-                guard let batch = nextBatch(maxSegments: workers) else { return }
-                let plans = try read(batch, reader: reader)
+                let idle = reader == nil ? nil : Double(ReplicationLimits.readerIdleReleaseMs) / 1000
+                guard let batch = nextBatch(maxSegments: workers, idleAfterSeconds: idle) else { return }
+                if batch.isEmpty {
+                    reader = nil
+                    returnFreeHeapToSystem()
+                    continue
+                }
+                let current = try reader ?? ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
+                reader = current
+                let plans = try read(batch, reader: current)
                 sealed.wait()
                 if let e = failure.take().1 { sealed.signal(); throw e }
                 sealing.async {
@@ -323,12 +334,16 @@ public final class DiskReplicator: @unchecked Sendable {
 
     /// Waits for work and window space; takes up to `maxSegments` segments'
     /// worth of chunks from the to-read set and numbers them.
-    private func nextBatch(maxSegments: Int) -> [Planned]? {
+    /// With `idleAfterSeconds`, returns an empty batch once nothing came for
+    /// that long (the reader then gives its buffers back).
+    private func nextBatch(maxSegments: Int, idleAfterSeconds: Double? = nil) -> [Planned]? {
         cond.lock()
         defer { cond.unlock() }
         let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
+        let idleFrom = monotonicSeconds()
         while true {
             if stopping { return nil }
+            if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, toRead.isEmpty { return [] }
             let roomy = windowBytes < settings.inflightBytesMax
             if roomy && !toRead.isEmpty { break }
             if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty, !resync.active {

@@ -41,3 +41,9 @@ public func shimcall(
 public func crc32c(_ buffer: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
     tm_crc32c(seed, buffer.baseAddress, buffer.count)
 }
+
+/// Returns the heap's free memory to the system (glibc's malloc_trim): glibc
+/// keeps freed large blocks otherwise, and an idle daemon its peak.
+public func returnFreeHeapToSystem() {
+    tm_heap_trim()
+}

@@ -28,6 +28,7 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
 /* Freeze / thaw the filesystem of the open directory fd (FIFREEZE/FITHAW).
  * Returns 0 or -errno. */
 int tm_fs_freeze(int fd);
+void tm_heap_trim(void);
 int tm_fs_thaw(int fd);
 /* syncfs(2) of the filesystem holding fd. 0 or -errno. */
 int tm_syncfs(int fd);
