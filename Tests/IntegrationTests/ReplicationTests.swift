@@ -96,7 +96,16 @@ import TidemarkTesting
                              "--target", h.dir + "/target", "--key", tls + "/replication.key"])
             #expect(r.ok, "recover \(id): \(r.stderr)")
             let cmp = try run(["/usr/bin/cmp", out, h.dir + "/truth-\(id).img"])
-            #expect(cmp.ok, "point \(id) does not match the frozen source: \(cmp.stdout)")
+            if !cmp.ok {
+                // Evidence for telling a missed mark from a wrong ground truth:
+                // how many bytes differ, and the agent's and server's last words.
+                let count = (try? run(["/bin/sh", "-c", "cmp -l \(out) \(h.dir)/truth-\(id).img | wc -l"]))?.stdout ?? "?"
+                Issue.record("""
+                    point \(id) does not match the frozen source: \(cmp.stdout)bytes differing: \(count)
+                    agent: \(agent?.stderr.suffix(4000) ?? "")
+                    server: \(server?.stderr.suffix(2000) ?? "")
+                    """)
+            }
             let fsck = try run(["/sbin/fsck.ext4", "-n", "-f", out])
             #expect(fsck.ok, "fsck -n on point \(id): \(fsck.stdout) \(fsck.stderr)")
             try? FileManager.default.removeItem(atPath: out)
