@@ -107,16 +107,16 @@ public enum ServerCommands {
             text += "; changed but applied only after a restart (systemctl restart tidemark-server): \(pending.joined(separator: ", "))"
         }
         Log.info(text)
-        // What runs is the old value of the restart-only keys.
-        var running = new
-        running.serverID = current.serverID
-        running.listenHost = current.listenHost
-        running.listenPort = current.listenPort
-        running.spoolDir = current.spoolDir
-        running.spoolMaxBytes = current.spoolMaxBytes
-        running.targetType = current.targetType
-        running.targetPath = current.targetPath
-        running.bandwidthLimitBytesPerSecond = current.bandwidthLimitBytesPerSecond
+        // What runs now: the old configuration with the keys that applied
+        // (a key added later counts as restart-only until it is listed here).
+        var running = current
+        running.tlsCAPath = new.tlsCAPath
+        running.tlsCertPath = new.tlsCertPath
+        running.tlsKeyPath = new.tlsKeyPath
+        running.retentionSeconds = new.retentionSeconds
+        running.pruneIntervalSeconds = new.pruneIntervalSeconds
+        running.maxConnections = new.maxConnections
+        running.logLevel = new.logLevel
         return running
     }
 }
