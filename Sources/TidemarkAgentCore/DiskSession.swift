@@ -25,6 +25,10 @@ public final class DiskSession {
     private var drained = DrainWords()
     /// The same words as `SparseWords` for `persistSet`, also kept.
     private var persisted = SparseWords()
+    /// Test switch (TIDEMARK_TEST_FAKE_RECURSION_MISS=1): the first drain
+    /// behaves as if the kernel had skipped the program once, because real
+    /// recursion misses cannot be provoked on demand.
+    private var fakeRecursionMiss = SystemEnvironment.variables["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "1"
 
     public struct DrainResult: Sendable {
         /// Chunks newly drained from the kernel (bits set in the kernel map).
@@ -138,7 +142,28 @@ public final class DiskSession {
         }
         let file = hrl!
 
-        let outcome = try tracer.attach(device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
+        var outcome: Tracer.AttachOutcome
+        var attempt = 1
+        while true {
+            do {
+                outcome = try tracer.attach(device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
+                break
+            } catch let e as Tracer.Replaced {
+                // Another process unpinned the tracer after we opened it
+                // (its last slot went away): our handles are of a program
+                // that is no longer attached. Open the pinned one again.
+                guard attempt < Limits.tracerReopenAttemptsMax else {
+                    throw TidemarkError(.busy, "\(device.path): \(e) (\(attempt) attempts)",
+                                        hint: "another tool keeps loading and unloading \(TracerPaths.pinDir); stop it")
+                }
+                attempt += 1
+                Log.info("\(device.path): the pinned tracer changed while starting; opening it again")
+                guard let reopened = try Tracer.open(create: true) else {
+                    throw TidemarkError(.state, "the tracer could not be opened after loading it")
+                }
+                tracer = reopened
+            }
+        }
         let slot: TrackedSlot
         switch outcome {
         case .resumed(let s):
@@ -180,10 +205,17 @@ public final class DiskSession {
     @discardableResult
     public func drain(_ visit: ((UInt64, UInt64) -> Void)? = nil) throws -> DrainResult {
         let words = bitmap.words
-        let overflow = bitmap.overflowed
+        // Read before the snapshot: a completion the kernel skipped before
+        // this point is covered by marking the whole region below.
+        let misses = try tracer.recursionMisses()
+        let missed = misses > bitmap.recursionMissesSeen || fakeRecursionMiss
+        if missed {
+            Log.warning("\(device.path): the kernel skipped the tracer \(max(1, misses &- bitmap.recursionMissesSeen)) time(s) because it was already running on that CPU; a skipped completion may have been a write to this disk, so the whole disk counts as dirty")
+        }
+        let overflow = bitmap.overflowed || missed
         DrainScan.snapshot(words, into: &drained)
         if overflow {
-            Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty")
+            if !missed { Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty") }
             try hrl.markAllDirty()
         }
         if !drained.isEmpty {
@@ -194,6 +226,7 @@ public final class DiskSession {
         // Durable now: the kernel copies of exactly these bits may go.
         DrainScan.clear(words, drained)
         if overflow { bitmap.clearOverflow() }
+        if missed { bitmap.setRecursionMissesSeen(misses); fakeRecursionMiss = false }
         return DrainResult(chunks: drained.popcount, overflowed: overflow)
     }
 

@@ -2,6 +2,9 @@
 /// Configuration defaults and bounds (chunk size, intervals) live with the
 /// configuration, in `AgentConfig`.
 public enum Limits {
+    /// Times a start opens the pinned tracer again when another process
+    /// unpinned it between opening and attaching (see docs/tracer.md).
+    public static let tracerReopenAttemptsMax = 5
     /// Reads in flight while copying (io_uring queue depth).
     public static let readQueueDepth = 8
     /// One read request at most this long; with the queue depth, this bounds

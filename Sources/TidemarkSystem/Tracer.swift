@@ -38,15 +38,27 @@ public final class Tracer: @unchecked Sendable {
     let bitmapsFD: Int32
     let slotStateFD: Int32
     let slotInfoFD: Int32
+    /// The link, held open: while this process runs, the program stays
+    /// attached even if someone removes the pins.
+    let linkFD: Int32
+    /// The program the link runs, for its recursion-miss counter.
+    let progFD: Int32
+    /// Kernel ids of the link and of tm_slot_info when this handle was
+    /// opened: pins with other ids belong to a tracer loaded since.
+    let linkID: UInt32
+    let slotInfoMapID: UInt32
     public let pinDir: String
 
     deinit {
-        for fd in [disksFD, bitmapsFD, slotStateFD, slotInfoFD] { _ = Glibc.close(fd) }
+        for fd in [disksFD, bitmapsFD, slotStateFD, slotInfoFD, linkFD, progFD] { _ = Glibc.close(fd) }
     }
 
-    private init(pinDir: String, fds: [Int32]) {
+    private init(pinDir: String, fds: [Int32], progFD: Int32, linkID: UInt32, slotInfoMapID: UInt32) {
         self.pinDir = pinDir
-        (disksFD, bitmapsFD, slotStateFD, slotInfoFD) = (fds[0], fds[1], fds[2], fds[3])
+        (disksFD, bitmapsFD, slotStateFD, slotInfoFD, linkFD) = (fds[0], fds[1], fds[2], fds[3], fds[4])
+        self.progFD = progFD
+        self.linkID = linkID
+        self.slotInfoMapID = slotInfoMapID
     }
 
     /// True when a tracer is pinned (a link exists) on this host.
@@ -54,33 +66,80 @@ public final class Tracer: @unchecked Sendable {
 
     /// Opens the pinned tracer, loading and pinning it first if `create` is
     /// set and none is there. Returns nil if none is pinned and `create` is false.
-    public static func open(create: Bool) throws -> Tracer? {
-        let pinDir = TracerPaths.pinDir
+    /// Loading and opening happen under the host lock, so the handles are
+    /// those of the pinned tracer at that moment; `attach` checks under the
+    /// same lock that it still is (another process may have unpinned it in
+    /// between) and throws `Tracer.Replaced` otherwise.
+    public static func open(create: Bool, pinDir: String = TracerPaths.pinDir) throws -> Tracer? {
         if create {
             try ensureBPFFilesystem()
             try makeDirectories(pinDir, mode: 0o700)
-            try withHostLock {
+        }
+        return try withHostLock { () throws -> Tracer? in
+            if create {
                 tm_libbpf_quiet(1)
                 var err = [CChar](repeating: 0, count: 512)
                 let rc = tm_tracer_load_and_pin(pinDir, &err, err.count)
                 if rc != 0 {
                     throw Tracer.loadError(errno: -rc, detail: String(cString: err))
                 }
+            } else if !fileExists(pinDir + "/link") {
+                return nil
             }
-        } else if !fileExists(pinDir + "/link") {
-            return nil
+            var fds: [Int32] = []
+            var ok = false
+            defer { if !ok { fds.forEach { _ = Glibc.close($0) } } }
+            for name in ["tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info", "link"] {
+                let fd = bpf_obj_get(pinDir + "/" + name)
+                if fd < 0 {
+                    throw SystemError(call: "bpf(BPF_OBJ_GET)", errno: errno, context: "opening the pinned tracer object \(pinDir)/\(name)")
+                }
+                fds.append(fd)
+            }
+            var linkID: UInt32 = 0, mapID: UInt32 = 0
+            try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer link's id") { tm_bpf_link_id(fds[4], &linkID) }
+            try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer slot table's id") { tm_bpf_map_id(fds[3], &mapID) }
+            let prog = tm_bpf_link_prog_fd(fds[4])
+            guard prog >= 0 else {
+                throw SystemError(call: "bpf(BPF_PROG_GET_FD_BY_ID)", errno: -prog, context: "opening the program of the pinned tracer link")
+            }
+            ok = true
+            return Tracer(pinDir: pinDir, fds: fds, progFD: prog, linkID: linkID, slotInfoMapID: mapID)
         }
-        var fds: [Int32] = []
-        for name in ["tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
+    }
+
+    /// Thrown when the pinned tracer is no longer the one this handle opened
+    /// (it was unpinned, and maybe loaded again, by another process): open
+    /// a new handle and retry.
+    public struct Replaced: Error, CustomStringConvertible {
+        public var description: String {
+            "the pinned tracer was unpinned or replaced by another process after this one opened it; open it again and retry"
+        }
+    }
+
+    /// Whether the pins under `pinDir` are still the objects this handle
+    /// holds. Call under the host lock.
+    func pinsAreOurs() -> Bool {
+        func pinnedID(_ name: String, _ get: (Int32, inout UInt32) -> Int32) -> UInt32? {
             let fd = bpf_obj_get(pinDir + "/" + name)
-            if fd < 0 {
-                let e = errno
-                fds.forEach { _ = Glibc.close($0) }
-                throw SystemError(call: "bpf(BPF_OBJ_GET)", errno: e, context: "opening the pinned tracer map \(pinDir)/\(name)")
-            }
-            fds.append(fd)
+            guard fd >= 0 else { return nil }
+            defer { _ = Glibc.close(fd) }
+            var id: UInt32 = 0
+            return get(fd, &id) == 0 ? id : nil
         }
-        return Tracer(pinDir: pinDir, fds: fds)
+        return pinnedID("link", { tm_bpf_link_id($0, &$1) }) == linkID
+            && pinnedID("tm_slot_info", { tm_bpf_map_id($0, &$1) }) == slotInfoMapID
+    }
+
+    /// How many times the kernel skipped the program because it was already
+    /// running on that CPU (a completion that nested into another one): each
+    /// may have been a write that was not marked.
+    public func recursionMisses() throws -> UInt64 {
+        var misses: UInt64 = 0
+        try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer program's recursion misses") {
+            tm_bpf_prog_recursion_misses(progFD, &misses)
+        }
+        return misses
     }
 
     static func loadError(errno e: Int32, detail: String) -> TidemarkError {
@@ -165,6 +224,7 @@ public final class Tracer: @unchecked Sendable {
                                 hint: "use a shorter --state-dir")
         }
         return try Tracer.withHostLock {
+            guard pinsAreOurs() else { throw Replaced() }
             if let existing = try slot(for: device) {
                 guard existing.hrlPath == hrlPath else {
                     throw TidemarkError(.busy, "\(device.path) is already tracked by another agent (state file \(existing.hrlPath))",
@@ -221,6 +281,8 @@ public final class Tracer: @unchecked Sendable {
                 bpf_map_update_elem(bitmapsFD, &key, &inner, UInt64(BPF_ANY))
             }
             var state = tm_slot_state()
+            // Misses before this slot existed cannot concern it.
+            state.reserved = try recursionMisses()
             _ = try syscall("bpf(BPF_MAP_UPDATE_ELEM)", "resetting slot \(free) state") {
                 bpf_map_update_elem(slotStateFD, &key, &state, UInt64(BPF_ANY))
             }
@@ -254,6 +316,8 @@ public final class Tracer: @unchecked Sendable {
     /// the whole tracer (program, link, maps) is unpinned and goes away.
     public func detach(_ slot: TrackedSlot) throws {
         try Tracer.withHostLock {
+            // A replaced tracer's slot numbers and pins belong to others now.
+            guard pinsAreOurs() else { return }
             let others = try slots().filter { $0.wholeDev == slot.wholeDev && $0.slot != slot.slot }
             try writeRegions(wholeDev: slot.wholeDev, slots: others)
             var key = slot.slot
@@ -271,7 +335,9 @@ public final class Tracer: @unchecked Sendable {
     /// failed after loading it, so no idle program stays attached.
     public func releaseIfUnused() throws {
         try Tracer.withHostLock {
-            if try slots().isEmpty { unpinAll() }
+            // Judge only the tracer that is pinned: one loaded since this
+            // handle was opened may be in use by another agent.
+            if pinsAreOurs(), try slots().isEmpty { unpinAll() }
         }
     }
 
@@ -462,4 +528,9 @@ public final class SlotBitmap: @unchecked Sendable {
     public var events: UInt64 { states.load(stateIndex + 1) }
     /// Failed bitmap lookups in the program (a bug if ever non-zero).
     public var lookupMisses: UInt64 { states.load(stateIndex + 2) }
+    /// The program's recursion-miss count that the agent has already
+    /// accounted for (the ABI's `reserved` word, written only by agents):
+    /// a count above it means completions went unseen since.
+    public var recursionMissesSeen: UInt64 { states.load(stateIndex + 3) }
+    public func setRecursionMissesSeen(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 3, v) }
 }

@@ -43,7 +43,7 @@ struct tm_slot_state {
     unsigned long long overflow;     /* non-zero: mark the whole region dirty */
     unsigned long long events;       /* write/discard completions that touched the region */
     unsigned long long lookup_misses;/* bitmap word lookups that failed (must stay 0) */
-    unsigned long long reserved;
+    unsigned long long reserved;     /* agents only: the program's recursion_misses already accounted for */
 };
 
 /* Value of tm_slot_info (array indexed by slot), written only by agents:
