@@ -224,6 +224,9 @@ public final class DiskReplicator: @unchecked Sendable {
         var added: [(UInt64, UInt64)] = []
         let startedUnixMs = CommittedThroughTracker.nowUnixMs()
         let result = try session.drain { w, b in added.append((w, b)) }
+        if !added.isEmpty || result.overflowed {
+            Log.debug("\(diskID): drain at \(monotonicNanoseconds() / 1_000_000) ms: \(result.overflowed ? "overflow, " : "")chunks \(added.map { w, b in (0..<64).filter { b >> $0 & 1 == 1 }.map { String(w * 64 + UInt64($0)) }.joined(separator: ",") }.joined(separator: ","))")
+        }
         cond.lock()
         if result.overflowed { toRead.insertAll() }
         for (w, b) in added { toRead.insert(word: w, bits: b) }
@@ -413,9 +416,34 @@ public final class DiskReplicator: @unchecked Sendable {
                     }
                 }
             }
+            Log.debug("\(diskID): #\(p.sequence) read at \(monotonicNanoseconds() / 1_000_000) ms: \(Self.describe(extents, payload, chunkBytes: chunkBytes))")
             plans.append((extents, payload, readBytes, zeroChunks))
         }
         return plans
+    }
+
+    /// "chunk:crc32c" for each data chunk and "chunk:0" for each zero chunk,
+    /// for debug logs that let a test tell which content each segment read.
+    static func describe(_ extents: [SegmentExtent], _ payload: [UInt8], chunkBytes: UInt64) -> String {
+        var out: [String] = []
+        var pos = 0
+        payload.withUnsafeBytes { raw in
+            for e in extents {
+                var off = e.offset
+                while off < e.offset + UInt64(e.length) {
+                    let n = Int(min(chunkBytes, e.offset + UInt64(e.length) - off))
+                    if e.kind == .zero {
+                        out.append("\(off / chunkBytes):0")
+                    } else {
+                        let crc = crc32c(UnsafeRawBufferPointer(rebasing: raw[pos..<pos + n]))
+                        out.append("\(off / chunkBytes):\(String(crc, radix: 16))")
+                        pos += n
+                    }
+                    off += UInt64(n)
+                }
+            }
+        }
+        return out.joined(separator: ",")
     }
 
     /// Seals a batch (segments in parallel, one sealer each) and queues it, in sequence order.

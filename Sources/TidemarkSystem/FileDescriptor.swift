@@ -87,6 +87,19 @@ public final class FileDescriptor: @unchecked Sendable {
     /// Takes an exclusive advisory lock without waiting; returns false if
     /// another open file description holds it. The corresponding C call is
     /// `flock(LOCK_EX|LOCK_NB)`.
+    /// Like `tryLockExclusive()`, but keeps trying for up to `graceMs`: a
+    /// lock released by closing a descriptor stays held while a child being
+    /// spawned at that instant still shares the open file (between fork and
+    /// exec), so a holder that just let go is not mistaken for a live one.
+    public func tryLockExclusive(graceMs: Int) throws -> Bool {
+        let deadline = monotonicNanoseconds() + UInt64(graceMs) * 1_000_000
+        while true {
+            if try tryLockExclusive() { return true }
+            if monotonicNanoseconds() >= deadline { return false }
+            usleep(2_000)
+        }
+    }
+
     public func tryLockExclusive() throws -> Bool {
         while true {
             let r = tm_flock_exclusive_nb(rawValue)

@@ -63,6 +63,10 @@ public struct HRLHeader: Sendable, Equatable {
 /// Layout constants and codecs of format version 1.
 enum HRLFormat {
     static let version: UInt32 = 1
+    /// How long a writable open keeps trying for the file's exclusive lock
+    /// before reporting another writer: a handle just closed in this process
+    /// can hold it for an instant through a child being spawned.
+    static let lockGraceMs = 250
     /// Header flags (u32 at offset 92).
     static let flagUpdateInFlight: UInt32 = 1
     static let knownHeaderFlags: UInt32 = flagUpdateInFlight

@@ -106,7 +106,7 @@ public final class TrackingFile: @unchecked Sendable {
         var oldFile: FileDescriptor?
         do {
             let old = try FileDescriptor(open: path, .readOnly, purpose: "checking the existing tracking file")
-            guard try old.tryLockExclusive() else { throw busyError(path) }
+            guard try old.tryLockExclusive(graceMs: HRLFormat.lockGraceMs) else { throw busyError(path) }
             oldFile = old
         } catch let e as SystemError where e.errno == ENOENT {}
 
@@ -171,7 +171,7 @@ public final class TrackingFile: @unchecked Sendable {
     public static func open(at path: String, readOnly: Bool = false) throws -> TrackingFile {
         let fd = try FileDescriptor(open: path, readOnly ? .readOnly : .readWrite, purpose: "opening the tracking file")
         if !readOnly {
-            guard try fd.tryLockExclusive() else { throw busyError(path) }
+            guard try fd.tryLockExclusive(graceMs: HRLFormat.lockGraceMs) else { throw busyError(path) }
         }
         let scan = readOnly
             ? try scanSettled(fd: fd, path: path, stopAtFirstProblem: true, buildPageTable: true)

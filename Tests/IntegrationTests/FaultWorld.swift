@@ -141,7 +141,19 @@ final class FaultWorld: @unchecked Sendable {
                          "--target", target, "--key", tls + "/replication.key"])
         #expect(r.ok, "recover \(id): \(r.stderr)", sourceLocation: sourceLocation)
         let cmp = try run(["/usr/bin/cmp", out, h.dir + "/truth-\(id).img"])
-        #expect(cmp.ok, "point \(id) does not match the frozen source: \(cmp.stdout)", sourceLocation: sourceLocation)
+        if !cmp.ok {
+            // Evidence: which 64 KiB chunks differ and by how many bytes, the
+            // logs, and with TIDEMARK_TEST_KEEP_FAILED=1 a copy of the world.
+            let chunks = (try? run(["/bin/sh", "-c", "cmp -l \(out) \(h.dir)/truth-\(id).img | awk '{print int(($1-1)/65536)}' | uniq -c | head -20"]))?.stdout ?? "?"
+            var kept = ""
+            if ProcessInfo.processInfo.environment["TIDEMARK_TEST_KEEP_FAILED"] == "1" {
+                let keep = "/tmp/tidemark-failed-\(id)"
+                _ = try? run(["/bin/sh", "-c", "mkdir -p \(keep) && cp -a \(out) \(h.dir)/truth-\(id).img \(h.dir)/*.log \(h.dir)/*.yaml \(target) \(h.stateDir) \(keep)/ 2>/dev/null; for f in \(h.dir)/*; do case $f in *.out|*.err) cp $f \(keep)/;; esac; done"])
+                kept = "\nkept in \(keep)"
+            }
+            Issue.record("point \(id) does not match the frozen source: \(cmp.stdout)differing bytes per chunk (count chunk):\n\(chunks)\(kept)\(logs)",
+                         sourceLocation: sourceLocation)
+        }
         let fsck = try run(["/sbin/fsck.ext4", "-n", "-f", out])
         #expect(fsck.ok, "fsck -n on point \(id): \(fsck.stdout) \(fsck.stderr)", sourceLocation: sourceLocation)
         try? FileManager.default.removeItem(atPath: out)
