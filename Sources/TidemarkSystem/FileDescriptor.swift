@@ -84,9 +84,6 @@ public final class FileDescriptor: @unchecked Sendable {
         return st
     }
 
-    /// Takes an exclusive advisory lock without waiting; returns false if
-    /// another open file description holds it. The corresponding C call is
-    /// `flock(LOCK_EX|LOCK_NB)`.
     /// Like `tryLockExclusive()`, but keeps trying for up to `graceMs`: a
     /// lock released by closing a descriptor stays held while a child being
     /// spawned at that instant still shares the open file (between fork and
@@ -100,6 +97,9 @@ public final class FileDescriptor: @unchecked Sendable {
         }
     }
 
+    /// Takes an exclusive advisory lock without waiting; returns false if
+    /// another open file description holds it. The corresponding C call is
+    /// `flock(LOCK_EX|LOCK_NB)`.
     public func tryLockExclusive() throws -> Bool {
         while true {
             let r = tm_flock_exclusive_nb(rawValue)
