@@ -78,39 +78,3 @@ int tm_tracer_create_bitmap(uint32_t nr_words, char *errbuf, size_t errlen) {
     if (fd < 0) return fail(errbuf, errlen, errno, "creating a bitmap map");
     return fd;
 }
-
-int tm_bpf_map_id(int map_fd, uint32_t *id) {
-    struct bpf_map_info info;
-    uint32_t len = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (bpf_obj_get_info_by_fd(map_fd, &info, &len) != 0) return -errno;
-    *id = info.id;
-    return 0;
-}
-
-int tm_bpf_link_id(int link_fd, uint32_t *id) {
-    struct bpf_link_info info;
-    uint32_t len = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return -errno;
-    *id = info.id;
-    return 0;
-}
-
-int tm_bpf_link_prog_fd(int link_fd) {
-    struct bpf_link_info info;
-    uint32_t len = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return -errno;
-    int fd = bpf_prog_get_fd_by_id(info.prog_id);
-    return fd < 0 ? -errno : fd;
-}
-
-int tm_bpf_prog_recursion_misses(int prog_fd, uint64_t *misses) {
-    struct bpf_prog_info info;
-    uint32_t len = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) return -errno;
-    *misses = info.recursion_misses;
-    return 0;
-}

@@ -96,15 +96,14 @@ public final class Tracer: @unchecked Sendable {
                 }
                 fds.append(fd)
             }
-            var linkID: UInt32 = 0, mapID: UInt32 = 0
-            try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer link's id") { tm_bpf_link_id(fds[4], &linkID) }
-            try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer slot table's id") { tm_bpf_map_id(fds[3], &mapID) }
-            let prog = tm_bpf_link_prog_fd(fds[4])
+            let link = try objectInfo(fds[4], bpf_link_info(), "the tracer link")
+            let mapID = try objectInfo(fds[3], bpf_map_info(), "the tracer slot table").id
+            let prog = bpf_prog_get_fd_by_id(link.prog_id)
             guard prog >= 0 else {
                 throw SystemError(call: "bpf(BPF_PROG_GET_FD_BY_ID)", errno: -prog, context: "opening the program of the pinned tracer link")
             }
             ok = true
-            return Tracer(pinDir: pinDir, fds: fds, progFD: prog, linkID: linkID, slotInfoMapID: mapID)
+            return Tracer(pinDir: pinDir, fds: fds, progFD: prog, linkID: link.id, slotInfoMapID: mapID)
         }
     }
 
@@ -117,29 +116,35 @@ public final class Tracer: @unchecked Sendable {
         }
     }
 
+    /// The kernel's description of a BPF map, link or program descriptor
+    /// (`bpf_obj_get_info_by_fd`); `empty` picks the kind.
+    private static func objectInfo<Info>(_ fd: Int32, _ empty: Info, _ what: String) throws -> Info {
+        var info = empty
+        var length = UInt32(MemoryLayout<Info>.size)
+        try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading \(what)") {
+            withUnsafeMutableBytes(of: &info) { Int32(bpf_obj_get_info_by_fd(fd, $0.baseAddress, &length)) }
+        }
+        return info
+    }
+
     /// Whether the pins under `pinDir` are still the objects this handle
     /// holds. Call under the host lock.
     func pinsAreOurs() -> Bool {
-        func pinnedID(_ name: String, _ get: (Int32, inout UInt32) -> Int32) -> UInt32? {
+        func pinned<Info>(_ name: String, _ empty: Info) -> Info? {
             let fd = bpf_obj_get(pinDir + "/" + name)
             guard fd >= 0 else { return nil }
             defer { _ = Glibc.close(fd) }
-            var id: UInt32 = 0
-            return get(fd, &id) == 0 ? id : nil
+            return try? Tracer.objectInfo(fd, empty, pinDir + "/" + name)
         }
-        return pinnedID("link", { tm_bpf_link_id($0, &$1) }) == linkID
-            && pinnedID("tm_slot_info", { tm_bpf_map_id($0, &$1) }) == slotInfoMapID
+        return pinned("link", bpf_link_info())?.id == linkID
+            && pinned("tm_slot_info", bpf_map_info())?.id == slotInfoMapID
     }
 
     /// How many times the kernel skipped the program because it was already
     /// running on that CPU (a completion that nested into another one): each
     /// may have been a write that was not marked.
     public func recursionMisses() throws -> UInt64 {
-        var misses: UInt64 = 0
-        try shimcall("bpf(BPF_OBJ_GET_INFO_BY_FD)", "reading the tracer program's recursion misses") {
-            tm_bpf_prog_recursion_misses(progFD, &misses)
-        }
-        return misses
+        try Tracer.objectInfo(progFD, bpf_prog_info(), "the tracer program's recursion misses").recursion_misses
     }
 
     static func loadError(errno e: Int32, detail: String) -> TidemarkError {

@@ -92,14 +92,6 @@ int tm_tracer_load_and_pin(const char *pin_dir, char *errbuf, size_t errlen);
 int tm_tracer_create_bitmap(uint32_t nr_words, char *errbuf, size_t errlen);
 /* Silences or restores libbpf's own stderr output. */
 void tm_libbpf_quiet(int quiet);
-/* The kernel's id of a BPF map or link object (0 on success, -errno). */
-int tm_bpf_map_id(int map_fd, uint32_t *id);
-int tm_bpf_link_id(int link_fd, uint32_t *id);
-/* A file descriptor for the program a link runs (-errno on failure). */
-int tm_bpf_link_prog_fd(int link_fd);
-/* How often the kernel skipped the program because it was already running
- * on that CPU (bpf_prog_info.recursion_misses): each is a missed event. */
-int tm_bpf_prog_recursion_misses(int prog_fd, uint64_t *misses);
 
 /* io_uring glue lives in its own header. */
 #include "tm_uring.h"
