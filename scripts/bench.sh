@@ -49,6 +49,24 @@ start_track() { # disk
 }
 stop_track() { kill "$agent"; wait "$agent" || true; agent=""; }
 
+dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# An ext4 image holding a copy of /usr (the mirror benchmark's data), as a loop device.
+make_usr_disk() { # -> sets $l, $bytes, $usr_kib
+  usr_kib=$(du -sk /usr | cut -f1)
+  local size_mib=$(( usr_kib * 14 / 10 / 1024 + 256 ))
+  truncate -s "${size_mib}M" "$work/usr.img"
+  mkfs.ext4 -q -F "$work/usr.img"
+  mkdir -p "$work/mnt"; mount -o loop "$work/usr.img" "$work/mnt"
+  cp -a /usr "$work/mnt/" 2>/dev/null || true
+  umount "$work/mnt"; sync
+  l=$(losetup -f --show --direct-io=on "$work/usr.img"); loops+=("$l")
+  bytes=$(blockdev --getsize64 "$l")
+}
+fio_seqread() { # dev bytes -> bytes/s (O_DIRECT, as the agent reads)
+  dropcaches
+  fio --name=sr --filename="$1" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring --direct=1 --size="$2" --output-format=json | \
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'
+}
 if [ "$what" = all ] || [ "$what" = scan ]; then
   echo "== drain + list extents: 16 TiB bitmap at 64 KiB chunks (32 MiB of bits), 1% dirty"
   "$BIN/tidemark-bench" scan --layout clustered
@@ -78,18 +96,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = mirror ]; then
   echo "== mirror first copy of an ext4 image holding a copy of /usr vs fio sequential O_DIRECT read"
-  usr_kib=$(du -sk /usr | cut -f1)
-  size_mib=$(( usr_kib * 14 / 10 / 1024 + 256 ))
-  truncate -s "${size_mib}M" "$work/usr.img"
-  mkfs.ext4 -q -F "$work/usr.img"
-  mkdir -p "$work/mnt"; mount -o loop "$work/usr.img" "$work/mnt"
-  cp -a /usr "$work/mnt/" 2>/dev/null || true
-  umount "$work/mnt"; sync
-  l=$(losetup -f --show --direct-io=on "$work/usr.img"); loops+=("$l")
-  bytes=$(blockdev --getsize64 "$l")
-  fioread() { echo 3 > /proc/sys/vm/drop_caches; fio --name=sr --filename="$l" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring \
-              --direct=1 --size="$bytes" --output-format=json | \
-              python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'; }
+  make_usr_disk
   # By default the mirror file shares the disk being read, so reads and writes
   # split its bandwidth. MIRROR_DIR puts the mirror file on other storage;
   # MIRROR_RAM=1 mirrors to a loop block device over a file in /dev/shm:
@@ -111,7 +118,7 @@ if [ "$what" = all ] || [ "$what" = mirror ]; then
     awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%d", b/(c-a)}'
   }
   fr=(); mr=()
-  for r in 1 2 3; do fr+=("$(fioread)"); mr+=("$(mirror)"); done
+  for r in 1 2 3; do fr+=("$(fio_seqread "$l" "$bytes")"); mr+=("$(mirror)"); done
   m_f=$(printf '%s\n' "${fr[@]}" | median); m_m=$(printf '%s\n' "${mr[@]}" | median)
   echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; $(tail -1 "$work/mirror.out")"
   echo "fio seq read: $((m_f >> 20)) MiB/s; mirror first copy: $((m_m >> 20)) MiB/s of device (runs: fio ${fr[*]}, mirror ${mr[*]})"
@@ -139,7 +146,6 @@ fi
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b-a}'; }
 mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.0f", b/s/1048576}'; }
-dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # status [FIELD...]: the agent's control-socket status; with fields, prints
 # disk 0's values separated by spaces (rss_bytes is the process's).
@@ -241,23 +247,6 @@ release_disk() { # loop device: untrack, detach, forget
   local keep=() x; for x in "${loops[@]}"; do [ "$x" = "$1" ] || keep+=("$x"); done; loops=(${keep[@]+"${keep[@]}"})
 }
 
-# An ext4 image holding a copy of /usr (the mirror benchmark's data), as a loop device.
-make_usr_disk() { # -> sets $l, $bytes, $usr_kib
-  usr_kib=$(du -sk /usr | cut -f1)
-  local size_mib=$(( usr_kib * 14 / 10 / 1024 + 256 ))
-  truncate -s "${size_mib}M" "$work/usr.img"
-  mkfs.ext4 -q -F "$work/usr.img"
-  mkdir -p "$work/mnt"; mount -o loop "$work/usr.img" "$work/mnt"
-  cp -a /usr "$work/mnt/" 2>/dev/null || true
-  umount "$work/mnt"; sync
-  l=$(losetup -f --show --direct-io=on "$work/usr.img"); loops+=("$l")
-  bytes=$(blockdev --getsize64 "$l")
-}
-fio_seqread() { # dev bytes -> bytes/s (O_DIRECT, as the agent reads)
-  dropcaches
-  fio --name=sr --filename="$1" --rw=read --bs=1M --iodepth=8 --ioengine=io_uring --direct=1 --size="$2" --output-format=json | \
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"])'
-}
 timed() { local t0; t0=$(now); "$@" >"$work/timed.out" 2>&1 || { cat "$work/timed.out" >&2; exit 1; }; elapsed "$t0" "$(now)"; }
 export RESTIC_PASSWORD=tidemark-bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 restic_backup() { restic -q -r "$work/restic" backup --stdin --stdin-filename disk.img < "$1"; }
