@@ -3,48 +3,6 @@ import Glibc
 import TidemarkSystem
 import TidemarkWire
 
-/// Every limit of the replication data path, in one place, units in the names.
-public enum ReplicationLimits {
-    public static let connectTimeoutMs = 5_000
-    /// The reader gives its read buffers back after this long without work
-    /// (an idle agent does not keep the memory of its last burst).
-    public static let readerIdleReleaseMs = 5_000
-    /// With nothing to send, the sender polls for acknowledgements this often.
-    public static let idlePollMs = 20
-    public static let reconnectDelayMsMin = 100
-    public static let reconnectDelayMsMax = 5_000
-    /// Before freezing for a point, wait (up to this long) until the backlog
-    /// of unread chunks is at most `pointBacklogBytesMax`, so the freeze is short:
-    /// everything unread when the freeze begins is read while frozen.
-    public static let pointPrepareWaitMsMax = 30_000
-    public static let pointBacklogBytesMax: UInt64 = 1 << 20
-    /// After `pointPreferredWaitMs` without reaching that, a point freezes as
-    /// soon as at most `pointBacklogBytesLateMax` is unread (a slow or
-    /// flapping link), and gives up at `pointPrepareWaitMsMax`.
-    public static let pointPreferredWaitMs = 5_000
-    public static let pointBacklogBytesLateMax: UInt64 = 8 << 20
-    /// While preparing a point the agent drains this often (not at the drain interval).
-    public static let pointPrepareDrainMs = 5
-    /// Before freezing, the filesystems are synced (syncfs) so that FIFREEZE's
-    /// own flush of dirty pages is small; repeated, up to this many rounds,
-    /// until one syncfs takes at most `pointSyncQuietMs` (little was dirty).
-    public static let pointSyncRoundsMax = 3
-    public static let pointSyncQuietMs = 20.0
-    /// After the backlog is small, wait at most this long for the reader to
-    /// seal what it already took, so no large batch is read under the freeze
-    /// (best effort: the freeze goes ahead after this).
-    public static let pointReaderIdleWaitMsMax = 2_000
-    /// A point request waits this long for its tag to be committed.
-    public static let pointCommitWaitMsMax = 120_000
-    /// Hook scripts (pre-freeze, post-thaw) are killed after this long.
-    public static let hookTimeoutMs = 60_000
-    /// Point requests waiting for the main loop.
-    public static let pointRequestsQueuedMax = 16
-    /// RPO checkpoints (drain time, sequence) not yet committed; when the
-    /// server stalls the newest is folded forward (the RPO only reads older).
-    public static let rpoCheckpointsMax = 4_096
-}
-
 /// A filesystem mounted from the disk (or one of its partitions).
 struct MountedFilesystem: Equatable {
     var mountPoint: String
