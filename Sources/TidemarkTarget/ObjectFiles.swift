@@ -11,7 +11,16 @@ enum ObjectFiles {
     /// does not exist yet. Returns false (and changes nothing) when an object
     /// of that name already exists; it is never overwritten.
     static func create(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> Bool {
-        let final = dir + "/" + name
+        let tmp = try writeTemporary(dir: dir, name: name, header: header, payload: payload)
+        guard try publish(temporary: tmp, dir: dir, name: name) else { return false }
+        try syncDirectory(dir)
+        return true
+    }
+
+    /// Steps 1–2 of create-once (docs/target-layout.md section 4): writes
+    /// `header` + `payload` to a new temporary name in `dir` and fsyncs it.
+    /// Returns the temporary path; on failure nothing is left behind.
+    static func writeTemporary(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> String {
         let tmp = dir + "/" + tempPrefix + name + "-\(getpid())-\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff_ffff)"
         do {
             let fd = try FileDescriptor(open: tmp, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444,
@@ -23,6 +32,15 @@ enum ObjectFiles {
             _ = unlink(tmp)
             throw error
         }
+        return tmp
+    }
+
+    /// Steps 3–4 without the directory fsync: links a complete, fsynced
+    /// temporary file to `dir/name` and removes the temporary name. Returns
+    /// false when `dir/name` exists already (it is not replaced). The new
+    /// name is durable only once the caller has fsynced `dir`.
+    static func publish(temporary tmp: String, dir: String, name: String) throws -> Bool {
+        let final = dir + "/" + name
         // link() fails with EEXIST instead of replacing: the first complete
         // object wins and is never rewritten (rename would overwrite).
         let r = link(tmp, final)
@@ -32,7 +50,6 @@ enum ObjectFiles {
             if e == EEXIST { return false }
             throw SystemError(call: "link", errno: e, context: "publishing object \(final)")
         }
-        try syncDirectory(dir)
         return true
     }
 
