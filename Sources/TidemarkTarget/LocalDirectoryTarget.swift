@@ -443,17 +443,38 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
         if let (env, payload, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: true) {
-            // Decoding the metadata checks it is well formed.
-            var r = ByteReader(env.metadata, path: path)
-            _ = try Metadata.decodeSegment(&r, diskID: diskID)
-            try r.end()
+            try checkSegmentMetadata(env, path: path, diskID: diskID)
             return payload!
         }
-        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
-            throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
-                                hint: "its data is overwritten at every retained point")
+        throw missingSegment(diskID: diskID, sequence: sequence)
+    }
+
+    /// `readSegment` into a buffer of `pool`: the bytes are the first
+    /// `length` of `buffer` (nil when the segment is empty).
+    public func readSegment(diskID: String, sequence: UInt64, into pool: BufferPool) throws -> (buffer: PooledBuffer?, length: Int) {
+        try validateDiskID(diskID)
+        let path = segmentPath(diskID, sequence)
+        if let (env, payload, length) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, into: pool) {
+            try checkSegmentMetadata(env, path: path, diskID: diskID)
+            return (payload, length)
         }
-        throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
+        throw missingSegment(diskID: diskID, sequence: sequence)
+    }
+
+    /// Decoding the metadata checks it is well formed.
+    private func checkSegmentMetadata(_ env: Envelope, path: String, diskID: String) throws {
+        var r = ByteReader(env.metadata, path: path)
+        _ = try Metadata.decodeSegment(&r, diskID: diskID)
+        try r.end()
+    }
+
+    private func missingSegment(diskID: String, sequence: UInt64) -> TidemarkError {
+        let path = segmentPath(diskID, sequence)
+        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+            return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
+                                 hint: "its data is overwritten at every retained point")
+        }
+        return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
     }
 
     /// What is stored for a sequence: the segment's metadata, or its
