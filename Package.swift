@@ -57,7 +57,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tidemark-bench",
-            dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkAgentCore",
+            dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkAgentCore", "TidemarkTarget", "TidemarkServerCore",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(

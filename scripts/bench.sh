@@ -25,7 +25,7 @@ swift build -c release 2>&1 | tail -n 1
 BIN=$(swift build -c release --show-bin-path)
 work=$(mktemp -d /var/tmp/tidemark-bench.XXXXXX)
 export TIDEMARK_BPF_PIN_DIR=/sys/fs/bpf/tidemark-bench TIDEMARK_RUN_DIR=/run/tidemark-bench
-loops=(); agent=""; server=""; bgpids=(); mounts=()
+loops=(); agent=""; server=""; bgpids=(); mounts=(); separate=""
 cleanup() {
   for p in ${bgpids[@]+"${bgpids[@]}"}; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   [ -n "$agent" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null || true
@@ -35,7 +35,7 @@ cleanup() {
     "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
     umount "$l" 2>/dev/null || true; blockdev --setrw "$l" 2>/dev/null || true; losetup -d "$l" 2>/dev/null || true
   done
-  rm -rf "$work" "$TIDEMARK_BPF_PIN_DIR" "$TIDEMARK_RUN_DIR"
+  rm -rf "$work" "$TIDEMARK_BPF_PIN_DIR" "$TIDEMARK_RUN_DIR" ${separate:+"$separate"}
 }
 trap cleanup EXIT
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -187,6 +187,9 @@ pct() { # percentile P of numbers on stdin (nearest rank)
   sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999999); if (i<1) i=1; print a[i]}'; }
 
 # Server + agent of one disk: certificates, configs, processes (PIDs kept for cleanup).
+# The server's spool and target live in $spool and $target (default: in $work,
+# on the same disk as everything else).
+spool="$work/spool"; target="$work/target"
 repl_setup() {
   [ -e "$work/tls/ca.crt" ] || scripts/make-certs.sh "$work/tls" --agent agent-bench >/dev/null
   cat > "$work/server.yaml" <<Y
@@ -195,9 +198,9 @@ tls:
   ca: $work/tls/ca.crt
   cert: $work/tls/server.crt
   key: $work/tls/server.key
-spool_dir: $work/spool
+spool_dir: $spool
 target:
-  path: $work/target
+  path: $target
 Y
 }
 start_server() {
@@ -265,7 +268,7 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   read -r sent zc < <(st get bytes_sent zero_chunks)
   cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
   stop_repl
-  target_bytes=$(du -sb "$work/target" | cut -f1)
+  target_bytes=$(du -sb "$target" | cut -f1)
   r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
   ref=$(( f < z ? f : z ))
   echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; sent $((sent >> 20)) MiB sealed, $zc zero chunks, target holds $((target_bytes >> 20)) MiB"
@@ -281,7 +284,7 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   echo "restic/tidemark time: $(ratio "$trs" "$tr"); borg/tidemark time: $(ratio "$tb" "$tr") (target >= 3)"
   fi
   release_disk "$l"
-  rm -rf "$work/restic" "$work/borg" "$work/target" "$work/spool" "$work/state" "$work/usr.img" "$work/mnt"
+  rm -rf "$work/restic" "$work/borg" "$target" "$spool" "$work/state" "$work/usr.img" "$work/mnt"
 
 fi
 
@@ -295,31 +298,42 @@ make_filled_disk() { # name size -> sets $l, $bytes
 }
 
 if [ "$what" = all ] || [ "$what" = incremental ]; then
-  echo "== incremental: 8 GiB disk, 1% of it rewritten in random 64 KiB writes after the initial copy"
+  rounds=${INC_ROUNDS:-1}; skip=${SKIP_TOOLS:-0}
+  echo "== incremental: 8 GiB disk, 1% of it rewritten in random 64 KiB writes after the initial copy ($rounds round(s))"
   make_filled_disk inc 8G
   repl_setup; start_server; start_agent "$l"
   t0=$(now); ti=$(elapsed "$t0" "$(committed_at 600)")
-  dropcaches; restic -q -r "$work/restic" init; tri=$(timed restic_backup "$l")
-  dropcaches; borg init -e none "$work/borg"; tbi=$(timed borg_backup "$l" a)
-  cp --sparse=always "$work/inc.img" "$work/prev.img"
-  io=$(( bytes / 100 ))
-  fio --name=inc --filename="$l" --rw=randwrite --bs=64k --iodepth=8 --ioengine=io_uring --direct=1 --size="$bytes" \
-      --io_size="$io" --randrepeat=0 --output=/dev/null
-  tw=$(date +%s%3N)   # fio has returned: every write completed
-  tt=$(awk -v a="$tw" -v b="$(committed_at 300 "$tw")" 'BEGIN {printf "%.3f", b-a/1000}')
+  if [ "$skip" != 1 ]; then
+    dropcaches; restic -q -r "$work/restic" init; tri=$(timed restic_backup "$l")
+    dropcaches; borg init -e none "$work/borg"; tbi=$(timed borg_backup "$l" a)
+    cp --sparse=always "$work/inc.img" "$work/prev.img"
+  fi
+  io=$(( bytes / 100 )); tts=()
+  for _ in $(seq "$rounds"); do
+    fio --name=inc --filename="$l" --rw=randwrite --bs=64k --iodepth=8 --ioengine=io_uring --direct=1 --size="$bytes" \
+        --io_size="$io" --randrepeat=0 --output=/dev/null
+    tw=$(date +%s%3N)   # fio has returned: every write completed
+    tts+=("$(awk -v a="$tw" -v b="$(committed_at 300 "$tw")" 'BEGIN {printf "%.3f", b-a/1000}')")
+    [ "$rounds" = 1 ] || sleep 2
+  done
+  tt=$(printf '%s\n' "${tts[@]}" | median)
   read -r sent < <(st get bytes_sent)
   stop_repl
-  dropcaches; trs=$(timed restic_backup "$l")
-  dropcaches; tb=$(timed borg_backup "$l" b)
-  dropcaches; trsync=$(timed rsync --inplace --no-whole-file --ignore-times "$work/inc.img" "$work/prev.img")
-  cmp "$work/inc.img" "$work/prev.img" >/dev/null && echo "rsync copy verified identical (cmp)"
-  echo "device: $((bytes >> 20)) MiB; rewritten: $((io >> 20)) MiB in 64 KiB random writes (O_DIRECT)"
-  echo "initial copies: tidemark ${ti} s, restic ${tri} s, borg ${tbi} s"
-  echo "incremental, last write to committed: tidemark ${tt} s (drain interval 1000 ms; $((sent >> 20)) MiB sent in total)"
-  echo "incremental: restic ${trs} s, borg ${tb} s, rsync --inplace --no-whole-file --ignore-times ${trsync} s (this rsync skips a file whose size is unchanged without -t; --ignore-times makes it run the delta)"
-  echo "ratios (tool / tidemark, target >= 20): restic $(ratio "$trs" "$tt"), borg $(ratio "$tb" "$tt"), rsync $(ratio "$trsync" "$tt")"
+  echo "device: $((bytes >> 20)) MiB; rewritten: $((io >> 20)) MiB in 64 KiB random writes (O_DIRECT) per round"
+  echo "incremental, last write to committed: tidemark ${tt} s (median of: ${tts[*]}; drain interval 1000 ms; $((sent >> 20)) MiB sent in total)"
+  if [ "$skip" = 1 ]; then
+    echo "initial copy: tidemark ${ti} s; restic, borg and rsync skipped (SKIP_TOOLS=1)"
+  else
+    dropcaches; trs=$(timed restic_backup "$l")
+    dropcaches; tb=$(timed borg_backup "$l" b)
+    dropcaches; trsync=$(timed rsync --inplace --no-whole-file --ignore-times "$work/inc.img" "$work/prev.img")
+    cmp "$work/inc.img" "$work/prev.img" >/dev/null && echo "rsync copy verified identical (cmp)"
+    echo "initial copies: tidemark ${ti} s, restic ${tri} s, borg ${tbi} s"
+    echo "incremental: restic ${trs} s, borg ${tb} s, rsync --inplace --no-whole-file --ignore-times ${trsync} s (this rsync skips a file whose size is unchanged without -t; --ignore-times makes it run the delta)"
+    echo "ratios (tool / tidemark, target >= 20): restic $(ratio "$trs" "$tt"), borg $(ratio "$tb" "$tt"), rsync $(ratio "$trsync" "$tt")"
+  fi
   release_disk "$l"
-  rm -rf "$work/restic" "$work/borg" "$work/target" "$work/spool" "$work/state" "$work/inc.img" "$work/prev.img"
+  rm -rf "$work/restic" "$work/borg" "$target" "$spool" "$work/state" "$work/inc.img" "$work/prev.img"
 fi
 
 if [ "$what" = all ] || [ "$what" = rpo ]; then
@@ -354,7 +368,7 @@ if [ "$what" = all ] || [ "$what" = rpo ]; then
   echo "agent RSS: ${rss0} bytes before the stall, max ${rssmax} during/after: growth $(( (rssmax - rss0) >> 20 )) MiB (target <= 64)"
   echo "RPO at the end of the ${stall} s stall: ${stall_rpo} ms; back to <= 2000 ms ${back:-never} s after SIGCONT (target <= 30 s); p99 after that ${after_p99:-n/a} ms"
   release_disk "$l"
-  rm -rf "$work/target" "$work/spool" "$work/state" "$work/rpo.img"
+  rm -rf "$target" "$spool" "$work/state" "$work/rpo.img"
 fi
 
 if [ "$what" = all ] || [ "$what" = freeze ]; then
@@ -386,17 +400,28 @@ if [ "$what" = all ] || [ "$what" = freeze ]; then
   echo "median one: $(grep -o 'frozen .*' "$work/agent.err" | sort -k2 -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
   umount "$work/fz"; mounts=()
   release_disk "$l"
-  rm -rf "$work/target" "$work/spool" "$work/state" "$work/fz.img" "$work/fz"
+  rm -rf "$target" "$spool" "$work/state" "$work/fz.img" "$work/fz"
 fi
 
 if [ "$what" = all ] || [ "$what" = recover ]; then
-  echo "== tidemarkctl recover of a 4 GiB point vs fio sequential write (O_DIRECT, 8 × 1 MiB in flight, + fdatasync, as recover writes) to the same directory"
+  # RECOVER_TARGET_DIR=DIR puts the process server's target and spool in a new
+  # directory under DIR (e.g. /dev/shm: another storage than the destination's
+  # disk, as a process server's storage is in production); the image and fio's
+  # file stay in $work.
+  if [ -n "${RECOVER_TARGET_DIR:-}" ]; then
+    separate=$(mktemp -d "$RECOVER_TARGET_DIR/tidemark-bench-target.XXXXXX")
+    target="$separate/target"; spool="$separate/spool"
+    where="target and spool in $separate ($(df --output=fstype "$separate" | tail -1)), image in $work ($(df --output=fstype "$work" | tail -1))"
+  else
+    where="target, spool and image in $work ($(df --output=fstype "$work" | tail -1))"
+  fi
+  echo "== tidemarkctl recover of a 4 GiB point vs fio sequential write (O_DIRECT, 8 × 1 MiB in flight, + fdatasync, as recover writes) to the same directory; $where"
   make_filled_disk rec 4G
   repl_setup; start_server; start_agent "$l"
   committed_at 600 >/dev/null
   point=$("$BIN/tidemarkctl" point create --disk "$l" --socket "$work/agent.sock" | awk '{print $2}')
   stop_repl
-  target_bytes=$(du -sb "$work/target" | cut -f1)
+  target_bytes=$(du -sb "$target" | cut -f1)
   fw=(); rr=(); cpus=()
   for r in 1 2 3; do
     dropcaches
@@ -404,7 +429,7 @@ if [ "$what" = all ] || [ "$what" = recover ]; then
     fw+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')"); rm -f "$work/fio-w.img"
     dropcaches
     t0=$(now); TIMEFORMAT='%U %S'
-    cpu=$( { time "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1; } 2>&1 )
+    cpu=$( { time "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$target" --key "$work/tls/replication.key" >/dev/null 2>&1; } 2>&1 )
     t=$(elapsed "$t0" "$(now)"); cpus+=("$(echo "$cpu" | awk '{printf "%.1f+%.1f", $1, $2}')")
     rr+=("$(awk -v b="$bytes" -v s="$t" 'BEGIN {printf "%d", b/s}')")
     [ "$r" = 3 ] || rm -f "$work/recovered.img"
@@ -412,8 +437,12 @@ if [ "$what" = all ] || [ "$what" = recover ]; then
   cmp "$l" "$work/recovered.img" && echo "recovered image verified identical to the source (cmp)"
   if [ "${PERF:-0}" = 1 ]; then  # where a recovery spends its CPU (one more run under perf)
     dropcaches; rm -f "$work/recovered.img"
-    perf record -q -g -o "$work/perf.data" "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$work/target" --key "$work/tls/replication.key" >/dev/null 2>&1
-    perf report -i "$work/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9]' | head -25
+    perf record -q -g -o "$work/perf.data" "$BIN/tidemarkctl" recover --point "$point" --to "$work/recovered.img" --target "$target" --key "$work/tls/replication.key" >/dev/null 2>&1
+    # (|| true: head ends the pipe early, which pipefail would count as a failure)
+    echo "perf: by library"
+    perf report -i "$work/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-100 | head -8 || true
+    echo "perf: by symbol"
+    perf report -i "$work/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-120 | head -20 || true
   fi
   m_f=$(printf '%s\n' "${fw[@]}" | median); m_r=$(printf '%s\n' "${rr[@]}" | median)
   echo "disk $((bytes >> 20)) MiB, target holds $((target_bytes >> 20)) MiB (cold cache before each run)"
@@ -421,7 +450,8 @@ if [ "$what" = all ] || [ "$what" = recover ]; then
   echo "recover CPU seconds (user+system) per run: ${cpus[*]}"
   echo "recover/fio ratio: $(ratio "$m_r" "$m_f") (target >= 0.8)"
   release_disk "$l"
-  rm -rf "$work/target" "$work/spool" "$work/state" "$work/rec.img" "$work/recovered.img"
+  rm -rf "$target" "$spool" "$work/state" "$work/rec.img" "$work/recovered.img" ${separate:+"$separate"}
+  separate=""; target="$work/target"; spool="$work/spool"
 fi
 
 # Issue #4: the agent tracking and replicating an idle disk (ext4 mounted, no
@@ -447,5 +477,5 @@ if [ "$what" = all ] || [ "$what" = idle ]; then
   stop_repl
   umount "$work/idle-mnt"
   release_disk "$l"
-  rm -rf "$work/idle.img" "$work/target" "$work/spool" "$work/state"
+  rm -rf "$work/idle.img" "$target" "$spool" "$work/state"
 fi

@@ -61,21 +61,27 @@ int tm_gcm_seal(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
 
 int tm_gcm_open(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
                 const void *aad, size_t aadlen, const uint8_t *tag16) {
+    return tm_gcm_open_to(g, buf, buf, n, nonce12, aad, aadlen, tag16);
+}
+
+int tm_gcm_open_to(struct tm_gcm *g, const void *in, void *out, size_t n, const uint8_t *nonce12,
+                   const void *aad, size_t aadlen, const uint8_t *tag16) {
     int outl = 0;
     unsigned char tag[16];
     if (aadlen > INT_MAX) return -EINVAL;
     memcpy(tag, tag16, 16); /* EVP_CTRL_GCM_SET_TAG takes a non-const pointer */
     if (EVP_DecryptInit_ex(g->dec, NULL, NULL, NULL, nonce12) != 1) return -EIO;
     if (aadlen && EVP_DecryptUpdate(g->dec, NULL, &outl, aad, (int)aadlen) != 1) return -EIO;
-    unsigned char *p = buf;
+    const unsigned char *src = in;
+    unsigned char *dst = out;
     for (size_t done = 0; done < n;) {
         size_t step = n - done < TM_GCM_STEP ? n - done : TM_GCM_STEP;
-        if (EVP_DecryptUpdate(g->dec, p + done, &outl, p + done, (int)step) != 1) return -EIO;
+        if (EVP_DecryptUpdate(g->dec, dst + done, &outl, src + done, (int)step) != 1) return -EIO;
         done += step;
     }
     if (EVP_CIPHER_CTX_ctrl(g->dec, EVP_CTRL_GCM_SET_TAG, 16, tag) != 1) return -EIO;
-    if (EVP_DecryptFinal_ex(g->dec, p + n, &outl) != 1) {
-        OPENSSL_cleanse(buf, n);
+    if (EVP_DecryptFinal_ex(g->dec, dst + n, &outl) != 1) {
+        OPENSSL_cleanse(out, n);
         return -EBADMSG;
     }
     return 0;

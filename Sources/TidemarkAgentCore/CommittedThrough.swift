@@ -71,7 +71,10 @@ extension DiskReplicator {
         defer { cond.unlock() }
         let now = CommittedThroughTracker.nowUnixMs()
         var uncommittedChunks: UInt64 = 0
-        for u in uncommitted { for (_, n) in u.runs { uncommittedChunks += n } }
+        // Segments at or below the committed sequence stay in `uncommitted`
+        // until the main loop clears their bits (clearCommitted): their
+        // chunks are committed already and are not backlog.
+        for u in uncommitted where u.sequence > committedSequence { for (_, n) in u.runs { uncommittedChunks += n } }
         var d: [String: Any] = [
             "disk": session.device.path,
             "disk_id": diskID,

@@ -34,6 +34,13 @@ public enum Limits {
 /// Every limit of the replication data path, in one place, units in the names.
 public enum ReplicationLimits {
     public static let connectTimeoutMs = 5_000
+    /// While a disk is written, the main loop drains it this often instead
+    /// of at the drain interval: after a drain that found chunks, and after
+    /// the tracer counted a write completion, looked at every
+    /// `writeWatchMs` (DiskReplicator.waitForNextDrain). An idle disk is
+    /// drained at the configured interval.
+    public static let busyDrainIntervalMs = 100
+    public static let writeWatchMs = 20
     /// The reader gives its read buffers back after this long without work
     /// (an idle agent does not keep the memory of its last burst).
     public static let readerIdleReleaseMs = 5_000

@@ -76,6 +76,9 @@ public final class DiskReplicator: @unchecked Sendable {
     public internal(set) var freezeMsHistory: [Double] = []
     /// The RPO: the newest drain time whose chunks are all committed (CommittedThrough.swift).
     var committedThrough = CommittedThroughTracker()
+    /// The tracer's count of write completions on the disk, read before the
+    /// last drain (`waitForNextDrain`). Main thread only.
+    var eventsBeforeLastDrain: UInt64 = 0
 
     func recordFreeze(ms: Double) {
         cond.lock()
@@ -151,12 +154,13 @@ public final class DiskReplicator: @unchecked Sendable {
             }
         }
         while !StopSignal.isRequested && !isStopping {
-            try drainOnce()
+            let started = monotonicSeconds()
+            let found = try drainOnce()
             try clearCommitted()
             // Points wait while a resync compares: the target does not
             // match the disk until every chunk has been compared.
             if resyncActive { holdPointOrdersDuringResync() } else { try servePointRequests() }
-            StopSignal.sleep(milliseconds: settings.drainIntervalMs)
+            waitForNextDrain(after: started, found: found)
         }
         try drainOnce()
         try clearCommitted()
@@ -220,9 +224,36 @@ public final class DiskReplicator: @unchecked Sendable {
         cond.unlock()
     }
 
-    func drainOnce() throws {
+    /// Waits until the next drain of the main loop: the configured drain
+    /// interval after the drain that began at `started` (monotonic seconds),
+    /// shortened while the disk is written. After a drain that found
+    /// chunks, the next one comes `busyDrainIntervalMs` after it; otherwise
+    /// as soon as the tracer has counted a write completion on the disk since
+    /// (looked at every `writeWatchMs`), but not sooner than that. A burst is
+    /// thus drained while it is written, and the drain after its last write
+    /// follows within `busyDrainIntervalMs`; an idle disk is drained at the
+    /// configured interval. The counter only hastens drains: whatever it
+    /// says, every bit is drained by the next one.
+    func waitForNextDrain(after started: Double, found: Bool) {
+        let interval = Double(settings.drainIntervalMs) / 1000
+        let busy = Double(min(settings.drainIntervalMs, ReplicationLimits.busyDrainIntervalMs)) / 1000
+        let due = started + (found ? busy : interval)
+        while !StopSignal.isRequested && !isStopping {
+            let now = monotonicSeconds()
+            if now >= due { return }
+            if now >= started + busy && session.bitmap.events != eventsBeforeLastDrain { return }
+            let left = Int(((due - now) * 1000).rounded(.up))
+            StopSignal.sleep(milliseconds: max(1, min(left, ReplicationLimits.writeWatchMs)))
+        }
+    }
+
+    /// Drains the kernel's bits into the `.hrl` and the to-read set; true
+    /// when it found any.
+    @discardableResult
+    func drainOnce() throws -> Bool {
         var added: [(UInt64, UInt64)] = []
         let startedUnixMs = CommittedThroughTracker.nowUnixMs()
+        eventsBeforeLastDrain = session.bitmap.events
         let result = try session.drain { w, b in added.append((w, b)) }
         if !added.isEmpty || result.overflowed {
             Log.debug("\(diskID): drain at \(monotonicNanoseconds() / 1_000_000) ms: \(result.overflowed ? "overflow, " : "")chunks \(added.map { w, b in (0..<64).filter { b >> $0 & 1 == 1 }.map { String(w * 64 + UInt64($0)) }.joined(separator: ",") }.joined(separator: ","))")
@@ -232,8 +263,10 @@ public final class DiskReplicator: @unchecked Sendable {
         for (w, b) in added { toRead.insert(word: w, bits: b) }
         committedThrough.drained(atUnixMs: startedUnixMs, toReadEmpty: toRead.isEmpty,
                                  lastSequence: nextSequence - 1, committed: committedSequence)
-        if !added.isEmpty || result.overflowed { cond.broadcast() }
+        let found = !added.isEmpty || result.overflowed
+        if found { cond.broadcast() }
         cond.unlock()
+        return found
     }
 
     /// Clears, in the `.hrl`, the chunks of committed segments that were

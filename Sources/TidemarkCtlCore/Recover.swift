@@ -45,9 +45,12 @@ public enum RecoverCommand {
         // One opener (AES-GCM + zstd contexts) per core: segments are opened in parallel, ahead of the writes.
         let workers = max(1, min(RecoverLimits.openersMax, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         let diskID = point.diskID
+        // Plaintext buffers are reused: as many as are opened ahead or being written at once.
+        let plaintext = BufferPool(keptMax: workers * MaterializeLimits.segmentsAheadPerOpener * 2 + MaterializeLimits.directWritesInFlight,
+                                   alignment: MaterializeLimits.directAlignmentBytes)
         let openers: [SegmentOpen] = try (0..<workers).map { _ in
             let opener = try SegmentOpener(key: key)
-            return { sequence, sealed in try openExtents(opener, sealed, diskID: diskID, sequence: sequence) }
+            return { sequence, sealed in try openExtents(opener, sealed, diskID: diskID, sequence: sequence, buffers: plaintext) }
         }
         let destination = try Destination(to)
 
@@ -66,28 +69,40 @@ public enum RecoverCommand {
     }
 
     /// Authenticates, decompresses and splits one segment into its extents.
-    static func openExtents(_ opener: SegmentOpener, _ sealed: [UInt8], diskID: String, sequence: UInt64) throws -> OpenedExtents {
+    /// The plaintext goes into one page-aligned buffer, from which
+    /// `materialize` writes the image with O_DIRECT, with no copy.
+    static func openExtents(_ opener: SegmentOpener, _ sealed: UnsafeRawBufferPointer, diskID: String, sequence: UInt64,
+                            buffers: BufferPool) throws -> OpenedSegment {
         if StopSignal.isRequested {
             throw TidemarkError(.state, "interrupted", hint: "run the recovery again")
         }
-        let (header, payload) = try sealed.withUnsafeBytes { try opener.open($0, diskID: diskID, sequence: sequence) }
-        var out = OpenedExtents()
-        out.reserveCapacity(header.extents.count)
+        var buffer: PooledBuffer?
+        var length = 0
+        let header = try opener.open(sealed, diskID: diskID, sequence: sequence) { n in
+            length = n
+            guard n > 0 else { return UnsafeMutableRawBufferPointer(start: nil, count: 0) }
+            let b = buffers.take(n)
+            buffer = b
+            return b.bytes
+        }
+        let payload = buffer.map { UnsafeRawBufferPointer(rebasing: $0.bytes[0..<length]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        var extents: [OpenedSegment.Extent] = []
+        extents.reserveCapacity(header.extents.count)
         var pos = 0
         for e in header.extents {
             let n = Int(e.length)
             switch e.kind {
             case .zero:
-                out.append((e.offset, nil, UInt64(e.length)))
+                extents.append(.init(offset: e.offset, length: UInt64(e.length), dataStart: nil))
             case .data:
                 guard pos + n <= payload.count else {
                     throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): its data extents need more than its \(payload.count) payload bytes")
                 }
-                out.append((e.offset, Array(payload[pos..<(pos + n)]), UInt64(e.length)))
+                extents.append(.init(offset: e.offset, length: UInt64(e.length), dataStart: pos))
                 pos += n
             }
         }
-        return out
+        return try OpenedSegment(extents: extents, data: payload, storage: buffer)
     }
 
     static func choosePoint(_ wanted: String, diskID: String?, target: LocalDirectoryTarget, targetDir: String) throws -> PointRecord {

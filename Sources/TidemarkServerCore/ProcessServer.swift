@@ -83,6 +83,8 @@ public final class ProcessServer: @unchecked Sendable {
     var digestIndexes: [String: DigestIndex] = [:]
     let indexOpenLock = NSLock()
     let uploads = UploadQueue()
+    /// Threads that write and fsync the objects of an upload batch beside the uploader's.
+    let syncPool = WorkerPool(threads: ServerLimits.uploadSyncThreads - 1)
     /// Per disk: spooled segments from this sequence on that were appended
     /// before this spool position are never acknowledged or uploaded (one of
     /// them could not be read back; the agent re-sends them). Guarded by `lock`.
@@ -150,6 +152,8 @@ public final class ProcessServer: @unchecked Sendable {
         uploads.stop()
         spool.stop()
         usleep(50_000)
+        // A batch still being stored finishes on the uploader's own thread.
+        syncPool.shutdown()
         Log.info("\(options.serverID): stopped")
     }
 
@@ -338,29 +342,54 @@ public final class ProcessServer: @unchecked Sendable {
 
     // MARK: Upload
 
+    /// Stores spooled segments in target storage in batches (bounded by
+    /// `ServerLimits.uploadBatchSegmentsMax` and `uploadBatchBytesMax`): the
+    /// objects of a batch are fsynced in parallel and their directories once
+    /// (`LocalDirectoryTarget.putSegments`), and "committed" is acknowledged
+    /// only for the segments of the batch that are durable there. A failure
+    /// is handled as if the segments had been uploaded one at a time: those
+    /// before the first one that failed are committed, it is retried (or
+    /// discarded when it is damaged), the later ones wait for it.
     private func runUploader() {
         var delayMs = ServerLimits.uploadRetryDelayMsMin
-        while let record = uploads.next() {
-            if isDiscarded(record) {
-                // Numbered after a segment that could not be read back: the agent re-sends it.
-                uploads.done()
-                spool.release(record)
+        while let batch = uploads.nextBatch(countMax: ServerLimits.uploadBatchSegmentsMax,
+                                            bytesMax: ServerLimits.uploadBatchBytesMax) {
+            // Read back in spool order, up to a record that cannot be read.
+            var items: [UploadItem] = []
+            var unread: (index: Int, error: Error)?
+            for (i, record) in batch.enumerated() {
+                if isDiscarded(record) {
+                    // Numbered after a segment that could not be read back: the agent re-sends it.
+                    uploads.done()
+                    spool.release(record)
+                    continue
+                }
+                do {
+                    items.append(try prepareUpload(record))
+                } catch {
+                    unread = (i, error)
+                    break
+                }
+            }
+            let (stored, failure) = target.putSegments(items.map(\.put), pool: syncPool)
+            committed(items[..<stored])
+            // Not stored, in order: the rest of the items, then what was not read.
+            var waiting = items[stored...].map(\.record) + batch[(unread?.index ?? batch.count)...]
+            guard let error = failure?.error ?? unread?.error else {
+                delayMs = ServerLimits.uploadRetryDelayMsMin
                 continue
             }
-            do {
-                try upload(record)
-                uploads.done()
-                spool.release(record)
-                delayMs = ServerLimits.uploadRetryDelayMsMin
-            } catch let e as TidemarkError where e.kind == .corrupt {
+            let record = waiting.removeFirst()
+            if let e = error as? TidemarkError, e.kind == .corrupt {
                 uploads.done()
                 discardUnreadable(record, e)
-            } catch {
-                Log.error("uploading \(record.diskID) #\(record.sequence) to \(options.targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
-                uploads.requeueFront(record)
-                usleep(useconds_t(delayMs * 1000))
-                delayMs = min(delayMs * 2, ServerLimits.uploadRetryDelayMsMax)
+                uploads.requeueFront(waiting[...])
+                continue
             }
+            Log.error("uploading \(record.diskID) #\(record.sequence) to \(options.targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
+            uploads.requeueFront(([record] + waiting)[...])
+            usleep(useconds_t(delayMs * 1000))
+            delayMs = min(delayMs * 2, ServerLimits.uploadRetryDelayMsMax)
         }
     }
 
@@ -406,7 +435,15 @@ public final class ProcessServer: @unchecked Sendable {
         return record.sequence >= d.fromSequence && record.location.isBefore(d.before)
     }
 
-    private func upload(_ record: Spool.Record) throws {
+    /// A spooled segment read back for upload.
+    struct UploadItem {
+        var record: Spool.Record
+        var header: SegmentHeader
+        var put: SegmentPut
+    }
+
+    /// Reads a record back from the spool (verified) and what target storage needs of it.
+    private func prepareUpload(_ record: Spool.Record) throws -> UploadItem {
         let bytes = try spool.read(record)
         let (header, _) = try bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
         guard header.diskID == record.diskID, header.sequence == record.sequence else {
@@ -420,19 +457,35 @@ public final class ProcessServer: @unchecked Sendable {
             point = PointRecord(id: tag.id, diskID: header.diskID, pointClass: tag.pointClass.rawValue,
                                 timeUnixMs: tag.timeUnixMs, sequence: header.sequence)
         }
-        try bytes.withUnsafeBytes {
-            try target.putSegment(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: $0)
+        return UploadItem(record: record, header: header,
+                          put: SegmentPut(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: bytes))
+    }
+
+    /// The items are durable in target storage: index their digests, then
+    /// acknowledge "committed" (one acknowledgement per disk, the highest
+    /// sequence) and let the spool forget them.
+    private func committed(_ items: ArraySlice<UploadItem>) {
+        guard !items.isEmpty else { return }
+        var highest: [String: UInt64] = [:]
+        for item in items {
+            updateDigestIndex(item.header, extents: item.put.extents)
+            if let point = item.put.point {
+                Log.info("\(point.diskID): recovery point \(point.id) (\(point.pointClass)) committed at #\(point.sequence)")
+            }
+            highest[item.record.diskID] = max(highest[item.record.diskID] ?? 0, item.record.sequence)
         }
-        updateDigestIndex(header, extents: extents)
-        if let point { Log.info("\(point.diskID): recovery point \(point.id) (\(point.pointClass)) committed at #\(point.sequence)") }
         lock.lock()
-        var ack: (Connection, UInt64)?
-        if let d = disks[record.diskID] {
-            d.committed = max(d.committed, record.sequence)
-            if let o = d.owner { ack = (o, d.committed) }
+        var acks: [(Connection, String, UInt64)] = []
+        for (diskID, sequence) in highest {
+            if let d = disks[diskID] {
+                d.committed = max(d.committed, sequence)
+                if let o = d.owner { acks.append((o, diskID, d.committed)) }
+            }
         }
         lock.unlock()
-        if let (c, seq) = ack { c.queueAck(disk: record.diskID, committed: seq) }
+        for (c, diskID, seq) in acks { c.queueAck(disk: diskID, committed: seq) }
+        uploads.done(items.count)
+        for item in items { spool.release(item.record) }
     }
 
     // MARK: Chunk digests
@@ -608,37 +661,50 @@ final class UploadQueue: @unchecked Sendable {
         cond.unlock()
     }
 
-    func next() -> Spool.Record? {
+    /// The oldest records waiting, in order: at least one, at most
+    /// `countMax`, and no more than `bytesMax` of payload unless the first
+    /// alone is larger. Waits while there is none; nil once stopped.
+    func nextBatch(countMax: Int, bytesMax: UInt64) -> [Spool.Record]? {
         cond.lock()
         defer { cond.unlock() }
         while head == queue.count && !stopped { cond.wait() }
         // Stopping leaves the rest in the spool: the next start uploads it.
         if stopped { return nil }
-        let r = queue[head]
-        head += 1
-        inFlight += 1
+        var batch: [Spool.Record] = []
+        var bytes: UInt64 = 0
+        while head < queue.count, batch.count < countMax {
+            let r = queue[head]
+            if !batch.isEmpty && bytes + UInt64(r.location.length) > bytesMax { break }
+            batch.append(r)
+            bytes += UInt64(r.location.length)
+            head += 1
+        }
+        inFlight += batch.count
         if head > 4096 && head * 2 > queue.count {
             queue.removeFirst(head)
             head = 0
         }
-        return r
+        return batch
     }
 
-    func done() {
+    func done(_ count: Int = 1) {
         cond.lock()
-        inFlight -= 1
+        inFlight -= count
         cond.broadcast()
         cond.unlock()
     }
 
-    func requeueFront(_ r: Spool.Record) {
+    /// Puts records taken by `nextBatch` back at the head, in their order.
+    func requeueFront(_ records: ArraySlice<Spool.Record>) {
+        guard !records.isEmpty else { return }
         cond.lock()
-        inFlight -= 1
-        if head > 0 {
-            head -= 1
-            queue[head] = r
+        inFlight -= records.count
+        if head >= records.count {
+            head -= records.count
+            queue.replaceSubrange(head..<(head + records.count), with: records)
         } else {
-            queue.insert(r, at: 0)
+            queue.replaceSubrange(0..<head, with: records)
+            head = 0
         }
         cond.unlock()
     }

@@ -24,6 +24,16 @@ public enum ServerLimits {
     /// doubling up to the maximum; the record stays in the spool meanwhile.
     public static let uploadRetryDelayMsMin = 100
     public static let uploadRetryDelayMsMax = 10_000
+    /// The uploader stores the spooled segments waiting for it in batches of
+    /// at most this many segments and this many payload bytes (a larger
+    /// segment goes alone): one directory fsync per batch, and "committed"
+    /// for the whole batch once it is durable. The bytes bound the memory
+    /// the batch holds (it is read back from the spool whole).
+    public static let uploadBatchSegmentsMax = 32
+    public static let uploadBatchBytesMax: UInt64 = 64 << 20
+    /// Threads that write and fsync a batch's objects at once, the
+    /// uploader's own included (fsync mostly waits for the device).
+    public static let uploadSyncThreads = 4
     /// The chunk digest index of a disk is made durable (fdatasync, then its
     /// header names the sequence) after this many committed segments, not
     /// after each: a crash costs re-applying at most this many from the

@@ -5,8 +5,9 @@ import Glibc
 /// writes in flight so the caller (reading the source at the same time) does
 /// not wait for each one. Each piece is copied into one of `queueDepth`
 /// reused, aligned buffers of `bufferBytes`: memory stays bounded at
-/// queueDepth × bufferBytes. Falls back to synchronous `pwrite` when io_uring
-/// is unavailable.
+/// queueDepth × bufferBytes. Aligned memory of the caller's can be written
+/// with no copy instead (`write(_:at:keeping:)`). Falls back to synchronous
+/// `pwrite` when io_uring is unavailable.
 ///
 /// Writes are durable only after `flush()` and the caller's fdatasync. The
 /// first failed write is reported by the next `write` or by `flush`, and the
@@ -21,6 +22,12 @@ public final class AsyncWriter {
     private var free: [Int]
     /// Per buffer: target offset, length, bytes already written.
     private var pending: [(offset: UInt64, length: Int, done: Int)]
+    /// Writes from callers' memory (`write(_:at:keeping:)`), in slots
+    /// `queueDepth ..< 2 × queueDepth` of the completions' user data: the
+    /// memory, its keeper (held until the write completes), target offset,
+    /// bytes already written.
+    private var external: [(data: UnsafeRawBufferPointer, keeper: AnyObject?, offset: UInt64, done: Int)]
+    private var freeExternal: [Int]
     private var inFlight = 0
     private var failure: SystemError?
 
@@ -33,6 +40,8 @@ public final class AsyncWriter {
         buffers = (0..<queueDepth).map { _ in AlignedBuffer(count: bufferBytes) }
         free = Array((0..<queueDepth).reversed())
         pending = Array(repeating: (0, 0, 0), count: queueDepth)
+        external = Array(repeating: (UnsafeRawBufferPointer(start: nil, count: 0), nil, 0, 0), count: queueDepth)
+        freeExternal = Array((0..<queueDepth).reversed())
         var r: OpaquePointer?
         if SystemEnvironment.variables["TIDEMARK_DISABLE_IO_URING"].map({ $0 != "" && $0 != "0" }) != true,
            tm_uring_create(UInt32(queueDepth), &r) == 0 {
@@ -72,6 +81,25 @@ public final class AsyncWriter {
         }
     }
 
+    /// Queues a write of `data` at `offset` straight from the caller's
+    /// memory, with no copy: `data` must meet the file's O_DIRECT alignment
+    /// (address, offset and length) and stay valid and unchanged while
+    /// `keeper` lives; the writer holds `keeper` until the write has
+    /// completed. Counts against the same `queueDepth` writes in flight.
+    public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, keeping keeper: AnyObject) throws {
+        if let failure { throw failure }
+        guard data.count > 0 else { return }
+        guard let ring else {
+            try fd.write(data, at: offset)
+            return
+        }
+        while inFlight >= queueDepth || freeExternal.isEmpty { try reap(ring) }
+        if let failure { throw failure }
+        let slot = freeExternal.removeLast()
+        external[slot] = (data, keeper, offset, 0)
+        try submitExternal(ring, slot)
+    }
+
     /// Waits until every queued write has completed; throws the first failure.
     public func flush() throws {
         if let ring {
@@ -81,7 +109,7 @@ public final class AsyncWriter {
     }
 
     private func takeFreeBuffer(_ ring: OpaquePointer) throws -> Int {
-        while free.isEmpty { try reap(ring) }
+        while free.isEmpty || inFlight >= queueDepth { try reap(ring) }
         if let failure { throw failure }
         return free.removeLast()
     }
@@ -95,12 +123,42 @@ public final class AsyncWriter {
         try shimcall("io_uring_submit", "queueing a write to \(fd.path)") { tm_uring_submit(ring) }
     }
 
+    private func submitExternal(_ ring: OpaquePointer, _ slot: Int) throws {
+        let e = external[slot]
+        let rc = tm_uring_prep_write(ring, fd.rawValue, e.data.baseAddress! + e.done,
+                                     UInt32(e.data.count - e.done), e.offset + UInt64(e.done), UInt64(queueDepth + slot))
+        precondition(rc == 0, "submission queue full with \(inFlight) of \(queueDepth) writes in flight")
+        inFlight += 1
+        try shimcall("io_uring_submit", "queueing a write to \(fd.path)") { tm_uring_submit(ring) }
+    }
+
     /// Waits for one completion; resubmits the rest of a short write.
     private func reap(_ ring: OpaquePointer) throws {
         var ud: UInt64 = 0
         var res: Int32 = 0
         try shimcall("io_uring_wait_cqe", "waiting for writes to \(fd.path)") { tm_uring_wait(ring, &ud, &res) }
         inFlight -= 1
+        if Int(ud) >= queueDepth {
+            let slot = Int(ud) - queueDepth
+            precondition(slot < queueDepth)
+            var e = external[slot]
+            if res < 0 || (res == 0 && e.done < e.data.count) {
+                if failure == nil {
+                    failure = SystemError(call: "io_uring write", errno: res < 0 ? -res : EIO,
+                                          context: "writing \(e.data.count - e.done) bytes to \(fd.path) at \(e.offset + UInt64(e.done))")
+                }
+            } else {
+                e.done += Int(res)
+                external[slot] = e
+                if e.done < e.data.count && failure == nil {
+                    try submitExternal(ring, slot)
+                    return
+                }
+            }
+            external[slot] = (UnsafeRawBufferPointer(start: nil, count: 0), nil, 0, 0)
+            freeExternal.append(slot)
+            return
+        }
         let slot = Int(ud)
         precondition(slot >= 0 && slot < queueDepth)
         var p = pending[slot]

@@ -51,6 +51,25 @@ public final class AES256GCM: @unchecked Sendable {
         }
     }
 
+    /// Decrypts `input` into `output` (of the same size, not overlapping it);
+    /// fails as `open` does, leaving `output` zeroed on a bad tag.
+    public func open(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                     aad: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) throws {
+        precondition(nonce.count == Self.nonceBytes && tag.count == Self.tagBytes, "AES256GCM.open: nonce/tag size")
+        precondition(input.count == output.count, "AES256GCM.open: input and output sizes differ")
+        let r = withNonNull(output) { o in
+            tm_gcm_open_to(ctx, input.baseAddress ?? UnsafeRawPointer(o), o, output.count,
+                           nonce.assumingMemoryBound(to: UInt8.self).baseAddress,
+                           aad.baseAddress, aad.count, tag.assumingMemoryBound(to: UInt8.self).baseAddress)
+        }
+        if r == -EBADMSG {
+            throw TidemarkError(.corrupt, "authentication failed: wrong key, or the data was tampered with")
+        }
+        if r != 0 {
+            throw SystemError(call: "EVP_DecryptUpdate", errno: -r, context: "decrypting \(output.count) bytes with AES-256-GCM")
+        }
+    }
+
     /// EVP wants a valid pointer even for zero bytes.
     private func withNonNull(_ b: UnsafeMutableRawBufferPointer, _ body: (UnsafeMutableRawPointer) -> Int32) -> Int32 {
         if let p = b.baseAddress { return body(p) }

@@ -155,12 +155,14 @@ public final class AlignedBuffer: @unchecked Sendable {
     public let alignment: Int
     public let pointer: UnsafeMutableRawPointer
 
-    public init(count: Int, alignment: Int = 4096) {
+    /// With `zeroed: false` the bytes are left as the allocator gave them:
+    /// for a buffer the caller fills completely before reading it.
+    public init(count: Int, alignment: Int = 4096, zeroed: Bool = true) {
         precondition(count > 0 && alignment > 0 && alignment & (alignment - 1) == 0)
         self.count = count
         self.alignment = alignment
         self.pointer = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: alignment)
-        self.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        if zeroed { self.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count) }
     }
 
     deinit { pointer.deallocate() }

@@ -21,6 +21,10 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     private var committedCache: [String: UInt64] = [:]
     /// Disk records, once read (they are immutable).
     private var diskCache: [String: DiskRecord] = [:]
+    /// Per disk: sequences `putSegments` linked whose directory is not
+    /// fsynced yet (their names may not survive a crash): they do not count
+    /// towards the committed sequence meanwhile.
+    private var unsynced: [String: Set<UInt64>] = [:]
 
     /// Opens (creating when absent or empty) a target directory.
     public init(root: String) throws {
@@ -242,34 +246,160 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     /// `point`, the point manifest is written after the segment.
     public func putSegment(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?,
                            bytes: UnsafeRawBufferPointer) throws {
-        let d = try requireDisk(diskID)
-        guard sequence >= 1 else { throw TidemarkError(.invalidArgument, "disk '\(diskID)': segment sequences start at 1") }
-        try validate(extents: extents, disk: d, sequence: sequence)
-        guard UInt64(bytes.count) <= EnvelopeFormat.payloadBytesMax else {
-            throw TidemarkError(.invalidArgument, "disk '\(diskID)' sequence \(sequence): \(bytes.count) bytes exceed the object limit \(EnvelopeFormat.payloadBytesMax)")
-        }
-        if let p = point {
-            guard p.diskID == diskID, p.sequence == sequence else {
-                throw TidemarkError(.invalidArgument, "point '\(p.id)' names disk '\(p.diskID)' sequence \(p.sequence) but travels in disk '\(diskID)' sequence \(sequence)")
+        let put = SegmentPut(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: Array(bytes))
+        if let failure = putSegments([put], pool: nil).failure { throw failure.error }
+    }
+
+    /// Stores segments durably, as a batch (docs/target-layout.md section
+    /// 5): each object is written to a temporary file and fsynced (on the
+    /// `pool`'s threads and the caller's, in parallel), then every object is
+    /// linked to its name in the order given, then each segments directory
+    /// is fsynced once; point manifests of tag segments follow. Each put
+    /// means what `putSegment` means.
+    ///
+    /// Returns how many puts, from the first, are durable: all of them, or,
+    /// with `failure`, the ones before the first that failed (its index and
+    /// error; the later ones are not stored, or not known to be durable, and
+    /// are offered again). Until its directory is fsynced, a sequence of the
+    /// batch does not count towards `committedSequence`.
+    public func putSegments(_ puts: [SegmentPut], pool: WorkerPool?) -> (durable: Int, failure: (index: Int, error: Error)?) {
+        var limit = puts.count
+        var failure: (index: Int, error: Error)?
+        func fail(_ i: Int, _ e: Error) {
+            if i < limit {
+                limit = i
+                failure = (i, e)
             }
-            guard p.id.utf8.count <= EnvelopeFormat.stringBytesMax, p.pointClass.utf8.count <= EnvelopeFormat.stringBytesMax else {
-                throw TidemarkError(.invalidArgument, "point '\(p.id.prefix(64))': id or class longer than \(EnvelopeFormat.stringBytesMax) bytes")
+        }
+
+        // 1. Checks, in order; a pruned sequence is compared with its tombstone, not written.
+        var needsWrite = [Bool](repeating: false, count: puts.count)
+        for (i, p) in puts.enumerated() {
+            do {
+                needsWrite[i] = try prepare(p)
+            } catch {
+                fail(i, error)
+                break
             }
         }
-        let metadata = Metadata.encodeSegment(extents: extents, point: point)
-        let header = Envelope.encodeHeader(kind: .segment, diskID: diskID, sequence: sequence, metadata: metadata, payload: bytes)
-        let name = Self.objectName(sequence, ".seg")
-        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+
+        // 2. Temporary files, written and fsynced in parallel.
+        let toWrite = (0..<limit).filter { needsWrite[$0] }
+        let temporaries = TemporaryFiles(count: puts.count)
+        defer { temporaries.removeLeftovers() }
+        let write = { [self] (k: Int) in
+            let i = toWrite[k]
+            let p = puts[i]
+            do {
+                let tmp = try p.bytes.withUnsafeBytes { bytes in
+                    let header = Envelope.encodeHeader(kind: .segment, diskID: p.diskID, sequence: p.sequence,
+                                                       metadata: Metadata.encodeSegment(extents: p.extents, point: p.point),
+                                                       payload: bytes)
+                    return try ObjectFiles.writeTemporary(dir: segmentsDir(p.diskID), name: Self.objectName(p.sequence, ".seg"),
+                                                          header: header, payload: bytes)
+                }
+                temporaries.set(i, .success(tmp))
+            } catch {
+                temporaries.set(i, .failure(error))
+            }
+        }
+        if let pool { pool.run(count: toWrite.count, write) } else { for k in toWrite.indices { write(k) } }
+        for i in toWrite where i < limit {
+            if case .failure(let e)? = temporaries.result(i) { fail(i, e) }
+        }
+
+        // 3. Names, in order. A sequence linked here does not count towards
+        // the committed sequence until its directory is fsynced (step 4).
+        let toLink = (0..<limit).filter { needsWrite[$0] }
+        let entered = lock.withLock { toLink.filter { unsynced[puts[$0].diskID, default: []].insert(puts[$0].sequence).inserted } }
+        var linked: Set<Int> = []
+        var synced: [Int] = []
+        defer {
+            // What is known durable leaves `unsynced`, and what this call
+            // entered but did not link. A name linked but not synced (here or
+            // by an earlier call that failed) stays out of the committed
+            // sequence until a later put of it has its directory fsynced.
+            lock.withLock {
+                for i in synced { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
+                for i in entered where !linked.contains(i) { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
+                for i in toLink where unsynced[puts[i].diskID]?.isEmpty == true { unsynced[puts[i].diskID] = nil }
+            }
+        }
+        for i in toLink {
+            let p = puts[i]
+            do {
+                guard let tmp = temporaries.take(i) else { continue }
+                let published = try ObjectFiles.publish(temporary: tmp, dir: segmentsDir(p.diskID), name: Self.objectName(p.sequence, ".seg"))
+                if published { linked.insert(i) }
+                if !published {
+                    try p.bytes.withUnsafeBytes {
+                        try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
+                    }
+                }
+            } catch {
+                fail(i, error)
+                break
+            }
+        }
+
+        // 4. One fsync per segments directory, also when the objects existed
+        // already (whoever linked them may not have synced their names).
+        var dirs: [String] = []
+        for p in puts.prefix(limit) where !dirs.contains(segmentsDir(p.diskID)) { dirs.append(segmentsDir(p.diskID)) }
+        for dir in dirs {
+            do {
+                try ObjectFiles.syncDirectory(dir)
+            } catch {
+                fail(0, error)
+                return (0, failure)
+            }
+        }
+        synced = toLink.filter { $0 < limit }
+
+        // 5. Point manifests, each after its tag segment is durable.
+        for i in 0..<limit {
+            let p = puts[i]
+            guard let point = p.point else { continue }
+            do {
+                // A tombstoned tag segment whose point expired stays expired.
+                if ObjectFiles.exists(tombstonePath(p.diskID, p.sequence)) && !ObjectFiles.exists(pointPath(p.diskID, p.sequence)) {
+                    continue
+                }
+                try putPointManifest(point)
+            } catch {
+                fail(i, error)
+                break
+            }
+        }
+        return (limit, failure)
+    }
+
+    /// Checks a put against the disk record and the rules of section 5.
+    /// Returns true when the object is to be written, false when its
+    /// sequence was pruned and the offer matches the tombstone.
+    private func prepare(_ p: SegmentPut) throws -> Bool {
+        let d = try requireDisk(p.diskID)
+        guard p.sequence >= 1 else { throw TidemarkError(.invalidArgument, "disk '\(p.diskID)': segment sequences start at 1") }
+        try validate(extents: p.extents, disk: d, sequence: p.sequence)
+        guard UInt64(p.bytes.count) <= EnvelopeFormat.payloadBytesMax else {
+            throw TidemarkError(.invalidArgument, "disk '\(p.diskID)' sequence \(p.sequence): \(p.bytes.count) bytes exceed the object limit \(EnvelopeFormat.payloadBytesMax)")
+        }
+        if let pt = p.point {
+            guard pt.diskID == p.diskID, pt.sequence == p.sequence else {
+                throw TidemarkError(.invalidArgument, "point '\(pt.id)' names disk '\(pt.diskID)' sequence \(pt.sequence) but travels in disk '\(p.diskID)' sequence \(p.sequence)")
+            }
+            guard pt.id.utf8.count <= EnvelopeFormat.stringBytesMax, pt.pointClass.utf8.count <= EnvelopeFormat.stringBytesMax else {
+                throw TidemarkError(.invalidArgument, "point '\(pt.id.prefix(64))': id or class longer than \(EnvelopeFormat.stringBytesMax) bytes")
+            }
+        }
+        if ObjectFiles.exists(tombstonePath(p.diskID, p.sequence)) {
             // Pruned already: never store the bytes again, just confirm they match.
-            try checkSameSegment(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: bytes)
-        } else if try !ObjectFiles.create(dir: segmentsDir(diskID), name: name, header: header, payload: bytes) {
-            try checkSameSegment(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: bytes)
+            try p.bytes.withUnsafeBytes {
+                try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
+            }
+            return false
         }
-        if let point {
-            // A tombstoned tag segment whose point expired stays expired.
-            if ObjectFiles.exists(tombstonePath(diskID, sequence)) && !ObjectFiles.exists(pointPath(diskID, sequence)) { return }
-            try putPointManifest(point)
-        }
+        return true
     }
 
     /// The segment (or its tombstone) already stored at `sequence` must be
@@ -313,17 +443,38 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
         if let (env, payload, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: true) {
-            // Decoding the metadata checks it is well formed.
-            var r = ByteReader(env.metadata, path: path)
-            _ = try Metadata.decodeSegment(&r, diskID: diskID)
-            try r.end()
+            try checkSegmentMetadata(env, path: path, diskID: diskID)
             return payload!
         }
-        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
-            throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
-                                hint: "its data is overwritten at every retained point")
+        throw missingSegment(diskID: diskID, sequence: sequence)
+    }
+
+    /// `readSegment` into a buffer of `pool`: the bytes are the first
+    /// `length` of `buffer` (nil when the segment is empty).
+    public func readSegment(diskID: String, sequence: UInt64, into pool: BufferPool) throws -> (buffer: PooledBuffer?, length: Int) {
+        try validateDiskID(diskID)
+        let path = segmentPath(diskID, sequence)
+        if let (env, payload, length) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, into: pool) {
+            try checkSegmentMetadata(env, path: path, diskID: diskID)
+            return (payload, length)
         }
-        throw TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
+        throw missingSegment(diskID: diskID, sequence: sequence)
+    }
+
+    /// Decoding the metadata checks it is well formed.
+    private func checkSegmentMetadata(_ env: Envelope, path: String, diskID: String) throws {
+        var r = ByteReader(env.metadata, path: path)
+        _ = try Metadata.decodeSegment(&r, diskID: diskID)
+        try r.end()
+    }
+
+    private func missingSegment(diskID: String, sequence: UInt64) -> TidemarkError {
+        let path = segmentPath(diskID, sequence)
+        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+            return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
+                                 hint: "its data is overwritten at every retained point")
+        }
+        return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
     }
 
     /// What is stored for a sequence: the segment's metadata, or its
@@ -364,22 +515,37 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// The highest S such that every sequence 1...S is stored as a segment
     /// or a tombstone (0 when sequence 1 is missing or the disk is unknown).
+    /// A segment this process is storing counts only once its name is
+    /// durable (`putSegments`).
     public func committedSequence(diskID: String) throws -> UInt64 {
         try validateDiskID(diskID)
+        // A name is looked at before `unsynced`: `putSegments` enters a
+        // sequence there before it links the name, so a name seen here is
+        // either in `unsynced` now or synced already.
+        func isUnsynced(_ seq: UInt64) -> Bool { lock.withLock { unsynced[diskID]?.contains(seq) ?? false } }
         let cached = lock.withLock { committedCache[diskID] }
         var s: UInt64
         if let cached {
             s = cached
         } else {
+            // First look at this disk in this process: names an earlier
+            // process linked may not be durable yet (it can have died between
+            // linking and its directory fsync). Make them durable before they
+            // count as committed; a failed fsync is an error, not trusted.
+            for dir in [segmentsDir(diskID), tombstonesDir(diskID)] where ObjectFiles.exists(dir) {
+                try ObjectFiles.syncDirectory(dir)
+            }
             let (segs, tombs) = try listSequences(diskID: diskID)
             var all = Set(segs)
             all.formUnion(tombs)
             s = 0
-            while all.contains(s + 1) { s += 1 }
+            while all.contains(s + 1) && !isUnsynced(s + 1) { s += 1 }
         }
         // Segment first, then tombstone: prune writes the tombstone before
         // deleting the segment, so a sequence is never seen as neither.
-        while ObjectFiles.exists(segmentPath(diskID, s + 1)) || ObjectFiles.exists(tombstonePath(diskID, s + 1)) { s += 1 }
+        while (ObjectFiles.exists(segmentPath(diskID, s + 1)) || ObjectFiles.exists(tombstonePath(diskID, s + 1))) && !isUnsynced(s + 1) {
+            s += 1
+        }
         let result = s
         lock.withLock { committedCache[diskID] = max(committedCache[diskID] ?? 0, result) }
         return s
@@ -426,6 +592,35 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             }
         }
         return out
+    }
+}
+
+/// The temporary files of one `putSegments` batch: written on several
+/// threads, then linked in order; whatever was not handed to `take` is
+/// removed at the end.
+final class TemporaryFiles: @unchecked Sendable {
+    private let lock = Lock()
+    private var results: [Result<String, Error>?]
+
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+
+    func set(_ i: Int, _ r: Result<String, Error>) { lock.withLock { results[i] = r } }
+    func result(_ i: Int) -> Result<String, Error>? { lock.withLock { results[i] } }
+
+    /// The temporary path of put `i`, which the caller now owns (publish removes it).
+    func take(_ i: Int) -> String? {
+        lock.withLock {
+            guard case .success(let path)? = results[i] else { return nil }
+            results[i] = nil
+            return path
+        }
+    }
+
+    func removeLeftovers() {
+        lock.withLock {
+            for case .success(let path)? in results { _ = unlink(path) }
+            results = results.map { _ in nil }
+        }
     }
 }
 

@@ -2,10 +2,48 @@ import Dispatch
 import Glibc
 import TidemarkSystem
 
-/// Decrypts and decompresses one stored segment: its extents in order, nil
-/// bytes for zero extents (what `materialize` writes).
+/// One stored segment opened (decrypted, decompressed): its extents in
+/// order, and the plaintext of its data extents in one buffer. With the
+/// buffer page-aligned (as `Recover` allocates it), `materialize` writes the
+/// image with O_DIRECT straight from it, with no copy.
+public final class OpenedSegment: @unchecked Sendable {
+    public struct Extent: Sendable {
+        public var offset: UInt64
+        public var length: UInt64
+        /// Where the extent's bytes start in `data`; nil for a zero extent.
+        public var dataStart: Int?
+        public init(offset: UInt64, length: UInt64, dataStart: Int?) {
+            self.offset = offset
+            self.length = length
+            self.dataStart = dataStart
+        }
+    }
+
+    public let extents: [Extent]
+    /// The data extents' bytes; valid while this object lives.
+    public let data: UnsafeRawBufferPointer
+    private let storage: AnyObject?
+
+    /// `data` must stay valid while `storage` lives; every data extent must
+    /// lie inside it.
+    public init(extents: [Extent], data: UnsafeRawBufferPointer, storage: AnyObject?) throws {
+        for e in extents {
+            guard let start = e.dataStart else { continue }
+            guard start >= 0, e.length <= UInt64(data.count), UInt64(start) <= UInt64(data.count) - e.length else {
+                throw TidemarkError(.corrupt, "an opened extent at offset \(e.offset) (\(e.length) bytes from \(start)) lies outside the segment's \(data.count) plaintext bytes")
+            }
+        }
+        self.extents = extents
+        self.data = data
+        self.storage = storage
+    }
+}
+
+/// Opens one stored segment (sequence, stored bytes, valid only during the
+/// call) for `materialize`.
+public typealias SegmentOpen = @Sendable (UInt64, UnsafeRawBufferPointer) throws -> OpenedSegment
+/// Extents in order, nil bytes for zero extents: what a simple `open` returns.
 public typealias OpenedExtents = [(offset: UInt64, bytes: [UInt8]?, length: UInt64)]
-public typealias SegmentOpen = @Sendable (UInt64, [UInt8]) throws -> OpenedExtents
 
 public enum MaterializeLimits {
     /// Segments read and opened ahead of the writes, per opener (bounds the
@@ -16,7 +54,9 @@ public enum MaterializeLimits {
     /// fdatasync waits only for the tail.
     public static let writebackStartBytes: UInt64 = 64 << 20
     /// O_DIRECT writes of the image: in flight at once, and the size of each
-    /// (memory: the product of the two).
+    /// copied one (memory: the product of the two). A write straight from an
+    /// opened segment's page-aligned buffer keeps that segment in memory
+    /// until it completes: at most this many more segments.
     public static let directWritesInFlight = 8
     public static let directWriteBytes = 1 << 20
     /// Offset and length alignment a piece needs to go the O_DIRECT way.
@@ -26,13 +66,16 @@ public enum MaterializeLimits {
 extension LocalDirectoryTarget {
     /// `materialize` with the segments read and opened on one thread per
     /// opener (each opener is used by one thread at a time), ahead of the
-    /// writes, which stay on the calling thread in the same order.
+    /// writes, which stay on the calling thread in the same order. Data in
+    /// page-aligned buffers is written with O_DIRECT straight from them.
     public func materialize(point: PointRecord, to path: String, openers: [SegmentOpen],
                             progress: (UInt64, UInt64) -> Void) throws {
         precondition(!openers.isEmpty, "materialize needs at least one opener")
         try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
             let diskID = point.diskID
             let perBatch = openers.count * MaterializeLimits.segmentsAheadPerOpener
+            // Stored bytes are read into reused buffers (one per opener at a time).
+            let readBuffers = BufferPool(keptMax: openers.count)
             func start(_ range: Range<Int>) -> OpenBatch {
                 let batch = OpenBatch(count: range.count)
                 let sequences = range.map { steps[$0] }
@@ -42,8 +85,10 @@ extension LocalDirectoryTarget {
                         var i = k
                         while i < sequences.count, !batch.failed {
                             do {
-                                let sealed = try self.readSegment(diskID: diskID, sequence: sequences[i])
-                                batch.set(i, try openers[k](sequences[i], sealed))
+                                let (buffer, length) = try self.readSegment(diskID: diskID, sequence: sequences[i], into: readBuffers)
+                                let sealed = buffer.map { UnsafeRawBufferPointer(rebasing: $0.bytes[0..<length]) }
+                                    ?? UnsafeRawBufferPointer(start: nil, count: 0)
+                                batch.set(i, try withExtendedLifetime(buffer) { try openers[k](sequences[i], sealed) })
                             } catch {
                                 batch.fail(error)
                             }
@@ -85,16 +130,38 @@ extension LocalDirectoryTarget {
         let diskID = point.diskID
         try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
             for (i, seq) in steps.enumerated() {
-                try write(i, try open(seq, try readSegment(diskID: diskID, sequence: seq)))
+                try write(i, try Self.segment(try open(seq, try readSegment(diskID: diskID, sequence: seq))))
             }
         } }
+    }
+
+    /// The extents a simple `open` returns, as an `OpenedSegment`.
+    static func segment(_ extents: OpenedExtents) throws -> OpenedSegment {
+        let total = extents.reduce(0) { $0 + ($1.bytes?.count ?? 0) }
+        let buffer = total > 0 ? AlignedBuffer(count: total, zeroed: false) : nil
+        var at = 0
+        var out: [OpenedSegment.Extent] = []
+        for e in extents {
+            guard let bytes = e.bytes else {
+                out.append(.init(offset: e.offset, length: e.length, dataStart: nil))
+                continue
+            }
+            guard UInt64(bytes.count) == e.length else {
+                throw TidemarkError(.corrupt, "opened extent at offset \(e.offset): \(bytes.count) bytes for a length of \(e.length)")
+            }
+            bytes.withUnsafeBytes { buffer!.slice(at, bytes.count).copyMemory(from: $0) }
+            out.append(.init(offset: e.offset, length: e.length, dataStart: at))
+            at += bytes.count
+        }
+        return try OpenedSegment(extents: out, data: buffer.map { UnsafeRawBufferPointer($0.bytes) } ?? UnsafeRawBufferPointer(start: nil, count: 0),
+                                 storage: buffer)
     }
 
     /// The plan and the writes; `fetch(sequences, write)` opens the segments
     /// of `sequences` (oldest first) and calls `write(index, opened)` for
     /// each, in order, on the calling thread.
     private func materialize(point: PointRecord, to path: String, progress: @escaping (UInt64, UInt64) -> Void,
-                             fetch: ([UInt64], (Int, OpenedExtents) throws -> Void) throws -> Void) throws {
+                             fetch: ([UInt64], (Int, OpenedSegment) throws -> Void) throws -> Void) throws {
         let record = try requireDisk(point.diskID)
         let diskID = point.diskID
         let s = point.sequence
@@ -164,12 +231,17 @@ extension LocalDirectoryTarget {
         let direct = try? FileDescriptor(open: path, [.readWrite, .direct], purpose: "opening the recovery target for direct I/O")
         let writer = try direct.map { try AsyncWriter(fd: $0, queueDepth: MaterializeLimits.directWritesInFlight,
                                                      bufferBytes: MaterializeLimits.directWriteBytes) }
-        func put(_ piece: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        func put(_ piece: UnsafeRawBufferPointer, at offset: UInt64, of segment: OpenedSegment) throws {
             let a = UInt64(MaterializeLimits.directAlignmentBytes)
-            if let writer, offset % a == 0, UInt64(piece.count) % a == 0 {
-                try writer.write(piece, at: offset)
-            } else {
+            guard let writer, offset % a == 0, UInt64(piece.count) % a == 0 else {
                 try fd.write(piece, at: offset)
+                return
+            }
+            if let base = piece.baseAddress, UInt(bitPattern: base) % UInt(a) == 0 {
+                // Straight from the opened segment's buffer, which the writer keeps until written.
+                try writer.write(piece, at: offset, keeping: segment)
+            } else {
+                try writer.write(piece, at: offset)
             }
         }
 
@@ -194,23 +266,20 @@ extension LocalDirectoryTarget {
         try fetch(steps.map(\.sequence)) { index, opened in
             let step = steps[index]
             let where_ = "disk '\(diskID)' sequence \(step.sequence)"
-            guard opened.count == step.extents.count else {
-                throw TidemarkError(.corrupt, "\(where_): the opened segment has \(opened.count) extents, its stored metadata \(step.extents.count)")
+            guard opened.extents.count == step.extents.count else {
+                throw TidemarkError(.corrupt, "\(where_): the opened segment has \(opened.extents.count) extents, its stored metadata \(step.extents.count)")
             }
             for (i, e) in step.extents.enumerated() {
-                let o = opened[i]
-                guard o.offset == e.offset, o.length == e.length, (o.bytes == nil) == e.zero,
-                      o.bytes.map({ UInt64($0.count) == e.length }) ?? true else {
-                    throw TidemarkError(.corrupt, "\(where_) extent \(i): opened as offset \(o.offset) length \(o.length) \(o.bytes == nil ? "zero" : "data (\(o.bytes!.count) bytes)"), stored metadata says offset \(e.offset) length \(e.length) \(e.zero ? "zero" : "data")",
+                let o = opened.extents[i]
+                guard o.offset == e.offset, o.length == e.length, (o.dataStart == nil) == e.zero else {
+                    throw TidemarkError(.corrupt, "\(where_) extent \(i): opened as offset \(o.offset) length \(o.length) \(o.dataStart == nil ? "zero" : "data"), stored metadata says offset \(e.offset) length \(e.length) \(e.zero ? "zero" : "data")",
                                         hint: "the segment's plaintext metadata does not match its sealed content; it is not used")
                 }
-                guard let bytes = o.bytes else { continue }
-                try bytes.withUnsafeBytes { buf in
-                    for r in step.live[i] {
-                        let from = Int(r.lowerBound - e.offset)
-                        try put(UnsafeRawBufferPointer(rebasing: buf[from..<(from + r.count)]), at: r.lowerBound)
-                        done += UInt64(r.count)
-                    }
+                guard let start = o.dataStart else { continue }
+                for r in step.live[i] {
+                    let from = start + Int(r.lowerBound - e.offset)
+                    try put(UnsafeRawBufferPointer(rebasing: opened.data[from..<(from + r.count)]), at: r.lowerBound, of: opened)
+                    done += UInt64(r.count)
                 }
             }
             if writer == nil, done - writebackStartedAt >= MaterializeLimits.writebackStartBytes {
@@ -231,19 +300,19 @@ extension LocalDirectoryTarget {
 /// The opened segments of one read-ahead batch, filled by worker threads.
 final class OpenBatch: @unchecked Sendable {
     private let cond = BatchMonitor()
-    private var results: [OpenedExtents?]
+    private var results: [OpenedSegment?]
     private var error: Error?
     private var done = false
 
     init(count: Int) { results = Array(repeating: nil, count: count) }
 
     var failed: Bool { cond.locked { error != nil } }
-    func set(_ i: Int, _ o: OpenedExtents) { cond.locked { results[i] = o } }
+    func set(_ i: Int, _ o: OpenedSegment) { cond.locked { results[i] = o } }
     func fail(_ e: Error) { cond.locked { if error == nil { error = e } } }
     func finish() { cond.locked { done = true }; cond.signal() }
 
     /// Waits for the batch; the first error of any worker is thrown.
-    func wait() throws -> [OpenedExtents] {
+    func wait() throws -> [OpenedSegment] {
         cond.waitUntil { done }
         if let error { throw error }
         return results.map { $0! }

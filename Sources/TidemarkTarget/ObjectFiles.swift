@@ -11,7 +11,16 @@ enum ObjectFiles {
     /// does not exist yet. Returns false (and changes nothing) when an object
     /// of that name already exists; it is never overwritten.
     static func create(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> Bool {
-        let final = dir + "/" + name
+        let tmp = try writeTemporary(dir: dir, name: name, header: header, payload: payload)
+        guard try publish(temporary: tmp, dir: dir, name: name) else { return false }
+        try syncDirectory(dir)
+        return true
+    }
+
+    /// Steps 1–2 of create-once (docs/target-layout.md section 4): writes
+    /// `header` + `payload` to a new temporary name in `dir` and fsyncs it.
+    /// Returns the temporary path; on failure nothing is left behind.
+    static func writeTemporary(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> String {
         let tmp = dir + "/" + tempPrefix + name + "-\(getpid())-\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff_ffff)"
         do {
             let fd = try FileDescriptor(open: tmp, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444,
@@ -23,6 +32,15 @@ enum ObjectFiles {
             _ = unlink(tmp)
             throw error
         }
+        return tmp
+    }
+
+    /// Steps 3–4 without the directory fsync: links a complete, fsynced
+    /// temporary file to `dir/name` and removes the temporary name. Returns
+    /// false when `dir/name` exists already (it is not replaced). The new
+    /// name is durable only once the caller has fsynced `dir`.
+    static func publish(temporary tmp: String, dir: String, name: String) throws -> Bool {
+        let final = dir + "/" + name
         // link() fails with EEXIST instead of replacing: the first complete
         // object wins and is never rewritten (rename would overwrite).
         let r = link(tmp, final)
@@ -32,7 +50,6 @@ enum ObjectFiles {
             if e == EEXIST { return false }
             throw SystemError(call: "link", errno: e, context: "publishing object \(final)")
         }
-        try syncDirectory(dir)
         return true
     }
 
@@ -112,6 +129,37 @@ enum ObjectFiles {
     /// With `payload` the payload is read and its SHA-256 checked too.
     static func read(_ path: String, kind: ObjectKind, diskID: String, sequence: UInt64,
                      payload wantPayload: Bool) throws -> (envelope: Envelope, payload: [UInt8]?, objectSize: UInt64)? {
+        guard let (fd, env, size) = try openVerifyingHeader(path, kind: kind, diskID: diskID, sequence: sequence) else { return nil }
+        guard wantPayload else { return (env, nil, size) }
+        // Read into uninitialized memory: zeroing it first would be one more pass over every byte.
+        let length = Int(env.payloadLength)
+        let body = try [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
+            count = length > 0 ? try fd.read(into: UnsafeMutableRawBufferPointer(buffer), at: UInt64(env.headerLength)) : 0
+        }
+        try body.withUnsafeBytes { try verifyPayload(UnsafeRawBufferPointer($0), of: env, path: path) }
+        return (env, body, size)
+    }
+
+    /// As `read` with the payload, into a buffer of `pool` (no allocation,
+    /// no page faults once the pool holds buffers of that size): returns the
+    /// buffer and the payload's length in it.
+    static func read(_ path: String, kind: ObjectKind, diskID: String, sequence: UInt64,
+                     into pool: BufferPool) throws -> (envelope: Envelope, payload: PooledBuffer?, length: Int)? {
+        guard let (fd, env, _) = try openVerifyingHeader(path, kind: kind, diskID: diskID, sequence: sequence) else { return nil }
+        let length = Int(env.payloadLength)
+        guard length > 0 else {
+            try verifyPayload(UnsafeRawBufferPointer(start: nil, count: 0), of: env, path: path)
+            return (env, nil, 0)
+        }
+        let buffer = pool.take(length)
+        let got = try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[0..<length]), at: UInt64(env.headerLength))
+        try verifyPayload(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<got]), of: env, path: path)
+        return (env, buffer, length)
+    }
+
+    /// Opens an object and reads and verifies its header; nil when it does not exist.
+    private static func openVerifyingHeader(_ path: String, kind: ObjectKind, diskID: String,
+                                            sequence: UInt64) throws -> (FileDescriptor, Envelope, UInt64)? {
         let fd: FileDescriptor
         do {
             fd = try FileDescriptor(open: path, [.readOnly, .noFollow], purpose: "reading object")
@@ -135,20 +183,19 @@ enum ObjectFiles {
         let env = try prefix.withUnsafeBytes {
             try Envelope.decode($0, objectSize: size, path: path, kind: kind, diskID: diskID, sequence: sequence)
         }
-        guard wantPayload else { return (env, nil, size) }
-        var body = [UInt8](repeating: 0, count: Int(env.payloadLength))
-        if env.payloadLength > 0 {
-            let n = try body.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(env.headerLength)) }
-            guard n == body.count else {
-                throw TidemarkError(.corrupt, "\(path): truncated payload (\(n) of \(body.count) bytes)")
-            }
+        return (fd, env, size)
+    }
+
+    /// The payload read must be whole and match the envelope's SHA-256.
+    private static func verifyPayload(_ body: UnsafeRawBufferPointer, of env: Envelope, path: String) throws {
+        guard UInt64(body.count) == env.payloadLength else {
+            throw TidemarkError(.corrupt, "\(path): truncated payload (\(body.count) of \(env.payloadLength) bytes)")
         }
         let digest = ObjectDigest.sha256(body)
         guard digest == env.payloadSHA256 else {
             throw TidemarkError(.corrupt, "\(path): payload checksum mismatch (stored \(env.payloadSHA256.hexString.prefix(16))…, computed \(digest.hexString.prefix(16))…)",
                                 hint: "the object is damaged; it is not used. Restore it from a copy, or treat its sequence as lost")
         }
-        return (env, body, size)
     }
 }
 

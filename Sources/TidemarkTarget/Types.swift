@@ -92,3 +92,21 @@ public struct PruneReport: Equatable, Sendable {
 
     public var pointsExpired: Int { expiredPoints.count }
 }
+
+/// One segment to store with `LocalDirectoryTarget.putSegments`: what
+/// `putSegment` takes, the bytes owned.
+public struct SegmentPut: Sendable {
+    public var diskID: String
+    public var sequence: UInt64
+    public var extents: [TargetExtent]
+    public var point: PointRecord?
+    public var bytes: [UInt8]
+
+    public init(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?, bytes: [UInt8]) {
+        self.diskID = diskID
+        self.sequence = sequence
+        self.extents = extents
+        self.point = point
+        self.bytes = bytes
+    }
+}

@@ -118,6 +118,31 @@ public final class SegmentOpener: @unchecked Sendable {
     /// (the bytes of the .data extents, concatenated in extent order). Every
     /// failure is TidemarkError(.corrupt) with a message naming the mismatch.
     public func open(_ segment: UnsafeRawBufferPointer, diskID: String, sequence: UInt64) throws -> (SegmentHeader, [UInt8]) {
+        let (header, headerBytes) = try checkedHeader(segment, diskID: diskID, sequence: sequence)
+        let payload = try [UInt8](unsafeUninitializedCapacity: Int(header.plainLength)) { buffer, count in
+            try open(segment, header, headerBytes, into: UnsafeMutableRawBufferPointer(buffer), diskID: diskID, sequence: sequence)
+            count = buffer.count
+        }
+        return (header, payload)
+    }
+
+    /// `open` into memory of the caller's: `allocate(n)` is called once,
+    /// with the payload's size, after the header checks and before
+    /// decryption, and returns at least n bytes (e.g. page-aligned, for
+    /// O_DIRECT writes straight from it), of which the first n receive the
+    /// payload. Nothing unauthenticated is left there on failure.
+    public func open(_ segment: UnsafeRawBufferPointer, diskID: String, sequence: UInt64,
+                     into allocate: (Int) throws -> UnsafeMutableRawBufferPointer) throws -> SegmentHeader {
+        let (header, headerBytes) = try checkedHeader(segment, diskID: diskID, sequence: sequence)
+        let plainLength = Int(header.plainLength)
+        let out = try allocate(plainLength)
+        precondition(out.count >= plainLength, "SegmentOpener.open: the buffer is smaller than the payload")
+        try open(segment, header, headerBytes, into: UnsafeMutableRawBufferPointer(rebasing: out[0..<plainLength]),
+                 diskID: diskID, sequence: sequence)
+        return header
+    }
+
+    private func checkedHeader(_ segment: UnsafeRawBufferPointer, diskID: String, sequence: UInt64) throws -> (SegmentHeader, Int) {
         let (header, headerBytes) = try SegmentHeader.decode(segment)
         guard header.diskID == diskID else {
             throw TidemarkError(.corrupt, "segment belongs to disk \(header.diskID), expected \(diskID)",
@@ -131,17 +156,25 @@ public final class SegmentOpener: @unchecked Sendable {
             throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) was sealed with key id \(hex16(header.keyID)), this key is \(key.idHex)",
                                 hint: "load the replication key the agent used for this disk")
         }
+        guard UInt64(header.plainLength) == header.dataBytes else {
+            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(header.plainLength) bytes, its data extents hold \(header.dataBytes)")
+        }
+        return (header, headerBytes)
+    }
+
+    /// Authenticates and decrypts (out of place: the segment is not
+    /// changed) and decompresses into `payload`, exactly the plain length.
+    private func open(_ segment: UnsafeRawBufferPointer, _ header: SegmentHeader, _ headerBytes: Int,
+                      into payload: UnsafeMutableRawBufferPointer, diskID: String, sequence: UInt64) throws {
         let cipherLength = Int(header.cipherLength)
         let plainLength = Int(header.plainLength)
         let aad = UnsafeRawBufferPointer(rebasing: segment[0..<headerBytes])
         let cipher = UnsafeRawBufferPointer(rebasing: segment[headerBytes..<headerBytes + cipherLength])
         let tag = UnsafeRawBufferPointer(rebasing: segment[(headerBytes + cipherLength)...])
-        var payload = [UInt8](repeating: 0, count: plainLength)
 
-        func authenticate(_ body: UnsafeMutableRawBufferPointer) throws {
-            body.copyMemory(from: cipher)
+        func authenticate(into body: UnsafeMutableRawBufferPointer) throws {
             do {
-                try header.nonce.withUnsafeBytes { try gcm.open(body, nonce: $0, aad: aad, tag: tag) }
+                try header.nonce.withUnsafeBytes { try gcm.open(cipher, into: body, nonce: $0, aad: aad, tag: tag) }
             } catch let e as TidemarkError where e.kind == .corrupt {
                 throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): authentication failed: wrong replication key, or the segment was tampered with",
                                     hint: "this segment must not be used; re-send it from the agent or restore from another copy")
@@ -152,19 +185,19 @@ public final class SegmentOpener: @unchecked Sendable {
             if scratch.count < cipherLength { scratch = [UInt8](repeating: 0, count: cipherLength) }
             try scratch.withUnsafeMutableBytes { s in
                 let body = UnsafeMutableRawBufferPointer(rebasing: s[0..<cipherLength])
-                try authenticate(body)
+                try authenticate(into: body)
                 do {
-                    try payload.withUnsafeMutableBytes { try zstd.decompress(UnsafeRawBufferPointer(body), into: $0, expected: plainLength) }
+                    try zstd.decompress(UnsafeRawBufferPointer(body), into: payload, expected: plainLength)
                 } catch let e as TidemarkError {
+                    payload.initializeMemory(as: UInt8.self, repeating: 0)
                     throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) authenticated but does not decompress: \(e.message)")
                 }
             }
         } else {
-            try payload.withUnsafeMutableBytes { try authenticate($0) }
+            guard cipherLength == plainLength else {
+                throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): uncompressed, yet its cipher length \(cipherLength) differs from its plain length \(plainLength)")
+            }
+            try authenticate(into: payload)
         }
-        guard UInt64(payload.count) == header.dataBytes else {
-            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(payload.count) bytes, its data extents hold \(header.dataBytes)")
-        }
-        return (header, payload)
     }
 }

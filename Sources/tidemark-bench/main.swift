@@ -1,7 +1,10 @@
 import ArgumentParser
+import Foundation
 import Glibc
 import TidemarkAgentCore
+import TidemarkServerCore
 import TidemarkSystem
+import TidemarkTarget
 import TidemarkTracking
 
 /// Benchmarks that run in-process. The device-level ones (fio references,
@@ -12,7 +15,94 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidemark-bench",
         abstract: "Tidemark in-process benchmarks.",
-        subcommands: [ScanBench.self])
+        subcommands: [ScanBench.self, StoreBench.self])
+}
+
+/// The process server's upload step alone: storing spooled segments in a
+/// local-directory target one at a time (file and directory fsynced per
+/// segment, as the uploader did before batches) and in batches
+/// (`putSegments`: objects fsynced in parallel, one directory fsync per
+/// batch), alternating, on a target directory of the caller's choice.
+struct StoreBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Store segments in a target directory one at a time and in batches (the uploader's step).")
+    @Option(help: "Directory to create the scratch target in (removed afterwards).") var dir = "/var/tmp"
+    @Option(help: "Segments stored per round.") var segments = 20
+    @Option(name: .customLong("segment-kib"), help: "Bytes per segment, in KiB.") var segmentKiB = 4096
+    @Option(help: "Segments per batch.") var batch = ServerLimits.uploadBatchSegmentsMax
+    @Option(help: "Threads writing and fsyncing a batch (the caller's included).") var threads = ServerLimits.uploadSyncThreads
+    @Option(help: "Rounds of each way, alternating; medians are reported.") var rounds = 5
+
+    func run() throws {
+        let root = dir + "/tidemark-store-bench-\(getpid())"
+        defer { _ = try? runRemove(root) }
+        let target = try LocalDirectoryTarget(root: root)
+        let chunk: UInt32 = 64 << 10
+        let perSegmentChunks = UInt64(segmentKiB) * 1024 / UInt64(chunk)
+        let disk = DiskRecord(diskID: "bench", ownerAgentID: "bench", sizeBytes: UInt64(segments) * perSegmentChunks * UInt64(chunk) * UInt64(2 * rounds),
+                              chunkSizeBytes: chunk, keyID: 1)
+        try target.putDisk(disk)
+        var rng = SplitMix64(seed: 7)
+        var bytes = [UInt8](repeating: 0, count: segmentKiB * 1024)
+        bytes.withUnsafeMutableBytes { b in
+            let w = b.bindMemory(to: UInt64.self)
+            for i in w.indices { w[i] = rng.next() }
+        }
+        var nextSequence: UInt64 = 1
+        func makePuts() -> [SegmentPut] {
+            (0..<segments).map { _ in
+                let seq = nextSequence
+                nextSequence += 1
+                let e = TargetExtent(offset: (seq - 1) * perSegmentChunks * UInt64(chunk), length: perSegmentChunks * UInt64(chunk), zero: false)
+                var b = bytes
+                b[0] = UInt8(truncatingIfNeeded: seq)
+                return SegmentPut(diskID: disk.diskID, sequence: seq, extents: [e], point: nil, bytes: b)
+            }
+        }
+        let pool = WorkerPool(threads: max(0, threads - 1))
+        defer { pool.shutdown() }
+        var single: [Double] = [], batched: [Double] = []
+        for _ in 0..<rounds {
+            var puts = makePuts()
+            sync()
+            var t0 = monotonicNanoseconds()
+            for p in puts {
+                try p.bytes.withUnsafeBytes {
+                    try target.putSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: nil, bytes: $0)
+                }
+            }
+            single.append(Double(monotonicNanoseconds() - t0) / 1e6)
+            puts = makePuts()
+            sync()
+            t0 = monotonicNanoseconds()
+            var at = 0
+            while at < puts.count {
+                let part = Array(puts[at..<min(at + batch, puts.count)])
+                let r = target.putSegments(part, pool: pool)
+                if let f = r.failure { throw f.error }
+                at += part.count
+            }
+            batched.append(Double(monotonicNanoseconds() - t0) / 1e6)
+        }
+        guard try target.committedSequence(diskID: disk.diskID) == nextSequence - 1 else {
+            throw TidemarkError(.state, "the target does not hold every stored sequence (a bug)")
+        }
+        func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
+        let mib = Double(segments * segmentKiB) / 1024
+        print("store \(segments) segments of \(segmentKiB) KiB (\(Int(mib)) MiB) in \(root):")
+        func ms(_ v: Double) -> String { String(format: "%.1f", v) }
+        print("  one at a time: median \(ms(median(single))) ms (\(Int(mib / median(single) * 1000)) MiB/s); rounds: \(single.map(ms).joined(separator: " "))")
+        print("  batches of \(batch), \(threads) threads: median \(ms(median(batched))) ms (\(Int(mib / median(batched) * 1000)) MiB/s); rounds: \(batched.map(ms).joined(separator: " "))")
+    }
+
+    private func runRemove(_ path: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/rm")
+        p.arguments = ["-rf", path]
+        try p.run()
+        p.waitUntilExit()
+    }
 }
 
 struct ScanBench: ParsableCommand {

@@ -57,6 +57,36 @@ import TidemarkTesting
         #expect(throws: TidemarkError.self) { try open(other, &c3, nonce, aad, tag) }
     }
 
+    @Test func aesGCMOpensOutOfPlace() throws {
+        var rng = SplitMix64(seed: 9)
+        let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let gcm = try AES256GCM(key: key)
+        let plain = (0..<5000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let aad = Array("hdr".utf8)
+        let nonce = try SecureRandom.bytes(12)
+        var cipher = plain
+        var tag = [UInt8](repeating: 0, count: 16)
+        try seal(gcm, &cipher, nonce, aad, &tag)
+        func openTo(_ t: [UInt8], _ a: [UInt8]) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0xee, count: cipher.count)
+            try cipher.withUnsafeBytes { c in
+                try out.withUnsafeMutableBytes { o in
+                    try nonce.withUnsafeBytes { n in
+                        try a.withUnsafeBytes { ad in try t.withUnsafeBytes { try gcm.open(c, into: o, nonce: n, aad: ad, tag: $0) } }
+                    }
+                }
+            }
+            return out
+        }
+        let before = cipher
+        #expect(try openTo(tag, aad) == plain)
+        #expect(cipher == before, "the input is not changed")
+        var badTag = tag
+        badTag[0] ^= 1
+        #expect(throws: TidemarkError.self) { _ = try openTo(badTag, aad) }
+        #expect(throws: TidemarkError.self) { _ = try openTo(tag, Array("hdR".utf8)) }
+    }
+
     @Test func secureRandomFills() throws {
         let a = try SecureRandom.bytes(64), b = try SecureRandom.bytes(64)
         #expect(a != b && a.count == 64)

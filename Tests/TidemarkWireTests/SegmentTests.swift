@@ -79,6 +79,35 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         #expect(h.diskSizeBytes == diskSize && h.chunkSizeBytes == 65536 && h.nonce.count == 12)
     }
 
+    /// `open(into:)` writes the payload into the caller's memory, compressed
+    /// or not, and leaves no plaintext there when authentication fails.
+    @Test func opensIntoCallersMemory() throws {
+        let key = try testKey()
+        let opener = try SegmentOpener(key: key)
+        for (f, level) in [(Fixture.text(), Int32(1)), (Fixture.random(), Int32(3))] {
+            let s = try seal(f, sealer: SegmentSealer(key: key, compressionLevel: level))
+            let buffer = AlignedBuffer(count: f.payload.count + 8192, zeroed: false)
+            var asked = -1
+            let h = try s.withUnsafeBytes {
+                try opener.open($0, diskID: "disk-a", sequence: 5) { n in
+                    asked = n
+                    return buffer.bytes
+                }
+            }
+            #expect(asked == f.payload.count && h.extents == f.extents)
+            #expect(Array(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<asked])) == f.payload)
+            var bad = s
+            bad[bad.count - 1] ^= 1
+            buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0xee)
+            #expect(throws: TidemarkError.self) {
+                _ = try bad.withUnsafeBytes { try opener.open($0, diskID: "disk-a", sequence: 5) { _ in buffer.bytes } }
+            }
+            // Zeroed (decrypted in place there) or untouched (decrypted into scratch): no plaintext.
+            #expect(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<asked]).allSatisfy { $0 == 0 || $0 == 0xee },
+                    "no plaintext is left after a failed authentication")
+        }
+    }
+
     @Test func compressionSkippedForRandomData() throws {
         let key = try testKey()
         let sealer = try SegmentSealer(key: key, compressionLevel: 3)

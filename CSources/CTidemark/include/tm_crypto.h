@@ -61,6 +61,10 @@ int tm_gcm_seal(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
  * released), or -EINVAL/-EIO. */
 int tm_gcm_open(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
                 const void *aad, size_t aadlen, const uint8_t *tag16);
+/* As tm_gcm_open, decrypting in[0..n) into out[0..n) (the same buffer, or
+ * two that do not overlap). On -EBADMSG out is zeroed. */
+int tm_gcm_open_to(struct tm_gcm *g, const void *in, void *out, size_t n, const uint8_t *nonce12,
+                   const void *aad, size_t aadlen, const uint8_t *tag16);
 
 /* ---- hashing and randomness ---- */
 /* SHA-256 of data[0..n) into out32 (EVP_Digest). 0 or -EIO. */
