@@ -120,6 +120,15 @@ struct LoadedTrackingFile {
     }
 
     static func load(_ path: String, includeLive: Bool, context: ToolContext) throws(ToolFailure) -> LoadedTrackingFile {
+        // The kernel map is read before the file. A drain persists bits in
+        // the `.hrl` before it clears them in the kernel map, so a bit drained
+        // between the two reads is in the file read second. Read the other
+        // way round (file, then map), such a bit is in neither copy.
+        try checkPath(path)
+        var kernel: Result<LiveMap?, any Error> = .success(nil)
+        if includeLive {
+            do { kernel = .success(try context.liveMap(path)) } catch { kernel = .failure(error) }
+        }
         let file = try openTrackingFile(path)
         let header = file.header
         let words: [UInt64]
@@ -133,7 +142,7 @@ struct LoadedTrackingFile {
 
         let live: LiveState
         do {
-            if let snapshot = try context.liveMap(path) {
+            if let snapshot = try kernel.get() {
                 if snapshot.chunkSizeBytes != header.chunkSizeBytes || snapshot.nrChunks != header.nrChunks {
                     live = .mismatch("the kernel map has \(snapshot.nrChunks) chunks of \(Format.bytes(UInt64(snapshot.chunkSizeBytes))), "
                                      + "the file \(header.nrChunks) chunks of \(Format.bytes(UInt64(header.chunkSizeBytes)))",

@@ -54,6 +54,29 @@ private let chunk: UInt64 = 65536
         #expect(!asked.output.contains("dirty (total)"))
     }
 
+    /// A drain between the tool's two reads moves bits from the kernel map
+    /// into the file. The tool reads the map first, so they show up in the
+    /// file it reads second; the other order would lose them.
+    @Test func bitsDrainedWhileReadingAreNotLost() throws {
+        let fx = try Fixture()
+        let p = try fx.hrl(dirty: [1])
+        let drainingAgent = ToolContext(liveMap: { path in
+            // What the kernel map held when read: chunk 9, undrained.
+            var words = [UInt64](repeating: 0, count: 1)
+            words[0] = 1 << 9
+            let map = LiveMap(words: words, overflow: false, chunkSizeBytes: 65536, nrChunks: 64, devicePath: "/dev/block/8:16")
+            // Then the agent drains: chunk 9 and a newer chunk 20 go into the
+            // file and leave the kernel map.
+            let file = try TrackingFile.open(at: path)
+            try file.persistSet(SparseWords(chunks: [9, 20]))
+            file.close()
+            return map
+        })
+        let r = BitmapTool.extents(path: p, json: true, context: drainingAgent)
+        let o = try jsonObject(r)
+        #expect(extentPairs(o["extents"]) == [[65536, 65536], [9 * 65536, 65536], [20 * 65536, 65536]])
+    }
+
     @Test func overflowMeansWholeDisk() throws {
         let fx = try Fixture()
         let p = try fx.hrl(dirty: [5])
