@@ -22,6 +22,10 @@ final class FaultWorld: @unchecked Sendable {
     var loads: [BackgroundProcess] = []
     /// Everything a test may want to stop before the world goes.
     var cleanups: [() -> Void] = []
+    /// With TIDEMARK_TEST_FTRACE=1 (diagnosis only): a tracefs instance
+    /// recording every request issued and completed on the disk,
+    /// independently of Tidemark's tracer; kept with a failed world.
+    var ftraceInstance: String?
 
     /// `agents`: certificate names to issue besides the agent's own
     /// (`agent-it`); `expiredAgents`: names issued already expired.
@@ -39,6 +43,12 @@ final class FaultWorld: @unchecked Sendable {
         try sh("mkfs.ext4 -q -F \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
         mounted = true
         try sh("cp -a /usr/include/linux \(mnt)/; sync")
+        if ProcessInfo.processInfo.environment["TIDEMARK_TEST_FTRACE"] == "1",
+           let minor = Int(URL(fileURLWithPath: disk.path).lastPathComponent.dropFirst("loop".count)) {
+            let inst = "/sys/kernel/tracing/instances/tidemark-\(getpid())-loop\(minor)"
+            try sh("mkdir \(inst) && echo mono > \(inst)/trace_clock && echo 16384 > \(inst)/buffer_size_kb && for e in block_rq_issue block_rq_complete; do echo 'dev == \((7 << 20) | minor)' > \(inst)/events/block/$e/filter && echo 1 > \(inst)/events/block/$e/enable; done")
+            ftraceInstance = inst
+        }
         if let size = spoolTmpfsMiB {
             let m = h.dir + "/spoolfs"
             try sh("mkdir -p \(m) && mount -t tmpfs -o size=\(size)m tidemark-test-spool \(m)")
@@ -148,7 +158,8 @@ final class FaultWorld: @unchecked Sendable {
             var kept = ""
             if ProcessInfo.processInfo.environment["TIDEMARK_TEST_KEEP_FAILED"] == "1" {
                 let keep = "/tmp/tidemark-failed-\(id)"
-                _ = try? run(["/bin/sh", "-c", "mkdir -p \(keep) && cp -a \(out) \(h.dir)/truth-\(id).img \(h.dir)/*.log \(h.dir)/*.yaml \(target) \(h.stateDir) \(keep)/ 2>/dev/null; for f in \(h.dir)/*; do case $f in *.out|*.err) cp $f \(keep)/;; esac; done"])
+                _ = try? run(["/bin/sh", "-c", "mkdir -p \(keep) && cp -a \(out) \(h.dir)/truth-\(id).img \(h.dir)/*.log \(h.dir)/*.yaml \(target) \(h.stateDir) \(tls) \(keep)/ 2>/dev/null; for f in \(h.dir)/*; do case $f in *.out|*.err) cp $f \(keep)/;; esac; done"])
+                if let inst = ftraceInstance { _ = try? sh("cat \(inst)/trace > \(keep)/ftrace.txt") }
                 kept = "\nkept in \(keep)"
             }
             Issue.record("point \(id) does not match the frozen source: \(cmp.stdout)differing bytes per chunk (count chunk):\n\(chunks)\(kept)\(logs)",
@@ -205,6 +216,7 @@ final class FaultWorld: @unchecked Sendable {
         proxy?.stop()
         server?.stop()
         if mounted { _ = try? sh("umount \(mnt)") }
+        if let inst = ftraceInstance { _ = try? sh("echo 0 > \(inst)/tracing_on; for e in block_rq_issue block_rq_complete; do echo 0 > \(inst)/events/block/$e/enable; done; rmdir \(inst)") }
         if let m = spoolMount { _ = try? sh("umount \(m)") }
         _ = try? sh("chattr -R -i \(target) 2>/dev/null; true")
         h.close()
