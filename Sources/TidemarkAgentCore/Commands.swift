@@ -85,9 +85,21 @@ public enum AgentCommands {
             return []
         }
         var sessions: [DiskSession] = []
-        for d in disks {
-            sessions.append(try DiskSession.open(devicePath: d, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes,
-                                                 earlyAttached: early))
+        do {
+            for d in disks {
+                sessions.append(try DiskSession.open(devicePath: d, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes,
+                                                     earlyAttached: early))
+            }
+        } catch {
+            // A failed start leaves no slot it attached for a disk it did not
+            // open (and so no idle tracer): nothing records that slot. Disks
+            // already opened keep theirs, as their .hrl says tracking.
+            let opened = Set(sessions.map(\.device.kernelDev))
+            let orphans = early.filter { !opened.contains($0.key) }.map(\.value)
+            if !orphans.isEmpty, let tracer = try? Tracer.open(create: false) {
+                for slot in orphans { try? tracer.detach(slot) }
+            }
+            throw error
         }
         ShutdownSeal.consume(stateDir: stateDir)
         return sessions
