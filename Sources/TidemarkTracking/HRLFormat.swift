@@ -48,6 +48,10 @@ public struct HRLHeader: Sendable, Equatable {
     public var sealNonce: [UInt8] = [UInt8](repeating: 0, count: 16)
     /// True when `sealNonce` is not all zero.
     public var hasSealNonce: Bool { sealNonce.contains { $0 != 0 } }
+    /// `sealNonce` as 32 lowercase hex digits.
+    public var sealNonceHex: String {
+        sealNonce.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
 
     /// ceil(nrChunks / 64): the number of bitmap words that carry chunks.
     public var wordCount: UInt64 { nrChunks / 64 + (nrChunks % 64 == 0 ? 0 : 1) }
