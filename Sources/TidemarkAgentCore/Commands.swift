@@ -99,6 +99,10 @@ public enum AgentCommands {
             if !orphans.isEmpty, let tracer = try? Tracer.open(create: false) {
                 for slot in orphans { try? tracer.detach(slot) }
             }
+            // A disk opened before the failure may have used the seal: it
+            // must not complete a file a second time (the disks not opened
+            // resync at the next start).
+            if !sessions.isEmpty { ShutdownSeal.consume(stateDir: stateDir) }
             throw error
         }
         ShutdownSeal.consume(stateDir: stateDir)

@@ -318,6 +318,29 @@ import TidemarkTracking
         try w.stop(p)
     }
 
+    /// In the same boot, `clean` is only as good as the pinned slot: a
+    /// restart resumes it, but with the slot gone (pins removed while the
+    /// agent was stopped) writes went unseen.
+    @Test func cleanWithTheSlotGoneInTheSameBootRequiresAResync() throws {
+        guard TestEnv.requireRoot("shutdown seal") else { return }
+        let w = try World("seal-sameboot")
+        defer { w.close() }
+        try w.prepareTracking()
+        try w.stop(try w.startTracking(boot: nil))
+        let restarted = try w.startTracking(boot: nil)
+        for d in [w.a, w.b] { #expect(try w.state(d).state == "tracking", "a restart in the same boot resumes") }
+        try w.stop(restarted)
+        #expect(try w.state(w.a).state == "clean")
+        w.sandbox.cleanup()
+        try w.writeFiles("unseen", count: 1)
+        let p = try w.startTracking(boot: nil)
+        for d in [w.a, w.b] {
+            let s = try w.state(d)
+            #expect(s.state == "resync-required" && s.reason == "tracer-detached", "\(d.name): \(s)")
+        }
+        try w.stop(p)
+    }
+
     @Test func changedSealBytesRequireAResync() throws {
         guard TestEnv.requireRoot("shutdown seal") else { return }
         let w = try World("seal-changed")
