@@ -1,6 +1,6 @@
 import TidemarkSystem
 
-// The `.hrl` on-disk format, version 1: constants, header encoding and the
+// The `.hrl` on-disk format, version 2 (reading version 1 too): constants, header encoding and the
 // per-slot validity rules. Pure functions on 4 KiB buffers; all file I/O is
 // in TrackingFile.swift. docs/hrl-format.md is the normative description —
 // keep the two in step.
@@ -260,7 +260,7 @@ enum HRLFormat {
             return .invalid("bad checksum (stored 0x\(hex32(stored)), computed 0x\(hex32(computed)))")
         }
         let ps = load(b, H.pageSize, as: UInt32.self)
-        if ps != UInt32(pageSize) { return .invalid("unsupported page size \(ps) (version 1 uses 4096)") }
+        if ps != UInt32(pageSize) { return .invalid("unsupported page size \(ps) (versions 1 and 2 use 4096)") }
         let gen = load(b, H.generation, as: UInt64.self)
         if gen == 0 { return .invalid("generation 0") }
         if Int(gen % 2) != slot { return .invalid("generation \(gen) in slot \(slot) (it belongs in slot \(gen % 2))") }
