@@ -85,6 +85,10 @@ build_package() {
     install -m 0644 Packaging/debian/$pkg/conffiles "$dir/DEBIAN/"
     install -D -m 0644 "Packaging/${pkg#tidemark-}.yaml" "$dir/etc/tidemark/${pkg#tidemark-}.yaml"
     install -D -m 0644 "Packaging/systemd/$pkg.service" "$dir/lib/systemd/system/$pkg.service"
+    if [ "$pkg" = tidemark-agent ]; then
+        # Run by systemd-shutdown once every filesystem is read-only (docs/shutdown-seal.md).
+        install -D -m 0755 Packaging/systemd/system-shutdown/tidemark "$dir/usr/lib/systemd/system-shutdown/tidemark"
+    fi
     install -m 0644 Packaging/copyright "$dir/usr/share/doc/$pkg/copyright"
     install -D -m 0644 "Packaging/lintian/$pkg" "$dir/usr/share/lintian/overrides/$pkg"
     printf '%s (%s) stable; urgency=medium\n\n  * Built from %s.\n\n -- Tidemark <packaging@tidemark.invalid>  %s\n' \

@@ -12,6 +12,10 @@ SEE_ALSO = ["tidemark-agent(8)", "tidemark-bitmap(8)", "tidemark-server(8)", "ti
 FILES = {
     "tidemark-agent": [("/etc/tidemark/agent.yaml", "configuration (every key, its default and a comment)"),
                        ("/var/lib/tidemark/", "the .hrl change-tracking files (mode 0700)"),
+                       ("/var/lib/tidemark/shutdown.seal", "the shutdown seal: armed at an orderly stop, "
+                        "sealed by the shutdown hook, merged at the next start"),
+                       ("/usr/lib/systemd/system-shutdown/tidemark", "the shutdown hook (runs shutdown-seal)"),
+                       ("/run/tidemark/", "locks, the armed seal's copy for the hook, early-attach records"),
                        ("/sys/fs/bpf/tidemark/", "the pinned tracer map and link")],
     "tidemark-server": [("/etc/tidemark/server.yaml", "configuration (every key, its default and a comment)"),
                         ("/var/lib/tidemark/spool/", "the durable spool"),

@@ -111,6 +111,9 @@ run_chroot() {
     for f in usr/bin/tidemark-agent usr/bin/tidemark-bitmap usr/bin/tidemark-server usr/bin/tidemarkctl; do
         check "/$f is 0755 root:root" test "$(stat -c '%a %U:%G' "$chroot_dir/$f")" = "755 root:root"
     done
+    check "/usr/lib/systemd/system-shutdown/tidemark is 0755 root:root" test "$(stat -c '%a %U:%G' "$chroot_dir/usr/lib/systemd/system-shutdown/tidemark")" = "755 root:root"
+    check "the shutdown hook runs the agent's shutdown-seal" grep -q 'tidemark-agent shutdown-seal' "$chroot_dir/usr/lib/systemd/system-shutdown/tidemark"
+    check "shutdown-seal with nothing tracked writes nothing and exits 0" sh -c "chroot '$chroot_dir' /usr/lib/systemd/system-shutdown/tidemark reboot | grep -q 'nothing to seal'"
     check "/var/lib/tidemark is 0700" test "$(stat -c %a "$chroot_dir/var/lib/tidemark")" = 700
     check "/etc/tidemark/agent.yaml is a conffile" sh -c "chroot '$chroot_dir' dpkg-query -W -f='\${Conffiles}' tidemark-agent | grep -q /etc/tidemark/agent.yaml"
     check "/etc/tidemark/server.yaml is a conffile" sh -c "chroot '$chroot_dir' dpkg-query -W -f='\${Conffiles}' tidemark-server | grep -q /etc/tidemark/server.yaml"
@@ -123,11 +126,12 @@ run_chroot() {
     say "upgrade to $newer with a locally edited conffile and state"
     echo "# local edit kept across upgrades" >>"$chroot_dir/etc/tidemark/agent.yaml"
     echo "state" >"$chroot_dir/var/lib/tidemark/test.hrl"
+    echo "seal" >"$chroot_dir/var/lib/tidemark/shutdown.seal"
     in_chroot apt-get install -y -q "/tmp/tidemark-agent_${newer}_amd64.deb" "/tmp/tidemark-server_${newer}_amd64.deb" >>"$work/apt.log" 2>&1 \
         || { tail -n 30 "$work/apt.log"; fail "upgrade"; }
     check "upgraded to $newer" test "$(in_chroot dpkg-query -W -f='${Version}' tidemark-agent)" = "$newer"
     check "local conffile edit survived" grep -q "local edit kept" "$chroot_dir/etc/tidemark/agent.yaml"
-    check "state survived the upgrade" test -s "$chroot_dir/var/lib/tidemark/test.hrl"
+    check "state survived the upgrade" test -s "$chroot_dir/var/lib/tidemark/test.hrl" -a -s "$chroot_dir/var/lib/tidemark/shutdown.seal"
 
     say "remove (state and conffiles kept), then purge (nothing left)"
     in_chroot apt-get remove -y -q tidemark-agent tidemark-server >>"$work/apt.log" 2>&1 || fail "apt remove"

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/falloc.h>
+#include <linux/fiemap.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -124,4 +126,33 @@ long long tm_statfs_type(const char *path) {
 /* Gives the heap's free memory back to the system (glibc keeps it otherwise). */
 void tm_heap_trim(void) {
     malloc_trim(0);
+}
+
+/* FS_IOC_FIEMAP over [0, length) with FIEMAP_FLAG_SYNC (delayed allocation is
+ * resolved first). Copies at most max_extents extents; *count is how many
+ * the kernel mapped (at most max_extents). 0 or -errno. */
+int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, uint64_t *physical,
+              uint64_t *extent_length, uint32_t *flags, uint32_t *count) {
+    size_t size = sizeof(struct fiemap) + (size_t)max_extents * sizeof(struct fiemap_extent);
+    struct fiemap *fm = calloc(1, size);
+    if (fm == NULL) return -ENOMEM;
+    fm->fm_start = 0;
+    fm->fm_length = length;
+    fm->fm_flags = FIEMAP_FLAG_SYNC;
+    fm->fm_extent_count = max_extents;
+    if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0) {
+        int e = errno;
+        free(fm);
+        return -e;
+    }
+    uint32_t n = fm->fm_mapped_extents < max_extents ? fm->fm_mapped_extents : max_extents;
+    for (uint32_t i = 0; i < n; i++) {
+        logical[i] = fm->fm_extents[i].fe_logical;
+        physical[i] = fm->fm_extents[i].fe_physical;
+        extent_length[i] = fm->fm_extents[i].fe_length;
+        flags[i] = fm->fm_extents[i].fe_flags;
+    }
+    *count = n;
+    free(fm);
+    return 0;
 }

@@ -55,11 +55,10 @@ public enum AgentCommands {
         // Validate every device before changing anything.
         for d in s.disks { _ = try BlockDeviceInfo.inspect(d) }
         StopSignal.install()
-        var sessions: [DiskSession] = []
-        for d in s.disks {
-            let session = try DiskSession.open(devicePath: d, stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes)
-            Log.info("\(d): tracking into \(session.hrl.path) (\(session.startNote); state \(session.hrl.header.state))")
-            sessions.append(session)
+        let sessions = try openSessionsEarly(s.disks, stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes)
+        guard !sessions.isEmpty else { return }
+        for session in sessions {
+            Log.info("\(session.device.path): tracking into \(session.hrl.path) (\(session.startNote); state \(session.hrl.header.state))")
         }
         println("tracking \(sessions.count) disk(s); SIGTERM or Ctrl-C stops the agent, tracking stays pinned")
         while !StopSignal.isRequested {
@@ -70,7 +69,62 @@ public enum AgentCommands {
             StopSignal.sleep(milliseconds: s.drainIntervalMs)
         }
         for session in sessions { try session.drain() }
+        armShutdownSeal(sessions, stateDir: s.stateDir)
         Log.info("stopped; \(sessions.count) disk(s) still tracked by the pinned tracer")
+    }
+
+    /// The start of `run` and `track`: attach every disk's tracer slot first
+    /// (early in boot the state directory is still read-only), wait until the
+    /// state directory is writable, then open and reconcile each disk's
+    /// `.hrl` (merging the shutdown seal after an orderly reboot), and mark
+    /// the seal consumed. Empty when a stop was requested while waiting.
+    static func openSessionsEarly(_ disks: [String], stateDir: String, chunkSizeBytes: UInt32) throws -> [DiskSession] {
+        let early = EarlyAttach.attachAll(devices: disks, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes)
+        guard EarlyAttach.waitUntilWritable(stateDir) else {
+            Log.info("stopped while waiting for \(stateDir) to become writable; tracking stays pinned")
+            return []
+        }
+        var sessions: [DiskSession] = []
+        do {
+            for d in disks {
+                sessions.append(try DiskSession.open(devicePath: d, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes,
+                                                     earlyAttached: early))
+            }
+        } catch {
+            // A failed start leaves no slot it attached for a disk it did not
+            // open (and so no idle tracer): nothing records that slot. Disks
+            // already opened keep theirs, as their .hrl says tracking.
+            let opened = Set(sessions.map(\.device.kernelDev))
+            let orphans = early.filter { !opened.contains($0.key) }.map(\.value)
+            if !orphans.isEmpty, let tracer = try? Tracer.open(create: false) {
+                for slot in orphans { try? tracer.detach(slot) }
+            }
+            // A disk opened before the failure may have used the seal: it
+            // must not complete a file a second time (the disks not opened
+            // resync at the next start).
+            if !sessions.isEmpty { ShutdownSeal.consume(stateDir: stateDir) }
+            throw error
+        }
+        ShutdownSeal.consume(stateDir: stateDir)
+        return sessions
+    }
+
+    /// At an orderly stop, after the final drain: arm the shutdown seal and
+    /// record `clean` with its nonce in every `.hrl` that is tracking. If the
+    /// seal cannot be armed, the files stay `tracking`: a restart in this
+    /// boot resumes as before, a reboot requires a resync.
+    static func armShutdownSeal(_ sessions: [DiskSession], stateDir: String) {
+        let tracked = sessions.filter { $0.hrl.header.state == .tracking }
+        guard !tracked.isEmpty else { return }
+        do {
+            let nonce = try ShutdownSeal.arm(stateDir: stateDir, sessions: tracked)
+            for s in tracked {
+                try s.hrl.setClean(sealNonce: nonce, text: "stopped in order; shutdown seal armed")
+            }
+            Log.info("shutdown seal armed for \(tracked.count) disk(s): after an orderly reboot that runs the shutdown hook, no resync is needed")
+        } catch {
+            Log.warning("no shutdown seal: \(error); a restart of the agent in this boot needs no resync, but after a reboot these disks will")
+        }
     }
 
     /// `untrack`: last drain, detach, record that tracking stopped.

@@ -68,7 +68,11 @@ public final class DiskSession {
     /// Opens (or creates) the disk's state, reconciles it with the pinned
     /// tracer, and starts or resumes tracking. Everything that makes the
     /// `.hrl` untrustworthy is recorded in it as `resync-required`.
-    public static func open(devicePath: String, stateDir: String, chunkSizeBytes: UInt32) throws -> DiskSession {
+    /// `earlyAttached`: the slots this process attached itself just before
+    /// (`EarlyAttach.attachAll`), by region dev; they count as attached now,
+    /// not as tracking kept from before.
+    public static func open(devicePath: String, stateDir: String, chunkSizeBytes: UInt32,
+                            earlyAttached: [UInt32: TrackedSlot] = [:]) throws -> DiskSession {
         let device = try BlockDeviceInfo.inspect(devicePath)
         try makeDirectories(stateDir, mode: 0o700)
         guard let stateDirAbs = realpathString(stateDir) else {
@@ -85,6 +89,7 @@ public final class DiskSession {
             if !started { try? tracer.releaseIfUnused() }
         }
         var existing = try tracer.slot(for: device)
+        let attachedByUs = existing != nil && earlyAttached[device.kernelDev] == existing
         if let e = existing {
             if e.hrlPath != hrlPath {
                 throw TidemarkError(.busy, "\(device.path) is already tracked by another agent (state file \(e.hrlPath))",
@@ -101,7 +106,7 @@ public final class DiskSession {
         var hrl: TrackingFile?
         var resync: (ResyncReason, String)?
         if !fileExists(hrlPath) {
-            resync = existing != nil
+            resync = existing != nil && !attachedByUs
                 ? (.trackingFileMissing, "the tracking file was missing while the tracer was attached")
                 : (.neverSynchronized, "first tracking of this disk: no earlier state")
         } else {
@@ -142,12 +147,74 @@ public final class DiskSession {
         }
         let file = hrl!
 
-        var outcome: Tracer.AttachOutcome
+        let outcome = try attach(&tracer, device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
+        let slot: TrackedSlot
+        let fresh: Bool
+        switch outcome {
+        case .resumed(let s):
+            slot = s
+            fresh = attachedByUs && s == existing
+            notes.append(fresh ? "attached the tracer early (slot \(s.slot))" : "resumed pinned tracking (slot \(s.slot))")
+        case .attached(let s):
+            slot = s
+            fresh = true
+            notes.append("attached the tracer (slot \(s.slot))")
+        }
+        let bootNow = TrackingFile.bootID()
+        let h = file.header
+        var lost: (ResyncReason, String)?
+        switch h.state {
+        case .resyncRequired:
+            break
+        case .tracking where h.bootID != bootNow:
+            // Whether the slot is new or was attached earlier in this boot:
+            // the agent never stopped in order before the host went down.
+            lost = (.uncleanShutdown, "the host went down while the disk was tracked and the agent had not stopped in order (boot id \(h.bootID) → \(bootNow)); writes after its last drain are unknown")
+        case .tracking:
+            if fresh {
+                // The .hrl says we were tracking, but no tracer was: writes went unseen.
+                lost = (.tracerDetached, "the tracer was detached while the state file said tracking; writes in between are unknown")
+            }
+        case .clean where h.bootID == bootNow:
+            if fresh {
+                lost = (.tracerDetached, "the pinned tracer slot went away while the agent was stopped; writes in between are unknown")
+            } else {
+                // Restarted in the same boot: the pinned slot kept every bit.
+                try file.setState(.tracking, reason: .none, text: "")
+            }
+        case .clean:
+            // Rebooted after an orderly stop: complete only with the shutdown
+            // seal and a slot attached early in this boot.
+            switch ShutdownSeal.recover(stateDir: stateDirAbs, hrl: file, slot: slot) {
+            case .recovered(let words, let extents):
+                try file.persistSet(words)
+                try file.setState(.tracking, reason: .none, text: "")
+                let text = "orderly reboot: merged \(words.popcount) chunk(s) in \(extents) extent(s) from the shutdown seal; no resync"
+                Log.info("\(device.path): \(text)")
+                notes.append(text)
+            case .resync(let reason, let text):
+                lost = (reason, text)
+            }
+        }
+        if let (reason, text) = lost {
+            Log.warning("\(device.path): resync required (\(reason)): \(text)")
+            notes.append("resync-required: \(reason): \(text)")
+            try file.setState(.resyncRequired, reason: reason, text: text)
+        }
+        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        started = true
+        return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
+                           startNote: notes.joined(separator: "; "), deviceLock: lock)
+    }
+
+    /// Attaches (or resumes) `device`'s slot, opening the pinned tracer
+    /// again when another process unpinned it after `tracer` was opened.
+    static func attach(_ tracer: inout Tracer, _ device: BlockDeviceInfo, chunkSizeBytes: UInt32,
+                       hrlPath: String) throws -> Tracer.AttachOutcome {
         var attempt = 1
         while true {
             do {
-                outcome = try tracer.attach(device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
-                break
+                return try tracer.attach(device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
             } catch let e as Tracer.Replaced {
                 // Another process unpinned the tracer after we opened it
                 // (its last slot went away): our handles are of a program
@@ -164,36 +231,6 @@ public final class DiskSession {
                 tracer = reopened
             }
         }
-        let slot: TrackedSlot
-        switch outcome {
-        case .resumed(let s):
-            slot = s
-            notes.append("resumed pinned tracking (slot \(s.slot))")
-            if file.header.state == .clean { try file.setState(.tracking, reason: .none, text: "") }
-        case .attached(let s):
-            slot = s
-            notes.append("attached the tracer (slot \(s.slot))")
-            switch file.header.state {
-            case .tracking:
-                // The .hrl says we were tracking, but no tracer was: writes went unseen.
-                let rebooted = file.header.bootID != TrackingFile.bootID()
-                let reason: ResyncReason = rebooted ? .uncleanShutdown : .tracerDetached
-                let text = rebooted
-                    ? "the host rebooted while the disk was tracked (boot id \(file.header.bootID) → \(TrackingFile.bootID())); writes during the outage are unknown"
-                    : "the tracer was detached while the state file said tracking; writes in between are unknown"
-                Log.warning("\(device.path): resync required (\(reason)): \(text)")
-                notes.append("resync-required: \(reason): \(text)")
-                try file.setState(.resyncRequired, reason: reason, text: text)
-            case .clean:
-                try file.setState(.tracking, reason: .none, text: "")
-            case .resyncRequired:
-                break
-            }
-        }
-        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
-        started = true
-        return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
-                           startNote: notes.joined(separator: "; "), deviceLock: lock)
     }
 
     /// Moves every set bit of the kernel map into the `.hrl`, durably, then

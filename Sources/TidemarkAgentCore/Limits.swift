@@ -29,6 +29,22 @@ public enum Limits {
     /// per window before it logs and retries the window.
     public static let digestBaselineWaitMsMax = 60_000
     public static let digestBaselinePollMs = 200
+
+    // Shutdown seal and early-boot attach (docs/shutdown-seal.md).
+    /// Size of the preallocated seal file; fixes its layout.
+    public static let shutdownSealFileBytes = 1 << 20
+    /// Tracked disks one seal can describe (disk entries in pages 1–15 of
+    /// the armed region, 1024 bytes each).
+    public static let shutdownSealDisksMax = 60
+    /// Extents the seal file may have on its device; more and no seal is armed.
+    public static let shutdownSealFileExtentsMax = 16
+    /// Chunk extents one sealed record holds for all disks together (16 bytes
+    /// each, in the pages after the sealed header); a disk that does not fit
+    /// is sealed `incomplete` (a resync after the reboot).
+    public static let shutdownSealExtentsMax = (shutdownSealFileBytes - 69_632) / 16
+    /// Early in boot, how often the agent checks whether its state directory
+    /// has become writable (the root filesystem remounted read-write).
+    public static let stateDirWritablePollMs = 200
 }
 
 /// Every limit of the replication data path, in one place, units in the names.

@@ -58,8 +58,10 @@ extension AgentCommands {
         StopSignal.install()
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []
-        for d in config.disks {
-            let session = try DiskSession.open(devicePath: d, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)
+        let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)
+        guard !sessions.isEmpty else { return }
+        for session in sessions {
+            let d = session.device.path
             Log.info("\(d): \(session.startNote); state \(session.hrl.header.state)")
             let r = DiskReplicator(session: session, settings: settings)
             replicators[session.device.path] = r
@@ -121,6 +123,7 @@ extension AgentCommands {
         if let f = failures.first {
             throw TidemarkError(.state, "replication stopped: \(f)")
         }
+        armShutdownSeal(order.map(\.session), stateDir: config.stateDir)
         Log.info("stopped; tracking stays pinned")
     }
 

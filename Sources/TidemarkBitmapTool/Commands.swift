@@ -62,6 +62,7 @@ public enum BitmapTool {
         row("created", Format.time(unixNs: h.createdUnixNs))
         row("state changed", Format.time(unixNs: h.stateChangedUnixNs))
         row("boot id", h.bootID.isEmpty ? "(none)" : h.bootID)
+        if h.hasSealNonce { row("shutdown seal", "nonce \(h.sealNonceHex) (docs/shutdown-seal.md)") }
         row("target id", h.targetID.isEmpty ? "(none)" : h.targetID)
         row("file uuid", h.fileUUIDString)
 
@@ -159,6 +160,7 @@ public enum BitmapTool {
             ("state_changed", .string(Format.time(unixNs: h.stateChangedUnixNs))),
             ("state_changed_unix_ns", .uint(h.stateChangedUnixNs)),
             ("boot_id", .string(h.bootID)),
+            ("seal_nonce", .string(h.hasSealNonce ? h.sealNonceHex : "")),
             ("target_id", .string(h.targetID)),
             ("file_uuid", .string(h.fileUUIDString)),
         ])

@@ -1,6 +1,6 @@
 import TidemarkSystem
 
-// The `.hrl` on-disk format, version 1: constants, header encoding and the
+// The `.hrl` on-disk format, version 2 (reading version 1 too): constants, header encoding and the
 // per-slot validity rules. Pure functions on 4 KiB buffers; all file I/O is
 // in TrackingFile.swift. docs/hrl-format.md is the normative description —
 // keep the two in step.
@@ -42,6 +42,16 @@ public struct HRLHeader: Sendable, Equatable {
     /// slot (torn by a crash); with the flag clear, an invalid slot is damage
     /// that could have destroyed the newest copy of a page.
     public var updateInFlight: Bool = false
+    /// Format version 2, offset 1008: the nonce of the shutdown seal armed
+    /// when the agent stopped in order and recorded state `clean`
+    /// (docs/shutdown-seal.md); 16 zero bytes otherwise (and in version 1).
+    public var sealNonce: [UInt8] = [UInt8](repeating: 0, count: 16)
+    /// True when `sealNonce` is not all zero.
+    public var hasSealNonce: Bool { sealNonce.contains { $0 != 0 } }
+    /// `sealNonce` as 32 lowercase hex digits.
+    public var sealNonceHex: String {
+        sealNonce.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
 
     /// ceil(nrChunks / 64): the number of bitmap words that carry chunks.
     public var wordCount: UInt64 { nrChunks / 64 + (nrChunks % 64 == 0 ? 0 : 1) }
@@ -60,9 +70,14 @@ public struct HRLHeader: Sendable, Equatable {
     }
 }
 
-/// Layout constants and codecs of format version 1.
+/// Layout constants and codecs of format version 2 (which also reads version 1).
 enum HRLFormat {
-    static let version: UInt32 = 1
+    /// The version this code writes. Version 1 files are read, and become
+    /// version 2 at their next header write.
+    static let version: UInt32 = 2
+    static let oldestReadableVersion: UInt32 = 1
+    /// The highest reason code of each version (index = version).
+    static func maxReasonCode(version: UInt32) -> UInt32 { version >= 2 ? 12 : 11 }
     /// How long a writable open keeps trying for the file's exclusive lock
     /// before reporting another writer: a handle just closed in this process
     /// can hold it for an instant through a child being spawned.
@@ -95,8 +110,12 @@ enum HRLFormat {
         static let reasonText = (offset: 432, size: 256)
         static let targetID = (offset: 688, size: 256)
         static let bootID = (offset: 944, size: 64)
-        /// First byte after the last field; [end, crcOffset) must be zero.
-        static let end = 1008
+        /// Version 2: the armed shutdown seal's nonce (16 bytes).
+        static let sealNonce = 1008
+        /// First byte after the last field of version 1 / version 2;
+        /// [end, crcOffset) must be zero.
+        static let endV1 = 1008
+        static let end = 1024
     }
 
     /// Bitmap page trailer offsets.
@@ -207,6 +226,10 @@ enum HRLFormat {
         put(h.reasonText, H.reasonText)
         put(h.targetID, H.targetID)
         put(h.bootID, H.bootID)
+        if h.formatVersion >= 2 {
+            precondition(h.sealNonce.count == 16)
+            for (i, u) in h.sealNonce.enumerated() { b[H.sealNonce + i] = u }
+        }
         store(b, crcOffset, checksum(UnsafeRawBufferPointer(b)))
     }
 
@@ -230,14 +253,14 @@ enum HRLFormat {
         // The version comes before the checksum: a later version may move it.
         let version = load(b, H.version, as: UInt32.self)
         if version > HRLFormat.version { return .unsupported(version: version) }
-        if version != HRLFormat.version { return .invalid("format version \(version) does not exist") }
+        if version < HRLFormat.oldestReadableVersion { return .invalid("format version \(version) does not exist") }
         let stored = load(b, crcOffset, as: UInt32.self)
         let computed = checksum(b)
         if stored != computed {
             return .invalid("bad checksum (stored 0x\(hex32(stored)), computed 0x\(hex32(computed)))")
         }
         let ps = load(b, H.pageSize, as: UInt32.self)
-        if ps != UInt32(pageSize) { return .invalid("unsupported page size \(ps) (version 1 uses 4096)") }
+        if ps != UInt32(pageSize) { return .invalid("unsupported page size \(ps) (versions 1 and 2 use 4096)") }
         let gen = load(b, H.generation, as: UInt64.self)
         if gen == 0 { return .invalid("generation 0") }
         if Int(gen % 2) != slot { return .invalid("generation \(gen) in slot \(slot) (it belongs in slot \(gen % 2))") }
@@ -253,11 +276,18 @@ enum HRLFormat {
         let stateRaw = load(b, H.state, as: UInt32.self)
         guard let state = TrackingState(rawValue: stateRaw) else { return .invalid("unknown state \(stateRaw)") }
         let reasonRaw = load(b, H.reason, as: UInt32.self)
-        guard let reason = ResyncReason(rawValue: reasonRaw) else { return .invalid("unknown reason code \(reasonRaw)") }
+        guard reasonRaw <= maxReasonCode(version: version), let reason = ResyncReason(rawValue: reasonRaw) else {
+            return .invalid("unknown reason code \(reasonRaw) for format version \(version)")
+        }
         let flags = load(b, H.flags, as: UInt32.self)
         if flags & ~HRLFormat.knownHeaderFlags != 0 { return .invalid("unknown flags 0x\(String(flags, radix: 16)) at offset 92") }
-        if !isAllZero(UnsafeRawBufferPointer(rebasing: b[H.end..<crcOffset])) {
-            return .invalid("unused bytes \(H.end)..<\(crcOffset) are not zero")
+        let end = version >= 2 ? H.end : H.endV1
+        if !isAllZero(UnsafeRawBufferPointer(rebasing: b[end..<crcOffset])) {
+            return .invalid("unused bytes \(end)..<\(crcOffset) are not zero")
+        }
+        let nonce = Array(b[H.sealNonce..<(H.sealNonce + 16)])
+        if version >= 2 && state != .clean && nonce.contains(where: { $0 != 0 }) {
+            return .invalid("seal_nonce is set but the state is \(state), not clean")
         }
         var strings: [String] = []
         for (name, field) in [("disk_id", H.diskID), ("disk_identity", H.diskIdentity), ("reason_text", H.reasonText),
@@ -284,6 +314,7 @@ enum HRLFormat {
             diskID: strings[0], diskIdentity: strings[1], reasonText: strings[2], targetID: strings[3],
             bootID: strings[4])
         decoded.updateInFlight = flags & HRLFormat.flagUpdateInFlight != 0
+        decoded.sealNonce = nonce
         return .valid(decoded)
     }
 

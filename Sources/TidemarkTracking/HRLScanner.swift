@@ -50,7 +50,7 @@ enum HRLScanner {
         for (slot, s) in slots.enumerated() {
             if case .unsupported(let v) = s {
                 // Falling back to an older slot would roll back what the newer writer did.
-                _ = problem(.unsupportedVersion, "header slot \(slot): format version \(v); this build reads version \(HRLFormat.version)")
+                _ = problem(.unsupportedVersion, "header slot \(slot): format version \(v); this build reads versions \(HRLFormat.oldestReadableVersion) to \(HRLFormat.version)")
                 return r
             }
         }

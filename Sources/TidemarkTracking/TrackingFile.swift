@@ -249,7 +249,8 @@ public final class TrackingFile: @unchecked Sendable {
 
     // MARK: - Header updates
 
-    /// Records a new tracking state, why, and when.
+    /// Records a new tracking state, why, and when. Any shutdown-seal nonce
+    /// is cleared: it belongs to the `clean` state set by `setClean`.
     public func setState(_ state: TrackingState, reason: ResyncReason, text: String) throws {
         try beginMutation()
         let now = wallClockUnixNs()
@@ -258,6 +259,25 @@ public final class TrackingFile: @unchecked Sendable {
             $0.reason = reason
             $0.reasonText = HRLFormat.fieldValue(text, size: HRLFormat.H.reasonText.size)
             $0.stateChangedUnixNs = now
+            $0.sealNonce = [UInt8](repeating: 0, count: 16)
+        }
+    }
+
+    /// Records state `clean` with the nonce of the shutdown seal armed for
+    /// this stop (docs/shutdown-seal.md): after a reboot, the bits are
+    /// complete only together with a seal sealed under this nonce.
+    public func setClean(sealNonce: [UInt8], text: String) throws {
+        guard sealNonce.count == 16, sealNonce.contains(where: { $0 != 0 }) else {
+            throw TidemarkError(.invalidArgument, "setClean: the seal nonce must be 16 bytes, not all zero")
+        }
+        try beginMutation()
+        let now = wallClockUnixNs()
+        try commitHeader {
+            $0.state = .clean
+            $0.reason = .none
+            $0.reasonText = HRLFormat.fieldValue(text, size: HRLFormat.H.reasonText.size)
+            $0.stateChangedUnixNs = now
+            $0.sealNonce = sealNonce
         }
     }
 
@@ -476,7 +496,12 @@ public final class TrackingFile: @unchecked Sendable {
     /// The kernel's id of the current boot (/proc/sys/kernel/random/boot_id),
     /// or "" where there is none. A `.hrl` whose header shows state
     /// `tracking` and another boot id was being tracked when the host went down.
+    ///
+    /// TEST ONLY: `TIDEMARK_TEST_BOOT_ID`, when set and not empty, replaces
+    /// it, so integration tests can simulate a reboot without one. Never set
+    /// it on a real host: a wrong boot id hides an unclean shutdown.
     public static func bootID() -> String {
+        if let fake = SystemEnvironment.variables["TIDEMARK_TEST_BOOT_ID"], !fake.isEmpty { return fake }
         guard let fd = try? FileDescriptor(open: "/proc/sys/kernel/random/boot_id", .readOnly) else { return "" }
         var bytes = [UInt8](repeating: 0, count: 64)
         let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
@@ -609,6 +634,8 @@ public final class TrackingFile: @unchecked Sendable {
         change(&h)
         h.generation += 1
         h.bootID = hostBootID
+        // A version 1 file becomes version 2 at its first header write.
+        h.formatVersion = HRLFormat.version
         HRLFormat.encodeHeader(h, into: headerBuffer.bytes)
         unsyncedWrites = true
         try fd.write(UnsafeRawBufferPointer(headerBuffer.bytes), at: HRLFormat.headerOffset(slot: Int(h.generation % 2)))

@@ -38,6 +38,8 @@ public enum ResyncReason: UInt32, Sendable, CustomStringConvertible, CaseIterabl
     case operatorRequest = 9
     case targetChanged = 10
     case tracerOverflow = 11
+    /// Format version 2.
+    case lateAttach = 12
 
     public var description: String {
         switch self {
@@ -53,6 +55,7 @@ public enum ResyncReason: UInt32, Sendable, CustomStringConvertible, CaseIterabl
         case .operatorRequest: "operator-request"
         case .targetChanged: "target-changed"
         case .tracerOverflow: "tracer-overflow"
+        case .lateAttach: "late-attach"
         }
     }
 
@@ -71,6 +74,7 @@ public enum ResyncReason: UInt32, Sendable, CustomStringConvertible, CaseIterabl
         case .operatorRequest: "an operator asked for a resync"
         case .targetChanged: "the replication target changed; the new target holds none of the old state"
         case .tracerOverflow: "the tracer could not record a write bit by bit"
+        case .lateAttach: "after a reboot the tracer was attached only once a filesystem on the disk was already mounted read-write; earlier writes of that boot were not seen"
         }
     }
 }

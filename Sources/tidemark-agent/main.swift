@@ -80,6 +80,25 @@ struct Run: ParsableCommand {
     }
 }
 
+struct ShutdownSealCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shutdown-seal",
+        abstract: "Seal the last writes of an orderly shutdown (run by the systemd-shutdown hook).",
+        discussion: """
+            Run by /usr/lib/systemd/system-shutdown/tidemark after every filesystem is unmounted or \
+            read-only. Reads the shutdown seal the agent armed when it stopped (its copy in /run/tidemark), \
+            snapshots the pinned tracer's bits of every disk listed there, and writes them with O_DIRECT \
+            to the seal file's blocks on the raw device. At the next boot the agent merges them into the \
+            .hrl files, so an orderly reboot needs no resync. Writes no file and works with the root \
+            filesystem read-only. On any failure it writes nothing and exits 1; the next start then \
+            requires a resync. Exits 0 without writing when no disk is tracked. See docs/shutdown-seal.md.
+            """)
+
+    func run() throws {
+        try runReportingErrors { println(try ShutdownSeal.seal()) }
+    }
+}
+
 /// Operating errors end in one clear message and exit status 1, never a trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
@@ -98,7 +117,7 @@ struct Agent: ParsableCommand {
         commandName: "tidemark-agent",
         abstract: "Tidemark agent: tracks changed disk chunks and replicates them.",
         version: tidemarkVersion,
-        subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self])
+        subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self, ShutdownSealCommand.self])
 }
 
 Agent.main()

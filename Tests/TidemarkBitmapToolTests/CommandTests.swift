@@ -15,7 +15,7 @@ private let chunk: UInt64 = 65536
         #expect(r.errorOutput.isEmpty)
         let out = r.output
         #expect(out.hasPrefix(p + "\n"))
-        for expected in ["format         v1 (header generation", "state          tracking",
+        for expected in ["format         v2 (header generation", "state          tracking",
                          "resync reason  0 none — no resync is pending", "disk id        sdb",
                          "disk identity  wwn-0x5000c500a1b2c3d4", "disk size      4194304 bytes (4 MiB)",
                          "chunk size     65536 bytes (64 KiB)", "chunks         64 (1 bitmap page)",
@@ -111,7 +111,7 @@ private let chunk: UInt64 = 65536
         let p = try fx.hrl(dirty: [3, 4], state: .resyncRequired, reason: .tracerDetached, reasonText: "quote \" and \\ here")
         let o = try jsonObject(BitmapTool.show(path: p, json: true, context: liveContext(nrChunks: 64, dirty: [4, 9])))
         #expect(o["path"] as? String == p)
-        #expect(uint(o["format_version"]) == 1)
+        #expect(uint(o["format_version"]) == 2)
         #expect(o["state"] as? String == "resync-required")
         let reason = try #require(o["reason"] as? [String: Any])
         #expect(uint(reason["code"]) == 8)
@@ -256,7 +256,7 @@ private let chunk: UInt64 = 65536
         let p = try fx.hrl(dirty: [1, 2, 3])
         let r = BitmapTool.verify(path: p)
         #expect(r.exitCode == 0)
-        #expect(r.output.hasPrefix("\(p): OK (format v1, 64 chunks of 64 KiB, 1 bitmap page, state tracking)"))
+        #expect(r.output.hasPrefix("\(p): OK (format v2, 64 chunks of 64 KiB, 1 bitmap page, state tracking)"))
     }
 
     @Test func corruptPageIsNamed() throws {

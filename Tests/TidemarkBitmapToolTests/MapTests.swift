@@ -296,7 +296,7 @@ struct DecodedPNG {
         let hrl = try fx.hrl(dirty: [1, 2])
         let ok = try runTool(binary, ["verify", hrl])
         #expect(ok.status == 0)
-        #expect(ok.stdout.hasPrefix("\(hrl): OK (format v1"))
+        #expect(ok.stdout.hasPrefix("\(hrl): OK (format v2"))
         let extents = try runTool(binary, ["extents", hrl, "--hrl-only"])
         #expect(extents.status == 0 && extents.stdout == "65536 131072 (chunks 1-2)\n")
         let missing = try runTool(binary, ["show", fx.path("gone.hrl")])

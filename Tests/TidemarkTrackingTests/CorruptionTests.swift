@@ -307,9 +307,9 @@ import TidemarkSystem
         let dir = TempDir()
         let f = try makeFile(dir)
         f.close()
-        try rewritePage(f.path, at: TrackingFile.fileOffset(ofHeaderSlot: 1)) { putLE(&$0, 8, UInt32(2)) }
+        try rewritePage(f.path, at: TrackingFile.fileOffset(ofHeaderSlot: 1)) { putLE(&$0, 8, UInt32(3)) }
         let e = expectTrackingError(.unsupportedVersion) { _ = try TrackingFile.open(at: f.path) }
-        #expect(e?.detail.contains("format version 2") == true)
+        #expect(e?.detail.contains("format version 3") == true)
         #expect(TrackingFile.verify(at: f.path).count == 1)
     }
 
@@ -325,6 +325,7 @@ import TidemarkSystem
             ("unknown flags 0x2 at offset 92", { putLE(&$0, 92, UInt32(2)) }),
             ("unknown flags 0x80000001 at offset 92", { putLE(&$0, 92, UInt32(0x8000_0001)) }),
             ("unused bytes", { $0[2000] = 1 }),
+            ("seal_nonce is set but the state is", { $0[1010] = 1 }),
             ("generation 2 in slot 1", { putLE(&$0, 16, UInt64(2)) }),
             ("disk_id has bytes after", { $0[112 + 10] = 0x41 }),
             ("not valid UTF-8", { $0[112] = 0xFF }),

@@ -63,7 +63,7 @@ import TidemarkSystem
                                         chunkSizeBytes: smallChunk, state: .resyncRequired, reason: .neverSynchronized,
                                         reasonText: "first tracking")
         let h = f.header
-        #expect(h.formatVersion == 1 && h.generation == 1)
+        #expect(h.formatVersion == 2 && h.generation == 1)
         #expect(h.nrChunks == 100_003 && h.bitmapPages == 4)
         #expect(h.state == .resyncRequired && h.reason == .neverSynchronized && h.reasonText == "first tracking")
         #expect(h.diskIdentity == String(repeating: "é", count: 127))

@@ -53,6 +53,10 @@ int tm_flock(int fd, int op);
 int tm_mount_bpffs(const char *path);
 /* statfs(2) f_type of path, or -errno. */
 long long tm_statfs_type(const char *path);
+/* FS_IOC_FIEMAP of [0, length) with FIEMAP_FLAG_SYNC: up to max_extents
+ * extents into the arrays, their number in *count. 0 or -errno. */
+int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, uint64_t *physical,
+              uint64_t *extent_length, uint32_t *flags, uint32_t *count);
 /* fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE). 0 or -errno. */
 int tm_punch_hole(int fd, uint64_t offset, uint64_t length);
 
