@@ -8,7 +8,16 @@ scripts/install-deps.sh
 export PATH=/opt/swift/usr/bin:$PATH
 CSources/bpf/build.sh --check
 swift build --build-tests 2>&1 | tail -n 3
-swift test --skip-build "$@"
+if [ $# -eq 0 ]; then
+  # The probe-churn test switches ftrace probes on block_rq_complete on and
+  # off, which makes the kernel skip other tests' tracer probes too: it runs
+  # alone, after the others.
+  churn=CompletionCrossCheckTests.writesCompletedWhileProbesChangeAreNeverLost
+  swift test --skip-build --skip "$churn"
+  swift test --skip-build --filter "$churn"
+else
+  swift test --skip-build "$@"
+fi
 # The Debian packages: built, installed into a debootstrap chroot and on this
 # machine, upgraded, removed, purged (Packaging/test-deb.sh; root only).
 if [ $# -eq 0 ]; then

@@ -40,6 +40,9 @@ struct request {
  * "in" operations do not. */
 #define TM_REQ_OP_MASK 0xffu
 #define TM_OP_CHANGES_DATA(op) ((op) & 1u)
+/* REQ_OP_DRV_IN: driver passthrough operations from here on, which the
+ * kernel leaves out of the disk's I/O statistics. */
+#define TM_REQ_OP_DRV_IN 34u
 
 struct inner_bitmap {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -179,11 +182,19 @@ int BPF_PROG(tm_block_rq_complete, struct request *rq, int error, unsigned int n
     __u64 hi = lo + nr_sector; /* exclusive */
 
     __u32 n = disk->nr_regions;
+    /* Counted like the kernel's statistics count them (see the ABI). */
+    int accounted = op < TM_REQ_OP_DRV_IN;
 
     for (__u32 i = 0; i < TM_MAX_REGIONS_PER_DISK; i++) {
         if (i >= n)
             break;
         struct tm_region *r = &disk->regions[i];
+        if (accounted) {
+            __u32 slot = r->slot;
+            struct tm_slot_state *st = bpf_map_lookup_elem(&tm_slot_state, &slot);
+            if (st)
+                __sync_fetch_and_add(&st->disk_sectors, nr_sector);
+        }
         __u64 rs = r->start_sector, re = r->start_sector + r->nr_sectors;
         __u64 a = lo > rs ? lo : rs;
         __u64 b = hi < re ? hi : re;

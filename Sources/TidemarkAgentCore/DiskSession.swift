@@ -202,6 +202,12 @@ public final class DiskSession {
             try file.setState(.resyncRequired, reason: reason, text: text)
         }
         let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        // The completion cross-check's offset: kept in the pinned slot state
+        // across restarts, established once per slot.
+        if !bitmap.establishSectorOffset(samples: Limits.crossCheckBaselineSamples,
+                                         gapMicroseconds: Limits.crossCheckBaselineSampleGapUs) {
+            Log.warning("\(device.path): the kernel keeps no I/O statistics for this disk (/sys/dev/block/\(slot.wholeDev >> 20):\(slot.wholeDev & 0xfffff)/queue/iostats is 0), so completions the tracer might not see cannot be detected; enable them with `echo 1 > /sys/dev/block/\(slot.wholeDev >> 20):\(slot.wholeDev & 0xfffff)/queue/iostats`")
+        }
         started = true
         return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
                            startNote: notes.joined(separator: "; "), deviceLock: lock)
@@ -249,10 +255,18 @@ public final class DiskSession {
         if missed {
             Log.warning("\(device.path): the kernel skipped the tracer \(max(1, misses &- bitmap.recursionMissesSeen)) time(s) because it was already running on that CPU; a skipped completion may have been a write to this disk, so the whole disk counts as dirty")
         }
-        let overflow = bitmap.overflowed || missed
+        // The kernel's statistics count every completed write; the program
+        // counts those it saw. A deficit means a completion went unseen:
+        // its probe was skipped (this kernel skips probes while other
+        // tools attach or detach theirs on the same tracepoint).
+        let deficit = bitmap.sectorDeficit()
+        if let d = deficit {
+            Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (its probe on block:block_rq_complete was skipped, as happens while other tracing tools attach or detach probes there); the whole disk counts as dirty")
+        }
+        let overflow = bitmap.overflowed || missed || deficit != nil
         DrainScan.snapshot(words, into: &drained)
         if overflow {
-            if !missed { Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty") }
+            if !missed && deficit == nil { Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty") }
             try hrl.markAllDirty()
         }
         if !drained.isEmpty {
@@ -264,6 +278,8 @@ public final class DiskSession {
         DrainScan.clear(words, drained)
         if overflow { bitmap.clearOverflow() }
         if missed { bitmap.setRecursionMissesSeen(misses); fakeRecursionMiss = false }
+        // Durable now: the deficit up to this sample is covered.
+        if let d = deficit { bitmap.setSectorOffset(d.sample) }
         return DrainResult(chunks: drained.popcount, overflowed: overflow)
     }
 

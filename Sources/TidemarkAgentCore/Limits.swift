@@ -5,6 +5,11 @@ public enum Limits {
     /// Times a start opens the pinned tracer again when another process
     /// unpinned it between opening and attaching (see docs/tracer.md).
     public static let tracerReopenAttemptsMax = 5
+    /// Completion cross-check (docs/tracer.md): samples taken, this far
+    /// apart, to establish a slot's offset between the kernel's sector
+    /// statistics and the program's count.
+    public static let crossCheckBaselineSamples = 5
+    public static let crossCheckBaselineSampleGapUs: UInt32 = 1_000
     /// Reads in flight while copying (io_uring queue depth).
     public static let readQueueDepth = 8
     /// One read request at most this long; with the queue depth, this bounds

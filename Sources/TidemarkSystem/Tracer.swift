@@ -98,6 +98,13 @@ public final class Tracer: @unchecked Sendable {
             }
             let link = try objectInfo(fds[4], bpf_link_info(), "the tracer link")
             let mapID = try objectInfo(fds[3], bpf_map_info(), "the tracer slot table").id
+            // A tracer pinned by a build with another map layout must not be
+            // read with this one's.
+            let stateSize = try objectInfo(fds[2], bpf_map_info(), "the tracer slot states").value_size
+            guard stateSize == UInt32(MemoryLayout<tm_slot_state>.size) else {
+                throw TidemarkError(.unsupported, "the tracer pinned at \(pinDir) was loaded by a Tidemark build with another map layout (slot state of \(stateSize) bytes; this build uses \(MemoryLayout<tm_slot_state>.size), tracer ABI \(TM_TRACER_ABI_VERSION))",
+                                    hint: "stop every agent and run `tidemark-agent untrack` for each tracked disk (their next start resyncs), or reboot")
+            }
             let prog = bpf_prog_get_fd_by_id(link.prog_id)
             guard prog >= 0 else {
                 throw SystemError(call: "bpf(BPF_PROG_GET_FD_BY_ID)", errno: -prog, context: "opening the program of the pinned tracer link")
@@ -538,4 +545,91 @@ public final class SlotBitmap: @unchecked Sendable {
     /// a count above it means completions went unseen since.
     public var recursionMissesSeen: UInt64 { states.load(stateIndex + 3) }
     public func setRecursionMissesSeen(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 3, v) }
+
+    // MARK: Completion cross-check (docs/tracer.md)
+
+    /// Sectors of write and discard completions on the whole disk that the
+    /// program has counted since the slot was attached.
+    public var diskSectors: UInt64 { states.load(stateIndex + 4) }
+    /// The kernel's write+discard sectors of the whole disk minus
+    /// `diskSectors`, as established (nil: not yet). Stored in the pinned
+    /// slot state, so an agent that restarts keeps it.
+    public var sectorOffset: UInt64? {
+        let v = states.load(stateIndex + 5)
+        return v == 0 ? nil : v &- 1
+    }
+    public func setSectorOffset(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 5, v &+ 1) }
+
+    /// One sample of (kernel sectors - program sectors), the kernel's read
+    /// first. The program counts a completion just before the kernel does
+    /// (the tracepoint comes first in blk_update_request), so without a
+    /// missed completion a sample never exceeds the true offset; a
+    /// completion the program did not see raises it for good.
+    /// nil when the kernel's statistics cannot be read.
+    public func sectorSample() -> UInt64? {
+        guard let kernel = DiskStatistics.writtenSectors(wholeDev: slot.wholeDev) else { return nil }
+        let program = diskSectors
+        return kernel &- program
+    }
+
+    /// Establishes the offset when the slot has none: the largest of a few
+    /// samples (a sample can only fall short of the true offset, by a
+    /// completion between its two reads, which at worst causes one
+    /// needless whole-disk resync later, never a missed one).
+    /// Returns false when the kernel keeps no statistics for the disk.
+    @discardableResult
+    public func establishSectorOffset(samples: Int, gapMicroseconds: UInt32) -> Bool {
+        if sectorOffset != nil { return true }
+        var best: UInt64?
+        for i in 0..<max(1, samples) {
+            if i > 0 { usleep(gapMicroseconds) }
+            guard let s = sectorSample() else { return false }
+            // Offsets are differences of growing counters: compare as signed.
+            if best == nil || Int64(bitPattern: s &- best!) > 0 { best = s }
+        }
+        if let best { setSectorOffset(best) }
+        return best != nil
+    }
+
+    /// Sectors the kernel completed on the disk that the program did not
+    /// count since the offset was established, with the sample that showed
+    /// it (the new offset once the whole disk is marked dirty). nil when
+    /// there is no offset, no statistics, or no deficit.
+    public func sectorDeficit() -> (sectors: UInt64, sample: UInt64)? {
+        guard let offset = sectorOffset, let sample = sectorSample() else { return nil }
+        let d = Int64(bitPattern: sample &- offset)
+        return d > 0 ? (UInt64(d), sample) : nil
+    }
+}
+
+/// The kernel's own I/O statistics of a whole disk: the block layer adds
+/// each completed request's sectors right after the block_rq_complete
+/// tracepoint, independently of any probe on it.
+public enum DiskStatistics {
+    /// Write plus discard sectors completed on the whole disk since boot
+    /// (`/sys/dev/block/MAJ:MIN/stat`, fields 7 and 14; Documentation/block/stat.rst).
+    /// nil when unreadable, or when the queue keeps no statistics (iostats 0).
+    public static func writtenSectors(wholeDev: UInt32) -> UInt64? {
+        let base = "/sys/dev/block/\(wholeDev >> 20):\(wholeDev & 0xfffff)"
+        guard iostatsEnabled(base) else { return nil }
+        guard let text = readSmallTextFile(base + "/stat") else { return nil }
+        let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).compactMap { UInt64($0) }
+        guard f.count >= 7 else { return nil }
+        return f[6] &+ (f.count >= 14 ? f[13] : 0)
+    }
+
+    static func readSmallTextFile(_ path: String) -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = Glibc.close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n], as: UTF8.self)
+    }
+
+    static func iostatsEnabled(_ base: String) -> Bool {
+        guard let v = readSmallTextFile(base + "/queue/iostats") else { return true }
+        return v.first != "0"
+    }
 }

@@ -7,7 +7,7 @@
 #ifndef TIDEMARK_TRACER_ABI_H
 #define TIDEMARK_TRACER_ABI_H
 
-#define TM_TRACER_ABI_VERSION 1u
+#define TM_TRACER_ABI_VERSION 2u
 
 /* Maximum number of tracked regions (disks or partitions) on one host. */
 #define TM_MAX_SLOTS 64u
@@ -44,6 +44,16 @@ struct tm_slot_state {
     unsigned long long events;       /* write/discard completions that touched the region */
     unsigned long long lookup_misses;/* bitmap word lookups that failed (must stay 0) */
     unsigned long long reserved;     /* agents only: the program's recursion_misses already accounted for */
+    /* Sectors of every write, discard, secure erase or write-zeroes request
+     * (not driver passthrough) completed on the slot's whole disk, counted
+     * at each call of the program: the same requests and sizes the kernel
+     * adds to the disk's write and discard sector statistics right after
+     * the tracepoint. A completion the program never saw leaves this count
+     * behind the kernel's (docs/tracer.md, "Completion cross-check"). */
+    unsigned long long disk_sectors;
+    /* Agents only: 1 + (kernel's write+discard sectors of the whole disk -
+     * disk_sectors) when it was established; 0 while not established. */
+    unsigned long long sector_offset;
 };
 
 /* Value of tm_slot_info (array indexed by slot), written only by agents:
