@@ -781,6 +781,11 @@ public enum EarlyAttach {
                 let before = device.writableMounts(in: try MountEntry.current())
                 let outcome = try DiskSession.attach(&tracer, device, chunkSizeBytes: chunkSizeBytes, hrlPath: hrlPath)
                 guard case .attached(let slot) = outcome else { continue }
+                // The completion cross-check counts from here (docs/tracer.md),
+                // not from when the state directory becomes writable.
+                _ = try SlotBitmap(tracer: tracer, slot: slot)
+                    .establishSectorOffset(samples: Limits.crossCheckBaselineSamples,
+                                           gapMicroseconds: Limits.crossCheckBaselineSampleGapUs)
                 var rw = before
                 for m in device.writableMounts(in: try MountEntry.current()) where !rw.contains(m) { rw.append(m) }
                 attached[device.kernelDev] = slot
