@@ -259,13 +259,20 @@ public final class DiskReplicator: @unchecked Sendable {
             Log.debug("\(diskID): drain at \(monotonicNanoseconds() / 1_000_000) ms: \(result.overflowed ? "overflow, " : "")chunks \(added.map { w, b in (0..<64).filter { b >> $0 & 1 == 1 }.map { String(w * 64 + UInt64($0)) }.joined(separator: ",") }.joined(separator: ","))")
         }
         cond.lock()
-        if result.overflowed { toRead.insertAll() }
         for (w, b) in added { toRead.insert(word: w, bits: b) }
         committedThrough.drained(atUnixMs: startedUnixMs, toReadEmpty: toRead.isEmpty,
                                  lastSequence: nextSequence - 1, committed: committedSequence)
         let found = !added.isEmpty || result.overflowed
         if found { cond.broadcast() }
         cond.unlock()
+        if result.overflowed {
+            // Every chunk may have changed unseen (the drain marked them all
+            // dirty in the .hrl): compare the whole disk with the target and
+            // send only what differs, as after a lost tracker, instead of
+            // sending all of it.
+            Log.warning("\(session.device.path): the whole disk counts as dirty; comparing it with the target (digest resync)")
+            try markWholeDisk()
+        }
         return found
     }
 

@@ -40,6 +40,42 @@ import TidemarkTesting
         #expect((p.stdout + p.stderr).contains("the tracer did not see"), "\(p.stderr.suffix(2000))")
     }
 
+    /// While replicating: a deficit makes the agent compare the whole disk
+    /// with the target (digest resync) instead of sending all of it, and
+    /// the next point still recovers identical to the frozen source.
+    @Test func deficitWhileReplicatingResyncsByDigest() throws {
+        guard TestEnv.requireRoot("completion cross-check while replicating") else { return }
+        let w = try FaultWorld("xrepl")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent()
+        let load = try w.churn(3, seed: 41)
+        try w.recoverAndCompare(try w.point())
+        load.stop(timeoutSeconds: 10)
+        try waitFor("the first resync to finish", timeoutSeconds: 60) { w.agent!.stderr.contains("resync of") && w.agent!.stderr.contains("complete") }
+        let completedBefore = w.agent!.stderr.components(separatedBy: "complete:").count
+
+        guard let tracer = try Tracer.open(create: false, pinDir: w.h.sandbox.pinDir),
+              let slot = try tracer.slot(for: BlockDeviceInfo.inspect(w.disk.path)) else {
+            Issue.record("no pinned slot for \(w.disk.path)")
+            return
+        }
+        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        let offset = try #require(bitmap.sectorOffset, "the agent established no offset")
+        bitmap.setSectorOffset(offset &- 8)
+        try waitFor("the digest resync after the deficit", timeoutSeconds: 60) {
+            w.agent!.stderr.components(separatedBy: "complete:").count > completedBefore
+        }
+        let log = w.agent!.stderr
+        #expect(log.contains("the tracer did not see"), "\(w.logs)")
+        #expect(log.contains("comparing it with the target"), "\(w.logs)")
+        // Compared, not re-sent: almost every chunk was found identical.
+        let last = log.components(separatedBy: "\n").last { $0.contains("resync of") && $0.contains("complete:") } ?? ""
+        #expect(last.contains("1024 chunks compared"), "\(last)")
+        _ = try w.churn(2, seed: 42)
+        try w.recoverAndCompare(try w.point())
+    }
+
     /// The real thing: ftrace probes on block_rq_complete switched on and off
     /// as fast as possible in three tracefs instances while, for 15 s, writes
     /// of 4 KiB land on distinct chunks. Without the cross-check, each of 4 runs
