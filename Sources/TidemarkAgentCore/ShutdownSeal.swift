@@ -47,6 +47,7 @@ public enum ShutdownSeal {
         case recursionMiss = 2
         case tooManyExtents = 3
         case slotChanged = 4
+        case completionDeficit = 5
 
         public var description: String {
             switch self {
@@ -55,6 +56,7 @@ public enum ShutdownSeal {
             case .recursionMiss: "the kernel had skipped the tracer at least once since the agent's last drain (recursion miss)"
             case .tooManyExtents: "more dirty extents than the seal holds (\(Limits.shutdownSealExtentsMax) for all disks)"
             case .slotChanged: "the pinned tracer slot was no longer the one the agent armed (detached or replaced)"
+            case .completionDeficit: "the kernel had completed writes on the disk that the tracer did not see (completion cross-check)"
             }
         }
     }
@@ -518,6 +520,11 @@ public enum ShutdownSeal {
             let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
             if bitmap.overflowed { result.status = .overflow; continue }
             if misses > bitmap.recursionMissesSeen { result.status = .recursionMiss; continue }
+            // No offset (or no statistics) cannot prove completeness either.
+            if bitmap.sectorOffset == nil || bitmap.sectorSample() == nil || bitmap.sectorDeficit() != nil {
+                result.status = .completionDeficit
+                continue
+            }
             var words = DrainScan.snapshot(bitmap.words)
             // The seal's own blocks are written after the snapshot.
             if sealDevice.wholeKernelDev == slot.wholeDev {
@@ -659,7 +666,7 @@ public enum ShutdownSeal {
         }
         let r = sealed.results[index]
         guard r.status == .complete else {
-            return .resync(r.status == .overflow || r.status == .recursionMiss ? .tracerOverflow : unclean,
+            return .resync(r.status == .overflow || r.status == .recursionMiss || r.status == .completionDeficit ? .tracerOverflow : unclean,
                            "the shutdown hook sealed this disk incomplete: \(r.status)")
         }
         // This boot's slot must have been attached before any filesystem of the disk was writable.

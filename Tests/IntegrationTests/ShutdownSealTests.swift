@@ -267,6 +267,34 @@ import TidemarkTracking
         try w.stop(p)
     }
 
+    /// Writes the tracer did not see before the hook ran (a deficit in the
+    /// completion cross-check, made here by lowering B's stored offset) make
+    /// the hook seal B incomplete: B resyncs, A does not.
+    @Test func unseenCompletionsSealTheDiskIncomplete() throws {
+        guard TestEnv.requireRoot("shutdown seal") else { return }
+        let w = try World("seal-deficit")
+        defer { w.close() }
+        try w.prepareTracking()
+        try w.stop(try w.startTracking(boot: nil))
+        try w.lateWritesAndRemountReadOnly()
+        guard let tracer = try Tracer.open(create: false, pinDir: w.sandbox.pinDir),
+              let slot = try tracer.slot(for: BlockDeviceInfo.inspect(w.b.path)) else {
+            Issue.record("no pinned slot for \(w.b.path)")
+            return
+        }
+        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        let offset = try #require(bitmap.sectorOffset)
+        bitmap.setSectorOffset(offset &- 8)
+        let r = try w.hook()
+        #expect(r.ok, "\(r.stderr)")
+        try w.reboot()
+        let p = try w.startEarly(boot: Self.newBoot())
+        let sa = try w.state(w.a), sb = try w.state(w.b)
+        #expect(sa.state == "tracking", "A: \(sa)")
+        #expect(sb.state == "resync-required" && sb.text.contains("did not see"), "B: \(sb)")
+        try w.stop(p)
+    }
+
     /// A disk whose filesystem was already mounted read-write when the
     /// tracer was attached is not tracked from the start of the boot; the
     /// raw disk B, never mounted, is.
