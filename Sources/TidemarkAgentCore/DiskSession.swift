@@ -257,11 +257,10 @@ public final class DiskSession {
         }
         // The kernel's statistics count every completed write; the program
         // counts those it saw. A deficit means a completion went unseen:
-        // its probe was skipped (this kernel skips probes while other
-        // tools attach or detach theirs on the same tracepoint).
+        // its probe was skipped (docs/tracer.md, "Completion cross-check").
         let deficit = bitmap.sectorDeficit()
         if let d = deficit {
-            Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (its probe on block:block_rq_complete was skipped, as happens while other tracing tools attach or detach probes there); the whole disk counts as dirty")
+            Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (the kernel skipped its probe on block:block_rq_complete, as this kernel does now and then under heavy I/O and more often while other tracing tools attach or detach probes there); the whole disk counts as dirty and is compared again")
         }
         let overflow = bitmap.overflowed || missed || deficit != nil
         DrainScan.snapshot(words, into: &drained)

@@ -5,8 +5,9 @@ import TidemarkTesting
 
 /// The completion cross-check (docs/tracer.md): the kernel's own count of
 /// written sectors against the tracer program's. This kernel skips a probe
-/// on block:block_rq_complete now and then while other probes are attached
-/// to or detached from the tracepoint, without counting a recursion miss;
+/// on block:block_rq_complete now and then (under heavy direct I/O, and
+/// often while other probes are attached to or detached from the
+/// tracepoint), without counting a recursion miss;
 /// such a completion must end in a whole-disk resync, never in a chunk
 /// that is silently not dirty.
 @Suite(.serialized) struct CompletionCrossCheckTests {
