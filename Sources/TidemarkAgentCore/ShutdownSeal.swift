@@ -120,13 +120,7 @@ public enum ShutdownSeal {
     /// A NUL-padded UTF-8 field of `size` bytes: at most size − 1 bytes,
     /// cut at a scalar boundary (as in the `.hrl`).
     static func putString(_ b: UnsafeMutableRawBufferPointer, _ o: Int, _ size: Int, _ s: String) {
-        var bytes = Array(s.utf8)
-        if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
-        if bytes.count > size - 1 {
-            var n = size - 1
-            while n > 0 && bytes[n] & 0xC0 == 0x80 { n -= 1 }
-            bytes.removeSubrange(n...)
-        }
+        let bytes = Array(HRLFormat.fieldValue(s, size: size).utf8)
         for i in 0..<size { b[o + i] = i < bytes.count ? bytes[i] : 0 }
     }
 
@@ -441,14 +435,23 @@ public enum ShutdownSeal {
 
     /// Reads `buffer.count` bytes of the file at `fileOffset` through the raw device.
     static func readRaw(_ dev: FileDescriptor, into buffer: AlignedBuffer, fileOffset: UInt64, _ extents: [FileExtent]) throws {
+        try forEachRun(count: buffer.count, fileOffset: fileOffset, extents) { done, n, offset in
+            let got = try dev.read(into: buffer.slice(done, n), at: offset)
+            guard got == n else { throw TidemarkError(.io, "\(dev.path): short read at \(offset)") }
+        }
+    }
+
+    /// Walks `count` bytes of the file from `fileOffset` as runs on the
+    /// device: `body(bytes done, run length, device offset)`.
+    static func forEachRun(count: Int, fileOffset: UInt64, _ extents: [FileExtent],
+                           _ body: (Int, Int, UInt64) throws -> Void) throws {
         var done = 0
-        while done < buffer.count {
+        while done < count {
             guard let (offset, run) = physical(fileOffset + UInt64(done), extents) else {
                 throw TidemarkError(.corrupt, "file byte \(fileOffset + UInt64(done)) of the shutdown seal has no extent")
             }
-            let n = min(Int(run), buffer.count - done)
-            let got = try dev.read(into: buffer.slice(done, n), at: offset)
-            guard got == n else { throw TidemarkError(.io, "\(dev.path): short read at \(offset)") }
+            let n = min(Int(run), count - done)
+            try body(done, n, offset)
             done += n
         }
     }
@@ -570,14 +573,8 @@ public enum ShutdownSeal {
     }
 
     static func writeRaw(_ dev: FileDescriptor, _ buffer: AlignedBuffer, fileOffset: UInt64, _ extents: [FileExtent]) throws {
-        var done = 0
-        while done < buffer.count {
-            guard let (offset, run) = physical(fileOffset + UInt64(done), extents) else {
-                throw TidemarkError(.corrupt, "file byte \(fileOffset + UInt64(done)) of the shutdown seal has no extent")
-            }
-            let n = min(Int(run), buffer.count - done)
+        try forEachRun(count: buffer.count, fileOffset: fileOffset, extents) { done, n, offset in
             try dev.write(UnsafeRawBufferPointer(buffer.slice(done, n)), at: offset)
-            done += n
         }
     }
 

@@ -71,7 +71,7 @@ public struct HRLHeader: Sendable, Equatable {
 }
 
 /// Layout constants and codecs of format version 2 (which also reads version 1).
-enum HRLFormat {
+public enum HRLFormat {
     /// The version this code writes. Version 1 files are read, and become
     /// version 2 at their next header write.
     static let version: UInt32 = 2
@@ -158,7 +158,7 @@ enum HRLFormat {
     /// The form a string takes in a `size`-byte field: cut at the first NUL
     /// (a NUL would end the field early) and to at most size - 1 bytes at a
     /// UTF-8 scalar boundary, so at least one NUL always terminates it.
-    static func fieldValue(_ s: String, size: Int) -> String {
+    public static func fieldValue(_ s: String, size: Int) -> String {
         var bytes = Array(s.utf8)
         if let nul = bytes.firstIndex(of: 0) { bytes.removeSubrange(nul...) }
         if bytes.count > size - 1 {
