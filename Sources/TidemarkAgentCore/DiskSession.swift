@@ -258,6 +258,7 @@ public final class DiskSession {
         // The kernel's statistics count every completed write; the program
         // counts those it saw. A deficit means a completion went unseen:
         // its probe was skipped (docs/tracer.md, "Completion cross-check").
+        keepSectorOffsetValid()
         let deficit = bitmap.sectorDeficit()
         if let d = deficit {
             Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (the kernel skipped its probe on block:block_rq_complete, as this kernel does now and then under heavy I/O and more often while other tracing tools attach or detach probes there); the whole disk counts as dirty and is compared again")
@@ -280,6 +281,21 @@ public final class DiskSession {
         // Durable now: the deficit up to this sample is covered.
         if let d = deficit { bitmap.setSectorOffset(d.sample) }
         return DrainResult(chunks: drained.popcount, overflowed: overflow)
+    }
+
+    /// While the kernel keeps no statistics for the disk (`queue/iostats`
+    /// turned off) the program counts on and the kernel does not, so the old
+    /// offset would later hide that many sectors of missed completions: it is
+    /// dropped, and established afresh once statistics are back.
+    func keepSectorOffsetValid() {
+        if bitmap.sectorOffset != nil {
+            guard bitmap.sectorSample() == nil else { return }
+            bitmap.clearSectorOffset()
+            Log.warning("\(device.path): the kernel stopped keeping I/O statistics for this disk (queue/iostats is 0): writes the tracer might not see cannot be detected until they are turned on again (`echo 1 > /sys/dev/block/\(slot.wholeDev >> 20):\(slot.wholeDev & 0xfffff)/queue/iostats`)")
+        } else if bitmap.establishSectorOffset(samples: Limits.crossCheckBaselineSamples,
+                                               gapMicroseconds: Limits.crossCheckBaselineSampleGapUs) {
+            Log.info("\(device.path): the kernel keeps I/O statistics for this disk again: completion cross-check resumed")
+        }
     }
 
     /// Stops tracking: a last drain, then the slot is released and the state

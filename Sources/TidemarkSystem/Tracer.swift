@@ -559,6 +559,8 @@ public final class SlotBitmap: @unchecked Sendable {
         return v == 0 ? nil : v &- 1
     }
     public func setSectorOffset(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 5, v &+ 1) }
+    /// Forgets the offset (it no longer holds: the kernel stopped counting).
+    public func clearSectorOffset() { _ = tm_atomic_exchange_u64(states.base + stateIndex + 5, 0) }
 
     /// One sample of (kernel sectors - program sectors), the kernel's read
     /// first. The program counts a completion just before the kernel does

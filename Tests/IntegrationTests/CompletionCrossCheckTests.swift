@@ -41,6 +41,41 @@ import TidemarkTesting
         #expect((p.stdout + p.stderr).contains("the tracer did not see"), "\(p.stderr.suffix(2000))")
     }
 
+    /// Writes while the kernel keeps no statistics are counted by the
+    /// program only; the offset from before would then hide later misses of
+    /// that size. The agent drops it, says so, and establishes a new one
+    /// when statistics are back, without marking the disk dirty.
+    @Test func statisticsTurnedOffAndOnRenewTheOffset() throws {
+        guard TestEnv.requireRoot("completion cross-check without statistics") else { return }
+        let h = try Harness("xstats")
+        defer { h.close() }
+        let d = try h.loop(sizeMiB: 16)
+        let iostats = "/sys/block/\(d.name)/queue/iostats"
+        let p = try h.startTrack([d])
+        guard let tracer = try Tracer.open(create: false, pinDir: h.sandbox.pinDir),
+              let slot = try tracer.slot(for: BlockDeviceInfo.inspect(d.path)) else {
+            Issue.record("no pinned slot for \(d.path)")
+            return
+        }
+        let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        let before = try #require(bitmap.sectorOffset)
+        try sh("echo 0 > \(iostats)")
+        defer { _ = try? sh("echo 1 > \(iostats)") }
+        try h.writeDirect(d, offset: 65536 * 5, length: 65536)
+        h.settle()
+        #expect(bitmap.sectorOffset == nil, "the offset survived a time without statistics")
+        try sh("echo 1 > \(iostats)")
+        h.settle()
+        let after = try #require(bitmap.sectorOffset, "no new offset once statistics were back")
+        #expect(after != before)
+        // A miss after that is still seen.
+        bitmap.setSectorOffset(after &- 8)
+        h.settle()
+        #expect(try h.dirtyChunks(d, hrlOnly: true).count == 256)
+        p.stop()
+        #expect(p.stderr.contains("stopped keeping I/O statistics") && p.stderr.contains("cross-check resumed"), "\(p.stderr.suffix(1500))")
+    }
+
     /// While replicating: a deficit makes the agent compare the whole disk
     /// with the target (digest resync) instead of sending all of it, and
     /// the next point still recovers identical to the frozen source.
