@@ -162,23 +162,30 @@ static __always_inline void mark_chunks(__u32 slot, __u64 first, __u64 last)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(tm_block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
-    struct gendisk *gd = BPF_CORE_READ(rq, q, disk);
+    /* BTF-typed arguments are read with plain loads: the verifier checks
+     * them against the kernel's types and makes each a fault-safe load, so
+     * no helper call per field (BPF_CORE_READ would make six). The local
+     * struct views above still relocate every field offset (CO-RE). */
+    struct request_queue *q = rq->q;
+    if (!q)
+        return 0;
+    struct gendisk *gd = q->disk;
     if (!gd)
         return 0;
     /* The whole disk's dev_t in the kernel's encoding, as disk_devt(). */
-    __u32 dev = ((__u32)BPF_CORE_READ(gd, major) << 20) | (__u32)BPF_CORE_READ(gd, first_minor);
+    __u32 dev = ((__u32)gd->major << 20) | (__u32)gd->first_minor;
     struct tm_disk *disk = bpf_map_lookup_elem(&tm_disks, &dev);
     if (!disk)
         return 0;
 
-    __u32 op = BPF_CORE_READ(rq, cmd_flags) & TM_REQ_OP_MASK;
+    __u32 op = rq->cmd_flags & TM_REQ_OP_MASK;
     if (!TM_OP_CHANGES_DATA(op))
         return 0;
     __u32 nr_sector = nr_bytes >> 9;
     if (nr_sector == 0)
         return 0;
 
-    __u64 lo = BPF_CORE_READ(rq, __sector);
+    __u64 lo = rq->__sector;
     __u64 hi = lo + nr_sector; /* exclusive */
 
     __u32 n = disk->nr_regions;
