@@ -1,5 +1,4 @@
 import Foundation
-import TidemarkWire
 
 /// Seals segments on a fixed set of threads (one `SegmentSealer` each) and
 /// hands the results on in the order they were submitted.
@@ -14,9 +13,9 @@ import TidemarkWire
 /// After a failure nothing more is delivered (a later segment would leave a
 /// gap in the numbering): the error is thrown by the next `submit`, and the
 /// reader stops.
-final class SealPipeline: @unchecked Sendable {
-    typealias Seal = (SegmentSealer) throws -> [UInt8]
-    typealias Deliver = ([UInt8]) -> Void
+public final class SealPipeline: @unchecked Sendable {
+    public typealias Seal = (SegmentSealer) throws -> [UInt8]
+    public typealias Deliver = ([UInt8]) -> Void
 
     private struct Job {
         var ticket: UInt64
@@ -34,10 +33,10 @@ final class SealPipeline: @unchecked Sendable {
     private var failure: Error?
     private var stopping = false
     private var running = 0
-    let depth: Int
+    public let depth: Int
 
     /// Starts one thread per sealer.
-    init(sealers: [SegmentSealer], depth: Int) {
+    public init(sealers: [SegmentSealer], depth: Int) {
         precondition(!sealers.isEmpty && depth >= 1)
         self.depth = depth
         running = sealers.count
@@ -52,7 +51,7 @@ final class SealPipeline: @unchecked Sendable {
     /// its bytes, after every segment submitted before it was delivered.
     /// Waits while `depth` segments are in the pipeline; throws the failure
     /// of an earlier segment.
-    func submit(_ seal: @escaping Seal, deliver: @escaping Deliver) throws {
+    public func submit(_ seal: @escaping Seal, deliver: @escaping Deliver) throws {
         cond.lock()
         defer { cond.unlock() }
         while inFlight >= depth && failure == nil { cond.wait() }
@@ -64,7 +63,7 @@ final class SealPipeline: @unchecked Sendable {
     }
 
     /// The failure of a segment, if one failed.
-    var error: Error? {
+    public var error: Error? {
         cond.lock()
         defer { cond.unlock() }
         return failure
@@ -72,7 +71,7 @@ final class SealPipeline: @unchecked Sendable {
 
     /// Waits until everything submitted is delivered (or dropped after a
     /// failure), then stops the threads and waits for them.
-    func finish() {
+    public func finish() {
         cond.lock()
         while inFlight > 0 { cond.wait() }
         stopping = true
