@@ -44,17 +44,23 @@ void tm_gcm_free(struct tm_gcm *g) {
 
 int tm_gcm_seal(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
                 const void *aad, size_t aadlen, uint8_t *tag16) {
+    return tm_gcm_seal_to(g, buf, buf, n, nonce12, aad, aadlen, tag16);
+}
+
+int tm_gcm_seal_to(struct tm_gcm *g, const void *in, void *out, size_t n, const uint8_t *nonce12,
+                   const void *aad, size_t aadlen, uint8_t *tag16) {
     int outl = 0;
     if (aadlen > INT_MAX) return -EINVAL;
     if (EVP_EncryptInit_ex(g->enc, NULL, NULL, NULL, nonce12) != 1) return -EIO;
     if (aadlen && EVP_EncryptUpdate(g->enc, NULL, &outl, aad, (int)aadlen) != 1) return -EIO;
-    unsigned char *p = buf;
+    const unsigned char *src = in;
+    unsigned char *dst = out;
     for (size_t done = 0; done < n;) {
         size_t step = n - done < TM_GCM_STEP ? n - done : TM_GCM_STEP;
-        if (EVP_EncryptUpdate(g->enc, p + done, &outl, p + done, (int)step) != 1) return -EIO;
+        if (EVP_EncryptUpdate(g->enc, dst + done, &outl, src + done, (int)step) != 1) return -EIO;
         done += step;
     }
-    if (EVP_EncryptFinal_ex(g->enc, p + n, &outl) != 1) return -EIO; /* GCM writes nothing here */
+    if (EVP_EncryptFinal_ex(g->enc, dst + n, &outl) != 1) return -EIO; /* GCM writes nothing here */
     if (EVP_CIPHER_CTX_ctrl(g->enc, EVP_CTRL_GCM_GET_TAG, 16, tag16) != 1) return -EIO;
     return 0;
 }

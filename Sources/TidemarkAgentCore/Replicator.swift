@@ -329,37 +329,48 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         do {
-            // The reader's aligned buffers (queue depth × request size) exist
-            // while there is work: after `readerIdleReleaseMs` without any,
-            // they are given back and made again by the next batch.
+            // The reader's aligned buffers (queue depth × request size) and
+            // the payload buffers exist while there is work: after
+            // `readerIdleReleaseMs` without any, they are given back and
+            // made again by the next batch.
             var reader: ChunkReader?
+            var payloads: BufferPool?
             let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
             let sealers = try (0..<workers).map { _ in
                 try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
             }
-            // Batch N is sealed on `sealing` while batch N+1 is read here;
-            // one sealing at a time, so segments join the window in order.
-            let sealing = DispatchQueue(label: "tidemark.seal")
-            let sealed = DispatchSemaphore(value: 1)
-            let failure = SealResults(count: 0)
-            // Waits for the last sealing; the semaphore ends at its initial value (libdispatch traps otherwise).
-            defer { sealed.wait(); sealed.signal() }
+            // Each segment is sealed on one of `workers` threads as soon as
+            // it is read, while the next is read here; segments join the
+            // window in sequence order. At most one segment per worker plus
+            // one more waits or is sealed (`SealPipeline.depth`), each in a
+            // pooled payload buffer.
+            let pipeline = SealPipeline(sealers: sealers, depth: workers + 1)
+            // Waits for the last sealing before the reader counts as stopped.
+            defer { pipeline.finish() }
+            let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
+            let payloadBytes = Int(chunksPerSegment * chunkBytes)
             while true {
                 let idle = reader == nil ? nil : Double(ReplicationLimits.readerIdleReleaseMs) / 1000
                 guard let batch = nextBatch(maxSegments: workers, idleAfterSeconds: idle) else { return }
                 if batch.isEmpty {
                     reader = nil
+                    payloads = nil
                     returnFreeHeapToSystem()
                     continue
                 }
                 let current = try reader ?? ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
                 reader = current
-                let plans = try read(batch, reader: current)
-                sealed.wait()
-                if let e = failure.take().1 { sealed.signal(); throw e }
-                sealing.async {
-                    do { try self.seal(batch, plans, sealers: sealers) } catch { failure.fail(error) }
-                    sealed.signal()
+                let pool = payloads ?? BufferPool(keptMax: workers + 2, roundingBytes: (payloadBytes + 4095) / 4096 * 4096)
+                payloads = pool
+                for p in batch {
+                    let buffer = pool.take(payloadBytes)
+                    let plan = try read(p, reader: current, into: buffer.bytes)
+                    try pipeline.submit({ sealer in
+                        try self.seal(p, plan, payload: UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<plan.payloadBytes]), sealer: sealer)
+                    }, deliver: { bytes in
+                        withExtendedLifetime(buffer) {}
+                        self.queueSealed(p, plan, bytes)
+                    })
                 }
             }
         } catch {
@@ -418,109 +429,105 @@ public final class DiskReplicator: @unchecked Sendable {
         return batch
     }
 
-    typealias ReadPlan = (extents: [SegmentExtent], payload: [UInt8], readBytes: UInt64, zeroChunks: UInt64)
+    /// A segment read: its extents (zero chunks as zero extents), how many
+    /// payload bytes (the data extents' bytes, concatenated) it put in its
+    /// buffer, and counters.
+    struct ReadPlan {
+        var extents: [SegmentExtent]
+        var payloadBytes: Int
+        var readBytes: UInt64
+        var zeroChunks: UInt64
+    }
 
-    /// Reads a batch: each segment's extents (zero chunks as zero extents) and payload.
-    private func read(_ batch: [Planned], reader: ChunkReader) throws -> [ReadPlan] {
+    /// Reads one segment's chunks; the bytes of its data chunks go to
+    /// `buffer`, one after the other (at most `chunksPerSegment` chunks, so
+    /// they fit).
+    private func read(_ p: Planned, reader: ChunkReader, into buffer: UnsafeMutableRawBufferPointer) throws -> ReadPlan {
         let size = session.device.sizeBytes
-        var plans: [ReadPlan] = []
-        for p in batch {
-            var readBytes: UInt64 = 0
-            var zeroChunks: UInt64 = 0
-            var extents: [SegmentExtent] = []
-            var payload: [UInt8] = []
-            let byteExtents = p.runs.map { (start, n) -> ByteExtent in
-                let off = start * chunkBytes
-                return ByteExtent(offset: off, length: min(n * chunkBytes, size - off))
-            }
-            if !byteExtents.isEmpty {
-                try reader.read(byteExtents) { offset, data in
-                    readBytes += UInt64(data.count)
-                    var pos = 0
-                    while pos < data.count {
-                        let n = min(Int(chunkBytes), data.count - pos)
-                        let piece = UnsafeRawBufferPointer(rebasing: data[pos..<pos + n])
-                        let zero = isAllZero(piece)
-                        let off = offset + UInt64(pos)
-                        if zero { zeroChunks += 1 }
-                        let kind: ExtentKind = zero ? .zero : .data
-                        if var last = extents.last, last.kind == kind, last.offset + UInt64(last.length) == off,
-                           UInt64(last.length) + UInt64(n) <= UInt64(UInt32.max) {
-                            last.length += UInt32(n)
-                            extents[extents.count - 1] = last
-                        } else {
-                            extents.append(SegmentExtent(offset: off, length: UInt32(n), kind: kind))
-                        }
-                        if !zero { payload.append(contentsOf: piece) }
-                        pos += n
+        var readBytes: UInt64 = 0
+        var zeroChunks: UInt64 = 0
+        var extents: [SegmentExtent] = []
+        var used = 0
+        let byteExtents = p.runs.map { (start, n) -> ByteExtent in
+            let off = start * chunkBytes
+            return ByteExtent(offset: off, length: min(n * chunkBytes, size - off))
+        }
+        if !byteExtents.isEmpty {
+            try reader.read(byteExtents) { offset, data in
+                readBytes += UInt64(data.count)
+                var pos = 0
+                while pos < data.count {
+                    let n = min(Int(chunkBytes), data.count - pos)
+                    let piece = UnsafeRawBufferPointer(rebasing: data[pos..<pos + n])
+                    let zero = isAllZero(piece)
+                    let off = offset + UInt64(pos)
+                    if zero { zeroChunks += 1 }
+                    let kind: ExtentKind = zero ? .zero : .data
+                    if var last = extents.last, last.kind == kind, last.offset + UInt64(last.length) == off,
+                       UInt64(last.length) + UInt64(n) <= UInt64(UInt32.max) {
+                        last.length += UInt32(n)
+                        extents[extents.count - 1] = last
+                    } else {
+                        extents.append(SegmentExtent(offset: off, length: UInt32(n), kind: kind))
                     }
+                    if !zero {
+                        precondition(used + n <= buffer.count, "a segment's chunks exceed its payload buffer")
+                        UnsafeMutableRawBufferPointer(rebasing: buffer[used..<used + n]).copyMemory(from: piece)
+                        used += n
+                    }
+                    pos += n
                 }
             }
-            Log.debug("\(diskID): #\(p.sequence) read at \(monotonicNanoseconds() / 1_000_000) ms: \(Self.describe(extents, payload, chunkBytes: chunkBytes))")
-            plans.append((extents, payload, readBytes, zeroChunks))
         }
-        return plans
+        let payload = UnsafeRawBufferPointer(rebasing: buffer[0..<used])
+        Log.debug("\(diskID): #\(p.sequence) read at \(monotonicNanoseconds() / 1_000_000) ms: \(Self.describe(extents, payload, chunkBytes: chunkBytes))")
+        return ReadPlan(extents: extents, payloadBytes: used, readBytes: readBytes, zeroChunks: zeroChunks)
     }
 
     /// "chunk:crc32c" for each data chunk and "chunk:0" for each zero chunk,
     /// for debug logs that let a test tell which content each segment read.
-    static func describe(_ extents: [SegmentExtent], _ payload: [UInt8], chunkBytes: UInt64) -> String {
+    static func describe(_ extents: [SegmentExtent], _ raw: UnsafeRawBufferPointer, chunkBytes: UInt64) -> String {
         var out: [String] = []
         var pos = 0
-        payload.withUnsafeBytes { raw in
-            for e in extents {
-                var off = e.offset
-                while off < e.offset + UInt64(e.length) {
-                    let n = Int(min(chunkBytes, e.offset + UInt64(e.length) - off))
-                    if e.kind == .zero {
-                        out.append("\(off / chunkBytes):0")
-                    } else {
-                        let crc = crc32c(UnsafeRawBufferPointer(rebasing: raw[pos..<pos + n]))
-                        out.append("\(off / chunkBytes):\(String(crc, radix: 16))")
-                        pos += n
-                    }
-                    off += UInt64(n)
+        for e in extents {
+            var off = e.offset
+            while off < e.offset + UInt64(e.length) {
+                let n = Int(min(chunkBytes, e.offset + UInt64(e.length) - off))
+                if e.kind == .zero {
+                    out.append("\(off / chunkBytes):0")
+                } else {
+                    let crc = crc32c(UnsafeRawBufferPointer(rebasing: raw[pos..<pos + n]))
+                    out.append("\(off / chunkBytes):\(String(crc, radix: 16))")
+                    pos += n
                 }
+                off += UInt64(n)
             }
         }
         return out.joined(separator: ",")
     }
 
-    /// Seals a batch (segments in parallel, one sealer each) and queues it, in sequence order.
-    private func seal(_ batch: [Planned], _ planned: [ReadPlan], sealers: [SegmentSealer]) throws {
-        let box = SealResults(count: batch.count)
-        let sizeBytes = session.device.sizeBytes
-        let chunk = UInt32(chunkBytes)
-        let disk = diskID
-        DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-            do {
-                let p = batch[i]
-                let bytes = try planned[i].payload.withUnsafeBytes {
-                    try sealers[i].seal(kind: p.point == nil ? .data : .point, diskID: disk, sequence: p.sequence,
-                                        diskSizeBytes: sizeBytes, chunkSizeBytes: chunk,
-                                        extents: planned[i].extents, payload: $0, point: p.point)
-                }
-                box.set(i, bytes)
-            } catch {
-                box.fail(error)
-            }
-        }
-        let (sealed, failure) = box.take()
-        if let failure { throw failure }
+    /// Seals one segment (on a sealer thread).
+    private func seal(_ p: Planned, _ plan: ReadPlan, payload: UnsafeRawBufferPointer, sealer: SegmentSealer) throws -> [UInt8] {
+        try sealer.seal(kind: p.point == nil ? .data : .point, diskID: diskID, sequence: p.sequence,
+                        diskSizeBytes: session.device.sizeBytes, chunkSizeBytes: UInt32(chunkBytes),
+                        extents: plan.extents, payload: payload, point: p.point)
+    }
+
+    /// Puts a sealed segment in the send window (segments arrive in sequence order).
+    private func queueSealed(_ p: Planned, _ plan: ReadPlan, _ bytes: [UInt8]) {
         cond.lock()
         defer { cond.unlock() }
-        for (i, p) in batch.enumerated() {
-            stats.bytesRead += planned[i].readBytes
-            stats.zeroChunks += planned[i].zeroChunks
-            if p.epoch != epoch {
-                // The server restarted numbering while we read: these chunks go back.
-                for (start, n) in p.runs { toRead.insert(first: start, count: n) }
-                continue
-            }
-            window.append(Sealed(sequence: p.sequence, bytes: sealed[i], runs: p.runs))
-            windowBytes += UInt64(sealed[i].count)
-            stats.segmentsSealed += 1
+        stats.bytesRead += plan.readBytes
+        stats.zeroChunks += plan.zeroChunks
+        if p.epoch != epoch {
+            // The server restarted numbering while we read: these chunks go back.
+            for (start, n) in p.runs { toRead.insert(first: start, count: n) }
+            cond.broadcast()
+            return
         }
+        window.append(Sealed(sequence: p.sequence, bytes: bytes, runs: p.runs))
+        windowBytes += UInt64(bytes.count)
+        stats.segmentsSealed += 1
         cond.broadcast()
     }
 
@@ -704,29 +711,6 @@ public final class DiskReplicator: @unchecked Sendable {
         }
     }
 
-}
-
-/// Results of sealing a batch on all cores; each worker writes its own slot.
-final class SealResults: @unchecked Sendable {
-    private let lock = NSLock()
-    private var out: [[UInt8]]
-    private var failure: Error?
-    init(count: Int) { out = [[UInt8]](repeating: [], count: count) }
-    func set(_ i: Int, _ bytes: [UInt8]) {
-        lock.lock()
-        out[i] = bytes
-        lock.unlock()
-    }
-    func fail(_ e: Error) {
-        lock.lock()
-        failure = e
-        lock.unlock()
-    }
-    func take() -> ([[UInt8]], Error?) {
-        lock.lock()
-        defer { lock.unlock() }
-        return (out, failure)
-    }
 }
 
 /// A token bucket for the agent's bandwidth limit; 0 = unlimited.

@@ -345,8 +345,12 @@ public final class Spool: @unchecked Sendable {
         }
         var rh = [UInt8](repeating: 0, count: Self.recordHeaderBytes)
         _ = try rh.withUnsafeMutableBytes { try file.fd.read(into: $0, at: record.location.offset - UInt64(Self.recordHeaderBytes)) }
-        var payload = [UInt8](repeating: 0, count: Int(record.location.length))
-        let n = try payload.withUnsafeMutableBytes { try file.fd.read(into: $0, at: record.location.offset) }
+        // Not zeroed first: a short read fails the check below.
+        var n = 0
+        let payload = try [UInt8](unsafeUninitializedCapacity: Int(record.location.length)) { b, initialized in
+            n = try file.fd.read(into: UnsafeMutableRawBufferPointer(b), at: record.location.offset)
+            initialized = b.count
+        }
         guard n == payload.count, getLE32(rh, 0) == Self.recordMagic, getLE32(rh, 4) == record.location.length,
               payload.withUnsafeBytes({ crc32c($0) }) == getLE32(rh, 8) else {
             throw TidemarkError(.corrupt, "spool \(Self.path(directory, file.index)) offset \(record.location.offset): record of \(record.diskID) #\(record.sequence) reads back damaged",

@@ -34,6 +34,21 @@ public final class AES256GCM: @unchecked Sendable {
         }
     }
 
+    /// Encrypts `input` into `output` (the same length; not overlapping) and
+    /// writes the 16-byte tag.
+    public func seal(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                     aad: UnsafeRawBufferPointer, tag: UnsafeMutableRawBufferPointer) throws {
+        precondition(nonce.count == Self.nonceBytes && tag.count == Self.tagBytes, "AES256GCM.seal: nonce/tag size")
+        precondition(input.count == output.count, "AES256GCM.seal: input and output sizes differ")
+        let r = withNonNull(output) { o in
+            tm_gcm_seal_to(ctx, input.baseAddress ?? UnsafeRawPointer(o), o, input.count, nonce.assumingMemoryBound(to: UInt8.self).baseAddress,
+                           aad.baseAddress, aad.count, tag.assumingMemoryBound(to: UInt8.self).baseAddress)
+        }
+        if r != 0 {
+            throw SystemError(call: "EVP_EncryptUpdate", errno: -r, context: "encrypting \(input.count) bytes with AES-256-GCM")
+        }
+    }
+
     /// Decrypts in place; throws TidemarkError(.corrupt, "authentication
     /// failed ...") on a bad tag, and then leaves the buffer zeroed.
     public func open(_ buffer: UnsafeMutableRawBufferPointer, nonce: UnsafeRawBufferPointer,

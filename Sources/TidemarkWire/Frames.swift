@@ -38,8 +38,11 @@ public final class FrameReader: @unchecked Sendable {
         let (type, length) = try withUnsafeBytes(of: &header) { h in
             try Self.parseHeader(UnsafeRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]))
         }
-        var payload = [UInt8](repeating: 0, count: length)  // length checked against the type's limit
-        _ = try payload.withUnsafeMutableBytes { try readExact($0, eofAllowed: false) }
+        // length checked against the type's limit; readExact fills all of it or throws
+        let payload = try [UInt8](unsafeUninitializedCapacity: length) { b, initialized in
+            _ = try readExact(UnsafeMutableRawBufferPointer(b), eofAllowed: false)
+            initialized = length
+        }
         framesRead += 1
         if type == .segment { return .segment(payload) }
         return try payload.withUnsafeBytes { try WireMessage.decode(type: type, payload: $0) }

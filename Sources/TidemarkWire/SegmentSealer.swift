@@ -79,20 +79,25 @@ public final class SegmentSealer: @unchecked Sendable {
                                    version: formatVersion, chunkDigests: digests)
         let headerBytes = header.encode()
         let bodyLength = Int(header.cipherLength)
-        var out = [UInt8](repeating: 0, count: headerBytes.count + bodyLength + SegmentFormat.tagBytes)
-        try out.withUnsafeMutableBytes { o in
+        // header ‖ ciphertext ‖ tag, written once each: the ciphertext goes
+        // straight from the compressed (or plain) bytes into the segment.
+        let total = headerBytes.count + bodyLength + SegmentFormat.tagBytes
+        let out = try [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
+            let o = UnsafeMutableRawBufferPointer(buffer)
             headerBytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: o[0..<headerBytes.count]).copyMemory(from: $0) }
             let body = UnsafeMutableRawBufferPointer(rebasing: o[headerBytes.count..<headerBytes.count + bodyLength])
-            if compressedLength != nil {
-                scratch.withUnsafeBytes { body.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<bodyLength])) }
-            } else if bodyLength > 0 {
-                body.copyMemory(from: payload)
-            }
             let aad = UnsafeRawBufferPointer(rebasing: o[0..<headerBytes.count])
             let tag = UnsafeMutableRawBufferPointer(rebasing: o[(headerBytes.count + bodyLength)...])
             try header.nonce.withUnsafeBytes { nonce in
-                try gcm.seal(body, nonce: nonce, aad: aad, tag: tag)
+                if compressedLength != nil {
+                    try scratch.withUnsafeBytes {
+                        try gcm.seal(UnsafeRawBufferPointer(rebasing: $0[0..<bodyLength]), into: body, nonce: nonce, aad: aad, tag: tag)
+                    }
+                } else {
+                    try gcm.seal(UnsafeRawBufferPointer(rebasing: payload[0..<bodyLength]), into: body, nonce: nonce, aad: aad, tag: tag)
+                }
             }
+            initialized = total
         }
         return out
     }

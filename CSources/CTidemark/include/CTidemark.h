@@ -79,7 +79,12 @@ static inline uint64_t tm_atomic_exchange_u64(uint64_t *p, uint64_t v) {
 size_t tm_find_nonzero_word(const uint64_t *p, size_t n);
 
 /* ---- CRC32C (Castagnoli), hardware instruction when present ---- */
+/* crc: the CRC of what came before (0 to start); returns the CRC of it and
+ * data[0..len). From 16 KiB on, three parts of the buffer are summed at once
+ * and their CRCs combined. */
 uint32_t tm_crc32c(uint32_t crc, const void *data, size_t len);
+/* The same value computed in one stream (for tests of the above). */
+uint32_t tm_crc32c_serial(uint32_t crc, const void *data, size_t len);
 
 /* ---- the tracer (libbpf) ---- */
 struct tm_tracer_fds {

@@ -56,6 +56,10 @@ void tm_gcm_free(struct tm_gcm *g);
  * and writes the 16-byte tag to tag16. 0 or -EINVAL/-EIO. */
 int tm_gcm_seal(struct tm_gcm *g, void *buf, size_t n, const uint8_t *nonce12,
                 const void *aad, size_t aadlen, uint8_t *tag16);
+/* As tm_gcm_seal, encrypting in[0..n) into out[0..n) (the same buffer, or
+ * two that do not overlap): saves a copy when the plaintext is elsewhere. */
+int tm_gcm_seal_to(struct tm_gcm *g, const void *in, void *out, size_t n, const uint8_t *nonce12,
+                   const void *aad, size_t aadlen, uint8_t *tag16);
 /* Decrypts buf[0..n) in place and checks the tag. 0, or -EBADMSG when the tag
  * does not match (buf is then zeroed: unauthenticated plaintext is never
  * released), or -EINVAL/-EIO. */
