@@ -13,8 +13,8 @@ import Glibc
 /// On a machine with more than one CPU, a large bitmap is drained by
 /// several threads (the caller and `pool`'s): the snapshot scans `parts`
 /// ranges of the bitmap into separate regions of the arrays, then closes the
-/// gaps between them; the clear splits the entries into `parts` equal
-/// ranges. Every clear is still one atomic AND-NOT per word of
+/// gaps between them; the clear and the listing split the entries into
+/// `parts` equal ranges. Every clear is still one atomic AND-NOT per word of
 /// exactly the snapshot's bits, whichever thread issues it.
 public struct DrainWords: Sendable {
     /// Word indices; valid in `0..<count` (the rest is spare capacity).
@@ -25,7 +25,7 @@ public struct DrainWords: Sendable {
     public private(set) var count: Int = 0
     /// A bitmap of at least this many words is snapshotted in parts.
     public let parallelMinWords: Int
-    /// A snapshot of at least this many entries is cleared in parts.
+    /// A snapshot of at least this many entries is cleared and listed in parts.
     public let parallelMinEntries: Int
     /// Into how many parts the last snapshot was cut (1: not split), for tests.
     var lastSnapshotParts = 1
@@ -211,6 +211,28 @@ public struct DrainWords: Sendable {
                 }
             }
         }
+    }
+
+    /// Whether `forEachEntryRange` splits this snapshot.
+    public var splitsEntries: Bool { Self.pool != nil && count >= parallelMinEntries }
+
+    /// Runs `body(j, entries)` for `parts` consecutive entry ranges
+    /// covering `0..<count`, each with the whole snapshot's buffers (so a
+    /// range may look past its ends), on several threads when the snapshot
+    /// has at least `parallelMinEntries` entries; otherwise once, on the
+    /// caller, with `j == 0` and every entry. Returns the number of ranges.
+    @discardableResult
+    public func forEachEntryRange(_ body: @escaping (Int, Range<Int>, UnsafeBufferPointer<UInt32>, UnsafeBufferPointer<UInt64>) -> Void) -> Int {
+        let n = count
+        let k = splitsEntries ? Self.parts : 1
+        index.withUnsafeBufferPointer { ib in
+            bits.withUnsafeBufferPointer { bb in
+                let ip = UnsafeBufferPointer(rebasing: ib[0..<n]), bp = UnsafeBufferPointer(rebasing: bb[0..<n])
+                if k == 1 { body(0, 0..<n, ip, bp); return }
+                Self.pool!.run(count: k) { j in body(j, n * j / k ..< n * (j + 1) / k, ip, bp) }
+            }
+        }
+        return k
     }
 
     /// The valid entries as two buffers, for tight loops (listing extents,
