@@ -36,11 +36,16 @@ public struct DrainWords: Sendable {
     /// threads, so that a worker that wakes late still takes a share and
     /// the caller, which starts at once, does the rest.
     public static let parts = 4
-    /// 1 MiB of bits (a 512 GiB disk at 64 KiB chunks): below it the scan
-    /// takes tens of microseconds, the order of waking a thread.
-    public static let defaultParallelMinWords = 1 << 17
-    /// 16 Ki entries: at ~3-9 ns per locked AND, about the same.
-    public static let defaultParallelMinEntries = 1 << 14
+    /// 8 MiB of bits (a 4 TiB disk at 64 KiB chunks). Measured on the
+    /// 2-vCPU VM of BENCHMARKS.md (1% dirty, drain + list, split against one
+    /// thread): 1 TiB 0.34 against 0.23 ms, 2 TiB 0.65-0.89 against 0.46 ms,
+    /// 4 TiB 0.91-1.08 against 1.13 ms, 16 TiB 2.7-3.6 against 4.5-5.7 ms.
+    /// Waking the worker and waiting for its last piece costs tens to a
+    /// hundred microseconds per phase there.
+    public static let defaultParallelMinWords = 1 << 20
+    /// 64 Ki entries: about 0.4 ms of locked AND-NOTs on one thread, well
+    /// above the cost of handing half of them to a sleeping worker.
+    public static let defaultParallelMinEntries = 1 << 16
 
     /// The threads besides the caller's that split drains run on (one fewer
     /// than the online CPUs, at most `parts - 1`); nil with one CPU. They
