@@ -34,42 +34,73 @@ extension BitmapScan {
 extension BitmapScan {
     /// The merged chunk runs of a drain snapshot: the same list as
     /// `extents(_: SparseWords, ...)` of the same words, without building
-    /// tuples first. One pass over the flat arrays, one step per run.
+    /// tuples first. One pass over the flat arrays, one step per run; a
+    /// large snapshot is listed in entry ranges on several threads, each
+    /// into its own list, and the lists are concatenated with the runs that
+    /// go on across a range boundary merged.
     public static func extents(_ drained: DrainWords, nrChunks: UInt64, into out: inout [ChunkExtent]) {
-        drained.withEntries { idx, bits in
-            let n = idx.count
-            guard n > 0 else { return }
-            out.reserveCapacity(out.count + n)
-            // The open run [runStart, runEnd); empty at first. An empty run
-            // at 0 may be "extended" by a run starting at chunk 0: same result.
-            var runStart: UInt64 = 0
-            var runEnd: UInt64 = 0
-            for k in 0..<n {
-                var w = bits[k]
-                let base = UInt64(idx[k]) &<< 6
-                while w != 0 {
-                    // Lowest run of ones: adding its lowest bit carries
-                    // through it; the carry's lowest bit is where it ends
-                    // (64 if it reaches the top: 0.trailingZeroBitCount == 64).
-                    let low = w & (0 &- w)
-                    let carry = w &+ low
-                    let first = base &+ UInt64(low.trailingZeroBitCount)
-                    let end = base &+ UInt64(carry.trailingZeroBitCount)
-                    w &= carry
-                    if runEnd == first {
-                        runEnd = end
-                    } else {
-                        if runEnd > runStart && runStart < nrChunks {
-                            out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
-                        }
-                        runStart = first
-                        runEnd = end
+        guard drained.splitsEntries else {
+            drained.withEntries { idx, bits in
+                out.reserveCapacity(out.count + idx.count)
+                listRuns(idx, bits, 0..<idx.count, nrChunks, &out)
+            }
+            return
+        }
+        let lists = UnsafeMutablePointer<[ChunkExtent]>.allocate(capacity: DrainWords.parts)
+        lists.initialize(repeating: [], count: DrainWords.parts)
+        defer { lists.deinitialize(count: DrainWords.parts); lists.deallocate() }
+        let k = drained.forEachEntryRange { j, range, idx, bits in
+            var list: [ChunkExtent] = []
+            list.reserveCapacity(range.count + range.count / 2)
+            listRuns(idx, bits, range, nrChunks, &list)
+            lists[j] = list
+        }
+        let start = out.count
+        out.reserveCapacity(start + (0..<k).reduce(0) { $0 + lists[$1].count })
+        for j in 0..<k {
+            var rest = lists[j][...]
+            // A run cut by the range boundary: its two pieces touch.
+            if out.count > start, let first = rest.first, out[out.count - 1].endChunk == first.firstChunk {
+                out[out.count - 1].chunkCount += first.chunkCount
+                rest = rest.dropFirst()
+            }
+            out.append(contentsOf: rest)
+        }
+    }
+
+    /// The runs of entries `range`, merged within it, appended to `out`.
+    @inline(__always)
+    static func listRuns(_ idx: UnsafeBufferPointer<UInt32>, _ bits: UnsafeBufferPointer<UInt64>, _ range: Range<Int>,
+                         _ nrChunks: UInt64, _ out: inout [ChunkExtent]) {
+        // The open run [runStart, runEnd); empty at first. An empty run
+        // at 0 may be "extended" by a run starting at chunk 0: same result.
+        var runStart: UInt64 = 0
+        var runEnd: UInt64 = 0
+        for k in range {
+            var w = bits[k]
+            let base = UInt64(idx[k]) &<< 6
+            while w != 0 {
+                // Lowest run of ones: adding its lowest bit carries
+                // through it; the carry's lowest bit is where it ends
+                // (64 if it reaches the top: 0.trailingZeroBitCount == 64).
+                let low = w & (0 &- w)
+                let carry = w &+ low
+                let first = base &+ UInt64(low.trailingZeroBitCount)
+                let end = base &+ UInt64(carry.trailingZeroBitCount)
+                w &= carry
+                if runEnd == first {
+                    runEnd = end
+                } else {
+                    if runEnd > runStart && runStart < nrChunks {
+                        out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
                     }
+                    runStart = first
+                    runEnd = end
                 }
             }
-            if runEnd > runStart && runStart < nrChunks {
-                out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
-            }
+        }
+        if runEnd > runStart && runStart < nrChunks {
+            out.append(ChunkExtent(firstChunk: runStart, chunkCount: min(runEnd, nrChunks) - runStart))
         }
     }
 }

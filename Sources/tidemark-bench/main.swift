@@ -115,6 +115,7 @@ struct ScanBench: ParsableCommand {
     @Option(help: "Dirty layout: clustered (1 MiB runs) or scattered (single chunks).") var layout: String = "clustered"
     @Option(help: "Repetitions; the median is reported.") var repeats: Int = 7
     @Flag(help: "Evict the bitmap from the caches between snapshot and clear (untimed), as the persist in between may.") var coldClear = false
+    @Flag(help: "Keep the whole drain and listing on one thread (for comparison; the agent splits large ones over the CPUs).") var serial = false
 
     func run() throws {
         let nrChunks = diskTiB << 40 / (chunkKiB << 10)
@@ -125,7 +126,7 @@ struct ScanBench: ParsableCommand {
         var drainTimes: [Double] = [], snapTimes: [Double] = [], listTimes: [Double] = [], persistTimes: [Double] = []
         var dirtySeen: UInt64 = 0, extentsSeen = 0, wordsSeen = 0
         // Reused across drains, as DiskSession does.
-        var drained = DrainWords()
+        var drained = serial ? DrainWords(parallelMinWords: .max, parallelMinEntries: .max) : DrainWords()
         var extents: [ChunkExtent] = []
         var sparse = SparseWords()
         // Larger than the last-level cache: streaming through it evicts the bitmap.
@@ -168,6 +169,8 @@ struct ScanBench: ParsableCommand {
             precondition(words.nextNonZero(from: 0) == words.count, "drain left bits behind")
         }
         let drain = median(drainTimes), list = median(listTimes), persist = median(persistTimes)
+        let split = !serial && DrainWords.canSplit && nrWords >= drained.parallelMinWords
+        print("threads: \(split ? "split in \(DrainWords.parts) parts over the CPUs (\(sysconf(Int32(_SC_NPROCESSORS_ONLN))))" : "one")")
         print("bitmap: \(diskTiB) TiB at \(chunkKiB) KiB chunks = \((nrWords * 8) >> 20) MiB of bits; \(layout) \(dirtyPercent)% dirty = \(dirtySeen) chunks in \(wordsSeen) words, \(extentsSeen) extents")
         print("drain (snapshot + clear): \(fmt(drain * 1e3)) ms = \(fmt(bitmapBytes / drain / 1e9)) GB/s of bitmap (snapshot \(fmt(median(snapTimes) * 1e3)) ms)")
         print("list extents (drained):   \(fmt(list * 1e3)) ms = \(fmt(bitmapBytes / list / 1e9)) GB/s of bitmap")

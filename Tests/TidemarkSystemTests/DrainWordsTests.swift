@@ -201,3 +201,130 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
         #expect(w.nextNonZero(from: 0) == w.count)
     }
 }
+
+/// The split drain (several threads, `DrainWords.parts` parts), forced on
+/// small bitmaps by lowering the thresholds.
+@Suite struct SplitDrainWordsTests {
+    static func split(capacity: Int = 4) -> DrainWords {
+        DrainWords(capacity: capacity, parallelMinWords: 1, parallelMinEntries: 1)
+    }
+
+    @Test(arguments: [128, 129, 1000, 4099, 10_007])
+    func aSplitSnapshotEqualsTheNonZeroWords(count: Int) throws {
+        let w = try MappedWords(anonymousWordCount: count)
+        var rng = SplitMix64(seed: UInt64(count) &* 3)
+        var d = Self.split()
+        let bounds = DrainWords.splits(wordCount: count)
+        #expect(bounds.count == DrainWords.parts + 1 && bounds.first == 0 && bounds.last == count)
+        #expect(zip(bounds, bounds.dropFirst()).allSatisfy { $0 < $1 })
+        for fraction in [0.0, 0.001, 0.05, 0.5, 1.0] {
+            fill(w, fraction: fraction, rng: &rng)
+            // The words on both sides of every cut are dirty.
+            for b in bounds.dropFirst().dropLast() { w.base[b - 1] |= 1 << 63; w.base[b] |= 1 }
+            let before = reference(w)
+            d.snapshot(w)
+            #expect(d.lastSnapshotParts == (DrainWords.canSplit ? DrainWords.parts : 1))
+            #expect(same(entries(d), before), "count \(count), fraction \(fraction)")
+            #expect(same(reference(w), before), "the snapshot modified the words")
+            d.clear(w)
+            #expect(w.nextNonZero(from: 0) == w.count, "count \(count), fraction \(fraction): bits left after the clear")
+        }
+    }
+
+    /// All the dirty words in one part: its region overflows and every part
+    /// is scanned again into larger regions; then the dirt moves elsewhere.
+    @Test func aPartThatOverflowsItsRegion() throws {
+        let n = 40_000
+        let w = try MappedWords(anonymousWordCount: n)
+        let bounds = DrainWords.splits(wordCount: n)
+        var d = Self.split()
+        for r in [DrainWords.parts - 1, 0, 1] {
+            for i in 0..<n { w.base[i] = i >= bounds[r] && i < bounds[r + 1] ? UInt64(i) | 1 : 0 }
+            let before = reference(w)
+            d.snapshot(w)
+            #expect(same(entries(d), before), "dirt in part \(r)")
+            d.clear(w)
+            #expect(w.nextNonZero(from: 0) == n)
+        }
+    }
+
+    /// Bits set between the split snapshot and the split clear, at the cuts
+    /// and elsewhere, stay; every snapshot bit goes.
+    @Test func bitsSetAfterASplitSnapshotSurvive() throws {
+        let w = try MappedWords(anonymousWordCount: 5000)
+        let bounds = DrainWords.splits(wordCount: w.count)
+        var rng = SplitMix64(seed: 17)
+        var d = Self.split()
+        for round in 0..<10 {
+            fill(w, fraction: 0.3, rng: &rng)
+            for b in bounds.dropFirst().dropLast() { w.base[b - 1] |= 1; w.base[b] |= 1 }
+            d.snapshot(w)
+            let snap = entries(d)
+            var extra = [UInt64](repeating: 0, count: w.count)
+            var targets = (0..<300).map { _ in rng.below(w.count) }
+            for b in bounds.dropFirst().dropLast() { targets += [b - 1, b] }
+            for i in targets {
+                let bit: UInt64 = 1 << UInt64(rng.below(63) + 1) // not bit 0, which the cut words have
+                if w.base[i] & bit == 0 { extra[i] |= bit }
+                w.base[i] |= bit
+            }
+            d.clear(w)
+            var inSnapshot = [UInt64](repeating: 0, count: w.count)
+            for (i, b) in snap { inSnapshot[Int(i)] = b }
+            for i in 0..<w.count {
+                #expect(w.base[i] == extra[i], "round \(round), word \(i)")
+                #expect(w.base[i] & inSnapshot[i] == 0)
+            }
+        }
+    }
+
+    /// A writer ORs bits atomically (as the BPF program does), most of them
+    /// in the words around the cuts, while split drains run over and over:
+    /// every bit it set is in exactly one snapshot or still in the map.
+    @Test func nothingIsLostToAConcurrentWriterWhileSplit() throws {
+        let w = try MappedWords(anonymousWordCount: 8192)
+        let bounds = DrainWords.splits(wordCount: w.count)
+        let hot = bounds.dropFirst().dropLast().flatMap { [$0 - 2, $0 - 1, $0, $0 + 1] }
+        final class Box: @unchecked Sendable { var order: [(Int, UInt64)] = [] }
+        let box = Box()
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) {
+            // Each bit is set once, so each must be drained exactly once.
+            var rng = SplitMix64(seed: 123)
+            var set = [UInt64](repeating: 0, count: w.count)
+            var order: [(Int, UInt64)] = []
+            for _ in 0..<300_000 {
+                let i = rng.below(4) == 0 ? rng.below(w.count) : hot[rng.below(hot.count)]
+                let free = ~set[i]
+                if free == 0 { continue }
+                let bit = free & (0 &- free) // the lowest free bit
+                set[i] |= bit
+                _ = tm_atomic_fetch_or_u64(w.base + i, bit)
+                order.append((i, bit))
+            }
+            box.order = order
+        }
+        var drainedUnion = [UInt64](repeating: 0, count: w.count)
+        var d = Self.split()
+        var drains = 0, twice = 0
+        func drainOnce() {
+            d.snapshot(w)
+            for k in 0..<d.count {
+                let e = d[k]
+                if drainedUnion[Int(e.wordIndex)] & e.bits != 0 { twice += 1 }
+                drainedUnion[Int(e.wordIndex)] |= e.bits
+            }
+            d.clear(w)
+            drains += 1
+        }
+        while group.wait(timeout: .now()) == .timedOut { drainOnce() }
+        drainOnce()
+        #expect(drains > 10)
+        #expect(twice == 0, "a bit was drained twice")
+        var everSet = [UInt64](repeating: 0, count: w.count)
+        for (i, bit) in box.order { everSet[i] |= bit }
+        #expect(box.order.count > 50_000)
+        for i in 0..<w.count { #expect(drainedUnion[i] == everSet[i], "word \(i)") }
+        #expect(w.nextNonZero(from: 0) == w.count)
+    }
+}
