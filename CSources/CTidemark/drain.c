@@ -69,11 +69,47 @@ static size_t snapshot_avx2(const uint64_t *w, size_t n, size_t *pos,
     *pos = i;
     return o + snapshot_scalar(w, n, pos, idx + o, bits + o, cap - o);
 }
+
+/* The same with AVX-512: each group of 8 words is compacted in a register
+ * (VPCOMPRESSQ, and VPCOMPRESSD for their indices) and stored whole, with no
+ * branch per non-zero word. At 1% dirty in clusters most 32-word blocks hold
+ * a non-zero word, and the AVX2 loop's branch per word mispredicted there.
+ * The register forms are used: the memory-destination compress is slow on
+ * some CPUs. A group's whole-vector store writes past its non-zero entries,
+ * within the 32 free entries checked per block. */
+__attribute__((target("avx512f,avx512vl")))
+static size_t snapshot_avx512(const uint64_t *w, size_t n, size_t *pos,
+                              uint32_t *idx, uint64_t *bits, size_t cap) {
+    size_t i = *pos, o = 0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    while (i + SNAP_BLOCK <= n) {
+        if (cap - o < SNAP_BLOCK) { *pos = i; return o; }
+        const uint64_t *p = w + i;
+        __m512i x[4];
+        x[0] = _mm512_loadu_si512(p);      x[1] = _mm512_loadu_si512(p + 8);
+        x[2] = _mm512_loadu_si512(p + 16); x[3] = _mm512_loadu_si512(p + 24);
+        __m512i any = _mm512_or_si512(_mm512_or_si512(x[0], x[1]), _mm512_or_si512(x[2], x[3]));
+        if (_mm512_test_epi64_mask(any, any) == 0) { i += SNAP_BLOCK; continue; }
+        for (int g = 0; g < 4; g++) {
+            /* The recorded values are exactly the ones tested. */
+            __mmask8 m = _mm512_test_epi64_mask(x[g], x[g]);
+            _mm512_storeu_si512(bits + o, _mm512_maskz_compress_epi64(m, x[g]));
+            __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)(i + 8 * (size_t)g)), lane);
+            _mm256_storeu_si256((__m256i *)(idx + o), _mm256_maskz_compress_epi32(m, ix));
+            o += (size_t)__builtin_popcount((unsigned)m);
+        }
+        i += SNAP_BLOCK;
+    }
+    *pos = i;
+    return o + snapshot_scalar(w, n, pos, idx + o, bits + o, cap - o);
+}
 #endif
 
 size_t tm_snapshot_nonzero(const uint64_t *words, size_t n, size_t *pos,
                            uint32_t *idx_out, uint64_t *bits_out, size_t cap) {
 #if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+        return snapshot_avx512(words, n, pos, idx_out, bits_out, cap);
     if (__builtin_cpu_supports("avx2")) return snapshot_avx2(words, n, pos, idx_out, bits_out, cap);
 #endif
     return snapshot_scalar(words, n, pos, idx_out, bits_out, cap);
