@@ -20,6 +20,17 @@ private func same(_ a: [(UInt32, UInt64)], _ b: [(UInt32, UInt64)]) -> Bool {
 
 /// Fills `fraction` of the words with random non-zero values (some full,
 /// some single bits, some random).
+/// After a clear: exactly the bits added since the snapshot remain, and
+/// every bit of the snapshot is gone.
+private func expectOnlyAddedBitsRemain(_ w: MappedWords, snapshot: [(UInt32, UInt64)], added extra: [UInt64], round: Int) {
+    var inSnapshot = [UInt64](repeating: 0, count: w.count)
+    for (i, b) in snapshot { inSnapshot[Int(i)] = b }
+    for i in 0..<w.count {
+        #expect(w.base[i] == extra[i], "round \(round), word \(i)")
+        #expect(w.base[i] & inSnapshot[i] == 0)
+    }
+}
+
 private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
     for i in 0..<w.count {
         w.base[i] = 0
@@ -69,13 +80,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
             }
             #expect(extra.contains { $0 != 0 })
             d.clear(w)
-            var inSnapshot = [UInt64](repeating: 0, count: w.count)
-            for (i, b) in snap { inSnapshot[Int(i)] = b }
-            for i in 0..<w.count {
-                // Exactly the added bits remain; every snapshot bit is gone.
-                #expect(w.base[i] == extra[i], "round \(round), word \(i)")
-                #expect(w.base[i] & inSnapshot[i] == 0)
-            }
+            expectOnlyAddedBitsRemain(w, snapshot: snap, added: extra, round: round)
         }
     }
 
@@ -269,12 +274,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
                 w.base[i] |= bit
             }
             d.clear(w)
-            var inSnapshot = [UInt64](repeating: 0, count: w.count)
-            for (i, b) in snap { inSnapshot[Int(i)] = b }
-            for i in 0..<w.count {
-                #expect(w.base[i] == extra[i], "round \(round), word \(i)")
-                #expect(w.base[i] & inSnapshot[i] == 0)
-            }
+            expectOnlyAddedBitsRemain(w, snapshot: snap, added: extra, round: round)
         }
     }
 
