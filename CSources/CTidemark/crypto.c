@@ -126,6 +126,61 @@ int tm_hmac_sha256(const uint8_t *key, size_t keylen, const void *prefix, size_t
     return ok ? 0 : -EIO;
 }
 
+/* GMAC then one AES block. GHASH alone is a universal hash: with its output
+ * in the clear (digests travel unencrypted in segment headers) the hash key
+ * could be solved for and collisions made; the AES layer on top hides it, so
+ * equal digests reveal only equal GHASH values (docs/wire-format.md 4.5). */
+struct tm_gmac_prf {
+    EVP_CIPHER_CTX *gmac;
+    EVP_CIPHER_CTX *prp;
+};
+
+void tm_gmac_prf_free(struct tm_gmac_prf *c) {
+    if (!c) return;
+    EVP_CIPHER_CTX_free(c->gmac);
+    EVP_CIPHER_CTX_free(c->prp);
+    free(c);
+}
+
+struct tm_gmac_prf *tm_gmac_prf_new(const uint8_t *gmac_key32, const uint8_t *prp_key32) {
+    static const uint8_t zero_iv[12];
+    struct tm_gmac_prf *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->gmac = EVP_CIPHER_CTX_new();
+    c->prp = EVP_CIPHER_CTX_new();
+    if (!c->gmac || !c->prp
+        || EVP_EncryptInit_ex(c->gmac, EVP_aes_256_gcm(), NULL, gmac_key32, zero_iv) != 1
+        || EVP_EncryptInit_ex(c->prp, EVP_aes_256_ecb(), NULL, prp_key32, NULL) != 1
+        || EVP_CIPHER_CTX_set_padding(c->prp, 0) != 1) {
+        tm_gmac_prf_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int tm_gmac_prf(struct tm_gmac_prf *c, const void *prefix, size_t prefixlen, const void *data, size_t n,
+                uint8_t *out16) {
+    static const uint8_t zero_iv[12];
+    uint8_t tag[16];
+    int len = 0;
+    /* Associated data is fed in pieces of at most INT_MAX bytes. */
+    const uint8_t *d = data;
+    if (prefixlen > INT_MAX) return -EINVAL;
+    int ok = EVP_EncryptInit_ex(c->gmac, NULL, NULL, NULL, zero_iv) == 1
+        && (prefixlen == 0 || EVP_EncryptUpdate(c->gmac, NULL, &len, prefix, (int)prefixlen) == 1);
+    for (size_t left = n; ok && left > 0;) {
+        int piece = left > (size_t)INT_MAX ? INT_MAX : (int)left;
+        ok = EVP_EncryptUpdate(c->gmac, NULL, &len, d, piece) == 1;
+        d += piece;
+        left -= (size_t)piece;
+    }
+    ok = ok && EVP_EncryptFinal_ex(c->gmac, tag, &len) == 1
+        && EVP_CIPHER_CTX_ctrl(c->gmac, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1
+        && EVP_EncryptUpdate(c->prp, out16, &len, tag, 16) == 1 && len == 16;
+    OPENSSL_cleanse(tag, sizeof tag);
+    return ok ? 0 : -EIO;
+}
+
 int tm_random_bytes(void *buf, size_t n) {
     unsigned char *p = buf;
     while (n > 0) {

@@ -570,8 +570,12 @@ public final class DiskReplicator: @unchecked Sendable {
         let reader = FrameReader(stream)
         let writer = FrameWriter(stream)
         try writer.send(.hello(protocolVersion: WireProtocol.version, agentID: settings.agentID))
-        guard case .helloOK(_, let serverID)? = try reader.next() else {
+        guard case .helloOK(let version, let serverID)? = try reader.next() else {
             throw TidemarkError(.state, "the server did not answer hello")
+        }
+        guard version == WireProtocol.version else {
+            throw TidemarkError(.state, "the server answered in protocol version \(version); this agent speaks \(WireProtocol.version)",
+                                hint: "upgrade the process server first")
         }
         try writer.send(.openDisk(diskID: diskID, diskSizeBytes: session.device.sizeBytes,
                                   chunkSizeBytes: UInt32(chunkBytes), keyID: settings.key.id))

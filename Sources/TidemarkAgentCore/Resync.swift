@@ -315,6 +315,7 @@ extension DiskReplicator {
         var matched: [UInt64] = []
         var differing: [UInt64] = []
         var bytesRead: UInt64 = 0
+        let digests = digester.makeContext()
         try reader.read(extents) { offset, data in
             bytesRead += UInt64(data.count)
             var pos = 0
@@ -325,7 +326,7 @@ extension DiskReplicator {
                 let equal: Bool
                 switch states[Int(chunk - w.first)] {
                 case .zero: equal = isAllZero(piece)
-                case .data(let d): equal = !isAllZero(piece) && digester.digest(chunk: chunk, piece) == d
+                case .data(let d, let how): equal = !isAllZero(piece) && digests.digest(chunk: chunk, piece, construction: how) == d
                 case .unknown: equal = false
                 }
                 if equal { matched.append(chunk) } else { differing.append(chunk) }

@@ -64,6 +64,7 @@ final class Connection: @unchecked Sendable {
             defer { s.close() }
             if wasClosed { return }
             let reader = FrameReader(s)
+            reader.acceptedVersions = WireProtocol.acceptedVersions
             let writer = FrameWriter(s)
             agentID = s.peerCommonName
             do {
@@ -84,13 +85,16 @@ final class Connection: @unchecked Sendable {
         guard case .hello(let version, let agentID)? = try reader.next() else {
             throw ProtocolViolation(code: 400, "expected hello as the first message")
         }
-        guard version == WireProtocol.version else {
-            throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.version)")
+        guard WireProtocol.acceptedVersions.contains(version) else {
+            throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.acceptedVersions.lowerBound) to \(WireProtocol.acceptedVersions.upperBound)")
         }
         guard agentID == certName else {
             throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'")
         }
-        try writer.send(.helloOK(protocolVersion: WireProtocol.version, serverID: server.options.serverID))
+        // The agent's version, which this server speaks too.
+        writer.version = version
+        reader.acceptedVersions = version...version
+        try writer.send(.helloOK(protocolVersion: version, serverID: server.options.serverID))
         try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
         Log.info("\(peer): agent \(agentID) connected")
         var opened: Set<String> = []
@@ -128,7 +132,11 @@ final class Connection: @unchecked Sendable {
                 guard opened.contains(diskID) else {
                     throw ProtocolViolation(code: 400, "digest request for disk \(diskID), which this connection has not opened")
                 }
-                let (sequence, states) = try server.chunkStates(diskID: diskID, first: first, count: Int(count))
+                var (sequence, states) = try server.chunkStates(diskID: diskID, first: first, count: Int(count))
+                if version < 3 {
+                    // A version 2 agent computes only construction 2 digests.
+                    states = states.map { if case .data(_, .gmacAES) = $0 { .unknown } else { $0 } }
+                }
                 try writer.send(.chunkDigests(diskID: diskID, firstChunk: first, sequence: sequence, states: states))
             case .ping(let n):
                 try writer.send(.pong(n))

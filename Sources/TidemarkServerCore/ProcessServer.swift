@@ -520,7 +520,14 @@ public final class ProcessServer: @unchecked Sendable {
             throw TidemarkError(.corrupt, "segment \(h.diskID) #\(sequence): its sealed header (sequence \(h.sequence), \(h.extents.count) extents) differs from the stored metadata",
                                 hint: "the object is damaged or misplaced; restore it from a copy")
         }
-        return h.version >= 2 ? h.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
+        return Self.storedDigests(h)
+    }
+
+    /// A segment's chunk digests as the index keeps them (nil for format
+    /// version 1, which has none).
+    static func storedDigests(_ h: SegmentHeader) -> [StoredDigest]? {
+        guard DigestConstruction(segmentVersion: h.version) != nil else { return nil }
+        return h.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high, segmentVersion: h.version) }
     }
 
     /// After a commit: records the segment's chunks in the digest index. A
@@ -531,7 +538,7 @@ public final class ProcessServer: @unchecked Sendable {
             // Caught up to the segment before, so this one is applied from
             // the bytes at hand, not read back from storage.
             let index = try digestIndex(header.diskID, upTo: header.sequence - 1)
-            let digests = header.version >= 2 ? header.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high) } : nil
+            let digests = Self.storedDigests(header)
             try index.apply(sequence: header.sequence, extents: extents, digests: digests,
                             sync: header.sequence % ServerLimits.digestIndexFlushEverySegments == 0)
         } catch {
@@ -566,7 +573,9 @@ public final class ProcessServer: @unchecked Sendable {
                     switch $0 {
                     case .unknown: .unknown
                     case .zero: .zero
-                    case .data(let d): .data(ChunkDigest(low: d.low, high: d.high))
+                    case .data(let d):
+                        // Written only by segments of a readable version (2 or 3).
+                        .data(ChunkDigest(low: d.low, high: d.high), DigestConstruction(segmentVersion: d.segmentVersion)!)
                     }
                 })
             } catch let e as TidemarkError where e.kind == .busy {

@@ -149,3 +149,34 @@ public enum HMACSHA256 {
         return out
     }
 }
+
+/// The chunk digests' keyed PRF (docs/wire-format.md 4.5, construction 3):
+/// AES-256 under the second key of the GMAC tag (AES-256-GCM under the first
+/// key, an all-zero 12-byte IV) over `prefix ‖ data` as associated data.
+/// Both key schedules are made once; one instance serves one thread at a time.
+public final class GMACPRF {
+    public static let keyBytes = 32
+    public static let outputBytes = 16
+    private let ctx: OpaquePointer
+
+    public init(gmacKey: [UInt8], prpKey: [UInt8]) {
+        precondition(gmacKey.count == Self.keyBytes && prpKey.count == Self.keyBytes, "GMACPRF: keys are 32 bytes")
+        let c = gmacKey.withUnsafeBufferPointer { g in prpKey.withUnsafeBufferPointer { p in tm_gmac_prf_new(g.baseAddress, p.baseAddress) } }
+        // NULL only when OpenSSL cannot allocate or has no AES: not recoverable here.
+        guard let c else { preconditionFailure("GMACPRF: OpenSSL could not set up AES-256-GCM and AES-256-ECB") }
+        ctx = c
+    }
+
+    deinit { tm_gmac_prf_free(ctx) }
+
+    /// The 16-byte output for `prefix ‖ data`, as two little-endian words
+    /// (bytes 0–7, 8–15).
+    public func mac(prefix: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> (low: UInt64, high: UInt64) {
+        var out: (UInt64, UInt64) = (0, 0)
+        let r = withUnsafeMutableBytes(of: &out) { o in
+            tm_gmac_prf(ctx, prefix.baseAddress, prefix.count, data.baseAddress, data.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        precondition(r == 0, "GMACPRF: EVP cipher failed (\(r))")
+        return (UInt64(littleEndian: out.0), UInt64(littleEndian: out.1))
+    }
+}

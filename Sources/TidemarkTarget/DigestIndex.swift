@@ -3,13 +3,18 @@ import TidemarkSystem
 
 /// A keyed chunk digest as the target stores it: 16 opaque bytes computed by
 /// the agent (docs/wire-format.md, "Chunk digests"), as two little-endian
-/// words. Target storage cannot compute or check it; it only compares.
+/// words, and the format version of the segment that carried it, which says
+/// how the agent computed it (2: HMAC-SHA-256, 3: AES of a GMAC tag).
+/// Target storage cannot compute or check it; it only compares.
 public struct StoredDigest: Hashable, Sendable {
     public var low: UInt64
     public var high: UInt64
-    public init(low: UInt64, high: UInt64) {
+    public var segmentVersion: UInt16
+    public init(low: UInt64, high: UInt64, segmentVersion: UInt16) {
+        precondition(DigestIndex.digestVersions.contains(segmentVersion), "StoredDigest: segment version \(segmentVersion) carries no digests")
         self.low = low
         self.high = high
+        self.segmentVersion = segmentVersion
     }
 }
 
@@ -55,9 +60,17 @@ public final class DigestIndex: @unchecked Sendable {
     static let pageCheckBytes = 16
     static let headerCheckOffset = 4064
     static let magic: [UInt8] = Array("TMDIGIDX".utf8)
-    public static let formatVersion: UInt16 = 1
+    /// Version 2 added state 3 (a digest of a format 3 segment); a version
+    /// 1 file is read as it is and rewritten as version 2 at its next flush.
+    public static let formatVersion: UInt16 = 2
+    static let readableVersions: ClosedRange<UInt16> = 1...2
+    /// Segment format versions whose digests the index holds; an entry's
+    /// data state is the version (2 or 3).
+    public static let digestVersions: ClosedRange<UInt16> = 2...3
     static let fileName = "chunk-digests"
-    static let stateUnknown: UInt8 = 0, stateZero: UInt8 = 1, stateData: UInt8 = 2
+    static let stateUnknown: UInt8 = 0, stateZero: UInt8 = 1
+    /// Data states: the segment format version whose digest the entry holds.
+    static let stateDataV2: UInt8 = 2, stateDataV3: UInt8 = 3
 
     /// The sequence the index reflects (every segment 1...sequence applied).
     public var sequence: UInt64 { lock.withLock { applied } }
@@ -99,7 +112,7 @@ public final class DigestIndex: @unchecked Sendable {
         guard Array(page[Self.headerCheckOffset..<Self.pageBytes]) == check else { return "\(path): header checksum mismatch" }
         guard Array(page[0..<8]) == Self.magic else { return "\(path): bad magic" }
         let version = load16(page, 8)
-        guard version == Self.formatVersion else { return "\(path): index format version \(version), this build writes \(Self.formatVersion)" }
+        guard Self.readableVersions.contains(version) else { return "\(path): index format version \(version), this build reads \(Self.readableVersions)" }
         guard load16(page, 10) == 0, load32(page, 12) == disk.chunkSizeBytes, load64(page, 16) == disk.sizeBytes,
               Array(page[32..<64]) == diskIDHash else {
             return "\(path): describes another disk or geometry"
@@ -149,8 +162,8 @@ public final class DigestIndex: @unchecked Sendable {
         }
         for i in 0..<Int(Self.entriesPerPage) {
             let state = page[i * Self.entryBytes]
-            guard state <= Self.stateData,
-                  state == Self.stateData || page[(i * Self.entryBytes + 1)..<((i + 1) * Self.entryBytes)].allSatisfy({ $0 == 0 }) else {
+            guard state <= Self.stateDataV3,
+                  state >= Self.stateDataV2 || page[(i * Self.entryBytes + 1)..<((i + 1) * Self.entryBytes)].allSatisfy({ $0 == 0 }) else {
                 throw TidemarkError(.corrupt, "\(path): page \(p) entry \(i) is malformed (state \(state))",
                                     hint: "the index is rebuilt from the segment objects")
             }
@@ -193,7 +206,8 @@ public final class DigestIndex: @unchecked Sendable {
                     let at = Int(c % Self.entriesPerPage) * Self.entryBytes
                     switch page[at] {
                     case Self.stateZero: out.append(.zero)
-                    case Self.stateData: out.append(.data(StoredDigest(low: load64(page, at + 1), high: load64(page, at + 9))))
+                    case Self.stateDataV2, Self.stateDataV3:
+                        out.append(.data(StoredDigest(low: load64(page, at + 1), high: load64(page, at + 9), segmentVersion: UInt16(page[at]))))
                     default: out.append(.unknown)
                     }
                     c += 1
@@ -230,21 +244,21 @@ public final class DigestIndex: @unchecked Sendable {
     private func applyLocked(sequence: UInt64, extents: [TargetExtent], digests: [StoredDigest]?, sync: Bool) throws {
         let chunk = UInt64(disk.chunkSizeBytes)
         // Per chunk, in order: (chunk, state, digest).
-        var updates: [(UInt64, UInt8, StoredDigest)] = []
+        var updates: [(UInt64, UInt8, low: UInt64, high: UInt64)] = []
         var di = 0
         for e in extents {
             var c = e.offset / chunk
             while c * chunk < e.end {
                 if e.zero {
-                    updates.append((c, Self.stateZero, StoredDigest(low: 0, high: 0)))
+                    updates.append((c, Self.stateZero, 0, 0))
                 } else if let digests {
                     guard di < digests.count else {
                         throw TidemarkError(.corrupt, "disk '\(disk.diskID)' sequence \(sequence): \(digests.count) chunk digests for more data chunks")
                     }
-                    updates.append((c, Self.stateData, digests[di]))
+                    updates.append((c, UInt8(digests[di].segmentVersion), digests[di].low, digests[di].high))
                     di += 1
                 } else {
-                    updates.append((c, Self.stateUnknown, StoredDigest(low: 0, high: 0)))
+                    updates.append((c, Self.stateUnknown, 0, 0))
                 }
                 c += 1
             }
@@ -262,11 +276,11 @@ public final class DigestIndex: @unchecked Sendable {
             // entries; the caller rebuilds the index instead.
             var page = try readPage(p)
             while i < updates.count && updates[i].0 / Self.entriesPerPage + 1 == p {
-                let (c, state, d) = updates[i]
+                let (c, state, low, high) = updates[i]
                 let at = Int(c % Self.entriesPerPage) * Self.entryBytes
                 page[at] = state
-                store(&page, at + 1, d.low, 8)
-                store(&page, at + 9, d.high, 8)
+                store(&page, at + 1, low, 8)
+                store(&page, at + 9, high, 8)
                 i += 1
             }
             try writePage(p, &page)

@@ -37,52 +37,122 @@ public struct ChunkDigest: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Computes chunk digests for one disk:
+/// How a chunk digest was computed; it follows the format version of the
+/// segment that carries it (docs/wire-format.md 4.5).
+public enum DigestConstruction: UInt8, Sendable, CaseIterable {
+    /// Segment format 2: the first 16 bytes of HMAC-SHA-256.
+    case hmacSHA256 = 2
+    /// Segment format 3: AES-256 of a GMAC tag (5 times faster here).
+    case gmacAES = 3
+
+    /// What writers use.
+    public static let current = DigestConstruction.gmacAES
+
+    /// The construction of a segment format version's digests; nil for
+    /// version 1, which carries none.
+    public init?(segmentVersion: UInt16) {
+        switch segmentVersion {
+        case 2: self = .hmacSHA256
+        case 3: self = .gmacAES
+        default: return nil
+        }
+    }
+
+    public var segmentVersion: UInt16 { UInt16(rawValue) }
+}
+
+/// Computes chunk digests for one disk (docs/wire-format.md 4.5). The
+/// message is the same for both constructions:
 ///
-///     digest key  K_d = SHA-256("tidemark-chunk-digest" ‖ 0x00 ‖ replication key)
-///     digest      = first 16 bytes of HMAC-SHA-256(K_d, u8 len(disk id) ‖ disk id ‖ u64 chunk index ‖ chunk bytes)
+///     m = u8 len(disk id) ‖ disk id ‖ u64 chunk index ‖ chunk bytes
 ///
-/// The label separates K_d from the key id derivation and from the AES key
-/// itself; binding the disk id and chunk index means equal content at two
-/// places gives unrelated digests, so the server learns only whether one
-/// chunk of one disk still holds the content it stored. Thread-safe (no
-/// mutable state).
+/// construction 2 (segment format 2):
+///     K_d    = SHA-256("tidemark-chunk-digest" ‖ 0x00 ‖ replication key)
+///     digest = first 16 bytes of HMAC-SHA-256(K_d, m)
+/// construction 3 (segment format 3, what writers use):
+///     K_g    = SHA-256("tidemark-chunk-digest-gmac" ‖ 0x00 ‖ replication key)
+///     K_p    = SHA-256("tidemark-chunk-digest-prp" ‖ 0x00 ‖ replication key)
+///     digest = AES-256(K_p, GMAC(K_g, IV = 12 zero bytes, m))
+///
+/// The labels separate these keys from the key id derivation and from the
+/// AES key itself; binding the disk id and chunk index means equal content
+/// at two places gives unrelated digests, so the server learns only whether
+/// one chunk of one disk still holds the content it stored. Thread-safe (no
+/// mutable state); construction 3 runs in a `Context`, one per thread.
 public struct ChunkDigester: Sendable {
     public let diskID: String
-    private let digestKey: [UInt8]
+    private let hmacKey: [UInt8]
+    private let gmacKey: [UInt8]
+    private let prpKey: [UInt8]
     private let diskPrefix: [UInt8]
 
     public static let label = "tidemark-chunk-digest"
+    public static let gmacLabel = "tidemark-chunk-digest-gmac"
+    public static let prpLabel = "tidemark-chunk-digest-prp"
 
     public init(key: ReplicationKey, diskID: String) {
         self.diskID = diskID
-        digestKey = SHA256.hash(Array(Self.label.utf8) + [0] + key.bytes)
+        hmacKey = SHA256.hash(Array(Self.label.utf8) + [0] + key.bytes)
+        gmacKey = SHA256.hash(Array(Self.gmacLabel.utf8) + [0] + key.bytes)
+        prpKey = SHA256.hash(Array(Self.prpLabel.utf8) + [0] + key.bytes)
         let id = Array(diskID.utf8.prefix(WireLimits.stringBytesMax))
         diskPrefix = [UInt8(id.count)] + id
     }
 
-    /// The digest of chunk `index` holding `bytes` (a whole chunk; the last
-    /// chunk of a disk may be shorter).
-    public func digest(chunk index: UInt64, _ bytes: UnsafeRawBufferPointer) -> ChunkDigest {
-        var prefix = diskPrefix
-        var le = index.littleEndian
-        withUnsafeBytes(of: &le) { prefix.append(contentsOf: $0) }
-        let mac = prefix.withUnsafeBytes { HMACSHA256.mac(key: digestKey, prefix: $0, data: bytes) }
-        return ChunkDigest(bytes: mac[0..<ChunkDigest.byteCount])
+    /// Keyed state for digesting many chunks on one thread (the AES key
+    /// schedules are made once).
+    public final class Context {
+        let digester: ChunkDigester
+        private var prf: GMACPRF?
+        private var prefix: [UInt8]
+
+        init(_ d: ChunkDigester) {
+            digester = d
+            prefix = d.diskPrefix + [UInt8](repeating: 0, count: 8)
+        }
+
+        /// The digest of chunk `index` holding `bytes` (a whole chunk; the
+        /// last chunk of a disk may be shorter).
+        public func digest(chunk index: UInt64, _ bytes: UnsafeRawBufferPointer,
+                           construction: DigestConstruction = .current) -> ChunkDigest {
+            let at = digester.diskPrefix.count
+            for i in 0..<8 { prefix[at + i] = UInt8(truncatingIfNeeded: index >> (8 * UInt64(i))) }
+            switch construction {
+            case .hmacSHA256:
+                let mac = prefix.withUnsafeBytes { HMACSHA256.mac(key: digester.hmacKey, prefix: $0, data: bytes) }
+                return ChunkDigest(bytes: mac[0..<ChunkDigest.byteCount])
+            case .gmacAES:
+                if prf == nil { prf = GMACPRF(gmacKey: digester.gmacKey, prpKey: digester.prpKey) }
+                let out = prefix.withUnsafeBytes { prf!.mac(prefix: $0, data: bytes) }
+                return ChunkDigest(low: out.low, high: out.high)
+            }
+        }
+    }
+
+    public func makeContext() -> Context { Context(self) }
+
+    /// The digest of one chunk (sets up a `Context` per call: for many
+    /// chunks, use one context).
+    public func digest(chunk index: UInt64, _ bytes: UnsafeRawBufferPointer,
+                       construction: DigestConstruction = .current) -> ChunkDigest {
+        makeContext().digest(chunk: index, bytes, construction: construction)
     }
 
     /// One digest per chunk of the data extents of a segment, in extent
     /// order, from the segment payload (the data extents' bytes concatenated).
     /// Extents must be chunk-aligned (offset a multiple of the chunk size).
-    public func digests(extents: [SegmentExtent], chunkSizeBytes: UInt32, payload: UnsafeRawBufferPointer) -> [ChunkDigest] {
+    public func digests(extents: [SegmentExtent], chunkSizeBytes: UInt32, payload: UnsafeRawBufferPointer,
+                        construction: DigestConstruction = .current) -> [ChunkDigest] {
         let chunk = UInt64(chunkSizeBytes)
+        let ctx = makeContext()
         var out: [ChunkDigest] = []
         var pos = 0
         for e in extents where e.kind == .data {
             var off: UInt64 = 0
             while off < UInt64(e.length) {
                 let n = Int(min(chunk, UInt64(e.length) - off))
-                out.append(digest(chunk: (e.offset + off) / chunk, UnsafeRawBufferPointer(rebasing: payload[pos..<pos + n])))
+                out.append(ctx.digest(chunk: (e.offset + off) / chunk, UnsafeRawBufferPointer(rebasing: payload[pos..<pos + n]),
+                                      construction: construction))
                 pos += n
                 off += UInt64(n)
             }
@@ -98,6 +168,6 @@ public enum ChunkState: Equatable, Sendable {
     case unknown
     /// Written as a zero extent (reads as zeros).
     case zero
-    /// Written as data with this digest.
-    case data(ChunkDigest)
+    /// Written as data with this digest, computed this way.
+    case data(ChunkDigest, DigestConstruction)
 }

@@ -14,6 +14,9 @@ public final class FrameReader: @unchecked Sendable {
     /// Frames and bytes read so far.
     public private(set) var framesRead: UInt64 = 0
     public private(set) var bytesRead: UInt64 = 0
+    /// Frame versions read; others are refused. A process server widens it
+    /// to `WireProtocol.acceptedVersions`.
+    public var acceptedVersions: ClosedRange<UInt16> = WireProtocol.version...WireProtocol.version
 
     static let bufferBytes = 64 << 10
 
@@ -36,7 +39,7 @@ public final class FrameReader: @unchecked Sendable {
         }
         if got == 0 { return nil }
         let (type, length) = try withUnsafeBytes(of: &header) { h in
-            try Self.parseHeader(UnsafeRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]))
+            try Self.parseHeader(UnsafeRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]), accepting: acceptedVersions)
         }
         // length checked against the type's limit; readExact fills all of it or throws
         let payload = try [UInt8](unsafeUninitializedCapacity: length) { b, initialized in
@@ -49,15 +52,16 @@ public final class FrameReader: @unchecked Sendable {
     }
 
     /// Validates a frame header; returns the type and payload length.
-    static func parseHeader(_ h: UnsafeRawBufferPointer) throws -> (WireMessage.MessageType, Int) {
+    static func parseHeader(_ h: UnsafeRawBufferPointer,
+                            accepting accepted: ClosedRange<UInt16> = WireProtocol.version...WireProtocol.version) throws -> (WireMessage.MessageType, Int) {
         var r = ByteReader(h, what: "frame header")
         guard try r.bytes(4, "magic") == WireProtocol.magic else {
             throw TidemarkError(.corrupt, "the peer is not speaking the Tidemark wire protocol (bad frame magic)",
                                 hint: "check that the address and port are those of a Tidemark process server / agent")
         }
         let version = try r.u16("version")
-        guard version == WireProtocol.version else {
-            throw TidemarkError(.corrupt, "the peer speaks wire protocol version \(version); this build speaks \(WireProtocol.version)",
+        guard accepted.contains(version) else {
+            throw TidemarkError(.corrupt, "the peer speaks wire protocol version \(version); this build speaks \(accepted.count == 1 ? "\(accepted.lowerBound)" : "\(accepted.lowerBound) to \(accepted.upperBound)")",
                                 hint: "run the same Tidemark version on agents and process servers")
         }
         let code = try r.u16("type")
@@ -114,6 +118,9 @@ public final class FrameWriter: @unchecked Sendable {
     private let stream: ByteStream
     private var scratch = ByteWriter(capacity: 256)
     public private(set) var framesWritten: UInt64 = 0
+    /// The protocol version frames are written in: this build's, or the
+    /// older one a process server agreed on with an older agent.
+    public var version: UInt16 = WireProtocol.version
 
     public init(_ s: ByteStream) { stream = s }
 
@@ -125,11 +132,11 @@ public final class FrameWriter: @unchecked Sendable {
             guard bytes.count <= WireLimits.segmentBytesMax else {
                 throw TidemarkError(.invalidArgument, "a segment of \(bytes.count) bytes exceeds the limit \(WireLimits.segmentBytesMax)")
             }
-            Self.header(&scratch, .segment, bytes.count)
+            Self.header(&scratch, .segment, bytes.count, version: version)
             try scratch.bytes.withUnsafeBytes { try stream.writeAll($0) }
             try bytes.withUnsafeBytes { try stream.writeAll($0) }
         } else {
-            Self.header(&scratch, m.type, 0)
+            Self.header(&scratch, m.type, 0, version: version)
             try m.encodeControlPayload(into: &scratch)
             let length = scratch.bytes.count - WireProtocol.frameHeaderBytes
             precondition(length <= m.type.payloadBytesMax, "\(m.type) payload of \(length) bytes")
@@ -141,9 +148,10 @@ public final class FrameWriter: @unchecked Sendable {
         framesWritten += 1
     }
 
-    static func header(_ w: inout ByteWriter, _ type: WireMessage.MessageType, _ length: Int) {
+    static func header(_ w: inout ByteWriter, _ type: WireMessage.MessageType, _ length: Int,
+                       version: UInt16 = WireProtocol.version) {
         w.raw(WireProtocol.magic)
-        w.u16(WireProtocol.version)
+        w.u16(version)
         w.u16(type.rawValue)
         w.u32(UInt32(length))
     }

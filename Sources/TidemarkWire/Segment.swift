@@ -64,10 +64,12 @@ public struct PointTag: Equatable, Sendable {
 public enum SegmentFormat {
     /// "TMSG".
     public static let magic: [UInt8] = [0x54, 0x4D, 0x53, 0x47]
-    /// The version writers produce: 2 adds the chunk digests after the extents.
-    public static let version: UInt16 = 2
+    /// The version writers produce: 2 added the chunk digests after the
+    /// extents; 3 has the same layout with digests of construction 3
+    /// (`DigestConstruction`).
+    public static let version: UInt16 = 3
     /// Versions a reader accepts (version 1 segments carry no digests).
-    public static let readableVersions: ClosedRange<UInt16> = 1...2
+    public static let readableVersions: ClosedRange<UInt16> = 1...3
     /// Bytes before the disk id.
     public static let fixedBytes = 76
     /// Bytes per extent entry.
@@ -99,7 +101,8 @@ public struct SegmentHeader: Equatable, Sendable {
     public var extents: [SegmentExtent]
     /// Present exactly when kind is .point.
     public var point: PointTag?
-    /// The format version: 1 (no digests) or 2.
+    /// The format version: 1 (no digests), 2 or 3 (digests, of the
+    /// construction `DigestConstruction(segmentVersion:)` names).
     public var version: UInt16
     /// Version 2: one keyed digest per chunk of the data extents, in extent
     /// order (`ChunkDigester`); empty in version 1.

@@ -64,7 +64,8 @@ public final class SegmentSealer: @unchecked Sendable {
             guard n <= WireLimits.chunkDigestsPerSegmentMax else {
                 throw TidemarkError(.invalidArgument, "segment data extents cover \(n) chunks; the limit is \(WireLimits.chunkDigestsPerSegmentMax)")
             }
-            digests = ChunkDigester(key: key, diskID: diskID).digests(extents: extents, chunkSizeBytes: chunkSizeBytes, payload: payload)
+            digests = ChunkDigester(key: key, diskID: diskID).digests(extents: extents, chunkSizeBytes: chunkSizeBytes, payload: payload,
+                                                                      construction: DigestConstruction(segmentVersion: formatVersion)!)
         }
 
         // Compress into the scratch buffer; keep it only when it shrinks.

@@ -6,8 +6,13 @@ public enum WireProtocol {
     public static let magic: [UInt8] = [0x54, 0x4D, 0x57, 0x46]
     /// The version of this protocol: frame layout and message payloads.
     /// Version 2 added `digestRequest` and `chunkDigests` (and segments of
-    /// format version 2).
-    public static let version: UInt16 = 2
+    /// format version 2); version 3 added chunk state 3 (a digest of
+    /// construction 3, from segments of format version 3).
+    public static let version: UInt16 = 3
+    /// Versions a process server accepts in `hello`. To a version 2 agent it
+    /// answers in version 2: state 3 chunks go as unknown (the agent then
+    /// sends them), since it cannot compute their digests.
+    public static let acceptedVersions: ClosedRange<UInt16> = 2...3
     /// magic (4), version u16, type u16, payload length u32.
     public static let frameHeaderBytes = 12
 }
@@ -105,10 +110,11 @@ public enum WireMessage: Equatable, Sendable {
                 switch st {
                 case .unknown: w.u8(ChunkStateCode.unknown)
                 case .zero: w.u8(ChunkStateCode.zero)
-                case .data: w.u8(ChunkStateCode.data)
+                case .data(_, .hmacSHA256): w.u8(ChunkStateCode.dataV2)
+                case .data(_, .gmacAES): w.u8(ChunkStateCode.dataV3)
                 }
             }
-            for case .data(let d) in states { w.u64(d.low); w.u64(d.high) }
+            for case .data(let d, _) in states { w.u64(d.low); w.u64(d.high) }
         case .segment:
             preconditionFailure("segment payloads are written verbatim")
         }
@@ -197,9 +203,10 @@ public enum WireMessage: Equatable, Sendable {
                 switch c {
                 case ChunkStateCode.unknown: states.append(.unknown)
                 case ChunkStateCode.zero: states.append(.zero)
-                case ChunkStateCode.data:
+                case ChunkStateCode.dataV2, ChunkStateCode.dataV3:
                     let low = try r.u64("digest of chunk \(i)")
-                    states.append(.data(ChunkDigest(low: low, high: try r.u64("digest of chunk \(i)"))))
+                    let digest = ChunkDigest(low: low, high: try r.u64("digest of chunk \(i)"))
+                    states.append(.data(digest, c == ChunkStateCode.dataV2 ? .hmacSHA256 : .gmacAES))
                 default:
                     throw TidemarkError(.corrupt, "chunkDigests message: chunk \(i) has unknown state \(c)")
                 }
@@ -215,5 +222,8 @@ public enum WireMessage: Equatable, Sendable {
 enum ChunkStateCode {
     static let unknown: UInt8 = 0
     static let zero: UInt8 = 1
-    static let data: UInt8 = 2
+    /// Data, digest of construction 2 (HMAC-SHA-256).
+    static let dataV2: UInt8 = 2
+    /// Data, digest of construction 3 (AES of a GMAC tag; protocol version 3).
+    static let dataV3: UInt8 = 3
 }

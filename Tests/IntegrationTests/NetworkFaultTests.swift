@@ -206,6 +206,40 @@ import TidemarkWire
             }
         }
 
+        // Segment 1 of the evil disk (chunk 1) is indexed with its construction 3
+        // digest. A current agent sees it as such; an agent of protocol 2 (an
+        // older build) is served in protocol 2 and sees the chunk as unknown,
+        // since it cannot compute that digest.
+        func chunkStates(_ t: TestClient) throws -> [ChunkState] {
+            try t.writer.send(.digestRequest(diskID: evilDisk, firstChunk: 0, count: 3))
+            while let m = try t.reader.next() {
+                if case .chunkDigests(_, _, _, let states) = m { return states }
+            }
+            throw TestFailure("connection closed before chunkDigests")
+        }
+        var payload1 = SplitMix64(seed: 1)
+        let plain1 = (0..<Int(chunk)).map { _ in UInt8(truncatingIfNeeded: payload1.next()) }
+        let digest1 = plain1.withUnsafeBytes { ChunkDigester(key: evilKey, diskID: evilDisk).digest(chunk: 1, $0) }
+        c = try evil()
+        try waitFor("segment 1 of \(evilDisk) is indexed", timeoutSeconds: 30) { try chunkStates(c)[1] != .unknown }
+        #expect(try chunkStates(c) == [.unknown, .data(digest1, .gmacAES), .unknown])
+        c.close()
+        c = try TestClient(port: port, ca: w.tls + "/ca.crt", cert: w.tls + "/agent-evil.crt", key: w.tls + "/agent-evil.key")
+        c.writer.version = 2
+        try c.writer.send(.hello(protocolVersion: 2, agentID: "agent-evil"))
+        c.reader.acceptedVersions = 2...2
+        let hello2 = try c.reader.next()
+        guard case .helloOK(2, _)? = hello2 else {
+            Issue.record("a protocol 2 hello answered \(String(describing: hello2))")
+            return
+        }
+        guard case .diskState? = try c.open(evilDisk, size: size, chunk: chunk, keyID: evilKey.id) else {
+            Issue.record("a protocol 2 agent could not open its disk")
+            return
+        }
+        #expect(try chunkStates(c) == [.unknown, .unknown, .unknown])
+        c.close()
+
         // The server said why, each time, and keeps serving the legitimate agent.
         let log = w.server!.stderr
         for needle in ["out of order", "which this connection has not opened", "belongs to agent agent-it",

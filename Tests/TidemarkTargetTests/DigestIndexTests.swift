@@ -8,14 +8,15 @@ import TidemarkTesting
 /// for every chunk, the state the newest segment covering it left.
 /// "Digests" here are the first 16 bytes of SHA-256(chunk index ‖ plaintext),
 /// computed from the unsealed object bytes, so a rebuild really reads the
-/// objects.
+/// objects; even chunks play digests of format 3 segments, odd ones of
+/// format 2, so the index keeps both kinds apart.
 @Suite struct DigestIndexTests {
     static func digest(_ chunk: UInt64, _ bytes: ArraySlice<UInt8>) -> StoredDigest {
         var input = withUnsafeBytes(of: chunk.littleEndian) { Array($0) }
         input += bytes
         let h = SHA256.hash(input)
         let word = { (at: Int) in (0..<8).reduce(UInt64(0)) { $0 | UInt64(h[at + $1]) << (8 * UInt64($1)) } }
-        return StoredDigest(low: word(0), high: word(8))
+        return StoredDigest(low: word(0), high: word(8), segmentVersion: chunk % 2 == 0 ? 3 : 2)
     }
 
     /// The digests of a segment's data chunks, in extent order, from its plaintext.
@@ -124,7 +125,7 @@ import TidemarkTesting
         // Ranges outside the disk are refused.
         #expect(tidemarkError { _ = try again.lookup(first: 499, count: 2) }?.kind == .invalidArgument)
         // Digest counts must match the data chunks.
-        let bad = tidemarkError { try again.apply(sequence: 8, extents: f.extents([(0, 2, false)]), digests: [StoredDigest(low: 1, high: 2)]) }
+        let bad = tidemarkError { try again.apply(sequence: 8, extents: f.extents([(0, 2, false)]), digests: [StoredDigest(low: 1, high: 2, segmentVersion: 3)]) }
         #expect(bad?.kind == .corrupt)
     }
 
@@ -159,6 +160,40 @@ import TidemarkTesting
         // A sequence that is neither stored nor pruned stops the catch-up.
         let missing = tidemarkError { try rebuilt.catchUp(to: 10, from: f.target, digestsOf: Self.digestsOf(f)) }
         #expect(missing?.kind == .notFound && missing?.message.contains("sequence 9") == true)
+    }
+
+    /// A version 1 file (written before state 3 existed) is read as it is
+    /// and its header becomes version 2 at the next flush; a state byte
+    /// beyond 3 is damage.
+    @Test func version1FilesStayReadable() throws {
+        let f = try TargetFixture(tag: "digest-v1", sizeBytes: 500 * 4096)
+        try Self.history(f)
+        var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
+        try held!.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
+        try held!.flush()
+        let path = held!.path
+        held = nil
+        // Relabel the header as version 1, with a valid check.
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        #expect(bytes[8] == 2 && bytes[9] == 0)
+        bytes[8] = 1
+        bytes.replaceSubrange(4064..<4096, with: SHA256.hash(Array(bytes[0..<4064])))
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        var damaged: [String] = []
+        let again = try f.target.digestIndex(diskID: f.disk.diskID) { damaged.append($0) }
+        #expect(damaged.isEmpty && again.sequence == 7)
+        #expect(try lookupAll(again, f) == Self.model(f))
+        // Both data states are present (even chunks digested as format 3).
+        let versions: [UInt16] = try again.lookup(first: 2, count: 2).states.map { state -> UInt16 in
+            if case .data(let d) = state { return d.segmentVersion }
+            return 0
+        }
+        #expect(versions == [3, 2])
+        try f.put([(20, 1, false)])
+        try again.catchUp(to: 8, from: f.target, digestsOf: Self.digestsOf(f))
+        try again.flush()
+        let after = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        #expect(after[8] == 2 && after[9] == 0)
     }
 
     @Test func damageAndTamperingAreDetected() throws {

@@ -55,7 +55,8 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
         .segment([]),
         .digestRequest(diskID: "disk-a", firstChunk: 4096, count: 2048),
         .chunkDigests(diskID: "disk-a", firstChunk: 4096, sequence: 77,
-                      states: [.unknown, .zero, .data(ChunkDigest(low: 0x0123_4567_89AB_CDEF, high: 0xFEDC_BA98_7654_3210)), .unknown]),
+                      states: [.unknown, .zero, .data(ChunkDigest(low: 0x0123_4567_89AB_CDEF, high: 0xFEDC_BA98_7654_3210), .gmacAES),
+                               .data(ChunkDigest(low: 7, high: 8), .hmacSHA256), .unknown]),
     ]
 
     @Test(arguments: [Int.max, 1, 5, 13]) func roundTrip(maxRead: Int) throws {
@@ -123,7 +124,8 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
         }
         corrupt(frame(type: 9, length: 8, magic: Array("HTTP".utf8)) + [UInt8](repeating: 0, count: 8), "bad frame magic")
         corrupt(frame(type: 9, length: 8, version: 1) + [UInt8](repeating: 0, count: 8), "version 1")
-        corrupt(frame(type: 9, length: 8, version: 3) + [UInt8](repeating: 0, count: 8), "version 3")
+        corrupt(frame(type: 9, length: 8, version: 2) + [UInt8](repeating: 0, count: 8), "version 2")
+        corrupt(frame(type: 9, length: 8, version: 4) + [UInt8](repeating: 0, count: 8), "version 4")
         corrupt(frame(type: 99, length: 0), "unknown message type 99")
         // ping with 7 or 9 bytes
         corrupt(frame(type: 9, length: 7) + [UInt8](repeating: 0, count: 7), "truncated")
@@ -160,7 +162,7 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
     @Test func ackDurableExample() throws {
         let pipe = MemoryPipe()
         try FrameWriter(pipe).send(.ackDurable(diskID: "d1", sequence: 42))
-        #expect(hex(pipe.data) == "544d5746020006000b0000000264312a00000000000000")
+        #expect(hex(pipe.data) == "544d5746030006000b0000000264312a00000000000000")
     }
 
     /// The limits table of docs/wire-format.md, section 6.
@@ -179,12 +181,12 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
     @Test func chunkDigestsExample() throws {
         let pipe = MemoryPipe()
         try FrameWriter(pipe).send(.chunkDigests(diskID: "d1", firstChunk: 16, sequence: 9,
-                                                 states: [.zero, .data(ChunkDigest(bytes: Array(0..<16))), .unknown]))
-        #expect(hex(pipe.data) == "544d574602000c002a000000" + "026431" + "1000000000000000" + "0900000000000000"
-                + "03000000" + "010200" + "000102030405060708090a0b0c0d0e0f")
+                                                 states: [.zero, .data(ChunkDigest(bytes: Array(0..<16)), .gmacAES), .unknown]))
+        #expect(hex(pipe.data) == "544d574603000c002a000000" + "026431" + "1000000000000000" + "0900000000000000"
+                + "03000000" + "010300" + "000102030405060708090a0b0c0d0e0f")
         let req = MemoryPipe()
         try FrameWriter(req).send(.digestRequest(diskID: "d1", firstChunk: 16, count: 3))
-        #expect(hex(req.data) == "544d574602000b000f000000" + "026431" + "1000000000000000" + "03000000")
+        #expect(hex(req.data) == "544d574603000b000f000000" + "026431" + "1000000000000000" + "03000000")
     }
 
     @Test func countsOutsideTheLimitsAreRefused() throws {
@@ -195,11 +197,27 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
         #expect(tidemarkError { try w.send(.chunkDigests(diskID: "d", firstChunk: 0, sequence: 1, states: [])) }?.kind == .invalidArgument)
         #expect(pipe.data.isEmpty)
         // The largest answer fits its frame limit exactly when the disk id is the longest.
-        let states = (0..<WireLimits.digestsPerRequestMax).map { ChunkState.data(ChunkDigest(low: UInt64($0), high: 1)) }
+        let states = (0..<WireLimits.digestsPerRequestMax).map { ChunkState.data(ChunkDigest(low: UInt64($0), high: 1), $0 % 2 == 0 ? .gmacAES : .hmacSHA256) }
         let disk = String(repeating: "d", count: WireLimits.stringBytesMax)
         try w.send(.chunkDigests(diskID: disk, firstChunk: 0, sequence: 1, states: states))
         #expect(pipe.data.count == WireProtocol.frameHeaderBytes + WireLimits.chunkDigestsPayloadBytesMax)
         #expect(try readAll(pipe.data) == [.chunkDigests(diskID: disk, firstChunk: 0, sequence: 1, states: states)])
+    }
+
+    /// A process server reads frames of protocol version 2 and writes in it
+    /// for a version 2 agent; the agent's own reader takes only its version.
+    @Test func olderVersionFramesWhereAccepted() throws {
+        let old = frame(type: 9, length: 8, version: 2) + [UInt8](repeating: 0, count: 8)
+        let strict = FrameReader(MemoryPipe(old))
+        #expect(tidemarkError { _ = try strict.next() }?.message.contains("version 2") == true)
+        let server = FrameReader(MemoryPipe(old))
+        server.acceptedVersions = WireProtocol.acceptedVersions
+        #expect(try server.next() == .ping(0))
+        let pipe = MemoryPipe()
+        let w = FrameWriter(pipe)
+        w.version = 2
+        try w.send(.pong(0))
+        #expect(Array(pipe.data[4..<6]) == [2, 0])
     }
 
     @Test func malformedDigestMessagesAreRejected() throws {
@@ -210,11 +228,13 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
         }
         var r = ByteWriter(); r.u8(1); r.raw([0x64]); r.u64(0); r.u32(0)
         corrupt(frame(type: 11, length: UInt32(r.bytes.count)) + r.bytes, "limit")
-        var a = ByteWriter(); a.u8(1); a.raw([0x64]); a.u64(0); a.u64(1); a.u32(2); a.raw([1, 3])
-        corrupt(frame(type: 12, length: UInt32(a.bytes.count)) + a.bytes, "unknown state 3")
-        // A data state whose digest is missing.
-        var b = ByteWriter(); b.u8(1); b.raw([0x64]); b.u64(0); b.u64(1); b.u32(1); b.raw([2]); b.zeros(15)
-        corrupt(frame(type: 12, length: UInt32(b.bytes.count)) + b.bytes, "truncated")
+        var a = ByteWriter(); a.u8(1); a.raw([0x64]); a.u64(0); a.u64(1); a.u32(2); a.raw([1, 4])
+        corrupt(frame(type: 12, length: UInt32(a.bytes.count)) + a.bytes, "unknown state 4")
+        // A data state (either construction) whose digest is missing.
+        for state: UInt8 in [2, 3] {
+            var b = ByteWriter(); b.u8(1); b.raw([0x64]); b.u64(0); b.u64(1); b.u32(1); b.raw([state]); b.zeros(15)
+            corrupt(frame(type: 12, length: UInt32(b.bytes.count)) + b.bytes, "truncated")
+        }
         // A count beyond the limit is refused before the states are read.
         var c = ByteWriter(); c.u8(1); c.raw([0x64]); c.u64(0); c.u64(1); c.u32(UInt32(WireLimits.digestsPerRequestMax + 1))
         corrupt(frame(type: 12, length: UInt32(c.bytes.count)) + c.bytes, "limit")

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TidemarkSystem
 import TidemarkTesting
@@ -156,7 +157,7 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         #expect(tidemarkError { _ = try seal(overlap, sealer: sealer, formatVersion: 1) }?.message.contains("increasing offset order") == true)
         let beyond = Fixture(extents: [SegmentExtent(offset: diskSize - 5, length: 10, kind: .zero)], payload: [])
         #expect(tidemarkError { _ = try seal(beyond, sealer: sealer, chunk: 1) }?.message.contains("beyond the disk size") == true)
-        #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, formatVersion: 3) }?.kind == .invalidArgument)
+        #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, formatVersion: 4) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, disk: String(repeating: "d", count: 256)) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, kind: .point) }?.kind == .invalidArgument)
         let tooMany = Fixture(extents: (0..<(WireLimits.extentsPerSegmentMax + 1)).map { SegmentExtent(offset: UInt64($0) * 8, length: 4, kind: .zero) }, payload: [])
@@ -271,8 +272,8 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         m[0] = 0
         #expect(tidemarkError { _ = try m.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("magic") == true)
         var v = s
-        v[4] = 3
-        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 3") == true)
+        v[4] = 4
+        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 4") == true)
     }
 
     @Test func keyIDDerivation() throws {
@@ -331,54 +332,62 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         #expect(split == mac)
     }
 
-    /// The digest is the documented construction, bound to key, disk and chunk index.
+    /// Construction 2 is the documented HMAC, bound to key, disk and chunk index.
     @Test func digestConstruction() throws {
         let key = try testKey()
         let chunk = [UInt8](repeating: 0x5A, count: 4096)
         let d = ChunkDigester(key: key, diskID: "disk-a")
-        let got = chunk.withUnsafeBytes { d.digest(chunk: 7, $0) }
+        let got = chunk.withUnsafeBytes { d.digest(chunk: 7, $0, construction: .hmacSHA256) }
         let k = SHA256.hash(Array("tidemark-chunk-digest".utf8) + [0] + key.bytes)
         let prefix: [UInt8] = [6] + Array("disk-a".utf8) + [7, 0, 0, 0, 0, 0, 0, 0]
         let mac = prefix.withUnsafeBytes { p in chunk.withUnsafeBytes { HMACSHA256.mac(key: k, prefix: p, data: $0) } }
         #expect(got.bytes == Array(mac[0..<16]))
         #expect(ChunkDigest(bytes: got.bytes) == got)
-        #expect(chunk.withUnsafeBytes { d.digest(chunk: 8, $0) } != got)
-        #expect(chunk.withUnsafeBytes { ChunkDigester(key: key, diskID: "disk-b").digest(chunk: 7, $0) } != got)
-        #expect(try chunk.withUnsafeBytes { ChunkDigester(key: try testKey(2), diskID: "disk-a").digest(chunk: 7, $0) } != got)
-        var changed = chunk
-        changed[4095] ^= 1
-        #expect(changed.withUnsafeBytes { d.digest(chunk: 7, $0) } != got)
+        for how in DigestConstruction.allCases {
+            let base = chunk.withUnsafeBytes { d.digest(chunk: 7, $0, construction: how) }
+            #expect(chunk.withUnsafeBytes { d.digest(chunk: 8, $0, construction: how) } != base)
+            #expect(chunk.withUnsafeBytes { ChunkDigester(key: key, diskID: "disk-b").digest(chunk: 7, $0, construction: how) } != base)
+            #expect(try chunk.withUnsafeBytes { ChunkDigester(key: try testKey(2), diskID: "disk-a").digest(chunk: 7, $0, construction: how) } != base)
+            var changed = chunk
+            changed[4095] ^= 1
+            #expect(changed.withUnsafeBytes { d.digest(chunk: 7, $0, construction: how) } != base)
+            // A context reused over chunks gives what a fresh one gives.
+            let ctx = d.makeContext()
+            _ = changed.withUnsafeBytes { ctx.digest(chunk: 3, $0, construction: how) }
+            #expect(chunk.withUnsafeBytes { ctx.digest(chunk: 7, $0, construction: how) } == base)
+        }
+        #expect(chunk.withUnsafeBytes { d.digest(chunk: 7, $0, construction: .gmacAES) } != got)
     }
 
-    /// Format version 2 carries one digest per data chunk, in extent order,
-    /// each the digest of that chunk's plaintext.
-    @Test func version2HeaderCarriesChunkDigests() throws {
+    /// Construction 3 is AES-256 (K_p) of the GMAC tag (K_g, zero IV) of the
+    /// same message, checked against the openssl command line tool (an
+    /// independent path into OpenSSL: `openssl mac GMAC`, `openssl enc
+    /// -aes-256-ecb`), and the example of docs/wire-format.md 4.5.
+    @Test func gmacDigestConstruction() throws {
         let key = try testKey()
-        let f = Fixture.text()
-        let s = try seal(f, sealer: SegmentSealer(key: key, compressionLevel: 1))
-        let (h, n) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
-        #expect(h.version == 2 && s[4] == 2 && s[5] == 0)
-        // Extents: one data chunk at 0, two at chunks 4-5, zeros at 10-14.
-        #expect(h.chunkDigests.count == 3)
-        #expect(n == 76 + 6 + 3 * 16 + 3 * 16 && n == h.encodedBytes)
-        let d = ChunkDigester(key: key, diskID: "disk-a")
-        let expected = f.payload.withUnsafeBytes { p in
-            [d.digest(chunk: 0, UnsafeRawBufferPointer(rebasing: p[0..<65536])),
-             d.digest(chunk: 4, UnsafeRawBufferPointer(rebasing: p[65536..<131072])),
-             d.digest(chunk: 5, UnsafeRawBufferPointer(rebasing: p[131072..<196608]))]
+        let chunk = [UInt8](repeating: 0x5A, count: 4096)
+        let got = chunk.withUnsafeBytes { ChunkDigester(key: key, diskID: "disk-a").digest(chunk: 7, $0) }
+        #expect(DigestConstruction.current == .gmacAES)
+        let kg = SHA256.hash(Array("tidemark-chunk-digest-gmac".utf8) + [0] + key.bytes)
+        let kp = SHA256.hash(Array("tidemark-chunk-digest-prp".utf8) + [0] + key.bytes)
+        let dir = try TestEnv.tempDir("gmac-digest")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let message: [UInt8] = [6] + Array("disk-a".utf8) + [7, 0, 0, 0, 0, 0, 0, 0] + chunk
+        try Data(message).write(to: URL(fileURLWithPath: dir + "/m"))
+        let tag = try run(["openssl", "mac", "-cipher", "AES-256-GCM", "-macopt", "hexkey:" + hex(kg),
+                           "-macopt", "hexiv:" + String(repeating: "00", count: 12), "-in", dir + "/m", "GMAC"])
+        #expect(tag.ok, "\(tag.stderr)")
+        let tagBytes = stride(from: 0, to: 32, by: 2).map { i -> UInt8 in
+            let t = Array(tag.stdout.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            return UInt8(String(decoding: t[i..<i + 2], as: UTF8.self), radix: 16)!
         }
-        #expect(h.chunkDigests == expected)
-        #expect(h.dataChunkDigests?.map(\.chunk) == [0, 4, 5])
-        // The digests are at the end of the header, in order, little-endian words.
-        #expect(Array(s[(n - 48)..<(n - 32)]) == expected[0].bytes)
-        // They are authenticated: flipping one fails the tag check.
-        var t = s
-        t[n - 1] ^= 1
-        #expect(tidemarkError { _ = try open(t, opener: SegmentOpener(key: key)) }?.message.contains("authentication failed") == true)
-        // An extent that does not start on a chunk boundary is refused.
-        let tail = Fixture(extents: [SegmentExtent(offset: diskSize - 65536 - 100, length: 65536 + 100, kind: .data)],
-                           payload: [UInt8](repeating: 1, count: 65636))
-        #expect(tidemarkError { _ = try seal(tail, sealer: SegmentSealer(key: key, compressionLevel: 1)) }?.message.contains("not aligned") == true)
+        try Data(tagBytes).write(to: URL(fileURLWithPath: dir + "/t"))
+        let enc = try run(["openssl", "enc", "-aes-256-ecb", "-nopad", "-K", hex(kp), "-in", dir + "/t", "-out", dir + "/d"])
+        #expect(enc.ok, "\(enc.stderr)")
+        let want = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/d")))
+        #expect(got.bytes == want)
+        // The documented example (GMAC tag 00ec0be6ffc5a349b74a2964197addbe).
+        #expect(hex(got.bytes) == "ec0f9f22ca4b3d5118caa9a934d09311")
     }
 
     /// Segments of format version 1 (no digests) stay readable.
@@ -405,7 +414,7 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         relabelled[4] = 2
         let e = tidemarkError { _ = try relabelled.withUnsafeBytes { try SegmentHeader.decode($0) } }
         #expect(e?.kind == .corrupt && e?.message.contains("chunk digests") == true, "\(e?.message ?? "-")")
-        let v2 = try seal(Fixture.text(), sealer: SegmentSealer(key: key, compressionLevel: 1))
+        let v2 = try seal(Fixture.text(), sealer: SegmentSealer(key: key, compressionLevel: 1), formatVersion: 2)
         var relabelledDown = v2
         relabelledDown[4] = 1
         #expect(tidemarkError { _ = try relabelledDown.withUnsafeBytes { try SegmentHeader.decode($0) } }?.kind == .corrupt)

@@ -78,6 +78,18 @@ int tm_sha256(const void *data, size_t n, uint8_t *out32);
  * or -ENOMEM/-EIO. */
 int tm_hmac_sha256(const uint8_t *key, size_t keylen, const void *prefix, size_t prefixlen,
                    const void *data, size_t n, uint8_t *out32);
+/* Keyed 128-bit PRF for chunk digests (docs/wire-format.md 4.5, construction
+ * 3): AES-256 under prp_key32 of the GMAC tag (AES-256-GCM under gmac_key32,
+ * a 12-byte all-zero IV, no plaintext) over prefix[0..prefixlen) ‖
+ * data[0..n) as associated data. Both key schedules are made once per
+ * context; a context serves one thread at a time. NULL when OpenSSL cannot
+ * allocate or lacks AES. */
+struct tm_gmac_prf;
+struct tm_gmac_prf *tm_gmac_prf_new(const uint8_t *gmac_key32, const uint8_t *prp_key32);
+void tm_gmac_prf_free(struct tm_gmac_prf *c);
+/* The PRF of prefix ‖ data into out16. 0 or -EIO. */
+int tm_gmac_prf(struct tm_gmac_prf *c, const void *prefix, size_t prefixlen, const void *data, size_t n,
+                uint8_t *out16);
 /* Fills buf[0..n) from the OS CSPRNG (getrandom(2), retried on EINTR and
  * short reads). 0 or -errno. */
 int tm_random_bytes(void *buf, size_t n);
