@@ -308,29 +308,42 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   echo "== initial replication of an ext4 disk holding a copy of /usr to a process server on loopback (TLS)"
   make_usr_disk
   f=$(fio_seqread "$l" "$bytes")
-  cat "$work/usr.img" > /dev/null   # zstd's rate is its own: the data comes from the page cache
-  tz=$(timed sh -c "zstd -1 -T2 -c '$work/usr.img' > /dev/null"); z=$(awk -v b="$bytes" -v s="$tz" 'BEGIN {printf "%d", b/s}')
-  dropcaches
-  repl_setup; start_server
-  t0=$(now); start_agent "$l"
-  tr=$(elapsed "$t0" "$(committed_at 900)")
-  read -r sent zc < <(st get bytes_sent zero_chunks)
-  cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
-  stop_repl
+  # REPL_ROUNDS rounds of zstd then a whole initial replication (fresh spool,
+  # target and state each time), so each replication has a reference measured
+  # next to it: the host's CPU steal moves both by more than the difference.
+  # Reported: the median of the per-round ratios (and the rounds).
+  rounds=${REPL_ROUNDS:-3}; pairs=(); trs_=(); tzs=(); cpus=()
+  for round in $(seq "$rounds"); do
+    cat "$work/usr.img" > /dev/null   # zstd's rate is its own: the data comes from the page cache
+    tz=$(timed sh -c "zstd -1 -T2 -c '$work/usr.img' > /dev/null"); z=$(awk -v b="$bytes" -v s="$tz" 'BEGIN {printf "%d", b/s}')
+    "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
+    rm -rf "$target" "$spool" "$work/state"
+    dropcaches
+    repl_setup; start_server
+    t0=$(now); start_agent "$l"
+    tr=$(elapsed "$t0" "$(committed_at 900)")
+    read -r sent zc < <(st get bytes_sent zero_chunks)
+    cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
+    stop_repl
+    r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
+    ref=$(( f < z ? f : z ))
+    pairs+=("$(ratio "$r" "$ref")"); trs_+=("$tr"); tzs+=("$tz"); cpus+=("$cpu_a+$cpu_s_")
+    echo "round $round: zstd -1 -T2 ${tz} s = $(mibps "$z" 1) MiB/s; tidemark ${tr} s = $(mibps "$r" 1) MiB/s (CPU s: agent+server $cpu_a+$cpu_s_); ratio ${pairs[-1]}"
+  done
   target_bytes=$(du -sb "$target" | cut -f1)
-  r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
-  ref=$(( f < z ? f : z ))
+  tr=$(printf '%s\n' "${trs_[@]}" | median); tz=$(printf '%s\n' "${tzs[@]}" | median)
+  r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}'); z=$(awk -v b="$bytes" -v s="$tz" 'BEGIN {printf "%d", b/s}')
   echo "device: $((bytes >> 20)) MiB, /usr copy $((usr_kib >> 10)) MiB; sent $((sent >> 20)) MiB sealed, $zc zero chunks, target holds $((target_bytes >> 20)) MiB"
-  echo "fio seq read (O_DIRECT): $(mibps "$f" 1) MiB/s; zstd -1 -T2: $(mibps "$z" 1) MiB/s (${tz} s from page cache)"
-  echo "tidemark initial replication, agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s (CPU: agent ${cpu_a} s, server ${cpu_s_} s)"
-  if [ "${SKIP_TOOLS:-0}" = 1 ]; then echo "replication/min(fio, zstd) ratio: $(ratio "$r" "$ref") (target >= 0.8); restic and borg skipped (SKIP_TOOLS=1)"; else
+  echo "fio seq read (O_DIRECT): $(mibps "$f" 1) MiB/s; zstd -1 -T2 (median of $rounds): $(mibps "$z" 1) MiB/s (${tz} s from page cache)"
+  echo "tidemark initial replication (median of $rounds), agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s (CPU s per round, agent+server: ${cpus[*]})"
+  echo "replication/min(fio, zstd) ratio: $(printf '%s\n' "${pairs[@]}" | median) (median of the rounds' ratios: ${pairs[*]}; target >= 0.8)"
+  if [ "${SKIP_TOOLS:-0}" = 1 ]; then echo "restic and borg skipped (SKIP_TOOLS=1)"; else
   dropcaches; restic -q -r "$work/restic" init
   trs=$(timed restic_backup "$l")
   dropcaches; borg init -e none "$work/borg"
   tb=$(timed borg_backup "$l" a)
   echo "restic backup --stdin: ${trs} s; borg create (-e none, lz4): ${tb} s"
-  echo "replication/min(fio, zstd) ratio: $(ratio "$r" "$ref") (target >= 0.8)"
-  echo "restic/tidemark time: $(ratio "$trs" "$tr"); borg/tidemark time: $(ratio "$tb" "$tr") (target >= 3)"
+  echo "restic/tidemark time: $(ratio "$trs" "$tr"); borg/tidemark time: $(ratio "$tb" "$tr") (against the median replication; target >= 3)"
   fi
   release_disk "$l"
   rm -rf "$work/restic" "$work/borg" "$target" "$spool" "$work/state" "$work/usr.img" "$work/mnt"
