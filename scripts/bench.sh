@@ -3,6 +3,7 @@
 # ratio against a reference measured in the same run on the same device (these
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
 #   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle]
+#   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
@@ -21,8 +22,12 @@ install_bench_deps() {
 }
 if [ "$what" = deps ]; then install_bench_deps; exit 0; fi
 case "$what" in replicate|incremental|all) install_bench_deps ;; esac
-swift build -c release 2>&1 | tail -n 1
-BIN=$(swift build -c release --show-bin-path)
+# TIDEMARK_BENCH_BIN: a directory with tidemark-agent and tidemark-server
+# built elsewhere (A/B comparisons of saved builds); default: build release here.
+if [ -n "${TIDEMARK_BENCH_BIN:-}" ]; then BIN=$TIDEMARK_BENCH_BIN; else
+  swift build -c release 2>&1 | tail -n 1
+  BIN=$(swift build -c release --show-bin-path)
+fi
 work=$(mktemp -d /var/tmp/tidemark-bench.XXXXXX)
 export TIDEMARK_BPF_PIN_DIR=/sys/fs/bpf/tidemark-bench TIDEMARK_RUN_DIR=/run/tidemark-bench
 loops=(); agent=""; server=""; bgpids=(); mounts=(); separate=""

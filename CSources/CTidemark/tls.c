@@ -219,6 +219,17 @@ struct tm_tls_ctx *tm_tls_ctx_new(int is_server, const char *ca_path, const char
     SSL_CTX_set_options(c, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    /* AES-128-GCM first (OpenSSL's default order puts AES-256-GCM first):
+     * segments are already sealed with AES-256-GCM under the replication
+     * key, so the record layer protects the channel (authentication,
+     * metadata, frames) rather than the data's secrecy, and AES-128 costs
+     * about 30% less CPU per byte. Both sides set the same order, so
+     * whichever side's preference counts the result is the same; the other
+     * TLS 1.3 suites stay allowed for peers that insist on them. */
+    if (!SSL_CTX_set_ciphersuites(c, TM_TLS_CIPHERSUITES)) {
+        drain_errors(msg, msglen, "setting the TLS 1.3 cipher suites: ");
+        goto fail;
+    }
     /* Read ahead: one recv takes every record already received, up to the
      * buffer (128 KiB: eight full records), instead of one recv for each
      * record's header and another for its body. The bytes it keeps are
@@ -392,4 +403,9 @@ void tm_tls_peer_common_name(struct tm_tls *t, char *buf, size_t len) {
 
 const char *tm_tls_protocol_version(struct tm_tls *t) {
     return SSL_get_version(t->ssl);
+}
+
+const char *tm_tls_cipher_name(struct tm_tls *t) {
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    return c == NULL ? "" : SSL_CIPHER_get_name(c);
 }

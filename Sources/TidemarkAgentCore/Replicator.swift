@@ -329,8 +329,10 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         do {
-            // The reader's aligned buffers (queue depth × request size) and
-            // the payload buffers exist while there is work: after
+            // The reader (its ring; it reads straight into the payload
+            // buffers, which are page-aligned and hold a whole segment, so
+            // it makes no buffers of its own for them) and the payload
+            // buffers exist while there is work: after
             // `readerIdleReleaseMs` without any, they are given back and
             // made again by the next batch.
             var reader: ChunkReader?
@@ -364,7 +366,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 payloads = pool
                 for p in batch {
                     let buffer = pool.take(payloadBytes)
-                    let plan = try read(p, reader: current, into: buffer.bytes)
+                    let plan = try read(p, reader: current, into: buffer.buffer)
                     try pipeline.submit({ sealer in
                         try self.seal(p, plan, payload: UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<plan.payloadBytes]), sealer: sealer)
                     }, deliver: { bytes in
@@ -439,49 +441,31 @@ public final class DiskReplicator: @unchecked Sendable {
         var zeroChunks: UInt64
     }
 
-    /// Reads one segment's chunks; the bytes of its data chunks go to
-    /// `buffer`, one after the other (at most `chunksPerSegment` chunks, so
-    /// they fit).
-    private func read(_ p: Planned, reader: ChunkReader, into buffer: UnsafeMutableRawBufferPointer) throws -> ReadPlan {
+    /// Reads one segment's chunks straight into `buffer` (O_DIRECT, no
+    /// copy), then keeps the bytes of its data chunks, one after the other,
+    /// at its start: zero chunks are dropped by moving the data after them
+    /// down, in place (`SegmentPayloadCompactor`). The buffer holds
+    /// `chunksPerSegment` chunks, zero ones included.
+    private func read(_ p: Planned, reader: ChunkReader, into buffer: AlignedBuffer) throws -> ReadPlan {
         let size = session.device.sizeBytes
         var readBytes: UInt64 = 0
-        var zeroChunks: UInt64 = 0
-        var extents: [SegmentExtent] = []
-        var used = 0
+        var payload = SegmentPayloadCompactor(chunkBytes: Int(chunkBytes))
         let byteExtents = p.runs.map { (start, n) -> ByteExtent in
             let off = start * chunkBytes
             return ByteExtent(offset: off, length: min(n * chunkBytes, size - off))
         }
         if !byteExtents.isEmpty {
-            try reader.read(byteExtents) { offset, data in
-                readBytes += UInt64(data.count)
-                var pos = 0
-                while pos < data.count {
-                    let n = min(Int(chunkBytes), data.count - pos)
-                    let piece = UnsafeRawBufferPointer(rebasing: data[pos..<pos + n])
-                    let zero = isAllZero(piece)
-                    let off = offset + UInt64(pos)
-                    if zero { zeroChunks += 1 }
-                    let kind: ExtentKind = zero ? .zero : .data
-                    if var last = extents.last, last.kind == kind, last.offset + UInt64(last.length) == off,
-                       UInt64(last.length) + UInt64(n) <= UInt64(UInt32.max) {
-                        last.length += UInt32(n)
-                        extents[extents.count - 1] = last
-                    } else {
-                        extents.append(SegmentExtent(offset: off, length: UInt32(n), kind: kind))
-                    }
-                    if !zero {
-                        precondition(used + n <= buffer.count, "a segment's chunks exceed its payload buffer")
-                        UnsafeMutableRawBufferPointer(rebasing: buffer[used..<used + n]).copyMemory(from: piece)
-                        used += n
-                    }
-                    pos += n
-                }
+            precondition(reader.requestedBytes(byteExtents) <= buffer.count, "a segment's chunks exceed its payload buffer")
+            let bytes = buffer.bytes
+            try reader.read(byteExtents, into: buffer) { offset, range in
+                readBytes += UInt64(range.count)
+                payload.add(offset: offset, range: range, in: bytes)
             }
         }
-        let payload = UnsafeRawBufferPointer(rebasing: buffer[0..<used])
-        Log.debug("\(diskID): #\(p.sequence) read at \(monotonicNanoseconds() / 1_000_000) ms: \(Self.describe(extents, payload, chunkBytes: chunkBytes))")
-        return ReadPlan(extents: extents, payloadBytes: used, readBytes: readBytes, zeroChunks: zeroChunks)
+        let used = payload.payloadBytes
+        let extents = payload.extents
+        Log.debug("\(diskID): #\(p.sequence) read at \(monotonicNanoseconds() / 1_000_000) ms: \(Self.describe(extents, UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<used]), chunkBytes: chunkBytes))")
+        return ReadPlan(extents: extents, payloadBytes: used, readBytes: readBytes, zeroChunks: payload.zeroChunks)
     }
 
     /// "chunk:crc32c" for each data chunk and "chunk:0" for each zero chunk,

@@ -45,6 +45,8 @@ public final class BufferPool: @unchecked Sendable {
     }
 
     fileprivate func giveBack(_ b: AlignedBuffer) {
+        // The kernel may still write into it (ChunkReader could not reap a read).
+        if b.isAbandoned { return }
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         if idle.count < keptMax {

@@ -61,8 +61,11 @@ public struct ChunkReaderOptions: Sendable {
 }
 
 /// Reads extents of a block device (or a regular file, in tests) in
-/// ascending order, with io_uring and O_DIRECT into aligned buffers that are
-/// allocated once and reused, keeping at most `queueDepth` reads in flight.
+/// ascending order, with io_uring and O_DIRECT, keeping at most `queueDepth`
+/// reads in flight: straight into the caller's buffer (`read(_:into:_:)`),
+/// or into aligned buffers of the reader's own, made when first needed and
+/// reused (`read(_:_:)`, and pieces that cannot go straight to the caller's
+/// buffer because they are not aligned).
 ///
 /// Falls back to `pread` when io_uring is unavailable (ENOSYS, EPERM from a
 /// seccomp filter or the `kernel.io_uring_disabled` sysctl, a kernel without
@@ -105,10 +108,15 @@ public final class ChunkReader {
     /// The io_uring instance (backend == .ioUring). nil after a failure that
     /// forced a teardown; recreated by the next read.
     private var ring: OpaquePointer?
-    /// One buffer per read in flight, `bufferBytes` each.
-    private var buffers: [AlignedBuffer]
+    /// One buffer per read in flight, `bufferBytes` each, allocated the
+    /// first time its slot needs one (reads straight into a caller's
+    /// buffer need none).
+    private var buffers: [AlignedBuffer?]
     private let bufferBytes: Int
     private var reading = false
+    /// Tests only: how many of the reader's own buffers exist (reads
+    /// straight into a destination need none).
+    var buffersAllocatedForTesting: Int { buffers.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
     /// Tests only: caps every read at this many bytes (rounded down to the
     /// alignment, at least one block), so that pieces take several reads
     /// and the short-read resubmission path runs on demand.
@@ -208,7 +216,7 @@ public final class ChunkReader {
             ? options.maxRequestBytes
             : (options.maxRequestBytes + alignment - 1) / alignment * alignment + alignment
         let count = backend == .ioUring ? options.queueDepth : 1
-        self.buffers = (0..<count).map { _ in AlignedBuffer(count: bufferBytes, alignment: Self.bufferAlignmentBytes) }
+        self.buffers = Array(repeating: nil, count: count)
         self.bufferBytes = bufferBytes
         self.fd = fd
         self.ring = ring
@@ -236,6 +244,44 @@ public final class ChunkReader {
     /// thrown by `body` stops the read (after reaping reads in flight) and is
     /// rethrown.
     public func read(_ extents: [ByteExtent], _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
+        try run(extents, into: nil) { piece, bytes in
+            try body(piece.offset, UnsafeRawBufferPointer(start: bytes, count: piece.length))
+        }
+    }
+
+    /// Like `read(_:_:)`, but the bytes go to `destination`: the requested
+    /// bytes one after the other in ascending offset order (the coalesced
+    /// extents' bytes concatenated, from byte 0), and `body(offset, range)`
+    /// is called for each completed piece with where its bytes are in
+    /// `destination`. Reads go straight into `destination` where they can
+    /// (a piece whose offset and length are aligned to `ioAlignmentBytes`
+    /// and whose place in `destination` is aligned to `bufferAlignmentBytes`
+    /// under O_DIRECT); other pieces are read into the reader's buffers and
+    /// copied. `destination` must hold `requestedBytes(extents)`. Bytes of
+    /// `destination` before the current piece's range are the caller's to
+    /// change from `body` (reads in flight only write at or after it). When
+    /// `read` returns or throws, no read into `destination` is in flight
+    /// (if the reader cannot make sure of that, it keeps `destination`
+    /// alive forever and marks it `isAbandoned`).
+    public func read(_ extents: [ByteExtent], into destination: AlignedBuffer,
+                     _ body: (UInt64, Range<Int>) throws -> Void) throws {
+        let needed = requestedBytes(extents)
+        precondition(needed <= destination.count,
+                     "ChunkReader.read(into:): \(needed) bytes requested, the destination holds \(destination.count)")
+        try run(extents, into: destination) { piece, _ in
+            try body(piece.offset, piece.destinationOffset..<piece.destinationOffset + piece.length)
+        }
+    }
+
+    /// The bytes `read` delivers for `extents`: their coalesced, clipped length.
+    public func requestedBytes(_ extents: [ByteExtent]) -> Int {
+        Self.coalesce(extents, clippedTo: sizeBytes).reduce(0) { $0 + Int($1.upperBound - $1.lowerBound) }
+    }
+
+    /// Reads the pieces of `extents` in order; `deliver` gets each completed
+    /// piece and where its requested bytes are (in `destination` if given).
+    private func run(_ extents: [ByteExtent], into destination: AlignedBuffer?,
+                     _ deliver: (Piece, UnsafeMutableRawPointer) throws -> Void) throws {
         precondition(!reading, "ChunkReader.read is not reentrant: body called back into the reader of \(path)")
         reading = true
         defer { reading = false }
@@ -243,8 +289,8 @@ public final class ChunkReader {
             ranges: Self.coalesce(extents, clippedTo: sizeBytes),
             maxRequestBytes: options.maxRequestBytes, alignment: ioAlignmentBytes)
         switch backend {
-        case .pread: try readWithPread(&pieces, body)
-        case .ioUring: try readWithIOUring(&pieces, body)
+        case .pread: try readWithPread(&pieces, destination, deliver)
+        case .ioUring: try readWithIOUring(&pieces, destination, deliver)
         }
     }
 
@@ -263,6 +309,9 @@ public final class ChunkReader {
         /// The read, aligned outward (its length may pass EOF for a file whose size is unaligned).
         var ioOffset: UInt64
         var ioLength: Int
+        /// Where the requested bytes go in a destination buffer: the
+        /// requested bytes of every earlier piece, added up.
+        var destinationOffset: Int = 0
         /// Bytes from ioOffset that must arrive before the piece is complete.
         var needed: Int { Int(offset - ioOffset) + length }
     }
@@ -276,6 +325,7 @@ public final class ChunkReader {
         let alignment: UInt64
         var index = 0
         var cursor: UInt64
+        var delivered = 0
 
         init(ranges: [Range<UInt64>], maxRequestBytes: Int, alignment: Int) {
             self.ranges = ranges
@@ -301,7 +351,10 @@ public final class ChunkReader {
                 cursor = end
                 let ioStart = start / alignment * alignment
                 let ioEnd = (end + alignment - 1) / alignment * alignment
-                return Piece(offset: start, length: Int(end - start), ioOffset: ioStart, ioLength: Int(ioEnd - ioStart))
+                let piece = Piece(offset: start, length: Int(end - start), ioOffset: ioStart, ioLength: Int(ioEnd - ioStart),
+                                  destinationOffset: delivered)
+                delivered += piece.length
+                return piece
             }
             return nil
         }
@@ -330,29 +383,59 @@ public final class ChunkReader {
 
     // MARK: - pread
 
-    private func readWithPread(_ pieces: inout PieceIterator, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
-        let buffer = buffers[0]
+    private func readWithPread(_ pieces: inout PieceIterator, _ destination: AlignedBuffer?,
+                               _ deliver: (Piece, UnsafeMutableRawPointer) throws -> Void) throws {
         let fd = fd.rawValue
         while let piece = pieces.next() {
+            let (target, bounced) = placement(piece, destination, slot: 0)
             var valid = 0  // bytes from piece.ioOffset that have arrived
             while valid < piece.needed {
                 let position = resumePosition(valid)
                 let n = try syscall("pread", readContext(piece)) {
-                    Glibc.pread(fd, buffer.pointer + position, readLength(piece.ioLength - position), off_t(piece.ioOffset) + off_t(position))
+                    Glibc.pread(fd, target + position, readLength(piece.ioLength - position), off_t(piece.ioOffset) + off_t(position))
                 }
                 if n == 0 || position + n <= valid {
                     throw shortRead(piece, endOfFileAt: piece.ioOffset + UInt64(max(valid, position + n)))
                 }
                 valid = position + n
             }
-            try body(piece.offset, UnsafeRawBufferPointer(start: buffer.pointer + Int(piece.offset - piece.ioOffset), count: piece.length))
+            try deliver(piece, landed(piece, target: target, bounced: bounced, destination))
         }
+    }
+
+    /// Where the read of `piece` goes: straight into `destination` when the
+    /// piece is aligned there (nothing read beyond its requested bytes, the
+    /// memory aligned for O_DIRECT), else the slot's own buffer (`bounced`).
+    private func placement(_ piece: Piece, _ destination: AlignedBuffer?, slot: Int) -> (UnsafeMutableRawPointer, bounced: Bool) {
+        if let destination, piece.offset == piece.ioOffset, piece.length == piece.ioLength {
+            let target = destination.pointer + piece.destinationOffset
+            if !isDirect || Int(bitPattern: target) % Self.bufferAlignmentBytes == 0 { return (target, false) }
+        }
+        if let buffer = buffers[slot] { return (buffer.pointer, true) }
+        let buffer = AlignedBuffer(count: bufferBytes, alignment: Self.bufferAlignmentBytes, zeroed: false)
+        buffers[slot] = buffer
+        return (buffer.pointer, true)
+    }
+
+    /// A completed piece's requested bytes: in `destination` (copied there
+    /// from the slot's buffer if it was read there), or in the slot's buffer.
+    private func landed(_ piece: Piece, target: UnsafeMutableRawPointer, bounced: Bool,
+                        _ destination: AlignedBuffer?) -> UnsafeMutableRawPointer {
+        let bytes = target + Int(piece.offset - piece.ioOffset)
+        guard bounced, let destination else { return bytes }
+        let place = destination.pointer + piece.destinationOffset
+        place.copyMemory(from: bytes, byteCount: piece.length)
+        return place
     }
 
     // MARK: - io_uring
 
     private struct Slot {
         var piece: Piece
+        /// Where the read of piece.ioOffset goes, and whether that is the
+        /// slot's buffer rather than the destination.
+        var target: UnsafeMutableRawPointer
+        var bounced: Bool
         /// Bytes from piece.ioOffset that have arrived.
         var valid = 0
         /// Where the read in flight starts, relative to piece.ioOffset.
@@ -365,7 +448,8 @@ public final class ChunkReader {
         var failure: (any Error)?
     }
 
-    private func readWithIOUring(_ pieces: inout PieceIterator, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Void) throws {
+    private func readWithIOUring(_ pieces: inout PieceIterator, _ destination: AlignedBuffer?,
+                                 _ deliver: (Piece, UnsafeMutableRawPointer) throws -> Void) throws {
         if ring == nil {
             var fresh: OpaquePointer?
             try shimcall("io_uring_setup", "setting up io_uring again to read \(path)") {
@@ -388,7 +472,7 @@ public final class ChunkReader {
 
         func queue(_ index: Int) throws {
             let slot = slots[index]!
-            let buffer = buffers[index].pointer + slot.position
+            let buffer = slot.target + slot.position
             let length = UInt32(readLength(slot.piece.ioLength - slot.position))
             let offset = slot.piece.ioOffset + UInt64(slot.position)
             var r = tm_uring_prep_read(ring, fd, buffer, length, offset, UInt64(index))
@@ -455,7 +539,8 @@ public final class ChunkReader {
                         break
                     }
                     let index = started % depth
-                    slots[index] = Slot(piece: piece)
+                    let (target, bounced) = placement(piece, destination, slot: index)
+                    slots[index] = Slot(piece: piece, target: target, bounced: bounced)
                     try queue(index)
                     started += 1
                 }
@@ -475,21 +560,21 @@ public final class ChunkReader {
                     slots[index] = nil
                     delivered += 1
                     if let failure = slot.failure { throw failure }
-                    let piece = slot.piece
-                    try body(piece.offset, UnsafeRawBufferPointer(
-                        start: buffers[index].pointer + Int(piece.offset - piece.ioOffset), count: piece.length))
+                    try deliver(slot.piece, landed(slot.piece, target: slot.target, bounced: slot.bounced, destination))
                 }
             }
         } catch {
-            drain(queued: queued, submitted: submitted)
+            drain(queued: queued, submitted: submitted, destination: destination)
             throw error
         }
     }
 
     /// After an error: reaps every read still in flight so the ring and its
     /// buffers can be reused by the next call. If that is impossible, gives
-    /// up the ring (and, if the kernel may still write into them, the buffers).
-    private func drain(queued: Int, submitted: Int) {
+    /// up the ring (and, if the kernel may still write into them, the
+    /// buffers and `destination`: kept alive forever, and `destination`
+    /// marked abandoned so that no pool hands it out again).
+    private func drain(queued: Int, submitted: Int, destination: AlignedBuffer?) {
         guard let ring else { return }
         var queued = queued
         var submitted = submitted
@@ -516,8 +601,12 @@ public final class ChunkReader {
                 } else if r != -EINTR {
                     // The kernel may still write into these buffers: never free them.
                     log("\(path): io_uring: cannot reap \(submitted) reads in flight (\(Self.errnoText(-r))); abandoning the ring and its buffers")
-                    for buffer in buffers { _ = Unmanaged.passRetained(buffer) }
-                    buffers = buffers.map { _ in AlignedBuffer(count: bufferBytes, alignment: Self.bufferAlignmentBytes) }
+                    for case let buffer? in buffers { _ = Unmanaged.passRetained(buffer) }
+                    buffers = buffers.map { _ in nil }
+                    if let destination {
+                        _ = Unmanaged.passRetained(destination)
+                        destination.abandon()
+                    }
                     self.ring = nil  // not destroyed: teardown would not wait for those reads either
                     return
                 }

@@ -1,5 +1,6 @@
 import CTidemark
 import Glibc
+import Synchronization
 
 /// An owned file descriptor, closed on deinit. The corresponding C calls are
 /// `open`, `pread`, `pwrite`, `fdatasync`, `close`.
@@ -166,6 +167,13 @@ public final class AlignedBuffer: @unchecked Sendable {
     }
 
     deinit { pointer.deallocate() }
+
+    /// Set when the kernel may still write into the buffer (a read that
+    /// could not be reaped, see `ChunkReader`): it is kept alive forever
+    /// and a `BufferPool` never hands it out again.
+    public var isAbandoned: Bool { abandoned.load(ordering: .acquiring) }
+    private let abandoned = Atomic<Bool>(false)
+    func abandon() { abandoned.store(true, ordering: .releasing) }
 
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: count) }
     public func slice(_ offset: Int, _ length: Int) -> UnsafeMutableRawBufferPointer {

@@ -108,6 +108,9 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public private(set) var peerCommonName: String = ""
     /// The negotiated protocol: "TLSv1.3".
     public private(set) var protocolVersion: String = ""
+    /// The negotiated cipher suite: "TLS_AES_128_GCM_SHA256" unless the peer
+    /// allows only another one.
+    public private(set) var cipherSuite: String = ""
 
     private init(socket: TCPSocket, context: TLSContext, tls: OpaquePointer, peer: String) {
         self.socket = socket
@@ -159,6 +162,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 tm_tls_peer_common_name(raw, &cn, cn.count)
                 stream.peerCommonName = cArrayString(cn)
                 stream.protocolVersion = String(cString: tm_tls_protocol_version(raw))
+                stream.cipherSuite = String(cString: tm_tls_cipher_name(raw))
                 return stream
             case TM_TLS_WANT_READ, TM_TLS_WANT_WRITE:
                 let left = deadline == Int64.max ? -1 : Int(max(0, deadline - monotonicMs()))

@@ -125,6 +125,39 @@ private func readAndVerify(
     #expect(delivered == referenceCoverage(extents, size: reader.sizeBytes), "for extents \(extents)", sourceLocation: sourceLocation)
 }
 
+/// Reads `extents` with `read(_:into:_:)` into a destination with room to
+/// spare (filled with a marker first) and checks: the ranges follow each
+/// other from byte 0, each piece's offset ascends, the destination holds
+/// exactly the reference coverage's bytes concatenated, and nothing after
+/// them was written.
+private func readIntoAndVerify(
+    _ reader: ChunkReader, _ extents: [ByteExtent], content: [UInt8],
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    let coverage = referenceCoverage(extents, size: reader.sizeBytes)
+    let total = coverage.reduce(0) { $0 + Int($1.upperBound - $1.lowerBound) }
+    #expect(reader.requestedBytes(extents) == total, sourceLocation: sourceLocation)
+    let spare = 8192
+    let destination = AlignedBuffer(count: total + spare, alignment: ChunkReader.bufferAlignmentBytes, zeroed: false)
+    destination.pointer.initializeMemory(as: UInt8.self, repeating: 0xA5, count: destination.count)
+    var next = 0
+    var lastOffset: UInt64?
+    try reader.read(extents, into: destination) { offset, range in
+        #expect(range.lowerBound == next, "range \(range) after \(next)", sourceLocation: sourceLocation)
+        #expect(range.count > 0 && range.count <= reader.options.maxRequestBytes, sourceLocation: sourceLocation)
+        if let lastOffset { #expect(offset > lastOffset, sourceLocation: sourceLocation) }
+        lastOffset = offset
+        next = range.upperBound
+    }
+    #expect(next == total, "for extents \(extents)", sourceLocation: sourceLocation)
+    var expected: [UInt8] = []
+    for r in coverage { expected += content[Int(r.lowerBound)..<Int(r.upperBound)] }
+    let got = Array(UnsafeRawBufferPointer(start: destination.pointer, count: total))
+    #expect(got == expected, "destination differs from the file, for extents \(extents)", sourceLocation: sourceLocation)
+    let after = UnsafeRawBufferPointer(start: destination.pointer + total, count: spare)
+    #expect(!after.contains { $0 != 0xA5 }, "bytes written past the requested ones, for extents \(extents)", sourceLocation: sourceLocation)
+}
+
 private func openReader(_ path: String, _ options: ChunkReaderOptions) throws -> ChunkReader {
     // The internal initializer ignores a TIDEMARK_DISABLE_IO_URING the test
     // runner may have set, so these tests exercise both backends.
@@ -157,7 +190,9 @@ private func checkBackend(_ reader: ChunkReader, requested: ReadBackend, direct:
         #expect(reader.sizeBytes == UInt64(size))
         var rng = SplitMix64(seed: 0x7DE_3A4C + UInt64(direct ? 1 : 0) + (backend == .pread ? 2 : 0))
         for _ in 0..<40 {
-            try readAndVerify(reader, randomExtents(&rng, size: UInt64(size)), content: content)
+            let extents = randomExtents(&rng, size: UInt64(size))
+            try readAndVerify(reader, extents, content: content)
+            try readIntoAndVerify(reader, extents, content: content)
         }
         // The fixed cases, spelled out.
         let s = UInt64(size)
@@ -170,6 +205,48 @@ private func checkBackend(_ reader: ChunkReader, requested: ReadBackend, direct:
         try readAndVerify(reader, [ByteExtent(offset: 1000, length: 9000), ByteExtent(offset: 5000, length: 100),
                                    ByteExtent(offset: 9999, length: 70_000)], content: content)  // overlapping
         try readAndVerify(reader, [ByteExtent(offset: 0, length: UInt64.max)], content: content)
+        try readIntoAndVerify(reader, [ByteExtent(offset: s - 5, length: 4096)], content: content)
+        try readIntoAndVerify(reader, [ByteExtent(offset: 1000, length: 9000), ByteExtent(offset: 5000, length: 100),
+                                       ByteExtent(offset: 9999, length: 70_000)], content: content)
+        try readIntoAndVerify(reader, [ByteExtent(offset: 0, length: UInt64.max)], content: content)
+    }
+
+    /// Aligned extents (chunks) go straight into the destination: the
+    /// reader makes no buffers of its own; an unaligned one (the end of a
+    /// file whose size is not a multiple of the block) takes one.
+    @Test(arguments: [ReadBackend.ioUring, .pread], [true, false])
+    func alignedExtentsAreReadStraightIntoTheDestination(backend: ReadBackend, direct: Bool) throws {
+        let dir = try TempDir()
+        let size = 4 << 20 + 1234
+        let content = patternBytes(size: size)
+        try writeFile(dir.file("data"), content)
+        let reader = try openReader(dir.file("data"),
+                                    .init(queueDepth: 8, maxRequestBytes: 256 << 10, direct: direct, preferredBackend: backend))
+        checkBackend(reader, requested: backend, direct: direct)
+        let chunk: UInt64 = 64 << 10
+        let chunks: [UInt64] = [0, 1, 2, 5, 6, 7, 8, 9, 13, 30, 31, 32, 40, 41, 63]
+        try readIntoAndVerify(reader, chunks.map { ByteExtent(offset: $0 * chunk, length: chunk) }, content: content)
+        #expect(reader.buffersAllocatedForTesting == 0)
+        // The last chunk is cut short by the end of the file: read aligned outward, then copied.
+        try readIntoAndVerify(reader, [ByteExtent(offset: 60 * chunk, length: 10 * chunk)], content: content)
+        #expect(reader.buffersAllocatedForTesting == (reader.isDirect ? 1 : 0))
+    }
+
+    /// `body` may change the destination before the current piece while
+    /// later reads are in flight (what in-place compaction does).
+    @Test(arguments: [ReadBackend.ioUring, .pread])
+    func bodyMayRewriteDeliveredBytes(backend: ReadBackend) throws {
+        let dir = try TempDir()
+        let content = patternBytes(size: 2 << 20)
+        try writeFile(dir.file("data"), content)
+        let reader = try openReader(dir.file("data"), .init(queueDepth: 8, maxRequestBytes: 64 << 10, preferredBackend: backend))
+        let destination = AlignedBuffer(count: 2 << 20)
+        try reader.read([ByteExtent(offset: 0, length: 2 << 20)], into: destination) { _, range in
+            if range.lowerBound > 0 { memset(destination.pointer, 0x5A, range.lowerBound) }
+        }
+        let bytes = UnsafeRawBufferPointer(start: destination.pointer, count: destination.count)
+        #expect(!bytes[..<(2 << 20 - 64 << 10)].contains { $0 != 0x5A })
+        #expect(Array(bytes[(2 << 20 - 64 << 10)...]) == Array(content[(2 << 20 - 64 << 10)...]))
     }
 
     /// Reads that return less than asked in the middle of a piece are
@@ -185,9 +262,12 @@ private func checkBackend(_ reader: ChunkReader, requested: ReadBackend, direct:
         reader.readLengthLimitForTesting = 5000
         var rng = SplitMix64(seed: 99)
         for _ in 0..<10 {
-            try readAndVerify(reader, randomExtents(&rng, size: UInt64(size)), content: content)
+            let extents = randomExtents(&rng, size: UInt64(size))
+            try readAndVerify(reader, extents, content: content)
+            try readIntoAndVerify(reader, extents, content: content)
         }
         try readAndVerify(reader, [ByteExtent(offset: 0, length: UInt64(size))], content: content)
+        try readIntoAndVerify(reader, [ByteExtent(offset: 0, length: 1 << 20)], content: content)
     }
 
     @Test func adjacentExtentsAreCoalescedIntoFullRequests() throws {
@@ -430,8 +510,16 @@ private func run(_ executable: String, _ arguments: [String]) throws -> (status:
 
         try readAndVerify(reader, [ByteExtent(offset: 0, length: reader.sizeBytes)], content: content)
         for _ in 0..<20 {
-            try readAndVerify(reader, randomExtents(&rng, size: UInt64(size)), content: content)
+            let extents = randomExtents(&rng, size: UInt64(size))
+            try readAndVerify(reader, extents, content: content)
+            try readIntoAndVerify(reader, extents, content: content)
         }
         try readAndVerify(reader, [ByteExtent(offset: UInt64(size) - 100, length: 1 << 20)], content: content)
+        // Chunks, as the replicator reads them: straight into the destination.
+        let fresh = try openReader(device, .init(queueDepth: 16, maxRequestBytes: 1 << 20))
+        try readIntoAndVerify(fresh, [0, 3, 4, 5, 9, 100, 101, 127].map { ByteExtent(offset: UInt64($0) << 16, length: 1 << 16) },
+                              content: content)
+        try readIntoAndVerify(fresh, [ByteExtent(offset: 0, length: fresh.sizeBytes)], content: content)
+        #expect(fresh.buffersAllocatedForTesting == 0)
     }
 }

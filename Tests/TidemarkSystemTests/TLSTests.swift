@@ -120,6 +120,8 @@ private func describe(_ error: Error) -> String { String(describing: error) }
         let tls = try connect(listener, client)
         #expect(tls.protocolVersion == "TLSv1.3")
         #expect(tls.peerCommonName == "127.0.0.1")
+        // AES-128-GCM is preferred (the payload is already AES-256-GCM sealed).
+        #expect(tls.cipherSuite == "TLS_AES_128_GCM_SHA256")
 
         // 8 MiB written on one thread while this one reads the echo: full duplex.
         var rng = SplitMix64(seed: 42)

@@ -50,6 +50,10 @@ struct sockaddr;
 int tm_accept_cloexec(int fd, struct sockaddr *addr, unsigned int *len);
 int tm_pipe_cloexec_nonblock(int fds[2]);
 
+/* The TLS 1.3 cipher suites both sides allow, in order of preference
+ * (see tm_tls_ctx_new in tls.c for why AES-128-GCM comes first). */
+#define TM_TLS_CIPHERSUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
 /* Which file of a context failed to load (tm_tls_ctx_new). */
 enum {
     TM_TLS_FILE_NONE = 0,
@@ -95,5 +99,7 @@ void tm_tls_close_notify(struct tm_tls *t);
 void tm_tls_peer_common_name(struct tm_tls *t, char *buf, size_t len);
 /* "TLSv1.3" */
 const char *tm_tls_protocol_version(struct tm_tls *t);
+/* The negotiated cipher suite ("TLS_AES_128_GCM_SHA256"), "" before the handshake. */
+const char *tm_tls_cipher_name(struct tm_tls *t);
 
 #endif
