@@ -74,6 +74,15 @@ static inline uint64_t tm_atomic_fetch_or_u64(uint64_t *p, uint64_t mask) {
 static inline uint64_t tm_atomic_exchange_u64(uint64_t *p, uint64_t v) {
     return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
 }
+/* A spin-wait hint (PAUSE on x86): for a loop that polls a flag another
+ * thread sets, to spare the other hyperthread and the memory order machine. */
+static inline void tm_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 /* Index of the first non-zero word in [p, p+n), or n. Vectorized by the C
  * compiler; this is the hot loop of draining a mostly clean bitmap. */
 size_t tm_find_nonzero_word(const uint64_t *p, size_t n);
