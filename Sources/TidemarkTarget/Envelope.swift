@@ -61,7 +61,7 @@ struct Envelope: Equatable {
         w.u16(EnvelopeFormat.version)
         w.u8(kind.rawValue)
         w.u8(0)
-        w.u32(UInt32(EnvelopeFormat.minHeaderBytes - 1 + id.count + metadata.count))
+        w.u32(UInt32(headerBytes(diskID: diskID, metadataCount: metadata.count)))
         w.u64(sequence)
         w.u64(UInt64(payload.count))
         w.bytes(ObjectDigest.sha256(payload))
@@ -71,6 +71,11 @@ struct Envelope: Equatable {
         w.bytes(metadata)
         w.bytes(ObjectDigest.sha256(w.out))
         return w.out
+    }
+
+    /// The length of the header `encodeHeader` makes for this disk id and metadata length.
+    static func headerBytes(diskID: String, metadataCount: Int) -> Int {
+        EnvelopeFormat.minHeaderBytes - 1 + diskID.utf8.count + metadataCount
     }
 
     /// The header length stored in a prefix of at least 16 bytes.

@@ -291,12 +291,15 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             let i = toWrite[k]
             let p = puts[i]
             do {
-                let tmp = try p.bytes.withUnsafeBytes { bytes in
+                let tmp = try p.withPayload { bytes in
                     let header = Envelope.encodeHeader(kind: .segment, diskID: p.diskID, sequence: p.sequence,
                                                        metadata: Metadata.encodeSegment(extents: p.extents, point: p.point),
                                                        payload: bytes)
-                    return try ObjectFiles.writeTemporary(dir: segmentsDir(p.diskID), name: Self.objectName(p.sequence, ".seg"),
-                                                          header: header, payload: bytes)
+                    let dir = segmentsDir(p.diskID), name = Self.objectName(p.sequence, ".seg")
+                    if let staged = p.staged, staged.headerBytes == header.count {
+                        return try ObjectFiles.writeTemporary(dir: dir, name: name, staged: staged, header: header)
+                    }
+                    return try ObjectFiles.writeTemporary(dir: dir, name: name, header: header, payload: bytes)
                 }
                 temporaries.set(i, .success(tmp))
             } catch {
@@ -332,7 +335,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
                 let published = try ObjectFiles.publish(temporary: tmp, dir: segmentsDir(p.diskID), name: Self.objectName(p.sequence, ".seg"))
                 if published { linked.insert(i) }
                 if !published {
-                    try p.bytes.withUnsafeBytes {
+                    try p.withPayload {
                         try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
                     }
                 }
@@ -381,8 +384,8 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         let d = try requireDisk(p.diskID)
         guard p.sequence >= 1 else { throw TidemarkError(.invalidArgument, "disk '\(p.diskID)': segment sequences start at 1") }
         try validate(extents: p.extents, disk: d, sequence: p.sequence)
-        guard UInt64(p.bytes.count) <= EnvelopeFormat.payloadBytesMax else {
-            throw TidemarkError(.invalidArgument, "disk '\(p.diskID)' sequence \(p.sequence): \(p.bytes.count) bytes exceed the object limit \(EnvelopeFormat.payloadBytesMax)")
+        guard UInt64(p.payloadCount) <= EnvelopeFormat.payloadBytesMax else {
+            throw TidemarkError(.invalidArgument, "disk '\(p.diskID)' sequence \(p.sequence): \(p.payloadCount) bytes exceed the object limit \(EnvelopeFormat.payloadBytesMax)")
         }
         if let pt = p.point {
             guard pt.diskID == p.diskID, pt.sequence == p.sequence else {
@@ -394,7 +397,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
         if ObjectFiles.exists(tombstonePath(p.diskID, p.sequence)) {
             // Pruned already: never store the bytes again, just confirm they match.
-            try p.bytes.withUnsafeBytes {
+            try p.withPayload {
                 try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
             }
             return false

@@ -21,7 +21,7 @@ enum ObjectFiles {
     /// `header` + `payload` to a new temporary name in `dir` and fsyncs it.
     /// Returns the temporary path; on failure nothing is left behind.
     static func writeTemporary(dir: String, name: String, header: [UInt8], payload: UnsafeRawBufferPointer) throws -> String {
-        let tmp = dir + "/" + tempPrefix + name + "-\(getpid())-\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff_ffff)"
+        let tmp = temporaryPath(dir: dir, name: name)
         do {
             let fd = try FileDescriptor(open: tmp, [.writeOnly, .create, .exclusive, .noFollow], mode: 0o444,
                                         purpose: "creating a temporary object")
@@ -33,6 +33,51 @@ enum ObjectFiles {
             throw error
         }
         return tmp
+    }
+
+    /// Alignment of the memory, file offsets and lengths of direct writes
+    /// (the largest logical block size in common use).
+    static let directAlignmentBytes = 4096
+
+    /// `writeTemporary` for a staged segment: `header` goes into the staged
+    /// buffer's header room and the object is written from that buffer with
+    /// O_DIRECT (padded to the alignment, then truncated to its size), so
+    /// the payload is not copied through the page cache. Where the
+    /// filesystem refuses O_DIRECT (EINVAL at open or write, e.g. tmpfs),
+    /// the same bytes are written buffered. Either way the file is fsynced.
+    static func writeTemporary(dir: String, name: String, staged: StagedSegment, header: [UInt8],
+                               alignment: Int = directAlignmentBytes) throws -> String {
+        let padded = staged.assemble(header: header, alignment: alignment)
+        let length = staged.headerBytes + staged.payloadCount
+        let object = UnsafeRawBufferPointer(rebasing: padded[0..<length])
+        let tmp = temporaryPath(dir: dir, name: name)
+        let flags: FileDescriptor.Flags = [.writeOnly, .create, .exclusive, .noFollow]
+        do {
+            var fd: FileDescriptor
+            do {
+                fd = try FileDescriptor(open: tmp, flags.union(.direct), mode: 0o444, purpose: "creating a temporary object")
+                do {
+                    try fd.write(padded, at: 0)
+                    try fd.truncate(to: UInt64(length))
+                } catch let e as SystemError where e.errno == EINVAL {
+                    // Direct I/O refused at this alignment: write it buffered.
+                    fd = try FileDescriptor(open: tmp, [.writeOnly, .truncate, .noFollow], purpose: "rewriting a temporary object")
+                    try fd.write(object, at: 0)
+                }
+            } catch let e as SystemError where e.errno == EINVAL {
+                fd = try FileDescriptor(open: tmp, flags, mode: 0o444, purpose: "creating a temporary object")
+                try fd.write(object, at: 0)
+            }
+            try fd.sync()
+        } catch {
+            _ = unlink(tmp)
+            throw error
+        }
+        return tmp
+    }
+
+    private static func temporaryPath(dir: String, name: String) -> String {
+        dir + "/" + tempPrefix + name + "-\(getpid())-\(UInt64.random(in: 0...UInt64.max) & 0xffff_ffff_ffff)"
     }
 
     /// Steps 3–4 without the directory fsync: links a complete, fsynced

@@ -94,13 +94,15 @@ public struct PruneReport: Equatable, Sendable {
 }
 
 /// One segment to store with `LocalDirectoryTarget.putSegments`: what
-/// `putSegment` takes, the bytes owned.
+/// `putSegment` takes, the payload owned: an array, or a `StagedSegment`
+/// (written with O_DIRECT from its aligned buffer).
 public struct SegmentPut: Sendable {
     public var diskID: String
     public var sequence: UInt64
     public var extents: [TargetExtent]
     public var point: PointRecord?
     public var bytes: [UInt8]
+    public var staged: StagedSegment?
 
     public init(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?, bytes: [UInt8]) {
         self.diskID = diskID
@@ -108,5 +110,19 @@ public struct SegmentPut: Sendable {
         self.extents = extents
         self.point = point
         self.bytes = bytes
+        self.staged = nil
+    }
+
+    /// A put whose payload is `staged`, staged for these same extents and point.
+    public init(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?, staged: StagedSegment) {
+        self.init(diskID: diskID, sequence: sequence, extents: extents, point: point, bytes: [])
+        self.staged = staged
+    }
+
+    public var payloadCount: Int { staged?.payloadCount ?? bytes.count }
+
+    public func withPayload<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        if let staged { return try body(staged.payload) }
+        return try bytes.withUnsafeBytes(body)
     }
 }

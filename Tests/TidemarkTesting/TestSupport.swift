@@ -157,14 +157,14 @@ public final class LoopDevice: @unchecked Sendable {
     public let sizeBytes: UInt64
     private var attached = true
 
-    public init(sizeBytes: UInt64, in dir: String, directIO: Bool = true) throws {
+    public init(sizeBytes: UInt64, in dir: String, directIO: Bool = true, sectorSize: Int? = nil) throws {
         self.sizeBytes = sizeBytes
         backingFile = dir + "/disk-\(UUID().uuidString.prefix(8)).img"
         guard FileManager.default.createFile(atPath: backingFile, contents: nil) else {
             throw TestFailure("cannot create \(backingFile)")
         }
         try sh("truncate -s \(sizeBytes) '\(backingFile)'")
-        path = try sh("losetup -f --show \(directIO ? "--direct-io=on" : "") '\(backingFile)'")
+        path = try sh("losetup -f --show \(directIO ? "--direct-io=on" : "") \(sectorSize.map { "--sector-size \($0)" } ?? "") '\(backingFile)'")
     }
 
     /// The kernel name (loop3) and major:minor.
