@@ -22,6 +22,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var spoolDir: String
     /// Spool size at which agents are pushed back (`spool_max_bytes`): 64 MiB…1 TiB.
     public var spoolMaxBytes: UInt64
+    /// Memory for received segments kept until they are in target storage
+    /// (`upload_memory_bytes`): 0…4 GiB. The uploader writes them from memory;
+    /// the ones that do not fit are read back from the spool. 0 reads every one back.
+    public var uploadMemoryBytes: UInt64
     /// Target storage backend (`target.type`); only "local" for now.
     public var targetType: String
     /// Directory of the local target storage (`target.path`).
@@ -45,6 +49,7 @@ public struct ServerConfig: Sendable, Equatable {
                 tlsKeyPath: String = ServerConfig.defaults.tlsKeyPath,
                 spoolDir: String = ServerConfig.defaults.spoolDir,
                 spoolMaxBytes: UInt64 = ServerConfig.defaults.spoolMaxBytes,
+                uploadMemoryBytes: UInt64 = ServerConfig.defaults.uploadMemoryBytes,
                 targetType: String = ServerConfig.defaults.targetType,
                 targetPath: String = ServerConfig.defaults.targetPath,
                 retentionSeconds: Int = ServerConfig.defaults.retentionSeconds,
@@ -60,6 +65,7 @@ public struct ServerConfig: Sendable, Equatable {
         self.tlsKeyPath = tlsKeyPath
         self.spoolDir = spoolDir
         self.spoolMaxBytes = spoolMaxBytes
+        self.uploadMemoryBytes = uploadMemoryBytes
         self.targetType = targetType
         self.targetPath = targetPath
         self.retentionSeconds = retentionSeconds
@@ -78,6 +84,7 @@ public struct ServerConfig: Sendable, Equatable {
         tlsKeyPath = "/etc/tidemark/tls/server.key"
         spoolDir = "/var/lib/tidemark/spool"
         spoolMaxBytes = 1 << 30
+        uploadMemoryBytes = 192 << 20
         targetType = "local"
         targetPath = "/var/lib/tidemark/target"
         retentionSeconds = 72 * 3600
@@ -98,6 +105,7 @@ public struct ServerConfig: Sendable, Equatable {
     public static let defaultListenPort: UInt16 = 9443
     public static let spoolMaxBytesMin: UInt64 = 64 << 20
     public static let spoolMaxBytesMax: UInt64 = 1 << 40
+    public static let uploadMemoryBytesMax: UInt64 = 4 << 30
     /// Retention: 1 minute to 10 years.
     public static let retentionSecondsMin = 60
     public static let retentionSecondsMax = 3650 * 86_400
@@ -109,7 +117,7 @@ public struct ServerConfig: Sendable, Equatable {
     public static let targetTypes = ["local"]
 
     /// Every top-level key, in the order of the shipped file.
-    public static let knownKeys = ["server_id", "listen", "tls", "spool_dir", "spool_max_bytes", "target",
+    public static let knownKeys = ["server_id", "listen", "tls", "spool_dir", "spool_max_bytes", "upload_memory_bytes", "target",
                                    "retention", "prune_interval", "max_connections", "bandwidth_limit", "log_level"]
     /// Every key under `tls:`.
     public static let knownTLSKeys = ["ca", "cert", "key"]
@@ -192,6 +200,7 @@ extension Validate {
     }
 
     static let spoolMaxHint = "use a size from 64m to 1t, e.g. 1g"
+    static let uploadMemoryHint = "use a size from 0 to 4g, e.g. 192m"
     static let connectionsHint = "use a whole number from 1 to \(ServerConfig.maxConnectionsLimit), e.g. 256"
 }
 
@@ -244,6 +253,10 @@ struct ServerConfigParser {
                 config.spoolMaxBytes = try reader.validated(entry, key: key, expected: "a size such as 1g") {
                     try Validate.size($0, in: ServerConfig.spoolMaxBytesMin...ServerConfig.spoolMaxBytesMax,
                                       hint: Validate.spoolMaxHint)
+                }
+            case "upload_memory_bytes":
+                config.uploadMemoryBytes = try reader.validated(entry, key: key, expected: "a size such as 192m") {
+                    try Validate.size($0, in: 0...ServerConfig.uploadMemoryBytesMax, hint: Validate.uploadMemoryHint)
                 }
             case "target":
                 guard let section = try reader.sectionEntries(entry.value, name: "target", keyLine: entry.line,

@@ -23,10 +23,12 @@ public final class ProcessServer: @unchecked Sendable {
         public var maxConnections: Int
         public var retentionSeconds: Int
         public var pruneIntervalSeconds: Int
+        /// Bytes of buffers holding received segments until committed (0: every one is read back from the spool).
+        public var uploadMemoryBytes: Int
 
         public init(serverID: String, listenHost: String, listenPort: UInt16, tls: TLSFiles, spoolDir: String,
                     spoolMaxBytes: UInt64, targetPath: String, maxConnections: Int, retentionSeconds: Int,
-                    pruneIntervalSeconds: Int) {
+                    pruneIntervalSeconds: Int, uploadMemoryBytes: Int) {
             self.serverID = serverID
             self.listenHost = listenHost
             self.listenPort = listenPort
@@ -37,6 +39,7 @@ public final class ProcessServer: @unchecked Sendable {
             self.maxConnections = maxConnections
             self.retentionSeconds = retentionSeconds
             self.pruneIntervalSeconds = pruneIntervalSeconds
+            self.uploadMemoryBytes = uploadMemoryBytes
         }
     }
 
@@ -85,6 +88,10 @@ public final class ProcessServer: @unchecked Sendable {
     let uploads = UploadQueue()
     /// Threads that write and fsync the objects of an upload batch beside the uploader's.
     let syncPool = WorkerPool(threads: ServerLimits.uploadSyncThreads - 1)
+    /// Received payloads kept in memory, each as its target object's aligned
+    /// buffer, until committed (bounded by `options.uploadMemoryBytes`):
+    /// the uploader writes them with O_DIRECT instead of reading the spool.
+    let staging: SegmentStaging
     /// Per disk: spooled segments from this sequence on that were appended
     /// before this spool position are never acknowledged or uploaded (one of
     /// them could not be read back; the agent re-sends them). Guarded by `lock`.
@@ -98,6 +105,7 @@ public final class ProcessServer: @unchecked Sendable {
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
         self.target = try LocalDirectoryTarget(root: options.targetPath)
+        self.staging = SegmentStaging(bytesMax: options.uploadMemoryBytes, idleBuffersMax: ServerLimits.stagedIdleBuffersMax)
         let (spool, leftover) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
             let (h, _) = try SegmentHeader.decode(bytes)
             return (h.diskID, h.sequence)
@@ -286,9 +294,13 @@ public final class ProcessServer: @unchecked Sendable {
             d.ingestsInFlight -= 1
             lock.unlock()
         }
+        // Staged when the budget allows: the record carries it to the
+        // uploader. Otherwise the uploader reads the payload back.
+        let shape = Self.targetShape(header)
+        let staged = staging.stage(diskID: header.diskID, extents: shape.extents, point: shape.point, payload: bytes)
         while true {
             do {
-                _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes,
+                _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes, retained: staged,
                                      abandon: { c.isClosed || self.isStopped })
                 break
             } catch let full as Spool.SpoolFull {
@@ -435,20 +447,15 @@ public final class ProcessServer: @unchecked Sendable {
         return record.sequence >= d.fromSequence && record.location.isBefore(d.before)
     }
 
-    /// A spooled segment read back for upload.
+    /// A spooled segment ready for upload.
     struct UploadItem {
         var record: Spool.Record
         var header: SegmentHeader
         var put: SegmentPut
     }
 
-    /// Reads a record back from the spool (verified) and what target storage needs of it.
-    private func prepareUpload(_ record: Spool.Record) throws -> UploadItem {
-        let bytes = try spool.read(record)
-        let (header, _) = try bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
-        guard header.diskID == record.diskID, header.sequence == record.sequence else {
-            throw TidemarkError(.corrupt, "spool record of \(record.diskID) #\(record.sequence) holds \(header.diskID) #\(header.sequence)")
-        }
+    /// What target storage records of a segment besides its bytes.
+    static func targetShape(_ header: SegmentHeader) -> (extents: [TargetExtent], point: PointRecord?) {
         let extents = header.extents.map {
             TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero)
         }
@@ -457,8 +464,23 @@ public final class ProcessServer: @unchecked Sendable {
             point = PointRecord(id: tag.id, diskID: header.diskID, pointClass: tag.pointClass.rawValue,
                                 timeUnixMs: tag.timeUnixMs, sequence: header.sequence)
         }
-        return UploadItem(record: record, header: header,
-                          put: SegmentPut(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: bytes))
+        return (extents, point)
+    }
+
+    /// A record and what target storage needs of it: its payload as staged
+    /// at ingest, or else read back from the spool (verified).
+    private func prepareUpload(_ record: Spool.Record) throws -> UploadItem {
+        let staged = record.retained as? StagedSegment
+        let bytes = staged == nil ? try spool.read(record) : []
+        let (header, _) = try (staged?.payload).map { try SegmentHeader.decode($0) }
+            ?? bytes.withUnsafeBytes { try SegmentHeader.decode($0) }
+        guard header.diskID == record.diskID, header.sequence == record.sequence else {
+            throw TidemarkError(.corrupt, "spool record of \(record.diskID) #\(record.sequence) holds \(header.diskID) #\(header.sequence)")
+        }
+        let (extents, point) = Self.targetShape(header)
+        let put = staged.map { SegmentPut(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, staged: $0) }
+            ?? SegmentPut(diskID: header.diskID, sequence: header.sequence, extents: extents, point: point, bytes: bytes)
+        return UploadItem(record: record, header: header, put: put)
     }
 
     /// The items are durable in target storage: index their digests, then
@@ -686,6 +708,8 @@ final class UploadQueue: @unchecked Sendable {
             if !batch.isEmpty && bytes + UInt64(r.location.length) > bytesMax { break }
             batch.append(r)
             bytes += UInt64(r.location.length)
+            // The taken slot stays until trimmed: it must not keep the staged payload alive.
+            queue[head].retained = nil
             head += 1
         }
         inFlight += batch.count

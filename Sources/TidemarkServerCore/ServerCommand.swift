@@ -53,7 +53,7 @@ public enum ServerCommands {
               tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath),
               spoolDir: c.spoolDir, spoolMaxBytes: c.spoolMaxBytes, targetPath: c.targetPath,
               maxConnections: c.maxConnections, retentionSeconds: c.retentionSeconds,
-              pruneIntervalSeconds: c.pruneIntervalSeconds)
+              pruneIntervalSeconds: c.pruneIntervalSeconds, uploadMemoryBytes: Int(c.uploadMemoryBytes))
     }
 
     static func setLogLevel(_ level: TidemarkConfig.LogLevel) {
@@ -72,6 +72,7 @@ public enum ServerCommands {
         if a.listenHost != b.listenHost || a.listenPort != b.listenPort { keys.append("listen") }
         if a.spoolDir != b.spoolDir { keys.append("spool_dir") }
         if a.spoolMaxBytes != b.spoolMaxBytes { keys.append("spool_max_bytes") }
+        if a.uploadMemoryBytes != b.uploadMemoryBytes { keys.append("upload_memory_bytes") }
         if a.targetType != b.targetType || a.targetPath != b.targetPath { keys.append("target") }
         if a.bandwidthLimitBytesPerSecond != b.bandwidthLimitBytesPerSecond { keys.append("bandwidth_limit") }
         return keys

@@ -31,6 +31,11 @@ public enum ServerLimits {
     /// the batch holds (it is read back from the spool whole).
     public static let uploadBatchSegmentsMax = 32
     public static let uploadBatchBytesMax: UInt64 = 64 << 20
+    /// Received segments are kept in memory, as their target objects'
+    /// aligned buffers, from ingest until committed (up to the
+    /// `upload_memory_bytes` of the configuration); of the buffers that
+    /// become free, at most this many are kept for reuse.
+    public static let stagedIdleBuffersMax = 16
     /// Threads that write and fsync a batch's objects at once, the
     /// uploader's own included (fsync mostly waits for the device).
     public static let uploadSyncThreads = 4

@@ -32,6 +32,17 @@ public final class Spool: @unchecked Sendable {
         public var diskID: String
         public var sequence: UInt64
         public var location: Location
+        /// What the appender attached to the record (the process server: the
+        /// payload staged in memory, so the uploader need not read it back).
+        /// Nil for records found in the spool at open.
+        public var retained: (any AnyObject & Sendable)?
+
+        public init(diskID: String, sequence: UInt64, location: Location, retained: (any AnyObject & Sendable)? = nil) {
+            self.diskID = diskID
+            self.sequence = sequence
+            self.location = location
+            self.retained = retained
+        }
     }
 
     static let fileMagic: [UInt8] = Array("TMSPOOL1".utf8)
@@ -190,6 +201,7 @@ public final class Spool: @unchecked Sendable {
     /// (the connection was closed or replaced), the append gives up without
     /// writing anything.
     public func append(diskID: String, sequence: UInt64, payload: UnsafeRawBufferPointer,
+                       retained: (any AnyObject & Sendable)? = nil,
                        abandon: () -> Bool = { false }) throws -> Record {
         precondition(payload.count > 0 && payload.count <= Int(UInt32.max))
         let need = UInt64(Self.recordHeaderBytes + payload.count)
@@ -234,7 +246,8 @@ public final class Spool: @unchecked Sendable {
         usedBytes += need
         let record = Record(diskID: diskID, sequence: sequence,
                             location: Location(fileIndex: file.index, offset: start + UInt64(Self.recordHeaderBytes),
-                                               length: UInt32(payload.count)))
+                                               length: UInt32(payload.count)),
+                            retained: retained)
         pending.append(record)
         appendedCount += 1
         lock.broadcast()

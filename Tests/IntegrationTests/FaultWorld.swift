@@ -62,7 +62,7 @@ final class FaultWorld: @unchecked Sendable {
 
     var target: String { h.dir + "/target" }
 
-    func startServer(spoolMaxBytes: String = "1g", port: UInt16 = 0) throws {
+    func startServer(spoolMaxBytes: String = "1g", uploadMemoryBytes: String = "192m", port: UInt16 = 0) throws {
         try """
         listen: 127.0.0.1:\(port)
         tls:
@@ -71,6 +71,7 @@ final class FaultWorld: @unchecked Sendable {
           key: \(tls)/server.key
         spool_dir: \(spoolDir)
         spool_max_bytes: \(spoolMaxBytes)
+        upload_memory_bytes: \(uploadMemoryBytes)
         target:
           path: \(target)
         log_level: debug

@@ -262,12 +262,14 @@ import TidemarkWire
     /// byte limit while target storage refuses writes: the agent is held
     /// back, nothing is dropped. A record damaged in the spool meanwhile is
     /// caught when it is read back for upload; the server discards it and
-    /// what followed, and the agent re-sends them. Every point recovers identical.
+    /// what followed, and the agent re-sends them. Every point recovers
+    /// identical. (With `upload_memory_bytes: 0`: a segment still held in
+    /// memory is uploaded from there, and its spool copy is not read.)
     @Test func fullSpoolHoldsTheAgentBackAndADamagedRecordIsResent() throws {
         guard TestEnv.requireRoot("spool full") else { return }
         let w = try FaultWorld("spoolfull", spoolTmpfsMiB: 96)
         defer { w.close() }
-        try w.startServer(spoolMaxBytes: "64m")
+        try w.startServer(spoolMaxBytes: "64m", uploadMemoryBytes: "0")
         try w.startAgent(ioTimeoutMs: 3000)
         let disk = try w.diskID()
         var points = [try w.point()]

@@ -90,6 +90,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
               key: /srv/tls/ps.key
             spool_dir: /srv/spool
             spool_max_bytes: 10g
+            upload_memory_bytes: 0
             target:
               type: local
               path: /srv/target
@@ -101,7 +102,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             """)
         #expect(config == ServerConfig(serverID: "ps-1", listenHost: "127.0.0.1", listenPort: 19443,
                                        tlsCAPath: "/srv/tls/ca.pem", tlsCertPath: "/srv/tls/ps.pem", tlsKeyPath: "/srv/tls/ps.key",
-                                       spoolDir: "/srv/spool", spoolMaxBytes: 10 << 30, targetType: "local",
+                                       spoolDir: "/srv/spool", spoolMaxBytes: 10 << 30, uploadMemoryBytes: 0, targetType: "local",
                                        targetPath: "/srv/target", retentionSeconds: 7 * 86_400, pruneIntervalSeconds: 30,
                                        maxConnections: 4096, bandwidthLimitBytesPerSecond: 1 << 30, logLevel: .debug))
     }
@@ -117,6 +118,8 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(try parse("spool_max_bytes: 64m").spoolMaxBytes == 64 << 20)
         #expect(try parse("spool_max_bytes: 1t").spoolMaxBytes == 1 << 40)
         #expect(try parse("max_connections: 1").maxConnections == 1)
+        #expect(try parse("upload_memory_bytes: 4g").uploadMemoryBytes == 4 << 30)
+        #expect(ServerConfig.defaults.uploadMemoryBytes == 192 << 20)
         #expect(try parse("retention: 3600").retentionSeconds == 3600)
         #expect(try parse("retention: 1h30m").retentionSeconds == 5400)
         #expect(try parse("prune_interval: 1d").pruneIntervalSeconds == 86_400)
@@ -149,6 +152,8 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             ("spool_max_bytes: 32m", 1, "spool_max_bytes", "'32m' is outside 64m..1t"),
             ("spool_max_bytes: 2t", 1, "spool_max_bytes", "'2t' is outside 64m..1t"),
             ("spool_max_bytes: lots", 1, "spool_max_bytes", "'lots' is not a size"),
+            ("upload_memory_bytes: 5g", 1, "upload_memory_bytes", "'5g' is outside 0..4g"),
+            ("upload_memory_bytes: some", 1, "upload_memory_bytes", "'some' is not a size"),
             ("target:\n  type: s3\n", 2, "target.type", "'s3' is not supported yet"),
             ("target:\n  type: nfs\n", 2, "target.type", "'nfs' is not a target type"),
             ("target:\n  path: target\n", 2, "target.path", "'target' is not an absolute path"),
@@ -183,7 +188,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(failure("target:\n  pth: /x\n")?.hint == "did you mean 'target.path'?")
         #expect(failure("cert: /x\n")?.hint == "'cert' belongs under 'tls:'")
         #expect(failure("target:\n  retention: 1h\n")?.hint == "'retention' is a top-level key; move it out of 'target:'")
-        #expect(failure("zzz: 1\n")?.hint == "known keys: server_id, listen, tls, spool_dir, spool_max_bytes, target, retention,"
+        #expect(failure("zzz: 1\n")?.hint == "known keys: server_id, listen, tls, spool_dir, spool_max_bytes, upload_memory_bytes, target, retention,"
             + " prune_interval, max_connections, bandwidth_limit, log_level")
         // Agent keys are not server keys.
         #expect(failure("state_dir: /x\n")?.code == .unknownKey)
