@@ -1,16 +1,16 @@
 import TidemarkSystem
 
-// The object envelope, layout version 1 (docs/target-layout.md section 3).
-// All integers little-endian.
+// The object envelope, format versions 1 and 2 (docs/target-layout.md
+// section 3). All integers little-endian.
 //
 //   0   8  magic "TMTARGET"
-//   8   2  format version (1)
+//   8   2  format version (2 written; 1 and 2 read)
 //  10   1  kind (1 disk, 2 segment, 3 point, 4 tombstone)
 //  11   1  reserved, 0
 //  12   4  header length H (bytes, including the header digest)
 //  16   8  sequence (0 for a disk record)
 //  24   8  payload length P
-//  32  32  payload SHA-256
+//  32  32  payload checksum: v1 SHA-256; v2 GMAC-PRF (16) + 16 zero bytes
 //  64   2  disk id length D (1...255)
 //  66   D  disk id, UTF-8
 //  66+D 4  metadata length M
@@ -33,7 +33,9 @@ enum ObjectKind: UInt8, Sendable, CustomStringConvertible {
 
 enum EnvelopeFormat {
     static let magic: [UInt8] = Array("TMTARGET".utf8)
-    static let version: UInt16 = 1
+    /// The version written; readers take every version in `readable`.
+    static let version: UInt16 = 2
+    static let readable: ClosedRange<UInt16> = 1...2
     static let fixedBytes = 66          // up to and including the disk id length
     static let minHeaderBytes = 66 + 1 + 4 + 32
     static let headerBytesMax = 16 << 20
@@ -46,8 +48,10 @@ struct Envelope: Equatable {
     var kind: ObjectKind
     var diskID: String
     var sequence: UInt64
+    var version: UInt16
     var payloadLength: UInt64
-    var payloadSHA256: [UInt8]
+    /// The 32-byte payload checksum field (`ObjectDigest.payload` of `version`).
+    var payloadChecksum: [UInt8]
     var metadata: [UInt8]
     var headerLength: Int
 
@@ -64,7 +68,7 @@ struct Envelope: Equatable {
         w.u32(UInt32(headerBytes(diskID: diskID, metadataCount: metadata.count)))
         w.u64(sequence)
         w.u64(UInt64(payload.count))
-        w.bytes(ObjectDigest.sha256(payload))
+        w.bytes(ObjectDigest.payload(payload, version: EnvelopeFormat.version))
         w.u16(UInt16(id.count))
         w.bytes(id)
         w.u32(UInt32(metadata.count))
@@ -99,8 +103,8 @@ struct Envelope: Equatable {
         guard header.count >= EnvelopeFormat.fixedBytes else { throw corrupt("truncated header") }
         guard Array(header[0..<8]) == EnvelopeFormat.magic else { throw corrupt("bad magic (not a Tidemark target object)") }
         let version = ByteReader.loadU16(header, 8)
-        guard version == EnvelopeFormat.version else {
-            throw TidemarkError(.unsupported, "\(path): envelope format version \(version); this build reads version \(EnvelopeFormat.version)",
+        guard EnvelopeFormat.readable.contains(version) else {
+            throw TidemarkError(.unsupported, "\(path): envelope format version \(version); this build reads versions \(EnvelopeFormat.readable.lowerBound) to \(EnvelopeFormat.readable.upperBound)",
                                 hint: "use a Tidemark release that knows this layout version")
         }
         let h = Int(ByteReader.loadU32(header, 12))
@@ -117,6 +121,7 @@ struct Envelope: Equatable {
         let sequence = ByteReader.loadU64(header, 16)
         let payloadLength = ByteReader.loadU64(header, 24)
         let digest = Array(header[32..<64])
+        guard version == 1 || digest[16..<32].allSatisfy({ $0 == 0 }) else { throw corrupt("reserved bytes 48-63 are not 0") }
         let d = Int(ByteReader.loadU16(header, 64))
         guard d >= 1, d <= EnvelopeFormat.diskIDBytesMax, 66 + d + 4 + 32 <= h else { throw corrupt("disk id length \(d) out of range") }
         guard let diskID = String(validating: Array(header[66..<(66 + d)]), as: UTF8.self) else { throw corrupt("disk id is not UTF-8") }
@@ -132,8 +137,8 @@ struct Envelope: Equatable {
                 ? "truncated: \(objectSize) bytes, envelope says \(UInt64(h) + payloadLength)"
                 : "\(objectSize - UInt64(h) - payloadLength) trailing bytes after the payload")
         }
-        return Envelope(kind: kind, diskID: diskID, sequence: sequence, payloadLength: payloadLength,
-                        payloadSHA256: digest, metadata: metadata, headerLength: h)
+        return Envelope(kind: kind, diskID: diskID, sequence: sequence, version: version, payloadLength: payloadLength,
+                        payloadChecksum: digest, metadata: metadata, headerLength: h)
     }
 }
 
@@ -216,7 +221,8 @@ enum Metadata {
         w.u64(UInt64(bitPattern: prunedAtUnixMs))
         w.u64(deadAt)
         w.u64(s.payloadLength)
-        w.bytes(s.payloadSHA256)
+        w.bytes(s.payloadChecksum)
+        w.u16(s.checksumVersion)  // since envelope version 2
         encodeSegment(extents: s.extents, point: s.point, into: &w)
         return w.out
     }

@@ -409,13 +409,13 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     /// exactly what is offered.
     private func checkSameSegment(diskID: String, sequence: UInt64, extents: [TargetExtent], point: PointRecord?,
                                   bytes: UnsafeRawBufferPointer) throws {
-        let offered = ObjectDigest.sha256(bytes)
         guard let stored = try segmentInfo(diskID: diskID, sequence: sequence) else {
             throw TidemarkError(.state, "disk '\(diskID)' sequence \(sequence): object vanished while being stored")
         }
+        let offered = ObjectDigest.payload(bytes, version: stored.checksumVersion)
         var differences = [String]()
-        if stored.payloadLength != UInt64(bytes.count) || stored.payloadSHA256 != offered {
-            differences.append("bytes (stored \(stored.payloadLength) bytes sha256 \(stored.payloadSHA256.hexString.prefix(16))…, offered \(bytes.count) bytes sha256 \(offered.hexString.prefix(16))…)")
+        if stored.payloadLength != UInt64(bytes.count) || stored.payloadChecksum != offered {
+            differences.append("bytes (stored \(stored.payloadLength) bytes checksum \(stored.payloadChecksum.hexString.prefix(16))…, offered \(bytes.count) bytes checksum \(offered.hexString.prefix(16))…)")
         }
         if stored.extents != extents { differences.append("extents") }
         if stored.point != point { differences.append("point") }
@@ -490,7 +490,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             try r.end()
             return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: env.payloadLength,
-                                 payloadSHA256: env.payloadSHA256, pruned: false, deadAtSequence: nil)
+                                 payloadChecksum: env.payloadChecksum, checksumVersion: env.version, pruned: false, deadAtSequence: nil)
         }
         return try tombstone(diskID: diskID, sequence: sequence)
     }
@@ -503,10 +503,15 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         var r = ByteReader(env.metadata, path: path)
         _ = try r.u64()  // pruned at
         let deadAt = try r.u64(), length = try r.u64(), digest = try r.bytes(32)
+        // Envelope version 2 adds the version of the pruned segment's checksum.
+        let checksumVersion = env.version >= 2 ? try r.u16() : 1
+        guard EnvelopeFormat.readable.contains(checksumVersion) else {
+            throw r.corrupt("the pruned segment's checksum version \(checksumVersion) is not 1 or 2")
+        }
         let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
         try r.end()
         return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: length,
-                             payloadSHA256: digest, pruned: true, deadAtSequence: deadAt)
+                             payloadChecksum: digest, checksumVersion: checksumVersion, pruned: true, deadAtSequence: deadAt)
     }
 
     /// Sequences present as segment objects and as tombstones.

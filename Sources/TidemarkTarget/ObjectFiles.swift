@@ -231,14 +231,14 @@ enum ObjectFiles {
         return (fd, env, size)
     }
 
-    /// The payload read must be whole and match the envelope's SHA-256.
+    /// The payload read must be whole and match the envelope's payload checksum.
     private static func verifyPayload(_ body: UnsafeRawBufferPointer, of env: Envelope, path: String) throws {
         guard UInt64(body.count) == env.payloadLength else {
             throw TidemarkError(.corrupt, "\(path): truncated payload (\(body.count) of \(env.payloadLength) bytes)")
         }
-        let digest = ObjectDigest.sha256(body)
-        guard digest == env.payloadSHA256 else {
-            throw TidemarkError(.corrupt, "\(path): payload checksum mismatch (stored \(env.payloadSHA256.hexString.prefix(16))…, computed \(digest.hexString.prefix(16))…)",
+        let digest = ObjectDigest.payload(body, version: env.version)
+        guard digest == env.payloadChecksum else {
+            throw TidemarkError(.corrupt, "\(path): payload checksum mismatch (stored \(env.payloadChecksum.hexString.prefix(16))…, computed \(digest.hexString.prefix(16))…)",
                                 hint: "the object is damaged; it is not used. Restore it from a copy, or treat its sequence as lost")
         }
     }

@@ -87,7 +87,7 @@ extension LocalDirectoryTarget {
         if try !ObjectFiles.create(dir: tombstonesDir(diskID), name: Self.objectName(info.sequence, ".tomb"), header: header, payload: empty) {
             // Left by an interrupted prune: it must describe this very segment.
             guard let t = try tombstone(diskID: diskID, sequence: info.sequence),
-                  t.payloadSHA256 == info.payloadSHA256, t.payloadLength == info.payloadLength, t.extents == info.extents else {
+                  t.payloadChecksum == info.payloadChecksum, t.checksumVersion == info.checksumVersion, t.payloadLength == info.payloadLength, t.extents == info.extents else {
                 throw TidemarkError(.corrupt, "\(tombstonePath(diskID, info.sequence)) does not describe the segment it stands for",
                                     hint: "inspect the disk directory; the segment was not deleted")
             }

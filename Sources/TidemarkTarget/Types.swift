@@ -59,9 +59,12 @@ public struct StoredSegment: Equatable, Sendable {
     public var sequence: UInt64
     public var extents: [TargetExtent]
     public var point: PointRecord?
-    /// Length and SHA-256 of the opaque segment bytes (the sealed blob).
+    /// Length and checksum of the opaque segment bytes (the sealed blob):
+    /// the envelope's 32-byte payload checksum field, computed as envelope
+    /// version `checksumVersion` defines it (docs/target-layout.md section 3).
     public var payloadLength: UInt64
-    public var payloadSHA256: [UInt8]
+    public var payloadChecksum: [UInt8]
+    public var checksumVersion: UInt16
     /// True when only a tombstone is left: the bytes were pruned.
     public var pruned: Bool
     /// For a pruned segment: the point sequence at which every one of its
