@@ -323,6 +323,38 @@ import TidemarkWire
         for p in points { try w.recoverAndCompare(p) }
     }
 
+    /// Target storage refuses writes for a while: the uploader retries the
+    /// segments it holds in memory (staged at ingest, the default), the
+    /// agent is held back by the spool, and nothing is lost. A spooled record
+    /// damaged meanwhile does not matter: the staged copy is uploaded, not
+    /// the spool's. Every point recovers identical.
+    @Test func stagedUploadsRetryAndIgnoreSpoolDamage() throws {
+        guard TestEnv.requireRoot("staged uploads") else { return }
+        let w = try FaultWorld("staged")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent()
+        let disk = try w.diskID()
+        var points = [try w.point()]
+        let segments = w.target + "/disks/" + disk + "/segments"
+        try sh("chattr +i \(segments)")
+        let load = try w.churn(6, seed: 41)
+        try waitFor("the server retries an upload", timeoutSeconds: 60) {
+            w.server!.stderr.contains("failed: ") && w.server!.stderr.contains("retrying in")
+        }
+        load.stop(timeoutSeconds: 10)
+        // A record the uploader has not stored yet, damaged in the spool.
+        let damaged = (try w.stored(disk).segments.last ?? 0) + 1
+        try Self.damageSpoolRecord(in: w.spoolDir, sequence: damaged)
+        try sh("chattr -i \(segments)")
+        points.append(try w.point())
+        let log = w.server!.stderr
+        #expect(!log.contains("cannot be uploaded") && !log.contains("reads back damaged"), "\(w.logs)")
+        try w.expectContiguous(disk)
+        #expect(try w.stored(disk).segments.contains(damaged))
+        for p in points { try w.recoverAndCompare(p) }
+    }
+
     // MARK: Helpers
 
     static func frameHeader(type: UInt16, length: UInt32) -> [UInt8] {
