@@ -75,6 +75,14 @@ public final class FileDescriptor: @unchecked Sendable {
         _ = try syscall("fsync", "flushing \(path) to stable storage") { Glibc.fsync(rawValue) }
     }
 
+    /// Turns O_DIRECT on or off for this open file (`fcntl(F_SETFL)`).
+    public func setDirect(_ on: Bool) throws {
+        let flags = try syscall("fcntl(F_GETFL)", "inspecting \(path)") { fcntl(rawValue, F_GETFL) }
+        _ = try syscall("fcntl(F_SETFL)", "switching direct I/O \(on ? "on" : "off") for \(path)") {
+            fcntl(rawValue, F_SETFL, on ? flags | tm_O_DIRECT : flags & ~tm_O_DIRECT)
+        }
+    }
+
     public func truncate(to size: UInt64) throws {
         _ = try syscall("ftruncate", "resizing \(path) to \(size) bytes") { Glibc.ftruncate(rawValue, off_t(size)) }
     }

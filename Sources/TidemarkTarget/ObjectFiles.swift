@@ -60,11 +60,15 @@ enum ObjectFiles {
                     try fd.write(padded, at: 0)
                     try fd.truncate(to: UInt64(length))
                 } catch let e as SystemError where e.errno == EINVAL {
-                    // Direct I/O refused at this alignment: write it buffered.
-                    fd = try FileDescriptor(open: tmp, [.writeOnly, .truncate, .noFollow], purpose: "rewriting a temporary object")
+                    // Direct I/O refused at this alignment: the same descriptor, buffered.
+                    try fd.setDirect(false)
                     try fd.write(object, at: 0)
+                    try fd.truncate(to: UInt64(length))
                 }
             } catch let e as SystemError where e.errno == EINVAL {
+                // A filesystem without direct I/O refuses the open after
+                // creating the file: start over without O_DIRECT.
+                _ = unlink(tmp)
                 fd = try FileDescriptor(open: tmp, flags, mode: 0o444, purpose: "creating a temporary object")
                 try fd.write(object, at: 0)
             }
