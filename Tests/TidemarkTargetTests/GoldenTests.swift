@@ -34,15 +34,14 @@ import TidemarkTesting
 
     static var example: [UInt8] { bytes(exampleHex) }
 
-    /// Bytes of a string, valid for the process's lifetime (test use only).
-    static func raw(_ text: String) -> UnsafeRawBufferPointer {
-        let b = Array(text.utf8)
-        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: b.count, alignment: 1)
-        p.copyBytes(from: b)
-        return UnsafeRawBufferPointer(p)
-    }
-
     let extents = [TargetExtent(offset: 0, length: 65536, zero: false), TargetExtent(offset: 65536, length: 65536, zero: true)]
+
+    /// Offers `text` as segment 7 of disk sdb with the example's extents.
+    func put(_ target: LocalDirectoryTarget, _ text: String) throws {
+        try Array(text.utf8).withUnsafeBytes {
+            try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: $0)
+        }
+    }
 
     @Test func encoderMatchesTheDocument() {
         let payload = Array("sealed!".utf8)
@@ -74,10 +73,10 @@ import TidemarkTesting
         #expect(target.segmentPath("sdb", 7).hasSuffix("/disks/sdb/segments/00000000000000000007.seg"))
         // Offered again, the same bytes match whichever checksum it was stored with; others do not.
         #expect(throws: Never.self) {
-            try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: Self.raw("sealed!"))
+            try put(target, "sealed!")
         }
         #expect(throws: TidemarkError.self) {
-            try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: Self.raw("sealed?"))
+            try put(target, "sealed?")
         }
     }
 
@@ -117,10 +116,10 @@ import TidemarkTesting
         let tomb = try #require(try target.segmentInfo(diskID: "sdb", sequence: 7))
         #expect(tomb.pruned && tomb.checksumVersion == 1 && tomb.payloadChecksum == ObjectDigest.sha256(Array("sealed!".utf8)))
         #expect(throws: Never.self) {
-            try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: Self.raw("sealed!"))
+            try put(target, "sealed!")
         }
         #expect(throws: TidemarkError.self) {
-            try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: Self.raw("sealed?"))
+            try put(target, "sealed?")
         }
     }
 }
