@@ -29,7 +29,14 @@ public final class ZstdCompressor: @unchecked Sendable {
     /// result would not be smaller than src (caller then stores src as is).
     /// dst needs at most `src.count - 1` bytes: a result that does not fit
     /// there is not smaller anyway.
-    public func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) throws -> Int? {
+    /// `level` overrides the compressor's level for this call (it must be
+    /// in `levels`; the context is reused across levels).
+    public func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer, level: Int32? = nil) throws -> Int? {
+        let level = level ?? self.level
+        guard Self.levels.contains(level) else {
+            throw TidemarkError(.invalidArgument, "zstd compression level \(level) is out of range",
+                                hint: "use a level in \(Self.levels.lowerBound)...\(Self.levels.upperBound); 1 is fast, 19 is small")
+        }
         guard src.count > 0, let d = dst.baseAddress, dst.count > 0 else { return nil }
         let r = tm_zstd_compress(ctx, level, d, dst.count, src.baseAddress, src.count)
         if r < 0 {

@@ -10,14 +10,18 @@ import TidemarkSystem
 /// contexts and a compression buffer).
 public final class SegmentSealer: @unchecked Sendable {
     public let key: ReplicationKey
+    /// The zstd level `seal` uses unless told otherwise; 0 = no compression
+    /// (zstd's own level 0 means its default, 3: it is never passed on).
+    public let compressionLevel: Int32
     private let gcm: AES256GCM
     private let zstd: ZstdCompressor
     private var scratch: [UInt8] = []
 
     public init(key: ReplicationKey, compressionLevel: Int32) throws {
         self.key = key
+        self.compressionLevel = compressionLevel
         self.gcm = try AES256GCM(key: key.bytes)
-        self.zstd = try ZstdCompressor(level: compressionLevel)
+        self.zstd = try ZstdCompressor(level: compressionLevel == 0 ? 1 : compressionLevel)
     }
 
     /// payload = the bytes of the .data extents, concatenated in extent order.
@@ -27,7 +31,7 @@ public final class SegmentSealer: @unchecked Sendable {
     /// and tools can produce segments of the older format.
     public func seal(kind: SegmentKind, diskID: String, sequence: UInt64, diskSizeBytes: UInt64, chunkSizeBytes: UInt32,
                      extents: [SegmentExtent], payload: UnsafeRawBufferPointer, point: PointTag?,
-                     formatVersion: UInt16 = SegmentFormat.version) throws -> [UInt8] {
+                     formatVersion: UInt16 = SegmentFormat.version, compressionLevel: Int32? = nil) throws -> [UInt8] {
         guard SegmentFormat.readableVersions.contains(formatVersion) else {
             throw TidemarkError(.invalidArgument, "segment format version \(formatVersion) is not one this build writes (\(SegmentFormat.readableVersions))")
         }
@@ -69,9 +73,14 @@ public final class SegmentSealer: @unchecked Sendable {
         }
 
         // Compress into the scratch buffer; keep it only when it shrinks.
+        // Level 0 stores the payload as it is.
         let plain = payload.count
-        if scratch.count < plain { scratch = [UInt8](repeating: 0, count: plain) }
-        let compressedLength = try scratch.withUnsafeMutableBytes { try zstd.compress(payload, into: $0) }
+        let level = compressionLevel ?? self.compressionLevel
+        var compressedLength: Int? = nil
+        if level != 0 {
+            if scratch.count < plain { scratch = [UInt8](repeating: 0, count: plain) }
+            compressedLength = try scratch.withUnsafeMutableBytes { try zstd.compress(payload, into: $0, level: level) }
+        }
 
         let header = SegmentHeader(kind: kind, diskID: diskID, keyID: key.id, sequence: sequence, diskSizeBytes: diskSizeBytes,
                                    chunkSizeBytes: chunkSizeBytes, compressed: compressedLength != nil,

@@ -41,10 +41,10 @@ let diskSize: UInt64 = 1 << 30
 
 func seal(_ f: Fixture, sealer: SegmentSealer, disk: String = "disk-a", sequence: UInt64 = 5,
           kind: SegmentKind = .data, point: PointTag? = nil, chunk: UInt32 = 65536,
-          formatVersion: UInt16 = SegmentFormat.version) throws -> [UInt8] {
+          formatVersion: UInt16 = SegmentFormat.version, level: Int32? = nil) throws -> [UInt8] {
     try f.payload.withUnsafeBytes {
         try sealer.seal(kind: kind, diskID: disk, sequence: sequence, diskSizeBytes: diskSize, chunkSizeBytes: chunk,
-                        extents: f.extents, payload: $0, point: point, formatVersion: formatVersion)
+                        extents: f.extents, payload: $0, point: point, formatVersion: formatVersion, compressionLevel: level)
     }
 }
 
@@ -107,6 +107,37 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
             #expect(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<asked]).allSatisfy { $0 == 0 || $0 == 0xee },
                     "no plaintext is left after a failed authentication")
         }
+    }
+
+    /// Level 0 means no compression (zstd's own 0 would mean level 3), as
+    /// the sealer's level and as a per-segment level; zstd's fast (negative)
+    /// levels and a per-segment level round-trip.
+    @Test func levelZeroStoresAndPerSegmentLevels() throws {
+        let key = try testKey()
+        let opener = try SegmentOpener(key: key)
+        let f = Fixture.text()
+        for s in [try seal(f, sealer: SegmentSealer(key: key, compressionLevel: 0)),
+                  try seal(f, sealer: SegmentSealer(key: key, compressionLevel: 1), level: 0)] {
+            let (h, n) = try s.withUnsafeBytes { try SegmentHeader.decode($0) }
+            #expect(!h.compressed && h.cipherLength == h.plainLength && s.count == n + f.payload.count + 16)
+            #expect(try open(s, opener: opener).1 == f.payload)
+        }
+        // Words drawn at random from a small vocabulary: the levels differ.
+        var rng = SplitMix64(seed: 7)
+        let words = ["block", "chunk", "extent", "segment", "sector", "inode", "journal", "superblock"]
+        var text: [UInt8] = []
+        while text.count < 3 * 65536 { text += Array((words[Int(rng.next() % 8)] + " ").utf8) }
+        let g = Fixture(extents: [SegmentExtent(offset: 0, length: 3 * 65536, kind: .data)], payload: Array(text[0..<(3 * 65536)]))
+        let sealer = try SegmentSealer(key: key, compressionLevel: 0)
+        var sizes: [Int32: Int] = [:]
+        for level: Int32 in [-5, -1, 1, 19] {
+            let s = try seal(g, sealer: sealer, level: level)
+            let (h, payload) = try open(s, opener: opener)
+            #expect(h.compressed && payload == g.payload, "level \(level)")
+            sizes[level] = s.count
+        }
+        #expect(sizes[-5]! > sizes[1]! && sizes[1]! > sizes[19]!, "\(sizes)")
+        #expect(throws: TidemarkError.self) { try seal(g, sealer: sealer, level: 1000) }
     }
 
     @Test func compressionSkippedForRandomData() throws {
