@@ -61,6 +61,12 @@ struct CommittedThroughTracker {
 }
 
 extension DiskReplicator {
+    /// The level of `compression_level: N` (status); `auto` reports the governor's.
+    var fixedCompressionLevel: Int {
+        if case .fixed(let level) = settings.compressionLevel { return Int(level) }
+        return Int(ReplicationLimits.compressionAutoStartLevel)
+    }
+
     /// One disk's replication state for the control socket's `status` request.
     /// `rpo_ms` is the age of the committed-through time (-1 until the first
     /// checkpoint is committed); `backlog_bytes` counts chunks drained but not
@@ -88,6 +94,10 @@ extension DiskReplicator {
             "bytes_read": stats.bytesRead,
             "bytes_sent": stats.bytesSent,
             "zero_chunks": stats.zeroChunks,
+            "compression_level": compression.map { Int($0.level) } ?? fixedCompressionLevel,
+            "compression_auto": compression != nil,
+            "compression_steps_faster": compression?.stepsFaster ?? 0,
+            "compression_steps_smaller": compression?.stepsSmaller ?? 0,
         ]
         if let t = committedThrough.committedThroughUnixMs { d["committed_through_unix_ms"] = t }
         if let f = freezeMsHistory.last { d["last_freeze_ms"] = f }

@@ -65,6 +65,13 @@ public enum ReplicationLimits {
     /// The reader gives its read buffers back after this long without work
     /// (an idle agent does not keep the memory of its last burst).
     public static let readerIdleReleaseMs = 5_000
+    /// `compression_level: auto` (CompressionGovernor): the zstd levels it
+    /// may use (zstd's fast levels below 0; 0 itself is skipped), where it
+    /// starts, and how many segments in a row must agree before it moves
+    /// one level (16 MiB of 4 MiB segments).
+    public static let compressionAutoLevels: ClosedRange<Int32> = -5...6
+    public static let compressionAutoStartLevel: Int32 = 1
+    public static let compressionStepSegments = 4
     /// With nothing to send, the sender polls for acknowledgements this often.
     public static let idlePollMs = 20
     public static let reconnectDelayMsMin = 100

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkConfig
 import TidemarkSystem
 import TidemarkTracking
 import TidemarkWire
@@ -12,7 +13,7 @@ public struct ReplicationSettings: Sendable {
     public var serverName: String
     public var tls: TLSFiles
     public var key: ReplicationKey
-    public var compressionLevel: Int32
+    public var compressionLevel: CompressionSetting
     public var segmentSizeBytes: UInt32
     public var inflightBytesMax: UInt64
     public var bandwidthLimitBytesPerSecond: UInt64
@@ -67,6 +68,10 @@ public final class DiskReplicator: @unchecked Sendable {
     var replicatedBefore = false
     var targetLost = false
     public internal(set) var stats = Stats()
+    /// The level chooser when `compression_level` is `auto` (nil: fixed).
+    var compression: CompressionGovernor?
+    /// The sender's last look at the window found nothing to send.
+    var senderIdle = false
     /// The digest-compare resync (Resync.swift), guarded by `cond`.
     let resync: ResyncState
     var orders: [PointOrder] = []
@@ -119,6 +124,7 @@ public final class DiskReplicator: @unchecked Sendable {
         toRead = ChunkSet(chunks: chunkCount)
         resync = ResyncState(chunks: chunkCount)
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
+        if settings.compressionLevel == .auto { compression = CompressionGovernor() }
     }
 
     /// The disk's name on the wire and in target storage: stable across
@@ -338,8 +344,13 @@ public final class DiskReplicator: @unchecked Sendable {
             var reader: ChunkReader?
             var payloads: BufferPool?
             let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+            let fixedLevel: Int32
+            switch settings.compressionLevel {
+            case .fixed(let level): fixedLevel = level
+            case .auto: fixedLevel = ReplicationLimits.compressionAutoStartLevel  // each segment names its own
+            }
             let sealers = try (0..<workers).map { _ in
-                try SegmentSealer(key: settings.key, compressionLevel: settings.compressionLevel)
+                try SegmentSealer(key: settings.key, compressionLevel: fixedLevel)
             }
             // Each segment is sealed on one of `workers` threads as soon as
             // it is read, while the next is read here; segments join the
@@ -367,11 +378,14 @@ public final class DiskReplicator: @unchecked Sendable {
                 for p in batch {
                     let buffer = pool.take(payloadBytes)
                     let plan = try read(p, reader: current, into: buffer.buffer)
+                    // Every sealer busy while this segment is ready: sealing
+                    // may be what holds replication back (CompressionGovernor).
+                    let sealersBusy = pipeline.sealersBusy
                     try pipeline.submit({ sealer in
                         try self.seal(p, plan, payload: UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<plan.payloadBytes]), sealer: sealer)
                     }, deliver: { bytes in
                         withExtendedLifetime(buffer) {}
-                        self.queueSealed(p, plan, bytes)
+                        self.queueSealed(p, plan, bytes, sealersBusy: sealersBusy)
                     })
                 }
             }
@@ -386,6 +400,10 @@ public final class DiskReplicator: @unchecked Sendable {
         var runs: [(UInt64, UInt64)]
         var point: PointTag?
         var epoch: UInt64
+        /// The zstd level chosen for it (`auto`); nil: the sealer's fixed level.
+        var compressionLevel: Int32? = nil
+        /// Its batch waited for room in the send window (downstream-bound).
+        var waitedForWindow = false
     }
 
     /// Waits for work and window space; takes up to `maxSegments` segments'
@@ -397,11 +415,13 @@ public final class DiskReplicator: @unchecked Sendable {
         defer { cond.unlock() }
         let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
         let idleFrom = monotonicSeconds()
+        var waitedForWindow = false
         while true {
             if stopping { return nil }
             if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, toRead.isEmpty { return [] }
             let roomy = windowBytes < settings.inflightBytesMax
             if roomy && !toRead.isEmpty { break }
+            if !roomy && !toRead.isEmpty { waitedForWindow = true }
             if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty, !resync.active {
                 // Everything drained under the freeze is in earlier segments: tag now.
                 let seq = nextSequence
@@ -425,7 +445,8 @@ public final class DiskReplicator: @unchecked Sendable {
             let seq = nextSequence
             nextSequence += 1
             for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
-            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch))
+            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch,
+                                 compressionLevel: compression?.level, waitedForWindow: waitedForWindow))
         }
         if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
         return batch
@@ -494,15 +515,22 @@ public final class DiskReplicator: @unchecked Sendable {
     private func seal(_ p: Planned, _ plan: ReadPlan, payload: UnsafeRawBufferPointer, sealer: SegmentSealer) throws -> [UInt8] {
         try sealer.seal(kind: p.point == nil ? .data : .point, diskID: diskID, sequence: p.sequence,
                         diskSizeBytes: session.device.sizeBytes, chunkSizeBytes: UInt32(chunkBytes),
-                        extents: plan.extents, payload: payload, point: p.point)
+                        extents: plan.extents, payload: payload, point: p.point, compressionLevel: p.compressionLevel)
     }
 
     /// Puts a sealed segment in the send window (segments arrive in sequence order).
-    private func queueSealed(_ p: Planned, _ plan: ReadPlan, _ bytes: [UInt8]) {
+    private func queueSealed(_ p: Planned, _ plan: ReadPlan, _ bytes: [UInt8], sealersBusy: Bool) {
         cond.lock()
         defer { cond.unlock() }
         stats.bytesRead += plan.readBytes
         stats.zeroChunks += plan.zeroChunks
+        if p.point == nil, plan.payloadBytes > 0, compression != nil {
+            let signal: CompressionGovernor.Signal = p.waitedForWindow ? .downstreamBound
+                : sealersBusy && senderIdle ? .sealingBound : .neither
+            if compression!.observe(signal) {
+                Log.debug("\(diskID): compression level \(compression!.level) (\(signal == .sealingBound ? "sealing" : "downstream") is the bottleneck)")
+            }
+        }
         if p.epoch != epoch {
             // The server restarted numbering while we read: these chunks go back.
             for (start, n) in p.runs { toRead.insert(first: start, count: n) }
@@ -533,6 +561,7 @@ public final class DiskReplicator: @unchecked Sendable {
             }
             cond.lock()
             for i in window.indices { window[i].sent = false }
+            senderIdle = false
             cond.unlock()
             connectionEndedForScan()
             StopSignal.sleep(milliseconds: backoffMs)
@@ -600,6 +629,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.lock()
             let next = window.firstIndex { !$0.sent }
             let item = next.map { window[$0] }
+            senderIdle = item == nil
             cond.unlock()
             if let item {
                 bucket.take(UInt64(item.bytes.count))

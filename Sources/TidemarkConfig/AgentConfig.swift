@@ -41,8 +41,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var tlsKeyPath: String
     /// The replication (encryption) key file (`replication.replication_key`).
     public var replicationKeyPath: String
-    /// zstd level (`replication.compression_level`): 0 = off, 1…19.
-    public var compressionLevel: Int32
+    /// zstd level (`replication.compression_level`): `auto` (the default),
+    /// or a fixed level: 0 = off, -7…-1 (zstd's fast levels), 1…19.
+    public var compressionLevel: CompressionSetting
     /// Outgoing bandwidth cap in bytes per second (`replication.bandwidth_limit`); 0 = unlimited.
     public var bandwidthLimitBytesPerSecond: UInt64
     /// Target size of a replication segment in bytes (`replication.segment_size`): 64 KiB…8 MiB.
@@ -84,7 +85,7 @@ public struct AgentConfig: Sendable, Equatable {
                 tlsCertPath: String = AgentConfig.defaults.tlsCertPath,
                 tlsKeyPath: String = AgentConfig.defaults.tlsKeyPath,
                 replicationKeyPath: String = AgentConfig.defaults.replicationKeyPath,
-                compressionLevel: Int32 = AgentConfig.defaults.compressionLevel,
+                compressionLevel: CompressionSetting = AgentConfig.defaults.compressionLevel,
                 bandwidthLimitBytesPerSecond: UInt64 = AgentConfig.defaults.bandwidthLimitBytesPerSecond,
                 segmentSizeBytes: UInt32 = AgentConfig.defaults.segmentSizeBytes,
                 inflightBytesMax: UInt64 = AgentConfig.defaults.inflightBytesMax,
@@ -139,7 +140,7 @@ public struct AgentConfig: Sendable, Equatable {
         tlsCertPath = "/etc/tidemark/tls/agent.crt"
         tlsKeyPath = "/etc/tidemark/tls/agent.key"
         replicationKeyPath = "/etc/tidemark/replication.key"
-        compressionLevel = 1
+        compressionLevel = .auto
         bandwidthLimitBytesPerSecond = 0
         segmentSizeBytes = 4 << 20
         inflightBytesMax = 32 << 20
@@ -166,6 +167,10 @@ public struct AgentConfig: Sendable, Equatable {
     public static let intervalMsMax = 60_000
     /// The process server port when `replication.server` names only a host.
     public static let defaultServerPort: UInt16 = 9443
+    /// Fixed levels an operator may write: zstd's fast levels from
+    /// `compressionLevelMin`, 0 (off), its normal levels up to
+    /// `compressionLevelMax` (20…22 need far more memory per context).
+    public static let compressionLevelMin: Int32 = -7
     public static let compressionLevelMax: Int32 = 19
     public static let segmentSizeBytesMin: UInt32 = 64 * 1024
     public static let segmentSizeBytesMax: UInt32 = 8 << 20
@@ -471,4 +476,21 @@ func editDistance(_ a: String, _ b: String) -> Int {
         swap(&previous, &current)
     }
     return previous[b.count]
+}
+
+/// `replication.compression_level`: one zstd level for every segment, or
+/// `auto`, a level per segment chosen by what holds replication back
+/// (faster while compressing is the bottleneck, smaller while the network,
+/// the bandwidth limit or the process server is).
+public enum CompressionSetting: Equatable, Sendable, CustomStringConvertible {
+    /// 0 = no compression; -7…-1 are zstd's fast levels; 1…19 its normal ones.
+    case fixed(Int32)
+    case auto
+
+    public var description: String {
+        switch self {
+        case .auto: return "auto"
+        case .fixed(let level): return String(level)
+        }
+    }
 }

@@ -157,10 +157,13 @@ extension Validate {
         return value
     }
 
-    static let compressionHint = "use 0 for no compression or 1 (fastest) to \(AgentConfig.compressionLevelMax) (smallest), e.g. 1"
+    static let compressionHint = "use auto (a level per segment, the default), 0 for no compression, or a zstd level from "
+        + "\(AgentConfig.compressionLevelMin) (fastest) to \(AgentConfig.compressionLevelMax) (smallest), e.g. 1"
 
-    static func compressionLevel(_ text: String) throws -> Int32 {
-        Int32(try integer(text, in: 0...Int(AgentConfig.compressionLevelMax), what: "a compression level", hint: compressionHint))
+    static func compressionLevel(_ text: String) throws -> CompressionSetting {
+        if text.trimmingCharacters(in: .whitespaces) == "auto" { return .auto }
+        return .fixed(Int32(try integer(text, in: Int(AgentConfig.compressionLevelMin)...Int(AgentConfig.compressionLevelMax),
+                                        what: "a compression level", hint: compressionHint)))
     }
 
     static let freezeTimeoutHint = "use a whole number of milliseconds from \(AgentConfig.freezeTimeoutMsMin)"

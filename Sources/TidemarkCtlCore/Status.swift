@@ -23,7 +23,9 @@ public enum StatusCommand {
             let f = { (k: String) in d[k].map(PointCreateCommand.text) ?? "?" }
             let rpo = (d["rpo_ms"] as? NSNumber)?.int64Value ?? -1
             let backlog = (d["backlog_bytes"] as? NSNumber)?.uint64Value ?? 0
-            out += "\(f("disk")) (\(f("disk_id"))): RPO \(rpo < 0 ? "unknown (nothing committed yet)" : "\(rpo) ms"), committed #\(f("committed_sequence")), backlog \(backlog >> 20) MiB\n"
+            let auto = (d["compression_auto"] as? Bool) == true
+            let level = (d["compression_level"] as? NSNumber).map { $0.intValue == 0 ? "off" : "zstd \($0.intValue)" } ?? "?"
+            out += "\(f("disk")) (\(f("disk_id"))): RPO \(rpo < 0 ? "unknown (nothing committed yet)" : "\(rpo) ms"), committed #\(f("committed_sequence")), backlog \(backlog >> 20) MiB, compression \(level)\(auto ? " (auto)" : "")\n"
         }
         return out
     }

@@ -34,11 +34,13 @@ public final class SealPipeline: @unchecked Sendable {
     private var stopping = false
     private var running = 0
     public let depth: Int
+    public let sealerCount: Int
 
     /// Starts one thread per sealer.
     public init(sealers: [SegmentSealer], depth: Int) {
         precondition(!sealers.isEmpty && depth >= 1)
         self.depth = depth
+        sealerCount = sealers.count
         running = sealers.count
         for (i, s) in sealers.enumerated() {
             let t = Thread { self.work(s) }
@@ -60,6 +62,14 @@ public final class SealPipeline: @unchecked Sendable {
         nextTicket += 1
         inFlight += 1
         cond.broadcast()
+    }
+
+    /// A segment submitted now would not find a sealer free: at least as
+    /// many are submitted and not yet delivered as there are sealers.
+    public var sealersBusy: Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        return inFlight >= sealerCount
     }
 
     /// The failure of a segment, if one failed.

@@ -29,7 +29,7 @@ final class FaultWorld: @unchecked Sendable {
 
     /// `agents`: certificate names to issue besides the agent's own
     /// (`agent-it`); `expiredAgents`: names issued already expired.
-    init(_ tag: String, agents: [String] = [], expiredAgents: [String] = [], spoolTmpfsMiB: Int? = nil) throws {
+    init(_ tag: String, agents: [String] = [], expiredAgents: [String] = [], spoolTmpfsMiB: Int? = nil, diskMiB: UInt64 = 64) throws {
         h = try Harness(tag)
         tls = h.dir + "/tls"
         var args = [FileManager.default.currentDirectoryPath + "/scripts/make-certs.sh", tls, "--agent", "agent-it"]
@@ -37,7 +37,7 @@ final class FaultWorld: @unchecked Sendable {
         for a in expiredAgents { args += ["--agent-expired", a] }
         let certs = try run(args)
         guard certs.ok else { throw TestFailure("make-certs.sh failed: \(certs.stderr)") }
-        disk = try h.loop(sizeMiB: 64, directIO: false)
+        disk = try h.loop(sizeMiB: diskMiB, directIO: false)
         mnt = h.dir + "/mnt"
         spoolDir = h.dir + "/spool"
         try sh("mkfs.ext4 -q -F \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
@@ -62,7 +62,8 @@ final class FaultWorld: @unchecked Sendable {
 
     var target: String { h.dir + "/target" }
 
-    func startServer(spoolMaxBytes: String = "1g", uploadMemoryBytes: String = "192m", port: UInt16 = 0) throws {
+    func startServer(spoolMaxBytes: String = "1g", uploadMemoryBytes: String = "192m", port: UInt16 = 0,
+                     logLevel: String = "debug", cpus: String? = nil) throws {
         try """
         listen: 127.0.0.1:\(port)
         tls:
@@ -74,9 +75,9 @@ final class FaultWorld: @unchecked Sendable {
         upload_memory_bytes: \(uploadMemoryBytes)
         target:
           path: \(target)
-        log_level: debug
+        log_level: \(logLevel)
         """.write(toFile: h.dir + "/server.yaml", atomically: true, encoding: .utf8)
-        let s = try BackgroundProcess([TestEnv.binary("tidemark-server"), "run", "--config", h.dir + "/server.yaml"],
+        let s = try BackgroundProcess(Self.pinned(cpus) + [TestEnv.binary("tidemark-server"), "run", "--config", h.dir + "/server.yaml"],
                                       env: h.env, logDir: h.dir)
         server = s
         try s.waitForOutput("listening on")
@@ -84,12 +85,18 @@ final class FaultWorld: @unchecked Sendable {
         serverPort = UInt16(line.split(separator: ":").last!)!
     }
 
+    /// `taskset -c CPUS` before a command (taskset execs it: the PID is the
+    /// process's own), or nothing.
+    static func pinned(_ cpus: String?) -> [String] { cpus.map { ["/usr/bin/taskset", "-c", $0] } ?? [] }
+
     /// Puts a proxy between the agent (started after this) and the server.
     func startProxy() throws {
         proxy = try TCPProxy(upstreamPort: serverPort)
     }
 
-    func startAgent(ioTimeoutMs: Int = 30_000, inflight: String = "16m") throws {
+    /// `replication`: more lines under `replication:` (two-space indented keys).
+    func startAgent(ioTimeoutMs: Int = 30_000, inflight: String = "16m", replication: [String] = [],
+                    logLevel: String = "debug", cpus: String? = nil) throws {
         let port = proxy?.port ?? serverPort
         try """
         agent_id: agent-it
@@ -104,14 +111,14 @@ final class FaultWorld: @unchecked Sendable {
           segment_size: 1m
           inflight_bytes: \(inflight)
           io_timeout_ms: \(ioTimeoutMs)
-        policy:
+        \(replication.map { "  " + $0 + "\n" }.joined())policy:
           crash_consistent_interval: 0
           app_consistent_interval: 0
           freeze_timeout_ms: 20000
         control_socket: \(h.dir)/agent.sock
-        log_level: debug
+        log_level: \(logLevel)
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
-        let a = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
+        let a = try BackgroundProcess(Self.pinned(cpus) + [TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
                                        "--disk", disk.path],
                                       env: h.env.merging(["TIDEMARK_TEST_FROZEN_HOOK": h.dir + "/frozen-hook.sh"]) { $1 },
                                       logDir: h.dir)
@@ -130,6 +137,16 @@ final class FaultWorld: @unchecked Sendable {
         guard let log = agent?.stderr, let line = log.split(separator: "\n").first(where: { $0.contains(" chunks to ") }),
               let r = line.range(of: " as ", options: .backwards) else { return nil }
         return String(line[r.upperBound...].prefix { !$0.isWhitespace })
+    }
+
+    /// The agent's status of its disk (`tidemarkctl status --json`).
+    func diskStatus() throws -> [String: Any] {
+        let r = try run([TestEnv.binary("tidemarkctl"), "status", "--json", "--socket", h.dir + "/agent.sock"])
+        guard r.ok, let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+              let disk = (object["disks"] as? [[String: Any]])?.first else {
+            throw TestFailure("tidemarkctl status failed: \(r.stdout) \(r.stderr)\(logs)")
+        }
+        return disk
     }
 
     var logs: String {

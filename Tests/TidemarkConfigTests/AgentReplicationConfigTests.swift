@@ -36,7 +36,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(d.tlsCertPath == "/etc/tidemark/tls/agent.crt")
         #expect(d.tlsKeyPath == "/etc/tidemark/tls/agent.key")
         #expect(d.replicationKeyPath == "/etc/tidemark/replication.key")
-        #expect(d.compressionLevel == 1)
+        #expect(d.compressionLevel == .auto)
         #expect(d.bandwidthLimitBytesPerSecond == 0)
         #expect(d.segmentSizeBytes == 4 << 20)
         #expect(d.inflightBytesMax == 32 << 20)
@@ -54,7 +54,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect((AgentConfig.inflightBytesMin...AgentConfig.inflightBytesMaxLimit).contains(d.inflightBytesMax))
         // A full window always holds at least one segment of the largest size.
         #expect(AgentConfig.inflightBytesMin >= UInt64(AgentConfig.segmentSizeBytesMax))
-        #expect((0...AgentConfig.compressionLevelMax).contains(d.compressionLevel))
+        #expect(AgentConfig.compressionLevelMin < 0 && AgentConfig.compressionLevelMax > 0)
         #expect((AgentConfig.freezeTimeoutMsMin...AgentConfig.freezeTimeoutMsMax).contains(d.freezeTimeoutMs))
         let points = AgentConfig.pointIntervalSecondsMin...AgentConfig.pointIntervalSecondsMax
         #expect(points.contains(d.crashConsistentIntervalSeconds) && points.contains(d.appConsistentIntervalSeconds))
@@ -99,7 +99,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(config == AgentConfig(agentID: "db1.prod_eu-2", serverHost: "dr.example.com", serverPort: 10443,
                                       serverName: "ingest.example.com", tlsCAPath: "/srv/tls/ca.pem",
                                       tlsCertPath: "/srv/tls/db1.pem", tlsKeyPath: "/srv/tls/db1.key",
-                                      replicationKeyPath: "/srv/keys/repl.key", compressionLevel: 19,
+                                      replicationKeyPath: "/srv/keys/repl.key", compressionLevel: .fixed(19),
                                       bandwidthLimitBytesPerSecond: 100 << 20, segmentSizeBytes: 1 << 20,
                                       inflightBytesMax: 256 << 20, crashConsistentIntervalSeconds: 30,
                                       appConsistentIntervalSeconds: 7200, freezeTimeoutMs: 500,
@@ -140,7 +140,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
               crash_consistent_interval: 0
               app_consistent_interval: "0"
             """)
-        #expect(config.compressionLevel == 0 && config.bandwidthLimitBytesPerSecond == 0)
+        #expect(config.compressionLevel == .fixed(0) && config.bandwidthLimitBytesPerSecond == 0)
         #expect(config.crashConsistentIntervalSeconds == 0 && config.appConsistentIntervalSeconds == 0)
     }
 
@@ -188,8 +188,16 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         let error = try #require(failure("\nreplication:\n  compression_level: 25\n"))
         #expect(error.line == 3)
         #expect(error.key == "replication.compression_level")
-        #expect(error.description == "/etc/tidemark/agent.yaml:3: key 'replication.compression_level': 25 is outside 0..19"
-            + " — use 0 for no compression or 1 (fastest) to 19 (smallest), e.g. 1")
+        #expect(error.description == "/etc/tidemark/agent.yaml:3: key 'replication.compression_level': 25 is outside -7..19"
+            + " — use auto (a level per segment, the default), 0 for no compression, or a zstd level from -7 (fastest) to 19 (smallest), e.g. 1")
+    }
+
+    @Test func compressionLevels() throws {
+        for (text, want) in [("auto", CompressionSetting.auto), ("0", .fixed(0)), ("-7", .fixed(-7)), ("-1", .fixed(-1)),
+                             ("3", .fixed(3)), ("19", .fixed(19))] {
+            let config = try parse("replication:\n  compression_level: \(text)\n")
+            #expect(config.compressionLevel == want, "\(text)")
+        }
     }
 
     @Test func badValues() throws {
@@ -213,7 +221,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             ("replication:\n  cert: ''\n", 2, "replication.cert", "must not be empty"),
             ("replication:\n  key:\n", 2, "replication.key", "has no value"),
             ("replication:\n  replication_key: repl.key\n", 2, "replication.replication_key", "'repl.key' is not an absolute path"),
-            ("replication:\n  compression_level: -1\n", 2, "replication.compression_level", "-1 is outside 0..19"),
+            ("replication:\n  compression_level: -8\n", 2, "replication.compression_level", "-8 is outside -7..19"),
             ("replication:\n  compression_level: fast\n", 2, "replication.compression_level", "'fast' is not a compression level"),
             ("replication:\n  bandwidth_limit: fast\n", 2, "replication.bandwidth_limit", "'fast' is not a size"),
             ("replication:\n  bandwidth_limit: -5m\n", 2, "replication.bandwidth_limit", "'-5m' is not a size"),
