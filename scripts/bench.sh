@@ -4,6 +4,8 @@
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
 #   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle]
 #   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
+#   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
+#                                  (default: the agent's default, auto)
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
@@ -238,6 +240,19 @@ elif mode == 'sample':
         time.sleep(step)
 PY
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14+$15)/hz}' "/proc/$1/stat"; }  # user+system CPU seconds of a PID
+# "user/system s, minor faults" of a PID (the comm field has no spaces here).
+cpu_split() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f/%.1f s, %d faults", $14/hz, $15/hz, $10}' "/proc/$1/stat"; }
+# KiB of free memory the guest has handed back to the hypervisor so far
+# (virtio-balloon free page reporting; 0 where there is none). Memory handed
+# back costs a hypervisor fault and a zeroing when the guest uses it again.
+reported_kib() { cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0; }
+# The machine's CPU time so far: "user+nice system idle iowait other" in ticks.
+machine_ticks() { awk '/^cpu /{print $2+$3, $4, $5, $6, $7+$8+$9}' /proc/stat; }
+# What the machine did between two machine_ticks: percentages of its CPU time.
+machine_split() { # before after
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); t = 0; for (i = 1; i <= 5; i++) { d[i] = y[i] - x[i]; t += d[i] }
+    if (t <= 0) t = 1; printf "machine: user %.0f%%, system %.0f%%, idle %.0f%%, iowait %.0f%%, irq+steal %.0f%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t, 100*d[5]/t}'
+}
 st() { python3 "$work/status.py" "$work/agent.sock" "$@"; }
 pct() { # percentile P of numbers on stdin (nearest rank)
   sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999999); if (i<1) i=1; print a[i]}'; }
@@ -278,7 +293,8 @@ replication:
   key: $work/tls/agent-bench.key
   replication_key: $work/tls/replication.key
   segment_size: ${3:-4m}
-${INFLIGHT:+  inflight_bytes: $INFLIGHT
+${LEVEL:+  compression_level: $LEVEL
+}${INFLIGHT:+  inflight_bytes: $INFLIGHT
 }policy:
   crash_consistent_interval: 0
   app_consistent_interval: 0
@@ -327,18 +343,21 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
     rm -rf "$target" "$spool" "$work/state"
     dropcaches
     repl_setup; start_server
+    rep0=$(reported_kib); m0=$(machine_ticks)
     t0=$(now); start_agent "$l"
     # Polled every 50 ms (at most 0.4% of the run late): a status call costs
     # the agent, and the poller, CPU the copy needs; the 10 ms default is for
     # the sub-second incremental measurement.
     tr=$(elapsed "$t0" "$(committed_at 900 "$(date +%s%3N)" 0.05)")
-    read -r sent zc < <(st get bytes_sent zero_chunks)
+    read -r sent zc lvl < <(st get bytes_sent zero_chunks compression_level)
     cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
+    split="agent $(cpu_split "$agent"); server $(cpu_split "$server"); $(machine_split "$m0" "$(machine_ticks)"); $(( ($(reported_kib) - rep0) / 1024 )) MiB reported free to the host"
     stop_repl
     r=$(awk -v b="$bytes" -v s="$tr" 'BEGIN {printf "%d", b/s}')
     ref=$(( f < z ? f : z ))
     pairs+=("$(ratio "$r" "$ref")"); trs_+=("$tr"); tzs+=("$tz"); cpus+=("$cpu_a+$cpu_s_")
     echo "round $round: zstd -1 -T2 ${tz} s = $(mibps "$z" 1) MiB/s; tidemark ${tr} s = $(mibps "$r" 1) MiB/s (CPU s: agent+server $cpu_a+$cpu_s_); ratio ${pairs[-1]}"
+    echo "  ($split; $((sent >> 20)) MiB sent, zstd level at the end $lvl)"
   done
   target_bytes=$(du -sb "$target" | cut -f1)
   tr=$(printf '%s\n' "${trs_[@]}" | median); tz=$(printf '%s\n' "${tzs[@]}" | median)
