@@ -41,8 +41,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var tlsKeyPath: String
     /// The replication (encryption) key file (`replication.replication_key`).
     public var replicationKeyPath: String
-    /// zstd level (`replication.compression_level`): `auto` (the default),
-    /// or a fixed level: 0 = off, -7…-1 (zstd's fast levels), 1…19.
+    /// zstd level (`replication.compression_level`): a fixed level (default
+    /// 1; 0 = off, -7…-1 zstd's fast levels, 1…19), or `auto`.
     public var compressionLevel: CompressionSetting
     /// Outgoing bandwidth cap in bytes per second (`replication.bandwidth_limit`); 0 = unlimited.
     public var bandwidthLimitBytesPerSecond: UInt64
@@ -140,7 +140,7 @@ public struct AgentConfig: Sendable, Equatable {
         tlsCertPath = "/etc/tidemark/tls/agent.crt"
         tlsKeyPath = "/etc/tidemark/tls/agent.key"
         replicationKeyPath = "/etc/tidemark/replication.key"
-        compressionLevel = .auto
+        compressionLevel = .fixed(1)
         bandwidthLimitBytesPerSecond = 0
         segmentSizeBytes = 4 << 20
         inflightBytesMax = 32 << 20

@@ -157,7 +157,7 @@ extension Validate {
         return value
     }
 
-    static let compressionHint = "use auto (a level per segment, the default), 0 for no compression, or a zstd level from "
+    static let compressionHint = "use auto (a level per segment), 0 for no compression, or a zstd level from "
         + "\(AgentConfig.compressionLevelMin) (fastest) to \(AgentConfig.compressionLevelMax) (smallest), e.g. 1"
 
     static func compressionLevel(_ text: String) throws -> CompressionSetting {

@@ -30,13 +30,20 @@ import TidemarkTesting
         guard TestEnv.requireRoot("auto compression against a real server") else { return }
         let w = try FaultWorld("compress-narrow", diskMiB: 96)
         defer { w.close() }
-        try Self.fill(w, mib: 48)
+        // 64 MiB of base64, ~48 MiB sealed: ~24 s at 2 MB/s. The level may
+        // first go down (the link is idle until the window fills); climbing
+        // from the floor takes ~6 steps of 4 segments (~1.5 s each).
+        try Self.fill(w, mib: 64)
         try w.startServer()
-        try w.startAgent(inflight: "8m", replication: ["bandwidth_limit: 4m"])
+        try w.startAgent(inflight: "8m", replication: ["bandwidth_limit: 2m", "compression_level: auto"])
         var s: [String: Any] = [:]
-        try waitFor("the level rises above 1 on a 4 MB/s link", timeoutSeconds: 90) {
-            s = try w.diskStatus()
-            return Self.level(s) > 1
+        do {
+            try waitFor("the level rises above 1 on a 2 MB/s link", timeoutSeconds: 90) {
+                s = try w.diskStatus()
+                return Self.level(s) > 1
+            }
+        } catch {
+            throw TestFailure("\(error); status: \(s)\(w.logs)")
         }
         #expect(s["compression_auto"] as? Bool == true)
         #expect(Self.count(s, "compression_steps_smaller") >= 1)
@@ -61,7 +68,7 @@ import TidemarkTesting
         defer { w.close() }
         try Self.fillWords(w, mib: 120)
         try w.startServer(logLevel: "info", cpus: "1")
-        try w.startAgent(inflight: "32m", logLevel: "info", cpus: "0")
+        try w.startAgent(inflight: "32m", replication: ["compression_level: auto"], logLevel: "info", cpus: "0")
         try waitFor("the initial copy is committed", timeoutSeconds: 120) {
             let s = try w.diskStatus()
             return Self.count(s, "backlog_bytes") == 0 && Self.count(s, "committed_sequence") > 0

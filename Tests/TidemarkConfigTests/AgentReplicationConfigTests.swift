@@ -36,7 +36,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(d.tlsCertPath == "/etc/tidemark/tls/agent.crt")
         #expect(d.tlsKeyPath == "/etc/tidemark/tls/agent.key")
         #expect(d.replicationKeyPath == "/etc/tidemark/replication.key")
-        #expect(d.compressionLevel == .auto)
+        #expect(d.compressionLevel == .fixed(1))
         #expect(d.bandwidthLimitBytesPerSecond == 0)
         #expect(d.segmentSizeBytes == 4 << 20)
         #expect(d.inflightBytesMax == 32 << 20)
@@ -189,7 +189,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(error.line == 3)
         #expect(error.key == "replication.compression_level")
         #expect(error.description == "/etc/tidemark/agent.yaml:3: key 'replication.compression_level': 25 is outside -7..19"
-            + " — use auto (a level per segment, the default), 0 for no compression, or a zstd level from -7 (fastest) to 19 (smallest), e.g. 1")
+            + " — use auto (a level per segment), 0 for no compression, or a zstd level from -7 (fastest) to 19 (smallest), e.g. 1")
     }
 
     @Test func compressionLevels() throws {
