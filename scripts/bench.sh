@@ -5,7 +5,7 @@
 #   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle]
 #   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
-#                                  (default: the agent's default, auto)
+#                                  (N or auto; default: the agent's default, 1)
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
@@ -246,12 +246,12 @@ cpu_split() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f/%.1f s, %d faults", 
 # (virtio-balloon free page reporting; 0 where there is none). Memory handed
 # back costs a hypervisor fault and a zeroing when the guest uses it again.
 reported_kib() { cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0; }
-# The machine's CPU time so far: "user+nice system idle iowait other" in ticks.
-machine_ticks() { awk '/^cpu /{print $2+$3, $4, $5, $6, $7+$8+$9}' /proc/stat; }
+# The machine's CPU time so far: "user+nice system idle iowait irq+softirq steal" in ticks.
+machine_ticks() { awk '/^cpu /{print $2+$3, $4, $5, $6, $7+$8, $9}' /proc/stat; }
 # What the machine did between two machine_ticks: percentages of its CPU time.
 machine_split() { # before after
-  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); t = 0; for (i = 1; i <= 5; i++) { d[i] = y[i] - x[i]; t += d[i] }
-    if (t <= 0) t = 1; printf "machine: user %.0f%%, system %.0f%%, idle %.0f%%, iowait %.0f%%, irq+steal %.0f%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t, 100*d[5]/t}'
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); t = 0; for (i = 1; i <= 6; i++) { d[i] = y[i] - x[i]; t += d[i] }
+    if (t <= 0) t = 1; printf "machine: user %.0f%%, system %.0f%%, idle %.0f%%, iowait %.0f%%, irq %.0f%%, steal %.0f%%", 100*d[1]/t, 100*d[2]/t, 100*d[3]/t, 100*d[4]/t, 100*d[5]/t, 100*d[6]/t}'
 }
 st() { python3 "$work/status.py" "$work/agent.sock" "$@"; }
 pct() { # percentile P of numbers on stdin (nearest rank)
