@@ -69,9 +69,8 @@ public enum ReplicationLimits {
     /// may use (zstd's fast levels below 0; 0 itself is skipped), where it
     /// starts, and how many segments in a row must agree before it moves
     /// one level (16 MiB of 4 MiB segments). The ceiling is zstd's default
-    /// level, 3: above it each sealer's context grows by megabytes (level 6
-    /// added ~20 MiB of agent RSS while a stalled server kept the window
-    /// full, `bench.sh rpo`) for a few percent fewer bytes.
+    /// level, 3: above it each sealer's context grows by megabytes and its
+    /// speed falls by half or more, for a few percent fewer bytes.
     public static let compressionAutoLevels: ClosedRange<Int32> = -5...3
     public static let compressionAutoStartLevel: Int32 = 1
     public static let compressionStepSegments = 4
