@@ -11,11 +11,15 @@ public final class ZstdCompressor: @unchecked Sendable {
     /// zstd's default, 3).
     public static var levels: ClosedRange<Int32> { Int32(tm_zstd_min_level())...Int32(tm_zstd_max_level()) }
 
-    public init(level: Int32) throws {
-        guard Self.levels.contains(level) else {
+    private static func check(_ level: Int32) throws {
+        guard levels.contains(level) else {
             throw TidemarkError(.invalidArgument, "zstd compression level \(level) is out of range",
-                                hint: "use a level in \(Self.levels.lowerBound)...\(Self.levels.upperBound); 1 is fast, 19 is small")
+                                hint: "use a level in \(levels.lowerBound)...\(levels.upperBound); 1 is fast, 19 is small")
         }
+    }
+
+    public init(level: Int32) throws {
+        try Self.check(level)
         guard let c = tm_zstd_cctx_new() else {
             throw SystemError(call: "ZSTD_createCCtx", errno: ENOMEM, context: "creating a zstd compression context")
         }
@@ -33,10 +37,7 @@ public final class ZstdCompressor: @unchecked Sendable {
     /// in `levels`; the context is reused across levels).
     public func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer, level: Int32? = nil) throws -> Int? {
         let level = level ?? self.level
-        guard Self.levels.contains(level) else {
-            throw TidemarkError(.invalidArgument, "zstd compression level \(level) is out of range",
-                                hint: "use a level in \(Self.levels.lowerBound)...\(Self.levels.upperBound); 1 is fast, 19 is small")
-        }
+        try Self.check(level)
         guard src.count > 0, let d = dst.baseAddress, dst.count > 0 else { return nil }
         let r = tm_zstd_compress(ctx, level, d, dst.count, src.baseAddress, src.count)
         if r < 0 {
