@@ -61,10 +61,11 @@ struct CommittedThroughTracker {
 }
 
 extension DiskReplicator {
-    /// The level of `compression_level: N` (status); `auto` reports the governor's.
-    var fixedCompressionLevel: Int {
-        if case .fixed(let level) = settings.compressionLevel { return Int(level) }
-        return Int(ReplicationLimits.compressionAutoStartLevel)
+    /// The level of `compression_level: N`: the sealers' own level. With
+    /// `auto` every segment names its level, and status reports the governor's.
+    var fixedCompressionLevel: Int32 {
+        if case .fixed(let level) = settings.compressionLevel { return level }
+        return ReplicationLimits.compressionAutoStartLevel
     }
 
     /// One disk's replication state for the control socket's `status` request.
@@ -94,7 +95,7 @@ extension DiskReplicator {
             "bytes_read": stats.bytesRead,
             "bytes_sent": stats.bytesSent,
             "zero_chunks": stats.zeroChunks,
-            "compression_level": compression.map { Int($0.level) } ?? fixedCompressionLevel,
+            "compression_level": Int(compression?.level ?? fixedCompressionLevel),
             "compression_auto": compression != nil,
             "compression_steps_faster": compression?.stepsFaster ?? 0,
             "compression_steps_smaller": compression?.stepsSmaller ?? 0,

@@ -344,13 +344,8 @@ public final class DiskReplicator: @unchecked Sendable {
             var reader: ChunkReader?
             var payloads: BufferPool?
             let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-            let fixedLevel: Int32
-            switch settings.compressionLevel {
-            case .fixed(let level): fixedLevel = level
-            case .auto: fixedLevel = ReplicationLimits.compressionAutoStartLevel  // each segment names its own
-            }
             let sealers = try (0..<workers).map { _ in
-                try SegmentSealer(key: settings.key, compressionLevel: fixedLevel)
+                try SegmentSealer(key: settings.key, compressionLevel: fixedCompressionLevel)
             }
             // Each segment is sealed on one of `workers` threads as soon as
             // it is read, while the next is read here; segments join the
