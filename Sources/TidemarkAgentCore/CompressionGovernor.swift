@@ -11,7 +11,8 @@ import TidemarkConfig
 ///   was busy, and the sender had nothing left to send when the segment was
 ///   sealed. A faster level gets data across sooner; the extra bytes are
 ///   what the idle downstream had room for.
-/// - **downstream-bound**: the send window was full, so the reader waited.
+/// - **downstream-bound**: the send window was full (the reader waited, or
+///   it was at least 3/4 full when the segment was taken).
 ///   A smaller level sends fewer bytes through the narrow part, using
 ///   sealer time that was idle anyway.
 /// - neither (reading-bound, or an idle disk): the level stays. An agent

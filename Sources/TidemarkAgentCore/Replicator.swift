@@ -428,6 +428,11 @@ public final class DiskReplicator: @unchecked Sendable {
             }
             _ = cond.wait(until: Date(timeIntervalSinceNow: 0.2))
         }
+        // Downstream-bound: the reader waited for room, or the window is
+        // still mostly full (an acknowledgement freed a little room just
+        // before this batch: with a narrow link that alternates with waits).
+        let downstreamBound = waitedForWindow
+            || windowBytes >= settings.inflightBytesMax / 4 * 3
         var batch: [Planned] = []
         while batch.count < maxSegments && !toRead.isEmpty {
             var runs: [(UInt64, UInt64)] = []
@@ -441,7 +446,7 @@ public final class DiskReplicator: @unchecked Sendable {
             nextSequence += 1
             for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
             batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch,
-                                 compressionLevel: compression?.level, waitedForWindow: waitedForWindow))
+                                 compressionLevel: compression?.level, waitedForWindow: downstreamBound))
         }
         if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
         return batch
