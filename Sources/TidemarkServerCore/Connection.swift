@@ -109,9 +109,17 @@ final class Connection: @unchecked Sendable {
                 continue
             }
             idleMs = 0
-            guard let message = try reader.next() else {
+            guard let frame = try reader.nextFrame() else {
                 Log.info("\(peer): agent \(agentID) disconnected")
                 return
+            }
+            let message: WireMessage
+            switch frame {
+            case .segment(let length):
+                try receiveSegment(length: length, reader: reader, opened: opened)
+                continue
+            case .message(let m):
+                message = m
             }
             switch message {
             case .openDisk(let diskID, let size, let chunk, let keyID):
@@ -122,12 +130,6 @@ final class Connection: @unchecked Sendable {
                                                 chunkSizeBytes: chunk, keyID: keyID)
                 opened.insert(diskID)
                 try writer.send(.diskState(diskID: diskID, durableSequence: state.durable, committedSequence: state.committed))
-            case .segment(let bytes):
-                let header = try bytes.withUnsafeBytes { try SegmentHeader.decode($0).0 }
-                guard opened.contains(header.diskID) else {
-                    throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
-                }
-                try bytes.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0) }
             case .digestRequest(let diskID, let first, let count):
                 guard opened.contains(diskID) else {
                     throw ProtocolViolation(code: 400, "digest request for disk \(diskID), which this connection has not opened")
@@ -150,6 +152,39 @@ final class Connection: @unchecked Sendable {
             }
         }
         try flushAcks(writer)
+    }
+
+    /// Reads a segment frame's `length` bytes: its header first (the fixed
+    /// part says how long the whole header is), which is checked, then the
+    /// rest straight into the buffer its target object will be written from
+    /// (no copy), or into memory of its own when the staging budget is spent.
+    private func receiveSegment(length: Int, reader: FrameReader, opened: Set<String>) throws {
+        var head = [UInt8](repeating: 0, count: min(length, SegmentFormat.fixedBytes))
+        try head.withUnsafeMutableBytes { try reader.readPayload(into: $0) }
+        if length > head.count {
+            let declared = try head.withUnsafeBytes { try SegmentHeader.declaredHeaderBytes($0) }
+            let more = min(declared, length) - head.count
+            if more > 0 {
+                let from = head.count
+                head += [UInt8](repeating: 0, count: more)
+                try head.withUnsafeMutableBytes { try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
+            }
+        }
+        let header = try head.withUnsafeBytes { try SegmentHeader.decode($0, segmentBytes: length).0 }
+        guard opened.contains(header.diskID) else {
+            throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
+        }
+        if let staged = server.stage(header, segmentBytes: length) {
+            let into = staged.payloadToFill
+            head.withUnsafeBytes { into.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: head.count) }
+            try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: into[head.count...]))
+            try server.ingest(self, header: header, bytes: staged.payload, staged: staged)
+        } else {
+            let from = head.count
+            head += [UInt8](repeating: 0, count: length - from)
+            try head.withUnsafeMutableBytes { try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
+            try head.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0, staged: nil) }
+        }
     }
 
     private func flushAcks(_ writer: FrameWriter) throws {

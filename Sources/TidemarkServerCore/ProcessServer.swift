@@ -252,7 +252,18 @@ public final class ProcessServer: @unchecked Sendable {
     }
 
     /// Appends a received segment to the spool; the durable acknowledgement follows from the sync thread.
-    func ingest(_ c: Connection, header: SegmentHeader, bytes: UnsafeRawBufferPointer) throws {
+    /// A staged segment (its target object's buffer) for the segment of
+    /// `segmentBytes` that `header` starts, for the connection to read into;
+    /// nil when the staging budget is spent (the uploader then reads the
+    /// segment back from the spool).
+    func stage(_ header: SegmentHeader, segmentBytes: Int) -> StagedSegment? {
+        let shape = Self.targetShape(header)
+        return staging.reserve(diskID: header.diskID, extents: shape.extents, point: shape.point, payloadBytes: segmentBytes)
+    }
+
+    /// Spools one received segment (`bytes`, which are `staged`'s payload
+    /// when it was staged) after its checks against the disk's state.
+    func ingest(_ c: Connection, header: SegmentHeader, bytes: UnsafeRawBufferPointer, staged: StagedSegment?) throws {
         lock.lock()
         guard let d = disks[header.diskID], d.owner === c else {
             lock.unlock()
@@ -294,10 +305,8 @@ public final class ProcessServer: @unchecked Sendable {
             d.ingestsInFlight -= 1
             lock.unlock()
         }
-        // Staged when the budget allows: the record carries it to the
+        // Staged when the budget allowed: the record carries it to the
         // uploader. Otherwise the uploader reads the payload back.
-        let shape = Self.targetShape(header)
-        let staged = staging.stage(diskID: header.diskID, extents: shape.extents, point: shape.point, payload: bytes)
         while true {
             do {
                 _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes, retained: staged,

@@ -32,6 +32,13 @@ public final class StagedSegment: @unchecked Sendable {
         UnsafeRawBufferPointer(buffer.buffer.slice(headerBytes, payloadCount))
     }
 
+    /// Where the payload goes, for a segment reserved with
+    /// `SegmentStaging.reserve` and filled by its caller (valid while this
+    /// object lives; filled before it is shared).
+    public var payloadToFill: UnsafeMutableRawBufferPointer {
+        buffer.buffer.slice(headerBytes, payloadCount)
+    }
+
     /// Header room + payload + zero padding to `alignment`, with `header`
     /// (exactly `headerBytes` long) copied into the room. Returns the whole
     /// padded object; the object's real size is `headerBytes + payloadCount`.
@@ -68,11 +75,23 @@ public final class SegmentStaging: @unchecked Sendable {
     /// point; nil when the budget is spent.
     public func stage(diskID: String, extents: [TargetExtent], point: PointRecord?,
                       payload: UnsafeRawBufferPointer) -> StagedSegment? {
+        guard let staged = reserve(diskID: diskID, extents: extents, point: point, payloadBytes: payload.count) else { return nil }
+        if payload.count > 0 {
+            staged.payloadToFill.baseAddress!.copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+        }
+        return staged
+    }
+
+    /// A staged segment of `payloadBytes` whose payload the caller fills in
+    /// (`StagedSegment.payloadToFill`), e.g. by reading it from the network
+    /// straight into place; nil when the budget is spent.
+    public func reserve(diskID: String, extents: [TargetExtent], point: PointRecord?,
+                        payloadBytes: Int) -> StagedSegment? {
         guard !diskID.utf8.isEmpty, diskID.utf8.count <= EnvelopeFormat.diskIDBytesMax,
-              UInt64(payload.count) <= EnvelopeFormat.payloadBytesMax else { return nil }
+              payloadBytes >= 0, UInt64(payloadBytes) <= EnvelopeFormat.payloadBytesMax else { return nil }
         let h = Envelope.headerBytes(diskID: diskID, metadataCount: Metadata.encodeSegment(extents: extents, point: point).count)
         let a = ObjectFiles.directAlignmentBytes
-        let need = (h + payload.count + a - 1) / a * a
+        let need = (h + payloadBytes + a - 1) / a * a
         let size = (need + pool.roundingBytes - 1) / pool.roundingBytes * pool.roundingBytes
         let granted = held.withLock { (held: inout Int) -> Bool in
             guard held + size <= bytesMax else { return false }
@@ -85,10 +104,7 @@ public final class SegmentStaging: @unchecked Sendable {
             // A reused buffer bigger than this size class: count what it is.
             held.withLock { $0 += buffer.bytes.count - size }
         }
-        if payload.count > 0 {
-            (buffer.bytes.baseAddress! + h).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
-        }
-        return StagedSegment(buffer: buffer, staging: self, headerBytes: h, payloadCount: payload.count)
+        return StagedSegment(buffer: buffer, staging: self, headerBytes: h, payloadCount: payloadBytes)
     }
 
     fileprivate func released(_ bytes: Int) {

@@ -31,8 +31,39 @@ public final class FrameReader: @unchecked Sendable {
     /// the stream before `next()` must look here first.
     public var hasBufferedBytes: Bool { start < end }
 
+    /// A frame as `nextFrame()` returns it: a whole message, or a segment
+    /// whose `length` payload bytes the caller reads with `readPayload`.
+    public enum Frame {
+        case message(WireMessage)
+        case segment(length: Int)
+    }
+
+    /// Payload bytes of the last segment frame not yet read (`nextFrame`).
+    public private(set) var payloadRemaining = 0
+
     /// The next message, or nil at a clean end of stream (between frames).
     public func next() throws -> WireMessage? {
+        guard let frame = try nextFrame() else { return nil }
+        switch frame {
+        case .message(let m):
+            return m
+        case .segment(let length):
+            let payload = try [UInt8](unsafeUninitializedCapacity: length) { b, initialized in
+                try readPayload(into: UnsafeMutableRawBufferPointer(b))
+                initialized = length
+            }
+            return .segment(payload)
+        }
+    }
+
+    /// The next frame, or nil at a clean end of stream (between frames). A
+    /// control message is read and decoded whole; of a segment only the
+    /// frame header is read: the caller reads its `length` bytes with
+    /// `readPayload`, in pieces, wherever they should go (the process
+    /// server reads most of a segment straight into the buffer its target
+    /// object is written from), before it asks for the next frame.
+    public func nextFrame() throws -> Frame? {
+        precondition(payloadRemaining == 0, "FrameReader: the previous segment's payload was not read")
         var header = (UInt64(0), UInt32(0))  // 12 bytes of storage
         let got = try withUnsafeMutableBytes(of: &header) { h in
             try readExact(UnsafeMutableRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]), eofAllowed: true)
@@ -41,14 +72,26 @@ public final class FrameReader: @unchecked Sendable {
         let (type, length) = try withUnsafeBytes(of: &header) { h in
             try Self.parseHeader(UnsafeRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]), accepting: acceptedVersions)
         }
-        // length checked against the type's limit; readExact fills all of it or throws
+        framesRead += 1
+        // length checked against the type's limit
+        if type == .segment {
+            payloadRemaining = length
+            return .segment(length: length)
+        }
         let payload = try [UInt8](unsafeUninitializedCapacity: length) { b, initialized in
             _ = try readExact(UnsafeMutableRawBufferPointer(b), eofAllowed: false)
             initialized = length
         }
-        framesRead += 1
-        if type == .segment { return .segment(payload) }
-        return try payload.withUnsafeBytes { try WireMessage.decode(type: type, payload: $0) }
+        return .message(try payload.withUnsafeBytes { try WireMessage.decode(type: type, payload: $0) })
+    }
+
+    /// Reads the next `dst.count` bytes of the current segment's payload
+    /// into dst (all of them, or throws). Asking for more than remains is a
+    /// programming error.
+    public func readPayload(into dst: UnsafeMutableRawBufferPointer) throws {
+        precondition(dst.count <= payloadRemaining, "FrameReader: \(dst.count) bytes asked of a payload with \(payloadRemaining) left")
+        _ = try readExact(dst, eofAllowed: false)
+        payloadRemaining -= dst.count
     }
 
     /// Validates a frame header; returns the type and payload length.

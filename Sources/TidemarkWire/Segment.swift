@@ -200,15 +200,38 @@ public struct SegmentHeader: Equatable, Sendable {
         return w.bytes
     }
 
+    /// The header length a segment's fixed header declares (its first
+    /// `SegmentFormat.fixedBytes` bytes), so a reader knows how much of a
+    /// segment to read before `decode(_:segmentBytes:)`. Checks the magic
+    /// and the bounds only; .corrupt when they are wrong.
+    public static func declaredHeaderBytes(_ fixed: UnsafeRawBufferPointer) throws -> Int {
+        guard fixed.count >= SegmentFormat.fixedBytes else {
+            throw TidemarkError(.corrupt, "segment is \(fixed.count) bytes, shorter than the \(SegmentFormat.fixedBytes)-byte fixed header")
+        }
+        var r = ByteReader(fixed, what: "segment header")
+        guard try r.bytes(4, "magic") == SegmentFormat.magic else {
+            throw TidemarkError(.corrupt, "not a Tidemark segment (bad magic)")
+        }
+        _ = try r.bytes(4, "version, kind, flags")
+        let headerLength = Int(try r.u32("header length"))
+        guard headerLength >= SegmentFormat.fixedBytes && headerLength <= WireLimits.segmentHeaderBytesMax else {
+            throw TidemarkError(.corrupt, "segment header: header length \(headerLength) is outside \(SegmentFormat.fixedBytes)...\(WireLimits.segmentHeaderBytesMax)")
+        }
+        return headerLength
+    }
+
     /// Decodes and validates the header at the start of a sealed segment,
     /// and checks that the segment is exactly header + ciphertext + tag long.
     /// Every length is checked against WireLimits and the bytes present
     /// before anything is allocated; malformed input throws .corrupt.
-    public static func decode(_ segment: UnsafeRawBufferPointer) throws -> (SegmentHeader, headerBytes: Int) {
+    /// With `segmentBytes`, `segment` may hold only the header (its first
+    /// bytes, at least the declared header length) of a segment that long.
+    public static func decode(_ segment: UnsafeRawBufferPointer, segmentBytes: Int? = nil) throws -> (SegmentHeader, headerBytes: Int) {
         var r = ByteReader(segment, what: "segment header")
         guard segment.count >= SegmentFormat.fixedBytes else {
             throw TidemarkError(.corrupt, "segment is \(segment.count) bytes, shorter than the \(SegmentFormat.fixedBytes)-byte fixed header")
         }
+        let segmentCount = segmentBytes ?? segment.count
         guard try r.bytes(4, "magic") == SegmentFormat.magic else {
             throw TidemarkError(.corrupt, "not a Tidemark segment (bad magic)")
         }
@@ -265,8 +288,8 @@ public struct SegmentHeader: Equatable, Sendable {
             }
         }
         let total = headerLength + Int(cipherLength) + SegmentFormat.tagBytes
-        guard segment.count == total else {
-            throw TidemarkError(.corrupt, "segment is \(segment.count) bytes; its header says \(total) (header \(headerLength) + ciphertext \(cipherLength) + tag \(SegmentFormat.tagBytes))")
+        guard segmentCount == total else {
+            throw TidemarkError(.corrupt, "segment is \(segmentCount) bytes; its header says \(total) (header \(headerLength) + ciphertext \(cipherLength) + tag \(SegmentFormat.tagBytes))")
         }
         guard chunkSize > 0 else { throw TidemarkError(.corrupt, "segment header: chunk size is 0") }
         guard diskIDLength > 0 else { throw TidemarkError(.corrupt, "segment header: empty disk id") }

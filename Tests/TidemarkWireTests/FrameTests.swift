@@ -78,6 +78,60 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
         #expect(try open(bytes, opener: SegmentOpener(key: key)).1 == Fixture.random().payload)
     }
 
+    /// `nextFrame` hands a segment's payload to the caller, who reads it in
+    /// pieces (the process server: the header, then the rest into place);
+    /// the frames around it are unaffected, and the header alone decodes
+    /// to what the whole segment does.
+    @Test(arguments: [Int.max, 7]) func segmentPayloadReadInPieces(maxRead: Int) throws {
+        let segment = try seal(Fixture.random(), sealer: SegmentSealer(key: testKey(), compressionLevel: 1))
+        let pipe = MemoryPipe()
+        let w = FrameWriter(pipe)
+        try w.send(.ping(1)); try w.send(.segment(segment)); try w.send(.segment([])); try w.send(.pong(2))
+        let r = FrameReader(MemoryPipe(pipe.data, maxRead: maxRead))
+        guard case .message(.ping(1))? = try r.nextFrame(), case .segment(let length)? = try r.nextFrame() else {
+            Issue.record("expected a ping then a segment"); return
+        }
+        #expect(length == segment.count && r.payloadRemaining == length)
+        var fixed = [UInt8](repeating: 0, count: SegmentFormat.fixedBytes)
+        try fixed.withUnsafeMutableBytes { try r.readPayload(into: $0) }
+        let declared = try fixed.withUnsafeBytes { try SegmentHeader.declaredHeaderBytes($0) }
+        var head = fixed + [UInt8](repeating: 0, count: declared - fixed.count)
+        try head.withUnsafeMutableBytes { try r.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[SegmentFormat.fixedBytes...])) }
+        let (fromHead, n) = try head.withUnsafeBytes { try SegmentHeader.decode($0, segmentBytes: length) }
+        let (whole, m) = try segment.withUnsafeBytes { try SegmentHeader.decode($0) }
+        #expect(n == declared && m == declared && fromHead == whole && Array(segment[..<declared]) == head)
+        // A wrong total is refused from the header alone.
+        #expect(tidemarkError { _ = try head.withUnsafeBytes { try SegmentHeader.decode($0, segmentBytes: length - 1) } }?.kind == .corrupt)
+        var rest = [UInt8](repeating: 0, count: length - declared)
+        try rest.withUnsafeMutableBytes { try r.readPayload(into: $0) }
+        #expect(head + rest == segment && r.payloadRemaining == 0)
+        guard case .segment(0)? = try r.nextFrame() else { Issue.record("expected an empty segment"); return }
+        guard case .message(.pong(2))? = try r.nextFrame() else { Issue.record("expected a pong"); return }
+        #expect(try r.nextFrame() == nil)
+    }
+
+    /// The fixed header's declared length: bad magic, a length below the
+    /// fixed part or above the limit, and a short buffer are .corrupt.
+    @Test func declaredHeaderBytesChecksItsBounds() throws {
+        let segment = try seal(Fixture.random(), sealer: SegmentSealer(key: testKey(), compressionLevel: 1))
+        let fixed = Array(segment[..<SegmentFormat.fixedBytes])
+        #expect(try fixed.withUnsafeBytes { try SegmentHeader.declaredHeaderBytes($0) } > SegmentFormat.fixedBytes)
+        func with(_ edit: (inout [UInt8]) -> Void) -> TidemarkError? {
+            var b = fixed
+            edit(&b)
+            return tidemarkError { _ = try b.withUnsafeBytes { try SegmentHeader.declaredHeaderBytes($0) } }
+        }
+        #expect(with { $0[0] ^= 1 }?.kind == .corrupt)
+        #expect(with { $0.removeLast() }?.kind == .corrupt)
+        // The header length is the little-endian u32 at offset 8.
+        func length(_ v: Int) -> (inout [UInt8]) -> Void { { b in for i in 0..<4 { b[8 + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } } }
+        #expect(with(length(SegmentFormat.fixedBytes - 1))?.kind == .corrupt)
+        #expect(with(length(WireLimits.segmentHeaderBytesMax + 1))?.kind == .corrupt)
+        var largest = fixed
+        length(WireLimits.segmentHeaderBytesMax)(&largest)
+        #expect(try largest.withUnsafeBytes { try SegmentHeader.declaredHeaderBytes($0) } == WireLimits.segmentHeaderBytesMax)
+    }
+
     @Test func longErrorMessageIsCutAtScalarBoundary() throws {
         let pipe = MemoryPipe()
         let long = String(repeating: "é", count: 3000)  // 6000 bytes
