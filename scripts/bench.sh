@@ -344,11 +344,18 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
     dropcaches
     repl_setup; start_server
     rep0=$(reported_kib); m0=$(machine_ticks)
+    # PERF=1: the first round runs under `perf record -a` (the whole machine,
+    # agent start to committed), and the profile is printed after it.
+    perfpid=""
+    if [ "${PERF:-0}" = 1 ] && [ "$round" = 1 ]; then
+      perf record -q -a -F 999 -o "$work/perf.data" 2>/dev/null & perfpid=$!; sleep 0.5
+    fi
     t0=$(now); start_agent "$l"
     # Polled every 50 ms (at most 0.4% of the run late): a status call costs
     # the agent, and the poller, CPU the copy needs; the 10 ms default is for
     # the sub-second incremental measurement.
     tr=$(elapsed "$t0" "$(committed_at 900 "$(date +%s%3N)" 0.05)")
+    if [ -n "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
     read -r sent zc lvl < <(st get bytes_sent zero_chunks compression_level)
     cpu_a=$(cpu_s "$agent"); cpu_s_=$(cpu_s "$server")
     split="agent $(cpu_split "$agent"); server $(cpu_split "$server"); $(machine_split "$m0" "$(machine_ticks)"); $(( ($(reported_kib) - rep0) / 1024 )) MiB reported free to the host"
@@ -358,6 +365,14 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
     pairs+=("$(ratio "$r" "$ref")"); trs_+=("$tr"); tzs+=("$tz"); cpus+=("$cpu_a+$cpu_s_")
     echo "round $round: zstd -1 -T2 ${tz} s = $(mibps "$z" 1) MiB/s; tidemark ${tr} s = $(mibps "$r" 1) MiB/s (CPU s: agent+server $cpu_a+$cpu_s_); ratio ${pairs[-1]}"
     echo "  ($split; $((sent >> 20)) MiB sent, zstd level at the end $lvl)"
+    if [ -n "$perfpid" ]; then  # (|| true: head ends the pipe early, which pipefail would count as a failure)
+      echo "perf (whole machine, round 1): by process"
+      perf report -i "$work/perf.data" --stdio --no-children --sort comm 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-100 | head -12 || true
+      echo "perf: by process and library"
+      perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-120 | head -16 || true
+      echo "perf: by process and symbol (zstd's own symbols left out)"
+      perf report -i "$work/perf.data" --stdio --no-children --sort comm,dso,symbol 2>/dev/null | grep -E '^ +[0-9]' | grep -v libzstd | cut -c1-160 | head -60 || true
+    fi
   done
   target_bytes=$(du -sb "$target" | cut -f1)
   tr=$(printf '%s\n' "${trs_[@]}" | median); tz=$(printf '%s\n' "${tzs[@]}" | median)
