@@ -72,6 +72,9 @@ public final class DiskReplicator: @unchecked Sendable {
     var compression: CompressionGovernor?
     /// The sender's last look at the window found nothing to send.
     var senderIdle = false
+    /// Wakes the sender from its wait for acknowledgements when it has
+    /// something to send: a sealed segment or a digest request.
+    let senderWake: WakeSignal
     /// The digest-compare resync (Resync.swift), guarded by `cond`.
     let resync: ResyncState
     var orders: [PointOrder] = []
@@ -123,6 +126,7 @@ public final class DiskReplicator: @unchecked Sendable {
         chunkCount = (session.device.sizeBytes + chunkBytes - 1) / chunkBytes
         toRead = ChunkSet(chunks: chunkCount)
         resync = ResyncState(chunks: chunkCount)
+        senderWake = WakeSignal()
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
         if settings.compressionLevel == .auto { compression = CompressionGovernor() }
     }
@@ -541,6 +545,7 @@ public final class DiskReplicator: @unchecked Sendable {
         windowBytes += UInt64(bytes.count)
         stats.segmentsSealed += 1
         cond.broadcast()
+        if senderIdle { senderWake.signal() }
     }
 
     // MARK: Sender
@@ -622,6 +627,9 @@ public final class DiskReplicator: @unchecked Sendable {
                 try writer.send(.ping(pings))
                 lastSent = now
             }
+            // Cleared before looking for work: a wake-up given after this
+            // look is kept, and ends the wait below at once.
+            senderWake.clear()
             // A resync's digest request goes before segments: it is small and the scan waits for it.
             let asked = try sendDigestRequest(writer)
             if asked { lastSent = monotonicSeconds() }
@@ -640,8 +648,11 @@ public final class DiskReplicator: @unchecked Sendable {
                 stats.bytesSent += UInt64(item.bytes.count)
                 cond.unlock()
             }
-            // Read whatever acknowledgements have arrived.
-            while try reader.hasBufferedBytes || stream.waitReadable(timeoutMs: item == nil && !asked ? ReplicationLimits.idlePollMs : 0) {
+            // Read whatever acknowledgements have arrived; with nothing to
+            // send, wait for one, or for something to send (senderWake).
+            let idle = item == nil && !asked
+            while try reader.hasBufferedBytes
+                    || stream.waitReadable(timeoutMs: idle ? ReplicationLimits.idlePollMs : 0, wake: idle ? senderWake : nil) {
                 guard let m = try reader.next() else { throw TidemarkError(.state, "the server closed the connection") }
                 lastHeard = monotonicSeconds()
                 try handle(m)

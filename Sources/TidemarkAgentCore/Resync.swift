@@ -356,6 +356,7 @@ extension DiskReplicator {
         resync.query = DigestQuery(first: first, count: count)
         resync.stats.digestRequests += 1
         cond.broadcast()
+        senderWake.signal()
         while !stopping {
             if let reply = resync.query?.reply {
                 let baseline = resync.baseline ?? 0
@@ -365,6 +366,7 @@ extension DiskReplicator {
                     throw ScanInterrupted(message: "the server's digests reflect #\(reply.sequence), but it held #\(baseline) when this agent connected; still waiting for it to commit")
                 }
                 resync.query = DigestQuery(first: first, count: count)
+                senderWake.signal()
                 cond.unlock()
                 StopSignal.sleep(milliseconds: Limits.digestBaselinePollMs)
                 cond.lock()

@@ -87,13 +87,17 @@ func monotonicMs() -> Int64 {
 /// Waits until `fd` has `events` (POLLIN/POLLOUT), or `timeoutMs` passed
 /// (returns false; negative = no limit). Hang-ups and errors count as ready:
 /// the next call on the fd reports them.
-func waitFor(_ fd: Int32, _ events: Int16, timeoutMs: Int, _ context: @autoclosure () -> String) throws -> Bool {
+/// With `wake`, a readable `wake` descriptor also ends the wait (false:
+/// `fd` is not known ready).
+func waitFor(_ fd: Int32, _ events: Int16, timeoutMs: Int, wake: Int32? = nil, _ context: @autoclosure () -> String) throws -> Bool {
     let deadline = timeoutMs >= 0 ? monotonicMs() + Int64(timeoutMs) : Int64.max
-    var p = pollfd(fd: fd, events: events, revents: 0)
+    var p = (pollfd(fd: fd, events: events, revents: 0), pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
     while true {
         let left = deadline == Int64.max ? -1 : Int32(clamping: max(0, deadline - monotonicMs()))
-        let r = poll(&p, 1, left)
-        if r > 0 { return true }
+        let r = withUnsafeMutablePointer(to: &p) {
+            $0.withMemoryRebound(to: pollfd.self, capacity: 2) { poll($0, wake == nil ? 1 : 2, left) }
+        }
+        if r > 0 { return p.0.revents != 0 }
         if r == 0 { return false }
         let e = errno
         if e == EINTR { continue }

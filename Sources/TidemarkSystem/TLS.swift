@@ -315,11 +315,14 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// other work. A true answer means the next read does not wait for new
     /// bytes to begin, though it may wait (within the read timeout) for the
     /// rest of a record that has partly arrived.
-    public func waitReadable(timeoutMs: Int) throws -> Bool {
+    /// With `wake`, a `WakeSignal` given meanwhile ends the wait early
+    /// (false, unless data came too); the caller clears it.
+    public func waitReadable(timeoutMs: Int, wake: WakeSignal? = nil) throws -> Bool {
         guard enter() else { return true }
         defer { leave() }
         if state.withLock({ _ in tm_tls_has_pending(tls) }) != 0 { return true }
-        return try waitFor(socket.fd, Int16(POLLIN), timeoutMs: timeoutMs, "waiting for data from TLS peer \(peerDescription)")
+        return try waitFor(socket.fd, Int16(POLLIN), timeoutMs: timeoutMs, wake: wake?.fd,
+                           "waiting for data from TLS peer \(peerDescription)")
     }
 
     private func wait(_ event: Int32, reading: Bool) throws {

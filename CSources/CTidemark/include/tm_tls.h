@@ -44,11 +44,13 @@ enum {
     TM_TLS_PROBLEM_NOT_TLS = 12,            /* the peer does not speak TLS */
 };
 
-/* accept4(SOCK_CLOEXEC) and pipe2(O_CLOEXEC|O_NONBLOCK): GNU extensions
- * Swift's Glibc module does not show. fd / 0, or -errno. */
+/* accept4(SOCK_CLOEXEC), pipe2(O_CLOEXEC|O_NONBLOCK) and
+ * eventfd(EFD_CLOEXEC|EFD_NONBLOCK): what Swift's Glibc module does not
+ * show. fd / 0, or -errno. */
 struct sockaddr;
 int tm_accept_cloexec(int fd, struct sockaddr *addr, unsigned int *len);
 int tm_pipe_cloexec_nonblock(int fds[2]);
+int tm_eventfd_cloexec_nonblock(void);
 
 /* The TLS 1.3 cipher suites both sides allow, in order of preference
  * (see tm_tls_ctx_new in tls.c for why AES-128-GCM comes first). */

@@ -1,0 +1,33 @@
+import CTidemark
+import Glibc
+
+/// A wake-up one thread gives another that waits in poll(2) on something
+/// else too (an eventfd): `signal()` from any thread makes `fd` readable
+/// until the waiter calls `clear()`. Signals before the clear collapse into
+/// one wake-up. Without a descriptor (eventfd failed: the process is out
+/// of them) `fd` is -1, which poll(2) ignores: signals are lost and the
+/// waiter wakes at its timeout, as if there were no signal.
+public final class WakeSignal: @unchecked Sendable {
+    public let fd: Int32
+
+    public init() {
+        fd = max(-1, tm_eventfd_cloexec_nonblock())
+    }
+
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    /// Makes `fd` readable (never blocks: the counter cannot overflow
+    /// before a clear in any real use, and EAGAIN would mean it is set).
+    public func signal() {
+        guard fd >= 0 else { return }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+    }
+
+    /// Resets it: `fd` is no longer readable until the next `signal()`.
+    public func clear() {
+        guard fd >= 0 else { return }
+        var value: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &value) { Glibc.read(fd, $0.baseAddress, 8) }
+    }
+}
