@@ -251,7 +251,6 @@ public final class ProcessServer: @unchecked Sendable {
         return (ingest.durable, ingest.committed)
     }
 
-    /// Appends a received segment to the spool; the durable acknowledgement follows from the sync thread.
     /// A staged segment (its target object's buffer) for the segment of
     /// `segmentBytes` that `header` starts, for the connection to read into;
     /// nil when the staging budget is spent (the uploader then reads the
@@ -261,8 +260,9 @@ public final class ProcessServer: @unchecked Sendable {
         return staging.reserve(diskID: header.diskID, extents: shape.extents, point: shape.point, payloadBytes: segmentBytes)
     }
 
-    /// Spools one received segment (`bytes`, which are `staged`'s payload
-    /// when it was staged) after its checks against the disk's state.
+    /// Appends a received segment (`bytes`, which are `staged`'s payload
+    /// when it was staged) to the spool after its checks against the disk's
+    /// state; the durable acknowledgement follows from the sync thread.
     func ingest(_ c: Connection, header: SegmentHeader, bytes: UnsafeRawBufferPointer, staged: StagedSegment?) throws {
         lock.lock()
         guard let d = disks[header.diskID], d.owner === c else {
