@@ -18,6 +18,9 @@ final class Connection: @unchecked Sendable {
     private var committedAcks: [String: UInt64] = [:]
     private var closed = false
     private var stream: TLSStream?
+    /// Wakes the connection's thread from its wait for frames when another
+    /// thread queues an acknowledgement, so it goes out at once.
+    private let ackWake = WakeSignal()
 
     init(server: ProcessServer, socket: TCPSocket) {
         self.server = server
@@ -35,12 +38,14 @@ final class Connection: @unchecked Sendable {
         lock.lock()
         durableAcks[disk] = max(durableAcks[disk] ?? 0, durable)
         lock.unlock()
+        ackWake.signal()
     }
 
     func queueAck(disk: String, committed: UInt64) {
         lock.lock()
         committedAcks[disk] = max(committedAcks[disk] ?? 0, committed)
         lock.unlock()
+        ackWake.signal()
     }
 
     /// Closes from any thread: the connection's own thread wakes and ends.
@@ -98,17 +103,20 @@ final class Connection: @unchecked Sendable {
         try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
         Log.info("\(peer): agent \(agentID) connected")
         var opened: Set<String> = []
-        var idleMs = 0
+        var lastFrame = monotonicNanoseconds()
         while !isClosed && !server.isStopped {
+            // Cleared before the flush: an acknowledgement queued after it
+            // ends the wait below at once.
+            ackWake.clear()
             try flushAcks(writer)
-            guard try reader.hasBufferedBytes || s.waitReadable(timeoutMs: ServerLimits.connectionPollMs) else {
-                idleMs += ServerLimits.connectionPollMs
+            guard try reader.hasBufferedBytes || s.waitReadable(timeoutMs: ServerLimits.connectionPollMs, wake: ackWake) else {
+                let idleMs = Int((monotonicNanoseconds() - lastFrame) / 1_000_000)
                 if idleMs >= ServerLimits.idleTimeoutMs {
                     throw ProtocolViolation(code: 408, "idle for \(idleMs / 1000) s")
                 }
                 continue
             }
-            idleMs = 0
+            lastFrame = monotonicNanoseconds()
             guard let frame = try reader.nextFrame() else {
                 Log.info("\(peer): agent \(agentID) disconnected")
                 return
