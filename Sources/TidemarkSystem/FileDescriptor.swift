@@ -166,11 +166,23 @@ public final class AlignedBuffer: @unchecked Sendable {
 
     /// With `zeroed: false` the bytes are left as the allocator gave them:
     /// for a buffer the caller fills completely before reading it.
+    /// A buffer of 2 MiB or more is aligned to 2 MiB and asks for
+    /// transparent huge pages (MADV_HUGEPAGE: Debian's kernels give them
+    /// only to regions that ask): a segment's buffer is then 2 pages instead
+    /// of 1024, which the CPU's TLB and the kernel's pinning of O_DIRECT
+    /// pages both see (about 1–2 CPU-s of ~20 per initial replication of
+    /// the benchmark's disk, BENCHMARKS.md).
     public init(count: Int, alignment: Int = 4096, zeroed: Bool = true) {
         precondition(count > 0 && alignment > 0 && alignment & (alignment - 1) == 0)
+        let huge = 2 << 20
+        let aligned = count >= huge ? max(alignment, huge) : alignment
         self.count = count
-        self.alignment = alignment
-        self.pointer = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: alignment)
+        self.alignment = aligned
+        self.pointer = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: aligned)
+        if count >= huge {
+            // Advice only: where the kernel has no huge pages it uses small ones.
+            _ = madvise(pointer, count / huge * huge, 14 /* MADV_HUGEPAGE */)
+        }
         if zeroed { self.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count) }
     }
 

@@ -4,6 +4,19 @@ import TidemarkSystem
 import TidemarkTesting
 
 @Suite struct BufferPoolTests {
+    /// Buffers of 2 MiB and more are aligned to 2 MiB (a huge page each),
+    /// smaller ones to what was asked; both are usable end to end.
+    @Test func largeBuffersAreHugePageAligned() {
+        for (count, alignment) in [(4 << 20, 4096), ((2 << 20) + 4096, 4096), ((2 << 20) - 1, 4096), (1 << 20, 512)] {
+            let b = AlignedBuffer(count: count, alignment: alignment, zeroed: true)
+            let expected = count >= 2 << 20 ? 2 << 20 : alignment
+            #expect(b.alignment == expected && Int(bitPattern: b.pointer) % expected == 0, "count \(count)")
+            #expect(b.bytes[0] == 0 && b.bytes[count - 1] == 0)
+            b.bytes[count - 1] = 7
+            #expect(b.bytes[count - 1] == 7)
+        }
+    }
+
     @Test func buffersAreReusedAndBounded() {
         let pool = BufferPool(keptMax: 2, roundingBytes: 1 << 16)
         var a: PooledBuffer? = pool.take(100_000)
