@@ -74,7 +74,9 @@ public enum ReplicationLimits {
     public static let compressionAutoLevels: ClosedRange<Int32> = -5...3
     public static let compressionAutoStartLevel: Int32 = 1
     public static let compressionStepSegments = 4
-    /// With nothing to send, the sender polls for acknowledgements this often.
+    /// With nothing to send, the sender waits this long at most for an
+    /// acknowledgement (a queued segment or digest request wakes it at once),
+    /// then looks at its pings and timeouts again.
     public static let idlePollMs = 20
     public static let reconnectDelayMsMin = 100
     public static let reconnectDelayMsMax = 5_000

@@ -6,7 +6,7 @@ import TidemarkWire
 /// One agent connection. Its thread does every TLS read and write (OpenSSL
 /// does not allow a read and a write on one stream from two threads):
 /// it waits for a frame with a short poll, and between frames sends the
-/// acknowledgements other threads queued. Acknowledgements are cumulative,
+/// acknowledgements other threads queued (queuing one wakes the poll). Acknowledgements are cumulative,
 /// so the queue keeps only the newest per disk: its size is bounded by the
 /// disks the connection opened.
 final class Connection: @unchecked Sendable {

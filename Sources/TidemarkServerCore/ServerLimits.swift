@@ -11,8 +11,8 @@ public enum ServerLimits {
     public static let idleTimeoutMs = 120_000
     /// Once a frame has begun, each read of its remaining bytes may wait this long.
     public static let frameReadTimeoutMs = 30_000
-    /// How long a connection thread waits in one poll before it looks at its
-    /// outgoing acknowledgements again.
+    /// How long a connection thread waits in one poll before it looks at
+    /// whether it should stop (a queued acknowledgement wakes it at once).
     public static let connectionPollMs = 50
     /// Disks one connection may open.
     public static let disksPerConnectionMax = 64
