@@ -181,17 +181,6 @@ public enum HRLFormat {
         b.storeBytes(of: v.littleEndian, toByteOffset: offset, as: T.self)
     }
 
-    static func isAllZero(_ b: UnsafeRawBufferPointer) -> Bool {
-        var acc: UInt64 = 0
-        var i = 0
-        while i + 8 <= b.count {
-            acc |= b.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-            i += 8
-        }
-        while i < b.count { acc |= UInt64(b[i]); i += 1 }
-        return acc == 0
-    }
-
     static func checksum(_ page: UnsafeRawBufferPointer) -> UInt32 {
         crc32c(UnsafeRawBufferPointer(rebasing: page[0..<crcOffset]))
     }
