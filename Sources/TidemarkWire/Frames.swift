@@ -72,9 +72,9 @@ public final class FrameReader: @unchecked Sendable {
         let (type, length) = try withUnsafeBytes(of: &header) { h in
             try Self.parseHeader(UnsafeRawBufferPointer(rebasing: h[0..<WireProtocol.frameHeaderBytes]), accepting: acceptedVersions)
         }
-        framesRead += 1
         // length checked against the type's limit
         if type == .segment {
+            framesRead += 1
             payloadRemaining = length
             return .segment(length: length)
         }
@@ -82,6 +82,7 @@ public final class FrameReader: @unchecked Sendable {
             _ = try readExact(UnsafeMutableRawBufferPointer(b), eofAllowed: false)
             initialized = length
         }
+        framesRead += 1
         return .message(try payload.withUnsafeBytes { try WireMessage.decode(type: type, payload: $0) })
     }
 
