@@ -22,21 +22,27 @@ import TidemarkTesting
     static func waitForResync(_ agent: BackgroundProcess, timeoutSeconds: Double = 60) throws -> Resync {
         let deadline = Date().addingTimeInterval(timeoutSeconds)
         while Date() < deadline {
-            if let line = agent.stderr.split(separator: "\n").first(where: { $0.contains("complete: ") && $0.contains("resync of") }) {
-                let pattern = #"complete: (\d+) chunks compared \((\d+) bytes read\), (\d+) identical on the target, (\d+) differing, (\d+) unknown to the target, (\d+) already queued; read (\d+) bytes and sent (\d+) bytes of segments for a (\d+)-byte disk in ([0-9.]+) s"#
-                let text = String(line)
-                guard let m = try NSRegularExpression(pattern: pattern).firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) else {
-                    throw TestFailure("cannot parse the resync line: \(line)")
-                }
-                let v = (1...10).map { Double(text[Range(m.range(at: $0), in: text)!])! }
-                return Resync(compared: UInt64(v[0]), identical: UInt64(v[2]), differing: UInt64(v[3]), unknown: UInt64(v[4]),
-                              alreadyQueued: UInt64(v[5]), bytesRead: UInt64(v[1]), bytesReadToSend: UInt64(v[6]), bytesSent: UInt64(v[7]),
-                              diskBytes: UInt64(v[8]), seconds: v[9])
-            }
+            if let r = try resync(in: agent.stderr) { return r }
             if !agent.process.isRunning { throw TestFailure("the agent exited during the resync:\n\(agent.stderr.suffix(4000))") }
             usleep(100_000)
         }
         throw TestFailure("no completed resync within \(timeoutSeconds) s:\n\(agent.stderr.suffix(4000))")
+    }
+
+    /// The completed resync an agent's log reports, if it has one.
+    static func resync(in log: String) throws -> Resync? {
+        if let line = log.split(separator: "\n").first(where: { $0.contains("complete: ") && $0.contains("resync of") }) {
+            let pattern = #"complete: (\d+) chunks compared \((\d+) bytes read\), (\d+) identical on the target, (\d+) differing, (\d+) unknown to the target, (\d+) already queued; read (\d+) bytes and sent (\d+) bytes of segments for a (\d+)-byte disk in ([0-9.]+) s"#
+            let text = String(line)
+            guard let m = try NSRegularExpression(pattern: pattern).firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) else {
+                throw TestFailure("cannot parse the resync line: \(line)")
+            }
+            let v = (1...10).map { Double(text[Range(m.range(at: $0), in: text)!])! }
+            return Resync(compared: UInt64(v[0]), identical: UInt64(v[2]), differing: UInt64(v[3]), unknown: UInt64(v[4]),
+                          alreadyQueued: UInt64(v[5]), bytesRead: UInt64(v[1]), bytesReadToSend: UInt64(v[6]), bytesSent: UInt64(v[7]),
+                          diskBytes: UInt64(v[8]), seconds: v[9])
+        }
+        return nil
     }
 
     @Test func lostStateResyncSendsOnlyChangedChunks() throws {
@@ -119,17 +125,21 @@ import TidemarkTesting
 
         let load = try w.churn(6, seed: 7)
         try w.startAgent()
-        usleep(250_000)
+        // Killed as soon as its resync begins (a scan of this disk takes a
+        // few hundred ms, less than a fixed delay would reliably hit). Should
+        // it still have finished, its result is the one checked: the
+        // restarted agent then finds the disk replicated.
+        try waitFor("the agent begins its resync", timeoutSeconds: 30) { w.agent!.stderr.contains("by digest comparison") }
         w.agent!.stop(signal: SIGKILL)
         let firstLog = w.agent!.stderr
         try w.startAgent()
-        let r = try Self.waitForResync(w.agent!)
+        let r = try Self.resync(in: firstLog) ?? Self.waitForResync(w.agent!)
         load.stop(timeoutSeconds: 10)
         #expect(r.differing + r.unknown + r.alreadyQueued > 0, "the changes must be found: \(r)")
         let id = try w.point()
         try w.recoverAndCompare(id)
         let resumed = w.agent!.stderr.contains("chunks to compare with the target")
-        print("resync under load: killed after 250 ms (first run \(firstLog.contains("complete: ") ? "had finished" : "was interrupted")); restart \(resumed ? "resumed the comparison from the .hrl" : "found the disk replicated"): \(r)")
+        print("resync under load: killed when its resync began (first run \(firstLog.contains("complete: ") ? "had finished" : "was interrupted")); restart \(resumed ? "resumed the comparison from the .hrl" : "found the disk replicated"): \(r)")
     }
 }
 
