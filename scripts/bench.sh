@@ -7,6 +7,8 @@
 #   TIDEMARK_BENCH_BIN_B=dir scripts/bench.sh replicate   alternates rounds with the binaries in dir (A/B)
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
 #                                  (N or auto; default: the agent's default, 1)
+#   LEVEL_B=N scripts/bench.sh replicate   alternates rounds with level N (A/B; with or
+#                                  without TIDEMARK_BENCH_BIN_B)
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
 # Results are printed; copy them into BENCHMARKS.md with the date.
@@ -340,10 +342,13 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   # TIDEMARK_BENCH_BIN_B=dir: an A/B comparison in one run: the even rounds
   # run the agent and server in dir, the odd ones the usual build, and each
   # side's rounds get their own median.
+  # LEVEL_B=N does the same with the agent's compression level (alone, or
+  # with TIDEMARK_BENCH_BIN_B).
   bin_a=$BIN; bin_b=${TIDEMARK_BENCH_BIN_B:-}; pairs_a=(); pairs_b=()
+  level_a=${LEVEL:-}; level_b=${LEVEL_B:-${LEVEL:-}}; ab=${bin_b}${LEVEL_B:-}
   for round in $(seq "$rounds"); do
-    side=A; BIN=$bin_a
-    if [ -n "$bin_b" ] && [ $((round % 2)) = 0 ]; then side=B; BIN=$bin_b; fi
+    side=A; BIN=$bin_a; LEVEL=$level_a
+    if [ -n "$ab" ] && [ $((round % 2)) = 0 ]; then side=B; BIN=${bin_b:-$bin_a}; LEVEL=$level_b; fi
     cat "$work/usr.img" > /dev/null   # zstd's rate is its own: the data comes from the page cache
     tz=$(timed sh -c "zstd -1 -T2 -c '$work/usr.img' > /dev/null"); z=$(awk -v b="$bytes" -v s="$tz" 'BEGIN {printf "%d", b/s}')
     "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
@@ -371,7 +376,7 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
     ref=$(( f < z ? f : z ))
     pairs+=("$(ratio "$r" "$ref")"); trs_+=("$tr"); tzs+=("$tz"); cpus+=("$cpu_a+$cpu_s_")
     if [ "$side" = A ]; then pairs_a+=("${pairs[-1]}"); else pairs_b+=("${pairs[-1]}"); fi
-    [ -z "$bin_b" ] || echo -n "[$side $BIN] "
+    [ -z "$ab" ] || echo -n "[$side $BIN${LEVEL:+ level $LEVEL}] "
     echo "round $round: zstd -1 -T2 ${tz} s = $(mibps "$z" 1) MiB/s; tidemark ${tr} s = $(mibps "$r" 1) MiB/s (CPU s: agent+server $cpu_a+$cpu_s_); ratio ${pairs[-1]}"
     echo "  ($split; $((sent >> 20)) MiB sent, zstd level at the end $lvl)"
     if [ -n "$perfpid" ]; then  # (|| true: head ends the pipe early, which pipefail would count as a failure)
@@ -390,9 +395,9 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   echo "fio seq read (O_DIRECT): $(mibps "$f" 1) MiB/s; zstd -1 -T2 (median of $rounds): $(mibps "$z" 1) MiB/s (${tz} s from page cache)"
   echo "tidemark initial replication (median of $rounds), agent start to whole disk committed: ${tr} s = $(mibps "$r" 1) MiB/s (CPU s per round, agent+server: ${cpus[*]})"
   echo "replication/min(fio, zstd) ratio: $(printf '%s\n' "${pairs[@]}" | median) (median of the rounds' ratios: ${pairs[*]}; target >= 0.8)"
-  BIN=$bin_a
-  if [ -n "$bin_b" ]; then
-    echo "A/B: A ($bin_a) median $(printf '%s\n' "${pairs_a[@]}" | median) of ${pairs_a[*]}; B ($bin_b) median $(printf '%s\n' "${pairs_b[@]}" | median) of ${pairs_b[*]}"
+  BIN=$bin_a; LEVEL=$level_a
+  if [ -n "$ab" ]; then
+    echo "A/B: A ($bin_a${level_a:+ level $level_a}) median $(printf '%s\n' "${pairs_a[@]}" | median) of ${pairs_a[*]}; B (${bin_b:-$bin_a}${level_b:+ level $level_b}) median $(printf '%s\n' "${pairs_b[@]}" | median) of ${pairs_b[*]}"
   fi
   if [ "${SKIP_TOOLS:-0}" = 1 ]; then echo "restic and borg skipped (SKIP_TOOLS=1)"; else
   dropcaches; restic -q -r "$work/restic" init
