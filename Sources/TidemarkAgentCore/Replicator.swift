@@ -35,8 +35,11 @@ public struct ReplicationSettings: Sendable {
 /// sender thread (TLS) → "durable" frees the window → "committed" lets the
 /// main thread clear the `.hrl` bits of chunks not written since.
 ///
-/// Bounded: the window holds at most `inflightBytesMax` of sealed segments;
-/// when it is full the reader stops and bits accumulate (bitmap mode). The
+/// Bounded: the reader takes no new segment while the window holds
+/// `inflightBytesMax` of sealed segments, and bits accumulate (bitmap mode);
+/// the segments it read before (at most one batch of `workers` plus the
+/// seal pipeline's `workers + 1`) still join, so the window exceeds the
+/// limit by at most 2 × workers + 1 segments. The
 /// chunk → newest-segment map holds only chunks of uncommitted segments.
 public final class DiskReplicator: @unchecked Sendable {
     public let session: DiskSession

@@ -48,7 +48,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var bandwidthLimitBytesPerSecond: UInt64
     /// Target size of a replication segment in bytes (`replication.segment_size`): 64 KiB…8 MiB.
     public var segmentSizeBytes: UInt32
-    /// Most bytes sent but not yet acknowledged durable (`replication.inflight_bytes`): 8 MiB…1 GiB.
+    /// Most bytes of sealed segments not yet acknowledged durable (`replication.inflight_bytes`):
+    /// 8 MiB…1 GiB. The reader stops once this much waits; segments already read and
+    /// being sealed (at most 2 × CPUs + 1) still join the window.
     public var inflightBytesMax: UInt64
     /// How long a connection to the process server may make no progress
     /// (`replication.io_timeout_ms`): a blocked send, or no frame received
