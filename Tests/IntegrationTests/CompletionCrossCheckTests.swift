@@ -88,7 +88,7 @@ import TidemarkTesting
         let load = try w.churn(3, seed: 41)
         try w.recoverAndCompare(try w.point())
         load.stop(timeoutSeconds: 10)
-        try waitFor("the first resync to finish", timeoutSeconds: 60) { w.agent!.stderr.contains("resync of") && w.agent!.stderr.contains("complete") }
+        try w.waitFor("the first resync to finish", timeoutSeconds: 60) { w.agent!.stderr.contains("resync of") && w.agent!.stderr.contains("complete") }
         let completedBefore = w.agent!.stderr.components(separatedBy: "complete:").count
 
         guard let tracer = try Tracer.open(create: false, pinDir: w.h.sandbox.pinDir),
@@ -99,7 +99,7 @@ import TidemarkTesting
         let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
         let offset = try #require(bitmap.sectorOffset, "the agent established no offset")
         bitmap.setSectorOffset(offset &- 8)
-        try waitFor("the digest resync after the deficit", timeoutSeconds: 60) {
+        try w.waitFor("the digest resync after the deficit", timeoutSeconds: 60) {
             w.agent!.stderr.components(separatedBy: "complete:").count > completedBefore
         }
         let log = w.agent!.stderr

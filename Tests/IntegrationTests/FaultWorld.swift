@@ -153,6 +153,16 @@ final class FaultWorld: @unchecked Sendable {
         "\n--- agent ---\n\(agent?.stderr.suffix(6000) ?? "")\n--- server ---\n\(server?.stderr.suffix(6000) ?? "")"
     }
 
+    /// `waitFor`, with both processes' logs in the failure: a wait that
+    /// times out says what the agent and the server were doing.
+    func waitFor(_ what: String, timeoutSeconds: Double, _ condition: () throws -> Bool) throws {
+        do {
+            try IntegrationTests.waitFor(what, timeoutSeconds: timeoutSeconds, condition)
+        } catch let e as TestFailure {
+            throw TestFailure("\(e)\(logs)")
+        }
+    }
+
     /// Takes a point; keeps the frozen copy as truth-ID.img; returns the id.
     func point() throws -> String {
         let r = try run([TestEnv.binary("tidemarkctl"), "point", "create", "--disk", disk.path, "--socket", h.dir + "/agent.sock"])

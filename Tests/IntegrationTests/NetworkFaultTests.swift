@@ -59,8 +59,8 @@ import TidemarkWire
         let logBefore = w.server!.stderr.count
         proxy.tamper(atByte: 100_000)
         proxy.cutAll()
-        try waitFor("the proxy flipped a bit", timeoutSeconds: 30) { proxy.flipped == 1 }
-        try waitFor("the server rejected the tampered TLS record", timeoutSeconds: 30) {
+        try w.waitFor("the proxy flipped a bit", timeoutSeconds: 30) { proxy.flipped == 1 }
+        try w.waitFor("the server rejected the tampered TLS record", timeoutSeconds: 30) {
             let new = w.server!.stderr.dropFirst(logBefore).lowercased()
             return new.contains("bad record mac") || new.contains("decrypt")
         }
@@ -161,7 +161,7 @@ import TidemarkWire
         try c.raw(Array((Self.frameHeader(type: 5, length: UInt32(s2.count)) + s2).prefix(5000)))
         c.stream.shutdown()
         c.close()
-        try waitFor("the server logs the frame cut short", timeoutSeconds: 15) {
+        try w.waitFor("the server logs the frame cut short", timeoutSeconds: 15) {
             w.server!.stderr.contains("connection ended")
         }
 
@@ -201,7 +201,7 @@ import TidemarkWire
                 answered = false
             }
             #expect(!answered, "the server answered a client with a bad (\(why)) certificate")
-            try waitFor("the server logs the \(why) certificate", timeoutSeconds: 15) {
+            try w.waitFor("the server logs the \(why) certificate", timeoutSeconds: 15) {
                 w.server!.stderr.count > before.count && w.server!.stderr.dropFirst(before.count).contains(why)
             }
         }
@@ -221,7 +221,7 @@ import TidemarkWire
         let plain1 = (0..<Int(chunk)).map { _ in UInt8(truncatingIfNeeded: payload1.next()) }
         let digest1 = plain1.withUnsafeBytes { ChunkDigester(key: evilKey, diskID: evilDisk).digest(chunk: 1, $0) }
         c = try evil()
-        try waitFor("segment 1 of \(evilDisk) is indexed", timeoutSeconds: 30) { try chunkStates(c)[1] != .unknown }
+        try w.waitFor("segment 1 of \(evilDisk) is indexed", timeoutSeconds: 30) { try chunkStates(c)[1] != .unknown }
         #expect(try chunkStates(c) == [.unknown, .data(digest1, .gmacAES), .unknown])
         c.close()
         c = try TestClient(port: port, ca: w.tls + "/ca.crt", cert: w.tls + "/agent-evil.crt", key: w.tls + "/agent-evil.key")
@@ -279,7 +279,7 @@ import TidemarkWire
         let free = try sh("df -B1 --output=avail \(w.spoolMount!) | tail -1")
         try sh("fallocate -l \(UInt64(free)! - (2 << 20)) \(filler)")
         let load = try w.churn(4, seed: 31)
-        try waitFor("the server reports the spool's filesystem full", timeoutSeconds: 60) {
+        try w.waitFor("the server reports the spool's filesystem full", timeoutSeconds: 60) {
             w.server!.stderr.contains("no space left on the spool's filesystem")
         }
         load.stop(timeoutSeconds: 10)
@@ -290,7 +290,7 @@ import TidemarkWire
         let segments = w.target + "/disks/" + disk + "/segments"
         try sh("chattr +i \(segments)")
         let load2 = try w.churn(60, seed: 32)
-        try waitFor("the spool is full (spool_max_bytes)", timeoutSeconds: 90) {
+        try w.waitFor("the spool is full (spool_max_bytes)", timeoutSeconds: 90) {
             w.server!.stderr.contains("is full (")
         }
         load2.stop(timeoutSeconds: 10)
@@ -300,17 +300,13 @@ import TidemarkWire
         let damaged = (try w.stored(disk).segments.last ?? 0) + 2
         try Self.damageSpoolRecord(in: w.spoolDir, sequence: damaged)
         try sh("chattr -i \(segments)")
-        do {
-            try waitFor("the server catches the damaged record #\(damaged)", timeoutSeconds: 60) {
-                w.server!.stderr.contains("cannot be uploaded")
-            }
-        } catch {
-            throw TestFailure("\(error)\(w.logs)")
+        try w.waitFor("the server catches the damaged record #\(damaged)", timeoutSeconds: 60) {
+            w.server!.stderr.contains("cannot be uploaded")
         }
         #expect(w.server!.stderr.contains("reads back damaged"), "\(w.logs)")
         // A point tagged before the agent learns of the loss is lost with it
         // (and said so); take this one after the agent has started re-sending.
-        try waitFor("the agent re-sends what the server lost", timeoutSeconds: 60) {
+        try w.waitFor("the agent re-sends what the server lost", timeoutSeconds: 60) {
             w.agent!.stderr.contains("re-sending all uncommitted chunks")
         }
         points.append(try w.point())
@@ -339,7 +335,7 @@ import TidemarkWire
         let segments = w.target + "/disks/" + disk + "/segments"
         try sh("chattr +i \(segments)")
         let load = try w.churn(6, seed: 41)
-        try waitFor("the server retries an upload", timeoutSeconds: 60) {
+        try w.waitFor("the server retries an upload", timeoutSeconds: 60) {
             w.server!.stderr.contains("failed: ") && w.server!.stderr.contains("retrying in")
         }
         load.stop(timeoutSeconds: 10)
