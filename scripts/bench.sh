@@ -7,6 +7,7 @@
 #   TIDEMARK_BENCH_BIN_B=dir scripts/bench.sh replicate   alternates rounds with the binaries in dir (A/B)
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
 #                                  (N or auto; default: the agent's default, 1)
+#   BORG_ENCRYPTED=1 scripts/bench.sh replicate   also times borg with -e repokey
 #   LEVEL_B=N scripts/bench.sh replicate   alternates rounds with level N (A/B; with or
 #                                  without TIDEMARK_BENCH_BIN_B)
 #   scripts/bench.sh deps     installs what the benchmarks compare against
@@ -328,7 +329,7 @@ release_disk() { # loop device: untrack, detach, forget
 timed() { local t0; t0=$(now); "$@" >"$work/timed.out" 2>&1 || { cat "$work/timed.out" >&2; exit 1; }; elapsed "$t0" "$(now)"; }
 export RESTIC_PASSWORD=tidemark-bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 restic_backup() { restic -q -r "$work/restic" backup --stdin --stdin-filename disk.img < "$1"; }
-borg_backup() { borg create "$work/borg::$2" - < "$1"; }
+borg_backup() { borg create "${3:-$work/borg}::$2" - < "$1"; }
 
 if [ "$what" = all ] || [ "$what" = replicate ]; then
   echo "== initial replication of an ext4 disk holding a copy of /usr to a process server on loopback (TLS)"
@@ -406,9 +407,17 @@ if [ "$what" = all ] || [ "$what" = replicate ]; then
   tb=$(timed borg_backup "$l" a)
   echo "restic backup --stdin: ${trs} s; borg create (-e none, lz4): ${tb} s"
   echo "restic/tidemark time: $(ratio "$trs" "$tr"); borg/tidemark time: $(ratio "$tb" "$tr") (against the median replication; target >= 3)"
+  # BORG_ENCRYPTED=1: borg once more, encrypting and authenticating as
+  # tidemark and restic always do (-e repokey: AES-256-CTR + HMAC-SHA256,
+  # borg's choice for CPUs with SHA and AES instructions).
+  if [ "${BORG_ENCRYPTED:-0}" = 1 ]; then
+    dropcaches; BORG_PASSPHRASE=tidemark-bench borg init -e repokey "$work/borg-enc" >/dev/null 2>&1
+    tbe=$(BORG_PASSPHRASE=tidemark-bench timed borg_backup "$l" a "$work/borg-enc")
+    echo "borg create (-e repokey, lz4): ${tbe} s; borg (encrypted)/tidemark time: $(ratio "$tbe" "$tr")"
+  fi
   fi
   release_disk "$l"
-  rm -rf "$work/restic" "$work/borg" "$target" "$spool" "$work/state" "$work/usr.img" "$work/mnt"
+  rm -rf "$work/restic" "$work/borg" "$work/borg-enc" "$target" "$spool" "$work/state" "$work/usr.img" "$work/mnt"
 
 fi
 
