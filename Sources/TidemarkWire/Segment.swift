@@ -227,14 +227,11 @@ public struct SegmentHeader: Equatable, Sendable {
     /// With `segmentBytes`, `segment` may hold only the header (its first
     /// bytes, at least the declared header length) of a segment that long.
     public static func decode(_ segment: UnsafeRawBufferPointer, segmentBytes: Int? = nil) throws -> (SegmentHeader, headerBytes: Int) {
-        var r = ByteReader(segment, what: "segment header")
-        guard segment.count >= SegmentFormat.fixedBytes else {
-            throw TidemarkError(.corrupt, "segment is \(segment.count) bytes, shorter than the \(SegmentFormat.fixedBytes)-byte fixed header")
-        }
+        // The fixed header's size, magic and header length bounds.
+        _ = try declaredHeaderBytes(segment)
         let segmentCount = segmentBytes ?? segment.count
-        guard try r.bytes(4, "magic") == SegmentFormat.magic else {
-            throw TidemarkError(.corrupt, "not a Tidemark segment (bad magic)")
-        }
+        var r = ByteReader(segment, what: "segment header")
+        _ = try r.bytes(4, "magic")
         let version = try r.u16("version")
         guard SegmentFormat.readableVersions.contains(version) else {
             throw TidemarkError(.corrupt, "segment format version \(version) is not supported (this build reads versions \(SegmentFormat.readableVersions.lowerBound) to \(SegmentFormat.readableVersions.upperBound))",
