@@ -11,7 +11,11 @@ public final class WakeSignal: @unchecked Sendable {
     public let fd: Int32
 
     public init() {
-        fd = max(-1, tm_eventfd_cloexec_nonblock())
+        let r = tm_eventfd_cloexec_nonblock()
+        fd = max(-1, r)
+        if r < 0 {
+            Log.warning("eventfd failed (\(String(cString: strerror(-r)))): queued work waits for the next poll timeout (tens of ms) instead of waking its thread; raise the open-file limit (LimitNOFILE) if the process is out of descriptors")
+        }
     }
 
     deinit { if fd >= 0 { Glibc.close(fd) } }
