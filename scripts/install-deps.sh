@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH=/opt/swift/usr/bin:$PATH
 command -v swift >/dev/null || { echo "error: Swift 6 toolchain not found (expected /opt/swift/usr/bin/swift)" >&2; exit 1; }
-# The tracer needs the BPF filesystem and tracefs (the agent mounts bpffs itself if missing).
+# The tracer needs the BPF filesystem (the agent mounts it itself if missing; tracepoints attach through BPF, not tracefs).
 if [ "$(id -u)" = 0 ]; then
-  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+  mountpoint -q /sys/fs/bpf || { mount -t bpf bpf /sys/fs/bpf && echo "mounted the BPF filesystem at /sys/fs/bpf"; }
 fi

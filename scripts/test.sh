@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH=/opt/swift/usr/bin:$PATH
+# The probe-churn test switches ftrace probes in tracefs instances; a new
+# machine has tracefs unmounted. (The agent itself needs only bpffs.)
+if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing
+  echo "mounted tracefs at /sys/kernel/tracing (the completion cross-check test switches ftrace probes there)"
+fi
 CSources/bpf/build.sh --check
 swift build --build-tests 2>&1 | tail -n 3
 if [ $# -eq 0 ]; then

@@ -117,7 +117,8 @@ import TidemarkTesting
     /// of 4 KiB land on distinct chunks. Without the cross-check, each of 4 runs
     /// here lost 1 to 4 writes; with it, every written chunk is dirty.
     @Test func writesCompletedWhileProbesChangeAreNeverLost() throws {
-        guard TestEnv.requireRoot("completion cross-check under probe churn") else { return }
+        guard TestEnv.requireRoot("completion cross-check under probe churn"),
+              TestEnv.requireTracefs("completion cross-check under probe churn") else { return }
         let h = try Harness("xchurn")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16 << 10, directIO: false)

@@ -20,6 +20,20 @@ public enum TestEnv {
         return false
     }
 
+    /// True when tracefs is mounted at /sys/kernel/tracing (tests that
+    /// switch ftrace probes need it; `scripts/test.sh` mounts it). Otherwise
+    /// records an issue on CI and prints SKIP elsewhere, saying how to mount it.
+    public static func requireTracefs(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
+        if FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances") { return true }
+        let msg = "\(what) needs tracefs at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing; scripts/test.sh does it)"
+        if isCI {
+            Issue.record("\(msg); CI must run it", sourceLocation: sourceLocation)
+        } else {
+            print("SKIP: \(msg)")
+        }
+        return false
+    }
+
     /// The directory holding the built executables (beside the test bundle).
     public static var binDir: String {
         if let d = ProcessInfo.processInfo.environment["TIDEMARK_BIN_DIR"] { return d }
