@@ -557,8 +557,8 @@ public final class ProcessServer: @unchecked Sendable {
     /// A segment's chunk digests as the index keeps them (nil for format
     /// version 1, which has none).
     static func storedDigests(_ h: SegmentHeader) -> [StoredDigest]? {
-        guard DigestConstruction(segmentVersion: h.version) != nil else { return nil }
-        return h.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high, segmentVersion: h.version) }
+        guard let construction = DigestConstruction(segmentVersion: h.version) else { return nil }
+        return h.chunkDigests.map { StoredDigest(low: $0.low, high: $0.high, segmentVersion: construction.segmentVersion) }
     }
 
     /// After a commit: records the segment's chunks in the digest index. A

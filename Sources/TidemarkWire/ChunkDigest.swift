@@ -48,12 +48,12 @@ public enum DigestConstruction: UInt8, Sendable, CaseIterable {
     /// What writers use.
     public static let current = DigestConstruction.gmacAES
 
-    /// The construction of a segment format version's digests; nil for
-    /// version 1, which carries none.
+    /// The construction of a segment format version's digests (format 4
+    /// keeps construction 3); nil for version 1, which carries none.
     public init?(segmentVersion: UInt16) {
         switch segmentVersion {
         case 2: self = .hmacSHA256
-        case 3: self = .gmacAES
+        case 3, 4: self = .gmacAES
         default: return nil
         }
     }

@@ -66,10 +66,16 @@ public enum SegmentFormat {
     public static let magic: [UInt8] = [0x54, 0x4D, 0x53, 0x47]
     /// The version writers produce: 2 added the chunk digests after the
     /// extents; 3 has the same layout with digests of construction 3
-    /// (`DigestConstruction`).
-    public static let version: UInt16 = 3
+    /// (`DigestConstruction`); 4 adds the header MAC at the end of the
+    /// header (`SegmentHeaderMAC`), so that the header alone can be
+    /// authenticated under the replication key (a tombstone keeps it).
+    public static let version: UInt16 = 4
     /// Versions a reader accepts (version 1 segments carry no digests).
-    public static let readableVersions: ClosedRange<UInt16> = 1...3
+    public static let readableVersions: ClosedRange<UInt16> = 1...4
+    /// The first version whose header carries a header MAC.
+    public static let headerMACVersion: UInt16 = 4
+    /// Bytes of the header MAC (the last bytes of a version 4 header).
+    public static let headerMACBytes = 16
     /// Bytes before the disk id.
     public static let fixedBytes = 76
     /// Bytes per extent entry.
@@ -107,6 +113,11 @@ public struct SegmentHeader: Equatable, Sendable {
     /// Version 2: one keyed digest per chunk of the data extents, in extent
     /// order (`ChunkDigester`); empty in version 1.
     public var chunkDigests: [ChunkDigest]
+    /// Version 4: the header MAC as stored (`SegmentHeaderMAC`), checked by
+    /// `SegmentHeaderMAC.verify`, not by `decode` (which holds no key);
+    /// empty before version 4. `encode` writes zeros in its place: the
+    /// sealer fills it in.
+    public var headerMAC: [UInt8] = []
 
     public init(kind: SegmentKind, diskID: String, keyID: UInt64, sequence: UInt64, diskSizeBytes: UInt64,
                 chunkSizeBytes: UInt32, compressed: Bool, plainLength: UInt32, cipherLength: UInt32,
@@ -131,8 +142,11 @@ public struct SegmentHeader: Equatable, Sendable {
     /// Bytes of the encoded header.
     public var encodedBytes: Int {
         SegmentFormat.fixedBytes + diskID.utf8.count + (point?.id.utf8.count ?? 0) + extents.count * SegmentFormat.extentBytes
-            + chunkDigests.count * SegmentFormat.chunkDigestBytes
+            + chunkDigests.count * SegmentFormat.chunkDigestBytes + macBytes
     }
+
+    /// Bytes of the header MAC in this version's header (0 before version 4).
+    var macBytes: Int { version >= SegmentFormat.headerMACVersion ? SegmentFormat.headerMACBytes : 0 }
 
     /// The number of chunks the data extents cover: the digest count of a
     /// version 2 header.
@@ -196,6 +210,7 @@ public struct SegmentHeader: Equatable, Sendable {
             w.zeros(3)
         }
         for d in chunkDigests { w.u64(d.low); w.u64(d.high) }
+        w.zeros(macBytes)
         assert(w.bytes.count == encodedBytes)
         return w.bytes
     }
@@ -335,8 +350,9 @@ public struct SegmentHeader: Equatable, Sendable {
             guard n <= WireLimits.chunkDigestsPerSegmentMax else {
                 throw TidemarkError(.corrupt, "segment header: data extents cover \(n) chunks, more than the limit \(WireLimits.chunkDigestsPerSegmentMax)")
             }
-            guard headerLength == expectedHeader + n * SegmentFormat.chunkDigestBytes else {
-                throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader + n * SegmentFormat.chunkDigestBytes) with \(n) chunk digests)")
+            let mac = version >= SegmentFormat.headerMACVersion ? SegmentFormat.headerMACBytes : 0
+            guard headerLength == expectedHeader + n * SegmentFormat.chunkDigestBytes + mac else {
+                throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader + n * SegmentFormat.chunkDigestBytes + mac) with \(n) chunk digests\(mac > 0 ? " and the header MAC" : ""))")
             }
             digests.reserveCapacity(n)  // bounded by the limit checked above
             for i in 0..<n {
@@ -344,6 +360,8 @@ public struct SegmentHeader: Equatable, Sendable {
                 digests.append(ChunkDigest(low: low, high: try r.u64("chunk digest \(i)")))
             }
         }
+        var headerMAC: [UInt8] = []
+        if version >= SegmentFormat.headerMACVersion { headerMAC = try r.bytes(SegmentFormat.headerMACBytes, "header MAC") }
         try r.need(0, "end")
         guard r.offset == headerLength else {
             throw TidemarkError(.corrupt, "segment header: fields end at \(r.offset), header length says \(headerLength)")
@@ -355,7 +373,9 @@ public struct SegmentHeader: Equatable, Sendable {
                               chunkSizeBytes: chunkSize, compressed: compressed, plainLength: plainLength,
                               cipherLength: cipherLength, nonce: nonce, extents: extents, point: point,
                               version: version, chunkDigests: digests)
-        return (h, headerLength)
+        var withMAC = h
+        withMAC.headerMAC = headerMAC
+        return (withMAC, headerLength)
     }
 
     /// Version 2: an extent starts on a chunk boundary and spans whole

@@ -15,11 +15,13 @@ public final class SegmentSealer: @unchecked Sendable {
     public let compressionLevel: Int32
     private let gcm: AES256GCM
     private let zstd: ZstdCompressor
+    private let headerMAC: SegmentHeaderMAC
     private var scratch: [UInt8] = []
 
     public init(key: ReplicationKey, compressionLevel: Int32) throws {
         self.key = key
         self.compressionLevel = compressionLevel
+        self.headerMAC = SegmentHeaderMAC(key: key)
         self.gcm = try AES256GCM(key: key.bytes)
         self.zstd = try ZstdCompressor(level: compressionLevel == 0 ? 1 : compressionLevel)
     }
@@ -87,7 +89,8 @@ public final class SegmentSealer: @unchecked Sendable {
                                    plainLength: UInt32(plain), cipherLength: UInt32(compressedLength ?? plain),
                                    nonce: try SecureRandom.bytes(SegmentFormat.nonceBytes), extents: extents, point: point,
                                    version: formatVersion, chunkDigests: digests)
-        let headerBytes = header.encode()
+        var headerBytes = header.encode()
+        if formatVersion >= SegmentFormat.headerMACVersion { headerBytes.withUnsafeMutableBytes { headerMAC.sign($0) } }
         let bodyLength = Int(header.cipherLength)
         // header ‖ ciphertext ‖ tag, written once each: the ciphertext goes
         // straight from the compressed (or plain) bytes into the segment.
@@ -118,12 +121,14 @@ public final class SegmentSealer: @unchecked Sendable {
 /// Not thread-safe: one per worker thread.
 public final class SegmentOpener: @unchecked Sendable {
     public let key: ReplicationKey
+    public let headerMAC: SegmentHeaderMAC
     private let gcm: AES256GCM
     private let zstd: ZstdDecompressor
     private var scratch: [UInt8] = []
 
     public init(key: ReplicationKey) throws {
         self.key = key
+        self.headerMAC = SegmentHeaderMAC(key: key)
         self.gcm = try AES256GCM(key: key.bytes)
         self.zstd = try ZstdDecompressor()
     }
@@ -170,6 +175,11 @@ public final class SegmentOpener: @unchecked Sendable {
         guard header.keyID == key.id else {
             throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) was sealed with key id \(hex16(header.keyID)), this key is \(key.idHex)",
                                 hint: "load the replication key the agent used for this disk")
+        }
+        guard header.version < SegmentFormat.headerMACVersion
+                || headerMAC.verify(UnsafeRawBufferPointer(rebasing: segment[0..<headerBytes])) else {
+            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): authentication failed: wrong replication key, or the segment was tampered with (its header MAC does not verify)",
+                                hint: "this segment must not be used; re-send it from the agent or restore from another copy")
         }
         guard UInt64(header.plainLength) == header.dataBytes else {
             throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(header.plainLength) bytes, its data extents hold \(header.dataBytes)")

@@ -188,7 +188,7 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         #expect(tidemarkError { _ = try seal(overlap, sealer: sealer, formatVersion: 1) }?.message.contains("increasing offset order") == true)
         let beyond = Fixture(extents: [SegmentExtent(offset: diskSize - 5, length: 10, kind: .zero)], payload: [])
         #expect(tidemarkError { _ = try seal(beyond, sealer: sealer, chunk: 1) }?.message.contains("beyond the disk size") == true)
-        #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, formatVersion: 4) }?.kind == .invalidArgument)
+        #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, formatVersion: 5) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, disk: String(repeating: "d", count: 256)) }?.kind == .invalidArgument)
         #expect(tidemarkError { _ = try seal(Fixture.text(), sealer: sealer, kind: .point) }?.kind == .invalidArgument)
         let tooMany = Fixture(extents: (0..<(WireLimits.extentsPerSegmentMax + 1)).map { SegmentExtent(offset: UInt64($0) * 8, length: 4, kind: .zero) }, payload: [])
@@ -303,8 +303,8 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         m[0] = 0
         #expect(tidemarkError { _ = try m.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("magic") == true)
         var v = s
-        v[4] = 4
-        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 4") == true)
+        v[4] = 5
+        #expect(tidemarkError { _ = try v.withUnsafeBytes { try SegmentHeader.decode($0) } }?.message.contains("version 5") == true)
     }
 
     @Test func keyIDDerivation() throws {
@@ -449,5 +449,45 @@ func tidemarkError(_ body: () throws -> Void, sourceLocation: SourceLocation = #
         var relabelledDown = v2
         relabelledDown[4] = 1
         #expect(tidemarkError { _ = try relabelledDown.withUnsafeBytes { try SegmentHeader.decode($0) } }?.kind == .corrupt)
+    }
+}
+
+/// Segment format 4's header MAC (docs/wire-format.md 4.6).
+@Suite struct HeaderMACTests {
+    @Test func macIsTheDocumentedConstructionAndProvesTheHeaderAlone() throws {
+        let key = try ReplicationKey(bytes: (0..<32).map { UInt8($0 * 7 + 1) })
+        let sealer = try SegmentSealer(key: key, compressionLevel: 1)
+        let payload = [UInt8](repeating: 0x5A, count: 8192)
+        let extents = [SegmentExtent(offset: 0, length: 8192, kind: .data), SegmentExtent(offset: 16384, length: 4096, kind: .zero)]
+        let sealed = try payload.withUnsafeBytes {
+            try sealer.seal(kind: .data, diskID: "disk-a", sequence: 9, diskSizeBytes: 1 << 20, chunkSizeBytes: 4096,
+                            extents: extents, payload: $0, point: nil)
+        }
+        let (header, h) = try sealed.withUnsafeBytes { try SegmentHeader.decode($0) }
+        #expect(header.version == 4 && header.headerMAC.count == 16)
+        // MAC = first 16 bytes of HMAC-SHA-256(SHA-256("tidemark-header-mac" ‖ 00 ‖ key), header[0, H − 16)).
+        let kh = SHA256.hash(Array("tidemark-header-mac".utf8) + [0] + key.bytes)
+        let expected = sealed.withUnsafeBytes {
+            Array(HMACSHA256.mac(key: kh, prefix: UnsafeRawBufferPointer(start: nil, count: 0),
+                                 data: UnsafeRawBufferPointer(rebasing: $0[0..<(h - 16)])).prefix(16))
+        }
+        #expect(header.headerMAC == expected)
+        let mac = SegmentHeaderMAC(key: key)
+        // The header alone (no ciphertext) is proven; any edit to it is not.
+        let proof = try Array(sealed[0..<h]).withUnsafeBytes {
+            try SegmentHeaderProof.check($0, segmentBytes: sealed.count, diskID: "disk-a", sequence: 9, key: key, mac: mac)
+        }
+        #expect(proof.authenticated && proof.header.extents == extents)
+        for at in [24, 32, 40, 76, 76 + 6, h - 20, h - 1] {
+            var edited = Array(sealed[0..<h])
+            edited[at] ^= 0x01
+            #expect(throws: TidemarkError.self, "byte \(at)") {
+                _ = try edited.withUnsafeBytes {
+                    try SegmentHeaderProof.check($0, segmentBytes: sealed.count, diskID: "disk-a", sequence: 9, key: key, mac: mac)
+                }
+            }
+        }
+        let other = try ReplicationKey(bytes: [UInt8](repeating: 3, count: 32))
+        #expect(!Array(sealed[0..<h]).withUnsafeBytes { SegmentHeaderMAC(key: other).verify($0) })
     }
 }
