@@ -35,7 +35,15 @@ enum EnvelopeFormat {
     static let magic: [UInt8] = Array("TMTARGET".utf8)
     /// The version written; readers take every version in `readable`.
     static let version: UInt16 = 2
-    static let readable: ClosedRange<UInt16> = 1...2
+    /// The version tombstones are written in: 3 gave a tombstone a payload,
+    /// the pruned segment's sealed header and tag (`SealedHeaderCopy`).
+    /// Other objects are the same in versions 2 and 3 and are written as 2.
+    static let tombstoneVersion: UInt16 = 3
+    static let readable: ClosedRange<UInt16> = 1...3
+    /// Largest sealed header a segment object or a tombstone may declare
+    /// (the wire format's is about 66 KB; this bound only keeps a damaged
+    /// length from allocating much).
+    static let sealedHeaderBytesMax = 1 << 20
     static let fixedBytes = 66          // up to and including the disk id length
     static let minHeaderBytes = 66 + 1 + 4 + 32
     static let headerBytesMax = 16 << 20
@@ -57,18 +65,19 @@ struct Envelope: Equatable {
 
     /// Encodes the header for `payload` (the payload itself is written after it).
     static func encodeHeader(kind: ObjectKind, diskID: String, sequence: UInt64, metadata: [UInt8],
-                             payload: UnsafeRawBufferPointer) -> [UInt8] {
+                             payload: UnsafeRawBufferPointer, version: UInt16 = EnvelopeFormat.version) -> [UInt8] {
         let id = Array(diskID.utf8)
         precondition(!id.isEmpty && id.count <= EnvelopeFormat.diskIDBytesMax)
+        precondition(version >= 2 && EnvelopeFormat.readable.contains(version), "Envelope: writers write version 2 or later")
         var w = ByteWriter()
         w.bytes(EnvelopeFormat.magic)
-        w.u16(EnvelopeFormat.version)
+        w.u16(version)
         w.u8(kind.rawValue)
         w.u8(0)
         w.u32(UInt32(headerBytes(diskID: diskID, metadataCount: metadata.count)))
         w.u64(sequence)
         w.u64(UInt64(payload.count))
-        w.bytes(ObjectDigest.payload(payload, version: EnvelopeFormat.version))
+        w.bytes(ObjectDigest.payload(payload, version: version))
         w.u16(UInt16(id.count))
         w.bytes(id)
         w.u32(UInt32(metadata.count))

@@ -480,24 +480,55 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) is not stored (no \(path))")
     }
 
+    /// What is stored for a sequence, as `segmentInfo`, with the sealed
+    /// header and tag of the segment (or the copy its tombstone keeps; nil
+    /// for a tombstone older than envelope version 3). One open per object.
+    public func segmentInfoWithSealedHeader(diskID: String, sequence: UInt64) throws -> (StoredSegment, SealedHeaderCopy?)? {
+        try validateDiskID(diskID)
+        let path = segmentPath(diskID, sequence)
+        if let (env, copy) = try ObjectFiles.readSealedHeaderCopy(path, diskID: diskID, sequence: sequence) {
+            return (try segmentInfo(env, path: path, diskID: diskID, sequence: sequence), copy)
+        }
+        return try tombstone(diskID: diskID, sequence: sequence).map { ($0, $0.sealedHeaderCopy) }
+    }
+
     /// What is stored for a sequence: the segment's metadata, or its
     /// tombstone's; nil when neither exists. Verifies the object header.
     public func segmentInfo(diskID: String, sequence: UInt64) throws -> StoredSegment? {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
         if let (env, _, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: false) {
+            return try segmentInfo(env, path: path, diskID: diskID, sequence: sequence)
+        }
+        return try tombstone(diskID: diskID, sequence: sequence)
+    }
+
+    private func segmentInfo(_ env: Envelope, path: String, diskID: String, sequence: UInt64) throws -> StoredSegment {
+        do {
             var r = ByteReader(env.metadata, path: path)
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             try r.end()
             return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: env.payloadLength,
                                  payloadChecksum: env.payloadChecksum, checksumVersion: env.version, pruned: false, deadAtSequence: nil)
         }
-        return try tombstone(diskID: diskID, sequence: sequence)
+    }
+
+    /// The sealed header and tag of the segment stored at `sequence`, or the
+    /// copy its tombstone keeps; nil when neither exists or the tombstone
+    /// predates envelope version 3 (it kept no copy). For recovery, which
+    /// proves every header under the replication key (docs/target-layout.md
+    /// section 7).
+    public func sealedHeaderCopy(diskID: String, sequence: UInt64) throws -> SealedHeaderCopy? {
+        try validateDiskID(diskID)
+        if let (_, copy) = try ObjectFiles.readSealedHeaderCopy(segmentPath(diskID, sequence), diskID: diskID, sequence: sequence) {
+            return copy
+        }
+        return try tombstone(diskID: diskID, sequence: sequence)?.sealedHeaderCopy
     }
 
     func tombstone(diskID: String, sequence: UInt64) throws -> StoredSegment? {
         let path = tombstonePath(diskID, sequence)
-        guard let (env, _, _) = try ObjectFiles.read(path, kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
+        guard let (env, payload, _) = try ObjectFiles.read(path, kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
         var r = ByteReader(env.metadata, path: path)
@@ -510,8 +541,12 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
         let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
         try r.end()
+        // Envelope version 3 keeps the pruned segment's sealed header and tag as the payload.
+        let copy = (payload ?? []).isEmpty ? nil : try SealedHeaderCopy.decode(payload!, segmentBytes: length, path: path)
+        if env.version < 3, copy != nil { throw r.corrupt("a version \(env.version) tombstone has a payload") }
         return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: length,
-                             payloadChecksum: digest, checksumVersion: checksumVersion, pruned: true, deadAtSequence: deadAt)
+                             payloadChecksum: digest, checksumVersion: checksumVersion, pruned: true, deadAtSequence: deadAt,
+                             sealedHeaderCopy: copy)
     }
 
     /// Sequences present as segment objects and as tombstones.

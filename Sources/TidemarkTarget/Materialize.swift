@@ -42,6 +42,12 @@ public final class OpenedSegment: @unchecked Sendable {
 /// Opens one stored segment (sequence, stored bytes, valid only during the
 /// call) for `materialize`.
 public typealias SegmentOpen = @Sendable (UInt64, UnsafeRawBufferPointer) throws -> OpenedSegment
+/// Proves what the target says of one sequence against the sealed header
+/// (the segment's, or its tombstone's copy; nil for a tombstone that kept
+/// none): throws when the two disagree or the header is not the agent's.
+/// Called for every sequence from the point down to 1 before anything is
+/// written (docs/target-layout.md section 7).
+public typealias SegmentProver = (StoredSegment, SealedHeaderCopy?) throws -> Void
 /// Extents in order, nil bytes for zero extents: what a simple `open` returns.
 public typealias OpenedExtents = [(offset: UInt64, bytes: [UInt8]?, length: UInt64)]
 
@@ -68,10 +74,10 @@ extension LocalDirectoryTarget {
     /// opener (each opener is used by one thread at a time), ahead of the
     /// writes, which stay on the calling thread in the same order. Data in
     /// page-aligned buffers is written with O_DIRECT straight from them.
-    public func materialize(point: PointRecord, to path: String, openers: [SegmentOpen],
+    public func materialize(point: PointRecord, to path: String, openers: [SegmentOpen], prove: SegmentProver? = nil,
                             progress: (UInt64, UInt64) -> Void) throws {
         precondition(!openers.isEmpty, "materialize needs at least one opener")
-        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
+        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, prove: prove, progress: progress) { steps, write in
             let diskID = point.diskID
             let perBatch = openers.count * MaterializeLimits.segmentsAheadPerOpener
             // Stored bytes are read into reused buffers (one per opener at a time).
@@ -128,7 +134,7 @@ extension LocalDirectoryTarget {
                             open: (UInt64, [UInt8]) throws -> [(offset: UInt64, bytes: [UInt8]?, length: UInt64)],
                             progress: (UInt64, UInt64) -> Void) throws {
         let diskID = point.diskID
-        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, progress: progress) { steps, write in
+        try withoutActuallyEscaping(progress) { progress in try materialize(point: point, to: path, prove: nil, progress: progress) { steps, write in
             for (i, seq) in steps.enumerated() {
                 try write(i, try Self.segment(try open(seq, try readSegment(diskID: diskID, sequence: seq))))
             }
@@ -160,7 +166,7 @@ extension LocalDirectoryTarget {
     /// The plan and the writes; `fetch(sequences, write)` opens the segments
     /// of `sequences` (oldest first) and calls `write(index, opened)` for
     /// each, in order, on the calling thread.
-    private func materialize(point: PointRecord, to path: String, progress: @escaping (UInt64, UInt64) -> Void,
+    private func materialize(point: PointRecord, to path: String, prove: SegmentProver?, progress: @escaping (UInt64, UInt64) -> Void,
                              fetch: ([UInt64], (Int, OpenedSegment) throws -> Void) throws -> Void) throws {
         let record = try requireDisk(point.diskID)
         let diskID = point.diskID
@@ -177,7 +183,15 @@ extension LocalDirectoryTarget {
         var plan: [(sequence: UInt64, extents: [TargetExtent], live: [[Range<UInt64>]])] = []
         var seq = s
         while seq >= 1 {
-            guard let info = try segmentInfo(diskID: diskID, sequence: seq) else {
+            let found: StoredSegment?
+            if let prove {
+                let withCopy = try segmentInfoWithSealedHeader(diskID: diskID, sequence: seq)
+                if let (info, copy) = withCopy { try prove(info, copy) }
+                found = withCopy?.0
+            } else {
+                found = try segmentInfo(diskID: diskID, sequence: seq)
+            }
+            guard let info = found else {
                 throw TidemarkError(.notFound, "cannot materialize point '\(point.id)' of disk '\(diskID)': missing objects: sequence \(seq) is neither stored nor pruned (no \(segmentPath(diskID, seq)))",
                                     hint: "the target lost an object; choose a later point or restore the object")
             }

@@ -206,6 +206,36 @@ enum ObjectFiles {
         return (env, buffer, length)
     }
 
+    /// The sealed header and tag of a segment object: its payload's first
+    /// bytes (as long as the sealed header they declare) and last 16 bytes,
+    /// without the ciphertext between them; nil when the object does not
+    /// exist. The envelope header is verified; the payload checksum is not
+    /// (the copy is proven under the replication key by whoever uses it).
+    static func readSealedHeaderCopy(_ path: String, diskID: String, sequence: UInt64) throws -> (Envelope, SealedHeaderCopy)? {
+        guard let (fd, env, _) = try openVerifyingHeader(path, kind: .segment, diskID: diskID, sequence: sequence) else { return nil }
+        let p = env.payloadLength
+        let tagBytes = UInt64(SealedHeaderCopy.tagBytes)
+        func corrupt(_ what: String) -> TidemarkError {
+            TidemarkError(.corrupt, "\(path): \(what)", hint: "the object is damaged; it is not used. Restore it from a copy, or treat its sequence as lost")
+        }
+        guard p >= UInt64(SealedHeaderCopy.prefixBytes) + tagBytes else { throw corrupt("its \(p)-byte payload is too short for a sealed segment") }
+        var prefix = [UInt8](repeating: 0, count: SealedHeaderCopy.prefixBytes)
+        guard try prefix.withUnsafeMutableBytes({ try fd.read(into: $0, at: UInt64(env.headerLength)) }) == prefix.count else {
+            throw corrupt("truncated while reading the sealed header")
+        }
+        let h = prefix.withUnsafeBytes { SealedHeaderCopy.declaredHeaderBytes($0) }
+        guard h >= SealedHeaderCopy.prefixBytes, h <= EnvelopeFormat.sealedHeaderBytesMax, UInt64(h) + tagBytes <= p else {
+            throw corrupt("the sealed segment declares a \(h)-byte header in a \(p)-byte payload")
+        }
+        var header = [UInt8](repeating: 0, count: h)
+        var tag = [UInt8](repeating: 0, count: SealedHeaderCopy.tagBytes)
+        guard try header.withUnsafeMutableBytes({ try fd.read(into: $0, at: UInt64(env.headerLength)) }) == h,
+              try tag.withUnsafeMutableBytes({ try fd.read(into: $0, at: UInt64(env.headerLength) + p - tagBytes) }) == tag.count else {
+            throw corrupt("truncated while reading the sealed header and tag")
+        }
+        return (env, SealedHeaderCopy(header: header, tag: tag, segmentBytes: p))
+    }
+
     /// Opens an object and reads and verifies its header; nil when it does not exist.
     private static func openVerifyingHeader(_ path: String, kind: ObjectKind, diskID: String,
                                             sequence: UInt64) throws -> (FileDescriptor, Envelope, UInt64)? {

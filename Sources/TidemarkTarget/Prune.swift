@@ -68,7 +68,14 @@ extension LocalDirectoryTarget {
             }
             let path = segmentPath(diskID, seq)
             let size = try ObjectFiles.size(path) ?? 0
-            report.tombstoneBytes += try writeTombstone(diskID: diskID, info: info, deadAt: horizon, now: now)
+            // The tombstone keeps the sealed header and tag, so that a
+            // recovery can still prove what the segment held.
+            var pruned = info
+            // A payload that is not a sealed segment (damaged, or a test's)
+            // leaves a tombstone without a copy, which a recovery refuses to
+            // take on trust.
+            pruned.sealedHeaderCopy = (try? ObjectFiles.readSealedHeaderCopy(path, diskID: diskID, sequence: seq))??.1
+            report.tombstoneBytes += try writeTombstone(diskID: diskID, info: pruned, deadAt: horizon, now: now)
             try ObjectFiles.remove(path, syncDir: false)
             deleted = true
             report.segmentsPruned += 1
@@ -81,18 +88,23 @@ extension LocalDirectoryTarget {
     /// Writes the tombstone of a segment (before the segment is deleted).
     /// Returns its size.
     private func writeTombstone(diskID: String, info: StoredSegment, deadAt: UInt64, now: Int64) throws -> UInt64 {
-        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
-        let header = Envelope.encodeHeader(kind: .tombstone, diskID: diskID, sequence: info.sequence,
-                                           metadata: Metadata.encodeTombstone(info, prunedAtUnixMs: now, deadAt: deadAt), payload: empty)
-        if try !ObjectFiles.create(dir: tombstonesDir(diskID), name: Self.objectName(info.sequence, ".tomb"), header: header, payload: empty) {
+        let copy = info.sealedHeaderCopy?.encoded ?? []
+        let (header, created) = try copy.withUnsafeBytes { payload in
+            let header = Envelope.encodeHeader(kind: .tombstone, diskID: diskID, sequence: info.sequence,
+                                               metadata: Metadata.encodeTombstone(info, prunedAtUnixMs: now, deadAt: deadAt), payload: payload,
+                                               version: EnvelopeFormat.tombstoneVersion)
+            return (header, try ObjectFiles.create(dir: tombstonesDir(diskID), name: Self.objectName(info.sequence, ".tomb"), header: header, payload: payload))
+        }
+        if !created {
             // Left by an interrupted prune: it must describe this very segment.
             guard let t = try tombstone(diskID: diskID, sequence: info.sequence),
-                  t.payloadChecksum == info.payloadChecksum, t.checksumVersion == info.checksumVersion, t.payloadLength == info.payloadLength, t.extents == info.extents else {
+                  t.payloadChecksum == info.payloadChecksum, t.checksumVersion == info.checksumVersion, t.payloadLength == info.payloadLength, t.extents == info.extents,
+                  t.sealedHeaderCopy == nil || t.sealedHeaderCopy == info.sealedHeaderCopy else {
                 throw TidemarkError(.corrupt, "\(tombstonePath(diskID, info.sequence)) does not describe the segment it stands for",
                                     hint: "inspect the disk directory; the segment was not deleted")
             }
         }
-        return UInt64(header.count)
+        return UInt64(header.count + copy.count)
     }
 
     /// Temporary files older than an hour are left-overs of crashed writers.

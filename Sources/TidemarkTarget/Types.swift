@@ -70,6 +70,53 @@ public struct StoredSegment: Equatable, Sendable {
     /// For a pruned segment: the point sequence at which every one of its
     /// chunks was overwritten (it is not needed by any point at or above it).
     public var deadAtSequence: UInt64?
+    /// For a pruned segment: the copy of its sealed header and tag its
+    /// tombstone keeps (envelope version 3); nil for an older tombstone.
+    /// Not read for a stored segment (`sealedHeaderCopy` reads it).
+    public var sealedHeaderCopy: SealedHeaderCopy? = nil
+}
+
+/// A sealed segment's header and GCM tag, without the ciphertext between
+/// them: what a reader holding the replication key needs to prove the
+/// header (format 4 carries a header MAC; docs/wire-format.md 4.6), and
+/// what a tombstone keeps of the segment it stands for. Target storage
+/// treats both as opaque bytes; it knows only that the sealed header's
+/// length is the u32 at its byte 8 and that the tag is the segment's last
+/// 16 bytes.
+public struct SealedHeaderCopy: Equatable, Sendable {
+    public static let tagBytes = 16
+    /// The sealed header length field's offset, and the bytes needed to read it.
+    static let headerLengthOffset = 8
+    static let prefixBytes = 12
+
+    /// The sealed header, all of its bytes.
+    public var header: [UInt8]
+    /// The segment's last 16 bytes (its GCM tag).
+    public var tag: [UInt8]
+    /// The whole sealed segment's length, in bytes.
+    public var segmentBytes: UInt64
+
+    /// The header length a sealed segment's first bytes declare.
+    static func declaredHeaderBytes(_ prefix: UnsafeRawBufferPointer) -> Int {
+        Int(ByteReader.loadU32(prefix, headerLengthOffset))
+    }
+
+    /// A tombstone's payload: header ‖ tag.
+    var encoded: [UInt8] { header + tag }
+
+    /// Decodes a tombstone's payload for a segment of `segmentBytes`.
+    static func decode(_ payload: [UInt8], segmentBytes: UInt64, path: String) throws -> SealedHeaderCopy {
+        func corrupt(_ what: String) -> TidemarkError {
+            TidemarkError(.corrupt, "\(path): the sealed header copy \(what)", hint: "the tombstone is damaged; it is not used")
+        }
+        guard payload.count >= prefixBytes + tagBytes else { throw corrupt("is \(payload.count) bytes, too short") }
+        let h = payload.withUnsafeBytes { declaredHeaderBytes($0) }
+        guard h >= prefixBytes, h + tagBytes == payload.count else {
+            throw corrupt("declares a \(h)-byte header in \(payload.count) bytes (header + \(tagBytes)-byte tag)")
+        }
+        guard UInt64(payload.count) <= segmentBytes else { throw corrupt("is longer than the \(segmentBytes)-byte segment it copies") }
+        return SealedHeaderCopy(header: Array(payload[0..<h]), tag: Array(payload[h...]), segmentBytes: segmentBytes)
+    }
 }
 
 /// The outcome of `LocalDirectoryTarget.prune`.
