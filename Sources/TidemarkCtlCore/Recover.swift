@@ -15,8 +15,17 @@ public enum RecoverCommand {
         public var point: PointRecord
         public var bytes: UInt64
         public var path: String
+        /// Sequences whose headers could not be proven under the key (older
+        /// formats), accepted because the caller allowed it; empty otherwise.
+        public var unprovenSequences: [UInt64] = []
         /// The line tidemarkctl prints.
-        public var summary: String { "recovered point \(point.id) of \(point.diskID) (\(bytes) bytes) to \(path)" }
+        public var summary: String {
+            var s = "recovered point \(point.id) of \(point.diskID) (\(bytes) bytes) to \(path)"
+            if !unprovenSequences.isEmpty {
+                s += "\nwarning: the headers of \(unprovenSequences.count) sequences (first: \(unprovenSequences.sorted().prefix(5).map(String.init).joined(separator: ", "))) predate header MACs and were not proven under the key; the segments that were opened were authenticated"
+            }
+            return s
+        }
     }
 
     /// `tidemarkctl recover`: writes the image of a recovery point to a file
@@ -26,8 +35,15 @@ public enum RecoverCommand {
     /// A file is written under a temporary name beside `to` and renamed into
     /// place only when complete, so a failure never leaves a partial image
     /// behind; a block device that failed half way is reported as such.
+    ///
+    /// Before anything is written, the header of every sequence from the
+    /// point down to 1 — stored segment or tombstone — is proven under the
+    /// key (`HeaderProver`), and what the target's keyless metadata says of
+    /// it (extents, point, geometry) must equal it; the segments read are
+    /// then authenticated whole when opened. Headers of older formats carry
+    /// no MAC: with `allowUnprovenHeaders` false they stop the recovery.
     public static func run(pointID: String, diskID: String?, to: String, targetDir: String, keyPath: String,
-                           progress: ProgressReporter?) throws -> Result {
+                           allowUnprovenHeaders: Bool = false, progress: ProgressReporter?) throws -> Result {
         guard let target = try TargetLocation.openExisting(targetDir) else {
             throw TidemarkError(.notFound, "target storage \(targetDir) is empty: it holds no recovery point",
                                 hint: "check --target; points appear once the process server has uploaded a tagged segment")
@@ -53,10 +69,11 @@ public enum RecoverCommand {
             return { sequence, sealed in try openExtents(opener, sealed, diskID: diskID, sequence: sequence, buffers: plaintext) }
         }
         let destination = try Destination(to)
+        let prover = HeaderProver(key: key, disk: disk, point: point, allowUnproven: allowUnprovenHeaders)
 
         StopSignal.install()
         do {
-            try target.materialize(point: point, to: destination.writePath, openers: openers) { done, total in
+            try target.materialize(point: point, to: destination.writePath, openers: openers, prove: prover.prove) { done, total in
                 progress?.update(done: done, total: total)
             }
             progress?.finish()
@@ -65,7 +82,7 @@ public enum RecoverCommand {
             progress?.finish()
             throw destination.abandon(error)
         }
-        return Result(point: point, bytes: disk.sizeBytes, path: to)
+        return Result(point: point, bytes: disk.sizeBytes, path: to, unprovenSequences: prover.unproven)
     }
 
     /// Authenticates, decompresses and splits one segment into its extents.
@@ -234,5 +251,74 @@ struct Destination {
         }
         unlink(writePath)
         return error
+    }
+}
+
+/// Proves, for each sequence a recovery walks, that the target's keyless
+/// metadata tells the truth: the sealed header (the segment's own, or the
+/// copy its tombstone keeps) must be the one the agent sealed for this disk
+/// at this sequence under this key (header MAC, format 4), and the
+/// envelope's extents and point, the disk record's geometry and the point
+/// manifest must all equal what it says. Anyone who can write the target
+/// can recompute its keyless checksums, but not a header MAC.
+final class HeaderProver: @unchecked Sendable {
+    let key: ReplicationKey
+    let mac: SegmentHeaderMAC
+    let disk: DiskRecord
+    let point: PointRecord
+    let allowUnproven: Bool
+    /// Sequences accepted without a proof (only with `allowUnproven`).
+    private(set) var unproven: [UInt64] = []
+
+    init(key: ReplicationKey, disk: DiskRecord, point: PointRecord, allowUnproven: Bool) {
+        self.key = key
+        self.mac = SegmentHeaderMAC(key: key)
+        self.disk = disk
+        self.point = point
+        self.allowUnproven = allowUnproven
+    }
+
+    func prove(_ info: StoredSegment, _ copy: SealedHeaderCopy?) throws {
+        let seq = info.sequence
+        let what = "disk '\(disk.diskID)' sequence \(seq)\(info.pruned ? " (pruned)" : "")"
+        func mismatch(_ detail: String) -> TidemarkError {
+            TidemarkError(.corrupt, "\(what): the target's metadata does not match the sealed header: \(detail)",
+                          hint: "someone or something changed target storage; this point cannot be recovered from it as it is. Restore the object from a copy, or choose another point")
+        }
+        guard let copy else {
+            try unprovable(seq, "\(what): its tombstone predates envelope version 3 and kept no sealed header")
+            return
+        }
+        let proof = try copy.header.withUnsafeBytes {
+            try SegmentHeaderProof.check($0, segmentBytes: Int(clamping: copy.segmentBytes), diskID: disk.diskID, sequence: seq, key: key, mac: mac)
+        }
+        let h = proof.header
+        guard h.diskSizeBytes == disk.sizeBytes, h.chunkSizeBytes == disk.chunkSizeBytes else {
+            throw mismatch("sealed for a disk of \(h.diskSizeBytes) bytes in chunks of \(h.chunkSizeBytes), the disk record says \(disk.sizeBytes) and \(disk.chunkSizeBytes)")
+        }
+        let sealed = h.extents.map { TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero) }
+        guard sealed == info.extents else {
+            throw mismatch("\(info.extents.count) extents in the target's metadata, \(sealed.count) sealed\(Array(zip(info.extents, sealed)).firstIndex { $0.0 != $0.1 }.map { " (first difference at extent \($0))" } ?? "")")
+        }
+        let sealedPoint = h.point.map { PointRecord(id: $0.id, diskID: disk.diskID, pointClass: $0.pointClass.rawValue, timeUnixMs: $0.timeUnixMs, sequence: seq) }
+        guard sealedPoint == info.point else {
+            throw mismatch("the target's metadata names point \(info.point.map { "'\($0.id)' (\($0.pointClass), \($0.timeUnixMs))" } ?? "none"), the sealed header \(sealedPoint.map { "'\($0.id)' (\($0.pointClass), \($0.timeUnixMs))" } ?? "none")")
+        }
+        if seq == point.sequence {
+            guard let sealedPoint, sealedPoint == point else {
+                throw mismatch("the point manifest names point '\(point.id)' (\(point.pointClass), \(point.timeUnixMs)) at this sequence, the sealed header \(sealedPoint.map { "'\($0.id)' (\($0.pointClass), \($0.timeUnixMs))" } ?? "no point")")
+            }
+        }
+        if !proof.authenticated {
+            try unprovable(seq, "\(what) is of segment format \(h.version), whose header carries no MAC")
+        }
+    }
+
+    private func unprovable(_ seq: UInt64, _ reason: String) throws {
+        guard allowUnproven else {
+            throw TidemarkError(.corrupt, "\(reason): recovery cannot prove that the target's record of it is the agent's",
+                                hint: "this target holds objects written before Tidemark proved segment headers; if you trust that nobody altered it, recover with --allow-unproven-headers (the segments that are opened are still authenticated)")
+        }
+        unproven.append(seq)
     }
 }

@@ -122,10 +122,13 @@ struct Recover: ParsableCommand {
     @OptionGroup var target: TargetOptions
     @Option(help: ArgumentHelp("The replication key file.", valueName: "file"))
     var key: String = RecoverCommand.defaultKeyPath
+    @Flag(help: "Accept segment headers written before Tidemark proved them under the key (older targets); the segments opened are still authenticated.")
+    var allowUnprovenHeaders = false
 
     func run() throws {
         try runReportingErrors {
             let result = try RecoverCommand.run(pointID: point, diskID: disk, to: to, targetDir: target.resolve(), keyPath: key,
+                                                allowUnprovenHeaders: allowUnprovenHeaders,
                                                 progress: ProgressReporter(label: "recovering"))
             writeAll(1, result.summary + "\n")
         }
