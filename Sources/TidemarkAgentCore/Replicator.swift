@@ -60,6 +60,13 @@ public final class DiskReplicator: @unchecked Sendable {
     var committedSequence: UInt64 = 0
     var clearedThrough: UInt64 = 0
     var epoch: UInt64 = 0               // bumps when the server forces a re-send from scratch
+    /// The numbering epoch segments are sealed in (`SegmentLineage`): made
+    /// when the run starts (from sequence 1, good while the server holds
+    /// nothing) and again at every renumbering; recorded in the disk's
+    /// `EpochHistory` before anything sealed in it is sent.
+    var lineage: SegmentLineage
+    /// The lineage was recorded in the epoch history (by `resume`).
+    var lineageStored = false
     /// Each restart of numbering: the epoch it began and the highest of this
     /// run's sequences the server still held then. Segments above it, point
     /// tags included, were thrown away (bounded: the newest `restartsKept`).
@@ -130,6 +137,10 @@ public final class DiskReplicator: @unchecked Sendable {
         toRead = ChunkSet(chunks: chunkCount)
         resync = ResyncState(chunks: chunkCount)
         senderWake = WakeSignal()
+        // getrandom does not fail on Linux ≥ 3.17 with a valid buffer; if it
+        // did, the all-zero id only weakens the check against superseded
+        // sealings (two runs could share it).
+        lineage = (try? SegmentLineage.newEpoch(start: 1, previous: .none)) ?? .single
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
         if settings.compressionLevel == .auto { compression = CompressionGovernor() }
     }
@@ -402,6 +413,8 @@ public final class DiskReplicator: @unchecked Sendable {
         var runs: [(UInt64, UInt64)]
         var point: PointTag?
         var epoch: UInt64
+        /// The numbering epoch it is sealed in (changes only with `epoch`).
+        var lineage: SegmentLineage
         /// The zstd level chosen for it (`auto`); nil: the sealer's fixed level.
         var compressionLevel: Int32? = nil
         /// Its batch waited for room in the send window (downstream-bound).
@@ -431,7 +444,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 p.sequence = seq
                 p.epoch = epoch
                 cond.broadcast()
-                return [Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch)]
+                return [Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch, lineage: lineage)]
             }
             _ = cond.wait(until: Date(timeIntervalSinceNow: 0.2))
         }
@@ -452,7 +465,7 @@ public final class DiskReplicator: @unchecked Sendable {
             let seq = nextSequence
             nextSequence += 1
             for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
-            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch,
+            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch, lineage: lineage,
                                  compressionLevel: compression?.level, waitedForWindow: downstreamBound))
         }
         if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
@@ -522,7 +535,8 @@ public final class DiskReplicator: @unchecked Sendable {
     private func seal(_ p: Planned, _ plan: ReadPlan, payload: UnsafeRawBufferPointer, sealer: SegmentSealer) throws -> [UInt8] {
         try sealer.seal(kind: p.point == nil ? .data : .point, diskID: diskID, sequence: p.sequence,
                         diskSizeBytes: session.device.sizeBytes, chunkSizeBytes: UInt32(chunkBytes),
-                        extents: plan.extents, payload: payload, point: p.point, compressionLevel: p.compressionLevel)
+                        extents: plan.extents, payload: payload, point: p.point, lineage: p.lineage,
+                        compressionLevel: p.compressionLevel)
     }
 
     /// Puts a sealed segment in the send window (segments arrive in sequence order).
@@ -607,7 +621,7 @@ public final class DiskReplicator: @unchecked Sendable {
             }
             throw TidemarkError(.state, "the server did not answer openDisk")
         }
-        resume(durable: durable, committed: committed)
+        try resume(durable: durable, committed: committed)
         established = true
         Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
         var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
@@ -664,8 +678,9 @@ public final class DiskReplicator: @unchecked Sendable {
     }
 
     /// After (re)connecting: drop what the server holds durably, and decide
-    /// what to re-send.
-    private func resume(durable: UInt64, committed: UInt64) {
+    /// what to re-send. Throws when the epoch history cannot be written:
+    /// nothing of a new epoch is sent before it is.
+    private func resume(durable: UInt64, committed: UInt64) throws {
         cond.lock()
         defer {
             cond.broadcast()
@@ -676,7 +691,11 @@ public final class DiskReplicator: @unchecked Sendable {
         // this server held when we connected (segments of an earlier run, or
         // of a lost target's successor): set on every connection.
         resync.baseline = durable
-        if durable < durableSequence || durable >= nextSequence {
+        // The first connection of a run to a server that holds segments
+        // of this disk always renumbers after them: whatever the reader
+        // sealed before it was numbered from 1.
+        let firstWithHistory = !lineageStored && epoch == 0 && durable > 0
+        if durable < durableSequence || durable >= nextSequence || firstWithHistory {
             // Either the server lost segments it had acknowledged (another
             // server, a lost spool), or it is further than this agent (a
             // restarted agent): numbering continues after the server's, and
@@ -696,9 +715,27 @@ public final class DiskReplicator: @unchecked Sendable {
             nextSequence = durable + 1
             durableSequence = durable
             epoch += 1
+            lineageStored = false
+            lineage = (try? SegmentLineage.newEpoch(start: nextSequence, previous: .unknown))
+                ?? SegmentLineage(epochID: [UInt8](repeating: 0, count: SegmentLineage.idBytes), epochStart: nextSequence, previous: .unknown)
             restarts.append((epoch, kept))
             if restarts.count > Self.restartsKept { restarts.removeFirst(restarts.count - Self.restartsKept) }
             committedThrough.renumbered(committed: committedSequence)
+        }
+        if !lineageStored {
+            // Record the epoch before anything sealed in it goes out: the
+            // next run names it as the owner of the sequences before its own.
+            let path = EpochHistory.path(hrlPath: session.hrl.path)
+            var history = EpochHistory.load(path) { Log.warning("\(diskID): \($0)") }
+            // The lock is held since the epoch began: nothing was sealed in
+            // it yet but with the start, which stays; the previous epoch is
+            // the history's to say.
+            lineage = history.begin(lineage.epochID, start: lineage.epochStart)
+            try history.store(path)
+            lineageStored = true
+            if case .unknown = lineage.previous {
+                Log.warning("\(diskID): numbering continues at #\(lineage.epochStart) with no record of the epochs before it (\(path) is missing or damaged): recoveries will report sequences below #\(lineage.epochStart) as unproven")
+            }
         }
         if durable == 0 && committed == 0 && replicatedBefore {
             // The target has nothing of a disk this .hrl says was replicated.

@@ -18,11 +18,18 @@ public enum RecoverCommand {
         /// Sequences whose headers could not be proven under the key (older
         /// formats), accepted because the caller allowed it; empty otherwise.
         public var unprovenSequences: [UInt64] = []
+        /// Epoch starts below which the agent had lost its record of earlier
+        /// epochs, so the owners of the sequences below were taken from the
+        /// stored headers (`HeaderProver`).
+        public var lineageInferredBelow: [UInt64] = []
         /// The line tidemarkctl prints.
         public var summary: String {
             var s = "recovered point \(point.id) of \(point.diskID) (\(bytes) bytes) to \(path)"
             if !unprovenSequences.isEmpty {
                 s += "\nwarning: the headers of \(unprovenSequences.count) sequences (first: \(unprovenSequences.sorted().prefix(5).map(String.init).joined(separator: ", "))) predate header MACs and were not proven under the key; the segments that were opened were authenticated"
+            }
+            if let f = lineageInferredBelow.first {
+                s += "\nnote: the agent had lost its record of earlier numbering epochs when it numbered sequence \(f)\(lineageInferredBelow.count > 1 ? " (and \(lineageInferredBelow.count - 1) more times)" : ""); every header below was proven under the key and agreed with the epoch stored there, but a superseded sealing put in place of a whole epoch could not be told apart"
             }
             return s
         }
@@ -82,7 +89,8 @@ public enum RecoverCommand {
             progress?.finish()
             throw destination.abandon(error)
         }
-        return Result(point: point, bytes: disk.sizeBytes, path: to, unprovenSequences: prover.unproven)
+        return Result(point: point, bytes: disk.sizeBytes, path: to, unprovenSequences: prover.unproven,
+                      lineageInferredBelow: prover.lineageInferredBelow)
     }
 
     /// Authenticates, decompresses and splits one segment into its extents.
@@ -269,6 +277,14 @@ final class HeaderProver: @unchecked Sendable {
     let allowUnproven: Bool
     /// Sequences accepted without a proof (only with `allowUnproven`).
     private(set) var unproven: [UInt64] = []
+    /// The epoch that owns the sequences being walked (`SegmentLineage`):
+    /// the point's, then, below its start, the one its headers name as
+    /// previous. nil before the point's header is seen.
+    private var owner: (id: [UInt8], start: UInt64, previous: SegmentLineage.Previous?)?
+    /// Epoch starts below which the agent had lost its record of the
+    /// epochs (its state directory) when it numbered them: there the owner
+    /// is taken from the stored header and the walk goes on from it.
+    private(set) var lineageInferredBelow: [UInt64] = []
 
     init(key: ReplicationKey, disk: DiskRecord, point: PointRecord, allowUnproven: Bool) {
         self.key = key
@@ -311,6 +327,42 @@ final class HeaderProver: @unchecked Sendable {
         }
         if !proof.authenticated {
             try unprovable(seq, "\(what) is of segment format \(h.version), whose header carries no MAC")
+            return
+        }
+        try checkLineage(h, what: what, mismatch: mismatch)
+    }
+
+    /// The walk goes from the point down: the header at each sequence must
+    /// be sealed by the epoch that owns it. A sealing of an older epoch at
+    /// a sequence a later epoch renumbered was never stored: one put in
+    /// place of the stored segment is refused here.
+    private func checkLineage(_ h: SegmentHeader, what: String, mismatch: (String) -> TidemarkError) throws {
+        guard let lineage = h.lineage else { return }
+        let seq = h.sequence
+        if owner == nil {
+            guard seq == point.sequence else { throw mismatch("the walk did not start at the point's sequence") }
+            owner = (lineage.epochID, lineage.epochStart, lineage.previous)
+        }
+        while let o = owner, seq < o.start {
+            switch o.previous {
+            case .known(let id, let start)?: owner = (id, start, nil)
+            case .unknown?:
+                // Every header below is still proven and must agree with the
+                // epoch taken here; only a superseded sealing put in place of
+                // a whole epoch would go unnoticed (reported in the result).
+                lineageInferredBelow.append(o.start)
+                owner = (lineage.epochID, lineage.epochStart, nil)
+            case .none?, nil:
+                throw mismatch("sequence \(seq) lies below the epoch starting at \(o.start), which names no earlier epoch")
+            }
+        }
+        guard let o = owner, lineage.epochID == o.id, lineage.epochStart == o.start else {
+            throw mismatch("sealed by the numbering epoch \(lineage.epochID.prefix(4).map { String($0, radix: 16) }.joined())… starting at \(lineage.epochStart), but the epoch that owns this sequence starts at \(owner?.start ?? 0): a superseded sealing (one the agent replaced before it was stored) was put in place of the stored one")
+        }
+        if let known = o.previous {
+            guard known == lineage.previous else { throw mismatch("its epoch names a different previous epoch than the rest of the epoch") }
+        } else {
+            owner?.previous = lineage.previous
         }
     }
 

@@ -691,7 +691,7 @@ func randomUUID() -> [UInt8] {
 }
 
 /// Makes a rename in the directory durable.
-func syncDirectory(containing path: String) throws {
+public func syncDirectory(containing path: String) throws {
     let dir: String
     if let slash = path.lastIndex(of: "/") {
         dir = slash == path.startIndex ? "/" : String(path[..<slash])

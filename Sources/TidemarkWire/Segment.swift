@@ -72,7 +72,7 @@ public enum SegmentFormat {
     public static let version: UInt16 = 4
     /// Versions a reader accepts (version 1 segments carry no digests).
     public static let readableVersions: ClosedRange<UInt16> = 1...4
-    /// The first version whose header carries a header MAC.
+    /// The first version whose header carries a lineage and a header MAC.
     public static let headerMACVersion: UInt16 = 4
     /// Bytes of the header MAC (the last bytes of a version 4 header).
     public static let headerMACBytes = 16
@@ -118,6 +118,9 @@ public struct SegmentHeader: Equatable, Sendable {
     /// empty before version 4. `encode` writes zeros in its place: the
     /// sealer fills it in.
     public var headerMAC: [UInt8] = []
+    /// Version 4: the epoch that sealed the segment (`SegmentLineage`); nil
+    /// before version 4.
+    public var lineage: SegmentLineage? = nil
 
     public init(kind: SegmentKind, diskID: String, keyID: UInt64, sequence: UInt64, diskSizeBytes: UInt64,
                 chunkSizeBytes: UInt32, compressed: Bool, plainLength: UInt32, cipherLength: UInt32,
@@ -145,8 +148,8 @@ public struct SegmentHeader: Equatable, Sendable {
             + chunkDigests.count * SegmentFormat.chunkDigestBytes + macBytes
     }
 
-    /// Bytes of the header MAC in this version's header (0 before version 4).
-    var macBytes: Int { version >= SegmentFormat.headerMACVersion ? SegmentFormat.headerMACBytes : 0 }
+    /// Bytes of the lineage and the header MAC in this version's header (0 before version 4).
+    var macBytes: Int { version >= SegmentFormat.headerMACVersion ? SegmentLineage.encodedBytes + SegmentFormat.headerMACBytes : 0 }
 
     /// The number of chunks the data extents cover: the digest count of a
     /// version 2 header.
@@ -210,7 +213,10 @@ public struct SegmentHeader: Equatable, Sendable {
             w.zeros(3)
         }
         for d in chunkDigests { w.u64(d.low); w.u64(d.high) }
-        w.zeros(macBytes)
+        if version >= SegmentFormat.headerMACVersion {
+            (lineage ?? .single).encode(into: &w)
+            w.zeros(SegmentFormat.headerMACBytes)
+        }
         assert(w.bytes.count == encodedBytes)
         return w.bytes
     }
@@ -350,9 +356,9 @@ public struct SegmentHeader: Equatable, Sendable {
             guard n <= WireLimits.chunkDigestsPerSegmentMax else {
                 throw TidemarkError(.corrupt, "segment header: data extents cover \(n) chunks, more than the limit \(WireLimits.chunkDigestsPerSegmentMax)")
             }
-            let mac = version >= SegmentFormat.headerMACVersion ? SegmentFormat.headerMACBytes : 0
+            let mac = version >= SegmentFormat.headerMACVersion ? SegmentLineage.encodedBytes + SegmentFormat.headerMACBytes : 0
             guard headerLength == expectedHeader + n * SegmentFormat.chunkDigestBytes + mac else {
-                throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader + n * SegmentFormat.chunkDigestBytes + mac) with \(n) chunk digests\(mac > 0 ? " and the header MAC" : ""))")
+                throw TidemarkError(.corrupt, "segment header: header length \(headerLength) does not match its fields (\(expectedHeader + n * SegmentFormat.chunkDigestBytes + mac) with \(n) chunk digests\(mac > 0 ? ", the lineage and the header MAC" : ""))")
             }
             digests.reserveCapacity(n)  // bounded by the limit checked above
             for i in 0..<n {
@@ -361,7 +367,11 @@ public struct SegmentHeader: Equatable, Sendable {
             }
         }
         var headerMAC: [UInt8] = []
-        if version >= SegmentFormat.headerMACVersion { headerMAC = try r.bytes(SegmentFormat.headerMACBytes, "header MAC") }
+        var lineage: SegmentLineage? = nil
+        if version >= SegmentFormat.headerMACVersion {
+            lineage = try SegmentLineage.decode(&r, sequence: sequence)
+            headerMAC = try r.bytes(SegmentFormat.headerMACBytes, "header MAC")
+        }
         try r.need(0, "end")
         guard r.offset == headerLength else {
             throw TidemarkError(.corrupt, "segment header: fields end at \(r.offset), header length says \(headerLength)")
@@ -375,6 +385,7 @@ public struct SegmentHeader: Equatable, Sendable {
                               version: version, chunkDigests: digests)
         var withMAC = h
         withMAC.headerMAC = headerMAC
+        withMAC.lineage = lineage
         return (withMAC, headerLength)
     }
 

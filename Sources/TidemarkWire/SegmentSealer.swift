@@ -33,12 +33,14 @@ public final class SegmentSealer: @unchecked Sendable {
     /// and tools can produce segments of the older format.
     public func seal(kind: SegmentKind, diskID: String, sequence: UInt64, diskSizeBytes: UInt64, chunkSizeBytes: UInt32,
                      extents: [SegmentExtent], payload: UnsafeRawBufferPointer, point: PointTag?,
+                     lineage: SegmentLineage = .single,
                      formatVersion: UInt16 = SegmentFormat.version, compressionLevel: Int32? = nil) throws -> [UInt8] {
         guard SegmentFormat.readableVersions.contains(formatVersion) else {
             throw TidemarkError(.invalidArgument, "segment format version \(formatVersion) is not one this build writes (\(SegmentFormat.readableVersions))")
         }
         try checkIdentifier(diskID, "disk id")
         guard chunkSizeBytes > 0 else { throw TidemarkError(.invalidArgument, "chunk size 0 for disk \(diskID)") }
+        if formatVersion >= SegmentFormat.headerMACVersion { try lineage.check(sequence: sequence, .invalidArgument) }
         switch (kind, point) {
         case (.data, nil): break
         case (.data, .some): throw TidemarkError(.invalidArgument, "a data segment cannot carry a recovery point; use kind .point")
@@ -84,11 +86,12 @@ public final class SegmentSealer: @unchecked Sendable {
             compressedLength = try scratch.withUnsafeMutableBytes { try zstd.compress(payload, into: $0, level: level) }
         }
 
-        let header = SegmentHeader(kind: kind, diskID: diskID, keyID: key.id, sequence: sequence, diskSizeBytes: diskSizeBytes,
+        var header = SegmentHeader(kind: kind, diskID: diskID, keyID: key.id, sequence: sequence, diskSizeBytes: diskSizeBytes,
                                    chunkSizeBytes: chunkSizeBytes, compressed: compressedLength != nil,
                                    plainLength: UInt32(plain), cipherLength: UInt32(compressedLength ?? plain),
                                    nonce: try SecureRandom.bytes(SegmentFormat.nonceBytes), extents: extents, point: point,
                                    version: formatVersion, chunkDigests: digests)
+        if formatVersion >= SegmentFormat.headerMACVersion { header.lineage = lineage }
         var headerBytes = header.encode()
         if formatVersion >= SegmentFormat.headerMACVersion { headerBytes.withUnsafeMutableBytes { headerMAC.sign($0) } }
         let bodyLength = Int(header.cipherLength)

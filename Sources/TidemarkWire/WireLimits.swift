@@ -15,10 +15,10 @@ public enum WireLimits {
     /// version 2): one per data chunk, so 8 MiB of 4 KiB chunks.
     public static let chunkDigestsPerSegmentMax = 2048
     /// Largest segment header: the fixed part, the two strings, every
-    /// extent, every chunk digest, the header MAC (format 4).
+    /// extent, every chunk digest, the lineage and the header MAC (format 4).
     public static let segmentHeaderBytesMax =
         SegmentFormat.fixedBytes + 2 * stringBytesMax + extentsPerSegmentMax * SegmentFormat.extentBytes
-        + chunkDigestsPerSegmentMax * SegmentFormat.chunkDigestBytes + SegmentFormat.headerMACBytes
+        + chunkDigestsPerSegmentMax * SegmentFormat.chunkDigestBytes + SegmentLineage.encodedBytes + SegmentFormat.headerMACBytes
     /// Largest sealed segment: header, ciphertext (never longer than the
     /// payload: compression is skipped when it does not shrink), tag.
     public static let segmentBytesMax = segmentHeaderBytesMax + segmentPayloadBytesMax + SegmentFormat.tagBytes

@@ -17,14 +17,23 @@ private let diskID = "agent-a:disk-1"
 @Suite(.serialized) struct TamperedTargetTests {
     /// A real history, sealed with a real key: 1: chunks 0–7; 2: chunks
     /// 4–11 and zeros 12–13; 3: point p1; 4: chunks 0–3; 5: chunks 8–9;
-    /// 6: point p2; 7: chunks 14–15; 8: point p3.
+    /// 6: point p2; 7: chunks 14–15; 8: point p3. Sequences 1–4 are
+    /// numbered in epoch A; the agent renumbered at 5 (epoch B, after A):
+    /// before that, A had sealed a 5 of its own (chunks 10–11), which was
+    /// never stored — `superseded`.
     final class World {
         let dir: String
         let keyPath: String
         let key: ReplicationKey
         var images: [String: [UInt8]] = [:]
+        var superseded: [UInt8] = []
+        let epochA = try! SegmentLineage.newEpoch(start: 1, previous: .none)
+        var unknownPrevious = false
+        lazy var epochB = SegmentLineage(epochID: Array(epochA.epochID.reversed()), epochStart: 5,
+                                         previous: unknownPrevious ? .unknown : .known(id: epochA.epochID, start: 1))
 
-        init(tag: String) throws {
+        init(tag: String, unknownPrevious: Bool = false) throws {
+            self.unknownPrevious = unknownPrevious
             dir = try TestEnv.tempDir(tag)
             keyPath = dir + "/replication.key"
             key = try ReplicationKey.generate(path: keyPath)
@@ -34,8 +43,22 @@ private let diskID = "agent-a:disk-1"
             var disk = [UInt8](repeating: 0, count: Int(sizeBytes))
             var rng = SystemRandomNumberGenerator()
             var seq: UInt64 = 0
+            func seal(_ runs: [(UInt64, UInt64, Bool)], at seq: UInt64, lineage: SegmentLineage) throws -> [UInt8] {
+                var extents: [SegmentExtent] = []
+                var payload: [UInt8] = []
+                for (first, count, zero) in runs {
+                    let off = Int(first) * Int(chunk), len = Int(count) * Int(chunk)
+                    extents.append(SegmentExtent(offset: UInt64(off), length: UInt32(len), kind: zero ? .zero : .data))
+                    if !zero { payload += (0..<len).map { _ in UInt8.random(in: 0...255) } }
+                }
+                return try payload.withUnsafeBytes {
+                    try sealer.seal(kind: .data, diskID: diskID, sequence: seq, diskSizeBytes: sizeBytes, chunkSizeBytes: chunk,
+                                    extents: extents, payload: $0, point: nil, lineage: lineage)
+                }
+            }
             func put(_ runs: [(UInt64, UInt64, Bool)], point: (String, Int64)? = nil) throws {
                 seq += 1
+                if seq == 5 { superseded = try seal([(10, 2, false)], at: 5, lineage: epochA) }
                 var extents: [SegmentExtent] = []
                 var payload: [UInt8] = []
                 for (first, count, zero) in runs {
@@ -47,7 +70,8 @@ private let diskID = "agent-a:disk-1"
                 let tag = point.map { PointTag(id: $0.0, pointClass: .crashConsistent, timeUnixMs: $0.1) }
                 let sealed = try payload.withUnsafeBytes {
                     try sealer.seal(kind: tag == nil ? .data : .point, diskID: diskID, sequence: seq, diskSizeBytes: sizeBytes,
-                                    chunkSizeBytes: chunk, extents: extents, payload: $0, point: tag)
+                                    chunkSizeBytes: chunk, extents: extents, payload: $0, point: tag,
+                                    lineage: seq < 5 ? epochA : epochB)
                 }
                 let record = tag.map { PointRecord(id: $0.id, diskID: diskID, pointClass: $0.pointClass.rawValue, timeUnixMs: $0.timeUnixMs, sequence: seq) }
                 let targetExtents = extents.map { TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero) }
@@ -305,6 +329,59 @@ private let diskID = "agent-a:disk-1"
             }
             let errors = outcomes(w, t, points: ["p1", "p2", "p3"])
             #expect(errors.count == 3, "disk record \(what) changed: \(errors)")
+        }
+    }
+
+    /// A sealing the agent made of a sequence and then replaced when it
+    /// renumbered (never stored; a process server saw it) put in place of
+    /// the stored one: its header is genuine, its epoch does not own the
+    /// sequence.
+    @Test func aSupersededSealingIsRefused() throws {
+        let w = try World(tag: "tamper-superseded")
+        defer { w.close() }
+        let t = try w.copy("superseded", pruned: false)
+        let sealed = w.superseded
+        let extents = [TargetExtent(offset: 10 * UInt64(chunk), length: 2 * UInt64(chunk), zero: false)]
+        try FileManager.default.removeItem(atPath: t.segmentPath(diskID, 5))
+        try sealed.withUnsafeBytes { try t.putSegment(diskID: diskID, sequence: 5, extents: extents, point: nil, bytes: $0) }
+        let errors = outcomes(w, t, points: ["p1", "p2", "p3"])
+        #expect(errors["p1"] == nil, "p1 does not depend on sequence 5: \(errors)")
+        #expect(errors["p2"]?.contains("superseded") == true && errors["p3"]?.contains("superseded") == true, "\(errors)")
+    }
+
+    /// The walk crosses epochs by the previous epoch each names; an epoch
+    /// whose previous the agent no longer knew takes the owner from the
+    /// stored headers below and says so.
+    @Test func epochsAreWalkedAndAnUnknownPreviousIsReported() throws {
+        let w = try World(tag: "tamper-epochs")
+        defer { w.close() }
+        let t = try w.copy("epochs", pruned: false)
+        let r = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: w.dir + "/img", targetDir: t.root, keyPath: w.keyPath, progress: nil)
+        #expect(r.lineageInferredBelow.isEmpty && r.unprovenSequences.isEmpty)
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: w.dir + "/img"))) == w.images["p3"])
+
+        let u = try World(tag: "tamper-epochs-unknown", unknownPrevious: true)
+        defer { u.close() }
+        let tu = try u.copy("epochs", pruned: false)
+        let ru = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img", targetDir: tu.root, keyPath: u.keyPath, progress: nil)
+        #expect(ru.lineageInferredBelow == [5] && ru.summary.contains("lost its record of earlier numbering epochs"), "\(ru.summary)")
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: u.dir + "/img"))) == u.images["p3"])
+        // Below an inferred owner, every header must still agree with it.
+        let mixed = try u.copy("mixed", pruned: false)
+        try FileManager.default.removeItem(atPath: mixed.segmentPath(diskID, 2))
+        let other = try SegmentSealer(key: u.key, compressionLevel: 1)
+        let payload = [UInt8](repeating: 7, count: 8 * Int(chunk))
+        let foreign = try payload.withUnsafeBytes {
+            try other.seal(kind: .data, diskID: diskID, sequence: 2, diskSizeBytes: sizeBytes, chunkSizeBytes: chunk,
+                           extents: [SegmentExtent(offset: 4 * UInt64(chunk), length: 8 * chunk, kind: .data)], payload: $0, point: nil,
+                           lineage: try SegmentLineage.newEpoch(start: 1, previous: .none))
+        }
+        try foreign.withUnsafeBytes {
+            try mixed.putSegment(diskID: diskID, sequence: 2, extents: [TargetExtent(offset: 4 * UInt64(chunk), length: 8 * UInt64(chunk), zero: false)],
+                                 point: nil, bytes: $0)
+        }
+        #expect(throws: TidemarkError.self) {
+            _ = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img2", targetDir: mixed.root, keyPath: u.keyPath, progress: nil)
         }
     }
 }

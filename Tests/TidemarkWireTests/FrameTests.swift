@@ -221,8 +221,8 @@ func readAll(_ bytes: [UInt8], maxRead: Int = .max) throws -> [WireMessage] {
 
     /// The limits table of docs/wire-format.md, section 6.
     @Test func limits() {
-        #expect(WireLimits.segmentHeaderBytesMax == 66_138)
-        #expect(WireLimits.segmentBytesMax == 8_454_762)
+        #expect(WireLimits.segmentHeaderBytesMax == 66_194)
+        #expect(WireLimits.segmentBytesMax == 8_454_818)
         #expect(WireLimits.segmentBytesMax <= WireLimits.framePayloadBytesMax)
         #expect(WireLimits.framePayloadBytesMax == 8_519_680)
         #expect(WireLimits.chunkDigestsPayloadBytesMax == 35_092)
