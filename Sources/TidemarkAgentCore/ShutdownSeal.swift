@@ -303,12 +303,20 @@ public enum ShutdownSeal {
             guard e.logical % 4096 == 0, e.physical % 4096 == 0, e.length % 4096 == 0, e.length > 0 else {
                 throw FormatError("extent at file byte \(e.logical) (device byte \(e.physical), \(e.length) bytes) is not 4 KiB aligned")
             }
-            next += e.length
+            // Values read from disk: the sums are checked, so that `physical`
+            // can add them freely once coverage holds.
+            let (end, endOverflow) = next.addingReportingOverflow(e.length)
+            let (_, deviceOverflow) = e.physical.addingReportingOverflow(e.length)
+            guard !endOverflow, !deviceOverflow else {
+                throw FormatError("extent at file byte \(e.logical) (device byte \(e.physical), \(e.length) bytes) runs past the largest byte offset")
+            }
+            next = end
         }
         guard next >= UInt64(fileSizeBytes) else { throw FormatError("the extents cover \(next) of \(fileSizeBytes) bytes") }
     }
 
-    /// Device byte of file byte `logical`, and how many bytes from there are contiguous.
+    /// Device byte of file byte `logical`, and how many bytes from there are
+    /// contiguous. The extents passed `checkCoverage` (no sum overflows).
     static func physical(_ logical: UInt64, _ extents: [FileExtent]) -> (offset: UInt64, run: UInt64)? {
         for e in extents where logical >= e.logical && logical < e.logical + e.length {
             return (e.physical + (logical - e.logical), e.logical + e.length - logical)
