@@ -70,23 +70,8 @@ public struct SegmentHeaderProof: Sendable {
     public static func check(_ prefix: UnsafeRawBufferPointer, segmentBytes: Int, diskID: String, sequence: UInt64,
                              key: ReplicationKey, mac: SegmentHeaderMAC) throws -> SegmentHeaderProof {
         let (header, headerBytes) = try SegmentHeader.decode(prefix, segmentBytes: segmentBytes)
-        guard header.diskID == diskID else {
-            throw TidemarkError(.corrupt, "the sealed header of sequence \(sequence) of disk \(diskID) names disk \(header.diskID)",
-                                hint: "the object was moved from another disk; it is not used")
-        }
-        guard header.sequence == sequence else {
-            throw TidemarkError(.corrupt, "the sealed header stored as sequence \(sequence) of disk \(diskID) says sequence \(header.sequence)",
-                                hint: "the object was relabelled or replayed; it is not used")
-        }
-        guard header.keyID == key.id else {
-            throw TidemarkError(.corrupt, "sequence \(sequence) of disk \(diskID) was sealed with key id \(hex16(header.keyID)), this key is \(key.idHex)",
-                                hint: "load the replication key the agent used for this disk")
-        }
-        guard header.version >= SegmentFormat.headerMACVersion else { return SegmentHeaderProof(header: header, authenticated: false) }
-        guard mac.verify(UnsafeRawBufferPointer(rebasing: prefix[0..<headerBytes])) else {
-            throw TidemarkError(.corrupt, "sequence \(sequence) of disk \(diskID): the header MAC does not verify: wrong replication key, or the header was tampered with",
-                                hint: "the object must not be used; restore it from another copy or choose another point")
-        }
-        return SegmentHeaderProof(header: header, authenticated: true)
+        try SegmentOpener.checkIdentity(header, UnsafeRawBufferPointer(rebasing: prefix[0..<headerBytes]), diskID: diskID,
+                                        sequence: sequence, key: key, mac: mac)
+        return SegmentHeaderProof(header: header, authenticated: header.version >= SegmentFormat.headerMACVersion)
     }
 }

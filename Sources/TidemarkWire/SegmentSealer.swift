@@ -167,6 +167,20 @@ public final class SegmentOpener: @unchecked Sendable {
 
     private func checkedHeader(_ segment: UnsafeRawBufferPointer, diskID: String, sequence: UInt64) throws -> (SegmentHeader, Int) {
         let (header, headerBytes) = try SegmentHeader.decode(segment)
+        try Self.checkIdentity(header, UnsafeRawBufferPointer(rebasing: segment[0..<headerBytes]), diskID: diskID, sequence: sequence,
+                               key: key, mac: headerMAC)
+        guard UInt64(header.plainLength) == header.dataBytes else {
+            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(header.plainLength) bytes, its data extents hold \(header.dataBytes)")
+        }
+        return (header, headerBytes)
+    }
+
+    /// The checks that tie a decoded header (`headerBytes`, all of its
+    /// bytes) to what the reader expects, in order (docs/wire-format.md
+    /// 4.4): disk id, sequence, key id, then, from format 4 on, the header
+    /// MAC. Every failure is .corrupt and names the mismatch.
+    static func checkIdentity(_ header: SegmentHeader, _ headerBytes: UnsafeRawBufferPointer, diskID: String, sequence: UInt64,
+                              key: ReplicationKey, mac: SegmentHeaderMAC) throws {
         guard header.diskID == diskID else {
             throw TidemarkError(.corrupt, "segment belongs to disk \(header.diskID), expected \(diskID)",
                                 hint: "the segment was stored under the wrong disk, or moved there")
@@ -179,15 +193,10 @@ public final class SegmentOpener: @unchecked Sendable {
             throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID) was sealed with key id \(hex16(header.keyID)), this key is \(key.idHex)",
                                 hint: "load the replication key the agent used for this disk")
         }
-        guard header.version < SegmentFormat.headerMACVersion
-                || headerMAC.verify(UnsafeRawBufferPointer(rebasing: segment[0..<headerBytes])) else {
+        guard header.version < SegmentFormat.headerMACVersion || mac.verify(headerBytes) else {
             throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): authentication failed: wrong replication key, or the segment was tampered with (its header MAC does not verify)",
                                 hint: "this segment must not be used; re-send it from the agent or restore from another copy")
         }
-        guard UInt64(header.plainLength) == header.dataBytes else {
-            throw TidemarkError(.corrupt, "segment \(sequence) of disk \(diskID): payload is \(header.plainLength) bytes, its data extents hold \(header.dataBytes)")
-        }
-        return (header, headerBytes)
     }
 
     /// Authenticates and decrypts (out of place: the segment is not
