@@ -75,7 +75,8 @@ final class Connection: @unchecked Sendable {
             do {
                 try handle(stream: s, reader: reader, writer: writer, certName: agentID)
             } catch let v as ProtocolViolation {
-                Log.warning("\(peer) (\(agentID)): \(v.message); closing the connection")
+                let line = "\(peer) (\(agentID)): \(v.message); closing the connection"
+                if v.logged { Log.debug(line) } else { Log.warning(line) }
                 try? writer.send(.error(code: v.code, message: v.message))
             } catch let e as TidemarkError where e.kind == .corrupt {
                 Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
@@ -93,8 +94,8 @@ final class Connection: @unchecked Sendable {
         guard WireProtocol.acceptedVersions.contains(version) else {
             throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.acceptedVersions.lowerBound) to \(WireProtocol.acceptedVersions.upperBound)")
         }
-        guard agentID == certName else {
-            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'")
+        guard !certName.isEmpty, agentID == certName else {
+            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'; an agent's hello names the agent id its certificate was issued for (docs/wire-format.md, session rule 8)")
         }
         // The agent's version, which this server speaks too.
         writer.version = version
