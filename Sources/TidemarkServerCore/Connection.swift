@@ -21,11 +21,69 @@ final class Connection: @unchecked Sendable {
     /// Wakes the connection's thread from its wait for frames when another
     /// thread queues an acknowledgement, so it goes out at once.
     private let ackWake = WakeSignal()
+    /// When the connection was accepted (monotonic).
+    let acceptedNs: UInt64
+    /// The peer's address without its port: the unit of the per-source
+    /// bound on unauthenticated connections.
+    let source: String
+    /// What must be complete by when (monotonic ns), and its bound: the
+    /// handshake and hello from the accept, then each whole frame from its
+    /// first byte. The server's deadline thread cuts a connection past it
+    /// (`enforceDeadline`). Guarded by `lock`.
+    private var deadline: (ns: UInt64, what: String, limitMs: Int)?
+    /// The agent id of the certificate, once the TLS handshake is done (for logs).
+    private var name = "?"
 
     init(server: ProcessServer, socket: TCPSocket) {
         self.server = server
         self.socket = socket
         self.peer = socket.peerDescription
+        self.source = Self.address(ofPeer: socket.peerDescription)
+        let now = monotonicNanoseconds()
+        self.acceptedNs = now
+        self.deadline = (now + UInt64(ServerLimits.handshakeTimeoutMs) * 1_000_000, "the TLS handshake and hello",
+                         ServerLimits.handshakeTimeoutMs)
+    }
+
+    /// "1.2.3.4:5" → "1.2.3.4", "[::1]:5" → "::1".
+    static func address(ofPeer peer: String) -> String {
+        if peer.hasPrefix("["), let end = peer.firstIndex(of: "]") {
+            return String(peer[peer.index(after: peer.startIndex)..<end])
+        }
+        if let colon = peer.lastIndex(of: ":") { return String(peer[..<colon]) }
+        return peer
+    }
+
+    var logName: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return "\(peer) (\(name))"
+    }
+
+    private func setDeadline(fromNs start: UInt64, ms: Int, _ what: String) {
+        lock.lock()
+        deadline = (start + UInt64(ms) * 1_000_000, what, ms)
+        lock.unlock()
+    }
+
+    private func clearDeadline() {
+        lock.lock()
+        deadline = nil
+        lock.unlock()
+    }
+
+    /// Cuts the connection when its deadline has passed; returns what was
+    /// late and its bound (for the caller's log line), nil otherwise.
+    func enforceDeadline(nowNs: UInt64) -> (what: String, limitMs: Int)? {
+        lock.lock()
+        guard let d = deadline, nowNs >= d.ns, !closed else {
+            lock.unlock()
+            return nil
+        }
+        deadline = nil
+        lock.unlock()
+        close()
+        return (d.what, d.limitMs)
     }
 
     var isClosed: Bool {
@@ -49,22 +107,29 @@ final class Connection: @unchecked Sendable {
     }
 
     /// Closes from any thread: the connection's own thread wakes and ends.
+    /// Before the TLS stream exists the socket is only shut down (its thread
+    /// may be in the handshake on it, which then fails and closes it).
     func close() {
         lock.lock()
         closed = true
         let s = stream
         lock.unlock()
-        if let s { s.shutdown() } else { socket.close() }
+        if let s { s.shutdown() } else { socket.shutdown() }
     }
 
     func serve() {
         var agentID = "?"
         do {
+            // One deadline from the accept for the handshake and the hello
+            // (the deadline thread cuts the connection at it); these are the
+            // bounds of each single wait within it.
+            let leftMs = ServerLimits.handshakeTimeoutMs - Int((monotonicNanoseconds() - acceptedNs) / 1_000_000)
             try socket.setTimeouts(readMs: ServerLimits.handshakeTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
-            let s = try TLSStream.accept(socket, server.tlsContext, handshakeTimeoutMs: ServerLimits.handshakeTimeoutMs)
+            let s = try TLSStream.accept(socket, server.tlsContext, handshakeTimeoutMs: max(1, leftMs))
             lock.lock()
             stream = s
             let wasClosed = closed
+            name = s.peerCommonName
             lock.unlock()
             defer { s.close() }
             if wasClosed { return }
@@ -100,7 +165,11 @@ final class Connection: @unchecked Sendable {
         // The agent's version, which this server speaks too.
         writer.version = version
         reader.acceptedVersions = version...version
+        if let refusal = server.authenticated(self) {
+            throw ProtocolViolation(code: 503, refusal)
+        }
         try writer.send(.helloOK(protocolVersion: version, serverID: server.options.serverID))
+        clearDeadline()
         try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
         Log.info("\(peer): agent \(agentID) connected")
         var opened: Set<String> = []
@@ -118,6 +187,8 @@ final class Connection: @unchecked Sendable {
                 continue
             }
             lastFrame = monotonicNanoseconds()
+            // The whole frame, from its first byte, within its deadline.
+            setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineBaseMs, "a frame")
             guard let frame = try reader.nextFrame() else {
                 Log.info("\(peer): agent \(agentID) disconnected")
                 return
@@ -125,9 +196,12 @@ final class Connection: @unchecked Sendable {
             let message: WireMessage
             switch frame {
             case .segment(let length):
+                setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineMs(payloadBytes: length),
+                            "a segment frame of \(length) bytes")
                 try receiveSegment(length: length, reader: reader, opened: opened)
                 continue
             case .message(let m):
+                clearDeadline()
                 message = m
             }
             switch message {
@@ -187,11 +261,13 @@ final class Connection: @unchecked Sendable {
             let into = staged.payloadToFill
             head.withUnsafeBytes { into.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: head.count) }
             try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: into[head.count...]))
+            clearDeadline()
             try server.ingest(self, header: header, bytes: staged.payload, staged: staged)
         } else {
             let from = head.count
             head += [UInt8](repeating: 0, count: length - from)
             try head.withUnsafeMutableBytes { try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
+            clearDeadline()
             try head.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0, staged: nil) }
         }
     }

@@ -82,6 +82,11 @@ public final class ProcessServer: @unchecked Sendable {
     /// Highest sequence per disk found in the spool at startup (not yet uploaded).
     var spooledHighest: [String: UInt64] = [:]
     var connections: [ObjectIdentifier: Connection] = [:]
+    /// Of `connections`, those that have not completed the handshake and
+    /// hello (bounded by `ServerLimits.unauthenticatedConnectionsMax`), and
+    /// those that have (bounded by `options.maxConnections`).
+    var handshaking: [ObjectIdentifier: Connection] = [:]
+    var authenticatedConnections: Set<ObjectIdentifier> = []
     /// Chunk digest indexes of the disks opened so far (docs/target-layout.md section 9).
     var digestIndexes: [String: DigestIndex] = [:]
     let indexOpenLock = NSLock()
@@ -105,6 +110,7 @@ public final class ProcessServer: @unchecked Sendable {
     public var port: UInt16 { listener.port }
 
     public init(options: Options) throws {
+        if let problem = ServerLimits.relationProblem() { preconditionFailure("ServerLimits: \(problem)") }
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
         self.target = try LocalDirectoryTarget(root: options.targetPath)
@@ -138,22 +144,31 @@ public final class ProcessServer: @unchecked Sendable {
         let syncThread = Thread { self.spool.runSyncLoop() }
         let uploadThread = Thread { self.runUploader() }
         let pruneThread = Thread { self.runPruner() }
-        for t in [syncThread, uploadThread, pruneThread] { t.start() }
+        let deadlineThread = Thread { self.runDeadlines() }
+        for t in [syncThread, uploadThread, pruneThread, deadlineThread] { t.start() }
         Log.info("\(options.serverID): listening on \(options.listenHost):\(port) (TLS 1.3, client certificates required); spool \(options.spoolDir); target \(options.targetPath)")
+        var displaced = 0
+        var displacedLoggedNs: UInt64 = 0
         while let socket = try? listener.accept() {
-            lock.lock()
-            let limit = options.maxConnections
-            let full = connections.count >= limit
-            lock.unlock()
-            if full {
-                Log.warning("refusing \(socket.peerDescription): \(limit) connections already (max_connections)")
-                socket.close()
-                continue
-            }
+            // Unauthenticated connections have a pool of their own: a new
+            // one displaces the oldest rather than wait or be refused, so a
+            // flood cannot keep an agent out (ServerLimits).
             let c = Connection(server: self, socket: socket)
             lock.lock()
+            let victim = displacedBy(c)
             connections[ObjectIdentifier(c)] = c
+            handshaking[ObjectIdentifier(c)] = c
             lock.unlock()
+            if let victim {
+                victim.close()
+                displaced += 1
+                let now = monotonicNanoseconds()
+                if displaced == 1 || now - displacedLoggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                    Log.warning("\(displaced) unauthenticated connection\(displaced == 1 ? "" : "s") closed to make room (the latest from \(victim.peer)): more than \(ServerLimits.unauthenticatedConnectionsMax) connections, or \(ServerLimits.unauthenticatedPerSourceMax) from one address, had not completed the TLS handshake and hello; the oldest gives way to the newest. A flood of connections that never authenticate looks like this; agents still get in")
+                    displaced = 0
+                    displacedLoggedNs = now
+                }
+            }
             let t = Thread { c.serve(); self.connectionEnded(c) }
             t.start()
         }
@@ -190,9 +205,63 @@ public final class ProcessServer: @unchecked Sendable {
         return stopped
     }
 
+    /// The unauthenticated connection `c` displaces, if any: the oldest of
+    /// its source address when that has `unauthenticatedPerSourceMax`
+    /// already, else the oldest of all when the pool is full. Under `lock`.
+    private func displacedBy(_ c: Connection) -> Connection? {
+        let oldest = { (a: Connection, b: Connection) in a.acceptedNs < b.acceptedNs }
+        let sameSource = handshaking.values.filter { $0.source == c.source }
+        var victim: Connection?
+        if sameSource.count >= ServerLimits.unauthenticatedPerSourceMax {
+            victim = sameSource.min(by: oldest)
+        } else if handshaking.count >= ServerLimits.unauthenticatedConnectionsMax {
+            victim = handshaking.values.min(by: oldest)
+        }
+        if let victim { handshaking[ObjectIdentifier(victim)] = nil }
+        return victim
+    }
+
+    /// `c` completed its handshake and hello: it leaves the unauthenticated
+    /// pool and counts towards `max_connections`. Returns why it may not
+    /// (then it is refused), nil when it may go on.
+    func authenticated(_ c: Connection) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        let id = ObjectIdentifier(c)
+        guard handshaking[id] != nil else {
+            return "the connection was closed to make room for newer unauthenticated ones; connect again"
+        }
+        guard authenticatedConnections.count < options.maxConnections else {
+            return "process server \(options.serverID) serves \(options.maxConnections) agent connections already (max_connections); try again later"
+        }
+        handshaking[id] = nil
+        authenticatedConnections.insert(id)
+        return nil
+    }
+
+    /// Cuts connections past their deadline (the handshake and hello from
+    /// the accept; each whole frame from its first byte), checking every
+    /// `ServerLimits.deadlineCheckMs`.
+    private func runDeadlines() {
+        while !isStopped {
+            usleep(useconds_t(ServerLimits.deadlineCheckMs * 1000))
+            lock.lock()
+            let open = Array(connections.values)
+            lock.unlock()
+            let now = monotonicNanoseconds()
+            for c in open {
+                if let late = c.enforceDeadline(nowNs: now) {
+                    Log.warning("\(c.logName): \(late.what) did not complete within \(late.limitMs) ms; closing the connection (docs/wire-format.md, section 6: deadlines)")
+                }
+            }
+        }
+    }
+
     func connectionEnded(_ c: Connection) {
         lock.lock()
         connections[ObjectIdentifier(c)] = nil
+        handshaking[ObjectIdentifier(c)] = nil
+        authenticatedConnections.remove(ObjectIdentifier(c))
         for d in disks.values where d.owner === c { d.owner = nil }
         lock.unlock()
     }

@@ -7,8 +7,8 @@ import TidemarkWire
 
 /// A real `tidemark-server` process against hostile clients over real TLS
 /// (certificates from scripts/make-certs.sh), all on 127.0.0.1: values that
-/// used to crash it, a bad disk record planted in its target, and disk ids
-/// of another agent. After each attack
+/// used to crash it, a bad disk record planted in its target, slow and
+/// flooding connections, and disk ids of another agent. After each attack
 /// the server must still serve a well-formed client.
 @Suite(.serialized) struct ServerHardeningTests {
     /// A server of its own: certificates for `agent-it` and `agent-b`, a
@@ -96,6 +96,42 @@ import TidemarkWire
     }
 
     static let hex = "0123456789ab"
+
+    /// Writes `bytes` one byte per second until the server closes the
+    /// connection or `limitSeconds` pass; returns the seconds from `start`
+    /// to the close (nil: still open). `closed(ms)` waits up to ms for the
+    /// server and says whether it closed (throwing counts as closed).
+    static func dribble(_ bytes: [UInt8], over stream: ByteStream, start: Date, limitSeconds: Double,
+                        closed: (Int) throws -> Bool) -> Double? {
+        var i = 0
+        while Date().timeIntervalSince(start) < limitSeconds {
+            if i < bytes.count {
+                let ok = (try? [bytes[i]].withUnsafeBytes { try stream.writeAll($0) }) != nil
+                if !ok { return Date().timeIntervalSince(start) }
+                i += 1
+            }
+            // A second for the server to close (or answer).
+            let waitUntil = Date().addingTimeInterval(1)
+            while Date() < waitUntil {
+                do {
+                    if try closed(100) { return Date().timeIntervalSince(start) }
+                } catch {
+                    return Date().timeIntervalSince(start)
+                }
+            }
+        }
+        return nil
+    }
+
+    /// `closed` for a TLS stream: up to ms for something to read; end of
+    /// stream is a close, data is noted in `answered`.
+    static func tlsClosed(_ stream: TLSStream, _ ms: Int, answered: inout Bool) throws -> Bool {
+        guard try stream.waitReadable(timeoutMs: ms) else { return false }
+        var b = [UInt8](repeating: 0, count: 4096)
+        let n = try b.withUnsafeMutableBytes { try stream.read(into: $0) }
+        if n > 0 { answered = true }
+        return n == 0
+    }
 
     // MARK: A. Values that used to crash the server
 
@@ -224,6 +260,132 @@ import TidemarkWire
         try Data(h).write(to: URL(fileURLWithPath: target + "/disks/" + diskID + "/disk"))
     }
 
+    // MARK: B. Slow and flooding connections
+
+    /// A segment frame dribbled at 1 byte/s after openDisk is cut at its
+    /// whole-frame deadline (15 s plus its payload at 32 KiB/s), not left open.
+    @Test func dribbledSegmentFrameIsCut() throws {
+        guard TestEnv.requireRoot("server hardening") else { return }
+        let w = try ServerWorld("harden-slowframe")
+        defer { w.close() }
+        let key = try ReplicationKey.load(path: w.tls + "/replication.key")
+        let disk = "agent-it-sdz-\(Self.hex)"
+        let c = try w.client()
+        try c.hello("agent-it")
+        guard case .diskState? = try c.open(disk, size: 16 << 20, chunk: 65536, keyID: key.id) else {
+            throw TestFailure("openDisk failed\(w.logs)")
+        }
+        let segment = try ServerWorld.seal(key, disk: disk, sequence: 1)
+        var header: [UInt8] = WireProtocol.magic
+        header += withUnsafeBytes(of: WireProtocol.version.littleEndian) { Array($0) }
+        header += withUnsafeBytes(of: UInt16(5).littleEndian) { Array($0) }
+        header += withUnsafeBytes(of: UInt32(segment.count).littleEndian) { Array($0) }
+        let bound = 15.0 + Double(segment.count) / 32768.0
+        let start = Date()
+        var answered = false
+        let cutAfter = Self.dribble(header + segment, over: c.stream, start: start, limitSeconds: bound + 30) {
+            try Self.tlsClosed(c.stream, $0, answered: &answered)
+        }
+        c.close()
+        guard let cutAfter else {
+            Issue.record("a segment frame dribbled at 1 byte/s was still open after \(Int(bound + 30)) s\(w.logs)")
+            return
+        }
+        #expect(cutAfter >= bound - 1.5 && cutAfter <= bound + 3, "cut after \(cutAfter) s; the bound is \(bound) s")
+        #expect(w.server.stderr.contains("a segment frame of \(segment.count) bytes did not complete within"), "\(w.logs)")
+        try w.expectServes(disk)
+    }
+
+    /// The TLS handshake dribbled at 1 byte/s, and a hello dribbled after a
+    /// prompt handshake, are both cut 10 s after the accept.
+    @Test func dribbledHandshakeAndHelloAreCut() throws {
+        guard TestEnv.requireRoot("server hardening") else { return }
+        let w = try ServerWorld("harden-slowhello")
+        defer { w.close() }
+        let bound = 10.0
+
+        // The TLS handshake: the start of a ClientHello record, byte by byte.
+        var start = Date()
+        let socket = try TCPSocket.connect(host: "127.0.0.1", port: w.port, timeoutMs: 5_000)
+        let clientHello: [UInt8] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03] + [UInt8](repeating: 0x42, count: 64)
+        try socket.setTimeouts(readMs: 100, writeMs: 5_000)
+        var cutAfter = Self.dribble(clientHello, over: socket, start: start, limitSeconds: bound + 20) { _ in
+            var b = [UInt8](repeating: 0, count: 4096)
+            do {
+                return try b.withUnsafeMutableBytes { try socket.read(into: $0) } == 0
+            } catch let e as SystemError where e.isTimeout {
+                return false
+            }
+        }
+        socket.close()
+        if let cutAfter {
+            #expect(cutAfter <= bound + 2.5, "the dribbled handshake was cut after \(cutAfter) s")
+        } else {
+            Issue.record("a TLS handshake dribbled at 1 byte/s was still open after \(Int(bound + 20)) s\(w.logs)")
+        }
+
+        // The hello, after a prompt handshake.
+        start = Date()
+        let c = try w.client()
+        var hello = ByteWriterForTests()
+        hello.frame(type: 1, payload: withUnsafeBytes(of: WireProtocol.version.littleEndian) { Array($0) } + [8] + Array("agent-it".utf8))
+        var answered = false
+        cutAfter = Self.dribble(hello.bytes, over: c.stream, start: start, limitSeconds: bound + 25) {
+            try Self.tlsClosed(c.stream, $0, answered: &answered)
+        }
+        c.close()
+        if let cutAfter {
+            #expect(cutAfter <= bound + 2.5, "the dribbled hello was cut after \(cutAfter) s")
+        } else {
+            Issue.record("a hello dribbled at 1 byte/s was still open after \(Int(bound + 25)) s\(w.logs)")
+        }
+        #expect(!answered, "the server answered a hello that took longer than its deadline")
+        #expect(w.server.stderr.contains("the TLS handshake and hello did not complete within 10000 ms"), "\(w.logs)")
+        try w.expectServes("agent-it-sdz-\(Self.hex)")
+    }
+
+    /// A flood of plain TCP connections that send nothing, more than
+    /// `max_connections` and more than the unauthenticated pool: an agent
+    /// with a valid certificate still gets in within a few seconds.
+    @Test func floodDoesNotKeepAnAgentOut() throws {
+        guard TestEnv.requireRoot("server hardening") else { return }
+        let w = try ServerWorld("harden-flood", maxConnections: 8)
+        defer { w.close() }
+        var flood: [TCPSocket] = []
+        defer { for s in flood { s.close() } }
+        for _ in 0..<100 {
+            if let s = try? TCPSocket.connect(host: "127.0.0.1", port: w.port, timeoutMs: 2_000) { flood.append(s) }
+        }
+        #expect(flood.count >= 80, "only \(flood.count) flood connections opened")
+        usleep(300_000)
+        let start = Date()
+        var got: TestClient?
+        var lastError = ""
+        while got == nil && Date().timeIntervalSince(start) < 5 {
+            do {
+                let c = try w.client()
+                try c.hello("agent-it")
+                got = c
+            } catch {
+                lastError = "\(error)"
+                usleep(100_000)
+            }
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        guard let c = got else {
+            Issue.record("an agent could not get in within 5 s of a flood of \(flood.count) idle connections: \(lastError)\(w.logs)")
+            return
+        }
+        #expect(elapsed < 3, "the agent got in only after \(elapsed) s")
+        let key = try ReplicationKey.load(path: w.tls + "/replication.key")
+        let disk = "agent-it-sdz-\(Self.hex)"
+        guard case .diskState? = try c.open(disk, size: 16 << 20, chunk: 65536, keyID: key.id) else {
+            throw TestFailure("openDisk failed\(w.logs)")
+        }
+        c.close()
+        #expect(w.server.stderr.contains("closed to make room"), "\(w.logs)")
+    }
+
     // MARK: C. Disk ids bound to identities
 
     /// Agent B (its own valid certificate) cannot open, nor write, a disk id
@@ -278,5 +440,17 @@ import TidemarkWire
             return
         }
         c.close()
+    }
+}
+
+/// Frame bytes by hand (for dribbling them).
+struct ByteWriterForTests {
+    var bytes: [UInt8] = []
+    mutating func frame(type: UInt16, payload: [UInt8]) {
+        bytes += WireProtocol.magic
+        bytes += withUnsafeBytes(of: WireProtocol.version.littleEndian) { Array($0) }
+        bytes += withUnsafeBytes(of: type.littleEndian) { Array($0) }
+        bytes += withUnsafeBytes(of: UInt32(payload.count).littleEndian) { Array($0) }
+        bytes += payload
     }
 }

@@ -164,4 +164,26 @@ import TidemarkWire
         #expect(try segment(extents: [((64 << 20) - 65536, 65536)]) == .append)
         #expect(try segment(extents: []) == .append)
     }
+
+    @Test func limitsAreConsistent() {
+        #expect(ServerLimits.relationProblem() == nil, "\(ServerLimits.relationProblem() ?? "")")
+        // The whole-frame deadline: the base for a small frame, and a bounded
+        // time even for the largest segment frame.
+        #expect(ServerLimits.frameDeadlineMs(payloadBytes: 0) == ServerLimits.frameDeadlineBaseMs)
+        let largest = ServerLimits.frameDeadlineMs(payloadBytes: WireLimits.framePayloadBytesMax)
+        #expect(largest > ServerLimits.frameDeadlineBaseMs && largest <= 300_000, "\(largest)")
+        #expect(ServerLimits.frameDeadlineMs(payloadBytes: WireLimits.controlPayloadBytesMax) < ServerLimits.idleTimeoutMs)
+        #expect(ServerLimits.handshakeTimeoutMs < ServerLimits.idleTimeoutMs)
+        // Target storage refuses the same disk geometries as the wire.
+        #expect(EnvelopeFormat.chunkSizeBytesMin == DiskGeometry.chunkSizeBytesMin)
+        #expect(EnvelopeFormat.chunkSizeBytesMax == DiskGeometry.chunkSizeBytesMax)
+        #expect(EnvelopeFormat.diskSizeBytesMax == DiskGeometry.sizeBytesMax)
+    }
+
+    @Test func sourceAddressOfAPeer() {
+        #expect(Connection.address(ofPeer: "127.0.0.1:5555") == "127.0.0.1")
+        #expect(Connection.address(ofPeer: "[::1]:5555") == "::1")
+        #expect(Connection.address(ofPeer: "[fe80::1%eth0]:1") == "fe80::1%eth0")
+        #expect(Connection.address(ofPeer: "?") == "?")
+    }
 }
