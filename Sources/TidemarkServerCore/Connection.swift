@@ -143,7 +143,8 @@ final class Connection: @unchecked Sendable {
                 let line = "\(peer) (\(agentID)): \(v.message); closing the connection"
                 if v.logged { Log.debug(line) } else { Log.warning(line) }
                 try? writer.send(.error(code: v.code, message: v.message))
-            } catch let e as TidemarkError where e.kind == .corrupt {
+            } catch let e as TidemarkError where e.kind == .corrupt || e.kind == .invalidArgument {
+                // .invalidArgument: target storage refused a value from the agent (a disk id it cannot name).
                 Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
                 try? writer.send(.error(code: 400, message: e.message))
             }
