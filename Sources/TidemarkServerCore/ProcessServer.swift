@@ -163,7 +163,7 @@ public final class ProcessServer: @unchecked Sendable {
                 victim.close()
                 displaced += 1
                 let now = monotonicNanoseconds()
-                if displaced == 1 || now - displacedLoggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                if displacedLoggedNs == 0 || now - displacedLoggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
                     Log.warning("\(displaced) unauthenticated connection\(displaced == 1 ? "" : "s") closed to make room (the latest from \(victim.peer)): more than \(ServerLimits.unauthenticatedConnectionsMax) connections, or \(ServerLimits.unauthenticatedPerSourceMax) from one address, had not completed the TLS handshake and hello; the oldest gives way to the newest. A flood of connections that never authenticate looks like this; agents still get in")
                     displaced = 0
                     displacedLoggedNs = now
@@ -242,16 +242,30 @@ public final class ProcessServer: @unchecked Sendable {
     /// Cuts connections past their deadline (the handshake and hello from
     /// the accept; each whole frame from its first byte), checking every
     /// `ServerLimits.deadlineCheckMs`.
+    /// Cuts of unauthenticated connections are logged at most once per
+    /// `ServerLimits.displacedLogIntervalMs` (with a count): a flood of them
+    /// must not flood the log. An authenticated agent's cut is always logged.
     private func runDeadlines() {
+        var unauthenticatedCuts = 0
+        var loggedNs: UInt64 = 0
         while !isStopped {
             usleep(useconds_t(ServerLimits.deadlineCheckMs * 1000))
             lock.lock()
-            let open = Array(connections.values)
+            let open = connections.map { ($0.value, handshaking[$0.key] != nil) }
             lock.unlock()
             let now = monotonicNanoseconds()
-            for c in open {
-                if let late = c.enforceDeadline(nowNs: now) {
-                    Log.warning("\(c.logName): \(late.what) did not complete within \(late.limitMs) ms; closing the connection (docs/wire-format.md, section 6: deadlines)")
+            for (c, unauthenticated) in open {
+                guard let late = c.enforceDeadline(nowNs: now) else { continue }
+                let line = "\(c.logName): \(late.what) did not complete within \(late.limitMs) ms; closing the connection (docs/wire-format.md, session rule 9)"
+                guard unauthenticated else {
+                    Log.warning(line)
+                    continue
+                }
+                unauthenticatedCuts += 1
+                if loggedNs == 0 || now - loggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                    Log.warning(unauthenticatedCuts == 1 ? line : "\(line) (\(unauthenticatedCuts) unauthenticated connections cut since the last such line)")
+                    unauthenticatedCuts = 0
+                    loggedNs = now
                 }
             }
         }

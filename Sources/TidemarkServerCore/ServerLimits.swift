@@ -42,8 +42,9 @@ public enum ServerLimits {
     /// How often the deadlines of the connections are checked (a cut comes
     /// at most this much after its deadline).
     public static let deadlineCheckMs = 100
-    /// Displaced unauthenticated connections are logged at most once per
-    /// this interval (with the count since the last line).
+    /// Unauthenticated connections displaced from the pool, or cut at the
+    /// handshake deadline, are logged at most once per this interval (with
+    /// the count since the last line): a flood must not flood the log.
     public static let displacedLogIntervalMs = 5_000
     /// How long a connection thread waits in one poll before it looks at
     /// whether it should stop (a queued acknowledgement wakes it at once).

@@ -383,7 +383,9 @@ import TidemarkWire
             throw TestFailure("openDisk failed\(w.logs)")
         }
         c.close()
-        #expect(w.server.stderr.contains("closed to make room"), "\(w.logs)")
+        let lines = w.server.stderr.split(separator: "\n").filter { $0.contains("closed to make room") }
+        #expect(!lines.isEmpty, "\(w.logs)")
+        #expect(lines.count <= 2, "the displaced connections flood the log: \(lines.count) lines")
     }
 
     // MARK: C. Disk ids bound to identities
