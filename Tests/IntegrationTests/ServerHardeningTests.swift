@@ -193,6 +193,19 @@ import TidemarkWire
             c.close()
         }
 
+        // A segment whose header describes another geometry than the disk's.
+        for (size, what) in [(UInt64(32 << 20), "describes another disk geometry")] {
+            let c = try w.client()
+            try c.hello("agent-it")
+            guard case .diskState? = try c.open(disk, size: 16 << 20, chunk: 65536, keyID: key.id) else {
+                throw TestFailure("openDisk \(disk) failed\(w.logs)")
+            }
+            try? c.writer.send(.segment(try ServerWorld.seal(key, disk: disk, sequence: 1, size: size)))
+            let r = c.refusal()
+            #expect(r.code == 409 && r.message.contains(what) && r.closed, "\(r)")
+            c.close()
+        }
+
         // Still alive, and serving.
         try w.expectServes(disk)
         try w.expectServes(disk, sequence: 2)
