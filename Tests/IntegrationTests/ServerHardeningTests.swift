@@ -401,6 +401,30 @@ import TidemarkWire
         #expect(lines.count <= 2, "the displaced connections flood the log: \(lines.count) lines")
     }
 
+    /// `max_connections` bounds authenticated agents: one more is refused
+    /// after its hello with error 503 saying so; when one leaves, the next
+    /// gets in.
+    @Test func maxConnectionsBoundsAuthenticatedAgents() throws {
+        guard TestEnv.requireRoot("server hardening") else { return }
+        let w = try ServerWorld("harden-maxconn", maxConnections: 2)
+        defer { w.close() }
+        let a = try w.client(), b = try w.client("agent-b")
+        try a.hello("agent-it")
+        try b.hello("agent-b")
+        let c = try w.client()
+        try c.writer.send(.hello(protocolVersion: WireProtocol.version, agentID: "agent-it"))
+        let r = c.refusal()
+        #expect(r.code == 503 && r.message.contains("2 agent connections already (max_connections)") && r.closed, "\(r)")
+        c.close()
+        b.close()
+        try waitFor("the server lets the next agent in", timeoutSeconds: 10) {
+            guard let d = try? w.client() else { return false }
+            defer { d.close() }
+            return (try? d.hello("agent-it")) != nil
+        }
+        a.close()
+    }
+
     // MARK: C. Disk ids bound to identities
 
     /// Agent B (its own valid certificate) cannot open, nor write, a disk id
