@@ -161,7 +161,7 @@ final class Connection: @unchecked Sendable {
             throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.acceptedVersions.lowerBound) to \(WireProtocol.acceptedVersions.upperBound)")
         }
         guard !certName.isEmpty, agentID == certName else {
-            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'; an agent's hello names the agent id its certificate was issued for (docs/wire-format.md, session rule 8)")
+            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'; an agent's hello names the agent id its certificate was issued for (docs/wire-format.md, session rule 1)")
         }
         // The agent's version, which this server speaks too.
         writer.version = version
