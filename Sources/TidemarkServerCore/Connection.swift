@@ -54,6 +54,14 @@ final class Connection: @unchecked Sendable {
         return peer
     }
 
+    /// The TLS handshake is complete (the peer showed a certificate of the
+    /// CA); the hello may still be missing.
+    var pastTLSHandshake: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stream != nil
+    }
+
     var logName: String {
         lock.lock()
         defer { lock.unlock() }

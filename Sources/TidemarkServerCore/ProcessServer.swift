@@ -207,15 +207,20 @@ public final class ProcessServer: @unchecked Sendable {
 
     /// The unauthenticated connection `c` displaces, if any: the oldest of
     /// its source address when that has `unauthenticatedPerSourceMax`
-    /// already, else the oldest of all when the pool is full. Under `lock`.
+    /// already, else the oldest of all when the pool is full — of those
+    /// still in the TLS handshake if there are any. Under `lock`.
     private func displacedBy(_ c: Connection) -> Connection? {
-        let oldest = { (a: Connection, b: Connection) in a.acceptedNs < b.acceptedNs }
+        // Those still in the TLS handshake give way first: one past it has
+        // shown a certificate of the CA and only its hello is missing.
+        let first = { (a: Connection, b: Connection) in
+            a.pastTLSHandshake != b.pastTLSHandshake ? !a.pastTLSHandshake : a.acceptedNs < b.acceptedNs
+        }
         let sameSource = handshaking.values.filter { $0.source == c.source }
         var victim: Connection?
         if sameSource.count >= ServerLimits.unauthenticatedPerSourceMax {
-            victim = sameSource.min(by: oldest)
+            victim = sameSource.min(by: first)
         } else if handshaking.count >= ServerLimits.unauthenticatedConnectionsMax {
-            victim = handshaking.values.min(by: oldest)
+            victim = handshaking.values.min(by: first)
         }
         if let victim { handshaking[ObjectIdentifier(victim)] = nil }
         return victim

@@ -34,9 +34,10 @@ public enum ServerLimits {
     /// this many at once, and at most `unauthenticatedPerSourceMax` from one
     /// source address. A new connection that would exceed either bound
     /// displaces the oldest unauthenticated connection (of its source, or
-    /// of all), which is closed: a flood of idle or slow connections keeps
-    /// cycling through the pool and cannot hold it against an agent that
-    /// completes its handshake.
+    /// of all; one still in the TLS handshake before one past it), which is
+    /// closed: a flood of idle or slow connections keeps cycling through
+    /// the pool and cannot hold it against an agent that completes its
+    /// handshake.
     public static let unauthenticatedConnectionsMax = 64
     public static let unauthenticatedPerSourceMax = 16
     /// How often the deadlines of the connections are checked (a cut comes
