@@ -371,6 +371,9 @@ import TidemarkWire
         }
         #expect(flood.count >= 80, "only \(flood.count) flood connections opened")
         usleep(300_000)
+        // And it goes on while the agent connects: 50 more, one per 20 ms.
+        let more = FloodThread(port: w.port, count: 50, intervalMs: 20)
+        defer { more.finish() }
         let start = Date()
         var got: TestClient?
         var lastError = ""
@@ -491,5 +494,35 @@ struct ByteWriterForTests {
         bytes += withUnsafeBytes(of: type.littleEndian) { Array($0) }
         bytes += withUnsafeBytes(of: UInt32(payload.count).littleEndian) { Array($0) }
         bytes += payload
+    }
+}
+
+/// Opens `count` idle TCP connections to 127.0.0.1:`port`, one per
+/// `intervalMs`, on a thread of its own; `finish()` waits for it and closes them.
+final class FloodThread: @unchecked Sendable {
+    private let lock = NSLock()
+    private var sockets: [TCPSocket] = []
+    private let done = DispatchSemaphore(value: 0)
+
+    init(port: UInt16, count: Int, intervalMs: Int) {
+        Thread {
+            for _ in 0..<count {
+                if let s = try? TCPSocket.connect(host: "127.0.0.1", port: port, timeoutMs: 2_000) {
+                    self.lock.lock()
+                    self.sockets.append(s)
+                    self.lock.unlock()
+                }
+                usleep(useconds_t(intervalMs * 1000))
+            }
+            self.done.signal()
+        }.start()
+    }
+
+    func finish() {
+        done.wait()
+        lock.lock()
+        for s in sockets { s.close() }
+        sockets.removeAll()
+        lock.unlock()
     }
 }
