@@ -29,7 +29,7 @@ final class Connection: @unchecked Sendable {
     /// What must be complete by when (monotonic ns), and its bound: the
     /// handshake and hello from the accept, then each whole frame from its
     /// first byte. The server's deadline thread cuts a connection past it
-    /// (`enforceDeadline`). Guarded by `lock`.
+    /// (`expiredDeadline`). Guarded by `lock`.
     private var deadline: (ns: UInt64, what: String, limitMs: Int)?
     /// The agent id of the certificate, once the TLS handshake is done (for logs).
     private var name = "?"
@@ -80,17 +80,13 @@ final class Connection: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Cuts the connection when its deadline has passed; returns what was
-    /// late and its bound (for the caller's log line), nil otherwise.
-    func enforceDeadline(nowNs: UInt64) -> (what: String, limitMs: Int)? {
+    /// What was late and its bound when the deadline has passed (once; the
+    /// caller logs it, then closes the connection), nil otherwise.
+    func expiredDeadline(nowNs: UInt64) -> (what: String, limitMs: Int)? {
         lock.lock()
-        guard let d = deadline, nowNs >= d.ns, !closed else {
-            lock.unlock()
-            return nil
-        }
+        defer { lock.unlock() }
+        guard let d = deadline, nowNs >= d.ns, !closed else { return nil }
         deadline = nil
-        lock.unlock()
-        close()
         return (d.what, d.limitMs)
     }
 

@@ -260,18 +260,20 @@ public final class ProcessServer: @unchecked Sendable {
             lock.unlock()
             let now = monotonicNanoseconds()
             for (c, unauthenticated) in open {
-                guard let late = c.enforceDeadline(nowNs: now) else { continue }
+                guard let late = c.expiredDeadline(nowNs: now) else { continue }
+                // Logged before the cut: whoever sees the connection end finds the reason in the log.
                 let line = "\(c.logName): \(late.what) did not complete within \(late.limitMs) ms; closing the connection (docs/wire-format.md, session rule 9)"
-                guard unauthenticated else {
+                if !unauthenticated {
                     Log.warning(line)
-                    continue
+                } else {
+                    unauthenticatedCuts += 1
+                    if loggedNs == 0 || now - loggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                        Log.warning(unauthenticatedCuts == 1 ? line : "\(line) (\(unauthenticatedCuts) unauthenticated connections cut since the last such line)")
+                        unauthenticatedCuts = 0
+                        loggedNs = now
+                    }
                 }
-                unauthenticatedCuts += 1
-                if loggedNs == 0 || now - loggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
-                    Log.warning(unauthenticatedCuts == 1 ? line : "\(line) (\(unauthenticatedCuts) unauthenticated connections cut since the last such line)")
-                    unauthenticatedCuts = 0
-                    loggedNs = now
-                }
+                c.close()
             }
         }
     }
