@@ -210,20 +210,36 @@ public final class ProcessServer: @unchecked Sendable {
     /// already, else the oldest of all when the pool is full — of those
     /// still in the TLS handshake if there are any. Under `lock`.
     private func displacedBy(_ c: Connection) -> Connection? {
-        // Those still in the TLS handshake give way first: one past it has
-        // shown a certificate of the CA and only its hello is missing.
-        let first = { (a: Connection, b: Connection) in
-            a.pastTLSHandshake != b.pastTLSHandshake ? !a.pastTLSHandshake : a.acceptedNs < b.acceptedNs
-        }
-        let sameSource = handshaking.values.filter { $0.source == c.source }
-        var victim: Connection?
-        if sameSource.count >= ServerLimits.unauthenticatedPerSourceMax {
-            victim = sameSource.min(by: first)
-        } else if handshaking.count >= ServerLimits.unauthenticatedConnectionsMax {
-            victim = handshaking.values.min(by: first)
-        }
-        if let victim { handshaking[ObjectIdentifier(victim)] = nil }
+        let pool = Array(handshaking.values)
+        let candidates = pool.map { UnauthenticatedConnection(source: $0.source, acceptedNs: $0.acceptedNs, pastTLSHandshake: $0.pastTLSHandshake) }
+        guard let i = Self.displaced(among: candidates, newSource: c.source) else { return nil }
+        let victim = pool[i]
+        handshaking[ObjectIdentifier(victim)] = nil
         return victim
+    }
+
+    /// What the displacement policy knows of an unauthenticated connection.
+    struct UnauthenticatedConnection {
+        var source: String
+        var acceptedNs: UInt64
+        var pastTLSHandshake: Bool
+    }
+
+    /// The index in `pool` of the connection a new one from `newSource`
+    /// displaces, nil when it fits (ServerLimits, docs/wire-format.md
+    /// session rule 9): when its address has
+    /// `unauthenticatedPerSourceMax` already, one of those; else, when the
+    /// pool has `unauthenticatedConnectionsMax`, one of all. Of them, one
+    /// still in the TLS handshake before one past it (it has shown a
+    /// certificate of the CA and lacks only its hello), then the oldest.
+    static func displaced(among pool: [UnauthenticatedConnection], newSource: String) -> Int? {
+        let first = { (a: Int, b: Int) in
+            pool[a].pastTLSHandshake != pool[b].pastTLSHandshake ? !pool[a].pastTLSHandshake : pool[a].acceptedNs < pool[b].acceptedNs
+        }
+        let sameSource = pool.indices.filter { pool[$0].source == newSource }
+        if sameSource.count >= ServerLimits.unauthenticatedPerSourceMax { return sameSource.min(by: first) }
+        if pool.count >= ServerLimits.unauthenticatedConnectionsMax { return pool.indices.min(by: first) }
+        return nil
     }
 
     /// `c` completed its handshake and hello: it leaves the unauthenticated
