@@ -26,7 +26,7 @@ import TidemarkWire
             let certs = try run([FileManager.default.currentDirectoryPath + "/scripts/make-certs.sh", tls,
                                  "--agent", "agent-it", "--agent", "agent-b"])
             guard certs.ok else { throw TestFailure("make-certs.sh failed: \(certs.stderr)") }
-            try before?(Paths(target: h.dir + "/target"))
+            try before?(Paths(target: h.dir + "/target", spool: h.dir + "/spool", tls: tls))
             try """
             listen: 127.0.0.1:0
             tls:
@@ -46,7 +46,7 @@ import TidemarkWire
             port = UInt16(line.split(separator: ":").last!)!
         }
 
-        struct Paths { let target: String }
+        struct Paths { let target: String, spool: String, tls: String }
 
         func client(_ agent: String = "agent-it") throws -> TestClient {
             try TestClient(port: port, ca: tls + "/ca.crt", cert: tls + "/\(agent).crt", key: tls + "/\(agent).key")
@@ -271,6 +271,28 @@ import TidemarkWire
         h += le(UInt16(id.count)) + id + le(UInt32(metadata.count)) + metadata
         h += h.withUnsafeBytes { SHA256.hash($0) }
         try Data(h).write(to: URL(fileURLWithPath: target + "/disks/" + diskID + "/disk"))
+    }
+
+    /// A spooled segment numbered 2^64 - 1 (a damaged spool, or one an
+    /// older server wrote) is dropped at start with a log line: the disk's
+    /// durable sequence stays 0, so the agent is not told that segments it
+    /// never sent are durable.
+    @Test func spooledSegmentWithAnImpossibleSequenceIsDropped() throws {
+        guard TestEnv.requireRoot("server hardening") else { return }
+        let disk = "agent-it-sdz-\(Self.hex)"
+        let w = try ServerWorld("harden-spool") { paths in
+            let key = try ReplicationKey.load(path: paths.tls + "/replication.key")
+            let segment = try ServerWorld.seal(key, disk: disk, sequence: UInt64.max)
+            func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+            var file: [UInt8] = Array("TMSPOOL1".utf8) + le(UInt32(1)) + le(UInt32(0))
+            file += le(UInt32(0x5253_4D54)) + le(UInt32(segment.count)) + le(segment.withUnsafeBytes { crc32c($0) }) + le(UInt32(0))
+            file += segment
+            try FileManager.default.createDirectory(atPath: paths.spool, withIntermediateDirectories: true)
+            try Data(file).write(to: URL(fileURLWithPath: paths.spool + "/spool-00000000000000000001.log"))
+        }
+        defer { w.close() }
+        #expect(w.server.stderr.contains("has sequence \(UInt64.max), outside 1...\(SegmentSequence.max); it is dropped"), "\(w.logs)")
+        try w.expectServes(disk)
     }
 
     // MARK: B. Slow and flooding connections
