@@ -21,11 +21,73 @@ final class Connection: @unchecked Sendable {
     /// Wakes the connection's thread from its wait for frames when another
     /// thread queues an acknowledgement, so it goes out at once.
     private let ackWake = WakeSignal()
+    /// When the connection was accepted (monotonic).
+    let acceptedNs: UInt64
+    /// The peer's address without its port: the unit of the per-source
+    /// bound on unauthenticated connections.
+    let source: String
+    /// What must be complete by when (monotonic ns), and its bound: the
+    /// handshake and hello from the accept, then each whole frame from its
+    /// first byte. The server's deadline thread cuts a connection past it
+    /// (`expiredDeadline`). Guarded by `lock`.
+    private var deadline: (ns: UInt64, what: String, limitMs: Int)?
+    /// The agent id of the certificate, once the TLS handshake is done (for logs).
+    private var name = "?"
 
     init(server: ProcessServer, socket: TCPSocket) {
         self.server = server
         self.socket = socket
         self.peer = socket.peerDescription
+        self.source = Self.address(ofPeer: socket.peerDescription)
+        let now = monotonicNanoseconds()
+        self.acceptedNs = now
+        self.deadline = (now + UInt64(ServerLimits.handshakeTimeoutMs) * 1_000_000, "the TLS handshake and hello",
+                         ServerLimits.handshakeTimeoutMs)
+    }
+
+    /// "1.2.3.4:5" → "1.2.3.4", "[::1]:5" → "::1".
+    static func address(ofPeer peer: String) -> String {
+        if peer.hasPrefix("["), let end = peer.firstIndex(of: "]") {
+            return String(peer[peer.index(after: peer.startIndex)..<end])
+        }
+        if let colon = peer.lastIndex(of: ":") { return String(peer[..<colon]) }
+        return peer
+    }
+
+    /// The TLS handshake is complete (the peer showed a certificate of the
+    /// CA); the hello may still be missing.
+    var pastTLSHandshake: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stream != nil
+    }
+
+    var logName: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return "\(peer) (\(name))"
+    }
+
+    private func setDeadline(fromNs start: UInt64, ms: Int, _ what: String) {
+        lock.lock()
+        deadline = (start + UInt64(ms) * 1_000_000, what, ms)
+        lock.unlock()
+    }
+
+    private func clearDeadline() {
+        lock.lock()
+        deadline = nil
+        lock.unlock()
+    }
+
+    /// What was late and its bound when the deadline has passed (once; the
+    /// caller logs it, then closes the connection), nil otherwise.
+    func expiredDeadline(nowNs: UInt64) -> (what: String, limitMs: Int)? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let d = deadline, nowNs >= d.ns, !closed else { return nil }
+        deadline = nil
+        return (d.what, d.limitMs)
     }
 
     var isClosed: Bool {
@@ -49,22 +111,29 @@ final class Connection: @unchecked Sendable {
     }
 
     /// Closes from any thread: the connection's own thread wakes and ends.
+    /// Before the TLS stream exists the socket is only shut down (its thread
+    /// may be in the handshake on it, which then fails and closes it).
     func close() {
         lock.lock()
         closed = true
         let s = stream
         lock.unlock()
-        if let s { s.shutdown() } else { socket.close() }
+        if let s { s.shutdown() } else { socket.shutdown() }
     }
 
     func serve() {
         var agentID = "?"
         do {
+            // One deadline from the accept for the handshake and the hello
+            // (the deadline thread cuts the connection at it); these are the
+            // bounds of each single wait within it.
+            let leftMs = ServerLimits.handshakeTimeoutMs - Int((monotonicNanoseconds() - acceptedNs) / 1_000_000)
             try socket.setTimeouts(readMs: ServerLimits.handshakeTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
-            let s = try TLSStream.accept(socket, server.tlsContext, handshakeTimeoutMs: ServerLimits.handshakeTimeoutMs)
+            let s = try TLSStream.accept(socket, server.tlsContext, handshakeTimeoutMs: max(1, leftMs))
             lock.lock()
             stream = s
             let wasClosed = closed
+            name = s.peerCommonName
             lock.unlock()
             defer { s.close() }
             if wasClosed { return }
@@ -75,9 +144,11 @@ final class Connection: @unchecked Sendable {
             do {
                 try handle(stream: s, reader: reader, writer: writer, certName: agentID)
             } catch let v as ProtocolViolation {
-                Log.warning("\(peer) (\(agentID)): \(v.message); closing the connection")
+                let line = "\(peer) (\(agentID)): \(v.message); closing the connection"
+                if v.logged { Log.debug(line) } else { Log.warning(line) }
                 try? writer.send(.error(code: v.code, message: v.message))
-            } catch let e as TidemarkError where e.kind == .corrupt {
+            } catch let e as TidemarkError where e.kind == .corrupt || e.kind == .invalidArgument {
+                // .invalidArgument: target storage refused a value from the agent (a disk id it cannot name).
                 Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
                 try? writer.send(.error(code: 400, message: e.message))
             }
@@ -93,13 +164,17 @@ final class Connection: @unchecked Sendable {
         guard WireProtocol.acceptedVersions.contains(version) else {
             throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.acceptedVersions.lowerBound) to \(WireProtocol.acceptedVersions.upperBound)")
         }
-        guard agentID == certName else {
-            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'")
+        guard !certName.isEmpty, agentID == certName else {
+            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'; an agent's hello names the agent id its certificate was issued for (docs/wire-format.md, session rule 1)")
         }
         // The agent's version, which this server speaks too.
         writer.version = version
         reader.acceptedVersions = version...version
+        if let refusal = server.authenticated(self) {
+            throw ProtocolViolation(code: 503, refusal)
+        }
         try writer.send(.helloOK(protocolVersion: version, serverID: server.options.serverID))
+        clearDeadline()
         try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
         Log.info("\(peer): agent \(agentID) connected")
         var opened: Set<String> = []
@@ -117,6 +192,8 @@ final class Connection: @unchecked Sendable {
                 continue
             }
             lastFrame = monotonicNanoseconds()
+            // The whole frame, from its first byte, within its deadline.
+            setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineBaseMs, "a frame")
             guard let frame = try reader.nextFrame() else {
                 Log.info("\(peer): agent \(agentID) disconnected")
                 return
@@ -124,9 +201,12 @@ final class Connection: @unchecked Sendable {
             let message: WireMessage
             switch frame {
             case .segment(let length):
+                setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineMs(payloadBytes: length),
+                            "a segment frame of \(length) bytes")
                 try receiveSegment(length: length, reader: reader, opened: opened)
                 continue
             case .message(let m):
+                clearDeadline()
                 message = m
             }
             switch message {
@@ -186,11 +266,13 @@ final class Connection: @unchecked Sendable {
             let into = staged.payloadToFill
             head.withUnsafeBytes { into.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: head.count) }
             try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: into[head.count...]))
+            clearDeadline()
             try server.ingest(self, header: header, bytes: staged.payload, staged: staged)
         } else {
             let from = head.count
             head += [UInt8](repeating: 0, count: length - from)
             try head.withUnsafeMutableBytes { try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
+            clearDeadline()
             try head.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0, staged: nil) }
         }
     }

@@ -82,6 +82,11 @@ public final class ProcessServer: @unchecked Sendable {
     /// Highest sequence per disk found in the spool at startup (not yet uploaded).
     var spooledHighest: [String: UInt64] = [:]
     var connections: [ObjectIdentifier: Connection] = [:]
+    /// Of `connections`, those that have not completed the handshake and
+    /// hello (bounded by `ServerLimits.unauthenticatedConnectionsMax`), and
+    /// those that have (bounded by `options.maxConnections`).
+    var handshaking: [ObjectIdentifier: Connection] = [:]
+    var authenticatedConnections: Set<ObjectIdentifier> = []
     /// Chunk digest indexes of the disks opened so far (docs/target-layout.md section 9).
     var digestIndexes: [String: DigestIndex] = [:]
     let indexOpenLock = NSLock()
@@ -97,21 +102,34 @@ public final class ProcessServer: @unchecked Sendable {
     /// them could not be read back; the agent re-sends them). Guarded by `lock`.
     private var discarded: [String: (fromSequence: UInt64, before: (fileIndex: UInt64, offset: UInt64))] = [:]
     private var stopped = false
+    /// Disks whose stored record is unusable, with the refusal to send
+    /// (`storedDisk`). Guarded by `lock`.
+    private var quarantined: [String: String] = [:]
 
     /// The port actually listened on (useful with port 0 in tests).
     public var port: UInt16 { listener.port }
 
     public init(options: Options) throws {
+        if let problem = ServerLimits.relationProblem() { preconditionFailure("ServerLimits: \(problem)") }
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
         self.target = try LocalDirectoryTarget(root: options.targetPath)
         self.staging = SegmentStaging(bytesMax: options.uploadMemoryBytes, idleBuffersMax: ServerLimits.stagedIdleBuffersMax)
-        let (spool, leftover) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
+        let (spool, spooled) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
             let (h, _) = try SegmentHeader.decode(bytes)
             return (h.diskID, h.sequence)
         }
         self.spool = spool
         self.listener = try TCPListener(host: options.listenHost, port: options.listenPort)
+        // A record no server accepts today (an older server's, or damaged
+        // yet with a valid checksum) is never uploaded nor counted.
+        let (usable, unusable) = (spooled.filter { SegmentSequence.isValid($0.sequence) },
+                                  spooled.filter { !SegmentSequence.isValid($0.sequence) })
+        for r in unusable {
+            Log.error("spool \(options.spoolDir): a record of \(r.diskID) has sequence \(r.sequence), outside \(SegmentSequence.min)...\(SegmentSequence.max); it is dropped (never uploaded)")
+            spool.release(r)
+        }
+        let leftover = usable
         for r in leftover { spooledHighest[r.diskID] = max(spooledHighest[r.diskID] ?? 0, r.sequence) }
         if !leftover.isEmpty {
             Log.info("spool \(options.spoolDir): \(leftover.count) segments from an earlier run still to upload")
@@ -126,22 +144,31 @@ public final class ProcessServer: @unchecked Sendable {
         let syncThread = Thread { self.spool.runSyncLoop() }
         let uploadThread = Thread { self.runUploader() }
         let pruneThread = Thread { self.runPruner() }
-        for t in [syncThread, uploadThread, pruneThread] { t.start() }
+        let deadlineThread = Thread { self.runDeadlines() }
+        for t in [syncThread, uploadThread, pruneThread, deadlineThread] { t.start() }
         Log.info("\(options.serverID): listening on \(options.listenHost):\(port) (TLS 1.3, client certificates required); spool \(options.spoolDir); target \(options.targetPath)")
+        var displaced = 0
+        var displacedLoggedNs: UInt64 = 0
         while let socket = try? listener.accept() {
-            lock.lock()
-            let limit = options.maxConnections
-            let full = connections.count >= limit
-            lock.unlock()
-            if full {
-                Log.warning("refusing \(socket.peerDescription): \(limit) connections already (max_connections)")
-                socket.close()
-                continue
-            }
+            // Unauthenticated connections have a pool of their own: a new
+            // one displaces the oldest rather than wait or be refused, so a
+            // flood cannot keep an agent out (ServerLimits).
             let c = Connection(server: self, socket: socket)
             lock.lock()
+            let victim = displacedBy(c)
             connections[ObjectIdentifier(c)] = c
+            handshaking[ObjectIdentifier(c)] = c
             lock.unlock()
+            if let victim {
+                victim.close()
+                displaced += 1
+                let now = monotonicNanoseconds()
+                if displacedLoggedNs == 0 || now - displacedLoggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                    Log.warning("\(displaced) unauthenticated connection\(displaced == 1 ? "" : "s") closed to make room (the latest from \(victim.peer)): more than \(ServerLimits.unauthenticatedConnectionsMax) connections, or \(ServerLimits.unauthenticatedPerSourceMax) from one address, had not completed the TLS handshake and hello; the oldest gives way to the newest. A flood of connections that never authenticate looks like this; agents still get in")
+                    displaced = 0
+                    displacedLoggedNs = now
+                }
+            }
             let t = Thread { c.serve(); self.connectionEnded(c) }
             t.start()
         }
@@ -178,9 +205,100 @@ public final class ProcessServer: @unchecked Sendable {
         return stopped
     }
 
+    /// The unauthenticated connection `c` displaces, if any: the oldest of
+    /// its source address when that has `unauthenticatedPerSourceMax`
+    /// already, else the oldest of all when the pool is full — of those
+    /// still in the TLS handshake if there are any. Under `lock`.
+    private func displacedBy(_ c: Connection) -> Connection? {
+        let pool = Array(handshaking.values)
+        let candidates = pool.map { UnauthenticatedConnection(source: $0.source, acceptedNs: $0.acceptedNs, pastTLSHandshake: $0.pastTLSHandshake) }
+        guard let i = Self.displaced(among: candidates, newSource: c.source) else { return nil }
+        let victim = pool[i]
+        handshaking[ObjectIdentifier(victim)] = nil
+        return victim
+    }
+
+    /// What the displacement policy knows of an unauthenticated connection.
+    struct UnauthenticatedConnection {
+        var source: String
+        var acceptedNs: UInt64
+        var pastTLSHandshake: Bool
+    }
+
+    /// The index in `pool` of the connection a new one from `newSource`
+    /// displaces, nil when it fits (ServerLimits, docs/wire-format.md
+    /// session rule 9): when its address has
+    /// `unauthenticatedPerSourceMax` already, one of those; else, when the
+    /// pool has `unauthenticatedConnectionsMax`, one of all. Of them, one
+    /// still in the TLS handshake before one past it (it has shown a
+    /// certificate of the CA and lacks only its hello), then the oldest.
+    static func displaced(among pool: [UnauthenticatedConnection], newSource: String) -> Int? {
+        let first = { (a: Int, b: Int) in
+            pool[a].pastTLSHandshake != pool[b].pastTLSHandshake ? !pool[a].pastTLSHandshake : pool[a].acceptedNs < pool[b].acceptedNs
+        }
+        let sameSource = pool.indices.filter { pool[$0].source == newSource }
+        if sameSource.count >= ServerLimits.unauthenticatedPerSourceMax { return sameSource.min(by: first) }
+        if pool.count >= ServerLimits.unauthenticatedConnectionsMax { return pool.indices.min(by: first) }
+        return nil
+    }
+
+    /// `c` completed its handshake and hello: it leaves the unauthenticated
+    /// pool and counts towards `max_connections`. Returns why it may not
+    /// (then it is refused), nil when it may go on.
+    func authenticated(_ c: Connection) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        let id = ObjectIdentifier(c)
+        guard handshaking[id] != nil else {
+            return "the connection was closed to make room for newer unauthenticated ones; connect again"
+        }
+        guard authenticatedConnections.count < options.maxConnections else {
+            return "process server \(options.serverID) serves \(options.maxConnections) agent connections already (max_connections); try again later"
+        }
+        handshaking[id] = nil
+        authenticatedConnections.insert(id)
+        return nil
+    }
+
+    /// Cuts connections past their deadline (the handshake and hello from
+    /// the accept; each whole frame from its first byte), checking every
+    /// `ServerLimits.deadlineCheckMs`.
+    /// Cuts of unauthenticated connections are logged at most once per
+    /// `ServerLimits.displacedLogIntervalMs` (with a count): a flood of them
+    /// must not flood the log. An authenticated agent's cut is always logged.
+    private func runDeadlines() {
+        var unauthenticatedCuts = 0
+        var loggedNs: UInt64 = 0
+        while !isStopped {
+            usleep(useconds_t(ServerLimits.deadlineCheckMs * 1000))
+            lock.lock()
+            let open = connections.map { ($0.value, handshaking[$0.key] != nil) }
+            lock.unlock()
+            let now = monotonicNanoseconds()
+            for (c, unauthenticated) in open {
+                guard let late = c.expiredDeadline(nowNs: now) else { continue }
+                // Logged before the cut: whoever sees the connection end finds the reason in the log.
+                let line = "\(c.logName): \(late.what) did not complete within \(late.limitMs) ms; closing the connection (docs/wire-format.md, session rule 9)"
+                if !unauthenticated {
+                    Log.warning(line)
+                } else {
+                    unauthenticatedCuts += 1
+                    if loggedNs == 0 || now - loggedNs >= UInt64(ServerLimits.displacedLogIntervalMs) * 1_000_000 {
+                        Log.warning(unauthenticatedCuts == 1 ? line : "\(line) (\(unauthenticatedCuts) unauthenticated connections cut since the last such line)")
+                        unauthenticatedCuts = 0
+                        loggedNs = now
+                    }
+                }
+                c.close()
+            }
+        }
+    }
+
     func connectionEnded(_ c: Connection) {
         lock.lock()
         connections[ObjectIdentifier(c)] = nil
+        handshaking[ObjectIdentifier(c)] = nil
+        authenticatedConnections.remove(ObjectIdentifier(c))
         for d in disks.values where d.owner === c { d.owner = nil }
         lock.unlock()
     }
@@ -192,19 +310,18 @@ public final class ProcessServer: @unchecked Sendable {
     /// must not re-send.
     func openDisk(_ c: Connection, agentID: String, diskID: String, sizeBytes: UInt64, chunkSizeBytes: UInt32,
                   keyID: UInt64) throws -> (durable: UInt64, committed: UInt64) {
+        // Everything the agent sent is checked before anything is stored:
+        // a record, once written, is immutable (docs/wire-format.md, session rule 8).
+        if let problem = DiskGeometry.problem(sizeBytes: sizeBytes, chunkSizeBytes: chunkSizeBytes) {
+            throw ProtocolViolation(code: 400, "openDisk of disk \(diskID) refused: \(problem) (docs/wire-format.md, section 6); nothing was stored")
+        }
+        let stored = try storedDisk(diskID)
+        try RequestChecks.openDisk(agentID: agentID, diskID: diskID, sizeBytes: sizeBytes, chunkSizeBytes: chunkSizeBytes,
+                                   keyID: keyID, stored: stored)
         let wanted = DiskRecord(diskID: diskID, ownerAgentID: agentID, sizeBytes: sizeBytes,
                                 chunkSizeBytes: chunkSizeBytes, keyID: keyID)
         let record: DiskRecord
-        if let existing = try target.disk(diskID) {
-            guard existing.ownerAgentID == agentID else {
-                throw ProtocolViolation(code: 403, "disk \(diskID) belongs to agent \(existing.ownerAgentID), not \(agentID)")
-            }
-            guard existing.sizeBytes == sizeBytes, existing.chunkSizeBytes == chunkSizeBytes else {
-                throw ProtocolViolation(code: 409, "disk \(diskID) is stored with size \(existing.sizeBytes) and chunk size \(existing.chunkSizeBytes), the agent reports \(sizeBytes) and \(chunkSizeBytes); a resized disk needs a new disk id")
-            }
-            guard existing.keyID == keyID else {
-                throw ProtocolViolation(code: 409, "disk \(diskID) is stored under replication key id \(String(existing.keyID, radix: 16)), the agent uses \(String(keyID, radix: 16))")
-            }
+        if let existing = stored {
             record = existing
         } else {
             try target.putDisk(wanted)
@@ -251,6 +368,37 @@ public final class ProcessServer: @unchecked Sendable {
         return (ingest.durable, ingest.committed)
     }
 
+    /// The stored record of a disk (nil: none yet), checked. A record that
+    /// cannot be used — damaged, or with a geometry no server accepts today
+    /// (written by an older one) — quarantines the disk: one log line says
+    /// what is wrong, where and what to do, and the disk is refused (error
+    /// 500) until the server restarts with the target fixed. Its files are
+    /// left as they are. Never a crash: nothing is computed from such a record.
+    func storedDisk(_ diskID: String) throws -> DiskRecord? {
+        lock.lock()
+        let known = quarantined[diskID]
+        lock.unlock()
+        if let known { throw ProtocolViolation(code: 500, known, logged: true) }
+        var problem: String?
+        var record: DiskRecord?
+        do {
+            record = try target.disk(diskID)
+            if let r = record { problem = RequestChecks.storedRecordProblem(r) }
+        } catch let e as TidemarkError where e.kind == .corrupt {
+            problem = e.message
+        }
+        guard let problem else { return record }
+        let message = "disk \(diskID) is quarantined on process server \(options.serverID): its stored record is unusable (\(problem)); the operator must repair the target (see the server's log); replication of this disk stops until then"
+        lock.lock()
+        let first = quarantined[diskID] == nil
+        quarantined[diskID] = message
+        lock.unlock()
+        if first {
+            Log.error("disk \(diskID) quarantined: its record \(target.diskRecordPath(diskID)) is unusable: \(problem). This server refuses the disk (error 500) and changes none of its files. To replicate it afresh, move \(target.diskDir(diskID)) out of \(options.targetPath)/disks (keep it for inspection) and restart tidemark-server, then the agent sends the whole disk again; or restore the record from a backup of the target and restart tidemark-server")
+        }
+        throw ProtocolViolation(code: 500, message, logged: true)
+    }
+
     /// A staged segment (its target object's buffer) for the segment of
     /// `segmentBytes` that `header` starts, for the connection to read into;
     /// nil when the staging budget is spent (the uploader then reads the
@@ -269,30 +417,23 @@ public final class ProcessServer: @unchecked Sendable {
             lock.unlock()
             throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
         }
-        if header.sequence <= d.appended {
+        let verdict: RequestChecks.SegmentVerdict
+        do {
+            verdict = try RequestChecks.segment(diskID: header.diskID, sequence: header.sequence, keyID: header.keyID,
+                                                diskSizeBytes: header.diskSizeBytes, chunkSizeBytes: header.chunkSizeBytes,
+                                                extents: header.extents.map { ($0.offset, UInt64($0.length)) },
+                                                record: d.record, appended: d.appended)
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        if verdict == .duplicate {
             // A re-send of something already spooled (docs/wire-format.md,
             // resume rules): idempotent, acknowledged again, not stored twice.
             let durable = d.durable
             lock.unlock()
             c.queueAck(disk: header.diskID, durable: durable)
             return
-        }
-        guard header.sequence == d.appended + 1 else {
-            let expected = d.appended + 1
-            lock.unlock()
-            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) out of order: expected #\(expected)")
-        }
-        guard header.keyID == d.record.keyID else {
-            lock.unlock()
-            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) sealed with key id \(String(header.keyID, radix: 16)), the disk uses \(String(d.record.keyID, radix: 16))")
-        }
-        guard header.diskSizeBytes == d.record.sizeBytes, header.chunkSizeBytes == d.record.chunkSizeBytes else {
-            lock.unlock()
-            throw ProtocolViolation(code: 409, "segment \(header.diskID) #\(header.sequence) describes another disk geometry")
-        }
-        for e in header.extents where e.offset + UInt64(e.length) > d.record.sizeBytes {
-            lock.unlock()
-            throw ProtocolViolation(code: 400, "segment \(header.diskID) #\(header.sequence) has an extent past the end of the disk")
         }
         d.ingestsInFlight += 1
         lock.unlock()
@@ -431,17 +572,19 @@ public final class ProcessServer: @unchecked Sendable {
         lock.unlock()
         owner?.close()
         if let d { waitForIngests(d) }
+        // Sequences below 1 are never spooled (RequestChecks.segment, and the start filters the spool).
+        let before = max(record.sequence, 1) - 1
         spool.syncAll()
         let position = spool.appendPosition
         spool.release(record)
         lock.lock()
         discarded[record.diskID] = (record.sequence, position)
         if let d {
-            d.appended = min(d.appended, record.sequence - 1)
-            d.durable = min(d.durable, record.sequence - 1)
+            d.appended = min(d.appended, before)
+            d.durable = min(d.durable, before)
             d.resetting = false
         }
-        if let h = spooledHighest[record.diskID] { spooledHighest[record.diskID] = min(h, record.sequence - 1) }
+        if let h = spooledHighest[record.diskID] { spooledHighest[record.diskID] = min(h, before) }
         lock.unlock()
     }
 
@@ -479,6 +622,14 @@ public final class ProcessServer: @unchecked Sendable {
     /// A record and what target storage needs of it: its payload as staged
     /// at ingest, or else read back from the spool (verified).
     private func prepareUpload(_ record: Spool.Record) throws -> UploadItem {
+        // A quarantined disk's segments are never stored (storedDisk logs why).
+        do {
+            guard try storedDisk(record.diskID) != nil else {
+                throw TidemarkError(.state, "disk \(record.diskID) has no record in the target")
+            }
+        } catch let v as ProtocolViolation {
+            throw TidemarkError(.corrupt, v.message)
+        }
         let staged = record.retained as? StagedSegment
         let bytes = staged == nil ? try spool.read(record) : []
         let (header, _) = try (staged?.payload).map { try SegmentHeader.decode($0) }
@@ -592,11 +743,14 @@ public final class ProcessServer: @unchecked Sendable {
     /// objects and asked again; if that fails too, every chunk is 'unknown'
     /// (the agent then sends them all: slower, never wrong).
     func chunkStates(diskID: String, first: UInt64, count: Int) throws -> (UInt64, [ChunkState]) {
-        let record = try target.disk(diskID)
-        let chunks = record.map { ($0.sizeBytes + UInt64($0.chunkSizeBytes) - 1) / UInt64($0.chunkSizeBytes) } ?? 0
-        guard first < chunks, UInt64(count) <= chunks - first else {
-            throw ProtocolViolation(code: 400, "digest request for chunks \(first)..<\(first + UInt64(count)) of disk \(diskID), which has \(chunks) chunks")
+        // The record the disk was opened with: checked then.
+        lock.lock()
+        let record = disks[diskID]?.record
+        lock.unlock()
+        guard let record else {
+            throw ProtocolViolation(code: 400, "digest request for disk \(diskID), which this connection has not opened")
         }
+        try RequestChecks.digestRange(diskID: diskID, first: first, count: UInt32(clamping: count), record: record)
         for attempt in 0..<2 {
             do {
                 let (seq, states) = try digestIndex(diskID).lookup(first: first, count: count)
@@ -677,9 +831,13 @@ public final class ProcessServer: @unchecked Sendable {
 struct ProtocolViolation: Error, CustomStringConvertible {
     var code: UInt16
     var message: String
-    init(code: UInt16, _ message: String) {
+    /// The server logged the cause already (a quarantined disk): the
+    /// refusal of each connection is logged at debug level only.
+    var logged: Bool
+    init(code: UInt16, _ message: String, logged: Bool = false) {
         self.code = code
         self.message = message
+        self.logged = logged
     }
     var description: String { message }
 }

@@ -31,7 +31,7 @@ enum ObjectKind: UInt8, Sendable, CustomStringConvertible {
     }
 }
 
-enum EnvelopeFormat {
+public enum EnvelopeFormat {
     static let magic: [UInt8] = Array("TMTARGET".utf8)
     /// The version written; readers take every version in `readable`.
     static let version: UInt16 = 2
@@ -50,6 +50,14 @@ enum EnvelopeFormat {
     static let payloadBytesMax: UInt64 = 1 << 30
     static let diskIDBytesMax = 255
     static let stringBytesMax = 4096
+    /// The disk geometry a disk record may hold: the bounds of the wire
+    /// format (`DiskGeometry` in TidemarkWire, docs/wire-format.md section
+    /// 6; the process server's tests check both agree). A record outside
+    /// them (an older server stored what it was sent) is refused as corrupt
+    /// when read, before anything is computed from it.
+    public static let chunkSizeBytesMin: UInt32 = 4 << 10
+    public static let chunkSizeBytesMax: UInt32 = 1 << 20
+    public static let diskSizeBytesMax: UInt64 = 256 << 40
 }
 
 struct Envelope: Equatable {
@@ -167,6 +175,12 @@ enum Metadata {
         var r = ByteReader(m, path: path)
         let size = try r.u64(), chunk = try r.u32(), key = try r.u64(), owner = try r.string()
         try r.end()
+        guard chunk >= EnvelopeFormat.chunkSizeBytesMin, chunk <= EnvelopeFormat.chunkSizeBytesMax, chunk.nonzeroBitCount == 1 else {
+            throw r.corrupt("disk record: chunk size \(chunk) is not a power of two from \(EnvelopeFormat.chunkSizeBytesMin) to \(EnvelopeFormat.chunkSizeBytesMax) bytes")
+        }
+        guard size >= 1, size <= EnvelopeFormat.diskSizeBytesMax else {
+            throw r.corrupt("disk record: disk size \(size) is not 1 to \(EnvelopeFormat.diskSizeBytesMax) bytes")
+        }
         return DiskRecord(diskID: diskID, ownerAgentID: owner, sizeBytes: size, chunkSizeBytes: chunk, keyID: key)
     }
 

@@ -147,8 +147,8 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
     }
 
-    func diskDir(_ id: String) -> String { root + "/disks/" + Self.encodeDiskID(id) }
-    func diskRecordPath(_ id: String) -> String { diskDir(id) + "/disk" }
+    public func diskDir(_ id: String) -> String { root + "/disks/" + Self.encodeDiskID(id) }
+    public func diskRecordPath(_ id: String) -> String { diskDir(id) + "/disk" }
     func segmentsDir(_ id: String) -> String { diskDir(id) + "/segments" }
     func tombstonesDir(_ id: String) -> String { diskDir(id) + "/tombstones" }
     func pointsDir(_ id: String) -> String { diskDir(id) + "/points" }
@@ -164,6 +164,11 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         try validateDiskID(d.diskID)
         guard d.sizeBytes > 0, d.chunkSizeBytes > 0 else {
             throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': size (\(d.sizeBytes)) and chunk size (\(d.chunkSizeBytes)) must be positive")
+        }
+        // What a reader accepts (Metadata.decodeDisk): never store a record that could not be read back.
+        guard d.chunkSizeBytes >= EnvelopeFormat.chunkSizeBytesMin, d.chunkSizeBytes <= EnvelopeFormat.chunkSizeBytesMax,
+              d.chunkSizeBytes.nonzeroBitCount == 1, d.sizeBytes <= EnvelopeFormat.diskSizeBytesMax else {
+            throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': chunk size \(d.chunkSizeBytes) must be a power of two from \(EnvelopeFormat.chunkSizeBytesMin) to \(EnvelopeFormat.chunkSizeBytesMax) bytes and size \(d.sizeBytes) at most \(EnvelopeFormat.diskSizeBytesMax) bytes")
         }
         guard d.ownerAgentID.utf8.count <= EnvelopeFormat.stringBytesMax else {
             throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': owner agent id longer than \(EnvelopeFormat.stringBytesMax) bytes")

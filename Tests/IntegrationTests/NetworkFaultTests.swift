@@ -91,7 +91,8 @@ import TidemarkWire
         // The evil agent's own disk, sealed with a key of its own.
         let evilKey = try ReplicationKey.generate(path: w.h.dir + "/evil.key")
         let sealer = try SegmentSealer(key: evilKey, compressionLevel: 1)
-        let evilDisk = "agent-evil-disk"
+        // Of the form an agent's own disk ids take (docs/wire-format.md, session rule 8).
+        let evilDisk = "agent-evil-vdz-0123456789ab"
         let size: UInt64 = 16 << 20, chunk: UInt32 = 64 << 10
         func seal(_ seq: UInt64, disk: String = evilDisk) throws -> [UInt8] {
             var rng = SplitMix64(seed: seq)   // incompressible: the segment is a full 64 KiB
