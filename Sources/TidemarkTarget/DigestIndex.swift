@@ -247,6 +247,11 @@ public final class DigestIndex: @unchecked Sendable {
         var updates: [(UInt64, UInt8, low: UInt64, high: UInt64)] = []
         var di = 0
         for e in extents {
+            // Checked before expanding: an extent is expanded chunk by chunk.
+            let (end, overflow) = e.offset.addingReportingOverflow(e.length)
+            guard !overflow, end <= disk.sizeBytes else {
+                throw TidemarkError(.invalidArgument, "disk '\(disk.diskID)' sequence \(sequence): an extent (offset \(e.offset), length \(e.length)) lies beyond the disk")
+            }
             var c = e.offset / chunk
             while c * chunk < e.end {
                 if e.zero {

@@ -226,14 +226,19 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// Checks extents against the disk: ascending, non-overlapping,
     /// non-empty, chunk-aligned (the last chunk of the disk may be short),
-    /// inside the disk.
-    func validate(extents: [TargetExtent], disk d: DiskRecord, sequence: UInt64) throws {
+    /// inside the disk. Extents offered for storing are refused as
+    /// .invalidArgument; extents read from an object (`storedIn`, its path)
+    /// as .corrupt, before anything is computed from them.
+    func validate(extents: [TargetExtent], disk d: DiskRecord, sequence: UInt64, storedIn path: String? = nil) throws {
         let chunk = UInt64(d.chunkSizeBytes)
         var previousEnd: UInt64 = 0
         for (i, e) in extents.enumerated() {
             let (end, overflow) = e.offset.addingReportingOverflow(e.length)
             func bad(_ what: String) -> TidemarkError {
-                TidemarkError(.invalidArgument, "disk '\(d.diskID)' sequence \(sequence) extent \(i) (offset \(e.offset), length \(e.length)): \(what)")
+                let message = "disk '\(d.diskID)' sequence \(sequence) extent \(i) (offset \(e.offset), length \(e.length)): \(what)"
+                guard let path else { return TidemarkError(.invalidArgument, message) }
+                return TidemarkError(.corrupt, "\(path): metadata: \(message)",
+                                     hint: "the object is damaged or was edited; it is not used. Restore it from a copy, or treat its sequence as lost")
             }
             guard e.length > 0, !overflow else { throw bad("empty or overflowing") }
             guard end <= d.sizeBytes else { throw bad("ends beyond the disk size \(d.sizeBytes)") }
@@ -513,6 +518,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             var r = ByteReader(env.metadata, path: path)
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             try r.end()
+            try validate(extents: extents, disk: try requireDisk(diskID), sequence: sequence, storedIn: path)
             return StoredSegment(sequence: sequence, extents: extents, point: point, payloadLength: env.payloadLength,
                                  payloadChecksum: env.payloadChecksum, checksumVersion: env.version, pruned: false, deadAtSequence: nil)
         }
@@ -546,6 +552,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
         let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
         try r.end()
+        try validate(extents: extents, disk: try requireDisk(diskID), sequence: sequence, storedIn: path)
         // Envelope version 3 keeps the pruned segment's sealed header and tag as the payload.
         let copy = (payload ?? []).isEmpty ? nil : try SealedHeaderCopy.decode(payload!, segmentBytes: length, path: path)
         if env.version < 3, copy != nil { throw r.corrupt("a version \(env.version) tombstone has a payload") }
