@@ -41,9 +41,15 @@ extension AgentCommands {
         }
         if let missing = missingForRun(config, file: file) { throw missing }
         guard let host = config.serverHost else { return }
+        // The secret files before anything else reads them: a regular file
+        // (a FIFO would block the read forever), of mode 0600 or 0400.
+        try SecretFile.check(config.replicationKeyPath, what: "the replication key",
+                             origin: config.origins.describe("replication.replication_key"))
+        let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath,
+                           keyOrigin: config.origins.describe("replication.key"))
+        try SecretFile.check(tls.keyPath, what: "the TLS private key", origin: tls.keyOrigin)
         for d in config.disks { _ = try BlockDeviceInfo.inspect(d) }
         let key = try ReplicationKey.load(path: config.replicationKeyPath)
-        let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath)
         _ = try TLSContext.client(tls)  // certificate problems are reported now, not at the first connect
         let settings = ReplicationSettings(
             agentID: config.agentID, serverHost: host, serverPort: config.serverPort,
