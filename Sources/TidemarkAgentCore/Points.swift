@@ -131,6 +131,12 @@ extension DiskReplicator {
         // backlog was read is written now, not by FIFREEZE while frozen (it
         // is read under the freeze either way).
         _ = syncFilesystems(mounts)
+        // Before FIFREEZE: the freeze record (durable) and the armed watchdog
+        // process, which thaw even if this process dies (FreezeGuard.swift).
+        // No tag is numbered after the bound counted from here.
+        let tGuard = monotonicSeconds()
+        request.tagDeadline = tGuard + Double(settings.freezeTimeoutMs) / 1000
+        try freezer.prepare(timeoutMs: settings.freezeTimeoutMs)
         let t0 = monotonicSeconds()
         try freezer.freeze()
         let tFrozen = monotonicSeconds()
@@ -180,7 +186,7 @@ extension DiskReplicator {
             throw TidemarkError(.state, "\(session.device.path): the freeze exceeded \(settings.freezeTimeoutMs) ms before the point could be tagged; the filesystems were thawed and the point abandoned",
                                 hint: "raise policy.freeze_timeout_ms, or lower the write load")
         }
-        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000)))")
+        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000))); guard \(ms(tGuard, t0)) ms before it")
         recordFreeze(ms: freezeMs)
         // Wait for the commit, so the caller can recover it at once.
         let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
@@ -291,11 +297,24 @@ extension DiskReplicator {
 }
 
 /// Freezes a set of filesystems; thaws each exactly once, from any thread.
+/// `prepare` first: the freeze record and the watchdog process guard the
+/// freeze until `thaw` (which ends the guard).
 final class Freezer: @unchecked Sendable {
     let mounts: [MountedFilesystem]
     private let lock = NSLock()
     private var frozen: [FileDescriptor] = []
     private var thawed = false
+    private var freezeGuard: FreezeGuard?
+
+    /// Writes the freeze record and arms the watchdog process; throws when
+    /// the freeze cannot be guarded (then nothing is frozen).
+    func prepare(timeoutMs: Int) throws {
+        guard !mounts.isEmpty else { return }
+        let g = try FreezeGuard.begin(mounts, timeoutMs: timeoutMs)
+        lock.lock()
+        freezeGuard = g
+        lock.unlock()
+    }
 
     init(mounts: [MountedFilesystem]) { self.mounts = mounts }
 
@@ -335,9 +354,17 @@ final class Freezer: @unchecked Sendable {
         guard !thawed else { return }
         thawed = true
         for fd in frozen {
-            do { try fd.thawFilesystem() } catch { Log.error("thawing \(fd.path) failed: \(error)") }
+            do {
+                if try !fd.thawIfFrozen() {
+                    Log.warning("\(fd.path) was already thawed (by the freeze watchdog process, after the bound)")
+                }
+            } catch {
+                Log.error("thawing \(fd.path) failed: \(error); thaw it with `fsfreeze -u \(fd.path)`")
+            }
         }
         frozen.removeAll()
+        freezeGuard?.end()
+        freezeGuard = nil
     }
 }
 

@@ -11,6 +11,10 @@ extension AgentCommands {
     /// (`tidemarkctl point create`, through the control socket).
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
                            waitForConfig: Bool = false) throws {
+        // First of all: a filesystem a dead agent left frozen is thawed (its
+        // freeze record in the run directory says which), whatever else
+        // fails after this.
+        thawLeftovers()
         let file = configPath ?? AgentConfig.defaultPath
         let config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
         Log.setLevel(config.logLevel.agentLevel)
@@ -62,6 +66,13 @@ extension AgentCommands {
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
             ioTimeoutMs: config.ioTimeoutMs)
         StopSignal.install()
+        // Started once, reused by every point of every disk (FreezeGuard.swift);
+        // a failure here is retried at the first point, which is refused
+        // without it.
+        do { try FreezeWatchdogClient.shared.start() } catch {
+            Log.warning("the freeze watchdog could not be started: \(error); points are refused until it can")
+        }
+        defer { FreezeWatchdogClient.shared.stop() }
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []
         let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)
