@@ -12,9 +12,11 @@ import TidemarkSystem
 //    ExecStopPost), thaw what a record left by a dead agent lists.
 // 2. The freeze watchdog, `tidemark-agent freeze-watchdog`, a child in its
 //    own session started once by `run` and reused for every point: armed
-//    (with an acknowledgement) before each freeze, it thaws when the agent's
-//    end of its socket closes (the agent died, even by SIGKILL) or when the
-//    bound plus `FreezeGuardLimits.watchdogGraceMs` passes (the agent hangs).
+//    (with an acknowledgement) before the last sync of each point, told
+//    "frozen" just before FIFREEZE (a write, no round trip), it thaws when
+//    the agent's end of its socket closes (the agent died, even by SIGKILL)
+//    or when the bound plus `FreezeGuardLimits.watchdogGraceMs` has passed
+//    since "frozen" (the agent hangs).
 // 3. The agent's own watchdog thread (Points.swift), which thaws at the
 //    bound and abandons a point not yet tagged.
 
@@ -55,6 +57,11 @@ final class FreezeGuard {
             throw error
         }
         return FreezeGuard(id: id, record: record)
+    }
+
+    /// Just before FIFREEZE: the watchdog's bound starts.
+    func frozen() throws {
+        try FreezeWatchdogClient.shared.frozen(id: id)
     }
 
     /// After the thaw: disarms the watchdog and removes the record.
@@ -145,6 +152,16 @@ final class FreezeRecord {
     /// for the log; empty when there was nothing to do.
     static func thawLeftovers(directory: String = directory) -> [String] {
         var lines: [String] = []
+        // A record still under its temporary name was never complete: the
+        // agent died before it froze anything. Removed when nobody holds it.
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names where name.hasPrefix(".tmp-" + prefix) {
+            let path = directory + "/" + name
+            if let fd = try? FileDescriptor(open: path, [.readOnly, .noFollow], purpose: "opening an incomplete freeze record"),
+               (try? fd.tryLockExclusive()) == true {
+                unlink(path)
+            }
+        }
         for path in list(directory: directory) {
             let fd: FileDescriptor
             do {
@@ -267,7 +284,8 @@ final class FreezeWatchdogClient: @unchecked Sendable {
         Log.warning("freeze watchdog (pid \(pid)) \(why)\(r == pid ? " (exited, status \(status))" : ""); starting a new one")
     }
 
-    /// Arms the watchdog for one freeze and waits for its acknowledgement;
+    /// Arms the watchdog for one freeze (the bound starts with `frozen`)
+    /// and waits for its acknowledgement;
     /// a watchdog that is gone is replaced once.
     func arm(id: String, timeoutMs: Int, record: String, mounts: [MountedFilesystem]) throws {
         var line = "arm\t\(id)\t\(timeoutMs + FreezeGuardLimits.watchdogGraceMs)\t\(record)"
@@ -296,6 +314,17 @@ final class FreezeWatchdogClient: @unchecked Sendable {
         }
         throw TidemarkError(.state, "no freeze watchdog: \(lastError.map { "\($0)" } ?? "?"); the filesystems are not frozen without one",
                             hint: "check that \(Self.executable) can run `tidemark-agent freeze-watchdog`; see the agent log")
+    }
+
+    /// Just before FIFREEZE: starts the bound of an armed freeze; no answer
+    /// is awaited (a write of a few bytes).
+    func frozen(id: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        do { try sendLocked("frozen\t\(id)\n") } catch {
+            dropLocked("is gone: \(error)")
+            throw error
+        }
     }
 
     /// After the thaw; no answer is awaited.
@@ -356,11 +385,12 @@ final class FreezeWatchdogClient: @unchecked Sendable {
 /// The watchdog process (`tidemark-agent freeze-watchdog`): standard input
 /// is its socket to the agent. Lines from the agent:
 ///   arm <id> <ms> <record> (<major:minor> <mount point>)+   → answers "armed <id>" or "error <id> <text>"
-///   thawed <id>
-/// (tab-separated). It thaws an armed freeze `ms` after it was armed, all of
-/// them at once when the agent's end closes (the agent is gone: the records
-/// are then removed too) or on SIGTERM; it exits when the agent's end
-/// closes.
+///   frozen <id>       (just before FIFREEZE: the bound starts)
+///   thawed <id>       (after FITHAW: disarmed)
+/// (tab-separated). It thaws an armed freeze `ms` after its "frozen", all
+/// of them at once when the agent's end closes (the agent is gone: the
+/// records are then removed too) or on SIGTERM; it exits when the agent's
+/// end closes.
 public enum FreezeWatchdog {
     struct Armed {
         var deadline: Double
@@ -402,12 +432,21 @@ public enum FreezeWatchdog {
                 armed[f[1]] = nil
                 return
             }
+            if f.count >= 2 && f[0] == "frozen" {
+                if var a = armed[f[1]] {
+                    a.deadline = monotonicSeconds() + Double(a.timeoutMs) / 1000
+                    armed[f[1]] = a
+                }
+                return
+            }
             guard f.count >= 6, f[0] == "arm", let ms = Int(f[2]), (f.count - 4) % 2 == 0 else {
                 Log.error("freeze watchdog: unknown request '\(line)'")
                 return
             }
             let id = f[1]
-            var a = Armed(deadline: monotonicSeconds() + Double(ms) / 1000, timeoutMs: ms, record: f[3], mounts: [])
+            // The bound starts with "frozen", just before FIFREEZE; until then
+            // only the agent's death thaws (nothing may be frozen yet).
+            var a = Armed(deadline: .infinity, timeoutMs: ms, record: f[3], mounts: [])
             var i = 4
             while i + 1 < f.count {
                 do {
@@ -431,9 +470,13 @@ public enum FreezeWatchdog {
             let now = monotonicSeconds()
             for (id, a) in armed where now >= a.deadline {
                 thaw(id, a, "the agent did not thaw it within \(a.timeoutMs) ms (freeze_timeout_ms + \(FreezeGuardLimits.watchdogGraceMs) ms of grace): the agent hangs or was stopped", removeRecord: false)
-                armed[id] = nil
+                // Kept until the agent says "thawed": should it freeze late
+                // and then die, the end of its socket still thaws.
+                var kept = a
+                kept.deadline = .infinity
+                armed[id] = kept
             }
-            let next = armed.values.map(\.deadline).min()
+            let next = armed.values.map(\.deadline).filter { $0.isFinite }.min()
             var waitMs = 200
             if let next { waitMs = min(waitMs, max(0, Int(((next - now) * 1000).rounded(.up)))) }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

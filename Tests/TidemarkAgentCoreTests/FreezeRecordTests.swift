@@ -58,6 +58,12 @@ import TidemarkSystem
         #expect(FreezeRecord.list(directory: dir).isEmpty)
         // A second run has nothing to do.
         #expect(FreezeRecord.thawLeftovers(directory: dir).isEmpty)
+        // An incomplete record (the agent died before the rename, so before
+        // freezing anything) is removed without a word.
+        let temp = dir + "/.tmp-frozen-4242-8.mounts"
+        try "\(FreezeRecord.header) pid 4242\n".write(toFile: temp, atomically: false, encoding: .utf8)
+        #expect(FreezeRecord.thawLeftovers(directory: dir).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: temp))
     }
 
     @Test func deviceNamesAreMajorColonMinor() {
