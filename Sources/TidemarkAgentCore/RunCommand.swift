@@ -48,7 +48,7 @@ extension AgentCommands {
         // The secret files before anything else reads them: a regular file
         // (a FIFO would block the read forever), of mode 0600 or 0400.
         try SecretFile.check(config.replicationKeyPath, what: "the replication key",
-                             origin: config.origins.describe("replication.replication_key"))
+                             origin: config.origins.describe("replication.replication_key"), followSymlink: false)
         let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath,
                            keyOrigin: config.origins.describe("replication.key"))
         try SecretFile.check(tls.keyPath, what: "the TLS private key", origin: tls.keyOrigin)

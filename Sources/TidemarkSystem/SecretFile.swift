@@ -11,21 +11,41 @@ import Glibc
 ///   again with `fstat` on what was opened.
 /// - Group and others must have no permission bits (mode 0600 or 0400):
 ///   anything else is refused with `chmod 600 FILE` as the hint.
-/// - A symbolic link is followed and its target is checked (a link's own
-///   mode means nothing on Linux); the link should be owned by root in a
-///   directory only root can write, as in /etc/tidemark.
+/// - A symbolic link (the last component of the path) is followed when
+///   `followSymlink` is true (the TLS keys: certificate tools keep keys
+///   behind links) and its target is checked (a link's own mode means
+///   nothing on Linux); the link itself must be owned by root or by the
+///   user running the program, or anyone who owns it could point it
+///   elsewhere. With `followSymlink` false (the replication key, which
+///   `ReplicationKey.load` opens with O_NOFOLLOW) a link is refused.
 public enum SecretFile {
     /// Checks `path` as a secret file; `what` names it in errors ("the
     /// replication key"), `origin` says where the path came from
-    /// ("replication.key in /etc/tidemark/agent.yaml:7").
-    public static func check(_ path: String, what: String, origin: String? = nil) throws {
-        _ = try open(path, what: what, origin: origin)
+    /// ("replication.key at /etc/tidemark/agent.yaml:7").
+    public static func check(_ path: String, what: String, origin: String? = nil, followSymlink: Bool = true) throws {
+        _ = try open(path, what: what, origin: origin, followSymlink: followSymlink)
     }
 
     /// Opens `path` for reading after the checks above; the descriptor is
     /// blocking again (a regular file never blocks anyway).
-    public static func open(_ path: String, what: String, origin: String? = nil) throws -> FileDescriptor {
+    public static func open(_ path: String, what: String, origin: String? = nil, followSymlink: Bool = true) throws -> FileDescriptor {
         let from = origin.map { " (\($0))" } ?? ""
+        var link = Glibc.stat()
+        if lstat(path, &link) != 0 {
+            let e = Glibc.errno
+            throw SystemError(call: "lstat", errno: e, context: "reading \(what) \(path)\(from)")
+        }
+        if link.st_mode & S_IFMT == S_IFLNK {
+            let target = (try? linkTarget(path)) ?? "?"
+            guard followSymlink else {
+                throw TidemarkError(.invalidArgument, "\(what) \(path)\(from) is a symbolic link (to \(target)); it must be the file itself",
+                                    hint: "configure the real file's path, or replace the link: install -m 0600 \(target) \(path)")
+            }
+            guard link.st_uid == 0 || link.st_uid == geteuid() else {
+                throw TidemarkError(.invalidArgument, "\(what) \(path)\(from) is a symbolic link owned by uid \(link.st_uid), who could point it at another file",
+                                    hint: "chown -h root \(path), or configure the real file's path (\(target))")
+            }
+        }
         var st = Glibc.stat()
         if stat(path, &st) != 0 {
             let e = Glibc.errno
@@ -41,6 +61,13 @@ public enum SecretFile {
         let flags = fcntl(raw, F_GETFL)
         if flags >= 0 { _ = fcntl(raw, F_SETFL, flags & ~O_NONBLOCK) }
         return fd
+    }
+
+    static func linkTarget(_ path: String) throws -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n >= 0 else { throw SystemError(call: "readlink", errno: Glibc.errno, context: "reading the link \(path)") }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func refuseUnlessSecret(_ st: Glibc.stat, path: String, what: String, from: String) throws {

@@ -119,5 +119,22 @@ private final class ResultBox: @unchecked Sendable { var result: Result<String, 
         #expect(throws: TidemarkError.self) { try SecretFile.check(dir + "/null.link", what: "the replication key") }
         let missing = #expect(throws: SystemError.self) { try SecretFile.check(dir + "/missing", what: "the replication key") }
         #expect(missing?.errno == ENOENT)
+        // Where links are not followed (the replication key), a link is refused.
+        let nofollow = #expect(throws: TidemarkError.self) {
+            try SecretFile.check(dir + "/good.link", what: "the replication key", followSymlink: false)
+        }
+        #expect(nofollow?.message == "the replication key \(dir)/good.link is a symbolic link (to \(good)); it must be the file itself")
+    }
+
+    /// A link owned by someone else (who could repoint it) is refused.
+    @Test func aSymlinkOwnedByAnotherUserIsRefused() throws {
+        guard geteuid() == 0 else { return }  // chown needs root
+        let dir = try TestEnv.tempDir("secret")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let good = try keyFile(dir, mode: 0o600)
+        #expect(symlink(good, dir + "/other.link") == 0)
+        #expect(lchown(dir + "/other.link", 65534, 65534) == 0)
+        let e = #expect(throws: TidemarkError.self) { try SecretFile.check(dir + "/other.link", what: "the TLS private key") }
+        #expect(e?.message.contains("is a symbolic link owned by uid 65534") == true, "\(e.map { "\($0)" } ?? "")")
     }
 }
