@@ -172,7 +172,7 @@ final class FreezeRecord {
             }
             do {
                 guard try fd.tryLockExclusive(graceMs: FreezeGuardLimits.recordLockGraceMs) else {
-                    lines.append("freeze record \(path) is held by a running agent (a point is being made): left alone")
+                    lines.append("left alone: the freeze record \(path) is held by a running agent (a point is being made)")
                     continue
                 }
             } catch {
@@ -188,7 +188,7 @@ final class FreezeRecord {
             for m in mounts {
                 lines.append(thaw(mountPoint: m.mountPoint, device: m.device, reason: "left frozen by an agent that is gone (\(who.isEmpty ? "unknown pid" : who))"))
             }
-            if mounts.isEmpty { lines.append("freeze record \(path) lists no mount point") }
+            if mounts.isEmpty { lines.append("removed the freeze record \(path), which lists no mount point") }
             if unlink(path) != 0 && errno != ENOENT {
                 lines.append("could not remove the freeze record \(path): \(String(cString: strerror(errno)))")
             }
@@ -233,6 +233,8 @@ extension AgentCommands {
         let lines = FreezeRecord.thawLeftovers()
         var problems = 0
         for l in lines {
+            // Problems: a mount that could not be thawed, a record that could
+            // not be read or removed (each line says so in its first words).
             if l.hasPrefix("could not") || l.hasPrefix("freeze record") {
                 problems += 1
                 Log.error(l)
