@@ -153,6 +153,35 @@ import TidemarkTesting
         #expect(b.records.isEmpty, "the leftover record was not removed: \(b.records)")
     }
 
+    /// One watchdog process serves every point (no fork per point); killed
+    /// between points, it is replaced at the next one, which succeeds and
+    /// is byte-identical to the frozen source. No freeze record is left.
+    @Test func oneWatchdogServesEveryPointAndIsReplacedWhenGone() throws {
+        guard TestEnv.requireRoot("freeze safety: watchdog reuse") else { return }
+        let w = try FaultWorld("freeze-reuse")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent(freezeTimeoutMs: Self.freezeTimeoutMs)
+        func started() -> [Int32] {
+            (w.agent?.stderr ?? "").components(separatedBy: "freeze watchdog started (pid ").dropFirst()
+                .compactMap { Int32($0.prefix { $0.isNumber }) }
+        }
+        _ = try w.point()
+        _ = try w.point()
+        let first = started()
+        #expect(first.count == 1, "a watchdog per point? \(first)\(w.logs)")
+        let pid = try #require(first.first)
+        #expect(kill(pid, SIGKILL) == 0)
+        let id = try w.point()
+        let now = started()
+        #expect(now.count == 2 && now.last != pid, "\(now)\(w.logs)")
+        #expect((w.agent?.stderr ?? "").contains("freeze watchdog (pid \(pid))"), "the agent did not say its watchdog was gone\(w.logs)")
+        try w.waitFor("the point is committed", timeoutSeconds: 60) { try w.stored(try w.diskID()).points.count >= 3 }
+        try w.recoverAndCompare(id)
+        let records = ((try? FileManager.default.contentsOfDirectory(atPath: w.h.sandbox.runDir)) ?? []).filter { $0.contains("frozen-") }
+        #expect(records.isEmpty, "\(records)")
+    }
+
     /// The command the unit's ExecStopPost runs (read from the unit file):
     /// thaws what a record lists, says so, removes the record; a mount that
     /// is no longer frozen is left as it is; nothing to do is fine.
