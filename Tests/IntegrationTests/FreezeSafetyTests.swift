@@ -119,7 +119,9 @@ import TidemarkTesting
         let bound = frozenSince.addingTimeInterval(Double(Self.freezeTimeoutMs) / 1000 + 0.2 + Self.marginSeconds)
         let done = b.finishes(writer, by: bound)
         #expect(done, "the filesystem stayed frozen \(String(format: "%.1f", Date().timeIntervalSince(frozenSince))) s with the agent stopped (bound \(Self.freezeTimeoutMs) ms + 200 ms grace + \(Self.marginSeconds) s)\(b.w.logs)")
-        #expect(Date().timeIntervalSince(frozenSince) >= Double(Self.freezeTimeoutMs) / 1000 - 0.5,
+        // Not thawed at once either: the bound is what a slow point may use
+        // (the hook started some time after the freeze began).
+        #expect(Date().timeIntervalSince(frozenSince) >= Double(Self.freezeTimeoutMs) / 1000 / 2,
                 "thawed long before the bound: the point could not be made under load")
         kill(b.w.agent!.pid, SIGCONT)
         b.stopped.removeAll()
