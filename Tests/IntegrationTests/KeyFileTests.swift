@@ -94,6 +94,34 @@ import TidemarkTesting
         #expect(r.stderr.contains("the replication key \(fifo) (replication.replication_key at \(config):8) is a FIFO (named pipe), not a regular file"), "\(r.stderr)")
     }
 
+    /// The server's TLS private key likewise: `tidemark-server run` with a
+    /// key of mode 0640 exits 1 at once, naming the key and the fix.
+    @Test func serverRefusesAGroupReadableTLSKey() throws {
+        let w = try World("keyfile-server", realDisk: false)
+        let key = w.tls + "/server.key"
+        #expect(chmod(key, 0o640) == 0)
+        let config = w.dir + "/server.yaml"
+        try """
+        listen: 127.0.0.1:0
+        tls:
+          ca: \(w.tls)/ca.crt
+          cert: \(w.tls)/server.crt
+          key: \(key)
+        spool_dir: \(w.dir)/spool
+        target:
+          path: \(w.dir)/target
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let p = try BackgroundProcess([TestEnv.binary("tidemark-server"), "run", "--config", config], env: w.env, logDir: w.dir)
+        let start = Date()
+        while p.process.isRunning && Date().timeIntervalSince(start) < 10 { usleep(20_000) }
+        let running = p.process.isRunning
+        if running { p.stop(signal: SIGKILL) }
+        #expect(!running, "the server accepted the key and kept running: \(p.stderr)")
+        #expect(p.process.terminationStatus != 0)
+        #expect(p.stderr.contains("the TLS private key \(key) is accessible by group or others (mode 0640)"), "\(p.stderr)")
+        #expect(p.stderr.contains("hint: chmod 600 \(key)"), "\(p.stderr)")
+    }
+
     /// The accepted modes, 0600 and 0400, go past the key checks (the run
     /// then fails later, on the disk /dev/null, which is not a block device).
     @Test func ownerOnlyKeysPassTheChecks() throws {
