@@ -401,9 +401,13 @@ public enum FreezeWatchdog {
         var mounts: [(fd: FileDescriptor, mountPoint: String, device: String)]
     }
 
-    public static func serve(fd: Int32 = 0) -> Int32 {
-        StopSignal.install()   // SIGTERM: thaw what is armed, then exit
+    /// The process's signals: SIGTERM thaws what is armed, then `serve` returns.
+    public static func installSignals() {
+        StopSignal.install()
         signal(SIGHUP, SIG_IGN)
+    }
+
+    public static func serve(fd: Int32 = 0, stopRequested: () -> Bool = { StopSignal.isRequested }) -> Int32 {
         var armed: [String: Armed] = [:]
         var pending: [UInt8] = []
 
@@ -465,7 +469,7 @@ public enum FreezeWatchdog {
         }
 
         while true {
-            if StopSignal.isRequested {
+            if stopRequested() {
                 thawAll("the freeze watchdog was stopped (SIGTERM)")
                 return 0
             }

@@ -127,6 +127,7 @@ struct FreezeWatchdogCommand: ParsableCommand {
         shouldDisplay: false)
 
     func run() throws {
+        FreezeWatchdog.installSignals()
         let status = FreezeWatchdog.serve(fd: 0)
         if status != 0 { throw ExitCode(status) }
     }
