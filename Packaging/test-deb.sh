@@ -158,6 +158,9 @@ run_host() {
     local verify
     verify=$(systemd-analyze verify /lib/systemd/system/tidemark-agent.service /lib/systemd/system/tidemark-server.service 2>&1 || true)
     check "systemd-analyze verify is clean${verify:+: $verify}" test -z "$verify"
+    check "the agent unit thaws what a dead agent left frozen when it stops (ExecStopPost)" \
+        grep -qx 'ExecStopPost=/usr/bin/tidemark-agent thaw-leftovers' /lib/systemd/system/tidemark-agent.service
+    check "thaw-leftovers with nothing left frozen exits 0" /usr/bin/tidemark-agent thaw-leftovers
 
     say "the agent unit on a fresh install (nothing configured) waits and says what is missing"
     # shellcheck disable=SC2046

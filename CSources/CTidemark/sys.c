@@ -7,6 +7,9 @@
 #include <linux/fiemap.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
@@ -39,6 +42,37 @@ int tm_fs_freeze(int fd) {
 
 int tm_fs_thaw(int fd) {
     return ioctl(fd, FITHAW, 0) == 0 ? 0 : -errno;
+}
+
+extern char **environ;
+
+int tm_spawn_session_with_socket(const char *path, char *const argv[], int *pid_out, int *sock_out) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int r = posix_spawn_file_actions_init(&fa);
+    if (r != 0) { close(sv[0]); close(sv[1]); return -r; }
+    r = posix_spawnattr_init(&attr);
+    if (r != 0) { posix_spawn_file_actions_destroy(&fa); close(sv[0]); close(sv[1]); return -r; }
+    /* dup2 clears close-on-exec on the child's fd 0; sv[1] itself is closed at exec. */
+    r = posix_spawn_file_actions_adddup2(&fa, sv[1], 0);
+    if (r == 0) r = posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    sigset_t empty, all;
+    sigemptyset(&empty);
+    sigfillset(&all);
+    if (r == 0) r = posix_spawnattr_setsigmask(&attr, &empty);
+    if (r == 0) r = posix_spawnattr_setsigdefault(&attr, &all);
+    if (r == 0) r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = -1;
+    if (r == 0) r = posix_spawn(&pid, path, &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    close(sv[1]);
+    if (r != 0) { close(sv[0]); return -r; }
+    *pid_out = (int)pid;
+    *sock_out = sv[0];
+    return 0;
 }
 
 int tm_start_writeback(int fd) {

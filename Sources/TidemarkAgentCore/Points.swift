@@ -127,11 +127,21 @@ extension DiskReplicator {
         let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
         let request = PointRequest(tag: tag)
         let freezer = Freezer(mounts: mounts)
+        // Before FIFREEZE: the freeze record (durable) and the armed watchdog
+        // process, which thaw even if this process dies (FreezeGuard.swift);
+        // before the last sync, so that their fsyncs and round trip do not
+        // delay the freeze after it.
+        let tGuard = monotonicSeconds()
+        try freezer.prepare(timeoutMs: settings.freezeTimeoutMs)
+        let guardMs = (monotonicSeconds() - tGuard) * 1000
         // A last sync just before the freeze: what was dirtied while the
         // backlog was read is written now, not by FIFREEZE while frozen (it
         // is read under the freeze either way).
         _ = syncFilesystems(mounts)
         let t0 = monotonicSeconds()
+        // No tag is numbered after the bound counted from here (the watchdog
+        // process counts its own from its "frozen" message, sent after this).
+        request.tagDeadline = t0 + Double(settings.freezeTimeoutMs) / 1000
         try freezer.freeze()
         let tFrozen = monotonicSeconds()
         // The watchdog thaws even if this thread is stuck; a tag not yet
@@ -180,7 +190,7 @@ extension DiskReplicator {
             throw TidemarkError(.state, "\(session.device.path): the freeze exceeded \(settings.freezeTimeoutMs) ms before the point could be tagged; the filesystems were thawed and the point abandoned",
                                 hint: "raise policy.freeze_timeout_ms, or lower the write load")
         }
-        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000)))")
+        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000))); guarded in \(String(format: "%.1f", guardMs)) ms before")
         recordFreeze(ms: freezeMs)
         // Wait for the commit, so the caller can recover it at once.
         let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
@@ -291,13 +301,32 @@ extension DiskReplicator {
 }
 
 /// Freezes a set of filesystems; thaws each exactly once, from any thread.
+/// `prepare` first: the freeze record and the watchdog process guard the
+/// freeze until `thaw` (which ends the guard).
 final class Freezer: @unchecked Sendable {
     let mounts: [MountedFilesystem]
     private let lock = NSLock()
     private var frozen: [FileDescriptor] = []
     private var thawed = false
+    private var freezeGuard: FreezeGuard?
+
+    /// Writes the freeze record and arms the watchdog process; throws when
+    /// the freeze cannot be guarded (then nothing is frozen).
+    func prepare(timeoutMs: Int) throws {
+        guard !mounts.isEmpty else { return }
+        let g = try FreezeGuard.begin(mounts, timeoutMs: timeoutMs)
+        lock.lock()
+        freezeGuard = g
+        lock.unlock()
+    }
 
     init(mounts: [MountedFilesystem]) { self.mounts = mounts }
+
+    private func lockedGuard() -> FreezeGuard? {
+        lock.lock()
+        defer { lock.unlock() }
+        return freezeGuard
+    }
 
     var isThawed: Bool {
         lock.lock()
@@ -306,6 +335,13 @@ final class Freezer: @unchecked Sendable {
     }
 
     func freeze() throws {
+        // The watchdog process's bound starts now.
+        do {
+            try lockedGuard()?.frozen()
+        } catch {
+            thaw()
+            throw TidemarkError(.state, "the freeze watchdog is gone: \(error); nothing was frozen", hint: "retry the point (a new watchdog is started)")
+        }
         // FIFREEZE takes the filesystem's three freeze locks, each waiting for
         // an RCU grace period: 10-50 ms apiece on a busy 2-CPU machine, most
         // of the freeze. Expedited grace periods make that ~1 ms.
@@ -335,9 +371,17 @@ final class Freezer: @unchecked Sendable {
         guard !thawed else { return }
         thawed = true
         for fd in frozen {
-            do { try fd.thawFilesystem() } catch { Log.error("thawing \(fd.path) failed: \(error)") }
+            do {
+                if try !fd.thawIfFrozen() {
+                    Log.warning("\(fd.path) was already thawed (by the freeze watchdog process, after the bound)")
+                }
+            } catch {
+                Log.error("thawing \(fd.path) failed: \(error); thaw it with `fsfreeze -u \(fd.path)`")
+            }
         }
         frozen.removeAll()
+        freezeGuard?.end()
+        freezeGuard = nil
     }
 }
 

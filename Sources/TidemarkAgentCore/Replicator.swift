@@ -123,6 +123,10 @@ public final class DiskReplicator: @unchecked Sendable {
         let tag: PointTag
         var sequence: UInt64?
         var abandoned = false
+        /// Monotonic seconds after which the tag is never numbered (the
+        /// freeze bound, counted from before the freeze was guarded: the
+        /// watchdog process thaws only after it, FreezeGuard.swift).
+        var tagDeadline = Double.infinity
         /// The numbering epoch the tag was numbered in.
         var epoch: UInt64 = 0
         var error: String?
@@ -437,6 +441,11 @@ public final class DiskReplicator: @unchecked Sendable {
             let roomy = windowBytes < settings.inflightBytesMax
             if roomy && !toRead.isEmpty { break }
             if !roomy && !toRead.isEmpty { waitedForWindow = true }
+            if let p = pointRequest, p.sequence == nil, !p.abandoned, monotonicSeconds() >= p.tagDeadline {
+                // Too late: the filesystems may already be thawed.
+                p.abandoned = true
+                cond.broadcast()
+            }
             if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty, !resync.active {
                 // Everything drained under the freeze is in earlier segments: tag now.
                 let seq = nextSequence

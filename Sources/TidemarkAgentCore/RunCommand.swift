@@ -11,6 +11,10 @@ extension AgentCommands {
     /// (`tidemarkctl point create`, through the control socket).
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
                            waitForConfig: Bool = false) throws {
+        // First of all: a filesystem a dead agent left frozen is thawed (its
+        // freeze record in the run directory says which), whatever else
+        // fails after this.
+        thawLeftovers()
         let file = configPath ?? AgentConfig.defaultPath
         let config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
         Log.setLevel(config.logLevel.agentLevel)
@@ -41,9 +45,15 @@ extension AgentCommands {
         }
         if let missing = missingForRun(config, file: file) { throw missing }
         guard let host = config.serverHost else { return }
+        // The secret files before anything else reads them: a regular file
+        // (a FIFO would block the read forever), of mode 0600 or 0400.
+        try SecretFile.check(config.replicationKeyPath, what: "the replication key",
+                             origin: config.origins.describe("replication.replication_key"), followSymlink: false)
+        let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath,
+                           keyOrigin: config.origins.describe("replication.key"))
+        try SecretFile.check(tls.keyPath, what: "the TLS private key", origin: tls.keyOrigin)
         for d in config.disks { _ = try BlockDeviceInfo.inspect(d) }
         let key = try ReplicationKey.load(path: config.replicationKeyPath)
-        let tls = TLSFiles(ca: config.tlsCAPath, cert: config.tlsCertPath, key: config.tlsKeyPath)
         _ = try TLSContext.client(tls)  // certificate problems are reported now, not at the first connect
         let settings = ReplicationSettings(
             agentID: config.agentID, serverHost: host, serverPort: config.serverPort,
@@ -56,6 +66,13 @@ extension AgentCommands {
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
             ioTimeoutMs: config.ioTimeoutMs)
         StopSignal.install()
+        // Started once, reused by every point of every disk (FreezeGuard.swift);
+        // a failure here is retried at the first point, which is refused
+        // without it.
+        do { try FreezeWatchdogClient.shared.start() } catch {
+            Log.warning("the freeze watchdog could not be started: \(error); points are refused until it can")
+        }
+        defer { FreezeWatchdogClient.shared.stop() }
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []
         let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)

@@ -10,6 +10,8 @@ public enum LogLevel: String, Sendable, Equatable, CaseIterable, CustomStringCon
 /// environment overrides. Every key is optional and has a default; the shipped file
 /// `Packaging/agent.yaml` lists them all at their defaults.
 public struct AgentConfig: Sendable, Equatable {
+    /// Where the key file paths were set (for errors about those files).
+    public var origins = ValueOrigins()
     /// This agent's identity towards the servers (`agent_id`): 1–64 characters of [A-Za-z0-9._-].
     /// Default "agent-" + the host name; an empty value in the file means the default.
     public var agentID: String
@@ -217,6 +219,7 @@ public struct AgentConfig: Sendable, Equatable {
                                    environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentConfig {
         if !configFileExists(path) {
             var config = AgentConfig.defaults
+            config.origins.file = nil
             try config.applyEnvironment(environment, path: path)
             return config
         }
@@ -228,6 +231,7 @@ public struct AgentConfig: Sendable, Equatable {
     public static func parse(yaml: String, path: String,
                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentConfig {
         var config = try ConfigParser(path: path, text: yaml).parse()
+        config.origins.file = path
         try config.applyEnvironment(environment, path: path)
         return config
     }
@@ -282,6 +286,7 @@ public struct AgentConfig: Sendable, Equatable {
                     serverPort = endpoint?.port ?? Self.defaultServerPort
                 case "replication.replication_key":
                     replicationKeyPath = try Validate.absolutePath(value, example: "/etc/tidemark/replication.key")
+                    origins.variables[key] = variable
                 case "control_socket": controlSocketPath = try Validate.socketPath(value)
                 case "log_level": logLevel = try Validate.logLevel(value)
                 default: preconditionFailure("environment override for unknown key \(key)")

@@ -15,11 +15,19 @@ public struct TLSFiles: Sendable, Equatable {
     public var caPath: String
     public var certPath: String
     public var keyPath: String
+    /// Where `keyPath` was configured ("replication.key in FILE:LINE"), for
+    /// the errors about the key file; not part of equality.
+    public var keyOrigin: String?
 
-    public init(ca: String, cert: String, key: String) {
+    public init(ca: String, cert: String, key: String, keyOrigin: String? = nil) {
         caPath = ca
         certPath = cert
         keyPath = key
+        self.keyOrigin = keyOrigin
+    }
+
+    public static func == (a: TLSFiles, b: TLSFiles) -> Bool {
+        a.caPath == b.caPath && a.certPath == b.certPath && a.keyPath == b.keyPath
     }
 }
 
@@ -53,13 +61,16 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     private static func make(_ files: TLSFiles, isServer: Bool) throws -> TLSContext {
-        // Name the file that is missing or unreadable before OpenSSL does it vaguely.
-        for (path, what) in [(files.caPath, "the TLS CA certificate"), (files.certPath, "the TLS certificate"),
-                             (files.keyPath, "the TLS private key")] {
-            let fd = tm_open(path, O_RDONLY, 0)
+        // Name the file that is missing or unreadable before OpenSSL does it
+        // vaguely. The certificates are public; the private key is a secret
+        // file: a regular file that group and others cannot access (a FIFO
+        // would hang OpenSSL's read, a world-readable key is a leaked key).
+        for (path, what) in [(files.caPath, "the TLS CA certificate"), (files.certPath, "the TLS certificate")] {
+            let fd = tm_open(path, O_RDONLY | O_NONBLOCK, 0)
             if fd < 0 { throw SystemError(call: "open", errno: -fd, context: "reading \(what) \(path)") }
             Glibc.close(fd)
         }
+        try SecretFile.check(files.keyPath, what: "the TLS private key", origin: files.keyOrigin)
         var which: Int32 = 0
         var msg = [CChar](repeating: 0, count: 2048)
         guard let raw = tm_tls_ctx_new(isServer ? 1 : 0, files.caPath, files.certPath, files.keyPath,

@@ -99,6 +99,40 @@ struct ShutdownSealCommand: ParsableCommand {
     }
 }
 
+struct ThawLeftoversCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "thaw-leftovers",
+        abstract: "Thaw filesystems a dead agent left frozen (run by the unit's ExecStopPost).",
+        discussion: """
+            Before it freezes filesystems for a recovery point, the agent records their mount points in \
+            $TIDEMARK_RUN_DIR (default /run/tidemark), frozen-*.mounts, and removes the record after the \
+            thaw. This command thaws what every record left by an agent that is no longer running lists \
+            (a filesystem that is not frozen any more is left as it is), removes those records and logs \
+            what it did. `run` does the same when it starts. Exits 1 if a filesystem could not be thawed. \
+            See docs/points-and-freeze.md.
+            """)
+
+    func run() throws {
+        try runReportingErrors {
+            let problems = AgentCommands.thawLeftovers(quietWhenNothing: false)
+            if problems > 0 { throw ExitCode(1) }
+        }
+    }
+}
+
+struct FreezeWatchdogCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "freeze-watchdog",
+        abstract: "Internal: the freeze watchdog process `run` starts (standard input is its socket).",
+        shouldDisplay: false)
+
+    func run() throws {
+        FreezeWatchdog.installSignals()
+        let status = FreezeWatchdog.serve(fd: 0)
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
 /// Operating errors end in one clear message and exit status 1, never a trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
@@ -117,7 +151,8 @@ struct Agent: ParsableCommand {
         commandName: "tidemark-agent",
         abstract: "Tidemark agent: tracks changed disk chunks and replicates them.",
         version: tidemarkVersion,
-        subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self, ShutdownSealCommand.self])
+        subcommands: [Run.self, Track.self, Untrack.self, MirrorCommand.self, ShutdownSealCommand.self,
+                      ThawLeftoversCommand.self, FreezeWatchdogCommand.self])
 }
 
 Agent.main()

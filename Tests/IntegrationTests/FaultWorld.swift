@@ -96,7 +96,7 @@ final class FaultWorld: @unchecked Sendable {
 
     /// `replication`: more lines under `replication:` (two-space indented keys).
     func startAgent(ioTimeoutMs: Int = 30_000, inflight: String = "16m", replication: [String] = [],
-                    logLevel: String = "debug", cpus: String? = nil) throws {
+                    logLevel: String = "debug", cpus: String? = nil, freezeTimeoutMs: Int = 20_000) throws {
         let port = proxy?.port ?? serverPort
         try """
         agent_id: agent-it
@@ -114,7 +114,7 @@ final class FaultWorld: @unchecked Sendable {
         \(replication.map { "  " + $0 + "\n" }.joined())policy:
           crash_consistent_interval: 0
           app_consistent_interval: 0
-          freeze_timeout_ms: 20000
+          freeze_timeout_ms: \(freezeTimeoutMs)
         control_socket: \(h.dir)/agent.sock
         log_level: \(logLevel)
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)

@@ -320,6 +320,36 @@ private func describe(_ error: Error) -> String { String(describing: error) }
         #expect(c?.message.hasPrefix("cannot load the CA certificate \(certs.dir)/replication.key") == true, "\(c.map(describe) ?? "")")
     }
 
+    /// The private key of either side is a secret file: readable by group or
+    /// others, it is refused with the reason and `chmod 600`; the
+    /// certificates are public and need no such mode. (FIFOs and other
+    /// non-regular files: SecretFileTests, with a time bound.)
+    @Test func privateKeysReadableByOthersOrNotRegularAreRefused() throws {
+        let certs = try Certs.shared()
+        let dir = try TestEnv.tempDir("tls-key-mode")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let loose = dir + "/loose.key"
+        try sh("cp '\(certs.dir)/agent-a.key' '\(loose)' && chmod 644 '\(loose)'")
+        var agent = certs.agent("agent-a")
+        agent.keyPath = loose
+        let a = #expect(throws: TidemarkError.self) { _ = try TLSContext.client(agent) }
+        #expect(a?.message.contains("the TLS private key \(loose) is accessible by group or others (mode 0644)") == true, "\(a.map(describe) ?? "")")
+        #expect(a?.hint == "chmod 600 \(loose)")
+        var server = certs.server
+        try sh("cp '\(certs.dir)/server.key' '\(loose)' && chmod 640 '\(loose)'")
+        server.keyPath = loose
+        let s = #expect(throws: TidemarkError.self) { _ = try TLSContext.server(server) }
+        #expect(s?.hint == "chmod 600 \(loose)", "\(s.map(describe) ?? "")")
+        try sh("chmod 600 '\(loose)'")
+        _ = try TLSContext.server(server)
+
+        // Certificates: public, any mode.
+        try sh("cp '\(certs.dir)/server.crt' '\(dir)/server.crt' && chmod 644 '\(dir)/server.crt'")
+        server = certs.server
+        server.certPath = dir + "/server.crt"
+        _ = try TLSContext.server(server)
+    }
+
     @Test func plainTCPAndConnectErrors() throws {
         let listener = try TCPListener(host: "::1", port: 0)
         let port = listener.port

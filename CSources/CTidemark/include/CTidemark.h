@@ -30,6 +30,14 @@ int tm_blk_zeroout(int fd, uint64_t offset, uint64_t length);
 int tm_fs_freeze(int fd);
 void tm_heap_trim(void);
 int tm_fs_thaw(int fd);
+/* Starts `path` with `argv` (NULL-terminated) as a child in a new session
+ * (setsid: its own process group, so a signal to the caller's group does not
+ * reach it), with default signal dispositions and an empty signal mask, and
+ * with one end of a new AF_UNIX stream socket pair as its standard input;
+ * standard output is /dev/null, standard error the caller's. The other end,
+ * close-on-exec, is returned in *sock_out, the child's pid in *pid_out.
+ * Returns 0 or -errno. (posix_spawn: no code runs between fork and exec.) */
+int tm_spawn_session_with_socket(const char *path, char *const argv[], int *pid_out, int *sock_out);
 /* syncfs(2) of the filesystem holding fd. 0 or -errno. */
 int tm_syncfs(int fd);
 /* sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): starts writeback of the whole file's dirty pages, without waiting. 0 or -errno. */
