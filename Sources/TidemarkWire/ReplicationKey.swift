@@ -36,20 +36,14 @@ public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Loads a key file. Refuses a file that group or others can access
-    /// (hint: chmod 600), that is not a regular file, or whose content is
-    /// neither 32 raw bytes nor 64 hex digits with an optional newline.
-    public static func load(path: String) throws -> ReplicationKey {
-        let fd = try FileDescriptor(open: path, [.readOnly, .noFollow], purpose: "opening the replication key")
+    /// (hint: chmod 600), that is not a regular file (without blocking on a
+    /// FIFO), a symbolic link, or whose content is neither 32 raw bytes nor
+    /// 64 hex digits with an optional newline.
+    public static func load(path: String, origin: String? = nil) throws -> ReplicationKey {
+        // A secret file: a regular file (a FIFO would block a plain open),
+        // not a link, of mode 0600 or 0400 (SecretFile says why otherwise).
+        let fd = try SecretFile.open(path, what: "the replication key", origin: origin, followSymlink: false)
         let st = try fd.stat()
-        guard st.st_mode & S_IFMT == S_IFREG else {
-            throw TidemarkError(.invalidArgument, "replication key \(path) is not a regular file")
-        }
-        let mode = st.st_mode & 0o777
-        guard mode & 0o077 == 0 else {
-            throw TidemarkError(.invalidArgument,
-                                "replication key \(path) is accessible by group or others (mode \(String(mode, radix: 8)))",
-                                hint: "the key decrypts every replicated disk: chmod 600 \(path)")
-        }
         guard st.st_size <= fileBytesMax else {
             throw TidemarkError(.invalidArgument, "replication key \(path) is \(st.st_size) bytes; expected 64 hex digits or 32 raw bytes",
                                 hint: "restore the key file from your backup")

@@ -50,20 +50,37 @@ import TidemarkTesting
         }
     }
 
+    /// A FIFO given as the key (tidemarkctl recover --key FIFO) is refused
+    /// at once instead of waiting for a writer; so are directories and links.
+    @Test func refusesWhatIsNotARegularFileWithoutBlocking() throws {
+        try withDir { dir in
+            let fifo = dir + "/fifo"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let started = Date()
+            let e = tidemarkError { _ = try ReplicationKey.load(path: fifo) }
+            #expect(Date().timeIntervalSince(started) < 5)
+            #expect(e?.message.contains("not a regular file") == true, "\(String(describing: e))")
+            #expect(tidemarkError { _ = try ReplicationKey.load(path: dir) }?.message.contains("not a regular file") == true)
+            try write(dir + "/real", (0..<32).map { UInt8($0) }, mode: 0o600)
+            #expect(symlink(dir + "/real", dir + "/link") == 0)
+            #expect(tidemarkError { _ = try ReplicationKey.load(path: dir + "/link") }?.message.contains("symbolic link") == true)
+        }
+    }
+
     @Test func refusesGroupOrOtherAccess() throws {
         try withDir { dir in
             let path = dir + "/k"
             for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
                 try write(path, (0..<32).map { UInt8($0) }, mode: mode)
                 let e = tidemarkError { _ = try ReplicationKey.load(path: path) }
-                #expect(e?.message.contains("accessible by group or others (mode \(String(mode, radix: 8)))") == true)
+                #expect(e?.message.contains("accessible by group or others (mode 0\(String(mode, radix: 8)))") == true)
                 #expect(e?.hint?.contains("chmod 600 \(path)") == true)
             }
             #expect(chmod(path, 0o600) == 0)
             _ = try ReplicationKey.load(path: path)
             // Symlinks are not followed; a missing file names its path.
             #expect(symlink(path, dir + "/link") == 0)
-            #expect(throws: SystemError.self) { _ = try ReplicationKey.load(path: dir + "/link") }
+            #expect(tidemarkError { _ = try ReplicationKey.load(path: dir + "/link") }?.message.contains("is a symbolic link") == true)
             #expect(throws: SystemError.self) { _ = try ReplicationKey.load(path: dir + "/missing") }
         }
     }
