@@ -75,8 +75,11 @@ import TidemarkWire
             let sealer = try SegmentSealer(key: key, compressionLevel: 1)
             let payload = [UInt8](repeating: UInt8(truncatingIfNeeded: sequence), count: 65536)
             return try payload.withUnsafeBytes {
+                // Sequence 0 has no format 4 header (its lineage would start
+                // after it): format 3 still reaches the server's own check.
                 try sealer.seal(kind: .data, diskID: disk, sequence: sequence, diskSizeBytes: size, chunkSizeBytes: 65536,
-                                extents: [SegmentExtent(offset: 0, length: 65536, kind: .data)], payload: $0, point: nil)
+                                extents: [SegmentExtent(offset: 0, length: 65536, kind: .data)], payload: $0, point: nil,
+                                formatVersion: sequence == 0 ? 3 : SegmentFormat.version)
             }
         }
 
