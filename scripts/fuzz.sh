@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 root=$PWD
-targets_all=(frames segment-header segment-open spool envelope digest-index hrl shutdown-seal config)
+targets_all=(frames segment-header segment-open spool envelope digest-index hrl shutdown-seal config server)
 build_dir=${FUZZ_BUILD_DIR:-$root/Fuzz/.build-fuzz}
 work=${FUZZ_WORK:-$build_dir/work}
 bin=$build_dir/release
@@ -36,7 +36,7 @@ usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 max_len() {
   case $1 in
     hrl) echo 32768 ;;
-    spool|digest-index) echo 16384 ;;
+    spool|digest-index|server) echo 16384 ;;
     shutdown-seal) echo 12288 ;;
     *) echo 4096 ;;
   esac
