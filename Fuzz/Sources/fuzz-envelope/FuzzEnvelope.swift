@@ -149,7 +149,12 @@ func seeds() throws -> [(String, [UInt8])] {
     let stored = StoredSegment(sequence: 1, extents: extents, point: nil, payloadLength: UInt64(payload.count),
                                payloadChecksum: ObjectDigest.payload(payload, version: 2), checksumVersion: 2, pruned: false,
                                deadAtSequence: nil)
+    // Envelope version 1 (SHA-256 payload checksum): the segment above as
+    // an older server wrote it; selector bits 2 and 3 recompute the checksums.
+    var v1 = segHeader + payload
+    v1[8] = 1
     return [
+        ("segment-v1", [1 | 4 | 8] + v1),
         ("disk", [0] + Envelope.encodeHeader(kind: .disk, diskID: "vdb", sequence: 0, metadata: Metadata.encodeDisk(
             DiskRecord(diskID: "vdb", ownerAgentID: "agent-1", sizeBytes: 1 << 20, chunkSizeBytes: 4096, keyID: 7)), payload: empty)),
         ("segment", [1] + segHeader + payload),

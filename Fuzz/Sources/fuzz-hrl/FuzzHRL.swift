@@ -125,6 +125,22 @@ func seeds() throws -> [(String, [UInt8])] {
                                     chunkSizeBytes: 4096, state: .tracking, reason: .none, reasonText: "")
     try t.setClean(sealNonce: (1...16).map { UInt8($0) }, text: "orderly stop")
     t.close()
-    out.append(("file-clean-with-seal-nonce", [1] + Fuzz.readFile(path)))
+    let withNonce = Fuzz.readFile(path)
+    out.append(("file-clean-with-seal-nonce", [1] + withNonce))
+    // Format version 1 (no seal nonce): the header of the file above,
+    // re-encoded as version 1 (older agents wrote it; it must still read).
+    let slots = (0..<2).compactMap { slot -> HRLHeader? in
+        withNonce.withUnsafeBytes {
+            if case .valid(let h) = HRLFormat.decodeHeader(UnsafeRawBufferPointer(rebasing: $0[(slot * pageSize)..<((slot + 1) * pageSize)]), slot: slot) { return h }
+            return nil
+        }
+    }
+    if var h = slots.max(by: { $0.generation < $1.generation }) {
+        h.formatVersion = 1
+        h.sealNonce = [UInt8](repeating: 0, count: 16)
+        var page = [UInt8](repeating: 0, count: pageSize)
+        page.withUnsafeMutableBytes { HRLFormat.encodeHeader(h, into: $0) }
+        out.append(("header-v1", [0] + page))
+    }
     return out
 }
