@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "tidemark-bench", targets: ["tidemark-bench"]),
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
+        // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
+        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

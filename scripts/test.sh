@@ -24,6 +24,8 @@ if [ $# -eq 0 ]; then
 else
   swift test --skip-build "$@"
 fi
+# The decoders under libFuzzer, ~20 s per target (docs/fuzzing.md).
+[ $# -ne 0 ] || scripts/fuzz.sh --ci
 # The Debian packages: built, installed into a debootstrap chroot and on this
 # machine, upgraded, removed, purged (Packaging/test-deb.sh; root only).
 if [ $# -eq 0 ]; then
