@@ -122,6 +122,26 @@ fuzz_targets() {
   fi
 }
 
+# The inputs that once crashed a target (Fuzz/crashes/<target>-*, bugs since
+# fixed) are run again: each must now pass.
+regressions() {
+  local f t failed=0
+  for f in "$root"/Fuzz/crashes/*; do
+    [ -f "$f" ] || continue
+    t=$(basename "$f")
+    case $t in README.md) continue ;; esac
+    for name in "${targets_all[@]}"; do
+      if [[ $t == "$name"-* ]]; then
+        if ! "$bin/fuzz-$name" "$f" >"$work/logs/regression-$t.log" 2>&1; then
+          echo "FUZZ FAILURE: the reproducer $f crashes fuzz-$name again (log: $work/logs/regression-$t.log)" >&2
+          failed=1
+        fi
+      fi
+    done
+  done
+  return $failed
+}
+
 [ $# -ge 1 ] || usage
 case $1 in
   --list) printf '%s\n' "${targets_all[@]}" ;;
@@ -138,6 +158,8 @@ case $1 in
     start=$SECONDS
     build
     fuzz_targets "${FUZZ_CI_SECONDS:-20}" "${targets_all[@]}"
+    regressions
+    echo "fuzz --ci: the reproducers in Fuzz/crashes pass"
     echo "fuzz --ci: every target ran clean; $((SECONDS - start)) s in all (build included)"
     ;;
   --seconds)

@@ -87,12 +87,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if options & 8 != 0 {
             let next = index.sequence + 1
             guard next <= 2 else { return 0 }
-            // Known bug (Fuzz/crashes/README.md, digest-index-*): catching up
-            // from segment metadata whose extents lie beyond the disk expands
-            // them chunk by chunk before checking (out of memory, or a trap
-            // in TargetExtent.end). Such metadata is skipped so that fuzzing
-            // goes on, unless TIDEMARK_FUZZ_KNOWN_BUGS=1.
-            if !reproduceKnownBugs && extentsBeyondDisk(metadata) { return 0 }
+            // Extents beyond the disk were a bug here (Fuzz/crashes/README.md,
+            // digest-index-*): they must now be refused with a typed error.
             let empty = UnsafeRawBufferPointer(start: nil, count: 0)
             let header = Envelope.encodeHeader(kind: .segment, diskID: "vdb", sequence: next, metadata: metadata, payload: empty)
             if next == 2 {
@@ -111,16 +107,6 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-let reproduceKnownBugs = ProcessInfo.processInfo.environment["TIDEMARK_FUZZ_KNOWN_BUGS"] == "1"
-
-func extentsBeyondDisk(_ m: [UInt8]) -> Bool {
-    var r = ByteReader(m, path: "metadata")
-    guard let (extents, _) = try? Metadata.decodeSegment(&r, diskID: "vdb") else { return false }
-    return extents.contains { e in
-        let (end, overflow) = e.offset.addingReportingOverflow(e.length)
-        return overflow || end > disk.sizeBytes
-    }
-}
 
 func seeds() throws -> [(String, [UInt8])] {
     // A real index: opened empty, then two segments applied.

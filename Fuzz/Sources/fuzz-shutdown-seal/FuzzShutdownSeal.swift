@@ -55,27 +55,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-/// Known bug (Fuzz/crashes/README.md, shutdown-seal-*): checkCoverage adds
-/// extent lengths without an overflow check and traps. Inputs that reach it
-/// are skipped so that fuzzing goes on, unless TIDEMARK_FUZZ_KNOWN_BUGS=1.
-let reproduceKnownBugs = ProcessInfo.processInfo.environment["TIDEMARK_FUZZ_KNOWN_BUGS"] == "1"
-
-func coverageOverflows(_ b: [UInt8]) -> Bool {
-    let en = Int(Fuzz.le(b, 120, as: UInt32.self))
-    guard en >= 1 && en <= 16 else { return false }
-    var next: UInt64 = 0
-    for i in 0..<en {
-        let logical: UInt64 = Fuzz.le(b, 128 + i * 24), length: UInt64 = Fuzz.le(b, 144 + i * 24)
-        guard logical == next, logical % 4096 == 0, length % 4096 == 0, length > 0 else { return false }
-        let (sum, overflow) = next.addingReportingOverflow(length)
-        if overflow { return true }
-        next = sum
-    }
-    return false
-}
 
 func armed(_ b: [UInt8]) {
-    if !reproduceKnownBugs && coverageOverflows(b) { return }
     do {
         let x = try b.withUnsafeBytes { try Seal.decodeArmed($0) }
         let y = try bytes(Seal.encodeArmed(x)).withUnsafeBytes { try Seal.decodeArmed($0) }
