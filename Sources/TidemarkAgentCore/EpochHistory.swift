@@ -20,8 +20,9 @@ import TidemarkWire
 ///     …   4  CRC32C of every byte before it
 ///
 /// A missing file is an empty history; a damaged one is reported and taken
-/// as empty: the next epoch's previous epoch is then `unknown`, which a
-/// recovery reports instead of trusting (docs/wire-format.md 4.7).
+/// as empty: the next epoch's previous epoch is then `unknown`, and a
+/// recovery says that it took the earlier epochs from the stored headers
+/// (docs/wire-format.md 4.7).
 public struct EpochHistory: Equatable, Sendable {
     static let magic = Array("TMEPOCHS".utf8)
     static let version: UInt32 = 1
@@ -110,7 +111,7 @@ public struct EpochHistory: Equatable, Sendable {
         } catch let e as SystemError where e.errno == ENOENT {
             return EpochHistory()
         } catch {
-            warn("\(error); the epochs before this run cannot be named: recoveries of points made from now on will report the sequences below it as unproven")
+            warn("\(error); the epochs before this run cannot be named: recoveries of points made from now on will take the epochs of the earlier sequences from the stored headers and say so")
             return EpochHistory()
         }
     }

@@ -736,14 +736,15 @@ public final class DiskReplicator: @unchecked Sendable {
             // next run names it as the owner of the sequences before its own.
             let path = EpochHistory.path(hrlPath: session.hrl.path)
             var history = EpochHistory.load(path) { Log.warning("\(diskID): \($0)") }
-            // The lock is held since the epoch began: nothing was sealed in
-            // it yet but with the start, which stays; the previous epoch is
-            // the history's to say.
+            // The history names the previous epoch. A renumbered epoch has
+            // sealed nothing yet (the lock is held since it began); the run's
+            // first epoch may have, from 1, and beginning at 1 names none, as
+            // its segments say.
             lineage = history.begin(lineage.epochID, start: lineage.epochStart)
             try history.store(path)
             lineageStored = true
             if case .unknown = lineage.previous {
-                Log.warning("\(diskID): numbering continues at #\(lineage.epochStart) with no record of the epochs before it (\(path) is missing or damaged): recoveries will report sequences below #\(lineage.epochStart) as unproven")
+                Log.warning("\(diskID): numbering continues at #\(lineage.epochStart) with no record of the epochs before it (\(path) is missing or damaged): recoveries will take the epochs of the sequences below #\(lineage.epochStart) from the stored headers and say so")
             }
         }
         if durable == 0 && committed == 0 && replicatedBefore {
