@@ -317,8 +317,8 @@ public final class DigestIndex: @unchecked Sendable {
                         digestsOf: (UInt64, [UInt8], [TargetExtent]) throws -> [StoredDigest]?) throws {
         try lock.withLock {
             guard applied < committed else { return }
-            var s = applied + 1
-            while s <= committed {
+            // A closed range: no `s += 1` past a committed sequence of UInt64.max.
+            for s in (applied + 1)...committed {
                 guard let info = try target.segmentInfo(diskID: disk.diskID, sequence: s) else {
                     throw TidemarkError(.notFound, "disk '\(disk.diskID)' sequence \(s) is neither stored nor pruned; the digest index stops at \(applied)")
                 }
@@ -331,7 +331,6 @@ public final class DigestIndex: @unchecked Sendable {
                     }
                     try applyLocked(sequence: s, extents: info.extents, digests: digests, sync: false)
                 }
-                s += 1
             }
             try flushLocked()
         }

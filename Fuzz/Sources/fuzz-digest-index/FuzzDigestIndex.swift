@@ -85,8 +85,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             }
         }
         if options & 8 != 0 {
+            // The index file is fuzzed: its sequence may be anything.
+            guard index.sequence < 2 else { return 0 }
             let next = index.sequence + 1
-            guard next <= 2 else { return 0 }
             // Extents beyond the disk were a bug here (Fuzz/crashes/README.md,
             // digest-index-*): they must now be refused with a typed error.
             let empty = UnsafeRawBufferPointer(start: nil, count: 0)
