@@ -18,6 +18,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var tlsCertPath: String
     /// This server's private key (`tls.key`).
     public var tlsKeyPath: String
+    /// Where `tls.key` was set, for errors found when the key file is
+    /// checked (`file:line`); not part of equality.
+    public var origins = ValueOrigins()
     /// Where received segments are spooled before upload (`spool_dir`).
     public var spoolDir: String
     /// Spool size at which agents are pushed back (`spool_max_bytes`): 64 MiB…1 TiB.
@@ -212,6 +215,7 @@ struct ServerConfigParser {
     func parse() throws -> ServerConfig {
         let reader = ConfigReader(path: path, text: text, schema: ServerConfig.schema, exampleEntry: "listen: 0.0.0.0:9443")
         var config = ServerConfig.defaults
+        config.origins.file = path
         guard let entries = try reader.topLevelEntries() else { return config }  // empty file: all defaults
         for entry in entries {
             let key = entry.key
@@ -241,6 +245,7 @@ struct ServerConfigParser {
                         config.tlsKeyPath = try reader.validated(item, key: dotted, expected: "a file path") {
                             try Validate.absolutePath($0, example: "/etc/tidemark/tls/server.key")
                         }
+                        config.origins.lines[dotted] = item.line
                     default:
                         throw reader.unknownKey(item, section: "tls")
                     }

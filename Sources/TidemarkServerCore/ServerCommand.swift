@@ -50,7 +50,7 @@ public enum ServerCommands {
 
     static func options(_ c: ServerConfig) -> ProcessServer.Options {
         .init(serverID: c.serverID, listenHost: c.listenHost, listenPort: c.listenPort,
-              tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath),
+              tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath, keyOrigin: c.origins.describe("tls.key")),
               spoolDir: c.spoolDir, spoolMaxBytes: c.spoolMaxBytes, targetPath: c.targetPath,
               maxConnections: c.maxConnections, retentionSeconds: c.retentionSeconds,
               pruneIntervalSeconds: c.pruneIntervalSeconds, uploadMemoryBytes: Int(c.uploadMemoryBytes))

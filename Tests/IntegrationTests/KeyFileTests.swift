@@ -118,7 +118,7 @@ import TidemarkTesting
         if running { p.stop(signal: SIGKILL) }
         #expect(!running, "the server accepted the key and kept running: \(p.stderr)")
         #expect(p.process.terminationStatus != 0)
-        #expect(p.stderr.contains("the TLS private key \(key) is accessible by group or others (mode 0640)"), "\(p.stderr)")
+        #expect(p.stderr.contains("the TLS private key \(key) (tls.key at \(config):5) is accessible by group or others (mode 0640)"), "\(p.stderr)")
         #expect(p.stderr.contains("hint: chmod 600 \(key)"), "\(p.stderr)")
     }
 
