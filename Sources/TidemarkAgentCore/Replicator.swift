@@ -755,15 +755,27 @@ public final class DiskReplicator: @unchecked Sendable {
         ackDurableLocked(durable)
     }
 
+    /// An acknowledgement is a value from the network: one beyond the
+    /// highest sequence this agent numbered would drop segments from the
+    /// window, or clear tracking bits, of data the server never received.
+    static func checkAck(_ seq: UInt64, numberedThrough: UInt64, what: String) throws {
+        guard seq <= numberedThrough else {
+            throw TidemarkError(.corrupt, "the server acknowledged #\(seq) \(what), beyond #\(numberedThrough), the highest this agent has numbered; the connection is dropped and nothing is cleared",
+                                hint: "a process server bug or a server speaking for another disk; check its log")
+        }
+    }
+
     private func handle(_ m: WireMessage) throws {
         switch m {
         case .ackDurable(let disk, let seq) where disk == diskID:
             cond.lock()
+            do { try Self.checkAck(seq, numberedThrough: nextSequence - 1, what: "durable") } catch { cond.unlock(); throw error }
             ackDurableLocked(seq)
             cond.broadcast()
             cond.unlock()
         case .ackCommitted(let disk, let seq) where disk == diskID:
             cond.lock()
+            do { try Self.checkAck(seq, numberedThrough: nextSequence - 1, what: "committed") } catch { cond.unlock(); throw error }
             committedSequence = max(committedSequence, seq)
             committedThrough.advance(committed: committedSequence)
             cond.broadcast()

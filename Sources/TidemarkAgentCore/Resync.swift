@@ -402,7 +402,7 @@ extension DiskReplicator {
         defer { cond.unlock() }
         guard var q = resync.query, q.sent, q.reply == nil, q.first == first, UInt64(q.count) == UInt64(states.count) else {
             // The answer to a request the scan gave up waiting for: harmless.
-            Log.debug("\(diskID): ignoring digests for chunks \(first)..<\(first + UInt64(states.count)), which no request waits for")
+            Log.debug("\(diskID): ignoring digests for \(states.count) chunks from \(first), which no request waits for")
             return
         }
         q.reply = (sequence, states)
