@@ -191,7 +191,7 @@ for mode in "${modes[@]}"; do
 done
 
 echo
-echo "A = $rev_a, B = $rev_b; medians of the rounds (every value in brackets, in run order)"
+echo "A = $rev_a, B = $rev_b; each side's median, and every round's value in run order"
 python3 - "$figures" <<'PY'
 import sys
 from collections import OrderedDict
@@ -218,7 +218,7 @@ for name, sides in rows.items():
     verdict = "-"
     if ratio is not None:
         gain = (ratio - 1) if better(name) == "higher" else (1 - ratio)
-        verdict = "%+.1f%% %s" % (abs(gain) * 100, "better" if gain > 0 else ("worse" if gain < 0 else "same"))
+        verdict = "same" if gain == 0 else "%.1f%% %s" % (abs(gain) * 100, "better" if gain > 0 else "worse")
     table.append((name, better(name), fmt(a), fmt(b), "-" if ratio is None else "%.3f" % ratio, verdict,
                   " ".join(fmt(x) for x in sides["A"]), " ".join(fmt(x) for x in sides["B"])))
 widths = [max(len(r[i]) for r in table) for i in range(len(head))]
