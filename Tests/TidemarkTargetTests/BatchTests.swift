@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
@@ -87,6 +88,33 @@ import TidemarkTesting
         #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 7)
         #expect(try f.target.segmentInfo(diskID: f.disk.diskID, sequence: 8) == nil)
         #expect(try leftovers(f).isEmpty)
+    }
+
+    /// A store that fails in the middle of a batch (injected into the memory
+    /// store): the puts before the failure are durable and committed, the
+    /// failed one and those after it are not stored, and offered again they
+    /// complete the sequence. A read that fails is reported, not taken for
+    /// a missing object.
+    @Test func storeFailuresStopABatchWhereTheyHappen() throws {
+        let f = try TargetFixture(tag: "batch-faults", .memory)
+        let memory = try #require(f.store as? InMemoryObjectStore)
+        struct Injected: Error {}
+        memory.failNext(.put, prefix: f.segmentName(4), with: Injected())
+        let batch = puts(f, 1...6, points: [2, 5])
+        let r = f.target.putSegments(batch, pool: nil)
+        #expect(r.durable == 3 && r.failure?.index == 3 && r.failure?.error is Injected)
+        #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 3)
+        for seq: UInt64 in 4...6 { #expect(try f.target.segmentInfo(diskID: f.disk.diskID, sequence: seq) == nil) }
+        #expect(try f.target.points(diskID: f.disk.diskID, includeIncomplete: true).map(\.id) == ["p2"])
+        #expect(f.target.putSegments(Array(batch[3...]), pool: nil).durable == 3)
+        #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 6)
+        #expect(try f.target.points(diskID: f.disk.diskID).map(\.id) == ["p2", "p5"])
+
+        memory.failNext(.read, prefix: f.segmentName(2), with: Injected())
+        #expect(throws: Injected.self) { _ = try f.target.readSegment(diskID: f.disk.diskID, sequence: 2) }
+        #expect(try f.target.readSegment(diskID: f.disk.diskID, sequence: 2) == batch[1].bytes)
+        memory.failNext(.stat, prefix: f.target.tombstoneName(f.disk.diskID, 7), with: Injected())
+        #expect(throws: Injected.self) { _ = try f.target.committedSequence(diskID: f.disk.diskID) }
     }
 
     /// The same puts with their payloads staged (as the process server stages them at ingest).
