@@ -17,7 +17,9 @@ import TidemarkSystem
 /// parent.
 ///
 /// Thread- and process-safe: no state beyond the directory; concurrent
-/// creators of one name are told apart by `link`.
+/// creators of one name are told apart by `link`. Memory: a listing reads
+/// every name under its prefix for each page it returns (a directory of
+/// segments: tens of bytes per name), so callers ask for large pages.
 public final class LocalDirectoryObjectStore: ObjectStore, @unchecked Sendable {
     /// The directory, without a trailing "/".
     public let root: String
@@ -27,6 +29,9 @@ public final class LocalDirectoryObjectStore: ObjectStore, @unchecked Sendable {
     /// Opens the store in `root`, creating the directory (and its parents)
     /// when absent.
     public init(root: String) throws {
+        guard !root.isEmpty, !root.utf8.contains(0) else {
+            throw TidemarkError(.invalidArgument, "the object store directory '\(root)' is not a path", hint: "give the directory of the store")
+        }
         var r = root
         while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
         self.root = r
