@@ -67,7 +67,7 @@ public final class ProcessServer: @unchecked Sendable {
     /// The options, of which `reload` may change the TLS files, retention,
     /// prune interval and connection limit (read them under `lock`).
     public private(set) var options: Options
-    let target: LocalDirectoryTarget
+    let target: TargetRepository
     let spool: Spool
     private var currentTLSContext: TLSContext
     /// The TLS context new connections use (swapped by `reload`).
@@ -113,7 +113,7 @@ public final class ProcessServer: @unchecked Sendable {
         if let problem = ServerLimits.relationProblem() { preconditionFailure("ServerLimits: \(problem)") }
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
-        self.target = try LocalDirectoryTarget(root: options.targetPath)
+        self.target = try TargetRepository(localDirectory: options.targetPath)
         self.staging = SegmentStaging(bytesMax: options.uploadMemoryBytes, idleBuffersMax: ServerLimits.stagedIdleBuffersMax)
         let (spool, spooled) = try Spool.open(directory: options.spoolDir, maxBytes: options.spoolMaxBytes) { bytes in
             let (h, _) = try SegmentHeader.decode(bytes)
@@ -507,7 +507,7 @@ public final class ProcessServer: @unchecked Sendable {
     /// Stores spooled segments in target storage in batches (bounded by
     /// `ServerLimits.uploadBatchSegmentsMax` and `uploadBatchBytesMax`): the
     /// objects of a batch are fsynced in parallel and their directories once
-    /// (`LocalDirectoryTarget.putSegments`), and "committed" is acknowledged
+    /// (`TargetRepository.putSegments`), and "committed" is acknowledged
     /// only for the segments of the batch that are durable there. A failure
     /// is handled as if the segments had been uploaded one at a time: those
     /// before the first one that failed are committed, it is retried (or
