@@ -134,7 +134,7 @@ public final class PointCoordinator: @unchecked Sendable {
             lock.lock()
             let late = phases.steps.indices.filter { phases.steps[$0] != .prepared }
             let text = late.map { phases.disks[$0] + (phases.steps[$0] == .waiting
-                ? " (its main loop did not take part: busy with another point, or stopping)"
+                ? " (its main loop did not take part: it is busy with another point or a resync)"
                 : " (its backlog did not come down)") }
             let e = TidemarkError(.busy, "\(text.joined(separator: ", ")) did not get ready for point \(id) within \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s; no disk was tagged",
                                   hint: "retry when the disk is less busy")
