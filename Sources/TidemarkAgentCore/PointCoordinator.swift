@@ -191,9 +191,10 @@ public final class PointCoordinator: @unchecked Sendable {
             let e = (error as? TidemarkError) ?? TidemarkError(.state, "\(error)")
             lock.lock()
             phases.fail(isMachinePoint ? TidemarkError(e.kind, "\(e.message); \(phases.abandonedText)", hint: e.hint) : e)
+            let failure = phases.failure ?? e
             lock.broadcast()
             lock.unlock()
-            throw phases.failure ?? e
+            throw failure
         }
         lock.lock()
         tFrozen = monotonicSeconds()

@@ -163,11 +163,13 @@ public struct PointPhases: Sendable {
     @discardableResult
     public mutating func diskFailed(_ i: Int, _ error: TidemarkError) -> Bool {
         guard phase != .failed, !tagged else { return false }
-        let e = isMachinePoint
-            ? TidemarkError(error.kind, "\(disks[i]): \(error.message); \(abandonedText)", hint: error.hint)
-            : error
-        fail(e)
-        return true
+        guard isMachinePoint else { return fail(error) }
+        // A disk's own messages begin with its device ("/dev/sdc: …"): that
+        // becomes its full name, not a second one.
+        let device = disks[i].components(separatedBy: " (")[0]
+        let text = error.message.hasPrefix(device + ": ")
+            ? disks[i] + error.message.dropFirst(device.count) : "\(disks[i]): \(error.message)"
+        return fail(TidemarkError(error.kind, "\(text); \(abandonedText)", hint: error.hint))
     }
 
     public var allArmed: Bool { steps.allSatisfy { $0 == .armed } }

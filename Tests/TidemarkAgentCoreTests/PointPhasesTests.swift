@@ -135,6 +135,11 @@ import TidemarkSystem
         p.prepared(1)  // a late report is ignored
         #expect(p.phase == .failed)
 
+        var named = machine()
+        _ = named.command(for: 1)
+        named.diskFailed(1, TidemarkError(.busy, "/dev/sdc: a resync is comparing the disk with the target"))
+        #expect(named.failure?.message.hasPrefix("/dev/sdc (a-sdc-2): a resync is comparing") == true, "named once: \(named.failure?.message ?? "")")
+
         var q = frozenAndArmed()
         _ = q.tagDecision(now: 100.5, notReady: [nil, nil])
         q.tagged([3, 4])
