@@ -101,11 +101,16 @@ public enum ReplicationLimits {
     /// seal what it already took, so no large batch is read under the freeze
     /// (best effort: the freeze goes ahead after this).
     public static let pointReaderIdleWaitMsMax = 2_000
+    /// Under the freeze, the point's coordinator looks at least this often
+    /// whether every disk is ready to be tagged (the readers also wake it
+    /// when they run out of work).
+    public static let pointReadyPollMs = 5
     /// A point request waits this long for its tag to be committed.
     public static let pointCommitWaitMsMax = 120_000
     /// Hook scripts (pre-freeze, post-thaw) are killed after this long.
     public static let hookTimeoutMs = 60_000
-    /// Point requests waiting for the main loop.
+    /// Point requests waiting for a disk's main loop (each point takes one
+    /// place in the queue of each of its disks).
     public static let pointRequestsQueuedMax = 16
     /// RPO checkpoints (drain time, sequence) not yet committed; when the
     /// server stalls the newest is folded forward (the RPO only reads older).

@@ -38,200 +38,219 @@ enum Mounts {
     }
 }
 
-/// A recovery point asked for by `tidemarkctl point create` or the policy timer.
+/// One disk's part in a point: the item its main loop takes from `orders`.
+/// The point's coordinator (PointCoordinator.swift) runs on another thread
+/// and tells the disk's main thread, phase by phase, what to do.
 public struct PointOrder: Sendable {
-    public var appConsistent: Bool
-    public var reply: @Sendable (Result<PointCreated, TidemarkError>) -> Void
-    public init(appConsistent: Bool, reply: @escaping @Sendable (Result<PointCreated, TidemarkError>) -> Void) {
-        self.appConsistent = appConsistent
-        self.reply = reply
+    let coordinator: PointCoordinator
+    let index: Int
+
+    /// The disk cannot take part (too many points wait for it, or a resync
+    /// holds them): the point fails, naming the disk.
+    func refuse(_ e: TidemarkError) { coordinator.diskFailed(index, e) }
+}
+
+/// One disk's tag in a point. `tag` and `readyWake` are fixed; `sequence`
+/// and `epoch` are set once, by the coordinator, under the disk's `cond`
+/// (`numberTagLocked`), and read under it.
+final class PointRequest: @unchecked Sendable {
+    let tag: PointTag
+    /// Signalled by the disk's reader whenever it is about to wait with
+    /// nothing left to read while this request is armed: the coordinator
+    /// then looks whether every disk is ready to be tagged.
+    let readyWake: WakeSignal
+    var sequence: UInt64?
+    /// The numbering epoch the tag was numbered in.
+    var epoch: UInt64 = 0
+
+    init(tag: PointTag, readyWake: WakeSignal) {
+        self.tag = tag
+        self.readyWake = readyWake
     }
 }
 
+/// One disk's tag of a point that was made and committed.
 public struct PointCreated: Sendable {
     public var id: String
+    public var disk: String
     public var diskID: String
     public var pointClass: PointClass
     public var sequence: UInt64
     public var freezeMs: Double
 }
 
+/// A point that was made: of one disk, or a machine point (every disk
+/// tagged at one instant, under one id).
+public struct PointResult: Sendable {
+    public var id: String
+    /// The weakest class of its disks' tags (a disk without a mounted
+    /// filesystem is tagged `unverified`).
+    public var pointClass: PointClass
+    public var freezeMs: Double
+    /// In the coordinator's disk order.
+    public var disks: [PointCreated]
+    public var isMachinePoint: Bool { disks.count > 1 }
+}
+
 extension DiskReplicator {
-    /// Queues a point order for the main loop; refuses when too many wait.
-    public func order(_ o: PointOrder) {
+    /// Queues this disk's part in a point for the main loop; refuses when
+    /// too many wait.
+    func order(_ o: PointOrder) {
         cond.lock()
         if orders.count >= ReplicationLimits.pointRequestsQueuedMax {
             cond.unlock()
-            o.reply(.failure(TidemarkError(.busy, "\(ReplicationLimits.pointRequestsQueuedMax) point requests already wait for \(session.device.path)")))
+            o.refuse(TidemarkError(.busy, "\(ReplicationLimits.pointRequestsQueuedMax) point requests already wait for \(session.device.path)"))
             return
         }
         orders.append(o)
         cond.unlock()
     }
 
-    /// Runs the point orders that are due: policy cadence and requests.
+    /// Takes part in the points ordered, one after the other (main loop).
+    /// A point's failure is its coordinator's to report; nothing here stops
+    /// replication.
     func servePointRequests() throws {
-        let now = monotonicSeconds()
-        if settings.crashIntervalSeconds > 0 && now - lastCrashPoint >= Double(settings.crashIntervalSeconds) {
-            lastCrashPoint = now
-            order(PointOrder(appConsistent: false) { _ in })
-        }
-        if settings.appIntervalSeconds > 0 && now - lastAppPoint >= Double(settings.appIntervalSeconds) {
-            lastAppPoint = now
-            order(PointOrder(appConsistent: true) { _ in })
-        }
         while true {
             cond.lock()
             let o = orders.isEmpty ? nil : orders.removeFirst()
             cond.unlock()
             guard let o else { return }
+            takePart(in: o.coordinator, as: o.index)
+        }
+    }
+
+    /// This disk's main thread in one point: does what the point's phase
+    /// asks — prepare, hold the backlog small, drain and arm its tag under
+    /// the freeze — until the point releases it (tagged or abandoned), then
+    /// returns to replicating. Drains stay on this thread, as everywhere.
+    func takePart(in c: PointCoordinator, as i: Int) {
+        let request = c.requests[i]
+        // A request the point did not number is disarmed when the disk leaves.
+        defer { disarm(request) }
+        while true {
+            if StopSignal.isRequested || isStopping {
+                c.diskFailed(i, TidemarkError(.state, "\(session.device.path): the agent is stopping; no point is made"))
+            }
+            let command = c.command(for: i, waitMs: ReplicationLimits.pointPrepareDrainMs)
             do {
-                let created = try makePoint(appConsistent: o.appConsistent)
-                o.reply(.success(created))
-            } catch let e as TidemarkError {
-                Log.error("\(session.device.path): recovery point failed: \(e)")
-                o.reply(.failure(e))
+                switch command {
+                case .prepare:
+                    try prepareForPoint(c.mounts[i], until: c.prepareDeadline)
+                    c.prepared(i)
+                case .hold:
+                    // Prepared, waiting for the other disks or the pre-freeze
+                    // hook: what is written meanwhile is read now, not under
+                    // the freeze.
+                    try drainOnce()
+                    try clearCommitted()
+                case .drainAndArm:
+                    try drainOnce()
+                    // Tests only: copy the frozen source as ground truth for the point.
+                    if let hook = ProcessInfo.processInfo.environment["TIDEMARK_TEST_FROZEN_HOOK"] {
+                        try runHook(hook, "test frozen", environment: hookEnvironment)
+                    }
+                    arm(request)
+                    c.armed(i)
+                case .wait:
+                    continue
+                case .release:
+                    return
+                }
             } catch {
-                Log.error("\(session.device.path): recovery point failed: \(error)")
-                o.reply(.failure(TidemarkError(.io, "\(error)")))
+                c.diskFailed(i, (error as? TidemarkError) ?? TidemarkError(.io, "\(session.device.path): \(error)"))
             }
         }
     }
 
-    /// freeze → drain → read → tag → thaw, with a watchdog that always thaws;
-    /// then waits for the tag to be committed.
-    func makePoint(appConsistent: Bool) throws -> PointCreated {
-        let mounts = Mounts.filesystems(on: session.device)
-        let cls: PointClass = mounts.isEmpty ? .unverified : (appConsistent ? .appConsistent : .crashConsistent)
-        if appConsistent && mounts.isEmpty {
-            throw TidemarkError(.state, "\(session.device.path) has no mounted filesystem to quiesce: an app-consistent point cannot be made",
-                                hint: "take a crash point instead (it will be marked unverified)")
-        }
-        // Shrink what the freeze has to flush and to read first, so it lasts
-        // milliseconds: sync the filesystems (FIFREEZE flushes every dirty
-        // page, and a sync while not frozen leaves it little), then read the
-        // chunks that wrote, until the backlog is small; again while a sync
-        // still found much to write.
-        let deadline = monotonicSeconds() + Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000
+    /// What a hook learns of this disk.
+    var hookEnvironment: [String: String] { ["TIDEMARK_DISK": session.device.path, "TIDEMARK_DISK_ID": diskID] }
+
+    /// Shrinks what the freeze has to flush and to read first, so it lasts
+    /// milliseconds: syncs the filesystems (FIFREEZE flushes every dirty
+    /// page, and a sync while not frozen leaves it little), then reads the
+    /// chunks that were written, until the backlog is small; again while a
+    /// sync still found much to write.
+    func prepareForPoint(_ mounts: [MountedFilesystem], until deadline: Double) throws {
         var round = 0
         while true {
             round += 1
-            let syncMs = syncFilesystems(mounts)
+            let syncMs = syncMounts(mounts)
             try waitForSmallBacklog(until: deadline)
             if mounts.isEmpty || syncMs <= ReplicationLimits.pointSyncQuietMs || round >= ReplicationLimits.pointSyncRoundsMax { break }
         }
-        if appConsistent, let hook = settings.preFreezeHook { try runHook(hook, "pre-freeze") }
-        var thawHookNeeded = appConsistent
-        defer { if thawHookNeeded, let hook = settings.postThawHook { try? runHook(hook, "post-thaw") } }
+    }
 
-        let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
-        let request = PointRequest(tag: tag)
-        let freezer = Freezer(mounts: mounts)
-        // Before FIFREEZE: the freeze record (durable) and the armed watchdog
-        // process, which thaw even if this process dies (FreezeGuard.swift);
-        // before the last sync, so that their fsyncs and round trip do not
-        // delay the freeze after it.
-        let tGuard = monotonicSeconds()
-        try freezer.prepare(timeoutMs: settings.freezeTimeoutMs)
-        let guardMs = (monotonicSeconds() - tGuard) * 1000
-        // A last sync just before the freeze: what was dirtied while the
-        // backlog was read is written now, not by FIFREEZE while frozen (it
-        // is read under the freeze either way).
-        _ = syncFilesystems(mounts)
-        let t0 = monotonicSeconds()
-        // No tag is numbered after the bound counted from here (the watchdog
-        // process counts its own from its "frozen" message, sent after this).
-        request.tagDeadline = t0 + Double(settings.freezeTimeoutMs) / 1000
-        try freezer.freeze()
-        let tFrozen = monotonicSeconds()
-        // The watchdog thaws even if this thread is stuck; a tag not yet
-        // numbered by then is abandoned, never faked.
-        let watchdog = Thread { [self] in
-            let end = t0 + Double(settings.freezeTimeoutMs) / 1000
-            while monotonicSeconds() < end {
-                if freezer.isThawed { return }
-                usleep(1_000)
-            }
-            cond.lock()
-            if request.sequence == nil { request.abandoned = true }
-            cond.broadcast()
-            cond.unlock()
-            freezer.thaw()
-        }
-        watchdog.start()
-        var tDrained = tFrozen
-        do {
-            try drainOnce()
-            tDrained = monotonicSeconds()
-            // Tests only: copy the frozen source as ground truth for the point.
-            if let hook = ProcessInfo.processInfo.environment["TIDEMARK_TEST_FROZEN_HOOK"] { try runHook(hook, "test frozen") }
-        } catch {
-            freezer.thaw()
-            throw error
-        }
+    /// Under the freeze, after the drain: from now on the reader signals
+    /// `p.readyWake` whenever it waits with nothing left to read.
+    func arm(_ p: PointRequest) {
         cond.lock()
-        pointRequest = request
+        pointRequest = p
         cond.broadcast()
-        while request.sequence == nil && !request.abandoned && !stopping {
-            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.01))
-        }
-        let sequence = request.sequence
-        if sequence == nil { request.abandoned = true }
-        pointRequest = nil
         cond.unlock()
-        freezer.thaw()
-        let freezeMs = (monotonicSeconds() - t0) * 1000
-        let ms = { (a: Double, b: Double) in String(format: "%.1f", (b - a) * 1000) }
-        if appConsistent, let hook = settings.postThawHook {
-            thawHookNeeded = false
-            try runHook(hook, "post-thaw")
-        }
-        guard let sequence else {
-            throw TidemarkError(.state, "\(session.device.path): the freeze exceeded \(settings.freezeTimeoutMs) ms before the point could be tagged; the filesystems were thawed and the point abandoned",
-                                hint: "raise policy.freeze_timeout_ms, or lower the write load")
-        }
-        Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000))); guarded in \(String(format: "%.1f", guardMs)) ms before")
-        recordFreeze(ms: freezeMs)
-        // Wait for the commit, so the caller can recover it at once.
-        let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
+    }
+
+    /// Leaving a point: a request that was not numbered is disarmed.
+    func disarm(_ p: PointRequest) {
         cond.lock()
+        if pointRequest === p { pointRequest = nil }
+        cond.unlock()
+    }
+
+    /// Why this disk cannot be tagged at this instant, or nil when it can:
+    /// `p` is armed, no resync compares, nothing is left to read, and the
+    /// reader waits in `nextBatch` — so every chunk drained under the freeze
+    /// is in a segment numbered before and has been read. The caller holds
+    /// `cond`.
+    func tagReadinessLocked(_ p: PointRequest) -> String? {
+        if stopping { return "the agent is stopping" }
+        if pointRequest !== p { return "its tag is not armed" }
+        if resync.active { return "a resync compares the disk with the target" }
+        if !toRead.isEmpty {
+            return "\(toRead.count * chunkBytes) bytes written before the freeze still to read"
+                + (windowBytes >= settings.inflightBytesMax ? ", the send window full" : "")
+        }
+        if !readerWaiting { return "its reader is still reading what was written before the freeze" }
+        return nil
+    }
+
+    /// Numbers `p`'s tag as the next sequence; the reader, waiting in
+    /// `nextBatch`, seals it before anything numbered after it. The caller
+    /// holds `cond` and has just seen `tagReadinessLocked(p) == nil` under
+    /// the same hold.
+    func numberTagLocked(_ p: PointRequest) -> UInt64 {
+        precondition(p.sequence == nil && pointRequest === p && toRead.isEmpty && readerWaiting, "a tag numbered while its disk is not ready")
+        let seq = nextSequence
+        nextSequence += 1
+        p.sequence = seq
+        p.epoch = epoch
+        tagsNumbered.append(Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch, lineage: lineage))
+        pointRequest = nil
+        cond.broadcast()
+        return seq
+    }
+
+    enum TagCommit: Equatable {
+        case committed, lost, pending
+    }
+
+    /// Waits until `p`'s tag is committed, lost, or `deadline` passes.
+    func awaitTagCommit(_ p: PointRequest, until deadline: Date) -> TagCommit {
+        cond.lock()
+        defer { cond.unlock() }
+        guard let sequence = p.sequence else { return .pending }
         // A tag the server never made durable is gone when numbering restarts
         // below it (the server lost segments, or a spooled one was damaged):
         // the chunks read under the freeze are read again after the thaw, so
         // the point cannot be remade and is reported lost.
         func lostLocked() -> Bool {
-            restarts.contains { $0.epoch > request.epoch && $0.durable < sequence }
-                || (restarts.count >= Self.restartsKept && restarts[0].epoch > request.epoch + 1)
+            restarts.contains { $0.epoch > p.epoch && $0.durable < sequence }
+                || (restarts.count >= Self.restartsKept && restarts[0].epoch > p.epoch + 1)
         }
         while committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
-            if !cond.wait(until: min(commitDeadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= commitDeadline { break }
+            if !cond.wait(until: min(deadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= deadline { break }
         }
-        let lost = lostLocked()
-        let committed = !lost && committedSequence >= sequence
-        cond.unlock()
-        if lost {
-            throw TidemarkError(.state, "recovery point \(tag.id) was lost: the server restarted numbering below its tag #\(sequence) before the tag was durable (it lost or refused segments); the data is re-sent, but this point cannot be remade",
-                                hint: "take a new point (tidemarkctl point create)")
-        }
-        guard committed else {
-            throw TidemarkError(.state, "recovery point \(tag.id) was tagged at #\(sequence) but is not committed yet (the server is unreachable or slow)",
-                                hint: "it is committed once the server catches up; check `tidemarkctl points list`")
-        }
-        return PointCreated(id: tag.id, diskID: diskID, pointClass: cls, sequence: sequence, freezeMs: freezeMs)
-    }
-
-    /// syncfs on each filesystem; returns how long it took in ms. A failed
-    /// syncfs is only logged: FIFREEZE flushes anyway (it is just slower).
-    func syncFilesystems(_ mounts: [MountedFilesystem]) -> Double {
-        let t0 = monotonicSeconds()
-        for m in mounts {
-            do {
-                try FileDescriptor(open: m.mountPoint, .readOnly, purpose: "opening mount point for syncfs").syncFilesystem()
-            } catch {
-                Log.warning("\(session.device.path): \(error); the freeze will flush instead")
-            }
-        }
-        return (monotonicSeconds() - t0) * 1000
+        if lostLocked() { return .lost }
+        return committedSequence >= sequence ? .committed : .pending
     }
 
     /// Drains often until at most `pointBacklogBytesMax` of chunks are unread
@@ -268,43 +287,54 @@ extension DiskReplicator {
             usleep(useconds_t(ReplicationLimits.pointPrepareDrainMs * 1000))
         }
     }
+}
 
-    static func newPointID() -> String {
-        var b = [UInt8](repeating: 0, count: 6)
-        try? b.withUnsafeMutableBytes { try SecureRandom.fill($0) }
-        let f = DateFormatter()
-        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-        f.timeZone = TimeZone(identifier: "UTC")
-        return "p-" + f.string(from: Date()) + "-" + b.map { String(format: "%02x", $0) }.joined()
+/// syncfs on each filesystem; returns how long it took in ms. A failed
+/// syncfs is only logged: FIFREEZE flushes anyway (it is just slower).
+func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
+    let t0 = monotonicSeconds()
+    for m in mounts {
+        do {
+            try FileDescriptor(open: m.mountPoint, .readOnly, purpose: "opening mount point for syncfs").syncFilesystem()
+        } catch {
+            Log.warning("\(m.mountPoint): \(error); the freeze will flush instead")
+        }
     }
+    return (monotonicSeconds() - t0) * 1000
+}
 
-    func runHook(_ path: String, _ what: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.environment = ["TIDEMARK_DISK": session.device.path, "TIDEMARK_DISK_ID": diskID, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
-        do { try p.run() } catch {
-            throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
-                                hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
+/// Runs a hook script with `environment` (and a plain PATH); throws when it
+/// cannot be started, fails, or runs longer than `hookTimeoutMs` (it is
+/// stopped then).
+func runHook(_ path: String, _ what: String, environment: [String: String]) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.environment = environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a }
+    do { try p.run() } catch {
+        throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
+                            hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
+    }
+    let deadline = monotonicSeconds() + Double(ReplicationLimits.hookTimeoutMs) / 1000
+    while p.isRunning {
+        if monotonicSeconds() > deadline {
+            p.terminate()
+            throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
         }
-        let deadline = monotonicSeconds() + Double(ReplicationLimits.hookTimeoutMs) / 1000
-        while p.isRunning {
-            if monotonicSeconds() > deadline {
-                p.terminate()
-                throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
-            }
-            usleep(5_000)
-        }
-        guard p.terminationStatus == 0 else {
-            throw TidemarkError(.state, "\(what) hook \(path) failed with status \(p.terminationStatus); no app-consistent point was made")
-        }
+        usleep(5_000)
+    }
+    guard p.terminationStatus == 0 else {
+        throw TidemarkError(.state, "\(what) hook \(path) failed with status \(p.terminationStatus); no app-consistent point was made")
     }
 }
 
-/// Freezes a set of filesystems; thaws each exactly once, from any thread.
-/// `prepare` first: the freeze record and the watchdog process guard the
-/// freeze until `thaw` (which ends the guard).
+/// Freezes a set of filesystems — every one of a point's disks, under one
+/// freeze record and one watchdog arm — and thaws each exactly once, from
+/// any thread. `prepare` first: the freeze record and the watchdog process
+/// guard the freeze until `thaw` (which ends the guard).
 final class Freezer: @unchecked Sendable {
     let mounts: [MountedFilesystem]
+    /// The disk each filesystem (by major:minor) belongs to, for messages.
+    let owners: [String: String]
     private let lock = NSLock()
     private var frozen: [FileDescriptor] = []
     private var thawed = false
@@ -320,7 +350,10 @@ final class Freezer: @unchecked Sendable {
         lock.unlock()
     }
 
-    init(mounts: [MountedFilesystem]) { self.mounts = mounts }
+    init(mounts: [MountedFilesystem], owners: [String: String] = [:]) {
+        self.mounts = mounts
+        self.owners = owners
+    }
 
     private func lockedGuard() -> FreezeGuard? {
         lock.lock()
@@ -357,7 +390,7 @@ final class Freezer: @unchecked Sendable {
             } catch {
                 thaw()
                 let busy = (error as? SystemError)?.errno == EBUSY
-                throw TidemarkError(.state, "cannot freeze \(m.mountPoint) (\(m.fsType)): \(error)",
+                throw TidemarkError(.state, "cannot freeze \(m.mountPoint) (\(m.fsType)\(owners[m.device].map { " of \($0)" } ?? "")): \(error)",
                                     hint: busy
                                         ? "it is already frozen (fsfreeze -f?); thaw it with `fsfreeze -u \(m.mountPoint)` and retry"
                                         : "the filesystem may not support FIFREEZE; points of this disk cannot be crash-consistent")

@@ -73,7 +73,16 @@ public final class DiskReplicator: @unchecked Sendable {
     var restarts: [(epoch: UInt64, durable: UInt64)] = []
     static let restartsKept = 64
     var stopping = false
+    /// The armed tag of the point this disk takes part in (Points.swift):
+    /// while it is set, the reader signals its `readyWake` when it waits
+    /// with nothing left to read.
     var pointRequest: PointRequest?
+    /// Point tags numbered by their coordinator while the reader waited in
+    /// `nextBatch`, in sequence order; the reader seals them before anything
+    /// numbered after them (at most one per point waiting for this disk).
+    var tagsNumbered: [Planned] = []
+    /// The reader waits in `nextBatch` (holds no batch it has not read).
+    var readerWaiting = false
     var readerBusy = false
     var replicatedBefore = false
     var targetLost = false
@@ -88,8 +97,6 @@ public final class DiskReplicator: @unchecked Sendable {
     /// The digest-compare resync (Resync.swift), guarded by `cond`.
     let resync: ResyncState
     var orders: [PointOrder] = []
-    var lastCrashPoint = monotonicSeconds()
-    var lastAppPoint = monotonicSeconds()
     /// Freeze durations of the points made, for status and benchmarks (bounded).
     public internal(set) var freezeMsHistory: [Double] = []
     /// The RPO: the newest drain time whose chunks are all committed (CommittedThrough.swift).
@@ -117,20 +124,6 @@ public final class DiskReplicator: @unchecked Sendable {
         public var bytesSent: UInt64 = 0
         public var zeroChunks: UInt64 = 0
         public var segmentsSealed: UInt64 = 0
-    }
-
-    final class PointRequest: @unchecked Sendable {
-        let tag: PointTag
-        var sequence: UInt64?
-        var abandoned = false
-        /// Monotonic seconds after which the tag is never numbered (the
-        /// freeze bound, counted from before the freeze was guarded: the
-        /// watchdog process thaws only after it, FreezeGuard.swift).
-        var tagDeadline = Double.infinity
-        /// The numbering epoch the tag was numbered in.
-        var epoch: UInt64 = 0
-        var error: String?
-        init(tag: PointTag) { self.tag = tag }
     }
 
     public init(session: DiskSession, settings: ReplicationSettings) {
@@ -437,25 +430,25 @@ public final class DiskReplicator: @unchecked Sendable {
         var waitedForWindow = false
         while true {
             if stopping { return nil }
+            if !tagsNumbered.isEmpty {
+                // Numbered while this thread waited below (PointCoordinator.tag):
+                // everything drained under the freeze is in earlier segments.
+                // One numbered in an earlier epoch is dropped by queueSealed.
+                defer { tagsNumbered.removeAll() }
+                return tagsNumbered
+            }
             if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, toRead.isEmpty { return [] }
             let roomy = windowBytes < settings.inflightBytesMax
             if roomy && !toRead.isEmpty { break }
             if !roomy && !toRead.isEmpty { waitedForWindow = true }
-            if let p = pointRequest, p.sequence == nil, !p.abandoned, monotonicSeconds() >= p.tagDeadline {
-                // Too late: the filesystems may already be thawed.
-                p.abandoned = true
-                cond.broadcast()
+            if let p = pointRequest, toRead.isEmpty, !resync.active {
+                // Nothing left to read under the freeze: the point's
+                // coordinator may number the tag now (tagReadinessLocked).
+                p.readyWake.signal()
             }
-            if let p = pointRequest, p.sequence == nil, !p.abandoned, toRead.isEmpty, !resync.active {
-                // Everything drained under the freeze is in earlier segments: tag now.
-                let seq = nextSequence
-                nextSequence += 1
-                p.sequence = seq
-                p.epoch = epoch
-                cond.broadcast()
-                return [Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch, lineage: lineage)]
-            }
+            readerWaiting = true
             _ = cond.wait(until: Date(timeIntervalSinceNow: 0.2))
+            readerWaiting = false
         }
         // Downstream-bound: the reader waited for room, or the window is
         // still mostly full (an acknowledgement freed a little room just

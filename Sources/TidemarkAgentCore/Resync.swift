@@ -144,8 +144,8 @@ extension DiskReplicator {
         let left = resync.toScan.count
         cond.unlock()
         for o in waiting {
-            o.reply(.failure(TidemarkError(.busy, "\(session.device.path): a resync is comparing the disk with the target (\(done) chunks compared, \(left) to go); a recovery point cannot be taken until it has finished (waited \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s)",
-                                           hint: "retry when the agent logs 'resync of \(diskID) complete'")))
+            o.refuse(TidemarkError(.busy, "\(session.device.path): a resync is comparing the disk with the target (\(done) chunks compared, \(left) to go); a recovery point cannot be taken until it has finished (waited \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s)",
+                                           hint: "retry when the agent logs 'resync of \(diskID) complete'"))
         }
     }
 

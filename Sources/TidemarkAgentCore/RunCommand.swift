@@ -136,7 +136,16 @@ extension AgentCommands {
             }
         }
         for t in threads { t.start() }
+        // The policy's cadence: one point of every disk (a machine point
+        // when there are several) each interval (PointCoordinator.swift).
+        let scheduler = PointScheduler(disks: order, crashIntervalSeconds: settings.crashIntervalSeconds,
+                                       appIntervalSeconds: settings.appIntervalSeconds)
+        scheduler.start()
         failures.waitAll(order.count)
+        scheduler.stop()
+        // A point of a control request runs on its client's thread: let it
+        // thaw and end before the agent does (the bound covers the freeze).
+        ActivePoints.shared.waitIdle(timeoutMs: settings.freezeTimeoutMs + 1_000)
         if let f = failures.first {
             throw TidemarkError(.state, "replication stopped: \(f)")
         }
@@ -214,33 +223,39 @@ extension AgentCommands {
         guard request["op"] == "create-point" else {
             return ["ok": false, "error": "unknown request '\(request["op"] ?? "")' (known: create-point, status)"]
         }
-        guard let disk = request["disk"], let r = table[disk] ?? realpathString(disk).flatMap({ table[$0] }) else {
-            return ["ok": false, "error": "disk '\(request["disk"] ?? "")' is not replicated by this agent"]
+        // With "disk": a point of that disk. Without it, or with
+        // "scope":"machine": a machine point of every disk (one instant).
+        let machine = request["scope"] == "machine"
+        let disks: [DiskReplicator]
+        if let disk = request["disk"] {
+            guard !machine else {
+                return ["ok": false, "error": "a machine point spans every disk of the agent: a request with \"scope\":\"machine\" names no \"disk\""]
+            }
+            guard let r = table[disk] ?? realpathString(disk).flatMap({ table[$0] }) else {
+                return ["ok": false, "error": "disk '\(disk)' is not replicated by this agent"]
+            }
+            disks = [r]
+        } else {
+            var seen = Set<ObjectIdentifier>()
+            disks = table.values.sorted { $0.diskID < $1.diskID }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+            guard !disks.isEmpty else { return ["ok": false, "error": "this agent replicates no disk"] }
         }
-        let done = DispatchSemaphore(value: 0)
-        let result = ResultBox()
-        r.order(PointOrder(appConsistent: request["app_consistent"] == "true") { outcome in
-            result.set(outcome)
-            done.signal()
-        })
-        done.wait()
-        switch result.get() {
-        case .success(let p):
-            return ["ok": true, "id": p.id, "disk_id": p.diskID, "class": p.pointClass.rawValue,
-                    "sequence": String(p.sequence), "freeze_ms": String(format: "%.1f", p.freezeMs)]
-        case .failure(let e):
-            return ["ok": false, "error": e.description]
-        case nil:
-            return ["ok": false, "error": "no result"]
+        do {
+            let p = try PointCoordinator(disks: disks, appConsistent: request["app_consistent"] == "true").run()
+            var reply: [String: Any] = [
+                "ok": true, "id": p.id, "class": p.pointClass.rawValue, "freeze_ms": String(format: "%.1f", p.freezeMs),
+                "scope": p.isMachinePoint ? "machine" : "disk",
+                "disks": p.disks.map { ["disk": $0.disk, "disk_id": $0.diskID, "class": $0.pointClass.rawValue, "sequence": String($0.sequence)] },
+            ]
+            if !p.isMachinePoint {
+                reply["disk_id"] = p.disks[0].diskID
+                reply["sequence"] = String(p.disks[0].sequence)
+            }
+            return reply
+        } catch {
+            return ["ok": false, "error": "\(error)"]
         }
     }
-}
-
-final class ResultBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Result<PointCreated, TidemarkError>?
-    func set(_ v: Result<PointCreated, TidemarkError>) { lock.lock(); value = v; lock.unlock() }
-    func get() -> Result<PointCreated, TidemarkError>? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 final class FailureBox: @unchecked Sendable {

@@ -9,18 +9,37 @@ public enum PointCreateCommand {
     static let replyBytesMax = 64 << 10
 
     /// `tidemarkctl point create`: asks the agent on this host (through its
-    /// control socket) to tag a recovery point of `disk`, and returns the line
-    /// to print: "point ID (CLASS) of DISK at sequence N, freeze X ms".
-    public static func run(socketPath: String, disk: String, appConsistent: Bool) throws -> String {
-        let reply = try ControlClient.request(socketPath: socketPath,
-                                              ["op": "create-point", "disk": disk, "app_consistent": appConsistent ? "true" : "false"],
-                                              timeoutMs: replyTimeoutMs)
+    /// control socket) to tag a recovery point and returns what to print.
+    /// With `disk`, a point of that disk: "point ID (CLASS) of DISK at
+    /// sequence N, freeze X ms". Without it (or with `machine`), a machine
+    /// point, every disk tagged at one instant under one id: "point ID
+    /// (CLASS) of N disks at one instant, freeze X ms", then one line per
+    /// disk, "  DISK_ID (DEV) at sequence N"; an agent with one disk answers
+    /// a point of that disk.
+    public static func run(socketPath: String, disk: String?, machine: Bool = false, appConsistent: Bool) throws -> String {
+        if machine && disk != nil {
+            throw TidemarkError(.invalidArgument, "--machine and --disk exclude each other: a machine point spans every disk of the agent",
+                                hint: "leave out --disk for a machine point, or --machine for a point of one disk")
+        }
+        var request = ["op": "create-point", "app_consistent": appConsistent ? "true" : "false"]
+        if let disk { request["disk"] = disk } else { request["scope"] = "machine" }
+        let reply = try ControlClient.request(socketPath: socketPath, request, timeoutMs: replyTimeoutMs)
         guard (reply["ok"] as? Bool) == true else {
             let why = reply["error"].map(text) ?? "the agent gave no reason"
-            throw TidemarkError(.state, "no point of \(disk) was created: \(why)")
+            throw TidemarkError(.state, disk.map { "no point of \($0) was created: \(why)" } ?? "no machine point was created: \(why)")
         }
         let field = { (k: String) in reply[k].map(text) ?? "?" }
-        return "point \(field("id")) (\(field("class"))) of \(field("disk_id")) at sequence \(field("sequence")), freeze \(field("freeze_ms")) ms"
+        let disks = reply["disks"] as? [[String: Any]] ?? []
+        guard reply["scope"].map(text) == "machine" else {
+            // A point of one disk (an older agent says no scope).
+            return "point \(field("id")) (\(field("class"))) of \(field("disk_id")) at sequence \(field("sequence")), freeze \(field("freeze_ms")) ms"
+        }
+        var out = "point \(field("id")) (\(field("class"))) of \(disks.count) disks at one instant, freeze \(field("freeze_ms")) ms"
+        for d in disks {
+            let v = { (k: String) in d[k].map(text) ?? "?" }
+            out += "\n  \(v("disk_id")) (\(v("disk")), \(v("class"))) at sequence \(v("sequence"))"
+        }
+        return out
     }
 
     /// A reply value as text: strings as they are, whole numbers without a fraction.

@@ -157,6 +157,11 @@ public enum RecoverCommand {
         }
         let matches = complete.filter { $0.id == wanted }
         if matches.count > 1 {
+            if let n = PointID.machineDisks(wanted) {
+                throw TidemarkError(.invalidArgument,
+                                    "'\(wanted)' is a machine point of \(n) disks, held by \(matches.count): \(matches.map(\.diskID).joined(separator: ", ")); a recovery writes one disk",
+                                    hint: "recover each disk at it with --disk ID (and its own --to)")
+            }
             throw TidemarkError(.invalidArgument,
                                 "point id '\(wanted)' exists for several disks (\(matches.map(\.diskID).joined(separator: ", ")))",
                                 hint: "say which with --disk ID")

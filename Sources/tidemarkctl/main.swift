@@ -67,21 +67,29 @@ struct PointGroup: ParsableCommand {
 struct PointCreate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "create",
-        abstract: "Tag a recovery point of a disk now and wait until it is committed to target storage.",
+        abstract: "Tag a recovery point now — of every disk at one instant (a machine point), or of one disk — and wait until it is committed to target storage.",
         discussion: """
-            The agent freezes the disk's filesystem (FIFREEZE) for the few milliseconds it takes to read \
-            the last changed chunks; a disk without a mounted filesystem gets an 'unverified' point.
+            The agent freezes the filesystems (FIFREEZE) for the few milliseconds it takes to read the \
+            last changed chunks; a disk without a mounted filesystem gets an 'unverified' tag. Without \
+            --disk, every disk the agent protects is frozen together and tagged under one point id \
+            (docs/points-and-freeze.md); `tidemarkctl recover --point ID --disk DISK_ID` recovers each.
             """)
-    @Option(help: ArgumentHelp("The protected disk (as the agent names it, e.g. /dev/sdb).", valueName: "dev"))
-    var disk: String
+    @Option(help: ArgumentHelp("Only this protected disk (as the agent names it, e.g. /dev/sdb); without it, a machine point of every disk.", valueName: "dev"))
+    var disk: String?
+    @Flag(help: "A machine point of every disk the agent protects (the default without --disk).")
+    var machine = false
     @Flag(help: "Run the pre-freeze / post-thaw hook scripts around the freeze (an app-consistent point).")
     var appConsistent = false
     @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
     var socket: String = PointCreateCommand.defaultSocketPath
 
+    func validate() throws {
+        if machine && disk != nil { throw ValidationError("--machine and --disk exclude each other: a machine point spans every disk of the agent") }
+    }
+
     func run() throws {
         try runReportingErrors {
-            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, appConsistent: appConsistent) + "\n")
+            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, machine: machine, appConsistent: appConsistent) + "\n")
         }
     }
 }
