@@ -205,8 +205,7 @@ final class MachineWorld: @unchecked Sendable {
     /// such an instant on every disk; points of each disk taken one after
     /// the other do not (measured and printed). Each machine point's images
     /// equal the disks as they were frozen, and fsck finds them clean.
-    @Test func machinePointsAreConsistentAcrossDisks() throws {
-        guard TestEnv.requireRoot("machine points: consistency across disks") else { return }
+    @Test(.requiresRoot) func machinePointsAreConsistentAcrossDisks() throws {
         let w = try MachineWorld("machine-consistent")
         defer { w.close() }
         try w.startServer()
@@ -284,8 +283,7 @@ final class MachineWorld: @unchecked Sendable {
     /// longer than the bound): the machine point fails naming that disk, no
     /// disk holds it, both filesystems are thawed, and the next machine
     /// point is made — with no gap in either disk's sequences.
-    @Test func aDiskThatCannotBeTaggedAbandonsTheMachinePointOnEveryDisk() throws {
-        guard TestEnv.requireRoot("machine points: a disk cannot be tagged") else { return }
+    @Test(.requiresRoot) func aDiskThatCannotBeTaggedAbandonsTheMachinePointOnEveryDisk() throws {
         let w = try MachineWorld("machine-abandon")
         defer { w.close() }
         try w.startServer()
@@ -328,8 +326,7 @@ final class MachineWorld: @unchecked Sendable {
     }
 
     /// With several disks, the policy's cadence makes machine points.
-    @Test func thePolicyMakesMachinePoints() throws {
-        guard TestEnv.requireRoot("machine points: policy cadence") else { return }
+    @Test(.requiresRoot) func thePolicyMakesMachinePoints() throws {
         let w = try MachineWorld("machine-policy")
         defer { w.close() }
         try w.startServer()
@@ -398,8 +395,7 @@ final class MachineWorld: @unchecked Sendable {
         return !writers.contains { $0.process.isRunning }
     }
 
-    @Test func agentKilledWhileBothDisksAreFrozenThawsBoth() throws {
-        guard TestEnv.requireRoot("machine point freeze safety: agent killed") else { return }
+    @Test(.requiresRoot) func agentKilledWhileBothDisksAreFrozenThawsBoth() throws {
         let w = try MachineWorld("machine-freeze-kill")
         defer { w.close() }
         let frozenSince = try freezeBoth(w)
@@ -420,8 +416,7 @@ final class MachineWorld: @unchecked Sendable {
         try w.waitFor("the watchdog removed the freeze record", timeoutSeconds: 5) { w.freezeRecords.isEmpty }
     }
 
-    @Test func hungAgentThawsBothDisksAtTheBound() throws {
-        guard TestEnv.requireRoot("machine point freeze safety: agent hung") else { return }
+    @Test(.requiresRoot) func hungAgentThawsBothDisksAtTheBound() throws {
         let w = try MachineWorld("machine-freeze-hang")
         var stopped: Int32?
         w.cleanups.append { if let p = stopped { kill(p, SIGCONT) } }
