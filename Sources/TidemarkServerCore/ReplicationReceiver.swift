@@ -683,10 +683,16 @@ public struct ReplicationReceiver: Sendable {
         precondition(SegmentSequence.isValid(from), "the sink reports \(diskID) lost from #\(from)")
         var d = disks[diskID] ?? Disk()
         d.lostFrom = min(d.lostFrom ?? from, from)
-        let owner = d.owner
-        d.owner = nil
+        // An owner that was told how far the disk is must learn it again:
+        // closed, its agent reconnects. One still waiting for its diskState
+        // gets the lowered state after the reset.
+        var told: SessionID?
+        if let owner = d.owner, sessions[owner]?.opened.contains(diskID) == true {
+            told = owner
+            d.owner = nil
+        }
         disks[diskID] = d
-        if let owner { close(owner, .sinkLost(diskID: diskID, fromSequence: from), &out) }
+        if let told { close(told, .sinkLost(diskID: diskID, fromSequence: from), &out) }
         resume(diskID, &out)
     }
 
