@@ -1,43 +1,37 @@
 import Foundation
 import Glibc
+import TidemarkSurface
 import TidemarkSystem
 
 public enum PointCreateCommand {
     public static let defaultSocketPath = "/run/tidemark/agent.sock"
     /// The agent answers once the point is committed (up to 120 s); a little more.
     public static let replyTimeoutMs = 150_000
-    static let replyBytesMax = 64 << 10
+    static let replyBytesMax = ControlProtocol.replyBytesMax
 
     /// `tidemarkctl point create`: asks the agent on this host (through its
-    /// control socket) to tag a recovery point of `disk`, and returns the line
-    /// to print: "point ID (CLASS) of DISK at sequence N, freeze X ms".
-    public static func run(socketPath: String, disk: String, appConsistent: Bool) throws -> String {
-        let reply = try ControlClient.request(socketPath: socketPath,
-                                              ["op": "create-point", "disk": disk, "app_consistent": appConsistent ? "true" : "false"],
+    /// control socket) to tag a recovery point of `disk`, and returns what to
+    /// print: "point ID (CLASS) of DISK at sequence N, freeze X ms", or with
+    /// `json` the point as one JSON object (`CreatedPoint`).
+    public static func run(socketPath: String, disk: String, appConsistent: Bool, json: Bool = false) throws -> String {
+        let reply = try ControlClient.request(socketPath: socketPath, .createPoint(disk: disk, appConsistent: appConsistent),
                                               timeoutMs: replyTimeoutMs)
-        guard (reply["ok"] as? Bool) == true else {
-            let why = reply["error"].map(text) ?? "the agent gave no reason"
-            throw TidemarkError(.state, "no point of \(disk) was created: \(why)")
+        guard reply.ok, let p = reply.point else {
+            throw TidemarkError(.state, "no point of \(disk) was created: \(reply.error ?? "the agent gave no reason")")
         }
-        let field = { (k: String) in reply[k].map(text) ?? "?" }
-        return "point \(field("id")) (\(field("class"))) of \(field("disk_id")) at sequence \(field("sequence")), freeze \(field("freeze_ms")) ms"
+        return json ? try JSONOutput.line(p) : text(p) + "\n"
     }
 
-    /// A reply value as text: strings as they are, whole numbers without a fraction.
-    static func text(_ v: Any) -> String {
-        if let s = v as? String { return s }
-        if let n = v as? NSNumber {
-            let d = n.doubleValue
-            if d == d.rounded(), abs(d) < 1e15 { return String(n.int64Value) }
-            return String(format: "%.1f", d)
-        }
-        return "\(v)"
+    /// The line `point create` prints.
+    static func text(_ p: CreatedPoint) -> String {
+        "point \(p.id) (\(p.pointClass)) of \(p.diskID) at sequence \(p.sequence), freeze \(String(format: "%.1f", p.freezeMs)) ms"
     }
 }
 
-/// The client side of the agent's control socket: one JSON line out, one in.
+/// The client side of the agent's control socket: one request line out,
+/// one reply line in (TidemarkSurface/ControlProtocol.swift).
 enum ControlClient {
-    static func request(socketPath path: String, _ request: [String: String], timeoutMs: Int) throws -> [String: Any] {
+    static func request(socketPath path: String, _ request: ControlRequest, timeoutMs: Int) throws -> ControlReply {
         let what = "talking to the agent on \(path)"
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -76,7 +70,7 @@ enum ControlClient {
         var stv = timeval(tv_sec: 5, tv_usec: 0)
         _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &stv, socklen_t(MemoryLayout<timeval>.size))
 
-        var line = [UInt8](try JSONSerialization.data(withJSONObject: request, options: [.sortedKeys]))
+        var line = [UInt8](try request.encoded())
         line.append(UInt8(ascii: "\n"))
         var rest = line[...]
         while !rest.isEmpty {
@@ -113,9 +107,10 @@ enum ControlClient {
             throw TidemarkError(.io, "the agent on \(path) closed the connection without a reply",
                                 hint: "the agent log (journalctl -u tidemark-agent) says why")
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(reply)), let dict = object as? [String: Any] else {
-            throw TidemarkError(.corrupt, "the agent on \(path) sent a reply that is not a JSON object")
+        do {
+            return try ControlReply.decode(Data(reply), agent: path)
+        } catch {
+            throw TidemarkError(.corrupt, error.message)
         }
-        return dict
     }
 }

@@ -1,11 +1,45 @@
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTarget
+
+/// What `tidemarkctl points list --json` prints: {"points":[...]}, ordered
+/// by (disk, sequence).
+public struct PointsListing: Codable, Sendable, Equatable {
+    public var points: [Point]
+
+    /// One recovery point that can be materialized.
+    public struct Point: Codable, Sendable, Equatable {
+        public var id: String
+        public var diskID: String
+        /// "crash-consistent", "app-consistent" or "unverified".
+        public var pointClass: String
+        public var timeUnixMs: Int64
+        /// `timeUnixMs` as ISO 8601 UTC with milliseconds.
+        public var time: String
+        public var sequence: UInt64
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case diskID = "disk_id"
+            case pointClass = "class"
+            case timeUnixMs = "time_unix_ms"
+            case time
+            case sequence
+        }
+    }
+
+    init(_ records: [PointRecord]) {
+        points = records.map {
+            Point(id: $0.id, diskID: $0.diskID, pointClass: $0.pointClass, timeUnixMs: $0.timeUnixMs,
+                  time: Format.isoTime(unixMs: $0.timeUnixMs), sequence: $0.sequence)
+        }
+    }
+}
 
 public enum PointsCommand {
     /// `tidemarkctl points list`: the recovery points that can be
     /// materialized, ordered by (disk, sequence). Text: a table (id, disk,
-    /// class, time, sequence); JSON: {"points":[{"id","disk_id","class",
-    /// "time_unix_ms","time","sequence"}]}.
+    /// class, time, sequence); JSON: one `PointsListing` object.
     public static func list(targetDir: String, diskID: String?, json: Bool) throws -> String {
         let points: [PointRecord]
         if let target = try TargetLocation.openExisting(targetDir) {
@@ -17,7 +51,7 @@ public enum PointsCommand {
         } else {
             points = []
         }
-        if json { return render(json: points) }
+        if json { return try JSONOutput.line(PointsListing(points)) }
         guard !points.isEmpty else {
             return "no recovery points in \(targetDir)" + (diskID.map { " for disk '\($0)'" } ?? "") + "\n"
         }
@@ -26,15 +60,6 @@ public enum PointsCommand {
             rows.append([p.id, p.diskID, p.pointClass, Format.isoTime(unixMs: p.timeUnixMs), String(p.sequence)])
         }
         return Format.table(rows)
-    }
-
-    static func render(json points: [PointRecord]) -> String {
-        let items = points.map { p in
-            "{\"id\":\(Format.jsonString(p.id)),\"disk_id\":\(Format.jsonString(p.diskID)),"
-                + "\"class\":\(Format.jsonString(p.pointClass)),\"time_unix_ms\":\(p.timeUnixMs),"
-                + "\"time\":\(Format.jsonString(Format.isoTime(unixMs: p.timeUnixMs))),\"sequence\":\(p.sequence)}"
-        }
-        return "{\"points\":[" + items.joined(separator: ",") + "]}\n"
     }
 
     static func knownDisksHint(_ target: LocalDirectoryTarget) -> String {

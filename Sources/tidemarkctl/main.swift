@@ -45,7 +45,7 @@ struct PointsList: ParsableCommand {
     @OptionGroup var target: TargetOptions
     @Option(help: ArgumentHelp("Only the points of this disk id.", valueName: "id"))
     var disk: String?
-    @Flag(help: "Print one JSON object: {\"points\":[{\"id\",\"disk_id\",\"class\",\"time_unix_ms\",\"time\",\"sequence\"}]}.")
+    @Flag(help: "Print one JSON object on one line: {\"points\":[{\"class\",\"disk_id\",\"id\",\"sequence\",\"time\",\"time_unix_ms\"}]}.")
     var json = false
 
     func run() throws {
@@ -78,10 +78,12 @@ struct PointCreate: ParsableCommand {
     var appConsistent = false
     @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
     var socket: String = PointCreateCommand.defaultSocketPath
+    @Flag(help: "Print the point as one JSON object on one line: {\"class\",\"disk_id\",\"freeze_ms\",\"id\",\"sequence\"}.")
+    var json = false
 
     func run() throws {
         try runReportingErrors {
-            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, appConsistent: appConsistent) + "\n")
+            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, appConsistent: appConsistent, json: json))
         }
     }
 }
@@ -93,7 +95,7 @@ struct Status: ParsableCommand {
         abstract: "Show the replication state of the agent on this host: RPO, committed sequence and backlog per disk, RSS.")
     @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
     var socket: String = PointCreateCommand.defaultSocketPath
-    @Flag(help: "Print the agent's reply as one JSON object: {\"rss_bytes\",\"disks\":[{\"disk\",\"disk_id\",\"rpo_ms\",\"committed_sequence\",\"backlog_bytes\",...}]}.")
+    @Flag(help: "Print the state as one JSON object on one line: {\"disks\":[{\"backlog_bytes\",\"committed_sequence\",\"disk\",\"disk_id\",\"rpo_ms\",...}],\"rss_bytes\"} (docs/control-socket.md).")
     var json = false
 
     func run() throws {
