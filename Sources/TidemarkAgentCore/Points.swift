@@ -87,12 +87,15 @@ extension DiskReplicator {
             guard let o else { return }
             do {
                 let created = try makePoint(appConsistent: o.appConsistent)
+                metrics.pointCreated(pointClass: created.pointClass.rawValue)
                 o.reply(.success(created))
             } catch let e as TidemarkError {
                 Log.error("\(session.device.path): recovery point failed: \(e)")
+                metrics.pointAbandoned()
                 o.reply(.failure(e))
             } catch {
                 Log.error("\(session.device.path): recovery point failed: \(error)")
+                metrics.pointAbandoned()
                 o.reply(.failure(TidemarkError(.io, "\(error)")))
             }
         }

@@ -106,6 +106,9 @@ public final class ProcessServer: @unchecked Sendable {
     /// (`storedDisk`). Guarded by `lock`.
     private var quarantined: [String: String] = [:]
 
+    /// The server's metrics (docs/metrics.md).
+    public let metrics = ServerMetrics()
+
     /// The port actually listened on (useful with port 0 in tests).
     public var port: UInt16 { listener.port }
 
@@ -153,6 +156,7 @@ public final class ProcessServer: @unchecked Sendable {
             // Unauthenticated connections have a pool of their own: a new
             // one displaces the oldest rather than wait or be refused, so a
             // flood cannot keep an agent out (ServerLimits).
+            metrics.connectionAccepted()
             let c = Connection(server: self, socket: socket)
             lock.lock()
             let victim = displacedBy(c)
@@ -394,6 +398,7 @@ public final class ProcessServer: @unchecked Sendable {
         quarantined[diskID] = message
         lock.unlock()
         if first {
+            metrics.error(.quarantine)
             Log.error("disk \(diskID) quarantined: its record \(target.diskRecordPath(diskID)) is unusable: \(problem). This server refuses the disk (error 500) and changes none of its files. To replicate it afresh, move \(target.diskDir(diskID)) out of \(options.targetPath)/disks (keep it for inspection) and restart tidemark-server, then the agent sends the whole disk again; or restore the record from a backup of the target and restart tidemark-server")
         }
         throw ProtocolViolation(code: 500, message, logged: true)
@@ -452,8 +457,10 @@ public final class ProcessServer: @unchecked Sendable {
             do {
                 _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes, retained: staged,
                                      abandon: { c.isClosed || self.isStopped })
+                metrics.segmentReceived(bytes: bytes.count)
                 break
             } catch let full as Spool.SpoolFull {
+                metrics.error(.spoolFull)
                 Log.warning("\(full.detail): holding back \(header.diskID) #\(header.sequence)")
                 if isStopped || c.isClosed { throw full }
                 usleep(useconds_t(ServerLimits.spoolFullWaitMs * 1000 * 4))
@@ -548,6 +555,7 @@ public final class ProcessServer: @unchecked Sendable {
                 uploads.requeueFront(waiting[...])
                 continue
             }
+            metrics.error(.upload)
             Log.error("uploading \(record.diskID) #\(record.sequence) to \(options.targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
             uploads.requeueFront(([record] + waiting)[...])
             usleep(useconds_t(delayMs * 1000))
@@ -563,6 +571,7 @@ public final class ProcessServer: @unchecked Sendable {
     /// sequence and re-sends everything from there, read again from its
     /// change-tracking bits (docs/wire-format.md, resume rules).
     private func discardUnreadable(_ record: Spool.Record, _ error: TidemarkError) {
+        metrics.error(.unreadableSegment)
         Log.error("\(record.diskID) #\(record.sequence) cannot be uploaded: \(error.message); it and every later spooled segment of \(record.diskID) are discarded and the agent is asked to re-send from #\(record.sequence)")
         lock.lock()
         let d = disks[record.diskID]
@@ -666,6 +675,7 @@ public final class ProcessServer: @unchecked Sendable {
         }
         lock.unlock()
         for (c, diskID, seq) in acks { c.queueAck(disk: diskID, committed: seq) }
+        metrics.segmentsCommitted(items.count)
         uploads.done(items.count)
         for item in items { spool.release(item.record) }
     }
@@ -724,6 +734,7 @@ public final class ProcessServer: @unchecked Sendable {
             try index.apply(sequence: header.sequence, extents: extents, digests: digests,
                             sync: header.sequence % ServerLimits.digestIndexFlushEverySegments == 0)
         } catch {
+            metrics.error(.digestIndex)
             Log.warning("\(header.diskID) #\(header.sequence): updating the chunk digest index failed: \(error); it will be rebuilt from the objects")
             dropDigestIndex(header.diskID)
         }
@@ -821,6 +832,7 @@ public final class ProcessServer: @unchecked Sendable {
                 let report = try target.prune(diskID: id, retainAfterUnixMs: cutoff)
                 Log.debug("\(id): prune: \(report)")
             } catch {
+                metrics.error(.prune)
                 Log.error("\(id): pruning expired recovery points failed: \(error)")
             }
         }
