@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkDaemon
 import TidemarkSystem
 import TidemarkWire
 
@@ -282,23 +283,22 @@ extension DiskReplicator {
     }
 
     func runHook(_ path: String, _ what: String) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.environment = ["TIDEMARK_DISK": session.device.path, "TIDEMARK_DISK_ID": diskID, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
-        do { try p.run() } catch {
+        // ChildProcess, not Foundation's Process: the hook must start with
+        // the signals the daemon blocks unblocked (DaemonSignals).
+        let p: ChildProcess
+        do {
+            p = try ChildProcess(path: path, environment: [
+                "TIDEMARK_DISK": session.device.path, "TIDEMARK_DISK_ID": diskID, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
+        } catch {
             throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
                                 hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
         }
-        let deadline = monotonicSeconds() + Double(ReplicationLimits.hookTimeoutMs) / 1000
-        while p.isRunning {
-            if monotonicSeconds() > deadline {
-                p.terminate()
-                throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
-            }
-            usleep(5_000)
+        guard let ending = p.wait(timeoutMs: ReplicationLimits.hookTimeoutMs) else {
+            p.terminate()
+            throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
         }
-        guard p.terminationStatus == 0 else {
-            throw TidemarkError(.state, "\(what) hook \(path) failed with status \(p.terminationStatus); no app-consistent point was made")
+        guard ending == .exited(0) else {
+            throw TidemarkError(.state, "\(what) hook \(path) failed with \(ending); no app-consistent point was made")
         }
     }
 }

@@ -19,7 +19,8 @@ import UnixSignals
 /// Dispatch) see SIGTERM, SIGINT and SIGHUP only when no thread takes them
 /// first, so the daemon blocks them before it starts any thread; every
 /// thread inherits the block. Children get an empty mask again: the freeze
-/// watchdog through DetachedChild, hook scripts through Foundation's Process.
+/// watchdog through DetachedChild, hook scripts through ChildProcess
+/// (Foundation's Process would pass the block on).
 public enum DaemonSignals {
     /// The signals the service group handles.
     public static let handled: [UnixSignal] = [.sigterm, .sigint]
