@@ -13,11 +13,14 @@ let package = Package(
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
-        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
+        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget", "TidemarkSurface", "TidemarkDaemon", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The C shim. Only TidemarkSystem imports it.
@@ -32,13 +35,27 @@ let package = Package(
             ]
         ),
         // Syscalls, typed errors, block devices, the BPF tracer, the io_uring reader.
-        .target(name: "TidemarkSystem", dependencies: ["CTidemark"]),
+        .target(name: "TidemarkSystem", dependencies: ["CTidemark", .product(name: "Logging", package: "swift-log")]),
+        // The programs' outward surface: the control-socket protocol (requests,
+        // replies, status) and the JSON every `--json` prints, shared by the
+        // agent and tidemarkctl; the metric names of docs/metrics.md.
+        .target(name: "TidemarkSurface"),
+        // The daemons' services (swift-service-lifecycle): threads as services,
+        // SIGTERM/SIGINT as graceful shutdown, SIGHUP as reload.
+        .target(name: "TidemarkDaemon", dependencies: ["TidemarkSystem",
+                                                       .product(name: "Logging", package: "swift-log"),
+                                                       .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                                       .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // The .hrl change-tracking file and bitmap algorithms (pure logic on top of TidemarkSystem I/O).
         .target(name: "TidemarkTracking", dependencies: ["TidemarkSystem"]),
         // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
         .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Agent modes: track, untrack, mirror.
-        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkStorage", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
+        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkStorage", "TidemarkDaemon", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkSurface",
+                                                          .product(name: "Logging", package: "swift-log"),
+                                                          .product(name: "Metrics", package: "swift-metrics"),
+                                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                                          .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // Wire format: frames, sealed segments (zstd + AES-256-GCM), replication keys.
         .target(name: "TidemarkWire", dependencies: ["TidemarkSystem"]),
         // Storage backends that know nothing of Tidemark's layout: the ObjectStore
@@ -49,11 +66,15 @@ let package = Package(
         // index, materialize) above any ObjectStore.
         .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkStorage"]),
         // The process server: TLS ingest, durable spool, uploader to target storage.
-        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
+        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkDaemon", "TidemarkWire", "TidemarkTarget", "TidemarkConfig", "TidemarkSurface",
+                                                           .product(name: "Logging", package: "swift-log"),
+                                                           .product(name: "Metrics", package: "swift-metrics"),
+                                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                                           .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // tidemarkctl's commands: points, recover.
-        .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
+        .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig", "TidemarkSurface"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
-        .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking"]),
+        .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkSurface"]),
         .executableTarget(
             name: "tidemark-agent",
             dependencies: ["TidemarkAgentCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -79,15 +100,20 @@ let package = Package(
         // The ObjectStore conformance suite: every store's tests run it (restic's style).
         .target(name: "TidemarkStorageTesting", dependencies: ["TidemarkStorage", "TidemarkSystem", "TidemarkTesting"], path: "Tests/TidemarkStorageTesting"),
         .testTarget(name: "TidemarkStorageTests", dependencies: ["TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
-        .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig"]),
-        .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting", "TidemarkSurface"]),
+        .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting",
+                                                                    .product(name: "MetricsTestKit", package: "swift-metrics")]),
+        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig", "TidemarkSurface", "TidemarkSystem", "TidemarkCtlCore", "TidemarkDaemon", "TidemarkTesting",
+                                                                   .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                                                   .product(name: "Logging", package: "swift-log"),
+                                                                   .product(name: "MetricsTestKit", package: "swift-metrics")]),
+        .testTarget(name: "TidemarkSurfaceTests", dependencies: ["TidemarkSurface"]),
+        .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting", "TidemarkSurface"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]

@@ -111,9 +111,13 @@ sleep 3
 
 echo "== crash-consistent recovery point, taken while the churn runs"
 start=$(date +%s.%N)
-"$BIN/tidemarkctl" point create --disk "$loop" --socket "$work/agent.sock" | tee "$work/point.out" \
+"$BIN/tidemarkctl" point create --json --disk "$loop" --socket "$work/agent.sock" > "$work/point.json" \
   || fail "point create failed"
-id=$(awk '{print $2; exit}' "$work/point.out")
+# The point as JSON, read with python3 (installed with the build
+# dependencies, scripts/install-deps.sh: python3-seccomp needs it).
+id=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' < "$work/point.json") \
+  || fail "point create printed no point id: $(cat "$work/point.json")"
+python3 -c 'import json, sys; p = json.load(sys.stdin); print("point %s (%s) of %s at sequence %d, freeze %.1f ms" % (p["id"], p["class"], p["disk_id"], p["sequence"], p["freeze_ms"]))' < "$work/point.json"
 echo "(the freeze time includes the demo's ground-truth copy of the whole frozen disk)"
 echo "point $id committed in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $start}") s (drain, freeze, read, tag, thaw, commit)"
 sleep 2

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkSurface
 
 /// The disk's "committed-through time": the newest drain time T such that
 /// every chunk drained at or before T is in a committed segment. The RPO of
@@ -68,12 +69,9 @@ extension DiskReplicator {
         return ReplicationLimits.compressionAutoStartLevel
     }
 
-    /// One disk's replication state for the control socket's `status` request.
-    /// `rpo_ms` is the age of the committed-through time (-1 until the first
-    /// checkpoint is committed); `backlog_bytes` counts chunks drained but not
-    /// yet read, plus sealed segments not yet durable, plus chunks of durable
-    /// segments not yet committed.
-    public func status() -> [String: Any] {
+    /// One disk's replication state for the control socket's `status`
+    /// request (the fields are explained at `DiskStatus`).
+    public func status() -> DiskStatus {
         cond.lock()
         defer { cond.unlock() }
         let now = CommittedThroughTracker.nowUnixMs()
@@ -82,27 +80,26 @@ extension DiskReplicator {
         // until the main loop clears their bits (clearCommitted): their
         // chunks are committed already and are not backlog.
         for u in uncommitted where u.sequence > committedSequence { for (_, n) in u.runs { uncommittedChunks += n } }
-        var d: [String: Any] = [
-            "disk": session.device.path,
-            "disk_id": diskID,
-            "rpo_ms": committedThrough.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
-            "committed_sequence": committedSequence,
-            "durable_sequence": durableSequence,
-            "next_sequence": nextSequence,
-            "backlog_bytes": (toRead.count + uncommittedChunks) * chunkBytes + windowBytes,
-            "to_read_bytes": toRead.count * chunkBytes,
-            "window_bytes": windowBytes,
-            "bytes_read": stats.bytesRead,
-            "bytes_sent": stats.bytesSent,
-            "zero_chunks": stats.zeroChunks,
-            "compression_level": Int(compression?.level ?? fixedCompressionLevel),
-            "compression_auto": compression != nil,
-            "compression_steps_faster": compression?.stepsFaster ?? 0,
-            "compression_steps_smaller": compression?.stepsSmaller ?? 0,
-        ]
-        if let t = committedThrough.committedThroughUnixMs { d["committed_through_unix_ms"] = t }
-        if let f = freezeMsHistory.last { d["last_freeze_ms"] = f }
-        return d
+        return DiskStatus(
+            disk: session.device.path,
+            diskID: diskID,
+            rpoMs: committedThrough.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
+            committedThroughUnixMs: committedThrough.committedThroughUnixMs,
+            committedSequence: committedSequence,
+            durableSequence: durableSequence,
+            nextSequence: nextSequence,
+            backlogBytes: (toRead.count + uncommittedChunks) * chunkBytes + windowBytes,
+            toReadBytes: toRead.count * chunkBytes,
+            windowBytes: windowBytes,
+            bytesRead: stats.bytesRead,
+            bytesSent: stats.bytesSent,
+            segmentsSent: stats.segmentsSent,
+            zeroChunks: stats.zeroChunks,
+            compressionLevel: Int(compression?.level ?? fixedCompressionLevel),
+            compressionAuto: compression != nil,
+            compressionStepsFaster: compression?.stepsFaster ?? 0,
+            compressionStepsSmaller: compression?.stepsSmaller ?? 0,
+            lastFreezeMs: freezeMsHistory.last)
     }
 }
 

@@ -1,32 +1,33 @@
 import Foundation
 import Glibc
 import Synchronization
+import TidemarkSurface
 import TidemarkSystem
 
 /// The agent's local control socket (`tidemarkctl point create` talks to it).
 ///
 /// A Unix stream socket, by default /run/tidemark/agent.sock: the parent
 /// directory is created 0755 when absent, the socket file is 0600 (root
-/// only). Protocol: the client sends one JSON object on one line (at most
-/// `requestBytesMax` bytes, within `readTimeoutMs`), a flat map of strings,
-/// e.g. {"op":"create-point","disk":"/dev/loop0","app_consistent":"true"};
-/// the server answers with one JSON object on one line — what the handler
-/// returns, which carries "ok": true/false and on failure "error" — and
-/// closes the connection.
+/// only). Protocol (TidemarkSurface/ControlProtocol.swift): the client
+/// sends one `ControlRequest` as a JSON object on one line (at most
+/// `requestBytesMax` bytes, within `readTimeoutMs`); the server answers
+/// with one `ControlReply` on one line — the handler's, or a failure naming
+/// what is wrong with the request (not JSON, another protocol version, an
+/// unknown operation or field) — and closes the connection.
 ///
 /// Threads: one accepts; each client gets a short-lived thread of its own,
 /// at most `clientsMax` at once (a client beyond that is answered "busy" at
 /// once). The handler runs on the client's thread and may take long (a point
 /// waits for its commit); it must be thread-safe.
 public final class ControlServer: @unchecked Sendable {
-    public static let requestBytesMax = 4096
+    public static let requestBytesMax = ControlProtocol.requestBytesMax
     public static let readTimeoutMs = 5_000
     /// Writing the reply: the client is waiting for it, so this is generous.
     public static let writeTimeoutMs = 5_000
     public static let clientsMax = 8
 
     public let path: String
-    private let handler: @Sendable ([String: String]) -> [String: Any]
+    private let handler: @Sendable (ControlRequest) -> ControlReply
     private let fd: Int32
     /// Device and inode of the socket file we bound, so `stop` removes only ours.
     private let boundIdentity: (dev: UInt64, ino: UInt64)
@@ -45,7 +46,7 @@ public final class ControlServer: @unchecked Sendable {
     /// Creates the socket and binds it (not yet accepting: see `start`).
     /// Replaces a stale socket file (nobody listening); refuses when another
     /// process listens on `path`, or when `path` is not a socket.
-    public init(path: String, handler: @escaping @Sendable ([String: String]) -> [String: Any]) throws {
+    public init(path: String, handler: @escaping @Sendable (ControlRequest) -> ControlReply) throws {
         self.path = path
         self.handler = handler
         let what = "opening the control socket \(path)"
@@ -228,7 +229,7 @@ public final class ControlServer: @unchecked Sendable {
                 return true
             }
             guard admitted else {
-                Self.reply(c, ["ok": false, "error": "the agent is busy: \(Self.clientsMax) control requests are in progress; try again"])
+                Self.reply(c, .failure("the agent is busy: \(Self.clientsMax) control requests are in progress; try again"))
                 Glibc.close(c)
                 continue
             }
@@ -243,33 +244,30 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     private func serve(_ c: Int32) {
-        let request: [String: String]
+        let request: ControlRequest
         switch Self.readRequest(c) {
         case .closed:
             return   // a probe (another agent checking the socket is live), or a client that gave up
         case .failure(let message):
             Log.warning("control socket \(path): bad request: \(message)")
-            Self.reply(c, ["ok": false, "error": message])
+            Self.reply(c, .failure(message))
             return
         case .success(let r):
             request = r
         }
         var response = handler(request)
-        if response["ok"] == nil {
-            response["ok"] = false
-            if response["error"] == nil { response["error"] = "internal error: the agent's reply has no \"ok\"" }
-        }
+        if !response.ok && response.error == nil { response.error = "internal error: the agent's reply says neither what nor why" }
         Self.reply(c, response)
     }
 
     private enum ReadResult {
-        case success([String: String])
+        case success(ControlRequest)
         case closed
         case failure(String)
     }
 
     /// Reads one line (up to `requestBytesMax` bytes before its newline) and
-    /// parses it as a flat JSON object of strings.
+    /// decodes it as a `ControlRequest`.
     private static func readRequest(_ c: Int32) -> ReadResult {
         var line = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 1024)
@@ -298,33 +296,22 @@ public final class ControlServer: @unchecked Sendable {
         guard line.count <= requestBytesMax else {
             return .failure("request longer than \(requestBytesMax) bytes")
         }
-        let object: Any
         do {
-            object = try JSONSerialization.jsonObject(with: Data(line))
+            return .success(try ControlRequest.decode(Data(line)))
         } catch {
-            return .failure("the request is not JSON: one JSON object on one line is expected")
+            return .failure(error.message)
         }
-        guard let dict = object as? [String: Any] else {
-            return .failure("the request is not a JSON object")
-        }
-        var out = [String: String]()
-        for (k, v) in dict {
-            guard let s = v as? String else {
-                return .failure("request field \"\(k)\" is not a string (every value of a request is a string)")
-            }
-            out[k] = s
-        }
-        return .success(out)
     }
 
     /// Writes one JSON line; failures (client gone, timeout) are logged only.
-    private static func reply(_ c: Int32, _ response: [String: Any]) {
+    private static func reply(_ c: Int32, _ response: ControlReply) {
         var data: Data
-        if JSONSerialization.isValidJSONObject(response),
-           let d = try? JSONSerialization.data(withJSONObject: response, options: [.sortedKeys]) {
-            data = d
-        } else {
-            data = Data(#"{"error":"internal error: the agent's reply is not valid JSON","ok":false}"#.utf8)
+        do {
+            data = try JSONOutput.encode(response)
+        } catch {
+            // Only a number JSON cannot hold (a NaN freeze time) gets here.
+            data = (try? JSONOutput.encode(ControlReply.failure("internal error: the agent's reply cannot be written as JSON: \(error)")))
+                ?? Data(#"{"error":"internal error","ok":false,"version":1}"#.utf8)
         }
         data.append(UInt8(ascii: "\n"))
         var bytes = [UInt8](data)[...]

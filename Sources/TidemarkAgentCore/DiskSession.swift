@@ -20,6 +20,9 @@ public final class DiskSession {
     public let bitmap: SlotBitmap
     /// What happened at start, for logs and tests.
     public let startNote: String
+    /// The replicator's metrics of this disk (nil for track and mirror):
+    /// set once, before the replicator's threads start.
+    var metrics: DiskMetrics?
     private let deviceLock: FileDescriptor
     /// The drain's snapshot buffer, kept so steady drains do not allocate.
     private var drained = DrainWords()
@@ -261,6 +264,7 @@ public final class DiskSession {
         keepSectorOffsetValid()
         let deficit = bitmap.sectorDeficit()
         if let d = deficit {
+            metrics?.completionDeficit()
             Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (the kernel skipped its probe on block:block_rq_complete, as this kernel does now and then under heavy I/O and more often while other tracing tools attach or detach probes there); the whole disk counts as dirty and is compared again")
         }
         let overflow = bitmap.overflowed || missed || deficit != nil

@@ -115,4 +115,7 @@ public enum ReplicationLimits {
     /// RPO checkpoints (drain time, sequence) not yet committed; when the
     /// server stalls the newest is folded forward (the RPO only reads older).
     public static let rpoCheckpointsMax = 4_096
+    /// How often the metrics gauges (RPO, backlog) are set from each disk's
+    /// status: a status takes the replicator's lock for a few microseconds.
+    public static let metricsSampleIntervalMs = 1_000
 }

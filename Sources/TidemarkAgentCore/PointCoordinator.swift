@@ -112,9 +112,12 @@ public final class PointCoordinator: @unchecked Sendable {
             try tag()
             thaw()
             try postThaw()
-            return try awaitCommit()
+            let result = try awaitCommit()
+            for (i, r) in members.enumerated() { r.metrics.pointCreated(pointClass: result.disks[i].pointClass.rawValue) }
+            return result
         } catch {
             let e = abandon(error)
+            for r in members { r.metrics.pointAbandoned() }
             Log.error(isMachinePoint ? "machine point \(id) failed: \(e)" : "\(members[0].session.device.path): recovery point failed: \(e)")
             throw e
         }

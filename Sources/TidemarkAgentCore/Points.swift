@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkDaemon
 import TidemarkSystem
 import TidemarkWire
 
@@ -305,25 +306,22 @@ func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
 
 /// Runs a hook script with `environment` (and a plain PATH); throws when it
 /// cannot be started, fails, or runs longer than `hookTimeoutMs` (it is
-/// stopped then).
+/// stopped then). ChildProcess, not Foundation's Process: the hook must
+/// start with the signals the daemon blocks unblocked (DaemonSignals).
 func runHook(_ path: String, _ what: String, environment: [String: String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.environment = environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a }
-    do { try p.run() } catch {
+    let p: ChildProcess
+    do {
+        p = try ChildProcess(path: path, environment: environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a })
+    } catch {
         throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
                             hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
     }
-    let deadline = monotonicSeconds() + Double(ReplicationLimits.hookTimeoutMs) / 1000
-    while p.isRunning {
-        if monotonicSeconds() > deadline {
-            p.terminate()
-            throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
-        }
-        usleep(5_000)
+    guard let ending = p.wait(timeoutMs: ReplicationLimits.hookTimeoutMs) else {
+        p.terminate()
+        throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
     }
-    guard p.terminationStatus == 0 else {
-        throw TidemarkError(.state, "\(what) hook \(path) failed with status \(p.terminationStatus); no app-consistent point was made")
+    guard ending == .exited(0) else {
+        throw TidemarkError(.state, "\(what) hook \(path) failed with \(ending); no app-consistent point was made")
     }
 }
 

@@ -87,6 +87,8 @@ public final class DiskReplicator: @unchecked Sendable {
     var replicatedBefore = false
     var targetLost = false
     public internal(set) var stats = Stats()
+    /// This disk's metrics (docs/metrics.md).
+    public let metrics: DiskMetrics
     /// The level chooser when `compression_level` is `auto` (nil: fixed).
     var compression: CompressionGovernor?
     /// The sender's last look at the window found nothing to send.
@@ -110,6 +112,7 @@ public final class DiskReplicator: @unchecked Sendable {
         if freezeMsHistory.count >= 10_000 { freezeMsHistory.removeFirst(5_000) }
         freezeMsHistory.append(ms)
         cond.unlock()
+        metrics.frozen(ms: ms)
     }
 
     struct Sealed {
@@ -124,6 +127,7 @@ public final class DiskReplicator: @unchecked Sendable {
         public var bytesSent: UInt64 = 0
         public var zeroChunks: UInt64 = 0
         public var segmentsSealed: UInt64 = 0
+        public var segmentsSent: UInt64 = 0
     }
 
     public init(session: DiskSession, settings: ReplicationSettings) {
@@ -140,6 +144,8 @@ public final class DiskReplicator: @unchecked Sendable {
         lineage = (try? SegmentLineage.newEpoch(start: 1, previous: .none)) ?? .single
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
         if settings.compressionLevel == .auto { compression = CompressionGovernor() }
+        metrics = DiskMetrics(diskID: diskID)
+        session.metrics = metrics
     }
 
     /// The disk's name on the wire and in target storage: stable across
@@ -210,6 +216,7 @@ public final class DiskReplicator: @unchecked Sendable {
         let known = [pendingTargetID, scanTargetID, replicatedTargetID]
         if h.state == .resyncRequired || !known.contains(h.targetID) {
             Log.info("\(session.device.path): resync of \(diskID) by digest comparison (\(h.state == .resyncRequired ? "resync required: \(h.reason)" : "new target"))")
+            metrics.resyncStarted(h.state == .resyncRequired ? .resyncRequired : .newTarget)
             try markWholeDisk()
         }
         // A resync interrupted earlier (or an initial replication of an
@@ -292,6 +299,7 @@ public final class DiskReplicator: @unchecked Sendable {
             // send only what differs, as after a lost tracker, instead of
             // sending all of it.
             Log.warning("\(session.device.path): the whole disk counts as dirty; comparing it with the target (digest resync)")
+            metrics.resyncStarted(.tracerOverflow)
             try markWholeDisk()
         }
         return found
@@ -309,6 +317,7 @@ public final class DiskReplicator: @unchecked Sendable {
         cond.unlock()
         if lost {
             Log.warning("\(session.device.path): the target holds nothing of \(diskID), which was replicated before: sending the whole disk again")
+            metrics.resyncStarted(.targetLost)
             try markWholeDisk()
         }
         try clearMatched()
@@ -665,7 +674,9 @@ public final class DiskReplicator: @unchecked Sendable {
                 cond.lock()
                 if let i = window.firstIndex(where: { $0.sequence == item.sequence }) { window[i].sent = true }
                 stats.bytesSent += UInt64(item.bytes.count)
+                stats.segmentsSent += 1
                 cond.unlock()
+                metrics.segmentSent(bytes: item.bytes.count)
             }
             // Read whatever acknowledgements have arrived; with nothing to
             // send, wait for one, or for something to send (senderWake).

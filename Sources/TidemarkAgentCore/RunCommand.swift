@@ -1,6 +1,9 @@
 import Foundation
 import Glibc
+import ServiceLifecycle
 import TidemarkConfig
+import TidemarkDaemon
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTracking
 import TidemarkWire
@@ -9,8 +12,16 @@ extension AgentCommands {
     /// `run`: continuous replication of every configured disk to the process
     /// server, recovery points on the policy's cadence and on request
     /// (`tidemarkctl point create`, through the control socket).
+    ///
+    /// A service group (TidemarkDaemon) owns the long-running parts: the
+    /// control socket, the replication of the disks (their threads), the
+    /// metrics sampler and the SIGHUP reload. SIGTERM or SIGINT stops them
+    /// gracefully — replication first, then the sampler, the reload and the
+    /// control socket — and then the shutdown seal is armed, as before.
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
-                           waitForConfig: Bool = false) throws {
+                           waitForConfig: Bool = false) async throws {
+        // Before any thread starts: the service group's signal sources must see the signals.
+        DaemonSignals.prepare()
         // First of all: a filesystem a dead agent left frozen is thawed (its
         // freeze record in the run directory says which), whatever else
         // fails after this.
@@ -18,16 +29,13 @@ extension AgentCommands {
         let file = configPath ?? AgentConfig.defaultPath
         let config = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
         Log.setLevel(config.logLevel.agentLevel)
+        let lifecycleLogger = Log.logger("tidemark.agent.lifecycle")
         if waitForConfig, let missing = missingForRun(config, file: file) {
             // A fresh install: the service runs, says what is missing, and
             // waits; SIGHUP re-reads the file and says whether a restart
             // would now start replication.
             Log.warning("not replicating: \(missing.message); \(missing.hint ?? "")")
-            StopSignal.install()
-            ReloadSignal.install()
-            while !StopSignal.isRequested {
-                StopSignal.sleep(milliseconds: 200)
-                guard ReloadSignal.takeRequest() else { continue }
+            let reload = ReloadService {
                 do {
                     let again = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
                     Log.setLevel(again.logLevel.agentLevel)
@@ -40,6 +48,7 @@ extension AgentCommands {
                     Log.error("reload of \(file) refused: \(error)")
                 }
             }
+            try await DaemonSignals.group([reload], logger: lifecycleLogger).run()
             Log.info("stopped")
             return
         }
@@ -65,7 +74,6 @@ extension AgentCommands {
             appIntervalSeconds: config.appConsistentIntervalSeconds,
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
             ioTimeoutMs: config.ioTimeoutMs)
-        StopSignal.install()
         // Started once, reused by every point of every disk (FreezeGuard.swift);
         // a failure here is retried at the first point, which is refused
         // without it.
@@ -91,64 +99,37 @@ extension AgentCommands {
         let control = try ControlServer(path: config.controlSocketPath) { request in
             handleControl(request, table)
         }
-        control.start()
-        defer { control.stop() }
-        println("replicating \(order.count) disk(s) to \(host):\(config.serverPort) as \(config.agentID); SIGTERM or Ctrl-C stops the agent, tracking stays pinned")
         // SIGHUP (systemctl reload): log_level applies at once; every other
         // changed key is named as waiting for a restart.
-        ReloadSignal.install()
-        let started = config
-        let reloader = Thread {
-            var current = started
-            while !StopSignal.isRequested {
-                StopSignal.sleep(milliseconds: 200)
-                guard ReloadSignal.takeRequest() else { continue }
-                do {
-                    let new = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
-                    var text = "reloaded \(file)"
-                    if new.logLevel != current.logLevel {
-                        Log.setLevel(new.logLevel.agentLevel)
-                        text += ": applied log_level"
-                    } else {
-                        text += ": nothing that applies while running changed"
-                    }
-                    let pending = restartKeys(current, new)
-                    if !pending.isEmpty {
-                        text += "; changed but applied only after a restart (systemctl restart tidemark-agent; tracking stays pinned): \(pending.joined(separator: ", "))"
-                    }
-                    Log.info(text)
-                    current.logLevel = new.logLevel
-                } catch {
-                    Log.error("reload of \(file) refused, the running configuration stays: \(error)")
-                }
+        let running = RunningConfig(config)
+        let reload = ReloadService {
+            do {
+                let new = try loadRunConfig(configPath, disks: disks, stateDir: stateDir, server: server)
+                Log.info(running.apply(new, file: file))
+            } catch {
+                Log.error("reload of \(file) refused, the running configuration stays: \(error)")
             }
         }
-        reloader.start()
-        let failures = FailureBox()
-        let threads = order.map { r in
-            Thread {
-                do { try r.run() } catch {
-                    Log.error("\(r.session.device.path): replication stopped: \(error)")
-                    failures.record("\(r.session.device.path): \(error)")
-                    for other in order { other.stop() }
-                }
-                failures.finished()
-            }
-        }
-        for t in threads { t.start() }
         // The policy's cadence: one point of every disk (a machine point
         // when there are several) each interval (PointCoordinator.swift).
         let scheduler = PointScheduler(disks: order, crashIntervalSeconds: settings.crashIntervalSeconds,
                                        appIntervalSeconds: settings.appIntervalSeconds)
-        scheduler.start()
-        failures.waitAll(order.count)
-        scheduler.stop()
+        // A graceful shutdown stops the services in reverse order: the
+        // scheduler first, then replication, then the control socket.
+        let services: [any Service] = [
+            StartStopService(start: { control.start() }, stop: { control.stop() }),
+            reload,
+            PeriodicService(intervalMs: ReplicationLimits.metricsSampleIntervalMs) {
+                for r in order { r.metrics.observe(r.status()) }
+            },
+            ReplicationService(order),
+            StartStopService(start: { scheduler.start() }, stop: { scheduler.stop() }),
+        ]
+        println("replicating \(order.count) disk(s) to \(host):\(config.serverPort) as \(config.agentID); SIGTERM or Ctrl-C stops the agent, tracking stays pinned")
+        try await DaemonSignals.group(services, logger: lifecycleLogger).run()
         // A point of a control request runs on its client's thread: let it
         // thaw and end before the agent does (the bound covers the freeze).
         ActivePoints.shared.waitIdle(timeoutMs: settings.freezeTimeoutMs + 1_000)
-        if let f = failures.first {
-            throw TidemarkError(.state, "replication stopped: \(f)")
-        }
         armShutdownSeal(order.map(\.session), stateDir: config.stateDir)
         Log.info("stopped; tracking stays pinned")
     }
@@ -210,60 +191,116 @@ extension AgentCommands {
         return nil
     }
 
-    static func handleControl(_ request: [String: String], _ table: [String: DiskReplicator]) -> [String: Any] {
-        if request["op"] == "status" {
+    /// The answer to one control-socket request (ControlSocket.swift). A
+    /// point order waits here, on the client's thread, until the point is
+    /// committed or refused.
+    static func handleControl(_ request: ControlRequest, _ table: [String: DiskReplicator]) -> ControlReply {
+        switch request {
+        case .status:
             // Every replicator once (the table also names each by its real path and disk id).
             var seen = Set<ObjectIdentifier>()
-            var disks: [[String: Any]] = []
+            var disks: [DiskStatus] = []
             for r in table.values.sorted(by: { $0.diskID < $1.diskID }) where seen.insert(ObjectIdentifier(r)).inserted {
                 disks.append(r.status())
             }
-            return ["ok": true, "rss_bytes": residentBytes(), "disks": disks]
-        }
-        guard request["op"] == "create-point" else {
-            return ["ok": false, "error": "unknown request '\(request["op"] ?? "")' (known: create-point, status)"]
-        }
-        // With "disk": a point of that disk. Without it, or with
-        // "scope":"machine": a machine point of every disk (one instant).
-        let machine = request["scope"] == "machine"
-        let disks: [DiskReplicator]
-        if let disk = request["disk"] {
-            guard !machine else {
-                return ["ok": false, "error": "a machine point spans every disk of the agent: a request with \"scope\":\"machine\" names no \"disk\""]
+            return .status(AgentStatus(rssBytes: residentBytes(), disks: disks))
+        case .createPoint(let disk, let appConsistent):
+            // With a disk: a point of that disk. Without: a machine point of
+            // every disk (one instant).
+            let members: [DiskReplicator]
+            if let disk {
+                guard let r = table[disk] ?? realpathString(disk).flatMap({ table[$0] }) else {
+                    return .failure("disk '\(disk)' is not replicated by this agent")
+                }
+                members = [r]
+            } else {
+                var seen = Set<ObjectIdentifier>()
+                members = table.values.sorted { $0.diskID < $1.diskID }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+                guard !members.isEmpty else { return .failure("this agent replicates no disk") }
             }
-            guard let r = table[disk] ?? realpathString(disk).flatMap({ table[$0] }) else {
-                return ["ok": false, "error": "disk '\(disk)' is not replicated by this agent"]
+            do {
+                let p = try PointCoordinator(disks: members, appConsistent: appConsistent).run()
+                return .point(CreatedPoint(
+                    id: p.id, scope: p.isMachinePoint ? "machine" : "disk",
+                    diskID: p.isMachinePoint ? nil : p.disks[0].diskID, pointClass: p.pointClass.rawValue,
+                    sequence: p.isMachinePoint ? nil : p.disks[0].sequence, freezeMs: p.freezeMs,
+                    disks: p.disks.map { CreatedPointDisk(disk: $0.disk, diskID: $0.diskID, pointClass: $0.pointClass.rawValue, sequence: $0.sequence) }))
+            } catch {
+                return .failure("\(error)")
             }
-            disks = [r]
-        } else {
-            var seen = Set<ObjectIdentifier>()
-            disks = table.values.sorted { $0.diskID < $1.diskID }.filter { seen.insert(ObjectIdentifier($0)).inserted }
-            guard !disks.isEmpty else { return ["ok": false, "error": "this agent replicates no disk"] }
-        }
-        do {
-            let p = try PointCoordinator(disks: disks, appConsistent: request["app_consistent"] == "true").run()
-            var reply: [String: Any] = [
-                "ok": true, "id": p.id, "class": p.pointClass.rawValue, "freeze_ms": String(format: "%.1f", p.freezeMs),
-                "scope": p.isMachinePoint ? "machine" : "disk",
-                "disks": p.disks.map { ["disk": $0.disk, "disk_id": $0.diskID, "class": $0.pointClass.rawValue, "sequence": String($0.sequence)] },
-            ]
-            if !p.isMachinePoint {
-                reply["disk_id"] = p.disks[0].diskID
-                reply["sequence"] = String(p.disks[0].sequence)
-            }
-            return reply
-        } catch {
-            return ["ok": false, "error": "\(error)"]
         }
     }
 }
 
-final class FailureBox: @unchecked Sendable {
-    private let cond = NSCondition()
-    private var failures: [String] = []
-    private var done = 0
-    func record(_ s: String) { cond.lock(); failures.append(s); cond.unlock() }
-    func finished() { cond.lock(); done += 1; cond.broadcast(); cond.unlock() }
-    func waitAll(_ n: Int) { cond.lock(); while done < n { cond.wait() }; cond.unlock() }
-    var first: String? { cond.lock(); defer { cond.unlock() }; return failures.first }
+/// The replication of every disk as one service: `run()` starts each
+/// replicator on a thread of its own and returns when all have returned. A
+/// graceful shutdown stops them all at once (each finishes its current
+/// step, as on SIGTERM before); when one fails, the others are stopped and
+/// the service throws its error, which ends the agent (no shutdown seal is
+/// armed then: the next start resyncs what it must).
+struct ReplicationService: Service {
+    let replicators: [DiskReplicator]
+
+    init(_ replicators: [DiskReplicator]) { self.replicators = replicators }
+
+    func run() async throws {
+        let all = replicators
+        let stopAll: @Sendable () -> Void = {
+            StopSignal.request()
+            for r in all { r.stop() }
+        }
+        try await withTaskCancellationOrGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for r in all {
+                    group.addTask {
+                        do {
+                            try await ThreadService.onThread("replicate \(r.session.device.path)") { try r.run() }
+                        } catch {
+                            Log.error("\(r.session.device.path): replication stopped: \(error)")
+                            for other in all { other.stop() }
+                            throw TidemarkError(.state, "replication stopped: \(r.session.device.path): \(error)")
+                        }
+                    }
+                }
+                // Every replicator ends; the first failure is the agent's.
+                var first: Error?
+                while let result = await group.nextResult() {
+                    if case .failure(let e) = result, first == nil { first = e }
+                }
+                if let first { throw first }
+            }
+        } onCancelOrGracefulShutdown: {
+            stopAll()
+        }
+    }
+}
+
+/// The configuration `run` works with, changed by reloads (only
+/// `log_level` applies while running). Thread-safe (a lock): the reload
+/// service is its only writer.
+final class RunningConfig: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: AgentConfig
+
+    init(_ config: AgentConfig) { current = config }
+
+    /// Applies what may change while running and returns the line to log:
+    /// what applied, and which changed keys wait for a restart.
+    func apply(_ new: AgentConfig, file: String) -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        var text = "reloaded \(file)"
+        if new.logLevel != current.logLevel {
+            Log.setLevel(new.logLevel.agentLevel)
+            text += ": applied log_level"
+        } else {
+            text += ": nothing that applies while running changed"
+        }
+        let pending = AgentCommands.restartKeys(current, new)
+        if !pending.isEmpty {
+            text += "; changed but applied only after a restart (systemctl restart tidemark-agent; tracking stays pinned): \(pending.joined(separator: ", "))"
+        }
+        current.logLevel = new.logLevel
+        return text
+    }
 }

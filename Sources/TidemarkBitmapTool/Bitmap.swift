@@ -88,5 +88,4 @@ struct ByteExtent: Equatable {
 
 extension Array where Element == ByteExtent {
     var totalBytes: UInt64 { reduce(0) { $0 + $1.length } }
-    var json: JSON { .array(map { .array([.uint($0.offset), .uint($0.length)]) }) }
 }

@@ -1,3 +1,4 @@
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTracking
 
@@ -38,7 +39,7 @@ public enum BitmapTool {
         } catch {
             return .failure(error)
         }
-        return CommandResult(output: json ? showJSON(file).rendered() + "\n" : showText(file))
+        return json ? jsonResult(showReport(file)) : CommandResult(output: showText(file))
     }
 
     private static func showText(_ file: LoadedTrackingFile) -> String {
@@ -109,61 +110,42 @@ public enum BitmapTool {
         "\(chunks) chunk\(chunks == 1 ? "" : "s") (\(Format.percent(chunks, of: nrChunks))), \(bytes) bytes (\(Format.bytes(bytes)))"
     }
 
-    private static func showJSON(_ file: LoadedTrackingFile) -> JSON {
+    private static func showReport(_ file: LoadedTrackingFile) -> ShowReport {
         let h = file.header
         let total = file.effective
-        var kernel: JSON = .null
+        var kernel: ShowReport.Kernel?
         switch file.live {
         case .tracked(let map, let overflow, let device):
-            kernel = .object([
-                ("device", .string(device)),
-                ("chunks", .uint(map.popcount)),
-                ("undrained_chunks", .uint(file.undrainedOnly)),
-                ("overflow", .bool(overflow)),
-            ])
+            kernel = ShowReport.Kernel(device: device, chunks: map.popcount, undrainedChunks: file.undrainedOnly, overflow: overflow)
         case .mismatch(let why, let device):
-            kernel = .object([("device", .string(device)), ("mismatch", .string(why))])
+            kernel = ShowReport.Kernel(device: device, mismatch: why)
         case .unavailable(let why):
-            kernel = .object([("error", .string(why))])
+            kernel = ShowReport.Kernel(error: why)
         case .skipped, .notTracked:
             break
         }
-        return .object([
-            ("path", .string(file.path)),
-            ("format_version", .uint(UInt64(h.formatVersion))),
-            ("generation", .uint(h.generation)),
-            ("state", .string(h.state.description)),
-            ("reason", .object([
-                ("code", .uint(UInt64(h.reason.rawValue))),
-                ("name", .string(h.reason.description)),
-                ("explanation", .string(h.reason.explanation)),
-                ("text", .string(h.reasonText)),
-            ])),
-            ("disk_id", .string(h.diskID)),
-            ("disk_identity", .string(h.diskIdentity)),
-            ("disk_size", .uint(h.diskSizeBytes)),
-            ("chunk_size", .uint(UInt64(h.chunkSizeBytes))),
-            ("nr_chunks", .uint(h.nrChunks)),
-            ("bitmap_pages", .uint(h.bitmapPages)),
-            ("hrl_dirty_chunks", .uint(file.hrl.popcount)),
-            ("hrl_dirty_bytes", .uint(file.dirtyBytes(file.hrl))),
-            ("live", .bool(file.isLive)),
-            ("kernel", kernel),
-            ("overflow", .bool(file.overflow)),
-            ("dirty_chunks", .uint(total.popcount)),
-            ("dirty_bytes", .uint(file.dirtyBytes(total))),
-            ("dirty_percent", .double(h.nrChunks == 0 ? 0 : Double(total.popcount) * 100 / Double(h.nrChunks))),
-            ("drain_seq", .uint(h.drainSeq)),
-            ("clear_seq", .uint(h.clearSeq)),
-            ("created", .string(Format.time(unixNs: h.createdUnixNs))),
-            ("created_unix_ns", .uint(h.createdUnixNs)),
-            ("state_changed", .string(Format.time(unixNs: h.stateChangedUnixNs))),
-            ("state_changed_unix_ns", .uint(h.stateChangedUnixNs)),
-            ("boot_id", .string(h.bootID)),
-            ("seal_nonce", .string(h.hasSealNonce ? h.sealNonceHex : "")),
-            ("target_id", .string(h.targetID)),
-            ("file_uuid", .string(h.fileUUIDString)),
-        ])
+        return ShowReport(
+            path: file.path, formatVersion: h.formatVersion, generation: h.generation, state: h.state.description,
+            reason: .init(code: UInt64(h.reason.rawValue), name: h.reason.description, explanation: h.reason.explanation, text: h.reasonText),
+            diskID: h.diskID, diskIdentity: h.diskIdentity, diskSize: h.diskSizeBytes, chunkSize: UInt64(h.chunkSizeBytes),
+            nrChunks: h.nrChunks, bitmapPages: h.bitmapPages,
+            hrlDirtyChunks: file.hrl.popcount, hrlDirtyBytes: file.dirtyBytes(file.hrl),
+            live: file.isLive, kernel: Nullable(kernel), overflow: file.overflow,
+            dirtyChunks: total.popcount, dirtyBytes: file.dirtyBytes(total),
+            dirtyPercent: h.nrChunks == 0 ? 0 : Double(total.popcount) * 100 / Double(h.nrChunks),
+            drainSeq: h.drainSeq, clearSeq: h.clearSeq,
+            created: Format.time(unixNs: h.createdUnixNs), createdUnixNs: h.createdUnixNs,
+            stateChanged: Format.time(unixNs: h.stateChangedUnixNs), stateChangedUnixNs: h.stateChangedUnixNs,
+            bootID: h.bootID, sealNonce: h.hasSealNonce ? h.sealNonceHex : "", targetID: h.targetID, fileUUID: h.fileUUIDString)
+    }
+
+    /// A `--json` command's result: the report as one JSON line.
+    static func jsonResult<T: Encodable>(_ report: T, exitCode: Int32 = ToolExit.ok) -> CommandResult {
+        do {
+            return CommandResult(output: try JSONOutput.line(report), exitCode: exitCode)
+        } catch {
+            return .failure(ToolFailure(message: "cannot write the report as JSON: \(error)", exitCode: ToolExit.problem))
+        }
     }
 
     // MARK: extents
@@ -182,16 +164,9 @@ public enum BitmapTool {
         let extents = ByteExtent.from(bitmap.extents, chunkSizeBytes: h.chunkSizeBytes, diskSizeBytes: h.diskSizeBytes)
         var result = CommandResult()
         if json {
-            result.output = JSON.object([
-                ("path", .string(path)),
-                ("chunk_size", .uint(UInt64(h.chunkSizeBytes))),
-                ("disk_size", .uint(h.diskSizeBytes)),
-                ("live", .bool(file.isLive)),
-                ("overflow", .bool(file.overflow)),
-                ("dirty_chunks", .uint(bitmap.popcount)),
-                ("dirty_bytes", .uint(extents.totalBytes)),
-                ("extents", extents.json),
-            ]).rendered() + "\n"
+            result = jsonResult(ExtentsReport(path: path, chunkSize: UInt64(h.chunkSizeBytes), diskSize: h.diskSizeBytes,
+                                              live: file.isLive, overflow: file.overflow, dirtyChunks: bitmap.popcount,
+                                              dirtyBytes: extents.totalBytes, extents: extents.map(ExtentPair.init)))
         } else {
             result.output = extents.map { $0.line + "\n" }.joined()
             if file.overflow {
@@ -287,17 +262,13 @@ public enum BitmapTool {
         let differentDisk = ha.diskIdentity != hb.diskIdentity
 
         if json {
-            var members: [(String, JSON)] = [
-                ("a", .string(pathA)), ("b", .string(pathB)),
-                ("chunk_size", .uint(UInt64(ha.chunkSizeBytes))), ("disk_size", .uint(ha.diskSizeBytes)),
-                ("same_disk_identity", .bool(!differentDisk)),
-            ]
-            for (key, _, map) in sections {
+            func section(_ map: Bitmap) -> DiffReport.Section {
                 let extents = byteExtents(map)
-                members.append((key, .object([("chunks", .uint(map.popcount)), ("bytes", .uint(extents.totalBytes)),
-                                              ("extents", extents.json)])))
+                return .init(chunks: map.popcount, bytes: extents.totalBytes, extents: extents.map(ExtentPair.init))
             }
-            return CommandResult(output: JSON.object(members).rendered() + "\n")
+            return jsonResult(DiffReport(a: pathA, b: pathB, chunkSize: UInt64(ha.chunkSizeBytes), diskSize: ha.diskSizeBytes,
+                                         sameDiskIdentity: !differentDisk, onlyA: section(onlyA), onlyB: section(onlyB),
+                                         both: section(both)))
         }
 
         var out = "A: \(pathA) (\(a.hrl.popcount) dirty)\nB: \(pathB) (\(b.hrl.popcount) dirty)\n"
@@ -317,8 +288,9 @@ public enum BitmapTool {
     // MARK: verify
 
     /// Checks every header slot and bitmap page. Exit 0 when the file would open, 1 with every
-    /// problem listed when it would not, 2 when there is no such file.
-    public static func verify(path: String) -> CommandResult {
+    /// problem listed when it would not, 2 when there is no such file. `json`: the findings as
+    /// one `VerifyReport` object, with the same exit status.
+    public static func verify(path: String, json: Bool = false) -> CommandResult {
         do {
             try LoadedTrackingFile.checkPath(path)
         } catch {
@@ -326,6 +298,9 @@ public enum BitmapTool {
         }
         let report = TrackingFile.verifyReport(at: path)
         var out = ""
+        if json && report.problems.isEmpty && report.header != nil {
+            return jsonResult(VerifyReport(path: path, report: report, trackingFile: true))
+        }
         if report.problems.isEmpty, let h = report.header {
             out = "\(path): OK (format v\(h.formatVersion), \(h.nrChunks) chunks of \(Format.bytes(UInt64(h.chunkSizeBytes))), "
                 + "\(h.bitmapPages) bitmap page\(h.bitmapPages == 1 ? "" : "s"), state \(h.state))\n"
@@ -339,6 +314,9 @@ public enum BitmapTool {
         } catch let error as TrackingFileError {
             notTrackingFile = error.kind == .notATrackingFile
         } catch {}
+        if json {
+            return jsonResult(VerifyReport(path: path, report: report, trackingFile: !notTrackingFile), exitCode: ToolExit.problem)
+        }
         if notTrackingFile {
             out = "\(path): not a Tidemark tracking (.hrl) file — .hrl files live in the agent's state_dir "
                 + "(default /var/lib/tidemark), named <disk-id>.hrl\n"

@@ -42,9 +42,6 @@ enum Format {
         return String(repeating: "0", count: 16 - h.count) + h
     }
 
-    /// A JSON string literal.
-    static func jsonString(_ s: String) -> String { jsonQuoted(s) }
-
     /// "1.5 GiB", "512 KiB", "100 B".
     static func bytes(_ n: UInt64) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]

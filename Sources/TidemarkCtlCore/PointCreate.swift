@@ -1,12 +1,13 @@
 import Foundation
 import Glibc
+import TidemarkSurface
 import TidemarkSystem
 
 public enum PointCreateCommand {
     public static let defaultSocketPath = "/run/tidemark/agent.sock"
     /// The agent answers once the point is committed (up to 120 s); a little more.
     public static let replyTimeoutMs = 150_000
-    static let replyBytesMax = 64 << 10
+    static let replyBytesMax = ControlProtocol.replyBytesMax
 
     /// `tidemarkctl point create`: asks the agent on this host (through its
     /// control socket) to tag a recovery point and returns what to print.
@@ -14,49 +15,39 @@ public enum PointCreateCommand {
     /// sequence N, freeze X ms". Without it (or with `machine`), a machine
     /// point, every disk tagged at one instant under one id: "point ID
     /// (CLASS) of N disks at one instant, freeze X ms", then one line per
-    /// disk, "  DISK_ID (DEV) at sequence N"; an agent with one disk answers
-    /// a point of that disk.
-    public static func run(socketPath: String, disk: String?, machine: Bool = false, appConsistent: Bool) throws -> String {
+    /// disk, "  DISK_ID (DEV, CLASS) at sequence N"; an agent with one disk
+    /// answers a point of that disk. With `json`, the point as one JSON
+    /// object (`CreatedPoint`).
+    public static func run(socketPath: String, disk: String?, machine: Bool = false, appConsistent: Bool, json: Bool = false) throws -> String {
         if machine && disk != nil {
             throw TidemarkError(.invalidArgument, "--machine and --disk exclude each other: a machine point spans every disk of the agent",
                                 hint: "leave out --disk for a machine point, or --machine for a point of one disk")
         }
-        var request = ["op": "create-point", "app_consistent": appConsistent ? "true" : "false"]
-        if let disk { request["disk"] = disk } else { request["scope"] = "machine" }
-        let reply = try ControlClient.request(socketPath: socketPath, request, timeoutMs: replyTimeoutMs)
-        guard (reply["ok"] as? Bool) == true else {
-            let why = reply["error"].map(text) ?? "the agent gave no reason"
+        let reply = try ControlClient.request(socketPath: socketPath, .createPoint(disk: disk, appConsistent: appConsistent),
+                                              timeoutMs: replyTimeoutMs)
+        guard reply.ok, let p = reply.point else {
+            let why = reply.error ?? "the agent gave no reason"
             throw TidemarkError(.state, disk.map { "no point of \($0) was created: \(why)" } ?? "no machine point was created: \(why)")
         }
-        let field = { (k: String) in reply[k].map(text) ?? "?" }
-        let disks = reply["disks"] as? [[String: Any]] ?? []
-        guard reply["scope"].map(text) == "machine" else {
-            // A point of one disk (an older agent says no scope).
-            return "point \(field("id")) (\(field("class"))) of \(field("disk_id")) at sequence \(field("sequence")), freeze \(field("freeze_ms")) ms"
-        }
-        var out = "point \(field("id")) (\(field("class"))) of \(disks.count) disks at one instant, freeze \(field("freeze_ms")) ms"
-        for d in disks {
-            let v = { (k: String) in d[k].map(text) ?? "?" }
-            out += "\n  \(v("disk_id")) (\(v("disk")), \(v("class"))) at sequence \(v("sequence"))"
-        }
-        return out
+        return json ? try JSONOutput.line(p) : text(p) + "\n"
     }
 
-    /// A reply value as text: strings as they are, whole numbers without a fraction.
-    static func text(_ v: Any) -> String {
-        if let s = v as? String { return s }
-        if let n = v as? NSNumber {
-            let d = n.doubleValue
-            if d == d.rounded(), abs(d) < 1e15 { return String(n.int64Value) }
-            return String(format: "%.1f", d)
+    /// The line `point create` prints.
+    static func text(_ p: CreatedPoint) -> String {
+        let freeze = String(format: "%.1f", p.freezeMs)
+        guard p.scope == "machine" else {
+            return "point \(p.id) (\(p.pointClass)) of \(p.diskID ?? p.disks.first?.diskID ?? "?") at sequence \(p.sequence ?? p.disks.first?.sequence ?? 0), freeze \(freeze) ms"
         }
-        return "\(v)"
+        var out = "point \(p.id) (\(p.pointClass)) of \(p.disks.count) disks at one instant, freeze \(freeze) ms"
+        for d in p.disks { out += "\n  \(d.diskID) (\(d.disk), \(d.pointClass)) at sequence \(d.sequence)" }
+        return out
     }
 }
 
-/// The client side of the agent's control socket: one JSON line out, one in.
+/// The client side of the agent's control socket: one request line out,
+/// one reply line in (TidemarkSurface/ControlProtocol.swift).
 enum ControlClient {
-    static func request(socketPath path: String, _ request: [String: String], timeoutMs: Int) throws -> [String: Any] {
+    static func request(socketPath path: String, _ request: ControlRequest, timeoutMs: Int) throws -> ControlReply {
         let what = "talking to the agent on \(path)"
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -95,7 +86,7 @@ enum ControlClient {
         var stv = timeval(tv_sec: 5, tv_usec: 0)
         _ = setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &stv, socklen_t(MemoryLayout<timeval>.size))
 
-        var line = [UInt8](try JSONSerialization.data(withJSONObject: request, options: [.sortedKeys]))
+        var line = [UInt8](try request.encoded())
         line.append(UInt8(ascii: "\n"))
         var rest = line[...]
         while !rest.isEmpty {
@@ -132,9 +123,10 @@ enum ControlClient {
             throw TidemarkError(.io, "the agent on \(path) closed the connection without a reply",
                                 hint: "the agent log (journalctl -u tidemark-agent) says why")
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(reply)), let dict = object as? [String: Any] else {
-            throw TidemarkError(.corrupt, "the agent on \(path) sent a reply that is not a JSON object")
+        do {
+            return try ControlReply.decode(Data(reply), agent: path)
+        } catch {
+            throw TidemarkError(.corrupt, error.message)
         }
-        return dict
     }
 }

@@ -1,6 +1,101 @@
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTarget
 import TidemarkWire
+
+/// What `tidemarkctl points list --json` prints: {"points":[...],
+/// "machine_points":[...]}, the points ordered by (disk, sequence), the
+/// machine points oldest first.
+public struct PointsListing: Codable, Sendable, Equatable {
+    public var points: [Point]
+    public var machinePoints: [MachinePoint]
+
+    /// One recovery point of one disk that can be materialized.
+    public struct Point: Codable, Sendable, Equatable {
+        public var id: String
+        public var diskID: String
+        /// "crash-consistent", "app-consistent" or "unverified".
+        public var pointClass: String
+        public var timeUnixMs: Int64
+        /// `timeUnixMs` as ISO 8601 UTC with milliseconds.
+        public var time: String
+        public var sequence: UInt64
+        /// "disk", or "machine" for one disk's part of a machine point.
+        public var scope: String
+        /// Of a machine point's part: how many disks the point spans.
+        public var machineDisks: Int?
+        /// Of a machine point's part: whether every one of them holds it.
+        public var machineComplete: Bool?
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case diskID = "disk_id"
+            case pointClass = "class"
+            case timeUnixMs = "time_unix_ms"
+            case time
+            case sequence
+            case scope
+            case machineDisks = "machine_disks"
+            case machineComplete = "machine_complete"
+        }
+    }
+
+    /// A machine point: one id tagged on several disks at one instant.
+    public struct MachinePoint: Codable, Sendable, Equatable {
+        public var id: String
+        /// The weakest class of its disks' tags.
+        public var pointClass: String
+        public var timeUnixMs: Int64
+        public var time: String
+        /// How many disks the point spans (its id says so).
+        public var disksExpected: Int
+        /// Whether every one of them holds it.
+        public var complete: Bool
+        public var disks: [Disk]
+
+        public struct Disk: Codable, Sendable, Equatable {
+            public var diskID: String
+            public var sequence: UInt64
+            public var pointClass: String
+
+            enum CodingKeys: String, CodingKey {
+                case diskID = "disk_id"
+                case sequence
+                case pointClass = "class"
+            }
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case pointClass = "class"
+            case timeUnixMs = "time_unix_ms"
+            case time
+            case disksExpected = "disks_expected"
+            case complete
+            case disks
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case points
+        case machinePoints = "machine_points"
+    }
+
+    init(_ records: [PointRecord], groups: [MachinePointGroup]) {
+        let byID = Dictionary(groups.map { ($0.id, $0) }) { a, _ in a }
+        points = records.map {
+            let g = byID[$0.id]
+            return Point(id: $0.id, diskID: $0.diskID, pointClass: $0.pointClass, timeUnixMs: $0.timeUnixMs,
+                         time: Format.isoTime(unixMs: $0.timeUnixMs), sequence: $0.sequence,
+                         scope: g == nil ? "disk" : "machine", machineDisks: g?.expected, machineComplete: g?.complete)
+        }
+        machinePoints = groups.map { g in
+            MachinePoint(id: g.id, pointClass: g.pointClass, timeUnixMs: g.timeUnixMs, time: Format.isoTime(unixMs: g.timeUnixMs),
+                         disksExpected: g.expected, complete: g.complete,
+                         disks: g.points.map { MachinePoint.Disk(diskID: $0.diskID, sequence: $0.sequence, pointClass: $0.pointClass) })
+        }
+    }
+}
 
 public enum PointsCommand {
     /// `tidemarkctl points list`: the recovery points that can be
@@ -8,11 +103,7 @@ public enum PointsCommand {
     /// among them grouped (one id tagged on several disks at one instant;
     /// docs/points-and-freeze.md). Text: a table (id, disk, class, time,
     /// sequence), then a table of machine points (id, class, time, how many
-    /// of its disks hold it, which). JSON: {"points":[{"id","disk_id",
-    /// "class","time_unix_ms","time","sequence","scope"[,"machine_disks",
-    /// "machine_complete"]}],"machine_points":[{"id","class","time_unix_ms",
-    /// "time","disks_expected","complete","disks":[{"disk_id","sequence",
-    /// "class"}]}]}.
+    /// of its disks hold it, which). JSON: one `PointsListing` object.
     public static func list(targetDir: String, diskID: String?, json: Bool) throws -> String {
         let points: [PointRecord]
         var groups: [MachinePointGroup] = []
@@ -29,7 +120,7 @@ public enum PointsCommand {
         } else {
             points = []
         }
-        if json { return render(json: points, groups: groups) }
+        if json { return try render(json: points, groups: groups) }
         guard !points.isEmpty else {
             return "no recovery points in \(targetDir)" + (diskID.map { " for disk '\($0)'" } ?? "") + "\n"
         }
@@ -50,28 +141,8 @@ public enum PointsCommand {
         return out
     }
 
-    static func render(json points: [PointRecord], groups: [MachinePointGroup]) -> String {
-        let byID = Dictionary(groups.map { ($0.id, $0) }) { a, _ in a }
-        let items = points.map { p in
-            var item = "{\"id\":\(Format.jsonString(p.id)),\"disk_id\":\(Format.jsonString(p.diskID)),"
-                + "\"class\":\(Format.jsonString(p.pointClass)),\"time_unix_ms\":\(p.timeUnixMs),"
-                + "\"time\":\(Format.jsonString(Format.isoTime(unixMs: p.timeUnixMs))),\"sequence\":\(p.sequence)"
-            if let g = byID[p.id] {
-                item += ",\"scope\":\"machine\",\"machine_disks\":\(g.expected),\"machine_complete\":\(g.complete)"
-            } else {
-                item += ",\"scope\":\"disk\""
-            }
-            return item + "}"
-        }
-        let machine = groups.map { g in
-            "{\"id\":\(Format.jsonString(g.id)),\"class\":\(Format.jsonString(g.pointClass)),\"time_unix_ms\":\(g.timeUnixMs),"
-                + "\"time\":\(Format.jsonString(Format.isoTime(unixMs: g.timeUnixMs))),\"disks_expected\":\(g.expected),"
-                + "\"complete\":\(g.complete),\"disks\":["
-                + g.points.map { "{\"disk_id\":\(Format.jsonString($0.diskID)),\"sequence\":\($0.sequence),\"class\":\(Format.jsonString($0.pointClass))}" }
-                    .joined(separator: ",")
-                + "]}"
-        }
-        return "{\"points\":[" + items.joined(separator: ",") + "],\"machine_points\":[" + machine.joined(separator: ",") + "]}\n"
+    static func render(json points: [PointRecord], groups: [MachinePointGroup]) throws -> String {
+        try JSONOutput.line(PointsListing(points, groups: groups))
     }
 
     static func knownDisksHint(_ target: TargetRepository) -> String {

@@ -1,4 +1,5 @@
 import Foundation
+import TidemarkSurface
 import TidemarkSystem
 
 public enum StatusCommand {
@@ -6,26 +7,23 @@ public enum StatusCommand {
 
     /// `tidemarkctl status`: the agent's replication state per disk (RPO,
     /// committed sequence, backlog) and its RSS, from its control socket.
-    /// `json` prints the agent's reply as it is (one line).
+    /// `json` prints the state as one JSON object (`AgentStatus`).
     public static func run(socketPath: String, json: Bool) throws -> String {
-        let reply = try ControlClient.request(socketPath: socketPath, ["op": "status"], timeoutMs: replyTimeoutMs)
-        guard (reply["ok"] as? Bool) == true else {
-            let why = reply["error"].map(PointCreateCommand.text) ?? "the agent gave no reason"
-            throw TidemarkError(.state, "the agent on \(socketPath) gave no status: \(why)")
+        let reply = try ControlClient.request(socketPath: socketPath, .status, timeoutMs: replyTimeoutMs)
+        guard reply.ok, let status = reply.status else {
+            throw TidemarkError(.state, "the agent on \(socketPath) gave no status: \(reply.error ?? "the agent gave no reason")")
         }
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys])
-            return String(decoding: data, as: UTF8.self) + "\n"
-        }
-        let rss = (reply["rss_bytes"] as? NSNumber)?.uint64Value ?? 0
-        var out = "agent RSS \(rss >> 20) MiB\n"
-        for d in reply["disks"] as? [[String: Any]] ?? [] {
-            let f = { (k: String) in d[k].map(PointCreateCommand.text) ?? "?" }
-            let rpo = (d["rpo_ms"] as? NSNumber)?.int64Value ?? -1
-            let backlog = (d["backlog_bytes"] as? NSNumber)?.uint64Value ?? 0
-            let auto = (d["compression_auto"] as? Bool) == true
-            let level = (d["compression_level"] as? NSNumber).map { $0.intValue == 0 ? "off" : "zstd \($0.intValue)" } ?? "?"
-            out += "\(f("disk")) (\(f("disk_id"))): RPO \(rpo < 0 ? "unknown (nothing committed yet)" : "\(rpo) ms"), committed #\(f("committed_sequence")), backlog \(backlog >> 20) MiB, compression \(level)\(auto ? " (auto)" : "")\n"
+        return json ? try JSONOutput.line(status) : text(status)
+    }
+
+    /// The human-readable status: the RSS, then one line per disk.
+    static func text(_ status: AgentStatus) -> String {
+        var out = "agent RSS \(status.rssBytes >> 20) MiB\n"
+        for d in status.disks {
+            let rpo = d.rpoMs < 0 ? "unknown (nothing committed yet)" : "\(d.rpoMs) ms"
+            let level = d.compressionLevel == 0 ? "off" : "zstd \(d.compressionLevel)"
+            out += "\(d.disk) (\(d.diskID)): RPO \(rpo), committed #\(d.committedSequence), backlog \(d.backlogBytes >> 20) MiB, "
+                + "compression \(level)\(d.compressionAuto ? " (auto)" : "")\n"
         }
         return out
     }

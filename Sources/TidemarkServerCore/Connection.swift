@@ -181,18 +181,23 @@ final class Connection: @unchecked Sendable {
                 try server.feed(.tlsEstablished(id, certificateName: agentID), from: self)
                 try handle(stream: s, reader: reader, writer: writer)
             } catch let v as ProtocolViolation {
+                server.metrics.error(.protocolViolation)
                 let line = "\(peer) (\(agentID)): \(v.message); closing the connection"
                 if v.logged { Log.debug(line) } else { Log.warning(line) }
                 try? writer.send(.error(code: v.code, message: v.message))
             } catch let e as TidemarkError where e.kind == .corrupt || e.kind == .invalidArgument {
                 // .invalidArgument: target storage refused a value from the agent (a disk id it cannot name).
+                server.metrics.error(.malformed)
                 Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
                 try? writer.send(.error(code: 400, message: e.message))
             } catch is EndedQuietly {
                 // Said in the log where it was decided.
             }
         } catch {
-            if !isClosed { Log.warning("\(peer) (\(agentID)): connection ended: \(error)") }
+            if !isClosed {
+                server.metrics.error(.connection)
+                Log.warning("\(peer) (\(agentID)): connection ended: \(error)")
+            }
         }
     }
 

@@ -66,15 +66,18 @@ public final class ProcessServer: @unchecked Sendable {
     let listener: TCPListener
     let lock = NSLock()
     /// The rules of ingest. Guarded by `lock`.
-    private var receiver: ReplicationReceiver
+    var receiver: ReplicationReceiver
     /// The open connections by session. Guarded by `lock`.
-    private var connections: [ReplicationReceiver.SessionID: Connection] = [:]
+    var connections: [ReplicationReceiver.SessionID: Connection] = [:]
     private var nextSession: UInt64 = 1
     private var stopped = false
     /// Unauthenticated connections displaced from the pool since the last
     /// log line about them (the accept thread's alone).
     private var displacedCount = 0
     private var displacedLoggedNs: UInt64 = 0
+
+    /// The server's metrics (docs/metrics.md).
+    public let metrics: ServerMetrics
 
     /// The port actually listened on (useful with port 0 in tests).
     public var port: UInt16 { listener.port }
@@ -83,8 +86,9 @@ public final class ProcessServer: @unchecked Sendable {
         if let problem = ServerLimits.relationProblem() { preconditionFailure("ServerLimits: \(problem)") }
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
+        self.metrics = ServerMetrics()
         self.sink = try SpoolTargetSink(serverID: options.serverID, spoolDir: options.spoolDir, spoolMaxBytes: options.spoolMaxBytes,
-                                        targetPath: options.targetPath, uploadMemoryBytes: options.uploadMemoryBytes)
+                                        targetPath: options.targetPath, uploadMemoryBytes: options.uploadMemoryBytes, metrics: metrics)
         self.receiver = ReplicationReceiver(configuration: .init(serverID: options.serverID, maxConnections: options.maxConnections))
         self.listener = try TCPListener(host: options.listenHost, port: options.listenPort)
         sink.onReport = { [unowned self] reports in
@@ -108,6 +112,7 @@ public final class ProcessServer: @unchecked Sendable {
             // Unauthenticated connections have a pool of their own: a new
             // one displaces the oldest rather than wait or be refused, so a
             // flood cannot keep an agent out (ServerLimits).
+            metrics.connectionAccepted()
             lock.lock()
             let c = Connection(server: self, id: ReplicationReceiver.SessionID(nextSession), socket: socket)
             nextSession += 1

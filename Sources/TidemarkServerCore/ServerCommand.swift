@@ -1,30 +1,48 @@
 import Foundation
 import Glibc
+import ServiceLifecycle
 import TidemarkConfig
+import TidemarkDaemon
 import TidemarkSystem
 
 public enum ServerCommands {
     /// `tidemark-server run`: serves until SIGTERM/SIGINT; SIGHUP re-reads
     /// the configuration and applies what can change while serving.
-    public static func run(configPath: String?, listen: String?, spoolDir: String?, targetPath: String?) throws {
+    ///
+    /// A service group (TidemarkDaemon) owns the server's threads (as one
+    /// service), the metrics sampler and the SIGHUP reload. SIGTERM or
+    /// SIGINT stops them gracefully: the server closes its listener and
+    /// connections, lets the uploader and the spool's sync loop finish, and
+    /// returns once every thread has (the flush of before).
+    public static func run(configPath: String?, listen: String?, spoolDir: String?, targetPath: String?) async throws {
+        // Before any thread starts: the service group's signal sources must see the signals.
+        DaemonSignals.prepare()
         let overrides = Overrides(listen: listen, spoolDir: spoolDir, targetPath: targetPath)
         let c = try loadConfig(configPath, overrides)
         setLogLevel(c.logLevel)
         let server = try ProcessServer(options: options(c))
-        StopSignal.install()
-        ReloadSignal.install()
-        let watcher = Thread {
-            var current = c
-            while !StopSignal.isRequested {
-                StopSignal.sleep(milliseconds: 100)
-                if ReloadSignal.takeRequest() { current = reload(server, current, configPath, overrides) }
-            }
-            server.stop()
-        }
-        watcher.start()
+        let running = RunningServerConfig(c)
+        let services: [any Service] = [
+            ThreadService(name: "process-server", body: { server.run() }, stop: { server.stop() }),
+            PeriodicService(intervalMs: ServerLimits.metricsSampleIntervalMs) { server.sampleMetrics() },
+            ReloadService { running.update { reload(server, $0, configPath, overrides) } },
+        ]
         let line = "tidemark-server \(c.serverID) listening on \(c.listenHost):\(server.port)\n"
         _ = line.withCString { Glibc.write(1, $0, strlen($0)) }
-        server.run()
+        try await DaemonSignals.group(services, logger: Log.logger("tidemark.server.lifecycle")).run()
+    }
+
+    /// The configuration the server runs with, replaced by each reload.
+    /// Thread-safe (a lock): the reload service is its only writer.
+    final class RunningServerConfig: @unchecked Sendable {
+        private let lock = NSLock()
+        private var current: ServerConfig
+        init(_ c: ServerConfig) { current = c }
+        func update(_ body: (ServerConfig) -> ServerConfig) {
+            lock.lock()
+            defer { lock.unlock() }
+            current = body(current)
+        }
     }
 
     /// Command-line values, which win over the file on every (re)load.

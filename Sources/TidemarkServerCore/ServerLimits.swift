@@ -80,6 +80,9 @@ public enum ServerLimits {
     /// after each: a crash costs re-applying at most this many from the
     /// objects, an fsync per segment would slow every upload.
     public static let digestIndexFlushEverySegments: UInt64 = 64
+    /// How often the metrics gauges (connections, spool bytes, commit lag)
+    /// are read from the server: a look under its lock.
+    public static let metricsSampleIntervalMs = 1_000
 
     /// The relations between these limits, which the unit tests check and
     /// the server asserts at start: nil when they hold.

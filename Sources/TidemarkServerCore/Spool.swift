@@ -78,6 +78,13 @@ public final class Spool: @unchecked Sendable {
     private var reportedCount: UInt64 = 0
     private var stopping = false
 
+    /// Bytes the spool files hold now (for the metrics).
+    public var bytesUsed: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return usedBytes
+    }
+
     /// Called on the sync thread, in append order, when records became durable.
     public var onDurable: @Sendable ([Record]) -> Void = { _ in }
     /// Called on the sync thread when a failed fdatasync dropped records that were not durable.

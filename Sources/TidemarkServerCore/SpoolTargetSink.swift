@@ -21,6 +21,9 @@ import TidemarkWire
 public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
     let target: TargetRepository
     let spool: Spool
+    /// The server's metrics (docs/metrics.md): segments received and
+    /// committed, and the errors of spool, upload, digest index and prune.
+    let metrics: ServerMetrics
     let uploads = UploadQueue()
     /// Threads that write and fsync the objects of an upload batch beside the uploader's.
     let syncPool = WorkerPool(threads: ServerLimits.uploadSyncThreads - 1)
@@ -54,8 +57,10 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
         var before: (fileIndex: UInt64, offset: UInt64)?
     }
 
-    public init(serverID: String, spoolDir: String, spoolMaxBytes: UInt64, targetPath: String, uploadMemoryBytes: Int) throws {
+    public init(serverID: String, spoolDir: String, spoolMaxBytes: UInt64, targetPath: String, uploadMemoryBytes: Int,
+                metrics: ServerMetrics = ServerMetrics()) throws {
         self.serverID = serverID
+        self.metrics = metrics
         self.spoolDir = spoolDir
         self.targetPath = targetPath
         self.target = try TargetRepository(localDirectory: targetPath)
@@ -132,8 +137,10 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
         while true {
             do {
                 _ = try spool.append(diskID: header.diskID, sequence: header.sequence, payload: bytes, retained: buffer, abandon: abandon)
+                metrics.segmentReceived(bytes: bytes.count)
                 return
             } catch let full as Spool.SpoolFull {
+                metrics.error(.spoolFull)
                 Log.warning("\(full.detail): holding back \(header.diskID) #\(header.sequence)")
                 if abandon() { throw full }
                 usleep(useconds_t(ServerLimits.spoolFullWaitMs * 1000 * 4))
@@ -271,6 +278,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
                 uploads.requeueFront(waiting[...])
                 continue
             }
+            metrics.error(.upload)
             Log.error("uploading \(record.diskID) #\(record.sequence) to \(targetPath) failed: \(error); retrying in \(delayMs) ms (the segment stays in the spool)")
             uploads.requeueFront(([record] + waiting)[...])
             usleep(useconds_t(delayMs * 1000))
@@ -299,6 +307,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
     /// learns the lower durable sequence and re-sends everything from there,
     /// read again from its change-tracking bits (docs/wire-format.md, resume rules).
     private func discardUnreadable(_ record: Spool.Record, _ error: TidemarkError) {
+        metrics.error(.unreadableSegment)
         Log.error("\(record.diskID) #\(record.sequence) cannot be uploaded: \(error.message); it and every later spooled segment of \(record.diskID) are discarded and the agent is asked to re-send from #\(record.sequence)")
         spool.release(record)
         reportLock.lock()
@@ -365,6 +374,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
             highest[item.record.diskID] = max(highest[item.record.diskID] ?? 0, item.record.sequence)
         }
         onReport(highest.sorted { $0.key < $1.key }.map { .committed(diskID: $0.key, sequence: $0.value) })
+        metrics.segmentsCommitted(items.count)
         uploads.done(items.count)
         for item in items { spool.release(item.record) }
     }
@@ -397,6 +407,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
         quarantined[diskID] = message
         lock.unlock()
         if first {
+            metrics.error(.quarantine)
             Log.error("disk \(diskID) quarantined: its record \(target.diskRecordPath(diskID)) is unusable: \(problem). This server refuses the disk (error 500) and changes none of its files. To replicate it afresh, move \(target.diskDir(diskID)) out of \(targetPath)/disks (keep it for inspection) and restart tidemark-server, then the agent sends the whole disk again; or restore the record from a backup of the target and restart tidemark-server")
         }
         throw ProtocolViolation(code: 500, message, logged: true)
@@ -456,6 +467,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
             try index.apply(sequence: header.sequence, extents: extents, digests: digests,
                             sync: header.sequence % ServerLimits.digestIndexFlushEverySegments == 0)
         } catch {
+            metrics.error(.digestIndex)
             Log.warning("\(header.diskID) #\(header.sequence): updating the chunk digest index failed: \(error); it will be rebuilt from the objects")
             dropDigestIndex(header.diskID)
         }
@@ -509,6 +521,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
                 let report = try target.prune(diskID: id, retainAfterUnixMs: cutoff)
                 Log.debug("\(id): prune: \(report)")
             } catch {
+                metrics.error(.prune)
                 Log.error("\(id): pruning expired recovery points failed: \(error)")
             }
         }

@@ -21,6 +21,13 @@ public enum StopSignal {
 
     public static var isRequested: Bool { stopRequested.load(ordering: .relaxed) != 0 }
 
+    /// Requests the stop without a signal: a daemon whose service group
+    /// received SIGTERM (TidemarkDaemon) stops its loops and wakes every
+    /// `sleep` this way, as the signal handler of `install` would.
+    public static func request(signal: Int32 = SIGTERM) {
+        stopRequested.store(signal, ordering: .relaxed)
+    }
+
     /// Sleeps up to `milliseconds`, waking early when a stop is requested.
     public static func sleep(milliseconds: Int) {
         var left = milliseconds

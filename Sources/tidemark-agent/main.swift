@@ -63,7 +63,7 @@ struct MirrorCommand: ParsableCommand {
     }
 }
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replicate disks continuously to a process server (config: /etc/tidemark/agent.yaml).")
     @OptionGroup var common: DiskOptions
@@ -72,10 +72,12 @@ struct Run: ParsableCommand {
     @Flag(help: "With no disk or no server configured, wait (until SIGTERM) instead of failing; SIGHUP re-checks the file. For the service unit of a fresh install.")
     var waitForConfig = false
 
-    func run() throws {
-        try runReportingErrors {
-            try AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server,
-                                  waitForConfig: waitForConfig)
+    func run() async throws {
+        do {
+            try await AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server,
+                                        waitForConfig: waitForConfig)
+        } catch {
+            try reportError(error)
         }
     }
 }
@@ -137,16 +139,22 @@ struct FreezeWatchdogCommand: ParsableCommand {
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let e as ExitCode {
-        throw e
     } catch {
-        let text = "tidemark-agent: error: \(error)\n"
-        _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
-        throw ExitCode(1)
+        try reportError(error)
     }
 }
 
-struct Agent: ParsableCommand {
+/// Writes an operating error as one line and ends with exit status 1 (an
+/// `ExitCode` passes through as it is).
+func reportError(_ error: Error) throws -> Never {
+    if let e = error as? ExitCode { throw e }
+    let text = "tidemark-agent: error: \(error)\n"
+    _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+    throw ExitCode(1)
+}
+
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+struct Agent: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidemark-agent",
         abstract: "Tidemark agent: tracks changed disk chunks and replicates them.",
@@ -155,4 +163,11 @@ struct Agent: ParsableCommand {
                       ThawLeftoversCommand.self, FreezeWatchdogCommand.self])
 }
 
-Agent.main()
+/// The async entry point: inside an async function the compiler picks
+/// AsyncParsableCommand's `main()`, whose `run()` may await (at top level it
+/// picks ParsableCommand's, which refuses an async root).
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+func runMain() async { await Agent.main() }
+
+Log.bootstrap(program: "tidemark-agent")
+await runMain()

@@ -83,7 +83,8 @@ struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check every header slot and bitmap page checksum; exit 1 listing each problem.")
     @Argument(help: "The .hrl file.") var file: String
-    func run() throws { try finish(BitmapTool.verify(path: file)) }
+    @Flag(help: "Print one JSON object: ok, the header's geometry, problems and notes (same exit status).") var json = false
+    func run() throws { try finish(BitmapTool.verify(path: file, json: json)) }
 }
 
 // ArgumentParser exits 64 on usage errors; Tidemark's tools use 2, like most Unix tools.

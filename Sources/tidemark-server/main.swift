@@ -3,7 +3,7 @@ import Glibc
 import TidemarkServerCore
 import TidemarkSystem
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve agents: TLS ingest, durable spool, upload to target storage (config: /etc/tidemark/server.yaml).")
     @Option(help: "Configuration file (default /etc/tidemark/server.yaml, when it exists).")
@@ -15,10 +15,9 @@ struct Run: ParsableCommand {
     @Option(help: "Local target directory (overrides target.path).")
     var target: String?
 
-    func run() throws {
-        Log.program = "tidemark-server"
+    func run() async throws {
         do {
-            try ServerCommands.run(configPath: config, listen: listen, spoolDir: spoolDir, targetPath: target)
+            try await ServerCommands.run(configPath: config, listen: listen, spoolDir: spoolDir, targetPath: target)
         } catch {
             let text = "tidemark-server: error: \(error)\n"
             _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
@@ -27,7 +26,8 @@ struct Run: ParsableCommand {
     }
 }
 
-struct Server: ParsableCommand {
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+struct Server: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidemark-server",
         abstract: "Tidemark process server.",
@@ -35,4 +35,11 @@ struct Server: ParsableCommand {
         subcommands: [Run.self])
 }
 
-Server.main()
+/// The async entry point: inside an async function the compiler picks
+/// AsyncParsableCommand's `main()`, whose `run()` may await (at top level it
+/// picks ParsableCommand's, which refuses an async root).
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+func runMain() async { await Server.main() }
+
+Log.bootstrap(program: "tidemark-server")
+await runMain()

@@ -45,7 +45,7 @@ struct PointsList: ParsableCommand {
     @OptionGroup var target: TargetOptions
     @Option(help: ArgumentHelp("Only the points of this disk id.", valueName: "id"))
     var disk: String?
-    @Flag(help: "Print one JSON object: {\"points\":[{\"id\",\"disk_id\",\"class\",\"time_unix_ms\",\"time\",\"sequence\"}]}.")
+    @Flag(help: "Print one JSON object on one line: {\"points\":[{\"class\",\"disk_id\",\"id\",\"sequence\",\"time\",\"time_unix_ms\"}]}.")
     var json = false
 
     func run() throws {
@@ -82,6 +82,8 @@ struct PointCreate: ParsableCommand {
     var appConsistent = false
     @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
     var socket: String = PointCreateCommand.defaultSocketPath
+    @Flag(help: "Print the point as one JSON object on one line: {\"class\",\"disk_id\",\"disks\",\"freeze_ms\",\"id\",\"scope\",\"sequence\"} (a machine point has no disk_id or sequence of its own).")
+    var json = false
 
     func validate() throws {
         if machine && disk != nil { throw ValidationError("--machine and --disk exclude each other: a machine point spans every disk of the agent") }
@@ -89,7 +91,7 @@ struct PointCreate: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, machine: machine, appConsistent: appConsistent) + "\n")
+            writeAll(1, try PointCreateCommand.run(socketPath: socket, disk: disk, machine: machine, appConsistent: appConsistent, json: json))
         }
     }
 }
@@ -101,7 +103,7 @@ struct Status: ParsableCommand {
         abstract: "Show the replication state of the agent on this host: RPO, committed sequence and backlog per disk, RSS.")
     @Option(help: ArgumentHelp("The agent's control socket.", valueName: "path"))
     var socket: String = PointCreateCommand.defaultSocketPath
-    @Flag(help: "Print the agent's reply as one JSON object: {\"rss_bytes\",\"disks\":[{\"disk\",\"disk_id\",\"rpo_ms\",\"committed_sequence\",\"backlog_bytes\",...}]}.")
+    @Flag(help: "Print the state as one JSON object on one line: {\"disks\":[{\"backlog_bytes\",\"committed_sequence\",\"disk\",\"disk_id\",\"rpo_ms\",...}],\"rss_bytes\"} (docs/control-socket.md).")
     var json = false
 
     func run() throws {

@@ -257,6 +257,12 @@ private let chunk: UInt64 = 65536
         let r = BitmapTool.verify(path: p)
         #expect(r.exitCode == 0)
         #expect(r.output.hasPrefix("\(p): OK (format v2, 64 chunks of 64 KiB, 1 bitmap page, state tracking)"))
+        let o = try jsonObject(BitmapTool.verify(path: p, json: true))
+        #expect(o["ok"] as? Bool == true && o["tracking_file"] as? Bool == true)
+        #expect(o["path"] as? String == p)
+        #expect(uint(o["format_version"]) == 2 && uint(o["nr_chunks"]) == 64 && uint(o["chunk_size"]) == chunk && uint(o["bitmap_pages"]) == 1)
+        #expect(o["state"] as? String == "tracking")
+        #expect((o["problems"] as? [Any])?.isEmpty == true)
     }
 
     @Test func corruptPageIsNamed() throws {
@@ -280,6 +286,12 @@ private let chunk: UInt64 = 65536
         #expect(r.output.hasPrefix("\(p): 1 problem — the agent will not trust this file and will resync the disk\n"))
         #expect(r.output.contains("page 1"), "\(r.output)")
         #expect(!r.output.contains("page 0"), "\(r.output)")
+        let j = BitmapTool.verify(path: p, json: true)
+        #expect(j.exitCode == 1)
+        let o = try #require(try JSONSerialization.jsonObject(with: Data(j.output.utf8)) as? [String: Any])
+        #expect(o["ok"] as? Bool == false && o["tracking_file"] as? Bool == true)
+        let problems = try #require(o["problems"] as? [String])
+        #expect(problems.count == 1 && problems[0].contains("page 1"), "\(problems)")
 
         // The other commands refuse it with a pointer to verify.
         let s = BitmapTool.show(path: p, hrlOnly: true)
@@ -295,6 +307,12 @@ private let chunk: UInt64 = 65536
         #expect(v.exitCode == 1)
         #expect(v.output.hasPrefix("\(p): not a Tidemark tracking (.hrl) file — "))
         #expect(v.output.contains("no .hrl magic"), "\(v.output)")
+        let j = BitmapTool.verify(path: p, json: true)
+        #expect(j.exitCode == 1)
+        let o = try #require(try JSONSerialization.jsonObject(with: Data(j.output.utf8)) as? [String: Any])
+        #expect(o["ok"] as? Bool == false && o["tracking_file"] as? Bool == false)
+        #expect(o["format_version"] is NSNull && o["nr_chunks"] is NSNull)
+        #expect((o["problems"] as? [String])?.contains { $0.contains("no .hrl magic") } == true)
         for run in [BitmapTool.show(path: p, hrlOnly: true), BitmapTool.extents(path: p, hrlOnly: true),
                     BitmapTool.map(path: p, hrlOnly: true)] {
             #expect(run.exitCode == 1)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkSurface
 import TidemarkTesting
 import TidemarkTracking
 @testable import TidemarkBitmapTool
@@ -273,16 +274,28 @@ struct DecodedPNG {
     }
 
     @Test func jsonRendering() throws {
-        let value = JSON.object([("s", .string("a\"b\\c\n\u{1}é")), ("n", .uint(UInt64.max)), ("i", .int(-3)),
-                                 ("e", .array([])), ("pairs", .array([.array([.uint(1), .uint(2)])])), ("z", .null),
-                                 ("t", .bool(true)), ("d", .double(12.5))])
-        let text = value.rendered()
-        #expect(text.contains("\"s\": \"a\\\"b\\\\c\\n\\u0001é\""))
-        #expect(text.contains("[1, 2]"))
+        // The reports are Codable and written by JSONOutput: escaping, 64-bit
+        // integers, extent pairs as [offset, length], null for an absent value.
+        struct Value: Codable {
+            var s = "a\"b\\c\n\u{1}é"
+            var n = UInt64.max
+            var i: Int64 = -3
+            var e: [ExtentPair] = []
+            var pairs = [ExtentPair(ByteExtent(offset: 1, length: 2, firstChunk: 0, lastChunk: 0))]
+            var z = Nullable<String>(nil)
+            var t = true
+            var d = 12.5
+        }
+        let text = try JSONOutput.line(Value())
+        #expect(text.contains(#""s":"a\"b\\c\n\u0001é""#))
+        #expect(text.contains("[1,2]"))
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         #expect(parsed["s"] as? String == "a\"b\\c\n\u{1}é")
         #expect((parsed["n"] as? NSNumber)?.uint64Value == UInt64.max)
-        #expect(value.rendered(pretty: false) == #"{"s":"a\"b\\c\n\u0001é","n":18446744073709551615,"i":-3,"e":[],"pairs":[[1,2]],"z":null,"t":true,"d":12.5000}"#)
+        #expect(parsed["z"] is NSNull)
+        #expect(text == #"{"d":12.5,"e":[],"i":-3,"n":18446744073709551615,"pairs":[[1,2]],"s":"a\"b\\c\n\u0001é","t":true,"z":null}"# + "\n")
+        let back = try JSONDecoder().decode(Value.self, from: Data(text.utf8))
+        #expect(back.pairs == Value().pairs && back.z == Value().z && back.n == UInt64.max)
     }
 }
 

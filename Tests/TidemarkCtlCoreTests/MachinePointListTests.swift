@@ -10,7 +10,7 @@ import TidemarkTarget
         PointRecord(id: id, diskID: disk, pointClass: cls, timeUnixMs: time, sequence: seq)
     }
 
-    @Test func machinePointsAreGroupedAndCheckedWhole() {
+    @Test func machinePointsAreGroupedAndCheckedWhole() throws {
         let whole = "m2-20250301T101500Z-3fa9c01b7de2"
         let partial = "m3-20250301T101600Z-0011223344ff"
         let points = [
@@ -24,7 +24,7 @@ import TidemarkTarget
         #expect(groups[0].pointClass == "unverified", "the weakest class of its disks")
         #expect(!groups[1].complete && groups[1].expected == 3 && groups[1].diskIDs.count == 2)
 
-        let json = PointsCommand.render(json: points, groups: groups)
+        let json = try PointsCommand.render(json: points, groups: groups)
         let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let items = object?["points"] as? [[String: Any]] ?? []
         #expect(items.count == 5)
@@ -49,6 +49,7 @@ import TidemarkTarget
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // An empty target lists nothing, machine points included.
         let empty = try PointsCommand.list(targetDir: dir, diskID: nil, json: true)
-        #expect(empty == "{\"points\":[],\"machine_points\":[]}\n")
+        // Keys sorted, as every --json output (JSONOutput).
+        #expect(empty == "{\"machine_points\":[],\"points\":[]}\n")
     }
 }

@@ -3,7 +3,8 @@
 // (AgentCommands.handleControl, with no disks replicating). Per input, one
 // client sends the input and half-closes, then reads the reply.
 // Invariants: the agent never traps; its reply is exactly one line holding
-// a JSON object with a boolean "ok" (and "error" when it is false).
+// a JSON object with a boolean "ok" (and "error" when it is false) and the
+// protocol "version" (TidemarkSurface/ControlProtocol.swift).
 import Foundation
 import FuzzSupport
 import Glibc
@@ -86,15 +87,19 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         return 0
     }
     Fuzz.check(ok || dict["error"] is String, "a failed reply without an error: \(dict)")
+    Fuzz.check((dict["version"] as? Int) == 1, "a reply without the protocol version: \(dict)")
     return 0
 }
 
 func seeds() throws -> [(String, [UInt8])] {
     [
-        ("status", Array(#"{"op":"status"}"#.utf8) + [10]),
-        ("create-point", Array(#"{"op":"create-point","disk":"/dev/loop0","app_consistent":"true"}"#.utf8) + [10]),
-        ("not-a-string", Array(#"{"op":1}"#.utf8) + [10]),
-        ("crlf", Array(#"{"op":"status"}"#.utf8) + [13, 10]),
+        ("status", Array(#"{"version":1,"op":"status"}"#.utf8) + [10]),
+        ("create-point", Array(#"{"version":1,"op":"create-point","disk":"/dev/loop0","app_consistent":true}"#.utf8) + [10]),
+        ("unknown-field", Array(#"{"version":1,"op":"status","disk":"/dev/loop0"}"#.utf8) + [10]),
+        ("other-version", Array(#"{"version":2,"op":"status"}"#.utf8) + [10]),
+        ("unversioned", Array(#"{"op":"create-point","disk":"/dev/loop0","app_consistent":"true"}"#.utf8) + [10]),
+        ("not-a-string", Array(#"{"version":1,"op":1}"#.utf8) + [10]),
+        ("crlf", Array(#"{"version":1,"op":"status"}"#.utf8) + [13, 10]),
         ("array", Array(#"["op"]"#.utf8)),
     ]
 }
