@@ -6,7 +6,7 @@ import PackageDescription
 //   -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -enable-testing
 // (scripts/fuzz.sh does it): -enable-testing lets targets reach internal
 // decoders with `@testable import` without changing Sources/.
-let targets = ["frames", "segment-header", "segment-open", "spool", "envelope", "digest-index", "hrl", "shutdown-seal", "config", "server", "control"]
+let targets = ["frames", "segment-header", "segment-open", "spool", "envelope", "digest-index", "hrl", "shutdown-seal", "config", "server", "receiver", "control"]
 
 let package = Package(
     name: "TidemarkFuzz",

@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 root=$PWD
-targets_all=(frames segment-header segment-open spool envelope digest-index hrl shutdown-seal config server control)
+targets_all=(frames segment-header segment-open spool envelope digest-index hrl shutdown-seal config server receiver control)
 build_dir=${FUZZ_BUILD_DIR:-$root/Fuzz/.build-fuzz}
 work=${FUZZ_WORK:-$build_dir/work}
 bin=$build_dir/release

@@ -29,7 +29,7 @@ public struct ProtocolViolation: Error, CustomStringConvertible, Equatable, Send
 /// (the only time it sees is the accept time an `accepted` event carries),
 /// so a simulation or a fuzz target can drive it exactly like the server.
 ///
-/// Invariants (`checkInvariants`, asserted after every event): for every
+/// Invariants (`invariantProblem`, asserted after every event): for every
 /// disk, committed ≤ durable ≤ appended ≤ `SegmentSequence.max`; at most one
 /// segment of a disk is being appended, and it is the highest handed to the
 /// sink (`appended`); a disk's owner is a live, authenticated session; a
