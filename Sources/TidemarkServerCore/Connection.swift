@@ -234,6 +234,13 @@ final class Connection: @unchecked Sendable {
             switch frame {
             case .segment(let length):
                 if authenticated {
+                    // The server's bandwidth cap: wait before reading (TCP
+                    // holds the agent back meanwhile); the frame's deadline
+                    // starts after the wait.
+                    if server.ingestBandwidth.bytesPerSecond > 0 {
+                        server.ingestBandwidth.take(UInt64(length))
+                        lastFrame = monotonicNanoseconds()
+                    }
                     setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineMs(payloadBytes: length),
                                 "a segment frame of \(length) bytes")
                 }

@@ -33,10 +33,12 @@ public final class ProcessServer: @unchecked Sendable {
         public var pruneIntervalSeconds: Int
         /// Bytes of buffers holding received segments until committed (0: every one is read back from the spool).
         public var uploadMemoryBytes: Int
+        /// Incoming bytes per second over all agents (`bandwidth_limit`); 0 = unlimited.
+        public var bandwidthLimitBytesPerSecond: UInt64
 
         public init(serverID: String, listenHost: String, listenPort: UInt16, tls: TLSFiles, spoolDir: String,
                     spoolMaxBytes: UInt64, targetPath: String, maxConnections: Int, retentionSeconds: Int,
-                    pruneIntervalSeconds: Int, uploadMemoryBytes: Int) {
+                    pruneIntervalSeconds: Int, uploadMemoryBytes: Int, bandwidthLimitBytesPerSecond: UInt64 = 0) {
             self.serverID = serverID
             self.listenHost = listenHost
             self.listenPort = listenPort
@@ -48,6 +50,7 @@ public final class ProcessServer: @unchecked Sendable {
             self.retentionSeconds = retentionSeconds
             self.pruneIntervalSeconds = pruneIntervalSeconds
             self.uploadMemoryBytes = uploadMemoryBytes
+            self.bandwidthLimitBytesPerSecond = bandwidthLimitBytesPerSecond
         }
     }
 
@@ -78,6 +81,9 @@ public final class ProcessServer: @unchecked Sendable {
 
     /// The server's metrics (docs/metrics.md).
     public let metrics: ServerMetrics
+    /// The incoming bandwidth cap every connection pays into before it
+    /// reads a segment's payload.
+    let ingestBandwidth: IngestBandwidth
 
     /// The port actually listened on (useful with port 0 in tests).
     public var port: UInt16 { listener.port }
@@ -87,6 +93,7 @@ public final class ProcessServer: @unchecked Sendable {
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
         self.metrics = ServerMetrics()
+        self.ingestBandwidth = IngestBandwidth(bytesPerSecond: options.bandwidthLimitBytesPerSecond)
         self.sink = try SpoolTargetSink(serverID: options.serverID, spoolDir: options.spoolDir, spoolMaxBytes: options.spoolMaxBytes,
                                         targetPath: options.targetPath, uploadMemoryBytes: options.uploadMemoryBytes, metrics: metrics)
         self.receiver = ReplicationReceiver(configuration: .init(serverID: options.serverID, maxConnections: options.maxConnections))

@@ -71,7 +71,8 @@ public enum ServerCommands {
               tls: TLSFiles(ca: c.tlsCAPath, cert: c.tlsCertPath, key: c.tlsKeyPath, keyOrigin: c.origins.describe("tls.key")),
               spoolDir: c.spoolDir, spoolMaxBytes: c.spoolMaxBytes, targetPath: c.targetPath,
               maxConnections: c.maxConnections, retentionSeconds: c.retentionSeconds,
-              pruneIntervalSeconds: c.pruneIntervalSeconds, uploadMemoryBytes: Int(c.uploadMemoryBytes))
+              pruneIntervalSeconds: c.pruneIntervalSeconds, uploadMemoryBytes: Int(c.uploadMemoryBytes),
+              bandwidthLimitBytesPerSecond: c.bandwidthLimitBytesPerSecond)
     }
 
     static func setLogLevel(_ level: TidemarkConfig.LogLevel) {

@@ -26,6 +26,24 @@ import TidemarkTesting
     /// A narrow link (`bandwidth_limit`): the send window fills, and the
     /// level climbs above where it starts; the point taken afterwards,
     /// made of segments of several levels, recovers identical.
+    /// The process server's own cap (`bandwidth_limit` in server.yaml)
+    /// holds an agent without a cap of its own back: 12 MiB that zstd
+    /// cannot shrink, at 2 MiB/s with a burst of one second's worth, take
+    /// at least (12 − 2) / 2 = 5 s to reach the server; the point then
+    /// recovers identical. (Only a lower bound: a slow machine is slower.)
+    @Test(.requiresRoot) func serverBandwidthLimitHoldsAgentsBack() throws {
+        let w = try FaultWorld("server-bandwidth", diskMiB: 32)
+        defer { w.close() }
+        try sh("head -c 12M /dev/urandom > \(w.mnt)/random && sync")
+        try w.startServer(bandwidthLimit: "2m")
+        let t0 = Date()
+        try w.startAgent(replication: ["compression_level: 1"])
+        let id = try w.point()
+        let seconds = Date().timeIntervalSince(t0)
+        #expect(seconds >= 4.5, "12 MiB at a 2 MiB/s server cap arrived in \(seconds) s\(w.logs)")
+        try w.recoverAndCompare(id)
+    }
+
     @Test(.requiresRoot) func narrowLinkRaisesTheLevel() throws {
         let w = try FaultWorld("compress-narrow", diskMiB: 96)
         defer { w.close() }

@@ -63,7 +63,7 @@ final class FaultWorld: @unchecked Sendable {
     var target: String { h.dir + "/target" }
 
     func startServer(spoolMaxBytes: String = "1g", uploadMemoryBytes: String = "192m", port: UInt16 = 0,
-                     logLevel: String = "debug", cpus: String? = nil) throws {
+                     logLevel: String = "debug", cpus: String? = nil, bandwidthLimit: String = "0") throws {
         try """
         listen: 127.0.0.1:\(port)
         tls:
@@ -73,6 +73,7 @@ final class FaultWorld: @unchecked Sendable {
         spool_dir: \(spoolDir)
         spool_max_bytes: \(spoolMaxBytes)
         upload_memory_bytes: \(uploadMemoryBytes)
+        bandwidth_limit: \(bandwidthLimit)
         target:
           path: \(target)
         log_level: \(logLevel)
