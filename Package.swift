@@ -13,38 +13,63 @@ let package = Package(
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
-        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
+        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTransport", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
-        // The C shim. Only TidemarkSystem imports it.
+        // The C shims: each is imported by the one Swift target of the same
+        // name without the C, and links only the libraries that target needs.
         .target(
-            name: "CTidemark",
-            path: "CSources/CTidemark",
+            name: "CTidemarkSystem",
+            path: "CSources/CTidemarkSystem",
             exclude: ["tracer_bpf_object.h"],
             cSettings: [.unsafeFlags(["-O2"])],
-            linkerSettings: [
-                .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring"),
-                .linkedLibrary("zstd"), .linkedLibrary("ssl"), .linkedLibrary("crypto"),
-            ]
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring")]
         ),
-        // Syscalls, typed errors, block devices, the BPF tracer, the io_uring reader.
-        .target(name: "TidemarkSystem", dependencies: ["CTidemark"]),
+        .target(
+            name: "CTidemarkCrypto",
+            path: "CSources/CTidemarkCrypto",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("crypto")]
+        ),
+        .target(
+            name: "CTidemarkCompression",
+            path: "CSources/CTidemarkCompression",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("zstd")]
+        ),
+        .target(
+            name: "CTidemarkTransport",
+            path: "CSources/CTidemarkTransport",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        // Syscalls and typed errors, file descriptors, block devices, the BPF
+        // tracer and its drain, io_uring readers and writers, worker and
+        // buffer pools; and the primitives every layer shares: the byte
+        // codec, ChunkSet, the clock, CRC32C, small-file reads.
+        .target(name: "TidemarkSystem", dependencies: ["CTidemarkSystem"]),
+        // AES-256-GCM, SHA-256, HMAC-SHA-256, the chunk digests' PRF, random bytes (OpenSSL libcrypto).
+        .target(name: "TidemarkCrypto", dependencies: ["CTidemarkCrypto", "TidemarkSystem"]),
+        // zstd compression of sealed segments.
+        .target(name: "TidemarkCompression", dependencies: ["CTidemarkCompression", "TidemarkSystem"]),
+        // TCP sockets with timeouts and TLS 1.3 with mutual authentication (OpenSSL libssl).
+        .target(name: "TidemarkTransport", dependencies: ["CTidemarkTransport", "TidemarkSystem"]),
         // The .hrl change-tracking file and bitmap algorithms (pure logic on top of TidemarkSystem I/O).
         .target(name: "TidemarkTracking", dependencies: ["TidemarkSystem"]),
         // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
         .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Agent modes: track, untrack, mirror.
-        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
+        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
         // Wire format: frames, sealed segments (zstd + AES-256-GCM), replication keys.
-        .target(name: "TidemarkWire", dependencies: ["TidemarkSystem"]),
+        .target(name: "TidemarkWire", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression"]),
         // Target storage: the local-directory backend, recovery points, prune, materialize.
-        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem"]),
+        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkCrypto"]),
         // The process server: TLS ingest, durable spool, uploader to target storage.
-        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
+        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkTransport", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
         // tidemarkctl's commands: points, recover.
         .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
@@ -72,15 +97,16 @@ let package = Package(
         ),
         .target(name: "TidemarkTesting", dependencies: ["TidemarkSystem"], path: "Tests/TidemarkTesting"),
         .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkTransportTests", dependencies: ["TidemarkTransport", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkSystem", "TidemarkCrypto", "TidemarkTesting"]),
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig"]),
         .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkWire
 

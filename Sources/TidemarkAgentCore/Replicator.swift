@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
 import TidemarkConfig
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTracking
+import TidemarkTransport
 import TidemarkWire
 
 /// Where and how one disk replicates.

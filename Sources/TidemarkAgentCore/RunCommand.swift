@@ -3,6 +3,7 @@ import Glibc
 import TidemarkConfig
 import TidemarkSystem
 import TidemarkTracking
+import TidemarkTransport
 import TidemarkWire
 
 extension AgentCommands {

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TidemarkSystem
+import TidemarkTransport
 import TidemarkWire
 
 /// One agent connection. Its thread does every TLS read and write (OpenSSL

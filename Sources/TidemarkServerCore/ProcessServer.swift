@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TidemarkSystem
 import TidemarkTarget
+import TidemarkTransport
 import TidemarkWire
 
 /// The process server: TLS ingest → durable spool → upload to target storage,

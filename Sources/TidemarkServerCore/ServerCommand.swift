@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TidemarkConfig
 import TidemarkSystem
+import TidemarkTransport
 
 public enum ServerCommands {
     /// `tidemark-server run`: serves until SIGTERM/SIGINT; SIGHUP re-reads

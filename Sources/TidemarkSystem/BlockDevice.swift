@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A block device as the tracer sees it: its kernel dev_t, the whole disk it

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A byte range of a device or file: `length` bytes starting at `offset`.

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// One extent of a file as FIEMAP reports it: `length` bytes at file offset

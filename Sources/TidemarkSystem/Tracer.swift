@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Where the tracer lives. Overridable for tests that must not disturb a
@@ -172,9 +172,9 @@ public final class Tracer: @unchecked Sendable {
     static func ensureBPFFilesystem() throws {
         let bpfMagic: Int64 = 0xCAFE4A11
         if tm_statfs_type(TracerPaths.bpffs) == bpfMagic { return }
-        let rc = tm_mount_bpffs(TracerPaths.bpffs)
-        if rc != 0 {
-            throw TidemarkError(.unsupported, "no BPF filesystem at \(TracerPaths.bpffs) and mounting one failed: \(String(cString: strerror(-rc)))",
+        if Glibc.mount("bpf", TracerPaths.bpffs, "bpf", 0, "mode=0700") != 0 {
+            let e = Glibc.errno
+            throw TidemarkError(.unsupported, "no BPF filesystem at \(TracerPaths.bpffs) and mounting one failed: \(String(cString: strerror(e)))",
                                 hint: "mount it: mount -t bpf bpf /sys/fs/bpf")
         }
     }
@@ -445,6 +445,12 @@ public final class MappedWords: @unchecked Sendable {
     @inlinable @inline(__always) @discardableResult public func clear(_ i: Int, _ mask: UInt64) -> UInt64 {
         precondition(i >= 0 && i < count)
         return tm_atomic_fetch_and_u64(base + i, ~mask)
+    }
+    /// Atomically sets `mask` in word i, as the BPF program does: for tests
+    /// that play the program's part against a drain.
+    func set(_ i: Int, _ mask: UInt64) {
+        precondition(i >= 0 && i < count)
+        _ = tm_atomic_fetch_or_u64(base + i, mask)
     }
     /// Index of the first non-zero word at or after `from`, or `count`.
     @inlinable @inline(__always) public func nextNonZero(from: Int) -> Int {

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 import Synchronization
 

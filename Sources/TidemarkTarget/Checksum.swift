@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// The object checksums (docs/target-layout.md section 3). The header

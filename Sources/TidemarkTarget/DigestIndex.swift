@@ -1,4 +1,5 @@
 import Glibc
+import TidemarkCrypto
 import TidemarkSystem
 
 /// A keyed chunk digest as the target stores it: 16 opaque bytes computed by

@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// A keyed 128-bit digest of one chunk's content (docs/wire-format.md,

@@ -1,4 +1,5 @@
 import Glibc
+import TidemarkCrypto
 import TidemarkSystem
 
 /// The customer's 256-bit replication key: segments are sealed with it

@@ -1,7 +1,8 @@
-import CTidemark
+import CTidemarkCrypto
 import Glibc
+import TidemarkSystem
 
-/// AES-256-GCM via OpenSSL EVP (the C side is `tm_crypto.h`): 12-byte nonce,
+/// AES-256-GCM via OpenSSL EVP (the C side is `CTidemarkCrypto.h`): 12-byte nonce,
 /// 16-byte tag, encryption and decryption in place. The key is scheduled once
 /// per instance and the EVP contexts are reused for every message.
 /// Not thread-safe: one per worker.
