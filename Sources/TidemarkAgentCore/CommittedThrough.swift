@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkSystem
 
 /// The disk's "committed-through time": the newest drain time T such that
 /// every chunk drained at or before T is in a committed segment. The RPO of
@@ -108,7 +109,7 @@ extension DiskReplicator {
 
 /// The resident set size of this process in bytes (from /proc/self/statm), 0 if unreadable.
 public func residentBytes() -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    guard let text = SmallFile.textIfReadable("/proc/self/statm") else { return 0 }
     let fields = text.split(separator: " ")
     guard fields.count >= 2, let pages = UInt64(fields[1]) else { return 0 }
     return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))

@@ -179,10 +179,9 @@ final class FreezeRecord {
                 lines.append("freeze record \(path): \(error)")
                 continue
             }
-            let size = Int((try? fd.stat().st_size) ?? 0)
-            var bytes = [UInt8](repeating: 0, count: min(max(size, 0), 1 << 20))
-            let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
-            let text = String(decoding: bytes[0..<n], as: UTF8.self)
+            // The record is read through the locked descriptor; a damaged
+            // or oversized one reads as empty and is removed below.
+            let text = String(decoding: (try? SmallFile.read(fd, path: path, bytesMax: 1 << 20, purpose: "reading the freeze record")) ?? [], as: UTF8.self)
             let mounts = parse(text)
             let who = text.split(separator: "\n").first.map { $0.replacingOccurrences(of: header, with: "").trimmingCharacters(in: .whitespaces) } ?? ""
             for m in mounts {

@@ -18,12 +18,12 @@ enum Mounts {
         var devs: Set<String> = ["\(device.major):\(device.minor)"]
         if !device.isPartition, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/block/\(device.kernelName)") {
             for e in entries where e.hasPrefix(device.kernelName) {
-                if let d = try? String(contentsOfFile: "/sys/class/block/\(device.kernelName)/\(e)/dev", encoding: .utf8) {
-                    devs.insert(d.trimmingCharacters(in: .whitespacesAndNewlines))
+                if let d = SmallFile.attribute("/sys/class/block/\(device.kernelName)/\(e)/dev") {
+                    devs.insert(d)
                 }
             }
         }
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = try? SmallFile.readText("/proc/self/mountinfo", bytesMax: MountEntry.mountTableBytesMax) else { return [] }
         var seen: Set<String> = []
         var result: [MountedFilesystem] = []
         for line in text.split(separator: "\n") {
@@ -405,8 +405,8 @@ enum RCUExpedite {
         lock.lock()
         defer { lock.unlock() }
         if users == 0 {
-            guard let old = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
-            saved = old.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let old = SmallFile.attribute(path) else { return false }
+            saved = old
             if saved != "1" && !write("1") { saved = nil; return false }
         }
         users += 1

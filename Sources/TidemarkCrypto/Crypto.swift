@@ -178,6 +178,6 @@ public final class GMACPRF {
             tm_gmac_prf(ctx, prefix.baseAddress, prefix.count, data.baseAddress, data.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
         precondition(r == 0, "GMACPRF: EVP cipher failed (\(r))")
-        return (UInt64(littleEndian: out.0), UInt64(littleEndian: out.1))
+        return withUnsafeBytes(of: out) { (LittleEndian.load($0, at: 0, as: UInt64.self), LittleEndian.load($0, at: 8, as: UInt64.self)) }
     }
 }

@@ -627,13 +627,8 @@ public enum DiskStatistics {
     }
 
     static func readSmallTextFile(_ path: String) -> String? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { _ = Glibc.close(fd) }
-        var buf = [UInt8](repeating: 0, count: 512)
-        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n], as: UTF8.self)
+        guard let text = SmallFile.textIfReadable(path), !text.isEmpty else { return nil }
+        return text
     }
 
     static func iostatsEnabled(_ base: String) -> Bool {

@@ -71,15 +71,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     }
 
     private static func readSmallFile(_ path: String) throws -> [UInt8]? {
-        let fd: FileDescriptor
-        do {
-            fd = try FileDescriptor(open: path, .readOnly, purpose: "reading the target marker")
-        } catch let e as SystemError where e.errno == ENOENT {
-            return nil
-        }
-        var buf = [UInt8](repeating: 0, count: 256)
-        let n = try buf.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
-        return Array(buf[0..<n])
+        try SmallFile.readIfPresent(path, bytesMax: 4096, purpose: "reading the target marker")
     }
 
     // MARK: - Naming
@@ -476,7 +468,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// Decoding the metadata checks it is well formed.
     private func checkSegmentMetadata(_ env: Envelope, path: String, diskID: String) throws {
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         _ = try Metadata.decodeSegment(&r, diskID: diskID)
         try r.end()
     }
@@ -515,7 +507,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     private func segmentInfo(_ env: Envelope, path: String, diskID: String, sequence: UInt64) throws -> StoredSegment {
         do {
-            var r = ByteReader(env.metadata, path: path)
+            var r = MetadataReader(env.metadata, path: path)
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             try r.end()
             try validate(extents: extents, disk: try requireDisk(diskID), sequence: sequence, storedIn: path)
@@ -542,7 +534,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         guard let (env, payload, _) = try ObjectFiles.read(path, kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         _ = try r.u64()  // pruned at
         let deadAt = try r.u64(), length = try r.u64(), digest = try r.bytes(32)
         // Envelope version 2 adds the version of the pruned segment's checksum.
@@ -613,7 +605,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         guard let (env, _, _) = try ObjectFiles.read(path, kind: .point, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         let p = try Metadata.decodePoint(&r, diskID: diskID)
         try r.end()
         guard p.sequence == sequence else { throw r.corrupt("point sequence \(p.sequence) differs from the envelope's \(sequence)") }

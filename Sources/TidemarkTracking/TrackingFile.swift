@@ -502,10 +502,7 @@ public final class TrackingFile: @unchecked Sendable {
     /// it on a real host: a wrong boot id hides an unclean shutdown.
     public static func bootID() -> String {
         if let fake = SystemEnvironment.variables["TIDEMARK_TEST_BOOT_ID"], !fake.isEmpty { return fake }
-        guard let fd = try? FileDescriptor(open: "/proc/sys/kernel/random/boot_id", .readOnly) else { return "" }
-        var bytes = [UInt8](repeating: 0, count: 64)
-        let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
-        var s = Array(bytes[0..<n])
+        guard var s = try? SmallFile.read("/proc/sys/kernel/random/boot_id", bytesMax: 64) else { return "" }
         while let last = s.last, last == 0x0A || last == 0x20 || last == 0 { s.removeLast() }
         return String(decoding: s, as: UTF8.self)
     }
