@@ -20,7 +20,7 @@ struct CommittedThroughTracker {
     /// Wall time of the latest drain that started (not yet known to be in the set when `draining`).
     private(set) var lastDrainUnixMs: Int64?
 
-    static func nowUnixMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func nowUnixMs() -> Int64 { SystemClock.wallUnixMs() }
 
     /// A drain that started at `unixMs` has been merged into the to-read set.
     mutating func drained(atUnixMs unixMs: Int64, toReadEmpty: Bool, lastSequence: UInt64, committed: UInt64) {

@@ -125,7 +125,7 @@ extension DiskReplicator {
         var thawHookNeeded = appConsistent
         defer { if thawHookNeeded, let hook = settings.postThawHook { try? runHook(hook, "post-thaw") } }
 
-        let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+        let tag = PointTag(id: Self.newPointID(), pointClass: cls, timeUnixMs: SystemClock.wallUnixMs())
         let request = PointRequest(tag: tag)
         let freezer = Freezer(mounts: mounts)
         // Before FIFREEZE: the freeze record (durable) and the armed watchdog
@@ -194,7 +194,9 @@ extension DiskReplicator {
         Log.info("\(session.device.path): recovery point \(tag.id) (\(cls.rawValue)) tagged at #\(sequence); frozen \(String(format: "%.1f", freezeMs)) ms (FIFREEZE \(ms(t0, tFrozen)), drain \(ms(tFrozen, tDrained)), read and tag \(ms(tDrained, t0 + freezeMs / 1000))); guarded in \(String(format: "%.1f", guardMs)) ms before")
         recordFreeze(ms: freezeMs)
         // Wait for the commit, so the caller can recover it at once.
-        let commitDeadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
+        // A monotonic deadline: setting the wall clock does not cut or
+        // stretch the wait.
+        let commitDeadline = monotonicSeconds() + Double(ReplicationLimits.pointCommitWaitMsMax) / 1000
         cond.lock()
         // A tag the server never made durable is gone when numbering restarts
         // below it (the server lost segments, or a spooled one was damaged):
@@ -205,7 +207,9 @@ extension DiskReplicator {
                 || (restarts.count >= Self.restartsKept && restarts[0].epoch > request.epoch + 1)
         }
         while committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
-            if !cond.wait(until: min(commitDeadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= commitDeadline { break }
+            let left = commitDeadline - monotonicSeconds()
+            if left <= 0 { break }
+            _ = cond.wait(until: Date(timeIntervalSinceNow: min(left, 0.05)))
         }
         let lost = lostLocked()
         let committed = !lost && committedSequence >= sequence
@@ -276,7 +280,7 @@ extension DiskReplicator {
         let f = DateFormatter()
         f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
         f.timeZone = TimeZone(identifier: "UTC")
-        return "p-" + f.string(from: Date()) + "-" + b.map { String(format: "%02x", $0) }.joined()
+        return "p-" + f.string(from: Date(timeIntervalSince1970: Double(SystemClock.wallUnixMs()) / 1000)) + "-" + b.map { String(format: "%02x", $0) }.joined()
     }
 
     func runHook(_ path: String, _ what: String) throws {

@@ -830,4 +830,4 @@ struct TokenBucket {
     }
 }
 
-func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
+func monotonicSeconds() -> Double { SystemClock.monotonicSeconds() }

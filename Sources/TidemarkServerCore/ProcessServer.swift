@@ -799,14 +799,16 @@ public final class ProcessServer: @unchecked Sendable {
     }
 
     private func runPruner() {
-        var lastRun = Date.distantPast
+        // Monotonic, so setting the wall clock neither skips nor repeats a run.
+        var lastRun: Double? = nil
         while !isStopped {
             usleep(200_000)
             lock.lock()
             let interval = options.pruneIntervalSeconds
             lock.unlock()
-            guard Date().timeIntervalSince(lastRun) >= Double(interval) else { continue }
-            lastRun = Date()
+            let now = SystemClock.monotonicSeconds()
+            if let lastRun, now - lastRun < Double(interval) { continue }
+            lastRun = now
             pruneOnce()
         }
     }
@@ -814,7 +816,7 @@ public final class ProcessServer: @unchecked Sendable {
     /// Expires recovery points older than the retention on every disk.
     public func pruneOnce() {
         lock.lock()
-        let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(options.retentionSeconds) * 1000
+        let cutoff = SystemClock.wallUnixMs() - Int64(options.retentionSeconds) * 1000
         let ids = Array(disks.keys)
         lock.unlock()
         for id in ids {

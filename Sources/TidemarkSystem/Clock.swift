@@ -50,3 +50,9 @@ public struct SystemClock: TimeSource {
     public static func wallUnixMs() -> Int64 { wallUnixNs() / 1_000_000 }
     public static func wallUnixSeconds() -> Int64 { wallUnixNs() / 1_000_000_000 }
 }
+
+/// Shorthands for `SystemClock`'s readings, for code at the operating
+/// system's edge (I/O loops, tools, benchmarks); the only clock reads
+/// outside Clock.swift go through these or `SystemClock`.
+@inlinable public func monotonicNanoseconds() -> UInt64 { SystemClock.monotonicNs() }
+@inlinable public func wallClockNanoseconds() -> Int64 { SystemClock.wallUnixNs() }

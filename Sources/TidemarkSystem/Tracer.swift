@@ -485,18 +485,6 @@ public enum LiveTracking {
     }
 }
 
-public func wallClockNanoseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 /// mkdir -p with a mode for the directories it creates.
 public func makeDirectories(_ path: String, mode: mode_t) throws {
     var prefix = ""

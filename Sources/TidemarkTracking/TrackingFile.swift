@@ -672,11 +672,7 @@ public struct HRLVerifyReport: Sendable {
     public var isValid: Bool { problems.isEmpty }
 }
 
-func wallClockUnixNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+func wallClockUnixNs() -> UInt64 { UInt64(max(0, SystemClock.wallUnixNs())) }
 
 /// 16 random bytes shaped as an RFC 4122 version 4 UUID.
 func randomUUID() -> [UInt8] {
