@@ -80,7 +80,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tidemark-bitmap",
-            dependencies: ["TidemarkBitmapTool", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TidemarkBitmapTool", "TidemarkSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "tidemark-bench",

@@ -810,10 +810,17 @@ public enum EarlyAttach {
         while true {
             var probe = stateDir
             while !fileExists(probe), probe != "/", !probe.isEmpty { probe = parentDirectory(probe) }
-            if access(probe, W_OK) == 0 { return true }
-            if errno != EROFS && errno != EACCES { return true }  // let the open report it
+            let refused: Int32
+            do {
+                try checkAccess(probe, W_OK)
+                return true
+            } catch let e as SystemError where e.errno == EROFS || e.errno == EACCES {
+                refused = e.errno
+            } catch {
+                return true  // let the open report it
+            }
             if !logged {
-                Log.info("waiting for \(probe) to become writable (\(String(cString: strerror(errno)))): the root filesystem is still read-only early in boot; the tracer is attached, so no write is missed")
+                Log.info("waiting for \(probe) to become writable (\(String(cString: strerror(refused)))): the root filesystem is still read-only early in boot; the tracer is attached, so no write is missed")
                 logged = true
             }
             if StopSignal.isRequested { return false }

@@ -92,23 +92,13 @@ enum ObjectFiles {
         let final = dir + "/" + name
         // link() fails with EEXIST instead of replacing: the first complete
         // object wins and is never rewritten (rename would overwrite).
-        let r = link(tmp, final)
-        let e = errno
-        _ = unlink(tmp)
-        if r != 0 {
-            if e == EEXIST { return false }
-            throw SystemError(call: "link", errno: e, context: "publishing object \(final)")
-        }
-        return true
+        defer { _ = try? removeFile(tmp) }
+        return try linkFile(tmp, to: final, purpose: "publishing object")
     }
 
     /// Removes an object and makes the removal durable.
     static func remove(_ path: String, syncDir: Bool = true) throws {
-        if unlink(path) != 0 {
-            let e = errno
-            if e == ENOENT { return }
-            throw SystemError(call: "unlink", errno: e, context: "removing \(path)")
-        }
+        guard try removeFile(path) else { return }
         if syncDir { try syncDirectory(parent(of: path)) }
     }
 
@@ -125,52 +115,24 @@ enum ObjectFiles {
     /// mkdir that tolerates an existing directory; flushes the parent when it
     /// created one.
     static func makeDirectory(_ path: String) throws {
-        if mkdir(path, 0o755) == 0 {
+        if try TidemarkSystem.makeDirectory(path, mode: 0o755, purpose: "creating directory") {
             try syncDirectory(parent(of: path))
             return
         }
-        let e = errno
-        if e == EEXIST {
-            var st = Glibc.stat()
-            if stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { return }
-            throw TidemarkError(.state, "\(path) exists and is not a directory", hint: "move it away; the target layout needs a directory there")
-        }
-        throw SystemError(call: "mkdir", errno: e, context: "creating directory \(path)")
+        if let st = try? fileStatus(path), st.st_mode & S_IFMT == S_IFDIR { return }
+        throw TidemarkError(.state, "\(path) exists and is not a directory", hint: "move it away; the target layout needs a directory there")
     }
 
     /// Names in a directory (without "." and ".."); nil when it does not exist.
     static func list(_ dir: String) throws -> [String]? {
-        guard let d = opendir(dir) else {
-            let e = errno
-            if e == ENOENT { return nil }
-            throw SystemError(call: "opendir", errno: e, context: "listing \(dir)")
-        }
-        defer { closedir(d) }
-        var names = [String]()
-        while true {
-            errno = 0
-            guard let ent = readdir(d) else {
-                if errno != 0 { throw SystemError(call: "readdir", errno: errno, context: "listing \(dir)") }
-                break
-            }
-            let name = withUnsafePointer(to: ent.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        try directoryEntries(dir)
     }
 
     static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     /// Size of a file, nil when absent.
     static func size(_ path: String) throws -> UInt64? {
-        var st = Glibc.stat()
-        if stat(path, &st) != 0 {
-            let e = errno
-            if e == ENOENT { return nil }
-            throw SystemError(call: "stat", errno: e, context: "inspecting \(path)")
-        }
+        guard let st = try fileStatusIfPresent(path) else { return nil }
         return UInt64(st.st_size)
     }
 
