@@ -165,7 +165,7 @@ extension DiskReplicator {
             try drainOnce()
             tDrained = monotonicSeconds()
             // Tests only: copy the frozen source as ground truth for the point.
-            if let hook = ProcessInfo.processInfo.environment["TIDEMARK_TEST_FROZEN_HOOK"] { try runHook(hook, "test frozen") }
+            if let hook = session.testSwitches.frozenHook { try runHook(hook, "test frozen") }
         } catch {
             freezer.thaw()
             throw error

@@ -10,8 +10,9 @@ extension AgentCommands {
     /// `run`: continuous replication of every configured disk to the process
     /// server, recovery points on the policy's cadence and on request
     /// (`tidemarkctl point create`, through the control socket).
+    /// `testSwitches` are those main read from the environment at start.
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
-                           waitForConfig: Bool = false) throws {
+                           waitForConfig: Bool = false, testSwitches: TestSwitches) throws {
         // First of all: a filesystem a dead agent left frozen is thawed (its
         // freeze record in the run directory says which), whatever else
         // fails after this.
@@ -76,7 +77,8 @@ extension AgentCommands {
         defer { FreezeWatchdogClient.shared.stop() }
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []
-        let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)
+        let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes,
+                                             testSwitches: testSwitches)
         guard !sessions.isEmpty else { return }
         for session in sessions {
             let d = session.device.path
@@ -141,7 +143,7 @@ extension AgentCommands {
         if let f = failures.first {
             throw TidemarkError(.state, "replication stopped: \(f)")
         }
-        armShutdownSeal(order.map(\.session), stateDir: config.stateDir)
+        armShutdownSeal(order.map(\.session), stateDir: config.stateDir, testSwitches: testSwitches)
         Log.info("stopped; tracking stays pinned")
     }
 

@@ -346,7 +346,7 @@ public enum ShutdownSeal {
     /// nonce to record in each `.hrl` (state `clean`). Throws, saying why,
     /// when the file cannot be sealed raw (filesystem type, extent flags,
     /// alignment): then no `.hrl` may be marked clean.
-    public static func arm(stateDir: String, sessions: [DiskSession]) throws -> [UInt8] {
+    public static func arm(stateDir: String, sessions: [DiskSession], bootID: String) throws -> [UInt8] {
         guard !sessions.isEmpty else { throw TidemarkError(.invalidArgument, "no disk to arm a shutdown seal for") }
         guard sessions.count <= Limits.shutdownSealDisksMax else {
             throw TidemarkError(.unsupported, "\(sessions.count) disks are more than one shutdown seal describes (\(Limits.shutdownSealDisksMax))")
@@ -379,7 +379,7 @@ public enum ShutdownSeal {
         var nonce = [UInt8](repeating: 0, count: 16)
         while !nonce.contains(where: { $0 != 0 }) { nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) } }
         let armed = Armed(
-            nonce: nonce, bootID: TrackingFile.bootID(), armedUnixNs: UInt64(wallClockNanoseconds()), sealDev: sealDev,
+            nonce: nonce, bootID: bootID, armedUnixNs: UInt64(wallClockNanoseconds()), sealDev: sealDev,
             fileExtents: extents, sealPath: path,
             disks: sessions.map { s in
                 ArmedDisk(slot: s.slot.slot, regionDev: s.slot.regionDev, wholeDev: s.slot.wholeDev, chunkSizeBytes: s.slot.chunkSizeBytes,
@@ -460,7 +460,8 @@ public enum ShutdownSeal {
 
     /// `tidemark-agent shutdown-seal`: see the type's comment. Writes nothing
     /// unless everything checks out; returns a one-line summary.
-    public static func seal() throws -> String {
+    /// `switches` are the test switches main read (the boot id override).
+    public static func seal(_ switches: TestSwitches) throws -> String {
         Glibc.sync()  // every write issued so far completes, so its bit is set
         if !fileExists(locatorPath) && !Tracer.isPinned {
             return "nothing to seal: no disk is tracked on this host (no tracer pinned under \(TracerPaths.pinDir))"
@@ -477,7 +478,7 @@ public enum ShutdownSeal {
         do { armed = try decodeArmed(UnsafeRawBufferPointer(copy.bytes)) } catch let e as FormatError {
             throw TidemarkError(.corrupt, "\(locatorPath): \(e)")
         }
-        let boot = TrackingFile.bootID()
+        let boot = switches.hostBootID()
         guard armed.bootID == boot else {
             throw TidemarkError(.state, "the armed seal is of boot \(armed.bootID), this is boot \(boot)")
         }
@@ -605,7 +606,8 @@ public enum ShutdownSeal {
     /// After a reboot, for a `.hrl` in state `clean` from another boot:
     /// whether the seal in `stateDir` completes its bits, and with what.
     /// `slot` is the slot attached in this boot. Never writes.
-    public static func recover(stateDir: String, hrl: TrackingFile, slot: TrackedSlot) -> Recovery {
+    /// `bootID` is this boot's id.
+    public static func recover(stateDir: String, hrl: TrackingFile, slot: TrackedSlot, bootID: String) -> Recovery {
         let h = hrl.header
         let unclean = ResyncReason.uncleanShutdown
         guard h.hasSealNonce else {
@@ -667,7 +669,7 @@ public enum ShutdownSeal {
                            "the shutdown hook sealed this disk incomplete: \(r.status)")
         }
         // This boot's slot must have been attached before any filesystem of the disk was writable.
-        switch EarlyAttach.check(slot: slot) {
+        switch EarlyAttach.check(slot: slot, bootID: bootID) {
         case .early: break
         case .late(let why): return .resync(.lateAttach, why)
         }
@@ -728,9 +730,9 @@ public enum EarlyAttach {
     /// Writes the record for a slot attached just now. `rwBefore` /
     /// `rwAfter` are the read-write mounts on the disk found just before and
     /// just after the attach.
-    static func record(slot: TrackedSlot, device: BlockDeviceInfo, rwMounts: [MountEntry]) throws {
+    static func record(slot: TrackedSlot, device: BlockDeviceInfo, rwMounts: [MountEntry], bootID: String) throws {
         let early = rwMounts.isEmpty
-        var text = "boot_id=\(TrackingFile.bootID())\nslot=\(slot.slot)\nattached_unix_ns=\(slot.attachedUnixNs)\nearly=\(early ? 1 : 0)\n"
+        var text = "boot_id=\(bootID)\nslot=\(slot.slot)\nattached_unix_ns=\(slot.attachedUnixNs)\nearly=\(early ? 1 : 0)\n"
         for m in rwMounts { text += "rw_mount=\(m.source) at \(m.mountPoint)\n" }
         try makeDirectories(TracerPaths.runDir, mode: 0o700)
         let path = recordPath(regionDev: slot.regionDev)
@@ -744,7 +746,7 @@ public enum EarlyAttach {
     }
 
     /// Whether `slot` (attached in this boot) was attached early.
-    public static func check(slot: TrackedSlot) -> Verdict {
+    public static func check(slot: TrackedSlot, bootID: String) -> Verdict {
         let path = recordPath(regionDev: slot.regionDev)
         guard let text = SmallFile.textIfReadable(path) else {
             return .late("no record in \(TracerPaths.runDir) that tracer slot \(slot.slot) was attached early in this boot (before a filesystem of the disk was mounted read-write); writes of this boot before the agent started are unknown")
@@ -756,7 +758,7 @@ public enum EarlyAttach {
             let k = String(line[..<eq]), v = String(line[line.index(after: eq)...])
             if k == "rw_mount" { mounts.append(v) } else { fields[k] = v }
         }
-        guard fields["boot_id"] == TrackingFile.bootID(), fields["slot"] == String(slot.slot),
+        guard fields["boot_id"] == bootID, fields["slot"] == String(slot.slot),
               fields["attached_unix_ns"] == String(slot.attachedUnixNs) else {
             return .late("the attach record \(path) is of another slot or boot than tracer slot \(slot.slot) attached at \(slot.attachedUnixNs) ns; the slot was attached again later in this boot")
         }
@@ -771,7 +773,7 @@ public enum EarlyAttach {
     /// filesystem of the disk was writable. Failures are logged and left to
     /// `DiskSession.open`, which reports them properly.
     /// Returns the slots it attached, by region dev (for `DiskSession.open`).
-    public static func attachAll(devices: [String], stateDir: String, chunkSizeBytes: UInt32) -> [UInt32: TrackedSlot] {
+    public static func attachAll(devices: [String], stateDir: String, chunkSizeBytes: UInt32, bootID: String) -> [UInt32: TrackedSlot] {
         var attached: [UInt32: TrackedSlot] = [:]
         guard let dir = realpathString(stateDir) else {
             Log.warning("state directory \(stateDir) does not exist yet: the tracer is attached once it can be created; a reboot before then is answered with a resync")
@@ -793,7 +795,7 @@ public enum EarlyAttach {
                 var rw = before
                 for m in device.writableMounts(in: try MountEntry.current()) where !rw.contains(m) { rw.append(m) }
                 attached[device.kernelDev] = slot
-                try record(slot: slot, device: device, rwMounts: rw)
+                try record(slot: slot, device: device, rwMounts: rw, bootID: bootID)
             } catch {
                 Log.warning("\(d): early attach of the tracer failed: \(error)")
             }
