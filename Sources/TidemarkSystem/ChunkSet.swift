@@ -166,7 +166,10 @@ public struct ChunkSet: Sendable, Equatable {
     /// them exactly; the last chunk of the disk may be short).
     public func chunks(ofBytes b: Range<UInt64>) -> Range<UInt64> {
         precondition(chunkSizeBytes > 0, "ChunkSet: made without a chunk size")
-        return b.lowerBound / chunkSizeBytes ..< (b.upperBound + chunkSizeBytes - 1) / chunkSizeBytes
+        // Rounded up without `upperBound + chunkSizeBytes - 1`, which
+        // overflows for an end near 2^64.
+        let upper = b.upperBound / chunkSizeBytes + (b.upperBound % chunkSizeBytes == 0 ? 0 : 1)
+        return b.lowerBound / chunkSizeBytes ..< upper
     }
 
     /// The byte range of a run of chunks, clipped to the disk size.

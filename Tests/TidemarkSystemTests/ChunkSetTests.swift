@@ -77,6 +77,7 @@ import TidemarkTesting
         #expect(set.chunkCount == 11)
         #expect(set.chunks(ofBytes: 4096..<3 * 4096) == 1..<3)
         #expect(set.chunks(ofBytes: 10 * 4096..<10 * 4096 + 100) == 10..<11)
+        #expect(set.chunks(ofBytes: UInt64.max - 10..<UInt64.max) == UInt64.max / 4096..<UInt64.max / 4096 + 1, "no overflow near 2^64")
         set.insert(1..<3)
         #expect(set.missingRuns(0..<11) == [0..<1, 3..<11])
         #expect(set.bytes(3..<11, diskSize: 10 * 4096 + 100) == 3 * 4096..<10 * 4096 + 100)
