@@ -13,7 +13,9 @@ let package = Package(
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
-        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget", "TidemarkSurface", "TidemarkDaemon", "TidemarkAgentCore", "TidemarkServerCore"]),
+        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTransport",
+                                                      "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget",
+                                                      "TidemarkSurface", "TidemarkDaemon", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -23,19 +25,44 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
-        // The C shim. Only TidemarkSystem imports it.
+        // The C shims: each is imported by the one Swift target of the same
+        // name without the C, and links only the libraries that target needs.
         .target(
-            name: "CTidemark",
-            path: "CSources/CTidemark",
+            name: "CTidemarkSystem",
+            path: "CSources/CTidemarkSystem",
             exclude: ["tracer_bpf_object.h"],
             cSettings: [.unsafeFlags(["-O2"])],
-            linkerSettings: [
-                .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring"),
-                .linkedLibrary("zstd"), .linkedLibrary("ssl"), .linkedLibrary("crypto"),
-            ]
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring")]
         ),
-        // Syscalls, typed errors, block devices, the BPF tracer, the io_uring reader.
-        .target(name: "TidemarkSystem", dependencies: ["CTidemark", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "CTidemarkCrypto",
+            path: "CSources/CTidemarkCrypto",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("crypto")]
+        ),
+        .target(
+            name: "CTidemarkCompression",
+            path: "CSources/CTidemarkCompression",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("zstd")]
+        ),
+        .target(
+            name: "CTidemarkTransport",
+            path: "CSources/CTidemarkTransport",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        // Syscalls and typed errors, file descriptors, block devices, the BPF
+        // tracer and its drain, io_uring readers and writers, worker and
+        // buffer pools; and the primitives every layer shares: the byte
+        // codec, ChunkSet, the clock, CRC32C, small-file reads; logging.
+        .target(name: "TidemarkSystem", dependencies: ["CTidemarkSystem", .product(name: "Logging", package: "swift-log")]),
+        // AES-256-GCM, SHA-256, HMAC-SHA-256, the chunk digests' PRF, random bytes (OpenSSL libcrypto).
+        .target(name: "TidemarkCrypto", dependencies: ["CTidemarkCrypto", "TidemarkSystem"]),
+        // zstd compression of sealed segments.
+        .target(name: "TidemarkCompression", dependencies: ["CTidemarkCompression", "TidemarkSystem"]),
+        // TCP sockets with timeouts and TLS 1.3 with mutual authentication (OpenSSL libssl).
+        .target(name: "TidemarkTransport", dependencies: ["CTidemarkTransport", "TidemarkSystem"]),
         // The programs' outward surface: the control-socket protocol (requests,
         // replies, status) and the JSON every `--json` prints, shared by the
         // agent and tidemarkctl; the metric names of docs/metrics.md.
@@ -50,23 +77,25 @@ let package = Package(
         .target(name: "TidemarkTracking", dependencies: ["TidemarkSystem"]),
         // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
         .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
-        // Agent modes: track, untrack, mirror.
-        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkStorage", "TidemarkDaemon", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkSurface",
+        // Agent modes: track, untrack, mirror, run.
+        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkStorage", "TidemarkDaemon",
+                                                          "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkSurface",
                                                           .product(name: "Logging", package: "swift-log"),
                                                           .product(name: "Metrics", package: "swift-metrics"),
                                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                           .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // Wire format: frames, sealed segments (zstd + AES-256-GCM), replication keys.
-        .target(name: "TidemarkWire", dependencies: ["TidemarkSystem"]),
+        .target(name: "TidemarkWire", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression"]),
         // Storage backends that know nothing of Tidemark's layout: the ObjectStore
         // protocol (local directory, memory; S3 later) and ImageWriter (disk images
         // on files and block devices).
         .target(name: "TidemarkStorage", dependencies: ["TidemarkSystem"]),
         // Target storage: TargetRepository (layout, recovery points, prune, digest
         // index, materialize) above any ObjectStore.
-        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkStorage"]),
+        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkStorage"]),
         // The process server: TLS ingest, durable spool, uploader to target storage.
-        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkDaemon", "TidemarkWire", "TidemarkTarget", "TidemarkConfig", "TidemarkSurface",
+        .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkTransport", "TidemarkDaemon", "TidemarkWire", "TidemarkTarget",
+                                                           "TidemarkConfig", "TidemarkSurface",
                                                            .product(name: "Logging", package: "swift-log"),
                                                            .product(name: "Metrics", package: "swift-metrics"),
                                                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -81,7 +110,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "tidemark-bitmap",
-            dependencies: ["TidemarkBitmapTool", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TidemarkBitmapTool", "TidemarkSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "tidemark-bench",
@@ -101,9 +130,10 @@ let package = Package(
         .target(name: "TidemarkStorageTesting", dependencies: ["TidemarkStorage", "TidemarkSystem", "TidemarkTesting"], path: "Tests/TidemarkStorageTesting"),
         .testTarget(name: "TidemarkStorageTests", dependencies: ["TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "TidemarkTransportTests", dependencies: ["TidemarkTransport", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkCrypto", "TidemarkTesting"]),
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting", "TidemarkSurface"]),
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting",
@@ -114,7 +144,7 @@ let package = Package(
                                                                    .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "TidemarkSurfaceTests", dependencies: ["TidemarkSurface"]),
         .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting", "TidemarkSurface"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]
 )

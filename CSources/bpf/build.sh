@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Rebuild the tracer's BPF object and the C header that embeds it.
-#   CSources/bpf/build.sh            regenerate CSources/CTidemark/tracer_bpf_object.h
+#   CSources/bpf/build.sh            regenerate CSources/CTidemarkSystem/tracer_bpf_object.h
 #   CSources/bpf/build.sh --check    fail if the committed header is not current
 # Needs the Swift toolchain's clang (it targets bpf) and libbpf-dev's headers.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 clang=${BPF_CLANG:-/opt/swift/usr/bin/clang}
-out_h="$here/../CTidemark/tracer_bpf_object.h"
+out_h="$here/../CTidemarkSystem/tracer_bpf_object.h"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # Relative paths and a fixed compilation directory: the object must not
 # depend on where the checkout lives, or the --check below fails on CI.

@@ -6,14 +6,14 @@
  * atomic OR. The bitmaps are BPF_F_MMAPABLE arrays of 64-bit words that the
  * agent maps and drains. See docs/tracer.md.
  *
- * Built by CSources/bpf/build.sh into CSources/CTidemark/tracer_bpf_object.h.
+ * Built by CSources/bpf/build.sh into CSources/CTidemarkSystem/tracer_bpf_object.h.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
-#include "../CTidemark/include/tidemark_tracer_abi.h"
+#include "../CTidemarkSystem/include/tidemark_tracer_abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

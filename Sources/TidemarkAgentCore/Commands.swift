@@ -11,6 +11,9 @@ public struct AgentSettings: Sendable {
     public var drainIntervalMs: Int
     public var mirrorTo: String?
     public var mirrorIntervalMs: Int
+    /// The test switches main read from the environment at start
+    /// (`TestSwitches.off` unless the caller sets them).
+    public var testSwitches: TestSwitches = .off
 
     /// Loads the config (`configPath`, or /etc/tidemark/agent.yaml when it
     /// exists) and applies the command-line values given.
@@ -55,7 +58,8 @@ public enum AgentCommands {
         // Validate every device before changing anything.
         for d in s.disks { _ = try BlockDeviceInfo.inspect(d) }
         StopSignal.install()
-        let sessions = try openSessionsEarly(s.disks, stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes)
+        let sessions = try openSessionsEarly(s.disks, stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes,
+                                             testSwitches: s.testSwitches)
         guard !sessions.isEmpty else { return }
         for session in sessions {
             Log.info("\(session.device.path): tracking into \(session.hrl.path) (\(session.startNote); state \(session.hrl.header.state))")
@@ -69,7 +73,7 @@ public enum AgentCommands {
             StopSignal.sleep(milliseconds: s.drainIntervalMs)
         }
         for session in sessions { try session.drain() }
-        armShutdownSeal(sessions, stateDir: s.stateDir)
+        armShutdownSeal(sessions, stateDir: s.stateDir, testSwitches: s.testSwitches)
         Log.info("stopped; \(sessions.count) disk(s) still tracked by the pinned tracer")
     }
 
@@ -78,8 +82,10 @@ public enum AgentCommands {
     /// state directory is writable, then open and reconcile each disk's
     /// `.hrl` (merging the shutdown seal after an orderly reboot), and mark
     /// the seal consumed. Empty when a stop was requested while waiting.
-    static func openSessionsEarly(_ disks: [String], stateDir: String, chunkSizeBytes: UInt32) throws -> [DiskSession] {
-        let early = EarlyAttach.attachAll(devices: disks, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes)
+    static func openSessionsEarly(_ disks: [String], stateDir: String, chunkSizeBytes: UInt32,
+                                  testSwitches: TestSwitches) throws -> [DiskSession] {
+        let early = EarlyAttach.attachAll(devices: disks, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes,
+                                          bootID: testSwitches.hostBootID())
         guard EarlyAttach.waitUntilWritable(stateDir) else {
             Log.info("stopped while waiting for \(stateDir) to become writable; tracking stays pinned")
             return []
@@ -88,7 +94,7 @@ public enum AgentCommands {
         do {
             for d in disks {
                 sessions.append(try DiskSession.open(devicePath: d, stateDir: stateDir, chunkSizeBytes: chunkSizeBytes,
-                                                     earlyAttached: early))
+                                                     earlyAttached: early, testSwitches: testSwitches))
             }
         } catch {
             // A failed start leaves no slot it attached for a disk it did not
@@ -113,11 +119,11 @@ public enum AgentCommands {
     /// record `clean` with its nonce in every `.hrl` that is tracking. If the
     /// seal cannot be armed, the files stay `tracking`: a restart in this
     /// boot resumes as before, a reboot requires a resync.
-    static func armShutdownSeal(_ sessions: [DiskSession], stateDir: String) {
+    static func armShutdownSeal(_ sessions: [DiskSession], stateDir: String, testSwitches: TestSwitches) {
         let tracked = sessions.filter { $0.hrl.header.state == .tracking }
         guard !tracked.isEmpty else { return }
         do {
-            let nonce = try ShutdownSeal.arm(stateDir: stateDir, sessions: tracked)
+            let nonce = try ShutdownSeal.arm(stateDir: stateDir, sessions: tracked, bootID: testSwitches.hostBootID())
             for s in tracked {
                 try s.hrl.setClean(sealNonce: nonce, text: "stopped in order; shutdown seal armed")
             }
@@ -135,7 +141,7 @@ public enum AgentCommands {
             guard let tracer = try Tracer.open(create: false), let slot = try tracer.slot(for: device) else {
                 println("\(d) is not tracked on this host")
                 let path = DiskSession.hrlPath(stateDir: realpathString(s.stateDir) ?? s.stateDir, device: device)
-                if let f = try? TrackingFile.open(at: path), f.header.state == .tracking {
+                if let f = try? TrackingFile.open(at: path, bootID: s.testSwitches.hostBootID()), f.header.state == .tracking {
                     try f.setState(.resyncRequired, reason: .tracerDetached, text: "the tracer was found detached at untrack")
                 }
                 continue
@@ -145,7 +151,8 @@ public enum AgentCommands {
                 throw TidemarkError(.busy, "\(d) is tracked for state file \(slot.hrlPath), not \(expected)",
                                     hint: "pass --state-dir \(parentDirectory(slot.hrlPath))")
             }
-            let session = try DiskSession.open(devicePath: d, stateDir: s.stateDir, chunkSizeBytes: slot.chunkSizeBytes)
+            let session = try DiskSession.open(devicePath: d, stateDir: s.stateDir, chunkSizeBytes: slot.chunkSizeBytes,
+                                               testSwitches: s.testSwitches)
             try session.detachAndRecord()
             println("\(d): tracking stopped; \(session.hrl.path) is resync-required (writes from now on are not tracked)")
         }
@@ -164,7 +171,8 @@ public enum AgentCommands {
             throw TidemarkError(.invalidArgument, "the mirror target \(to) is the source disk itself")
         }
         StopSignal.install()
-        let session = try DiskSession.open(devicePath: s.disks[0], stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes)
+        let session = try DiskSession.open(devicePath: s.disks[0], stateDir: s.stateDir, chunkSizeBytes: s.chunkSizeBytes,
+                                           testSwitches: s.testSwitches)
         Log.info("\(device.path): \(session.startNote); state \(session.hrl.header.state)")
         let mirror = try Mirror(session: session, targetPath: to)
         let start = monotonicNanoseconds()

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TidemarkSurface
+import TidemarkSystem
 
 /// The disk's "committed-through time": the newest drain time T such that
 /// every chunk drained at or before T is in a committed segment. The RPO of
@@ -20,7 +21,7 @@ struct CommittedThroughTracker {
     /// Wall time of the latest drain that started (not yet known to be in the set when `draining`).
     private(set) var lastDrainUnixMs: Int64?
 
-    static func nowUnixMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func nowUnixMs() -> Int64 { SystemClock.wallUnixMs() }
 
     /// A drain that started at `unixMs` has been merged into the to-read set.
     mutating func drained(atUnixMs unixMs: Int64, toReadEmpty: Bool, lastSequence: UInt64, committed: UInt64) {
@@ -105,7 +106,7 @@ extension DiskReplicator {
 
 /// The resident set size of this process in bytes (from /proc/self/statm), 0 if unreadable.
 public func residentBytes() -> UInt64 {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    guard let text = SmallFile.textIfReadable("/proc/self/statm") else { return 0 }
     let fields = text.split(separator: " ")
     guard fields.count >= 2, let pages = UInt64(fields[1]) else { return 0 }
     return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))

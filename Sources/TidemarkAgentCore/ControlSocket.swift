@@ -73,16 +73,16 @@ public final class ControlServer: @unchecked Sendable {
         do {
             var attempt = 0
             while true {
-                let r = withUnsafePointer(to: &addr) { p in
-                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(s, $0, addrLen) }
+                do {
+                    _ = try syscall("bind", what) {
+                        withUnsafePointer(to: &addr) { p in
+                            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(s, $0, addrLen) }
+                        }
+                    }
+                    break
+                } catch let e as SystemError where e.errno == EADDRINUSE && attempt == 0 {
+                    attempt += 1
                 }
-                if r == 0 { break }
-                let e = errno
-                if e == EINTR { continue }
-                guard e == EADDRINUSE, attempt == 0 else {
-                    throw SystemError(call: "bind", errno: e, context: what)
-                }
-                attempt += 1
                 try Self.removeStaleSocket(path, addr: addr, addrLen: addrLen)
             }
             // Mode before listen: until listen nobody can connect, so the
@@ -152,12 +152,7 @@ public final class ControlServer: @unchecked Sendable {
         var prefix = parent.hasPrefix("/") ? "" : "."
         for part in parent.split(separator: "/") {
             prefix += "/" + part
-            if mkdir(prefix, 0o755) != 0 {
-                let e = errno
-                guard e == EEXIST else {
-                    throw SystemError(call: "mkdir", errno: e, context: "creating the directory \(prefix) of the control socket")
-                }
-            }
+            _ = try makeDirectory(prefix, mode: 0o755, purpose: "creating the control socket's directory")
         }
     }
 
@@ -175,42 +170,46 @@ public final class ControlServer: @unchecked Sendable {
         }
         defer { Glibc.close(probe) }
         var a = addr
-        let r = withUnsafePointer(to: &a) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe, $0, addrLen) }
-        }
-        let e = errno
-        if r == 0 || e == EAGAIN || e == EINPROGRESS {
+        let listening: Bool
+        do {
+            _ = try syscall("connect", "probing the existing control socket \(path)") {
+                withUnsafePointer(to: &a) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe, $0, addrLen) }
+                }
+            }
+            listening = true
+        } catch let e as SystemError where e.errno == EAGAIN || e.errno == EINPROGRESS {
             // EAGAIN: the listener's backlog is full, so somebody is listening.
+            listening = true
+        } catch let e as SystemError where e.errno == ECONNREFUSED {
+            listening = false
+        }
+        if listening {
             throw TidemarkError(.busy, "another agent is listening on \(path)",
                                 hint: "stop the other tidemark-agent first (systemctl stop tidemark-agent), or give this one another control socket")
         }
-        guard e == ECONNREFUSED else {
-            throw SystemError(call: "connect", errno: e, context: "probing the existing control socket \(path)")
-        }
         Log.info("replacing the stale control socket \(path)")
-        guard unlink(path) == 0 || errno == ENOENT else {
-            throw SystemError(call: "unlink", errno: errno, context: "removing the stale control socket \(path)")
-        }
+        try removeFile(path, purpose: "removing the stale control socket")
     }
 
     // MARK: - Serving
 
     private func acceptLoop() {
         while !state.withLock({ $0.stopping }) {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let r = poll(&p, 1, 200)
-            if r < 0 {
-                if errno == EINTR { continue }
-                Log.error("control socket \(path): poll failed: \(String(cString: strerror(errno))); no longer accepting")
+            do {
+                guard try pollReady(fd, Int16(POLLIN), timeoutMs: 200, "control socket \(path)") else { continue }
+            } catch {
+                Log.error("\(error); no longer accepting")
                 return
             }
-            if r == 0 { continue }
-            let c = Glibc.accept(fd, nil, nil)
-            if c >= 0 { _ = fcntl(c, F_SETFD, FD_CLOEXEC) }  // hook scripts must not inherit it
-            if c < 0 {
-                let e = errno
+            let c: Int32
+            do {
+                c = try syscall("accept", "control socket \(path)") { Glibc.accept(fd, nil, nil) }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)  // hook scripts must not inherit it
+            } catch let error as SystemError {
+                let e = error.errno
                 switch e {
-                case EINTR, EAGAIN, EWOULDBLOCK, ECONNABORTED, EPROTO:
+                case EAGAIN, EWOULDBLOCK, ECONNABORTED, EPROTO:
                     continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     Log.warning("control socket \(path): accept failed: \(String(cString: strerror(e))); retrying")
@@ -220,6 +219,9 @@ public final class ControlServer: @unchecked Sendable {
                     Log.error("control socket \(path): accept failed: \(String(cString: strerror(e))); no longer accepting")
                     return
                 }
+            } catch {
+                Log.error("control socket \(path): accept failed: \(error); no longer accepting")
+                return
             }
             Self.setTimeout(c, SO_RCVTIMEO, Self.readTimeoutMs)
             Self.setTimeout(c, SO_SNDTIMEO, Self.writeTimeoutMs)
@@ -272,14 +274,15 @@ public final class ControlServer: @unchecked Sendable {
         var line = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 1024)
         while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.recv(c, $0.baseAddress, $0.count, 0) }
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK {
-                    return .failure("no complete request line within \(readTimeoutMs / 1000) s")
-                }
-                return .failure("reading the request: \(String(cString: strerror(e)))")
+            let n: Int
+            do {
+                n = try buf.withUnsafeMutableBytes { b in try syscall("recv", "reading the request") { Glibc.recv(c, b.baseAddress, b.count, 0) } }
+            } catch let e as SystemError where e.errno == EAGAIN || e.errno == EWOULDBLOCK {
+                return .failure("no complete request line within \(readTimeoutMs / 1000) s")
+            } catch let e as SystemError {
+                return .failure("reading the request: \(String(cString: strerror(e.errno)))")
+            } catch {
+                return .failure("reading the request: \(error)")
             }
             if n == 0 {
                 if line.isEmpty { return .closed }
@@ -314,15 +317,10 @@ public final class ControlServer: @unchecked Sendable {
                 ?? Data(#"{"error":"internal error","ok":false,"version":1}"#.utf8)
         }
         data.append(UInt8(ascii: "\n"))
-        var bytes = [UInt8](data)[...]
-        while !bytes.isEmpty {
-            let n = bytes.withUnsafeBytes { Glibc.send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 {
-                Log.warning("control socket: could not send the reply: \(String(cString: strerror(errno)))")
-                return
-            }
-            bytes = bytes.dropFirst(n)
+        do {
+            try sendAll(c, [UInt8](data), purpose: "sending the reply")
+        } catch {
+            Log.warning("control socket: could not send the reply: \(error)")
         }
     }
 

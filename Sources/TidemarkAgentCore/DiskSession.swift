@@ -28,10 +28,13 @@ public final class DiskSession {
     private var drained = DrainWords()
     /// The same words as `SparseWords` for `persistSet`, also kept.
     private var persisted = SparseWords()
-    /// Test switch (TIDEMARK_TEST_FAKE_RECURSION_MISS=1): the first drain
-    /// behaves as if the kernel had skipped the program once, because real
-    /// recursion misses cannot be provoked on demand.
-    private var fakeRecursionMiss = SystemEnvironment.variables["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "1"
+    /// The test switches main read at start (`TestSwitches.off` in
+    /// production): the boot id override, the frozen hook of points.
+    public let testSwitches: TestSwitches
+    /// Test switch (`fakeRecursionMiss`): the first drain behaves as if the
+    /// kernel had skipped the program once, because real recursion misses
+    /// cannot be provoked on demand.
+    private var fakeRecursionMiss: Bool
 
     public struct DrainResult: Sendable {
         /// Chunks newly drained from the kernel (bits set in the kernel map).
@@ -40,9 +43,11 @@ public final class DiskSession {
     }
 
     private init(device: BlockDeviceInfo, hrl: TrackingFile, tracer: Tracer, slot: TrackedSlot,
-                 bitmap: SlotBitmap, startNote: String, deviceLock: FileDescriptor) {
+                 bitmap: SlotBitmap, startNote: String, deviceLock: FileDescriptor, testSwitches: TestSwitches) {
         self.device = device; self.hrl = hrl; self.tracer = tracer; self.slot = slot
         self.bitmap = bitmap; self.startNote = startNote; self.deviceLock = deviceLock
+        self.testSwitches = testSwitches
+        self.fakeRecursionMiss = testSwitches.fakeRecursionMiss
     }
 
     /// The state file of `device` in `stateDir`.
@@ -75,7 +80,8 @@ public final class DiskSession {
     /// (`EarlyAttach.attachAll`), by region dev; they count as attached now,
     /// not as tracking kept from before.
     public static func open(devicePath: String, stateDir: String, chunkSizeBytes: UInt32,
-                            earlyAttached: [UInt32: TrackedSlot] = [:]) throws -> DiskSession {
+                            earlyAttached: [UInt32: TrackedSlot] = [:], testSwitches: TestSwitches) throws -> DiskSession {
+        let bootNow = testSwitches.hostBootID()
         let device = try BlockDeviceInfo.inspect(devicePath)
         try makeDirectories(stateDir, mode: 0o700)
         guard let stateDirAbs = realpathString(stateDir) else {
@@ -114,7 +120,7 @@ public final class DiskSession {
                 : (.neverSynchronized, "first tracking of this disk: no earlier state")
         } else {
             do {
-                let f = try TrackingFile.open(at: hrlPath)
+                let f = try TrackingFile.open(at: hrlPath, bootID: bootNow)
                 let h = f.header
                 if h.diskSizeBytes != device.sizeBytes {
                     resync = (.diskSizeChanged, "disk size changed from \(h.diskSizeBytes) to \(device.sizeBytes) bytes")
@@ -146,7 +152,7 @@ public final class DiskSession {
                 tracer = reloaded
             }
             hrl = try TrackingFile.create(at: hrlPath, identity: identity, chunkSizeBytes: chunkSizeBytes,
-                                          state: .resyncRequired, reason: reason, reasonText: text)
+                                          state: .resyncRequired, reason: reason, reasonText: text, bootID: bootNow)
         }
         let file = hrl!
 
@@ -163,7 +169,6 @@ public final class DiskSession {
             fresh = true
             notes.append("attached the tracer (slot \(s.slot))")
         }
-        let bootNow = TrackingFile.bootID()
         let h = file.header
         var lost: (ResyncReason, String)?
         switch h.state {
@@ -188,7 +193,7 @@ public final class DiskSession {
         case .clean:
             // Rebooted after an orderly stop: complete only with the shutdown
             // seal and a slot attached early in this boot.
-            switch ShutdownSeal.recover(stateDir: stateDirAbs, hrl: file, slot: slot) {
+            switch ShutdownSeal.recover(stateDir: stateDirAbs, hrl: file, slot: slot, bootID: bootNow) {
             case .recovered(let words, let extents):
                 try file.persistSet(words)
                 try file.setState(.tracking, reason: .none, text: "")
@@ -213,7 +218,7 @@ public final class DiskSession {
         }
         started = true
         return DiskSession(device: device, hrl: file, tracer: tracer, slot: slot, bitmap: bitmap,
-                           startNote: notes.joined(separator: "; "), deviceLock: lock)
+                           startNote: notes.joined(separator: "; "), deviceLock: lock, testSwitches: testSwitches)
     }
 
     /// Attaches (or resumes) `device`'s slot, opening the pinned tracer

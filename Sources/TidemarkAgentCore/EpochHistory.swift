@@ -64,52 +64,57 @@ public struct EpochHistory: Equatable, Sendable {
     }
 
     func encode() -> [UInt8] {
-        var out = Self.magic
-        func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-        le(Self.version)
-        le(UInt32(entries.count))
-        for e in entries { le(e.start); out += e.id }
-        let crc = out.withUnsafeBytes { crc32c($0) }
-        le(crc)
-        return out
+        var w = ByteWriter(capacity: Self.bytesMax)
+        w.raw(Self.magic)
+        w.u32(Self.version)
+        w.u32(UInt32(entries.count))
+        for e in entries {
+            w.u64(e.start)
+            w.raw(e.id)
+        }
+        w.u32(w.bytes.withUnsafeBytes { crc32c($0) })
+        return w.bytes
     }
 
+    /// The largest file: every entry, the fixed fields and the CRC.
+    static let bytesMax = 16 + entriesMax * entryBytes + 4
+
     static func decode(_ b: [UInt8], path: String) throws -> EpochHistory {
-        func corrupt(_ what: String) -> TidemarkError { TidemarkError(.corrupt, "\(path): \(what)") }
-        func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[at + $1]) << (8 * $1) } }
-        func u64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * $1) } }
-        guard b.count >= 20, Array(b[0..<8]) == magic else { throw corrupt("not an epoch history (bad magic or too short)") }
-        guard u32(8) == version else { throw corrupt("epoch history version \(u32(8)); this build reads \(version)") }
-        let n = Int(u32(12))
-        guard n <= entriesMax, b.count == 16 + n * entryBytes + 4 else { throw corrupt("\(n) entries do not fit its \(b.count) bytes") }
-        guard b.withUnsafeBytes({ crc32c(UnsafeRawBufferPointer(rebasing: $0[0..<(b.count - 4)])) }) == u32(b.count - 4) else {
-            throw corrupt("checksum mismatch")
+        try b.withUnsafeBytes { raw in
+            var r = ByteReader(raw, what: path)
+            guard b.count >= 20, try r.bytes(8, "magic") == magic else {
+                throw r.corrupt("is not an epoch history (bad magic or too short)")
+            }
+            let v = try r.u32("version")
+            guard v == version else { throw r.corrupt("is epoch history version \(v); this build reads \(version)") }
+            let n = Int(try r.u32("entry count"))
+            guard n <= entriesMax, b.count == 16 + n * entryBytes + 4 else {
+                throw r.corrupt("has \(n) entries, which do not fit its \(b.count) bytes")
+            }
+            let stored = try r.u32(at: b.count - 4, "checksum")
+            guard crc32c(UnsafeRawBufferPointer(rebasing: raw[0..<(b.count - 4)])) == stored else {
+                throw r.corrupt("has a checksum mismatch")
+            }
+            var h = EpochHistory()
+            for i in 0..<n {
+                let start = try r.u64("entry \(i) start")
+                guard start >= 1, start > (h.entries.last?.start ?? 0) else {
+                    throw r.corrupt("entry \(i) starts at \(start), not after the one before")
+                }
+                h.entries.append((start, try r.bytes(SegmentLineage.idBytes, "entry \(i) epoch id")))
+            }
+            return h
         }
-        var h = EpochHistory()
-        for i in 0..<n {
-            let at = 16 + i * entryBytes
-            let start = u64(at)
-            guard start >= 1, start > (h.entries.last?.start ?? 0) else { throw corrupt("entry \(i) starts at \(start), not after the one before") }
-            h.entries.append((start, Array(b[(at + 8)..<(at + entryBytes)])))
-        }
-        return h
     }
 
     /// Reads the history; a missing file is empty, a damaged one is
     /// reported through `warn` and taken as empty.
     public static func load(_ path: String, warn: (String) -> Void) -> EpochHistory {
         do {
-            let fd = try FileDescriptor(open: path, .readOnly, purpose: "reading the epoch history")
-            let size = Int(try fd.stat().st_size)
-            guard size <= 16 + entriesMax * entryBytes + 4 else {
-                throw TidemarkError(.corrupt, "\(path): \(size) bytes, more than an epoch history can hold")
+            guard let b = try SmallFile.readIfPresent(path, bytesMax: bytesMax, purpose: "reading the epoch history") else {
+                return EpochHistory()
             }
-            var b = [UInt8](repeating: 0, count: size)
-            let got = try b.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
-            guard got == size else { throw TidemarkError(.corrupt, "\(path): truncated while reading") }
             return try decode(b, path: path)
-        } catch let e as SystemError where e.errno == ENOENT {
-            return EpochHistory()
         } catch {
             warn("\(error); the epochs before this run cannot be named: recoveries of points made from now on will take the epochs of the earlier sequences from the stored headers and say so")
             return EpochHistory()

@@ -116,18 +116,21 @@ final class FreezeRecord {
         for m in mounts { text += "\(m.device)\t\(m.mountPoint)\n" }
         try Array(text.utf8).withUnsafeBytes { try fd.write($0, at: 0) }
         try fd.sync()
-        guard rename(temp, path) == 0 else {
-            let e = errno
-            unlink(temp)
-            throw SystemError(call: "rename", errno: e, context: "recording the mounts to freeze in \(path)")
+        do {
+            try renameFile(temp, to: path, purpose: "recording the mounts to freeze in")
+        } catch {
+            _ = try? removeFile(temp)
+            throw error
         }
         try FileDescriptor(open: directory, [.readOnly], purpose: "flushing the run directory").sync()
         return FreezeRecord(path: path, fd: fd)
     }
 
     func remove() {
-        if unlink(path) != 0 && errno != ENOENT {
-            Log.warning("could not remove the freeze record \(path): \(String(cString: strerror(errno)))")
+        do {
+            try removeFile(path, purpose: "removing the freeze record")
+        } catch {
+            Log.warning("could not remove the freeze record \(path): \(error)")
         }
         // The lock goes with the descriptor (deinit).
     }
@@ -179,18 +182,19 @@ final class FreezeRecord {
                 lines.append("freeze record \(path): \(error)")
                 continue
             }
-            let size = Int((try? fd.stat().st_size) ?? 0)
-            var bytes = [UInt8](repeating: 0, count: min(max(size, 0), 1 << 20))
-            let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
-            let text = String(decoding: bytes[0..<n], as: UTF8.self)
+            // The record is read through the locked descriptor; a damaged
+            // or oversized one reads as empty and is removed below.
+            let text = String(decoding: (try? SmallFile.read(fd, path: path, bytesMax: 1 << 20, purpose: "reading the freeze record")) ?? [], as: UTF8.self)
             let mounts = parse(text)
             let who = text.split(separator: "\n").first.map { $0.replacingOccurrences(of: header, with: "").trimmingCharacters(in: .whitespaces) } ?? ""
             for m in mounts {
                 lines.append(thaw(mountPoint: m.mountPoint, device: m.device, reason: "left frozen by an agent that is gone (\(who.isEmpty ? "unknown pid" : who))"))
             }
             if mounts.isEmpty { lines.append("removed the freeze record \(path), which lists no mount point") }
-            if unlink(path) != 0 && errno != ENOENT {
-                lines.append("could not remove the freeze record \(path): \(String(cString: strerror(errno)))")
+            do {
+                try removeFile(path, purpose: "removing the freeze record")
+            } catch {
+                lines.append("could not remove the freeze record \(path): \(error)")
             }
         }
         return lines
@@ -348,12 +352,9 @@ final class FreezeWatchdogClient: @unchecked Sendable {
         let bytes = Array(text.utf8)
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(s.rawValue, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError(call: "write", errno: errno, context: "arming the freeze watchdog")
+            done += try bytes.withUnsafeBytes { b in
+                try syscall("write", "arming the freeze watchdog") { Glibc.write(s.rawValue, b.baseAddress! + done, b.count - done) }
             }
-            done += n
         }
     }
 
@@ -368,15 +369,15 @@ final class FreezeWatchdogClient: @unchecked Sendable {
             }
             let left = Int32(max(0, (deadline - monotonicSeconds()) * 1000))
             guard left > 0 else { throw TidemarkError(.state, "no answer within \(FreezeGuardLimits.watchdogReplyWaitMs) ms") }
-            var p = pollfd(fd: s.rawValue, events: Int16(POLLIN), revents: 0)
-            let r = poll(&p, 1, left)
-            if r < 0 && errno != EINTR { throw SystemError(call: "poll", errno: errno, context: "waiting for the freeze watchdog") }
-            if r <= 0 { continue }
+            guard try pollReady(s.rawValue, Int16(POLLIN), timeoutMs: Int(left), "waiting for the freeze watchdog") else { continue }
             var buf = [UInt8](repeating: 0, count: 256)
-            let n = buf.withUnsafeMutableBytes { Glibc.read(s.rawValue, $0.baseAddress!, $0.count) }
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw SystemError(call: "read", errno: errno, context: "waiting for the freeze watchdog")
+            let n: Int
+            do {
+                n = try buf.withUnsafeMutableBytes { b in
+                    try syscall("read", "waiting for the freeze watchdog") { Glibc.read(s.rawValue, b.baseAddress!, b.count) }
+                }
+            } catch let e as SystemError where e.errno == EAGAIN {
+                continue
             }
             if n == 0 { throw TidemarkError(.state, "it exited") }
             pending += buf[0..<n]
@@ -485,17 +486,21 @@ public enum FreezeWatchdog {
             let next = armed.values.map(\.deadline).filter { $0.isFinite }.min()
             var waitMs = 200
             if let next { waitMs = min(waitMs, max(0, Int(((next - now) * 1000).rounded(.up)))) }
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let r = poll(&p, 1, Int32(waitMs))
-            if r < 0 {
-                if errno == EINTR { continue }
-                thawAll("the freeze watchdog's poll failed: \(String(cString: strerror(errno)))")
+            do {
+                guard try pollReady(fd, Int16(POLLIN), timeoutMs: waitMs, "the freeze watchdog waiting for the agent") else { continue }
+            } catch {
+                thawAll("the freeze watchdog's poll failed: \(error)")
                 return 1
             }
-            if r == 0 { continue }
             var buf = [UInt8](repeating: 0, count: 4096)
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
-            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            let n: Int
+            do {
+                n = try buf.withUnsafeMutableBytes { b in try syscall("read", "the freeze watchdog reading the agent's requests") { Glibc.read(fd, b.baseAddress!, b.count) } }
+            } catch let e as SystemError where e.errno == EAGAIN {
+                continue
+            } catch {
+                n = -1
+            }
             if n <= 0 {
                 if !armed.isEmpty { thawAll("the agent is gone while the filesystem was frozen") }
                 return 0

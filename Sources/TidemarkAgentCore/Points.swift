@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkCrypto
 import TidemarkDaemon
 import TidemarkSystem
 import TidemarkWire
@@ -147,7 +148,7 @@ extension DiskReplicator {
                 case .drainAndArm:
                     try drainOnce()
                     // Tests only: copy the frozen source as ground truth for the point.
-                    if let hook = ProcessInfo.processInfo.environment["TIDEMARK_TEST_FROZEN_HOOK"] {
+                    if let hook = session.testSwitches.frozenHook {
                         try runHook(hook, "test frozen", environment: hookEnvironment)
                     }
                     arm(request)

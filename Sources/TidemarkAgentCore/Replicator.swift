@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
 import TidemarkConfig
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTracking
+import TidemarkTransport
 import TidemarkWire
 
 /// Where and how one disk replicates.
@@ -832,4 +834,4 @@ struct TokenBucket {
     }
 }
 
-func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }
+func monotonicSeconds() -> Double { SystemClock.monotonicSeconds() }

@@ -6,6 +6,7 @@ import TidemarkDaemon
 import TidemarkSurface
 import TidemarkSystem
 import TidemarkTracking
+import TidemarkTransport
 import TidemarkWire
 
 extension AgentCommands {
@@ -18,8 +19,9 @@ extension AgentCommands {
     /// metrics sampler and the SIGHUP reload. SIGTERM or SIGINT stops them
     /// gracefully — replication first, then the sampler, the reload and the
     /// control socket — and then the shutdown seal is armed, as before.
+    /// `testSwitches` are those main read from the environment at start.
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
-                           waitForConfig: Bool = false) async throws {
+                           waitForConfig: Bool = false, testSwitches: TestSwitches) async throws {
         // Before any thread starts: the service group's signal sources must see the signals.
         DaemonSignals.prepare()
         // First of all: a filesystem a dead agent left frozen is thawed (its
@@ -83,7 +85,8 @@ extension AgentCommands {
         defer { FreezeWatchdogClient.shared.stop() }
         var replicators: [String: DiskReplicator] = [:]
         var ordered: [DiskReplicator] = []
-        let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes)
+        let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes,
+                                             testSwitches: testSwitches)
         guard !sessions.isEmpty else { return }
         for session in sessions {
             let d = session.device.path
@@ -130,7 +133,7 @@ extension AgentCommands {
         // A point of a control request runs on its client's thread: let it
         // thaw and end before the agent does (the bound covers the freeze).
         ActivePoints.shared.waitIdle(timeoutMs: settings.freezeTimeoutMs + 1_000)
-        armShutdownSeal(order.map(\.session), stateDir: config.stateDir)
+        armShutdownSeal(order.map(\.session), stateDir: config.stateDir, testSwitches: testSwitches)
         Log.info("stopped; tracking stays pinned")
     }
 

@@ -109,14 +109,6 @@ public enum ShutdownSeal {
 
     // MARK: - Encoding
 
-    static func put<T: FixedWidthInteger>(_ b: UnsafeMutableRawBufferPointer, _ o: Int, _ v: T) {
-        b.storeBytes(of: v.littleEndian, toByteOffset: o, as: T.self)
-    }
-
-    static func get<T: FixedWidthInteger>(_ b: UnsafeRawBufferPointer, _ o: Int, as: T.Type) -> T {
-        T(littleEndian: b.loadUnaligned(fromByteOffset: o, as: T.self))
-    }
-
     /// A NUL-padded UTF-8 field of `size` bytes: at most size − 1 bytes,
     /// cut at a scalar boundary (as in the `.hrl`).
     static func putString(_ b: UnsafeMutableRawBufferPointer, _ o: Int, _ size: Int, _ s: String) {
@@ -135,11 +127,11 @@ public enum ShutdownSeal {
 
     static func putHeader(_ b: UnsafeMutableRawBufferPointer, _ o: Int, kind: Kind, nonce: [UInt8], bootID: String, unixNs: UInt64) {
         for (i, m) in magic.enumerated() { b[o + i] = m }
-        put(b, o + 8, version)
-        put(b, o + 12, kind.rawValue)
+        LittleEndian.store(version, into: b, at: o + 8)
+        LittleEndian.store(kind.rawValue, into: b, at: o + 12)
         for i in 0..<16 { b[o + 16 + i] = nonce[i] }
         putString(b, o + 32, 64, bootID)
-        put(b, o + 96, unixNs)
+        LittleEndian.store(unixNs, into: b, at: o + 96)
     }
 
     /// The armed region (pages 0–15), every byte defined.
@@ -147,47 +139,47 @@ public enum ShutdownSeal {
         let buf = AlignedBuffer(count: armedRegionBytes)
         let b = buf.bytes
         putHeader(b, 0, kind: .armed, nonce: a.nonce, bootID: a.bootID, unixNs: a.armedUnixNs)
-        put(b, 104, a.sealDev)
-        put(b, 108, UInt32(a.disks.count))
-        put(b, 112, UInt64(fileSizeBytes))
-        put(b, 120, UInt32(a.fileExtents.count))
+        LittleEndian.store(a.sealDev, into: b, at: 104)
+        LittleEndian.store(UInt32(a.disks.count), into: b, at: 108)
+        LittleEndian.store(UInt64(fileSizeBytes), into: b, at: 112)
+        LittleEndian.store(UInt32(a.fileExtents.count), into: b, at: 120)
         for (i, e) in a.fileExtents.enumerated() {
-            put(b, 128 + i * 24, e.logical)
-            put(b, 136 + i * 24, e.physical)
-            put(b, 144 + i * 24, e.length)
+            LittleEndian.store(e.logical, into: b, at: 128 + i * 24)
+            LittleEndian.store(e.physical, into: b, at: 136 + i * 24)
+            LittleEndian.store(e.length, into: b, at: 144 + i * 24)
         }
         putString(b, 512, 256, a.sealPath)
         for (i, d) in a.disks.enumerated() {
             let o = entryOffset + i * entrySize
-            put(b, o, d.slot)
-            put(b, o + 4, d.regionDev)
-            put(b, o + 8, d.wholeDev)
-            put(b, o + 12, d.chunkSizeBytes)
-            put(b, o + 16, d.startSector)
-            put(b, o + 24, d.nrSectors)
-            put(b, o + 32, d.nrChunks)
-            put(b, o + 40, d.attachedUnixNs)
+            LittleEndian.store(d.slot, into: b, at: o)
+            LittleEndian.store(d.regionDev, into: b, at: o + 4)
+            LittleEndian.store(d.wholeDev, into: b, at: o + 8)
+            LittleEndian.store(d.chunkSizeBytes, into: b, at: o + 12)
+            LittleEndian.store(d.startSector, into: b, at: o + 16)
+            LittleEndian.store(d.nrSectors, into: b, at: o + 24)
+            LittleEndian.store(d.nrChunks, into: b, at: o + 32)
+            LittleEndian.store(d.attachedUnixNs, into: b, at: o + 40)
             putString(b, o + 48, 64, d.diskID)
             putString(b, o + 112, 256, d.identity)
             putString(b, o + 368, 256, d.hrlPath)
         }
         let entries = UnsafeRawBufferPointer(rebasing: b[entryOffset..<(entryOffset + a.disks.count * entrySize)])
-        put(b, 124, crc32c(entries))
-        put(b, 4092, pageCRC(UnsafeRawBufferPointer(b), at: 0))
+        LittleEndian.store(crc32c(entries), into: b, at: 124)
+        LittleEndian.store(pageCRC(UnsafeRawBufferPointer(b), at: 0), into: b, at: 4092)
         return buf
     }
 
     static func checkHeader(_ b: UnsafeRawBufferPointer, _ o: Int, what: String) throws -> Kind {
         if b[o..<(o + 4096)].allSatisfy({ $0 == 0 }) { throw FormatError("\(what) is all zero (never written)") }
         guard Array(b[o..<(o + 8)]) == magic else { throw FormatError("\(what) has no seal magic") }
-        let v: UInt32 = get(b, o + 8, as: UInt32.self)
+        let v: UInt32 = LittleEndian.load(b, at: o + 8, as: UInt32.self)
         guard v == version else { throw FormatError("\(what) has format version \(v); this build reads version \(version)") }
-        let stored: UInt32 = get(b, o + 4092, as: UInt32.self)
+        let stored: UInt32 = LittleEndian.load(b, at: o + 4092, as: UInt32.self)
         let computed = pageCRC(b, at: o)
         guard stored == computed else {
             throw FormatError("\(what) has a bad checksum (stored 0x\(String(stored, radix: 16)), computed 0x\(String(computed, radix: 16)))")
         }
-        let k: UInt32 = get(b, o + 12, as: UInt32.self)
+        let k: UInt32 = LittleEndian.load(b, at: o + 12, as: UInt32.self)
         guard let kind = Kind(rawValue: k) else { throw FormatError("\(what) has unknown kind \(k)") }
         return kind
     }
@@ -197,32 +189,32 @@ public enum ShutdownSeal {
         precondition(b.count >= armedRegionBytes)
         let kind = try checkHeader(b, 0, what: "the armed record (page 0)")
         guard kind == .armed else { throw FormatError("page 0 holds a record of kind \(kind), not armed") }
-        let size: UInt64 = get(b, 112, as: UInt64.self)
+        let size: UInt64 = LittleEndian.load(b, at: 112, as: UInt64.self)
         guard size == UInt64(fileSizeBytes) else { throw FormatError("the armed record gives a file size of \(size) bytes, not \(fileSizeBytes)") }
-        let n = Int(get(b, 108, as: UInt32.self))
+        let n = Int(LittleEndian.load(b, at: 108, as: UInt32.self))
         guard n >= 1 && n <= Limits.shutdownSealDisksMax else { throw FormatError("the armed record lists \(n) disks (1...\(Limits.shutdownSealDisksMax))") }
-        let en = Int(get(b, 120, as: UInt32.self))
+        let en = Int(LittleEndian.load(b, at: 120, as: UInt32.self))
         guard en >= 1 && en <= Limits.shutdownSealFileExtentsMax else { throw FormatError("the armed record lists \(en) file extents") }
         let entries = UnsafeRawBufferPointer(rebasing: b[entryOffset..<(entryOffset + n * entrySize)])
-        guard crc32c(entries) == get(b, 124, as: UInt32.self) else { throw FormatError("the armed record's disk entries have a bad checksum") }
+        guard crc32c(entries) == LittleEndian.load(b, at: 124, as: UInt32.self) else { throw FormatError("the armed record's disk entries have a bad checksum") }
         var extents: [FileExtent] = []
         for i in 0..<en {
-            extents.append(FileExtent(logical: get(b, 128 + i * 24, as: UInt64.self), physical: get(b, 136 + i * 24, as: UInt64.self),
-                                      length: get(b, 144 + i * 24, as: UInt64.self), flags: 0))
+            extents.append(FileExtent(logical: LittleEndian.load(b, at: 128 + i * 24, as: UInt64.self), physical: LittleEndian.load(b, at: 136 + i * 24, as: UInt64.self),
+                                      length: LittleEndian.load(b, at: 144 + i * 24, as: UInt64.self), flags: 0))
         }
         try checkCoverage(extents)
         var disks: [ArmedDisk] = []
         for i in 0..<n {
             let o = entryOffset + i * entrySize
-            disks.append(ArmedDisk(slot: get(b, o, as: UInt32.self), regionDev: get(b, o + 4, as: UInt32.self),
-                                   wholeDev: get(b, o + 8, as: UInt32.self), chunkSizeBytes: get(b, o + 12, as: UInt32.self),
-                                   startSector: get(b, o + 16, as: UInt64.self), nrSectors: get(b, o + 24, as: UInt64.self),
-                                   nrChunks: get(b, o + 32, as: UInt64.self), attachedUnixNs: get(b, o + 40, as: UInt64.self),
+            disks.append(ArmedDisk(slot: LittleEndian.load(b, at: o, as: UInt32.self), regionDev: LittleEndian.load(b, at: o + 4, as: UInt32.self),
+                                   wholeDev: LittleEndian.load(b, at: o + 8, as: UInt32.self), chunkSizeBytes: LittleEndian.load(b, at: o + 12, as: UInt32.self),
+                                   startSector: LittleEndian.load(b, at: o + 16, as: UInt64.self), nrSectors: LittleEndian.load(b, at: o + 24, as: UInt64.self),
+                                   nrChunks: LittleEndian.load(b, at: o + 32, as: UInt64.self), attachedUnixNs: LittleEndian.load(b, at: o + 40, as: UInt64.self),
                                    diskID: getString(b, o + 48, 64), identity: getString(b, o + 112, 256),
                                    hrlPath: getString(b, o + 368, 256)))
         }
-        return Armed(nonce: Array(b[16..<32]), bootID: getString(b, 32, 64), armedUnixNs: get(b, 96, as: UInt64.self),
-                     sealDev: get(b, 104, as: UInt32.self), fileExtents: extents, sealPath: getString(b, 512, 256), disks: disks)
+        return Armed(nonce: Array(b[16..<32]), bootID: getString(b, 32, 64), armedUnixNs: LittleEndian.load(b, at: 96, as: UInt64.self),
+                     sealDev: LittleEndian.load(b, at: 104, as: UInt32.self), fileExtents: extents, sealPath: getString(b, 512, 256), disks: disks)
     }
 
     /// The sealed header and its extent pages, as bytes to write at file
@@ -233,22 +225,22 @@ public enum ShutdownSeal {
         let buf = AlignedBuffer(count: pages * pageSize)
         let b = buf.bytes
         putHeader(b, 0, kind: s.kind, nonce: s.nonce, bootID: s.bootID, unixNs: s.unixNs)
-        put(b, 104, UInt32(s.results.count))
-        put(b, 108, UInt32(s.extents.count))
+        LittleEndian.store(UInt32(s.results.count), into: b, at: 104)
+        LittleEndian.store(UInt32(s.extents.count), into: b, at: 108)
         for (i, e) in s.extents.enumerated() {
-            put(b, pageSize + i * extentSize, e.firstChunk)
-            put(b, pageSize + i * extentSize + 8, e.chunkCount)
+            LittleEndian.store(e.firstChunk, into: b, at: pageSize + i * extentSize)
+            LittleEndian.store(e.chunkCount, into: b, at: pageSize + i * extentSize + 8)
         }
-        put(b, 112, crc32c(UnsafeRawBufferPointer(rebasing: b[pageSize..<(pageSize + extentBytes)])))
+        LittleEndian.store(crc32c(UnsafeRawBufferPointer(rebasing: b[pageSize..<(pageSize + extentBytes)])), into: b, at: 112)
         for (i, r) in s.results.enumerated() {
             let o = resultsOffset + i * resultSize
-            put(b, o, r.slot)
-            put(b, o + 4, r.status.rawValue)
-            put(b, o + 8, r.firstExtent)
-            put(b, o + 12, r.extentCount)
-            put(b, o + 16, r.dirtyChunks)
+            LittleEndian.store(r.slot, into: b, at: o)
+            LittleEndian.store(r.status.rawValue, into: b, at: o + 4)
+            LittleEndian.store(r.firstExtent, into: b, at: o + 8)
+            LittleEndian.store(r.extentCount, into: b, at: o + 12)
+            LittleEndian.store(r.dirtyChunks, into: b, at: o + 16)
         }
-        put(b, 4092, pageCRC(UnsafeRawBufferPointer(b), at: 0))
+        LittleEndian.store(pageCRC(UnsafeRawBufferPointer(b), at: 0), into: b, at: 4092)
         return buf
     }
 
@@ -258,33 +250,33 @@ public enum ShutdownSeal {
         guard kind != .armed else { throw FormatError("page 16 holds an armed record") }
         let nonce = Array(b[16..<32])
         let bootID = getString(b, 32, 64)
-        let unixNs: UInt64 = get(b, 96, as: UInt64.self)
+        let unixNs: UInt64 = LittleEndian.load(b, at: 96, as: UInt64.self)
         if kind == .consumed {
             return Sealed(kind: kind, nonce: nonce, bootID: bootID, unixNs: unixNs, results: [], extents: [])
         }
-        let n = Int(get(b, 104, as: UInt32.self))
-        let total = Int(get(b, 108, as: UInt32.self))
+        let n = Int(LittleEndian.load(b, at: 104, as: UInt32.self))
+        let total = Int(LittleEndian.load(b, at: 108, as: UInt32.self))
         guard n <= Limits.shutdownSealDisksMax, total <= Limits.shutdownSealExtentsMax,
               pageSize + total * extentSize <= b.count else {
             throw FormatError("the sealed record claims \(n) disks and \(total) extents, more than a seal holds")
         }
         let extentBytes = UnsafeRawBufferPointer(rebasing: b[pageSize..<(pageSize + total * extentSize)])
-        guard crc32c(extentBytes) == get(b, 112, as: UInt32.self) else {
+        guard crc32c(extentBytes) == LittleEndian.load(b, at: 112, as: UInt32.self) else {
             throw FormatError("the sealed extents have a bad checksum (the hook's write did not complete, or the blocks were changed since)")
         }
         var extents: [ChunkExtent] = []
         extents.reserveCapacity(total)
         for i in 0..<total {
-            extents.append(ChunkExtent(firstChunk: get(b, pageSize + i * extentSize, as: UInt64.self),
-                                       chunkCount: get(b, pageSize + i * extentSize + 8, as: UInt64.self)))
+            extents.append(ChunkExtent(firstChunk: LittleEndian.load(b, at: pageSize + i * extentSize, as: UInt64.self),
+                                       chunkCount: LittleEndian.load(b, at: pageSize + i * extentSize + 8, as: UInt64.self)))
         }
         var results: [DiskResult] = []
         for i in 0..<n {
             let o = resultsOffset + i * resultSize
-            let raw: UInt32 = get(b, o + 4, as: UInt32.self)
+            let raw: UInt32 = LittleEndian.load(b, at: o + 4, as: UInt32.self)
             guard let status = DiskStatus(rawValue: raw) else { throw FormatError("disk result \(i) has unknown status \(raw)") }
-            let r = DiskResult(slot: get(b, o, as: UInt32.self), status: status, firstExtent: get(b, o + 8, as: UInt32.self),
-                               extentCount: get(b, o + 12, as: UInt32.self), dirtyChunks: get(b, o + 16, as: UInt64.self))
+            let r = DiskResult(slot: LittleEndian.load(b, at: o, as: UInt32.self), status: status, firstExtent: LittleEndian.load(b, at: o + 8, as: UInt32.self),
+                               extentCount: LittleEndian.load(b, at: o + 12, as: UInt32.self), dirtyChunks: LittleEndian.load(b, at: o + 16, as: UInt64.self))
             guard Int(r.firstExtent) + Int(r.extentCount) <= total else {
                 throw FormatError("disk result \(i) names extents beyond the \(total) recorded")
             }
@@ -354,7 +346,7 @@ public enum ShutdownSeal {
     /// nonce to record in each `.hrl` (state `clean`). Throws, saying why,
     /// when the file cannot be sealed raw (filesystem type, extent flags,
     /// alignment): then no `.hrl` may be marked clean.
-    public static func arm(stateDir: String, sessions: [DiskSession]) throws -> [UInt8] {
+    public static func arm(stateDir: String, sessions: [DiskSession], bootID: String) throws -> [UInt8] {
         guard !sessions.isEmpty else { throw TidemarkError(.invalidArgument, "no disk to arm a shutdown seal for") }
         guard sessions.count <= Limits.shutdownSealDisksMax else {
             throw TidemarkError(.unsupported, "\(sessions.count) disks are more than one shutdown seal describes (\(Limits.shutdownSealDisksMax))")
@@ -387,7 +379,7 @@ public enum ShutdownSeal {
         var nonce = [UInt8](repeating: 0, count: 16)
         while !nonce.contains(where: { $0 != 0 }) { nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) } }
         let armed = Armed(
-            nonce: nonce, bootID: TrackingFile.bootID(), armedUnixNs: UInt64(wallClockNanoseconds()), sealDev: sealDev,
+            nonce: nonce, bootID: bootID, armedUnixNs: UInt64(wallClockNanoseconds()), sealDev: sealDev,
             fileExtents: extents, sealPath: path,
             disks: sessions.map { s in
                 ArmedDisk(slot: s.slot.slot, regionDev: s.slot.regionDev, wholeDev: s.slot.wholeDev, chunkSizeBytes: s.slot.chunkSizeBytes,
@@ -468,7 +460,8 @@ public enum ShutdownSeal {
 
     /// `tidemark-agent shutdown-seal`: see the type's comment. Writes nothing
     /// unless everything checks out; returns a one-line summary.
-    public static func seal() throws -> String {
+    /// `switches` are the test switches main read (the boot id override).
+    public static func seal(_ switches: TestSwitches) throws -> String {
         Glibc.sync()  // every write issued so far completes, so its bit is set
         if !fileExists(locatorPath) && !Tracer.isPinned {
             return "nothing to seal: no disk is tracked on this host (no tracer pinned under \(TracerPaths.pinDir))"
@@ -485,7 +478,7 @@ public enum ShutdownSeal {
         do { armed = try decodeArmed(UnsafeRawBufferPointer(copy.bytes)) } catch let e as FormatError {
             throw TidemarkError(.corrupt, "\(locatorPath): \(e)")
         }
-        let boot = TrackingFile.bootID()
+        let boot = switches.hostBootID()
         guard armed.bootID == boot else {
             throw TidemarkError(.state, "the armed seal is of boot \(armed.bootID), this is boot \(boot)")
         }
@@ -613,7 +606,8 @@ public enum ShutdownSeal {
     /// After a reboot, for a `.hrl` in state `clean` from another boot:
     /// whether the seal in `stateDir` completes its bits, and with what.
     /// `slot` is the slot attached in this boot. Never writes.
-    public static func recover(stateDir: String, hrl: TrackingFile, slot: TrackedSlot) -> Recovery {
+    /// `bootID` is this boot's id.
+    public static func recover(stateDir: String, hrl: TrackingFile, slot: TrackedSlot, bootID: String) -> Recovery {
         let h = hrl.header
         let unclean = ResyncReason.uncleanShutdown
         guard h.hasSealNonce else {
@@ -675,7 +669,7 @@ public enum ShutdownSeal {
                            "the shutdown hook sealed this disk incomplete: \(r.status)")
         }
         // This boot's slot must have been attached before any filesystem of the disk was writable.
-        switch EarlyAttach.check(slot: slot) {
+        switch EarlyAttach.check(slot: slot, bootID: bootID) {
         case .early: break
         case .late(let why): return .resync(.lateAttach, why)
         }
@@ -708,7 +702,7 @@ public enum ShutdownSeal {
         let boot = getString(UnsafeRawBufferPointer(page.bytes), 32, 64)
         let out = AlignedBuffer(count: pageSize)
         putHeader(out.bytes, 0, kind: .consumed, nonce: nonce, bootID: boot, unixNs: UInt64(wallClockNanoseconds()))
-        put(out.bytes, 4092, pageCRC(UnsafeRawBufferPointer(out.bytes), at: 0))
+        LittleEndian.store(pageCRC(UnsafeRawBufferPointer(out.bytes), at: 0), into: out.bytes, at: 4092)
         do {
             try fd.write(UnsafeRawBufferPointer(out.bytes), at: UInt64(sealedOffset))
             try fd.dataSync()
@@ -736,9 +730,9 @@ public enum EarlyAttach {
     /// Writes the record for a slot attached just now. `rwBefore` /
     /// `rwAfter` are the read-write mounts on the disk found just before and
     /// just after the attach.
-    static func record(slot: TrackedSlot, device: BlockDeviceInfo, rwMounts: [MountEntry]) throws {
+    static func record(slot: TrackedSlot, device: BlockDeviceInfo, rwMounts: [MountEntry], bootID: String) throws {
         let early = rwMounts.isEmpty
-        var text = "boot_id=\(TrackingFile.bootID())\nslot=\(slot.slot)\nattached_unix_ns=\(slot.attachedUnixNs)\nearly=\(early ? 1 : 0)\n"
+        var text = "boot_id=\(bootID)\nslot=\(slot.slot)\nattached_unix_ns=\(slot.attachedUnixNs)\nearly=\(early ? 1 : 0)\n"
         for m in rwMounts { text += "rw_mount=\(m.source) at \(m.mountPoint)\n" }
         try makeDirectories(TracerPaths.runDir, mode: 0o700)
         let path = recordPath(regionDev: slot.regionDev)
@@ -752,9 +746,9 @@ public enum EarlyAttach {
     }
 
     /// Whether `slot` (attached in this boot) was attached early.
-    public static func check(slot: TrackedSlot) -> Verdict {
+    public static func check(slot: TrackedSlot, bootID: String) -> Verdict {
         let path = recordPath(regionDev: slot.regionDev)
-        guard let text = readSmallFile(path) else {
+        guard let text = SmallFile.textIfReadable(path) else {
             return .late("no record in \(TracerPaths.runDir) that tracer slot \(slot.slot) was attached early in this boot (before a filesystem of the disk was mounted read-write); writes of this boot before the agent started are unknown")
         }
         var fields: [String: String] = [:]
@@ -764,7 +758,7 @@ public enum EarlyAttach {
             let k = String(line[..<eq]), v = String(line[line.index(after: eq)...])
             if k == "rw_mount" { mounts.append(v) } else { fields[k] = v }
         }
-        guard fields["boot_id"] == TrackingFile.bootID(), fields["slot"] == String(slot.slot),
+        guard fields["boot_id"] == bootID, fields["slot"] == String(slot.slot),
               fields["attached_unix_ns"] == String(slot.attachedUnixNs) else {
             return .late("the attach record \(path) is of another slot or boot than tracer slot \(slot.slot) attached at \(slot.attachedUnixNs) ns; the slot was attached again later in this boot")
         }
@@ -779,7 +773,7 @@ public enum EarlyAttach {
     /// filesystem of the disk was writable. Failures are logged and left to
     /// `DiskSession.open`, which reports them properly.
     /// Returns the slots it attached, by region dev (for `DiskSession.open`).
-    public static func attachAll(devices: [String], stateDir: String, chunkSizeBytes: UInt32) -> [UInt32: TrackedSlot] {
+    public static func attachAll(devices: [String], stateDir: String, chunkSizeBytes: UInt32, bootID: String) -> [UInt32: TrackedSlot] {
         var attached: [UInt32: TrackedSlot] = [:]
         guard let dir = realpathString(stateDir) else {
             Log.warning("state directory \(stateDir) does not exist yet: the tracer is attached once it can be created; a reboot before then is answered with a resync")
@@ -801,7 +795,7 @@ public enum EarlyAttach {
                 var rw = before
                 for m in device.writableMounts(in: try MountEntry.current()) where !rw.contains(m) { rw.append(m) }
                 attached[device.kernelDev] = slot
-                try record(slot: slot, device: device, rwMounts: rw)
+                try record(slot: slot, device: device, rwMounts: rw, bootID: bootID)
             } catch {
                 Log.warning("\(d): early attach of the tracer failed: \(error)")
             }
@@ -818,10 +812,17 @@ public enum EarlyAttach {
         while true {
             var probe = stateDir
             while !fileExists(probe), probe != "/", !probe.isEmpty { probe = parentDirectory(probe) }
-            if access(probe, W_OK) == 0 { return true }
-            if errno != EROFS && errno != EACCES { return true }  // let the open report it
+            let refused: Int32
+            do {
+                try checkAccess(probe, W_OK)
+                return true
+            } catch let e as SystemError where e.errno == EROFS || e.errno == EACCES {
+                refused = e.errno
+            } catch {
+                return true  // let the open report it
+            }
             if !logged {
-                Log.info("waiting for \(probe) to become writable (\(String(cString: strerror(errno)))): the root filesystem is still read-only early in boot; the tracer is attached, so no write is missed")
+                Log.info("waiting for \(probe) to become writable (\(String(cString: strerror(refused)))): the root filesystem is still read-only early in boot; the tracer is attached, so no write is missed")
                 logged = true
             }
             if StopSignal.isRequested { return false }
@@ -830,9 +831,3 @@ public enum EarlyAttach {
     }
 }
 
-func readSmallFile(_ path: String) -> String? {
-    guard let fd = try? FileDescriptor(open: path, .readOnly) else { return nil }
-    var bytes = [UInt8](repeating: 0, count: 4096)
-    guard let n = try? bytes.withUnsafeMutableBytes({ try fd.read(into: $0, at: 0) }) else { return nil }
-    return String(decoding: bytes[0..<n], as: UTF8.self)
-}

@@ -163,15 +163,17 @@ struct LoadedTrackingFile {
     /// Checks the path the way an operator would want it checked before the format is
     /// looked at: missing, a directory, unreadable.
     static func checkPath(_ path: String) throws(ToolFailure) {
-        var st = stat()
-        if stat(path, &st) != 0 {
-            let err = errno
-            if err == ENOENT || err == ENOTDIR {
-                throw ToolFailure(message: "\(path): no such file — .hrl files live in the agent's state_dir "
-                                  + "(default /var/lib/tidemark), one per disk, named <disk-id>.hrl",
-                                  exitCode: ToolExit.usage)
-            }
-            throw ToolFailure(message: "\(path): cannot be examined: \(String(cString: strerror(err)))", exitCode: ToolExit.problem)
+        let st: stat
+        do {
+            st = try fileStatus(path)
+        } catch let e as SystemError where e.errno == ENOENT || e.errno == ENOTDIR {
+            throw ToolFailure(message: "\(path): no such file — .hrl files live in the agent's state_dir "
+                              + "(default /var/lib/tidemark), one per disk, named <disk-id>.hrl",
+                              exitCode: ToolExit.usage)
+        } catch let e as SystemError {
+            throw ToolFailure(message: "\(path): cannot be examined: \(String(cString: strerror(e.errno)))", exitCode: ToolExit.problem)
+        } catch {
+            throw ToolFailure(message: "\(path): cannot be examined: \(error)", exitCode: ToolExit.problem)
         }
         if st.st_mode & S_IFMT == S_IFDIR {
             throw ToolFailure(message: "\(path): is a directory — give one .hrl file, e.g. \(path.hasSuffix("/") ? path : path + "/")<disk-id>.hrl",

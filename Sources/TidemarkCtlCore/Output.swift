@@ -1,18 +1,6 @@
 import Glibc
 import TidemarkSystem
 
-/// Writes all of `text` to a file descriptor (1 or 2), retrying short writes
-/// and EINTR; any other error ends the output.
-public func writeAll(_ fd: Int32, _ text: String) {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        bytes = bytes.dropFirst(n)
-    }
-}
-
 /// An error with a note on what it left behind (a partly written device).
 public struct NotedError: Error, CustomStringConvertible {
     public var underlying: Error

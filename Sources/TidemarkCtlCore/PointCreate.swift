@@ -63,14 +63,14 @@ enum ControlClient {
         let addrLen = socklen_t(MemoryLayout<sa_family_t>.size + pathBytes.count + 1)
         let s = try syscall("socket", what) { Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         defer { Glibc.close(s) }
-        while true {
-            let r = withUnsafePointer(to: &addr) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, addrLen) }
+        do {
+            _ = try syscall("connect", what) {
+                withUnsafePointer(to: &addr) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, addrLen) }
+                }
             }
-            if r == 0 { break }
-            let e = errno
-            switch e {
-            case EINTR: continue
+        } catch let e as SystemError {
+            switch e.errno {
             case ENOENT, ECONNREFUSED, ENOTDIR:
                 throw TidemarkError(.notFound, "no agent is listening on \(path) (is tidemark-agent run running?)",
                                     hint: "start it (systemctl start tidemark-agent), or pass --socket with its control socket")
@@ -78,7 +78,7 @@ enum ControlClient {
                 throw TidemarkError(.invalidArgument, "permission denied on the agent's control socket \(path)",
                                     hint: "run tidemarkctl as root (the socket is mode 0600)")
             default:
-                throw SystemError(call: "connect", errno: e, context: what)
+                throw e
             }
         }
         var tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
@@ -88,26 +88,17 @@ enum ControlClient {
 
         var line = [UInt8](try request.encoded())
         line.append(UInt8(ascii: "\n"))
-        var rest = line[...]
-        while !rest.isEmpty {
-            let n = rest.withUnsafeBytes { Glibc.send(s, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw SystemError(call: "send", errno: errno, context: what) }
-            rest = rest.dropFirst(n)
-        }
+        try sendAll(s, line, purpose: what)
 
         var reply = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.recv(s, $0.baseAddress, $0.count, 0) }
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK {
-                    throw TidemarkError(.io, "the agent on \(path) did not answer within \(timeoutMs / 1000) s",
-                                        hint: "the agent log (journalctl -u tidemark-agent) says what it is doing")
-                }
-                throw SystemError(call: "recv", errno: e, context: what)
+            let n: Int
+            do {
+                n = try buf.withUnsafeMutableBytes { b in try syscall("recv", what) { Glibc.recv(s, b.baseAddress, b.count, 0) } }
+            } catch let e as SystemError where e.errno == EAGAIN || e.errno == EWOULDBLOCK {
+                throw TidemarkError(.io, "the agent on \(path) did not answer within \(timeoutMs / 1000) s",
+                                    hint: "the agent log (journalctl -u tidemark-agent) says what it is doing")
             }
             if n == 0 { break }
             if let nl = buf[0..<n].firstIndex(of: UInt8(ascii: "\n")) {

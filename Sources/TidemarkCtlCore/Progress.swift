@@ -15,11 +15,7 @@ public final class ProgressReporter {
         self.isTTY = isTTY
     }
 
-    private static func nowMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    private static func nowMs() -> Int64 { SystemClock.monotonicMs() }
 
     public func update(done: UInt64, total: UInt64) {
         let percent = total == 0 ? 100 : Int(Double(done) / Double(total) * 100)

@@ -206,14 +206,11 @@ struct Destination {
         guard !path.isEmpty, !path.hasSuffix("/") else {
             throw TidemarkError(.invalidArgument, "--to '\(path)' is not a file or block device path")
         }
-        var st = Glibc.stat()
-        var lst = Glibc.stat()
-        let exists = stat(path, &st) == 0
-        let statErrno = errno
-        let isLink = lstat(path, &lst) == 0 && lst.st_mode & S_IFMT == S_IFLNK
-        if !exists && statErrno != ENOENT {
-            throw SystemError(call: "stat", errno: statErrno, context: "inspecting the recovery destination \(path)")
-        }
+        let status = try fileStatusIfPresent(path, purpose: "inspecting the recovery destination")
+        let exists = status != nil
+        let st = status ?? Glibc.stat()
+        let linkMode = (try? fileStatus(path, followSymlink: false))?.st_mode ?? 0
+        let isLink = linkMode & S_IFMT == S_IFLNK
         if exists && st.st_mode & S_IFMT == S_IFBLK {
             isBlockDevice = true
             writePath = path

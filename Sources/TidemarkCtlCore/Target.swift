@@ -17,14 +17,9 @@ public enum TargetLocation {
     /// `--target` must not leave a new empty target behind. Returns nil for
     /// an existing empty directory (a target nothing was written to yet).
     static func openExisting(_ dir: String) throws -> TargetRepository? {
-        var st = Glibc.stat()
-        guard stat(dir, &st) == 0 else {
-            let e = errno
-            if e == ENOENT {
-                throw TidemarkError(.notFound, "no target storage at \(dir): the directory does not exist",
-                                    hint: "pass --target DIR, or set target.path in \(ServerConfig.defaultPath) (or --config FILE)")
-            }
-            throw SystemError(call: "stat", errno: e, context: "opening the target storage \(dir)")
+        guard let st = try fileStatusIfPresent(dir, purpose: "opening the target storage") else {
+            throw TidemarkError(.notFound, "no target storage at \(dir): the directory does not exist",
+                                hint: "pass --target DIR, or set target.path in \(ServerConfig.defaultPath) (or --config FILE)")
         }
         guard st.st_mode & S_IFMT == S_IFDIR else {
             throw TidemarkError(.invalidArgument, "target storage \(dir) is not a directory",

@@ -65,14 +65,11 @@ public final class ChildProcess {
         if terminated { return .killed(signal: SIGTERM) }
         if let status { return Self.ending(status) }
         var s: Int32 = 0
-        while true {
-            let r = waitpid(pid, &s, WNOHANG)
-            if r == 0 { return nil }
-            if r < 0 && errno == EINTR { continue }
-            if r < 0 { return .exited(-1) }   // ECHILD: nothing to wait for (cannot happen for our own child)
-            status = s
-            return Self.ending(s)
-        }
+        // ECHILD (nothing to wait for) cannot happen for our own child.
+        guard let r = try? syscall("waitpid", "polling hook \(path)", { waitpid(pid, &s, WNOHANG) }) else { return .exited(-1) }
+        if r == 0 { return nil }
+        status = s
+        return Self.ending(s)
     }
 
     /// Waits until the child ends or `timeoutMs` passes (nil then).
@@ -94,7 +91,7 @@ public final class ChildProcess {
         let pid = self.pid
         let reaper = Thread {
             var s: Int32 = 0
-            while waitpid(pid, &s, 0) < 0 && errno == EINTR {}
+            _ = try? syscall("waitpid", "reaping a hook", { waitpid(pid, &s, 0) })
         }
         reaper.name = "reap \(path)"
         reaper.start()

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TidemarkSystem
+import TidemarkTransport
 import TidemarkWire
 
 /// One agent connection: the transport of one `ReplicationReceiver`

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TidemarkSystem
 import TidemarkTarget
+import TidemarkTransport
 import TidemarkWire
 
 /// The process server: TLS ingest → durable spool → upload to target storage,
@@ -387,14 +388,16 @@ public final class ProcessServer: @unchecked Sendable {
     }
 
     private func runPruner() {
-        var lastRun = Date.distantPast
+        // Monotonic, so setting the wall clock neither skips nor repeats a run.
+        var lastRun: Double? = nil
         while !isStopped {
             usleep(200_000)
             lock.lock()
             let interval = options.pruneIntervalSeconds
             lock.unlock()
-            guard Date().timeIntervalSince(lastRun) >= Double(interval) else { continue }
-            lastRun = Date()
+            let now = SystemClock.monotonicSeconds()
+            if let lastRun, now - lastRun < Double(interval) { continue }
+            lastRun = now
             pruneOnce()
         }
     }

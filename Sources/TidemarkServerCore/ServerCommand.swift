@@ -4,6 +4,7 @@ import ServiceLifecycle
 import TidemarkConfig
 import TidemarkDaemon
 import TidemarkSystem
+import TidemarkTransport
 
 public enum ServerCommands {
     /// `tidemark-server run`: serves until SIGTERM/SIGINT; SIGHUP re-reads

@@ -155,7 +155,7 @@ public final class Spool: @unchecked Sendable {
         let fd = try FileDescriptor(open: p, [.readWrite, .create, .exclusive], mode: 0o600, purpose: "creating spool file")
         var header = [UInt8](repeating: 0, count: fileHeaderBytes)
         header.replaceSubrange(0..<8, with: fileMagic)
-        putLE32(&header, 8, fileVersion)
+        LittleEndian.store(fileVersion, into: &header, at: 8)
         try header.withUnsafeBytes { try fd.write($0, at: 0) }
         try fd.dataSync()
         return File(index: index, fd: fd, size: UInt64(fileHeaderBytes))
@@ -172,8 +172,8 @@ public final class Spool: @unchecked Sendable {
             throw TidemarkError(.corrupt, "spool file \(path) has no valid header",
                                 hint: "move it out of the spool directory; the agents re-send what was not committed")
         }
-        guard getLE32(header, 8) == fileVersion else {
-            throw TidemarkError(.unsupported, "spool file \(path) has format version \(getLE32(header, 8)), this server reads \(fileVersion)")
+        guard LittleEndian.load(header, at: 8, as: UInt32.self) == fileVersion else {
+            throw TidemarkError(.unsupported, "spool file \(path) has format version \(LittleEndian.load(header, at: 8, as: UInt32.self)), this server reads \(fileVersion)")
         }
         var records: [Record] = []
         var offset = UInt64(fileHeaderBytes)
@@ -186,12 +186,12 @@ public final class Spool: @unchecked Sendable {
             }
             guard size - offset >= UInt64(recordHeaderBytes) else { return try torn("a truncated record header") }
             _ = try rh.withUnsafeMutableBytes { try fd.read(into: $0, at: offset) }
-            let length = getLE32(rh, 4)
-            guard getLE32(rh, 0) == recordMagic, length > 0,
+            let length = LittleEndian.load(rh, at: 4, as: UInt32.self)
+            guard LittleEndian.load(rh, at: 0, as: UInt32.self) == recordMagic, length > 0,
                   UInt64(length) <= size - offset - UInt64(recordHeaderBytes) else { return try torn("a torn record") }
             var payload = [UInt8](repeating: 0, count: Int(length))
             _ = try payload.withUnsafeMutableBytes { try fd.read(into: $0, at: offset + UInt64(recordHeaderBytes)) }
-            guard payload.withUnsafeBytes({ crc32c($0) }) == getLE32(rh, 8) else { return try torn("a record with a bad checksum") }
+            guard payload.withUnsafeBytes({ crc32c($0) }) == LittleEndian.load(rh, at: 8, as: UInt32.self) else { return try torn("a record with a bad checksum") }
             let (disk, seq) = try payload.withUnsafeBytes { try identify($0) }
             records.append(Record(diskID: disk, sequence: seq,
                                   location: Location(fileIndex: index, offset: offset + UInt64(recordHeaderBytes), length: length)))
@@ -233,9 +233,9 @@ public final class Spool: @unchecked Sendable {
             _ = lock.wait(until: Date(timeIntervalSinceNow: Double(ServerLimits.spoolFullWaitMs) / 1000))
         }
         var rh = [UInt8](repeating: 0, count: Self.recordHeaderBytes)
-        putLE32(&rh, 0, Self.recordMagic)
-        putLE32(&rh, 4, UInt32(payload.count))
-        putLE32(&rh, 8, crc32c(payload))
+        LittleEndian.store(Self.recordMagic, into: &rh, at: 0)
+        LittleEndian.store(UInt32(payload.count), into: &rh, at: 4)
+        LittleEndian.store(crc32c(payload), into: &rh, at: 8)
         let file = current
         let start = file.size
         do {
@@ -380,8 +380,8 @@ public final class Spool: @unchecked Sendable {
             n = try file.fd.read(into: UnsafeMutableRawBufferPointer(b), at: record.location.offset)
             initialized = b.count
         }
-        guard n == payload.count, getLE32(rh, 0) == Self.recordMagic, getLE32(rh, 4) == record.location.length,
-              payload.withUnsafeBytes({ crc32c($0) }) == getLE32(rh, 8) else {
+        guard n == payload.count, LittleEndian.load(rh, at: 0, as: UInt32.self) == Self.recordMagic, LittleEndian.load(rh, at: 4, as: UInt32.self) == record.location.length,
+              payload.withUnsafeBytes({ crc32c($0) }) == LittleEndian.load(rh, at: 8, as: UInt32.self) else {
             throw TidemarkError(.corrupt, "spool \(Self.path(directory, file.index)) offset \(record.location.offset): record of \(record.diskID) #\(record.sequence) reads back damaged",
                                 hint: "the spool's storage is failing; the agent still holds the bits and re-sends after a reconnect")
         }
@@ -423,15 +423,4 @@ public final class Spool: @unchecked Sendable {
         let fd = try FileDescriptor(open: directory, .readOnly, purpose: "syncing spool directory")
         try fd.sync()
     }
-}
-
-@inline(__always) func putLE32(_ b: inout [UInt8], _ at: Int, _ v: UInt32) {
-    b[at] = UInt8(truncatingIfNeeded: v)
-    b[at + 1] = UInt8(truncatingIfNeeded: v >> 8)
-    b[at + 2] = UInt8(truncatingIfNeeded: v >> 16)
-    b[at + 3] = UInt8(truncatingIfNeeded: v >> 24)
-}
-
-@inline(__always) func getLE32(_ b: [UInt8], _ at: Int) -> UInt32 {
-    UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24
 }

@@ -515,7 +515,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
 
     /// Expires recovery points older than `retentionSeconds` on each disk.
     func prune(diskIDs: [String], retentionSeconds: Int) {
-        let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(retentionSeconds) * 1000
+        let cutoff = SystemClock.wallUnixMs() - Int64(retentionSeconds) * 1000
         for id in diskIDs {
             do {
                 let report = try target.prune(diskID: id, retainAfterUnixMs: cutoff)

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Writes to a file or device through io_uring, keeping up to `queueDepth`

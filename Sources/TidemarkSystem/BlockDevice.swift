@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A block device as the tracer sees it: its kernel dev_t, the whole disk it
@@ -98,11 +98,7 @@ public struct BlockDeviceInfo: Sendable, Equatable {
 
 /// Reads a small sysfs attribute, trimmed; nil if absent.
 public func readSysfs(_ path: String) -> String? {
-    guard let fd = try? FileDescriptor(open: path, .readOnly) else { return nil }
-    var bytes = [UInt8](repeating: 0, count: 4096)
-    let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
-    let s = String(decoding: bytes[0..<n], as: UTF8.self)
-    return s.trimmingCharacters(in: " \n\t")
+    SmallFile.attribute(path)
 }
 
 public func fileExists(_ path: String) -> Bool { Glibc.access(path, F_OK) == 0 }

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A byte range of a device or file: `length` bytes starting at `offset`.
@@ -640,13 +640,7 @@ public final class ChunkReader {
 
     /// The first line of a small /proc file, or nil.
     private static func readSysctl(_ path: String) -> String? {
-        let fd = tm_open(path, O_RDONLY, 0)
-        guard fd >= 0 else { return nil }
-        defer { _ = Glibc.close(fd) }
-        var bytes = [UInt8](repeating: 0, count: 64)
-        let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        return String(decoding: bytes[..<n], as: UTF8.self).split(separator: "\n").first.map(String.init)
+        SmallFile.textIfReadable(path)?.split(separator: "\n").first.map(String.init)
     }
 
     private static func validate(_ o: ChunkReaderOptions) throws {

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Copies a device sequentially into a target with one io_uring and no

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A snapshot of the non-zero words of a kernel bitmap: word indices and
@@ -108,6 +108,13 @@ public struct DrainWords: Sendable {
     public subscript(i: Int) -> (wordIndex: UInt64, bits: UInt64) {
         precondition(i >= 0 && i < count, "DrainWords: entry \(i) of \(count)")
         return (UInt64(index[i]), bits[i])
+    }
+
+    /// The C scan itself (`tm_snapshot_nonzero`, resumable at `pos`, at most
+    /// `cap` entries), for the tests of its contract.
+    static func snapshotNonzero(_ words: UnsafePointer<UInt64>, _ n: Int, _ pos: inout Int,
+                                _ idx: inout [UInt32], _ bits: inout [UInt64], _ cap: Int) -> Int {
+        tm_snapshot_nonzero(words, n, &pos, &idx, &bits, cap)
     }
 
     /// Replaces the contents with every non-zero word of `words`, read once

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 import Synchronization
 
@@ -19,6 +19,8 @@ public final class FileDescriptor: @unchecked Sendable {
         public static let truncate = Flags(rawValue: O_TRUNC)
         public static let direct = Flags(rawValue: tm_O_DIRECT)
         public static let noFollow = Flags(rawValue: O_NOFOLLOW)
+        /// Opening a FIFO does not wait for its other end.
+        public static let nonBlocking = Flags(rawValue: O_NONBLOCK)
     }
 
     public init(takingOwnershipOf fd: Int32, path: String) {

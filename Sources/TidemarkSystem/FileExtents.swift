@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// One extent of a file as FIEMAP reports it: `length` bytes at file offset
@@ -77,21 +77,13 @@ public struct MountEntry: Sendable, Equatable {
     /// only then can the filesystem write to its device.
     public var superblockWritable: Bool
 
+    /// The largest mount table read: a host with tens of thousands of
+    /// mounts (containers) stays far below it, at about 150 bytes a line.
+    public static let mountTableBytesMax = 64 << 20
+
     /// Parses /proc/self/mountinfo (see proc(5)); unparsable lines are skipped.
     public static func current(path: String = "/proc/self/mountinfo") throws -> [MountEntry] {
-        let fd = try FileDescriptor(open: path, .readOnly, purpose: "reading the mount table")
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        // procfs files are read sequentially, not at offsets.
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError(call: "read", errno: errno, context: "reading \(path)")
-            }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
+        let bytes = try SmallFile.read(path, bytesMax: mountTableBytesMax, purpose: "reading the mount table")
         var out: [MountEntry] = []
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let f = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)

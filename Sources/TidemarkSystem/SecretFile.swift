@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Files that hold secrets (the replication key, the TLS private keys of the

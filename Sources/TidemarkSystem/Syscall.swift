@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Every system call goes through here (as in swift-nio's System.swift):

@@ -26,6 +26,13 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
+extension SystemError {
+    /// True for a read, write or connect that ran out of time (the sockets'
+    /// timeouts in TidemarkTransport, a poll deadline): the peer may still
+    /// be there, nothing was lost.
+    public var isTimeout: Bool { errno == ETIMEDOUT }
+}
+
 /// A failure that is not an errno: bad input, a format violation, a state
 /// that forbids the operation. `message` says what is wrong and `hint` what
 /// to do about it.

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// Where the tracer lives. Overridable for tests that must not disturb a
@@ -172,9 +172,9 @@ public final class Tracer: @unchecked Sendable {
     static func ensureBPFFilesystem() throws {
         let bpfMagic: Int64 = 0xCAFE4A11
         if tm_statfs_type(TracerPaths.bpffs) == bpfMagic { return }
-        let rc = tm_mount_bpffs(TracerPaths.bpffs)
-        if rc != 0 {
-            throw TidemarkError(.unsupported, "no BPF filesystem at \(TracerPaths.bpffs) and mounting one failed: \(String(cString: strerror(-rc)))",
+        if Glibc.mount("bpf", TracerPaths.bpffs, "bpf", 0, "mode=0700") != 0 {
+            let e = Glibc.errno
+            throw TidemarkError(.unsupported, "no BPF filesystem at \(TracerPaths.bpffs) and mounting one failed: \(String(cString: strerror(e)))",
                                 hint: "mount it: mount -t bpf bpf /sys/fs/bpf")
         }
     }
@@ -446,6 +446,12 @@ public final class MappedWords: @unchecked Sendable {
         precondition(i >= 0 && i < count)
         return tm_atomic_fetch_and_u64(base + i, ~mask)
     }
+    /// Atomically sets `mask` in word i, as the BPF program does: for tests
+    /// that play the program's part against a drain.
+    func set(_ i: Int, _ mask: UInt64) {
+        precondition(i >= 0 && i < count)
+        _ = tm_atomic_fetch_or_u64(base + i, mask)
+    }
     /// Index of the first non-zero word at or after `from`, or `count`.
     @inlinable @inline(__always) public func nextNonZero(from: Int) -> Int {
         from >= count ? count : from + tm_find_nonzero_word(base + from, count - from)
@@ -477,18 +483,6 @@ public enum LiveTracking {
         return LiveTrackingSnapshot(words: copy, overflow: overflow, chunkSizeBytes: slot.chunkSizeBytes,
                                     nrChunks: slot.nrChunks, devicePath: dev)
     }
-}
-
-public func wallClockNanoseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 /// mkdir -p with a mode for the directories it creates.
@@ -621,13 +615,8 @@ public enum DiskStatistics {
     }
 
     static func readSmallTextFile(_ path: String) -> String? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { _ = Glibc.close(fd) }
-        var buf = [UInt8](repeating: 0, count: 512)
-        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n], as: UTF8.self)
+        guard let text = SmallFile.textIfReadable(path), !text.isEmpty else { return nil }
+        return text
     }
 
     static func iostatsEnabled(_ base: String) -> Bool {

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 
 /// A wake-up one thread gives another that waits in poll(2) on something
@@ -33,5 +33,27 @@ public final class WakeSignal: @unchecked Sendable {
         guard fd >= 0 else { return }
         var value: UInt64 = 0
         _ = withUnsafeMutableBytes(of: &value) { Glibc.read(fd, $0.baseAddress, 8) }
+    }
+}
+
+/// Waits until `fd` has `events` (POLLIN/POLLOUT), or `timeoutMs` passed
+/// (returns false; negative = no limit). Hang-ups and errors count as ready:
+/// the next call on the fd reports them. EINTR is retried within the same
+/// deadline. With `wake` (a `WakeSignal`'s fd), a readable `wake` also ends
+/// the wait (false: `fd` is not known ready).
+public func pollReady(_ fd: Int32, _ events: Int16, timeoutMs: Int, wake: Int32? = nil,
+                      _ context: @autoclosure () -> String) throws -> Bool {
+    let deadline = timeoutMs >= 0 ? SystemClock.monotonicMs() + Int64(timeoutMs) : Int64.max
+    var p = (pollfd(fd: fd, events: events, revents: 0), pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
+    while true {
+        let left = deadline == Int64.max ? -1 : Int32(clamping: max(0, deadline - SystemClock.monotonicMs()))
+        let r = withUnsafeMutablePointer(to: &p) {
+            $0.withMemoryRebound(to: pollfd.self, capacity: 2) { poll($0, wake == nil ? 1 : 2, left) }
+        }
+        if r > 0 { return p.0.revents != 0 }
+        if r == 0 { return false }
+        let e = errno
+        if e == EINTR { continue }
+        throw SystemError(call: "poll", errno: e, context: context())
     }
 }

@@ -1,4 +1,4 @@
-import CTidemark
+import CTidemarkSystem
 import Glibc
 import Synchronization
 
@@ -122,11 +122,7 @@ public final class WorkerPool: @unchecked Sendable {
         } while !done() && Self.now() < deadline
     }
 
-    private static func now() -> Int64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
-    }
+    private static func now() -> Int64 { Int64(SystemClock.monotonicNs()) }
 
     private func work() {
         var seen: UInt64 = 0

@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// The object checksums (docs/target-layout.md section 3). The header
@@ -23,10 +24,8 @@ enum ObjectDigest {
         let prf = GMACPRF(gmacKey: gmacKey, prpKey: prpKey)
         let (low, high) = prf.mac(prefix: UnsafeRawBufferPointer(start: nil, count: 0), data: b)
         var out = [UInt8](repeating: 0, count: bytes)
-        for i in 0..<8 {
-            out[i] = UInt8(truncatingIfNeeded: low >> (8 * UInt64(i)))
-            out[8 + i] = UInt8(truncatingIfNeeded: high >> (8 * UInt64(i)))
-        }
+        LittleEndian.store(low, into: &out, at: 0)
+        LittleEndian.store(high, into: &out, at: 8)
         return out
     }
 

@@ -1,4 +1,5 @@
 import Glibc
+import TidemarkCrypto
 import TidemarkSystem
 
 /// A keyed chunk digest as the target stores it: 16 opaque bytes computed by
@@ -116,14 +117,14 @@ public final class DigestIndex: @unchecked Sendable {
         let check = SHA256.hash(Array(page[0..<Self.headerCheckOffset]))
         guard Array(page[Self.headerCheckOffset..<Self.pageBytes]) == check else { return "\(path): header checksum mismatch" }
         guard Array(page[0..<8]) == Self.magic else { return "\(path): bad magic" }
-        let version = load16(page, 8)
+        let version = LittleEndian.load(page, at: 8, as: UInt16.self)
         guard Self.readableVersions.contains(version) else { return "\(path): index format version \(version), this build reads \(Self.readableVersions)" }
-        guard load16(page, 10) == 0, load32(page, 12) == disk.chunkSizeBytes, load64(page, 16) == disk.sizeBytes,
+        guard LittleEndian.load(page, at: 10, as: UInt16.self) == 0, LittleEndian.load(page, at: 12, as: UInt32.self) == disk.chunkSizeBytes, LittleEndian.load(page, at: 16, as: UInt64.self) == disk.sizeBytes,
               Array(page[32..<64]) == diskIDHash else {
             return "\(path): describes another disk or geometry"
         }
         guard try fd.stat().st_size == off_t(fileBytes) else { return "\(path): size differs from the disk's \(fileBytes) bytes" }
-        applied = load64(page, 24)
+        applied = LittleEndian.load(page, at: 24, as: UInt64.self)
         flushed = applied
         return nil
     }
@@ -131,10 +132,10 @@ public final class DigestIndex: @unchecked Sendable {
     private func writeHeader(sequence: UInt64) throws {
         var page = [UInt8](repeating: 0, count: Self.pageBytes)
         page.replaceSubrange(0..<8, with: Self.magic)
-        store(&page, 8, UInt64(Self.formatVersion), 2)
-        store(&page, 12, UInt64(disk.chunkSizeBytes), 4)
-        store(&page, 16, disk.sizeBytes, 8)
-        store(&page, 24, sequence, 8)
+        LittleEndian.store(Self.formatVersion, into: &page, at: 8)
+        LittleEndian.store(disk.chunkSizeBytes, into: &page, at: 12)
+        LittleEndian.store(disk.sizeBytes, into: &page, at: 16)
+        LittleEndian.store(sequence, into: &page, at: 24)
         page.replaceSubrange(32..<64, with: diskIDHash)
         page.replaceSubrange(Self.headerCheckOffset..<Self.pageBytes, with: SHA256.hash(Array(page[0..<Self.headerCheckOffset])))
         try page.withUnsafeBytes { try fd.write($0, at: 0) }
@@ -184,7 +185,7 @@ public final class DigestIndex: @unchecked Sendable {
     /// First 16 bytes of SHA-256(u64 page number ‖ SHA-256(disk id) ‖ entries).
     private func pageCheck(_ p: UInt64, _ page: [UInt8]) -> [UInt8] {
         var input = [UInt8](repeating: 0, count: 8)
-        store(&input, 0, p, 8)
+        LittleEndian.store(p, into: &input, at: 0)
         input += diskIDHash
         input += page[0..<Self.pageCheckOffset]
         return Array(SHA256.hash(input)[0..<Self.pageCheckBytes])
@@ -212,7 +213,7 @@ public final class DigestIndex: @unchecked Sendable {
                     switch page[at] {
                     case Self.stateZero: out.append(.zero)
                     case Self.stateDataV2, Self.stateDataV3:
-                        out.append(.data(StoredDigest(low: load64(page, at + 1), high: load64(page, at + 9), segmentVersion: UInt16(page[at]))))
+                        out.append(.data(StoredDigest(low: LittleEndian.load(page, at: at + 1, as: UInt64.self), high: LittleEndian.load(page, at: at + 9, as: UInt64.self), segmentVersion: UInt16(page[at]))))
                     default: out.append(.unknown)
                     }
                     c += 1
@@ -289,8 +290,8 @@ public final class DigestIndex: @unchecked Sendable {
                 let (c, state, low, high) = updates[i]
                 let at = Int(c % Self.entriesPerPage) * Self.entryBytes
                 page[at] = state
-                store(&page, at + 1, low, 8)
-                store(&page, at + 9, high, 8)
+                LittleEndian.store(low, into: &page, at: at + 1)
+                LittleEndian.store(high, into: &page, at: at + 9)
                 i += 1
             }
             try writePage(p, &page)
@@ -355,9 +356,3 @@ extension TargetRepository {
     }
 }
 
-private func load16(_ b: [UInt8], _ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
-private func load32(_ b: [UInt8], _ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(b[at + $1]) << (8 * $1) } }
-private func load64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * $1) } }
-private func store(_ b: inout [UInt8], _ at: Int, _ v: UInt64, _ n: Int) {
-    for i in 0..<n { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-}

@@ -78,20 +78,20 @@ struct Envelope: Equatable {
         precondition(!id.isEmpty && id.count <= EnvelopeFormat.diskIDBytesMax)
         precondition(version >= 2 && EnvelopeFormat.readable.contains(version), "Envelope: writers write version 2 or later")
         var w = ByteWriter()
-        w.bytes(EnvelopeFormat.magic)
+        w.raw(EnvelopeFormat.magic)
         w.u16(version)
         w.u8(kind.rawValue)
         w.u8(0)
         w.u32(UInt32(headerBytes(diskID: diskID, metadataCount: metadata.count)))
         w.u64(sequence)
         w.u64(UInt64(payload.count))
-        w.bytes(ObjectDigest.payload(payload, version: version))
+        w.raw(ObjectDigest.payload(payload, version: version))
         w.u16(UInt16(id.count))
-        w.bytes(id)
+        w.raw(id)
         w.u32(UInt32(metadata.count))
-        w.bytes(metadata)
-        w.bytes(ObjectDigest.sha256(w.out))
-        return w.out
+        w.raw(metadata)
+        w.raw(ObjectDigest.sha256(w.bytes))
+        return w.bytes
     }
 
     /// The length of the header `encodeHeader` makes for this disk id and metadata length.
@@ -101,7 +101,7 @@ struct Envelope: Equatable {
 
     /// The header length stored in a prefix of at least 16 bytes.
     static func headerLength(prefix: UnsafeRawBufferPointer) -> Int {
-        Int(ByteReader.loadU32(prefix, 12))
+        Int(LittleEndian.load(prefix, at: 12, as: UInt32.self))
     }
 
     /// Decodes and verifies a header. `header` holds at least the header
@@ -119,12 +119,12 @@ struct Envelope: Equatable {
         }
         guard header.count >= EnvelopeFormat.fixedBytes else { throw corrupt("truncated header") }
         guard Array(header[0..<8]) == EnvelopeFormat.magic else { throw corrupt("bad magic (not a Tidemark target object)") }
-        let version = ByteReader.loadU16(header, 8)
+        let version = LittleEndian.load(header, at: 8, as: UInt16.self)
         guard EnvelopeFormat.readable.contains(version) else {
             throw TidemarkError(.unsupported, "\(path): envelope format version \(version); this build reads versions \(EnvelopeFormat.readable.lowerBound) to \(EnvelopeFormat.readable.upperBound)",
                                 hint: "use a Tidemark release that knows this layout version")
         }
-        let h = Int(ByteReader.loadU32(header, 12))
+        let h = Int(LittleEndian.load(header, at: 12, as: UInt32.self))
         guard h >= EnvelopeFormat.minHeaderBytes, h <= EnvelopeFormat.headerBytesMax else {
             throw corrupt("header length \(h) out of range")
         }
@@ -135,14 +135,14 @@ struct Envelope: Equatable {
         guard stored == computed else { throw corrupt("header checksum mismatch (stored \(stored.hexString.prefix(16))…, computed \(computed.hexString.prefix(16))…)") }
         guard let kind = ObjectKind(rawValue: header[10]) else { throw corrupt("unknown object kind \(header[10])") }
         guard header[11] == 0 else { throw corrupt("reserved byte 11 is \(header[11]), not 0") }
-        let sequence = ByteReader.loadU64(header, 16)
-        let payloadLength = ByteReader.loadU64(header, 24)
+        let sequence = LittleEndian.load(header, at: 16, as: UInt64.self)
+        let payloadLength = LittleEndian.load(header, at: 24, as: UInt64.self)
         let digest = Array(header[32..<64])
         guard version == 1 || digest[16..<32].allSatisfy({ $0 == 0 }) else { throw corrupt("reserved bytes 48-63 are not 0") }
-        let d = Int(ByteReader.loadU16(header, 64))
+        let d = Int(LittleEndian.load(header, at: 64, as: UInt16.self))
         guard d >= 1, d <= EnvelopeFormat.diskIDBytesMax, 66 + d + 4 + 32 <= h else { throw corrupt("disk id length \(d) out of range") }
         guard let diskID = String(validating: Array(header[66..<(66 + d)]), as: UTF8.self) else { throw corrupt("disk id is not UTF-8") }
-        let m = Int(ByteReader.loadU32(header, 66 + d))
+        let m = Int(LittleEndian.load(header, at: 66 + d, as: UInt32.self))
         guard 70 + d + m + 32 == h else { throw corrupt("metadata length \(m) does not fit header length \(h)") }
         let metadata = Array(header[(70 + d)..<(70 + d + m)])
         guard kind == expectedKind else { throw corrupt("holds a \(kind), expected a \(expectedKind)") }
@@ -168,11 +168,11 @@ enum Metadata {
         w.u32(d.chunkSizeBytes)
         w.u64(d.keyID)
         w.string(d.ownerAgentID)
-        return w.out
+        return w.bytes
     }
 
     static func decodeDisk(_ m: [UInt8], diskID: String, path: String) throws -> DiskRecord {
-        var r = ByteReader(m, path: path)
+        var r = MetadataReader(m, path: path)
         let size = try r.u64(), chunk = try r.u32(), key = try r.u64(), owner = try r.string()
         try r.end()
         guard chunk >= EnvelopeFormat.chunkSizeBytesMin, chunk <= EnvelopeFormat.chunkSizeBytesMax, chunk.nonzeroBitCount == 1 else {
@@ -191,7 +191,7 @@ enum Metadata {
         w.u64(p.sequence)
     }
 
-    static func decodePoint(_ r: inout ByteReader, diskID: String) throws -> PointRecord {
+    static func decodePoint(_ r: inout MetadataReader, diskID: String) throws -> PointRecord {
         let id = try r.string(), cls = try r.string()
         let time = Int64(bitPattern: try r.u64()), seq = try r.u64()
         return PointRecord(id: id, diskID: diskID, pointClass: cls, timeUnixMs: time, sequence: seq)
@@ -212,7 +212,7 @@ enum Metadata {
         }
     }
 
-    static func decodeSegment(_ r: inout ByteReader, diskID: String) throws -> ([TargetExtent], PointRecord?) {
+    static func decodeSegment(_ r: inout MetadataReader, diskID: String) throws -> ([TargetExtent], PointRecord?) {
         let n = Int(try r.u32())
         guard n <= r.remaining / 17 else { throw r.corrupt("extent count \(n) exceeds the metadata") }
         var extents = [TargetExtent]()
@@ -230,13 +230,13 @@ enum Metadata {
     static func encodeSegment(extents: [TargetExtent], point: PointRecord?) -> [UInt8] {
         var w = ByteWriter()
         encodeSegment(extents: extents, point: point, into: &w)
-        return w.out
+        return w.bytes
     }
 
     static func encodePointManifest(_ p: PointRecord) -> [UInt8] {
         var w = ByteWriter()
         encodePoint(p, into: &w)
-        return w.out
+        return w.bytes
     }
 
     static func encodeTombstone(_ s: StoredSegment, prunedAtUnixMs: Int64, deadAt: UInt64) -> [UInt8] {
@@ -244,32 +244,31 @@ enum Metadata {
         w.u64(UInt64(bitPattern: prunedAtUnixMs))
         w.u64(deadAt)
         w.u64(s.payloadLength)
-        w.bytes(s.payloadChecksum)
+        w.raw(s.payloadChecksum)
         w.u16(s.checksumVersion)  // since envelope version 2
         encodeSegment(extents: s.extents, point: s.point, into: &w)
-        return w.out
+        return w.bytes
     }
 }
 
-// MARK: - Little-endian codecs
+// MARK: - Metadata strings and the metadata reader
 
-struct ByteWriter {
-    var out: [UInt8] = []
-    mutating func u8(_ v: UInt8) { out.append(v) }
-    mutating func u16(_ v: UInt16) { for i in 0..<2 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
-    mutating func u32(_ v: UInt32) { for i in 0..<4 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
-    mutating func u64(_ v: UInt64) { for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
-    mutating func bytes(_ b: [UInt8]) { out += b }
-    /// u16 length, then UTF-8 bytes.
+extension ByteWriter {
+    /// u16 length, then UTF-8 bytes (a metadata string).
     mutating func string(_ s: String) {
         let b = Array(s.utf8)
         precondition(b.count <= EnvelopeFormat.stringBytesMax)
         u16(UInt16(b.count))
-        bytes(b)
+        raw(b)
     }
 }
 
-struct ByteReader {
+/// Reads the per-kind metadata of an envelope: the fields `Metadata`
+/// writes, little-endian through `LittleEndian` (the one byte codec), over
+/// an array it owns, so a reader can be handed from one decoding function
+/// to the next. Every read checks the bytes left and throws `.corrupt`
+/// naming the object's path. One thread; holds the metadata bytes only.
+struct MetadataReader {
     let data: [UInt8]
     let path: String
     var at = 0
@@ -286,16 +285,26 @@ struct ByteReader {
                       hint: "the object is damaged or was written by an incompatible tool; it is not used")
     }
 
-    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+    private mutating func advance(_ n: Int) throws -> Int {
         guard n >= 0, n <= remaining else { throw corrupt("truncated at byte \(at) (need \(n), have \(remaining))") }
         defer { at += n }
-        return data[at..<(at + n)]
+        return at
+    }
+
+    private mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        let from = try advance(n)
+        return data[from..<(from + n)]
+    }
+
+    private mutating func le<T: FixedWidthInteger>(_: T.Type) throws -> T {
+        let from = try advance(MemoryLayout<T>.size)
+        return LittleEndian.load(data, at: from, as: T.self)
     }
 
     mutating func u8() throws -> UInt8 { try take(1).first! }
-    mutating func u16() throws -> UInt16 { try take(2).reversed().reduce(0) { $0 << 8 | UInt16($1) } }
-    mutating func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
-    mutating func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func u16() throws -> UInt16 { try le(UInt16.self) }
+    mutating func u32() throws -> UInt32 { try le(UInt32.self) }
+    mutating func u64() throws -> UInt64 { try le(UInt64.self) }
     mutating func bytes(_ n: Int) throws -> [UInt8] { Array(try take(n)) }
     mutating func string() throws -> String {
         let n = Int(try u16())
@@ -304,13 +313,5 @@ struct ByteReader {
     }
     func end() throws {
         guard remaining == 0 else { throw corrupt("\(remaining) unexpected trailing bytes") }
-    }
-
-    static func loadU16(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
-    static func loadU32(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        (0..<4).reduce(0) { $0 | UInt32(b[at + $1]) << (8 * $1) }
-    }
-    static func loadU64(_ b: UnsafeRawBufferPointer, _ at: Int) -> UInt64 {
-        (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * $1) }
     }
 }

@@ -109,11 +109,7 @@ extension TargetRepository {
         return UInt64(header.count + copy.count)
     }
 
-    static func nowUnixMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
+    static func nowUnixMs() -> Int64 { SystemClock.wallUnixMs() }
 }
 
 public enum PruneLimits {

@@ -210,9 +210,7 @@ public final class TargetRepository: @unchecked Sendable {
         var dir = full.hasPrefix("/") ? "" : "."
         for part in full.split(separator: "/") {
             dir += "/" + part
-            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
-                throw SystemError(call: "mkdir", errno: errno, context: "creating the state directory \(dir)")
-            }
+            _ = try makeDirectory(dir, mode: 0o755, purpose: "creating the state directory")
         }
         return full + "/" + file
     }
@@ -505,7 +503,7 @@ public final class TargetRepository: @unchecked Sendable {
 
     /// Decoding the metadata checks it is well formed.
     private func checkSegmentMetadata(_ env: Envelope, path: String, diskID: String) throws {
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         _ = try Metadata.decodeSegment(&r, diskID: diskID)
         try r.end()
     }
@@ -544,7 +542,7 @@ public final class TargetRepository: @unchecked Sendable {
 
     private func segmentInfo(_ env: Envelope, path: String, diskID: String, sequence: UInt64) throws -> StoredSegment {
         do {
-            var r = ByteReader(env.metadata, path: path)
+            var r = MetadataReader(env.metadata, path: path)
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             try r.end()
             try validate(extents: extents, disk: try requireDisk(diskID), sequence: sequence, storedIn: path)
@@ -571,7 +569,7 @@ public final class TargetRepository: @unchecked Sendable {
         guard let (env, payload, _) = try ObjectReader.read(store, tombstoneName(diskID, sequence), kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         _ = try r.u64()  // pruned at
         let deadAt = try r.u64(), length = try r.u64(), digest = try r.bytes(32)
         // Envelope version 2 adds the version of the pruned segment's checksum.
@@ -647,7 +645,7 @@ public final class TargetRepository: @unchecked Sendable {
         guard let (env, _, _) = try ObjectReader.read(store, pointName(diskID, sequence), kind: .point, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
-        var r = ByteReader(env.metadata, path: path)
+        var r = MetadataReader(env.metadata, path: path)
         let p = try Metadata.decodePoint(&r, diskID: diskID)
         try r.end()
         guard p.sequence == sequence else { throw r.corrupt("point sequence \(p.sequence) differs from the envelope's \(sequence)") }

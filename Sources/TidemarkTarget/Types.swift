@@ -98,7 +98,7 @@ public struct SealedHeaderCopy: Equatable, Sendable {
 
     /// The header length a sealed segment's first bytes declare.
     static func declaredHeaderBytes(_ prefix: UnsafeRawBufferPointer) -> Int {
-        Int(ByteReader.loadU32(prefix, headerLengthOffset))
+        Int(LittleEndian.load(prefix, at: headerLengthOffset, as: UInt32.self))
     }
 
     /// A tombstone's payload: header ‖ tag.

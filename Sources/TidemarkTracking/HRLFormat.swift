@@ -150,7 +150,7 @@ public enum HRLFormat {
     /// The first 4 bytes of the file UUID as a little-endian u32, stored in
     /// each bitmap page so a page copied from another file is rejected.
     static func binding(_ uuid: [UInt8]) -> UInt32 {
-        UInt32(uuid[0]) | UInt32(uuid[1]) << 8 | UInt32(uuid[2]) << 16 | UInt32(uuid[3]) << 24
+        uuid.withUnsafeBytes { LittleEndian.load($0, at: 0, as: UInt32.self) }
     }
 
     // MARK: Strings
@@ -169,17 +169,7 @@ public enum HRLFormat {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    // MARK: Little-endian access
-
-    @inline(__always)
-    static func load<T: FixedWidthInteger>(_ b: UnsafeRawBufferPointer, _ offset: Int, as: T.Type) -> T {
-        T(littleEndian: b.loadUnaligned(fromByteOffset: offset, as: T.self))
-    }
-
-    @inline(__always)
-    static func store<T: FixedWidthInteger>(_ b: UnsafeMutableRawBufferPointer, _ offset: Int, _ v: T) {
-        b.storeBytes(of: v.littleEndian, toByteOffset: offset, as: T.self)
-    }
+    // MARK: Checksum
 
     static func checksum(_ page: UnsafeRawBufferPointer) -> UInt32 {
         crc32c(UnsafeRawBufferPointer(rebasing: page[0..<crcOffset]))
@@ -192,20 +182,20 @@ public enum HRLFormat {
         precondition(b.count == pageSize && h.fileUUID.count == 16)
         b.initializeMemory(as: UInt8.self, repeating: 0)
         for (i, m) in magic.enumerated() { b[H.magic + i] = m }
-        store(b, H.version, h.formatVersion)
-        store(b, H.pageSize, UInt32(pageSize))
-        store(b, H.generation, h.generation)
-        store(b, H.diskSize, h.diskSizeBytes)
-        store(b, H.chunkSize, h.chunkSizeBytes)
-        store(b, H.state, h.state.rawValue)
-        store(b, H.nrChunks, h.nrChunks)
-        store(b, H.bitmapPages, h.bitmapPages)
-        store(b, H.created, h.createdUnixNs)
-        store(b, H.stateChanged, h.stateChangedUnixNs)
-        store(b, H.drainSeq, h.drainSeq)
-        store(b, H.flags, h.updateInFlight ? HRLFormat.flagUpdateInFlight : UInt32(0))
-        store(b, H.clearSeq, h.clearSeq)
-        store(b, H.reason, h.reason.rawValue)
+        LittleEndian.store(h.formatVersion, into: b, at: H.version)
+        LittleEndian.store(UInt32(pageSize), into: b, at: H.pageSize)
+        LittleEndian.store(h.generation, into: b, at: H.generation)
+        LittleEndian.store(h.diskSizeBytes, into: b, at: H.diskSize)
+        LittleEndian.store(h.chunkSizeBytes, into: b, at: H.chunkSize)
+        LittleEndian.store(h.state.rawValue, into: b, at: H.state)
+        LittleEndian.store(h.nrChunks, into: b, at: H.nrChunks)
+        LittleEndian.store(h.bitmapPages, into: b, at: H.bitmapPages)
+        LittleEndian.store(h.createdUnixNs, into: b, at: H.created)
+        LittleEndian.store(h.stateChangedUnixNs, into: b, at: H.stateChanged)
+        LittleEndian.store(h.drainSeq, into: b, at: H.drainSeq)
+        LittleEndian.store(h.updateInFlight ? HRLFormat.flagUpdateInFlight : UInt32(0), into: b, at: H.flags)
+        LittleEndian.store(h.clearSeq, into: b, at: H.clearSeq)
+        LittleEndian.store(h.reason.rawValue, into: b, at: H.reason)
         for (i, u) in h.fileUUID.enumerated() { b[H.uuid + i] = u }
         func put(_ s: String, _ field: (offset: Int, size: Int)) {
             for (i, c) in fieldValue(s, size: field.size).utf8.enumerated() { b[field.offset + i] = c }
@@ -219,7 +209,7 @@ public enum HRLFormat {
             precondition(h.sealNonce.count == 16)
             for (i, u) in h.sealNonce.enumerated() { b[H.sealNonce + i] = u }
         }
-        store(b, crcOffset, checksum(UnsafeRawBufferPointer(b)))
+        LittleEndian.store(checksum(UnsafeRawBufferPointer(b)), into: b, at: crcOffset)
     }
 
     enum HeaderSlot {
@@ -240,35 +230,35 @@ public enum HRLFormat {
         if isAllZero(b) { return .empty }
         if !magic.indices.allSatisfy({ b[H.magic + $0] == magic[$0] }) { return .foreign }
         // The version comes before the checksum: a later version may move it.
-        let version = load(b, H.version, as: UInt32.self)
+        let version = LittleEndian.load(b, at: H.version, as: UInt32.self)
         if version > HRLFormat.version { return .unsupported(version: version) }
         if version < HRLFormat.oldestReadableVersion { return .invalid("format version \(version) does not exist") }
-        let stored = load(b, crcOffset, as: UInt32.self)
+        let stored = LittleEndian.load(b, at: crcOffset, as: UInt32.self)
         let computed = checksum(b)
         if stored != computed {
             return .invalid("bad checksum (stored 0x\(hex32(stored)), computed 0x\(hex32(computed)))")
         }
-        let ps = load(b, H.pageSize, as: UInt32.self)
+        let ps = LittleEndian.load(b, at: H.pageSize, as: UInt32.self)
         if ps != UInt32(pageSize) { return .invalid("unsupported page size \(ps) (versions 1 and 2 use 4096)") }
-        let gen = load(b, H.generation, as: UInt64.self)
+        let gen = LittleEndian.load(b, at: H.generation, as: UInt64.self)
         if gen == 0 { return .invalid("generation 0") }
         if Int(gen % 2) != slot { return .invalid("generation \(gen) in slot \(slot) (it belongs in slot \(gen % 2))") }
-        let disk = load(b, H.diskSize, as: UInt64.self)
+        let disk = LittleEndian.load(b, at: H.diskSize, as: UInt64.self)
         if disk == 0 || disk > maxDiskSizeBytes { return .invalid("disk size \(disk) bytes is out of range 1...\(maxDiskSizeBytes)") }
-        let chunk = load(b, H.chunkSize, as: UInt32.self)
+        let chunk = LittleEndian.load(b, at: H.chunkSize, as: UInt32.self)
         if !isValidChunkSize(chunk) { return .invalid("chunk size \(chunk) bytes is not a power of two in 4096...1048576") }
         let expect = layout(diskSizeBytes: disk, chunkSizeBytes: chunk)
-        let nr = load(b, H.nrChunks, as: UInt64.self)
+        let nr = LittleEndian.load(b, at: H.nrChunks, as: UInt64.self)
         if nr != expect.nrChunks { return .invalid("nr_chunks \(nr) disagrees with disk size / chunk size (\(expect.nrChunks))") }
-        let pages = load(b, H.bitmapPages, as: UInt64.self)
+        let pages = LittleEndian.load(b, at: H.bitmapPages, as: UInt64.self)
         if pages != expect.bitmapPages { return .invalid("bitmap_pages \(pages) disagrees with nr_chunks (\(expect.bitmapPages))") }
-        let stateRaw = load(b, H.state, as: UInt32.self)
+        let stateRaw = LittleEndian.load(b, at: H.state, as: UInt32.self)
         guard let state = TrackingState(rawValue: stateRaw) else { return .invalid("unknown state \(stateRaw)") }
-        let reasonRaw = load(b, H.reason, as: UInt32.self)
+        let reasonRaw = LittleEndian.load(b, at: H.reason, as: UInt32.self)
         guard reasonRaw <= maxReasonCode(version: version), let reason = ResyncReason(rawValue: reasonRaw) else {
             return .invalid("unknown reason code \(reasonRaw) for format version \(version)")
         }
-        let flags = load(b, H.flags, as: UInt32.self)
+        let flags = LittleEndian.load(b, at: H.flags, as: UInt32.self)
         if flags & ~HRLFormat.knownHeaderFlags != 0 { return .invalid("unknown flags 0x\(String(flags, radix: 16)) at offset 92") }
         let end = version >= 2 ? H.end : H.endV1
         if !isAllZero(UnsafeRawBufferPointer(rebasing: b[end..<crcOffset])) {
@@ -294,10 +284,10 @@ public enum HRLFormat {
         var decoded = HRLHeader(
             formatVersion: version, generation: gen, diskSizeBytes: disk, chunkSizeBytes: chunk, state: state,
             nrChunks: nr, bitmapPages: pages,
-            createdUnixNs: load(b, H.created, as: UInt64.self),
-            stateChangedUnixNs: load(b, H.stateChanged, as: UInt64.self),
-            drainSeq: load(b, H.drainSeq, as: UInt64.self),
-            clearSeq: load(b, H.clearSeq, as: UInt64.self),
+            createdUnixNs: LittleEndian.load(b, at: H.created, as: UInt64.self),
+            stateChangedUnixNs: LittleEndian.load(b, at: H.stateChanged, as: UInt64.self),
+            drainSeq: LittleEndian.load(b, at: H.drainSeq, as: UInt64.self),
+            clearSeq: LittleEndian.load(b, at: H.clearSeq, as: UInt64.self),
             reason: reason,
             fileUUID: Array(b[H.uuid..<(H.uuid + 16)]),
             diskID: strings[0], diskIdentity: strings[1], reasonText: strings[2], targetID: strings[3],
@@ -344,21 +334,21 @@ public enum HRLFormat {
     static func checkBitmapSlot(_ b: UnsafeRawBufferPointer, page: UInt64, slot: Int, _ ctx: PageContext) -> BitmapSlot {
         precondition(b.count == pageSize)
         if isAllZero(b) { return .empty }
-        let stored = load(b, crcOffset, as: UInt32.self)
+        let stored = LittleEndian.load(b, at: crcOffset, as: UInt32.self)
         let computed = checksum(b)
         if stored != computed {
             return .invalid("bad checksum (stored 0x\(hex32(stored)), computed 0x\(hex32(computed)))")
         }
-        let m = load(b, P.magic, as: UInt32.self)
+        let m = LittleEndian.load(b, at: P.magic, as: UInt32.self)
         if m != pageMagic { return .invalid("bad page magic 0x\(hex32(m))") }
-        if load(b, P.reserved, as: UInt32.self) != 0 { return .invalid("reserved field is not zero") }
-        let index = load(b, P.index, as: UInt64.self)
+        if LittleEndian.load(b, at: P.reserved, as: UInt32.self) != 0 { return .invalid("reserved field is not zero") }
+        let index = LittleEndian.load(b, at: P.index, as: UInt64.self)
         if index != page { return .invalid("holds page index \(index)") }
-        let bind = load(b, P.binding, as: UInt32.self)
+        let bind = LittleEndian.load(b, at: P.binding, as: UInt32.self)
         if bind != ctx.binding {
             return .invalid("belongs to another file (uuid binding 0x\(hex32(bind)), this file's is 0x\(hex32(ctx.binding)))")
         }
-        let seq = load(b, P.sequence, as: UInt64.self)
+        let seq = LittleEndian.load(b, at: P.sequence, as: UInt64.self)
         if seq == 0 { return .invalid("sequence 0") }
         if bitmapSlot(forSequence: seq) != slot {
             return .invalid("sequence \(seq) in slot \(slotName(slot)) (slot A holds odd sequences, slot B even)")
@@ -366,7 +356,7 @@ public enum HRLFormat {
         let n = ctx.wordsInPage(page)
         var pop: UInt32 = 0
         for k in 0..<wordsPerPage {
-            let w = load(b, k * 8, as: UInt64.self)
+            let w = LittleEndian.load(b, at: k * 8, as: UInt64.self)
             if k >= n {
                 if w != 0 { return .invalid("bits set beyond nr_chunks \(ctx.nrChunks) (word \(k))") }
                 continue
@@ -381,12 +371,12 @@ public enum HRLFormat {
 
     /// Fills the trailer and checksum of a bitmap page whose words are in place.
     static func sealBitmapPage(_ b: UnsafeMutableRawBufferPointer, page: UInt64, sequence: UInt64, binding: UInt32) {
-        store(b, P.magic, pageMagic)
-        store(b, P.reserved, UInt32(0))
-        store(b, P.index, page)
-        store(b, P.sequence, sequence)
-        store(b, P.binding, binding)
-        store(b, crcOffset, checksum(UnsafeRawBufferPointer(b)))
+        LittleEndian.store(pageMagic, into: b, at: P.magic)
+        LittleEndian.store(UInt32(0), into: b, at: P.reserved)
+        LittleEndian.store(page, into: b, at: P.index)
+        LittleEndian.store(sequence, into: b, at: P.sequence)
+        LittleEndian.store(binding, into: b, at: P.binding)
+        LittleEndian.store(checksum(UnsafeRawBufferPointer(b)), into: b, at: crcOffset)
     }
 
     static func slotName(_ slot: Int) -> String { slot == 0 ? "A" : "B" }

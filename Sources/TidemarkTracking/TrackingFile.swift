@@ -59,7 +59,7 @@ public final class TrackingFile: @unchecked Sendable {
     /// Recorded in every header write; read once, it cannot change while we run.
     private let hostBootID: String
 
-    private init(path: String, fd: FileDescriptor, readOnly: Bool, header: HRLHeader, pages: [PageMeta]) {
+    private init(path: String, fd: FileDescriptor, readOnly: Bool, header: HRLHeader, pages: [PageMeta], bootID: String) {
         self.path = path
         self.fd = fd
         self.isReadOnly = readOnly
@@ -67,7 +67,7 @@ public final class TrackingFile: @unchecked Sendable {
         self.pages = pages
         self.context = HRLFormat.PageContext(binding: HRLFormat.binding(header.fileUUID),
                                              wordCount: header.wordCount, nrChunks: header.nrChunks)
-        self.hostBootID = HRLFormat.fieldValue(TrackingFile.bootID(), size: HRLFormat.H.bootID.size)
+        self.hostBootID = HRLFormat.fieldValue(bootID, size: HRLFormat.H.bootID.size)
         precondition(pages.count == Int(header.bitmapPages))
     }
 
@@ -79,8 +79,10 @@ public final class TrackingFile: @unchecked Sendable {
     /// flushed, so a crash leaves either the old file or the complete new one.
     /// Refuses (`TidemarkError.busy`) when another handle has the old file
     /// open for writing.
+    /// `bootID` is this boot's id (`bootID(_:)`), written with the state.
     public static func create(at path: String, identity: DiskIdentity, chunkSizeBytes: UInt32,
-                              state: TrackingState, reason: ResyncReason, reasonText: String) throws -> TrackingFile {
+                              state: TrackingState, reason: ResyncReason, reasonText: String,
+                              bootID: String = TrackingFile.bootID()) throws -> TrackingFile {
         guard HRLFormat.isValidChunkSize(chunkSizeBytes) else {
             throw TidemarkError(.invalidArgument, "chunk size \(chunkSizeBytes) bytes is not supported",
                                 hint: "use a power of two from 4096 to 1048576 bytes (default 65536)")
@@ -100,7 +102,7 @@ public final class TrackingFile: @unchecked Sendable {
             diskIdentity: HRLFormat.fieldValue(identity.identity, size: HRLFormat.H.diskIdentity.size),
             reasonText: HRLFormat.fieldValue(reasonText, size: HRLFormat.H.reasonText.size),
             targetID: "",
-            bootID: HRLFormat.fieldValue(bootID(), size: HRLFormat.H.bootID.size))
+            bootID: HRLFormat.fieldValue(bootID, size: HRLFormat.H.bootID.size))
 
         // Held until the rename, so no one starts updating the old file meanwhile.
         var oldFile: FileDescriptor?
@@ -135,7 +137,7 @@ public final class TrackingFile: @unchecked Sendable {
         }
         let fd = FileDescriptor(takingOwnershipOf: dupFD, path: path)
         let pages = [PageMeta](repeating: PageMeta(sequence: 1, popcount: 0, slot: 0), count: Int(layout.bitmapPages))
-        return TrackingFile(path: path, fd: fd, readOnly: false, header: header, pages: pages)
+        return TrackingFile(path: path, fd: fd, readOnly: false, header: header, pages: pages, bootID: bootID)
     }
 
     /// Header in slot 1 (generation 1), slot 0 zero; every bitmap page with
@@ -168,7 +170,8 @@ public final class TrackingFile: @unchecked Sendable {
     /// of a drain. Throws `TrackingFileError` for any damage, `SystemError`
     /// for I/O failures and `TidemarkError.busy` when another handle has the
     /// file open for writing (writable opens only).
-    public static func open(at path: String, readOnly: Bool = false) throws -> TrackingFile {
+    /// `bootID` is this boot's id (`bootID(_:)`), written with later states.
+    public static func open(at path: String, readOnly: Bool = false, bootID: String = TrackingFile.bootID()) throws -> TrackingFile {
         let fd = try FileDescriptor(open: path, readOnly ? .readOnly : .readWrite, purpose: "opening the tracking file")
         if !readOnly {
             guard try fd.tryLockExclusive(graceMs: HRLFormat.lockGraceMs) else { throw busyError(path) }
@@ -180,7 +183,7 @@ public final class TrackingFile: @unchecked Sendable {
         guard let header = scan.header else {
             throw TrackingFileError(.corrupt, path: path, detail: "no usable header")  // unreachable: no problem means a header
         }
-        let file = TrackingFile(path: path, fd: fd, readOnly: readOnly, header: header, pages: scan.pages)
+        let file = TrackingFile(path: path, fd: fd, readOnly: readOnly, header: header, pages: scan.pages, bootID: bootID)
         if !readOnly && header.updateInFlight { try file.finishInterruptedUpdate() }
         return file
     }
@@ -497,17 +500,11 @@ public final class TrackingFile: @unchecked Sendable {
     /// or "" where there is none. A `.hrl` whose header shows state
     /// `tracking` and another boot id was being tracked when the host went down.
     ///
-    /// TEST ONLY: `TIDEMARK_TEST_BOOT_ID`, when set and not empty, replaces
-    /// it, so integration tests can simulate a reboot without one. Never set
-    /// it on a real host: a wrong boot id hides an unclean shutdown.
-    public static func bootID() -> String {
-        if let fake = SystemEnvironment.variables["TIDEMARK_TEST_BOOT_ID"], !fake.isEmpty { return fake }
-        guard let fd = try? FileDescriptor(open: "/proc/sys/kernel/random/boot_id", .readOnly) else { return "" }
-        var bytes = [UInt8](repeating: 0, count: 64)
-        let n = (try? bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
-        var s = Array(bytes[0..<n])
-        while let last = s.last, last == 0x0A || last == 0x20 || last == 0 { s.removeLast() }
-        return String(decoding: s, as: UTF8.self)
+    /// Test switches (`TestSwitches.bootID`, from TIDEMARK_TEST_BOOT_ID,
+    /// read by the executable's main) can replace it, so integration tests
+    /// can simulate a reboot without one.
+    public static func bootID(_ switches: TestSwitches = .off) -> String {
+        switches.hostBootID()
     }
 
     // MARK: - Internals
@@ -675,11 +672,7 @@ public struct HRLVerifyReport: Sendable {
     public var isValid: Bool { problems.isEmpty }
 }
 
-func wallClockUnixNs() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+func wallClockUnixNs() -> UInt64 { UInt64(max(0, SystemClock.wallUnixNs())) }
 
 /// 16 random bytes shaped as an RFC 4122 version 4 UUID.
 func randomUUID() -> [UInt8] {

@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// A keyed 128-bit digest of one chunk's content (docs/wire-format.md,
@@ -19,17 +20,21 @@ public struct ChunkDigest: Hashable, Sendable, CustomStringConvertible {
     /// From 16 bytes (the wire and index encoding).
     public init<C: Collection>(bytes: C) where C.Element == UInt8 {
         precondition(bytes.count == Self.byteCount, "a chunk digest is 16 bytes")
-        var l: UInt64 = 0, h: UInt64 = 0
-        for (i, b) in bytes.enumerated() {
-            if i < 8 { l |= UInt64(b) << (8 * UInt64(i)) } else { h |= UInt64(b) << (8 * UInt64(i - 8)) }
+        // Arrays and slices (every caller) are read in place; another
+        // collection is copied first.
+        func words(_ b: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+            (LittleEndian.load(b, at: 0, as: UInt64.self), LittleEndian.load(b, at: 8, as: UInt64.self))
         }
-        low = l
-        high = h
+        (low, high) = bytes.withContiguousStorageIfAvailable { words(UnsafeRawBufferPointer($0)) }
+            ?? Array(bytes).withUnsafeBytes { words($0) }
     }
 
     /// The 16 bytes, in wire order.
     public var bytes: [UInt8] {
-        (0..<8).map { UInt8(truncatingIfNeeded: low >> (8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: high >> (8 * $0)) }
+        var w = ByteWriter(capacity: Self.byteCount)
+        w.u64(low)
+        w.u64(high)
+        return w.bytes
     }
 
     public var description: String {
@@ -116,7 +121,7 @@ public struct ChunkDigester: Sendable {
         public func digest(chunk index: UInt64, _ bytes: UnsafeRawBufferPointer,
                            construction: DigestConstruction = .current) -> ChunkDigest {
             let at = digester.diskPrefix.count
-            for i in 0..<8 { prefix[at + i] = UInt8(truncatingIfNeeded: index >> (8 * UInt64(i))) }
+            LittleEndian.store(index, into: &prefix, at: at)
             switch construction {
             case .hmacSHA256:
                 let mac = prefix.withUnsafeBytes { HMACSHA256.mac(key: digester.hmacKey, prefix: $0, data: bytes) }

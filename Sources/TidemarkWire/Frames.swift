@@ -184,9 +184,7 @@ public final class FrameWriter: @unchecked Sendable {
             try m.encodeControlPayload(into: &scratch)
             let length = scratch.bytes.count - WireProtocol.frameHeaderBytes
             precondition(length <= m.type.payloadBytesMax, "\(m.type) payload of \(length) bytes")
-            withUnsafeBytes(of: UInt32(length).littleEndian) { l in
-                scratch.bytes.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[8..<12]).copyMemory(from: l) }
-            }
+            LittleEndian.store(UInt32(length), into: &scratch.bytes, at: 8)
             try scratch.bytes.withUnsafeBytes { try stream.writeAll($0) }
         }
         framesWritten += 1

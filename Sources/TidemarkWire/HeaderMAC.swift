@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// The header MAC of segment format 4 (docs/wire-format.md 4.6): the first

@@ -1,3 +1,4 @@
+import TidemarkCrypto
 import TidemarkSystem
 
 /// Which run of an agent's numbering sealed a segment (segment format 4,

@@ -1,4 +1,5 @@
 import Foundation
+import TidemarkCrypto
 import TidemarkSystem
 
 /// How a recovery point's id says what it spans. The id is an opaque string

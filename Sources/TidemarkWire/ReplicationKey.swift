@@ -1,4 +1,5 @@
 import Glibc
+import TidemarkCrypto
 import TidemarkSystem
 
 /// The customer's 256-bit replication key: segments are sealed with it
@@ -48,10 +49,11 @@ public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible {
             throw TidemarkError(.invalidArgument, "replication key \(path) is \(st.st_size) bytes; expected 64 hex digits or 32 raw bytes",
                                 hint: "restore the key file from your backup")
         }
-        var buf = [UInt8](repeating: 0, count: fileBytesMax + 1)
-        let n = try buf.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+        // One buffer of fileBytesMax + 1 bytes, never copied (SmallFile),
+        // zeroed once parsed so the key bytes do not linger on the heap.
+        var buf = try SmallFile.read(fd, path: path, bytesMax: fileBytesMax, purpose: "reading the replication key")
         defer { for i in buf.indices { buf[i] = 0 } }
-        return try parse(Array(buf[0..<n]), path: path)
+        return try parse(buf, path: path)
     }
 
     static func parse(_ content: [UInt8], path: String) throws -> ReplicationKey {

@@ -1,3 +1,5 @@
+import TidemarkCompression
+import TidemarkCrypto
 import TidemarkSystem
 
 /// Seals segments: zstd (skipped when it does not shrink), then AES-256-GCM

@@ -23,8 +23,8 @@ struct Track: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try AgentCommands.track(AgentSettings.resolve(configPath: common.config, disks: common.disks,
-                                                          stateDir: common.stateDir, chunkSize: chunkSize))
+            try AgentCommands.track(withTestSwitches(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                                           stateDir: common.stateDir, chunkSize: chunkSize)))
         }
     }
 }
@@ -36,8 +36,8 @@ struct Untrack: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try AgentCommands.untrack(AgentSettings.resolve(configPath: common.config, disks: common.disks,
-                                                            stateDir: common.stateDir, chunkSize: nil))
+            try AgentCommands.untrack(withTestSwitches(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                                             stateDir: common.stateDir, chunkSize: nil)))
         }
     }
 }
@@ -56,8 +56,8 @@ struct MirrorCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try AgentCommands.mirror(AgentSettings.resolve(configPath: common.config, disks: common.disks,
-                                                           stateDir: common.stateDir, chunkSize: chunkSize, mirrorTo: to),
+            try AgentCommands.mirror(withTestSwitches(AgentSettings.resolve(configPath: common.config, disks: common.disks,
+                                                                            stateDir: common.stateDir, chunkSize: chunkSize, mirrorTo: to)),
                                      once: once)
         }
     }
@@ -75,7 +75,7 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         do {
             try await AgentCommands.run(configPath: common.config, disks: common.disks, stateDir: common.stateDir, server: server,
-                                        waitForConfig: waitForConfig)
+                                        waitForConfig: waitForConfig, testSwitches: testSwitches)
         } catch {
             try reportError(error)
         }
@@ -97,7 +97,7 @@ struct ShutdownSealCommand: ParsableCommand {
             """)
 
     func run() throws {
-        try runReportingErrors { println(try ShutdownSeal.seal()) }
+        try runReportingErrors { println(try ShutdownSeal.seal(testSwitches)) }
     }
 }
 
@@ -133,6 +133,17 @@ struct FreezeWatchdogCommand: ParsableCommand {
         let status = FreezeWatchdog.serve(fd: 0)
         if status != 0 { throw ExitCode(status) }
     }
+}
+
+/// The test switches (TIDEMARK_TEST_*), read here once, at start, and
+/// handed down to the code that honours them; all off in production.
+let testSwitches = TestSwitches(environment: SystemEnvironment.variables)
+
+/// The settings with this process's test switches.
+func withTestSwitches(_ settings: AgentSettings) -> AgentSettings {
+    var s = settings
+    s.testSwitches = testSwitches
+    return s
 }
 
 /// Operating errors end in one clear message and exit status 1, never a trace.

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Glibc
 import TidemarkBitmapTool
+import TidemarkSystem
 
 struct TidemarkBitmap: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,18 +14,6 @@ struct TidemarkBitmap: ParsableCommand {
             Exit status: 0 success, 1 a problem with the file (or verify found damage), 2 usage error or no such file.
             """,
         subcommands: [Show.self, Extents.self, Map.self, Diff.self, Verify.self])
-}
-
-/// Writes all of `text` to a file descriptor (1 or 2), retrying short writes and EINTR;
-/// any other error ends the output.
-func writeAll(_ fd: Int32, _ text: String) {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        bytes = bytes.dropFirst(n)
-    }
 }
 
 /// Prints a command's result and ends the process with its exit code.

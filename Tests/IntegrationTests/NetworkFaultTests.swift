@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TidemarkSystem
 import TidemarkTesting
+import TidemarkTransport
 import TidemarkWire
 
 /// Issue 3's network and failure tests: real server and agent processes,

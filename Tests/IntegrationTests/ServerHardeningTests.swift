@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
 import Testing
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTesting
+import TidemarkTransport
 import TidemarkWire
 
 /// A real `tidemark-server` process against hostile clients over real TLS

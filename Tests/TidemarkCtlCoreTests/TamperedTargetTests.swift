@@ -135,7 +135,7 @@ private let diskID = "agent-a:disk-1"
 
     func editSegment(_ t: TargetRepository, _ seq: UInt64, _ edit: (inout [TargetExtent], inout PointRecord?) -> Void) throws {
         try rewrite(t.segmentPath(diskID, seq), kind: .segment, sequence: seq) { m, _ in
-            var r = ByteReader(m, path: "test")
+            var r = MetadataReader(m, path: "test")
             var (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
             edit(&extents, &point)
             m = Metadata.encodeSegment(extents: extents, point: point)
@@ -153,7 +153,7 @@ private let diskID = "agent-a:disk-1"
 
     func editManifest(_ t: TargetRepository, _ seq: UInt64, _ edit: (inout PointRecord) -> Void) throws {
         try rewrite(t.pointPath(diskID, seq), kind: .point, sequence: seq) { m, _ in
-            var r = ByteReader(m, path: "test")
+            var r = MetadataReader(m, path: "test")
             var p = try Metadata.decodePoint(&r, diskID: diskID)
             edit(&p)
             m = Metadata.encodePointManifest(p)
@@ -268,7 +268,7 @@ private let diskID = "agent-a:disk-1"
         // A manifest moved to another sequence (a data segment's).
         let t = try w.copy("moved", pruned: false)
         try rewrite(t.pointPath(diskID, 6), kind: .point, sequence: 6, to: t.pointPath(diskID, 5), newSequence: 5) { m, _ in
-            var r = ByteReader(m, path: "test")
+            var r = MetadataReader(m, path: "test")
             var p = try Metadata.decodePoint(&r, diskID: diskID)
             p.sequence = 5
             m = Metadata.encodePointManifest(p)

@@ -1,4 +1,3 @@
-import CTidemark
 import Dispatch
 import Testing
 import TidemarkTesting
@@ -105,7 +104,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
         var got: [(UInt32, UInt64)] = []
         var pos = 0, calls = 0
         while pos < w.count {
-            let n = tm_snapshot_nonzero(w.base, w.count, &pos, &idx, &bits, cap)
+            let n = DrainWords.snapshotNonzero(w.base, w.count, &pos, &idx, &bits, cap)
             #expect(n <= cap)
             for k in 0..<n { got.append((idx[k], bits[k])) }
             calls += 1
@@ -116,7 +115,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
         #expect(same(got, reference(w)))
         // Fewer than 32 free entries: no progress, nothing written.
         var p0 = 0
-        #expect(tm_snapshot_nonzero(w.base, w.count, &p0, &idx, &bits, 31) == 0)
+        #expect(DrainWords.snapshotNonzero(w.base, w.count, &p0, &idx, &bits, 31) == 0)
         #expect(p0 == 0)
     }
 
@@ -179,7 +178,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
                 // meet on the same words.
                 let i = rng.below(8) == 0 ? rng.below(w.count) : rng.below(64)
                 let bit: UInt64 = 1 << UInt64(rng.below(64))
-                _ = tm_atomic_fetch_or_u64(w.base + i, bit)
+                w.set(i, bit)
                 ever[i] |= bit
             }
             box.everSet = ever
@@ -299,7 +298,7 @@ private func fill(_ w: MappedWords, fraction: Double, rng: inout SplitMix64) {
                 if free == 0 { continue }
                 let bit = free & (0 &- free) // the lowest free bit
                 set[i] |= bit
-                _ = tm_atomic_fetch_or_u64(w.base + i, bit)
+                w.set(i, bit)
                 order.append((i, bit))
             }
             box.order = order

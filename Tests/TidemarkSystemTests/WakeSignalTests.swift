@@ -15,27 +15,27 @@ import Testing
         let wake = WakeSignal()
         #expect(wake.fd >= 0)
 
-        let t0 = monotonicMs()
+        let t0 = SystemClock.monotonicMs()
         let signaller = Thread { usleep(50_000); wake.signal() }
         signaller.start()
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == false)
-        let waited = monotonicMs() - t0
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == false)
+        let waited = SystemClock.monotonicMs() - t0
         #expect(waited >= 40 && waited < 5_000, "woke after \(waited) ms")
 
         // Still signalled until cleared: the next wait ends at once.
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == false)
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == false)
         wake.signal(); wake.signal()
         wake.clear()
-        let t1 = monotonicMs()
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 100, wake: wake.fd, "test") == false)
-        #expect(monotonicMs() - t1 >= 90)
+        let t1 = SystemClock.monotonicMs()
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 100, wake: wake.fd, "test") == false)
+        #expect(SystemClock.monotonicMs() - t1 >= 90)
 
         var byte: UInt8 = 7
         #expect(write(fds[1], &byte, 1) == 1)
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == true)
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == true)
         wake.signal()
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == true)
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 10_000, wake: wake.fd, "test") == true)
         // Without a wake descriptor the wait is the plain one.
-        #expect(try waitFor(fds[0], Int16(POLLIN), timeoutMs: 10_000, "test") == true)
+        #expect(try pollReady(fds[0], Int16(POLLIN), timeoutMs: 10_000, "test") == true)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget

@@ -1,5 +1,7 @@
 import Glibc
 import Testing
+import TidemarkCompression
+import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTesting
 

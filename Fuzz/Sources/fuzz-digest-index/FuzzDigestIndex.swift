@@ -14,6 +14,7 @@ import Foundation
 import FuzzSupport
 import TidemarkSystem
 @testable import TidemarkTarget
+import TidemarkCrypto
 
 @_cdecl("fuzz_digest_index_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {

@@ -80,14 +80,14 @@ func inMemory(_ o: [UInt8]) {
             let rec = try Metadata.decodeDisk(m, diskID: env.diskID, path: "obj")
             if fits(rec.ownerAgentID) { Fuzz.check(Metadata.encodeDisk(rec) == m, "disk record metadata does not re-encode") }
         case .segment:
-            var r = ByteReader(m, path: "obj")
+            var r = MetadataReader(m, path: "obj")
             let (extents, point) = try Metadata.decodeSegment(&r, diskID: env.diskID)
             try r.end()
             if fits(point?.id, point?.pointClass) {
                 Fuzz.check(Metadata.encodeSegment(extents: extents, point: point) == m, "segment metadata does not re-encode")
             }
         case .point:
-            var r = ByteReader(m, path: "obj")
+            var r = MetadataReader(m, path: "obj")
             let p = try Metadata.decodePoint(&r, diskID: env.diskID)
             try r.end()
             if fits(p.id, p.pointClass) { Fuzz.check(Metadata.encodePointManifest(p) == m, "point manifest does not re-encode") }

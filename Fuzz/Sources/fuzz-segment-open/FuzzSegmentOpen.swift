@@ -12,6 +12,7 @@ import Foundation
 import FuzzSupport
 import TidemarkSystem
 @testable import TidemarkWire
+import TidemarkCrypto
 
 @_cdecl("fuzz_segment_open_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {

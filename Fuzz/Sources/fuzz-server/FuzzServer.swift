@@ -13,6 +13,7 @@ import FuzzSupport
 import TidemarkServerCore
 import TidemarkSystem
 import TidemarkWire
+import TidemarkTransport
 
 @_cdecl("fuzz_server_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {

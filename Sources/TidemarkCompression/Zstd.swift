@@ -1,8 +1,9 @@
-import CTidemark
+import CTidemarkCompression
 import Glibc
+import TidemarkSystem
 
 /// zstd compression with one context reused across calls (the C side is
-/// `tm_crypto.h`). Not thread-safe: one per worker.
+/// `CTidemarkCompression.h`). Not thread-safe: one per worker.
 public final class ZstdCompressor: @unchecked Sendable {
     private let ctx: OpaquePointer
     public let level: Int32

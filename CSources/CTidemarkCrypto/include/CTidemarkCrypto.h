@@ -1,48 +1,22 @@
 /*
- * tm_crypto.h: zstd compression and OpenSSL crypto for sealed segments
- * (Sources/TidemarkSystem/Zstd.swift and Crypto.swift wrap these; the formats
- * are in docs/wire-format.md).
+ * CTidemarkCrypto: OpenSSL's libcrypto (AES-256-GCM, SHA-256, HMAC-SHA-256,
+ * the GMAC-based PRF of the chunk digests) and the kernel's CSPRNG, behind
+ * tm_ functions. Only the TidemarkCrypto target imports it
+ * (Sources/TidemarkCrypto/Crypto.swift wraps these; the formats are in
+ * docs/wire-format.md).
  *
  * Why C: the library headers stay out of the module Swift imports, so Swift
- * sees only these tm_ functions with one error convention (0 or a length on
- * success, -errno on failure) instead of zstd's size_t error codes that need
- * ZSTD_isError/ZSTD_getErrorCode, and OpenSSL's int/pointer conventions, its
- * EVP_CIPHER_CTX_ctrl(EVP_CTRL_GCM_*) calls that take a non-const void *, and
- * its function-like macros. Contexts are opaque pointers owned by the Swift
- * classes; none is thread-safe (one per worker).
+ * sees only these tm_ functions with one error convention (0 on success,
+ * -errno on failure) instead of OpenSSL's int/pointer conventions, its
+ * EVP_CIPHER_CTX_ctrl(EVP_CTRL_GCM_*) calls that take a non-const void *,
+ * and its function-like macros. Contexts are opaque pointers owned by the
+ * Swift classes; none is thread-safe (one per worker).
  */
-#ifndef TM_CRYPTO_H
-#define TM_CRYPTO_H
+#ifndef CTIDEMARK_CRYPTO_H
+#define CTIDEMARK_CRYPTO_H
 
 #include <stdint.h>
 #include <stddef.h>
-
-/* ---- zstd ---- */
-struct tm_zstd_cctx;
-struct tm_zstd_dctx;
-
-/* A compression context (ZSTD_createCCtx), or NULL when out of memory. */
-struct tm_zstd_cctx *tm_zstd_cctx_new(void);
-void tm_zstd_cctx_free(struct tm_zstd_cctx *c);
-/* Compresses src[0..n) at level into dst (capacity cap) as one zstd frame
- * with the content size recorded. Returns the compressed length when it is
- * smaller than n and fits in cap, 0 when it is not smaller (or does not fit),
- * -EINVAL on any other zstd error. */
-long tm_zstd_compress(struct tm_zstd_cctx *c, int level, void *dst, size_t cap, const void *src, size_t n);
-/* ZSTD_compressBound(n). */
-size_t tm_zstd_compress_bound(size_t n);
-/* ZSTD_minCLevel() and ZSTD_maxCLevel(). */
-int tm_zstd_min_level(void);
-int tm_zstd_max_level(void);
-
-/* A decompression context (ZSTD_createDCtx), or NULL when out of memory. */
-struct tm_zstd_dctx *tm_zstd_dctx_new(void);
-void tm_zstd_dctx_free(struct tm_zstd_dctx *d);
-/* Decompresses src[0..n) into dst (capacity cap; nothing beyond cap is ever
- * written or allocated). Returns the decompressed length, or -EBADMSG when the
- * input is not a valid frame or does not fit in cap; *err then names zstd's
- * reason (a static string). */
-long tm_zstd_decompress(struct tm_zstd_dctx *d, void *dst, size_t cap, const void *src, size_t n, const char **err);
 
 /* ---- AES-256-GCM (OpenSSL EVP), 12-byte nonce, 16-byte tag ---- */
 struct tm_gcm;
@@ -91,7 +65,8 @@ void tm_gmac_prf_free(struct tm_gmac_prf *c);
 int tm_gmac_prf(struct tm_gmac_prf *c, const void *prefix, size_t prefixlen, const void *data, size_t n,
                 uint8_t *out16);
 /* Fills buf[0..n) from the OS CSPRNG (getrandom(2), retried on EINTR and
- * short reads). 0 or -errno. */
+ * short reads). 0 or -errno. (Glibc's module does not show getrandom's
+ * <sys/random.h> to Swift.) */
 int tm_random_bytes(void *buf, size_t n);
 
 #endif

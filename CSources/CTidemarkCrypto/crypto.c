@@ -1,4 +1,4 @@
-/* OpenSSL EVP and getrandom behind tm_ functions: see include/tm_crypto.h for
+/* OpenSSL EVP and getrandom behind tm_ functions: see include/CTidemarkCrypto.h for
  * why this is C. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -8,7 +8,7 @@
 #include <sys/random.h>
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
-#include "tm_crypto.h"
+#include "CTidemarkCrypto.h"
 
 /* One context per direction, each keyed once: a message then costs only the
  * nonce reset (EVP_*Init_ex with NULL cipher and key keeps the key schedule). */

@@ -10,13 +10,14 @@
 #include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
 #include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
-#include "CTidemark.h"
+#include "CTidemarkSystem.h"
 
 const int tm_O_DIRECT = O_DIRECT;
 
@@ -147,10 +148,6 @@ int tm_flock(int fd, int op) {
     return flock(fd, op) == 0 ? 0 : -errno;
 }
 
-int tm_mount_bpffs(const char *path) {
-    return mount("bpf", path, "bpf", 0, "mode=0700") == 0 ? 0 : -errno;
-}
-
 long long tm_statfs_type(const char *path) {
     struct statfs s;
     if (statfs(path, &s) != 0) return -errno;
@@ -189,4 +186,9 @@ int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, 
     *count = n;
     free(fm);
     return 0;
+}
+
+int tm_eventfd_cloexec_nonblock(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd >= 0 ? fd : -errno;
 }

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-#include "CTidemark.h"
+#include "CTidemarkSystem.h"
 #include "tracer_bpf_object.h"
 
 static int quiet_print(enum libbpf_print_level level, const char *fmt, va_list ap) {

@@ -1,17 +1,11 @@
-import CTidemark
+import CTidemarkTransport
 import Glibc
 import Synchronization
+import TidemarkSystem
 
 // Blocking TCP over IPv4 and IPv6: a listener whose accept can be interrupted
 // from another thread, and a connected socket with connect/read/write
 // timeouts. TLS runs on top (TLS.swift).
-
-extension SystemError {
-    /// True for a read, write or connect that ran out of time
-    /// (`TCPSocket.setTimeouts`, `TCPSocket.connect(timeoutMs:)`): the peer
-    /// may still be there, nothing was lost.
-    public var isTimeout: Bool { errno == ETIMEDOUT }
-}
 
 /// The NUL-terminated string in a C buffer.
 func cArrayString(_ a: [CChar]) -> String {
@@ -75,34 +69,6 @@ func setIntOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ 
 func setNonBlocking(_ fd: Int32, _ on: Bool, _ context: String) throws {
     let flags = try syscall("fcntl(F_GETFL)", context) { fcntl(fd, F_GETFL) }
     _ = try syscall("fcntl(F_SETFL)", context) { fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) }
-}
-
-/// Milliseconds on the monotonic clock.
-func monotonicMs() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-}
-
-/// Waits until `fd` has `events` (POLLIN/POLLOUT), or `timeoutMs` passed
-/// (returns false; negative = no limit). Hang-ups and errors count as ready:
-/// the next call on the fd reports them.
-/// With `wake`, a readable `wake` descriptor also ends the wait (false:
-/// `fd` is not known ready).
-func waitFor(_ fd: Int32, _ events: Int16, timeoutMs: Int, wake: Int32? = nil, _ context: @autoclosure () -> String) throws -> Bool {
-    let deadline = timeoutMs >= 0 ? monotonicMs() + Int64(timeoutMs) : Int64.max
-    var p = (pollfd(fd: fd, events: events, revents: 0), pollfd(fd: wake ?? -1, events: Int16(POLLIN), revents: 0))
-    while true {
-        let left = deadline == Int64.max ? -1 : Int32(clamping: max(0, deadline - monotonicMs()))
-        let r = withUnsafeMutablePointer(to: &p) {
-            $0.withMemoryRebound(to: pollfd.self, capacity: 2) { poll($0, wake == nil ? 1 : 2, left) }
-        }
-        if r > 0 { return p.0.revents != 0 }
-        if r == 0 { return false }
-        let e = errno
-        if e == EINTR { continue }
-        throw SystemError(call: "poll", errno: e, context: context())
-    }
 }
 
 /// A listening TCP socket.
@@ -288,7 +254,7 @@ public final class TCPSocket: ByteStream, @unchecked Sendable {
     /// set. A timeout throws a `SystemError` with `isTimeout`.
     public static func connect(host: String, port: UInt16, timeoutMs: Int) throws -> TCPSocket {
         let target = hostPort(stripBrackets(host), port)
-        let deadline = monotonicMs() + Int64(max(0, timeoutMs))
+        let deadline = SystemClock.monotonicMs() + Int64(max(0, timeoutMs))
         var lastError: Error?
         for a in try resolve(host, port, passive: false) {
             let addrText = a.addr.withUnsafeBytes { describe($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), a.len) }
@@ -300,8 +266,8 @@ public final class TCPSocket: ByteStream, @unchecked Sendable {
                 if r != 0 {
                     let e = errno
                     guard e == EINPROGRESS || e == EINTR else { throw SystemError(call: "connect", errno: e, context: what) }
-                    let left = Int(max(0, deadline - monotonicMs()))
-                    guard try waitFor(s, Int16(POLLOUT), timeoutMs: left, what) else {
+                    let left = Int(max(0, deadline - SystemClock.monotonicMs()))
+                    guard try pollReady(s, Int16(POLLOUT), timeoutMs: left, what) else {
                         throw SystemError(call: "connect", errno: ETIMEDOUT, context: "\(what): no answer within \(timeoutMs) ms")
                     }
                     var soError: Int32 = 0
@@ -315,7 +281,7 @@ public final class TCPSocket: ByteStream, @unchecked Sendable {
             } catch {
                 lastError = error
                 Glibc.close(s)
-                if monotonicMs() >= deadline { break }
+                if SystemClock.monotonicMs() >= deadline { break }
             }
         }
         throw lastError ?? TidemarkError(.notFound, "connecting to \(target): the name has no address")

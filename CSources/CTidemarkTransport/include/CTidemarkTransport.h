@@ -1,15 +1,23 @@
-/* tm_tls.h: thin glue over OpenSSL for TLS 1.3 with mutual authentication
- * (see docs/dev/replication-interfaces.md). Only what Swift cannot do
- * directly: macros (SSL_CTX_set_min_proto_version, SNI), the error queue to
- * a string, the peer certificate's CN, the verification result, and a socket
- * BIO that sends with MSG_NOSIGNAL (no SIGPIPE when the peer went away).
+/*
+ * CTidemarkTransport: TLS 1.3 with mutual authentication over OpenSSL's
+ * libssl, and the two socket calls the TCP listener needs that Swift's
+ * Glibc module does not show. Only the TidemarkTransport target imports it
+ * (Sources/TidemarkTransport/TLS.swift and Socket.swift wrap these; see
+ * docs/dev/replication-interfaces.md).
+ *
+ * Why C: only what Swift cannot do directly: OpenSSL's macros
+ * (SSL_CTX_set_min_proto_version, SNI), its error queue to a string, the
+ * peer certificate's CN, the verification result, and a socket BIO that
+ * sends with MSG_NOSIGNAL (no SIGPIPE when the peer went away); accept4 and
+ * pipe2 are GNU extensions, which Swift's Glibc module (built without
+ * _GNU_SOURCE) does not declare.
  *
  * The socket is non-blocking underneath: tm_tls_handshake/read/write return
  * TM_TLS_WANT_READ or TM_TLS_WANT_WRITE and the caller polls the fd, so a
  * reader and a writer thread can share one connection under a lock without
  * holding it while they wait. */
-#ifndef TM_TLS_H
-#define TM_TLS_H
+#ifndef CTIDEMARK_TRANSPORT_H
+#define CTIDEMARK_TRANSPORT_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -44,13 +52,11 @@ enum {
     TM_TLS_PROBLEM_NOT_TLS = 12,            /* the peer does not speak TLS */
 };
 
-/* accept4(SOCK_CLOEXEC), pipe2(O_CLOEXEC|O_NONBLOCK) and
- * eventfd(EFD_CLOEXEC|EFD_NONBLOCK): what Swift's Glibc module does not
- * show. fd / 0, or -errno. */
+/* accept4(SOCK_CLOEXEC) and pipe2(O_CLOEXEC|O_NONBLOCK): GNU extensions
+ * Swift's Glibc module does not declare. fd / 0, or -errno. */
 struct sockaddr;
 int tm_accept_cloexec(int fd, struct sockaddr *addr, unsigned int *len);
 int tm_pipe_cloexec_nonblock(int fds[2]);
-int tm_eventfd_cloexec_nonblock(void);
 
 /* The TLS 1.3 cipher suites both sides allow, in order of preference
  * (see tm_tls_ctx_new in tls.c for why AES-128-GCM comes first). */

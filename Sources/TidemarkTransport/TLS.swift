@@ -1,6 +1,7 @@
-import CTidemark
+import CTidemarkTransport
 import Glibc
 import Synchronization
+import TidemarkSystem
 
 // TLS 1.3 with mutual authentication over OpenSSL (C glue in tls.c).
 // Agents and servers present certificates of one CA (scripts/make-certs.sh,
@@ -66,9 +67,7 @@ public final class TLSContext: @unchecked Sendable {
         // file: a regular file that group and others cannot access (a FIFO
         // would hang OpenSSL's read, a world-readable key is a leaked key).
         for (path, what) in [(files.caPath, "the TLS CA certificate"), (files.certPath, "the TLS certificate")] {
-            let fd = tm_open(path, O_RDONLY | O_NONBLOCK, 0)
-            if fd < 0 { throw SystemError(call: "open", errno: -fd, context: "reading \(what) \(path)") }
-            Glibc.close(fd)
+            _ = try FileDescriptor(open: path, [.readOnly, .nonBlocking], purpose: "reading \(what)")
         }
         try SecretFile.check(files.keyPath, what: "the TLS private key", origin: files.keyOrigin)
         var which: Int32 = 0
@@ -163,7 +162,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                                 hint: "give the server as a host name or an IP address")
         }
         let stream = TLSStream(socket: s, context: ctx, tls: raw, peer: peer)
-        let deadline = timeoutMs > 0 ? monotonicMs() + Int64(timeoutMs) : Int64.max
+        let deadline = timeoutMs > 0 ? SystemClock.monotonicMs() + Int64(timeoutMs) : Int64.max
         while true {
             var errNo: Int32 = 0, problem: Int32 = 0
             let r = Int(tm_tls_handshake(raw, &errNo, &problem, &msg, msg.count))
@@ -176,8 +175,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 stream.cipherSuite = String(cString: tm_tls_cipher_name(raw))
                 return stream
             case TM_TLS_WANT_READ, TM_TLS_WANT_WRITE:
-                let left = deadline == Int64.max ? -1 : Int(max(0, deadline - monotonicMs()))
-                let ready = try waitFor(s.fd, Int16(r == TM_TLS_WANT_READ ? POLLIN : POLLOUT), timeoutMs: left, what)
+                let left = deadline == Int64.max ? -1 : Int(max(0, deadline - SystemClock.monotonicMs()))
+                let ready = try pollReady(s.fd, Int16(r == TM_TLS_WANT_READ ? POLLIN : POLLOUT), timeoutMs: left, what)
                 if !ready {
                     stream.close()
                     throw SystemError(call: "SSL_do_handshake", errno: ETIMEDOUT,
@@ -332,14 +331,14 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         guard enter() else { return true }
         defer { leave() }
         if state.withLock({ _ in tm_tls_has_pending(tls) }) != 0 { return true }
-        return try waitFor(socket.fd, Int16(POLLIN), timeoutMs: timeoutMs, wake: wake?.fd,
+        return try pollReady(socket.fd, Int16(POLLIN), timeoutMs: timeoutMs, wake: wake?.fd,
                            "waiting for data from TLS peer \(peerDescription)")
     }
 
     private func wait(_ event: Int32, reading: Bool) throws {
         let t = socket.timeouts
         let limit = reading ? t.readMs : t.writeMs
-        let ok = try waitFor(socket.fd, Int16(event), timeoutMs: limit > 0 ? limit : -1,
+        let ok = try pollReady(socket.fd, Int16(event), timeoutMs: limit > 0 ? limit : -1,
                              "\(reading ? "reading from" : "writing to") TLS peer \(peerDescription)")
         if !ok {
             throw reading

@@ -1,7 +1,8 @@
-import CTidemark
+import CTidemarkCrypto
 import Glibc
+import TidemarkSystem
 
-/// AES-256-GCM via OpenSSL EVP (the C side is `tm_crypto.h`): 12-byte nonce,
+/// AES-256-GCM via OpenSSL EVP (the C side is `CTidemarkCrypto.h`): 12-byte nonce,
 /// 16-byte tag, encryption and decryption in place. The key is scheduled once
 /// per instance and the EVP contexts are reused for every message.
 /// Not thread-safe: one per worker.
@@ -177,6 +178,6 @@ public final class GMACPRF {
             tm_gmac_prf(ctx, prefix.baseAddress, prefix.count, data.baseAddress, data.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
         precondition(r == 0, "GMACPRF: EVP cipher failed (\(r))")
-        return (UInt64(littleEndian: out.0), UInt64(littleEndian: out.1))
+        return withUnsafeBytes(of: out) { (LittleEndian.load($0, at: 0, as: UInt64.self), LittleEndian.load($0, at: 8, as: UInt64.self)) }
     }
 }

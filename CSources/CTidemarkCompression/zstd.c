@@ -1,8 +1,8 @@
-/* zstd behind tm_ functions: see include/tm_crypto.h for why this is C. */
+/* zstd behind tm_ functions: see include/CTidemarkCompression.h for why this is C. */
 #include <errno.h>
 #include <zstd.h>
 #include <zstd_errors.h>
-#include "tm_crypto.h"
+#include "CTidemarkCompression.h"
 
 struct tm_zstd_cctx *tm_zstd_cctx_new(void) { return (struct tm_zstd_cctx *)ZSTD_createCCtx(); }
 void tm_zstd_cctx_free(struct tm_zstd_cctx *c) { ZSTD_freeCCtx((ZSTD_CCtx *)c); }

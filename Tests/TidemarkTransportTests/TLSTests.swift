@@ -1,8 +1,9 @@
 import Foundation
 import Glibc
 import Testing
+import TidemarkSystem
 import TidemarkTesting
-@testable import TidemarkSystem
+@testable import TidemarkTransport
 
 // Real TLS 1.3 over loopback with certificates made by scripts/make-certs.sh.
 

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <liburing.h>
-#include "CTidemark.h"
+#include "CTidemarkSystem.h"
 
 struct tm_uring {
     struct io_uring ring;

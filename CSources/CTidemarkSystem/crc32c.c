@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
-#include "CTidemark.h"
+#include "CTidemarkSystem.h"
 
 static uint32_t table[256];
 static int table_ready;

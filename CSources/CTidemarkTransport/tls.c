@@ -1,4 +1,5 @@
-/* tls.c: TLS 1.3 with mutual authentication over OpenSSL (see tm_tls.h). */
+/* tls.c: TLS 1.3 with mutual authentication over OpenSSL, and accept4/pipe2
+ * (see include/CTidemarkTransport.h). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -7,14 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
-#include "tm_tls.h"
+#include "CTidemarkTransport.h"
 
 struct tm_tls_ctx {
     SSL_CTX *ctx;
@@ -38,11 +38,6 @@ int tm_accept_cloexec(int fd, struct sockaddr *addr, unsigned int *len) {
 
 int tm_pipe_cloexec_nonblock(int fds[2]) {
     return pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0 ? 0 : -errno;
-}
-
-int tm_eventfd_cloexec_nonblock(void) {
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return fd >= 0 ? fd : -errno;
 }
 
 /* ---- a socket BIO that never raises SIGPIPE ---- */
