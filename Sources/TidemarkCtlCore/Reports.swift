@@ -1,0 +1,69 @@
+import TidemarkSurface
+import TidemarkSystem
+import TidemarkTarget
+
+/// What `tidemarkctl recover --json` prints: the point recovered, where to,
+/// how many bytes, and the two findings the text prints as a warning and a
+/// note (both empty on a target written by this version).
+public struct RecoverReport: Codable, Sendable, Equatable {
+    /// The point, with the fields `points list --json` gives it.
+    public var point: PointsListing.Point
+    /// The disk's size: the bytes the image covers.
+    public var bytes: UInt64
+    /// The file or block device written.
+    public var to: String
+    /// Sequences whose headers predate header MACs and were accepted
+    /// unproven (`--allow-unproven-headers`), ascending.
+    public var unprovenSequences: [UInt64]
+    /// Epoch starts below which the owners of sequences were taken from the
+    /// stored headers (the agent had lost its record of earlier epochs).
+    public var lineageInferredBelow: [UInt64]
+
+    public init(_ r: RecoverCommand.Result) {
+        point = PointsListing.Point(r.point)
+        bytes = r.bytes
+        to = r.path
+        unprovenSequences = r.unprovenSequences.sorted()
+        lineageInferredBelow = r.lineageInferredBelow
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case point
+        case bytes
+        case to
+        case unprovenSequences = "unproven_sequences"
+        case lineageInferredBelow = "lineage_inferred_below"
+    }
+}
+
+extension PointsListing.Point {
+    init(_ p: PointRecord) {
+        self.init(id: p.id, diskID: p.diskID, pointClass: p.pointClass, timeUnixMs: p.timeUnixMs,
+                  time: Format.isoTime(unixMs: p.timeUnixMs), sequence: p.sequence)
+    }
+}
+
+/// What `tidemarkctl keys generate-replication-key --json` prints: the new
+/// key's id and file, never the key.
+public struct GeneratedKeyReport: Codable, Sendable, Equatable {
+    /// The key id, 16 hex digits, as segment headers and logs name it.
+    public var keyID: String
+    public var path: String
+
+    public init(keyID: String, path: String) {
+        self.keyID = keyID
+        self.path = path
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case path
+    }
+}
+
+extension RecoverCommand.Result {
+    /// What tidemarkctl prints: the summary, or with `json` one `RecoverReport` line.
+    public func output(json: Bool) throws -> String {
+        json ? try JSONOutput.line(RecoverReport(self)) : summary + "\n"
+    }
+}
