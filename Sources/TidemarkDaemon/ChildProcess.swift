@@ -6,10 +6,11 @@ import TidemarkSystem
 /// post-thaw hooks), started with posix_spawn with an empty signal mask and
 /// every signal's default disposition.
 ///
-/// Why not Foundation's Process: a daemon blocks SIGTERM, SIGINT and SIGHUP
-/// in all its threads (`DaemonSignals.prepare`) and Process passes the
-/// calling thread's mask on, so a hook would start with SIGTERM blocked and
-/// could not be stopped at its timeout. Standard input, output and error are
+/// Why not Foundation's Process: a daemon's threads run with nearly every
+/// signal blocked (Swift concurrency's threads are libdispatch workers,
+/// which block them, and threads they start inherit the mask), the daemon
+/// ignores SIGPIPE, and Process passes both on, so a hook would start with
+/// SIGTERM blocked and could not be stopped at its timeout. Standard input, output and error are
 /// the daemon's, as with Process; the daemon's own descriptors are
 /// close-on-exec. Not thread-safe: one thread starts, waits for and stops it.
 public final class ChildProcess {
