@@ -89,6 +89,33 @@ import TidemarkTesting
         }
     }
 
+    /// The error a daemon exits with is priority 3 under the journal.
+    @Test func startupErrorsAreErrorsInTheJournal() throws {
+        let dir = try TestEnv.tempDir("daemon-fatal")
+        let sandbox = TracerSandbox(tag: "daemon-fatal")
+        defer {
+            sandbox.cleanup()
+            _ = try? run(["/bin/rm", "-rf", dir])
+        }
+        let config = dir + "/agent.yaml"
+        let err = dir + "/agent.journal"
+        try "agent_id: agent-signals\nlog_level: loud\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let agent = try Self.startUnderJournal([TestEnv.binary("tidemark-agent"), "run", "--config", config],
+                                               errPath: err, env: sandbox.env, logDir: dir)
+        defer { agent.stop(signal: SIGKILL) }
+        try waitFor("the agent exits", timeoutSeconds: 30) { !agent.process.isRunning }
+        #expect(agent.process.terminationStatus == 1)
+        let log = Self.read(err)
+        #expect(log.hasPrefix("<3>tidemark-agent: error: \(config):2"), "\(log)")
+        for line in log.split(separator: "\n") { #expect(line.hasPrefix("<"), "a line without priority: \(line)") }
+        let server = try Self.startUnderJournal([TestEnv.binary("tidemark-server"), "run", "--config", config],
+                                                errPath: dir + "/server.journal", env: [:], logDir: dir)
+        defer { server.stop(signal: SIGKILL) }
+        try waitFor("the server exits", timeoutSeconds: 30) { !server.process.isRunning }
+        #expect(server.process.terminationStatus == 1)
+        #expect(Self.read(dir + "/server.journal").hasPrefix("<3>tidemark-server: error: \(config):"), "\(Self.read(dir + "/server.journal"))")
+    }
+
     @Test func agentStopsGracefullyOnSIGINT() throws {
         let dir = try TestEnv.tempDir("daemon-agent-int")
         let sandbox = TracerSandbox(tag: "daemon-agent-int")
