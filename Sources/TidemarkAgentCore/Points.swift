@@ -284,7 +284,7 @@ extension DiskReplicator {
 
     func runHook(_ path: String, _ what: String) throws {
         // ChildProcess, not Foundation's Process: the hook must start with
-        // no signal blocked or ignored, whatever the calling thread's mask.
+        // the signals the daemon blocks unblocked (DaemonSignals).
         let p: ChildProcess
         do {
             p = try ChildProcess(path: path, environment: [

@@ -29,7 +29,10 @@ public struct PointsListing: Codable, Sendable, Equatable {
     }
 
     init(_ records: [PointRecord]) {
-        points = records.map(Point.init)
+        points = records.map {
+            Point(id: $0.id, diskID: $0.diskID, pointClass: $0.pointClass, timeUnixMs: $0.timeUnixMs,
+                  time: Format.isoTime(unixMs: $0.timeUnixMs), sequence: $0.sequence)
+        }
     }
 }
 

@@ -6,8 +6,8 @@ import TidemarkTarget
 /// how many bytes, and the two findings the text prints as a warning and a
 /// note (both empty on a target written by this version).
 public struct RecoverReport: Codable, Sendable, Equatable {
-    /// The point, with the fields `points list --json` gives it.
-    public var point: PointsListing.Point
+    /// The point recovered.
+    public var point: Point
     /// The disk's size: the bytes the image covers.
     public var bytes: UInt64
     /// The file or block device written.
@@ -19,8 +19,38 @@ public struct RecoverReport: Codable, Sendable, Equatable {
     /// stored headers (the agent had lost its record of earlier epochs).
     public var lineageInferredBelow: [UInt64]
 
+    /// The point, with the fields of a point in `points list --json`.
+    public struct Point: Codable, Sendable, Equatable {
+        public var id: String
+        public var diskID: String
+        /// "crash-consistent", "app-consistent" or "unverified".
+        public var pointClass: String
+        public var timeUnixMs: Int64
+        /// `timeUnixMs` as ISO 8601 UTC with milliseconds.
+        public var time: String
+        public var sequence: UInt64
+
+        init(_ p: PointRecord) {
+            id = p.id
+            diskID = p.diskID
+            pointClass = p.pointClass
+            timeUnixMs = p.timeUnixMs
+            time = Format.isoTime(unixMs: p.timeUnixMs)
+            sequence = p.sequence
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case id
+            case diskID = "disk_id"
+            case pointClass = "class"
+            case timeUnixMs = "time_unix_ms"
+            case time
+            case sequence
+        }
+    }
+
     public init(_ r: RecoverCommand.Result) {
-        point = PointsListing.Point(r.point)
+        point = Point(r.point)
         bytes = r.bytes
         to = r.path
         unprovenSequences = r.unprovenSequences.sorted()
@@ -33,13 +63,6 @@ public struct RecoverReport: Codable, Sendable, Equatable {
         case to
         case unprovenSequences = "unproven_sequences"
         case lineageInferredBelow = "lineage_inferred_below"
-    }
-}
-
-extension PointsListing.Point {
-    init(_ p: PointRecord) {
-        self.init(id: p.id, diskID: p.diskID, pointClass: p.pointClass, timeUnixMs: p.timeUnixMs,
-                  time: Format.isoTime(unixMs: p.timeUnixMs), sequence: p.sequence)
     }
 }
 

@@ -6,17 +6,12 @@ import TidemarkTarget
 import TidemarkTesting
 @testable import TidemarkCtlCore
 
-/// The `--json` reports of tidemarkctl that are not control-socket replies:
-/// each is a Codable model printed by `JSONOutput` as one line, keys sorted.
-/// The goldens pin the field names scripts read.
+/// The `--json` reports of tidemarkctl recover and keys: each is a Codable
+/// model printed by `JSONOutput` as one line, keys sorted. The goldens pin
+/// the field names scripts read.
 @Suite struct ReportTests {
     let point = PointRecord(id: "web1-sdb-0a1b2c3d4e5f-44", diskID: "web1-sdb-0a1b2c3d4e5f", pointClass: "app-consistent",
                             timeUnixMs: 1_714_566_896_789, sequence: 44)
-
-    @Test func pointsListGoldenJSON() throws {
-        let line = try JSONOutput.line(PointsListing([point]))
-        #expect(line == #"{"points":[{"class":"app-consistent","disk_id":"web1-sdb-0a1b2c3d4e5f","id":"web1-sdb-0a1b2c3d4e5f-44","sequence":44,"time":"2024-05-01T12:34:56.789Z","time_unix_ms":1714566896789}]}"# + "\n")
-    }
 
     @Test func recoverGoldenJSON() throws {
         var r = RecoverCommand.Result(point: point, bytes: 1 << 30, path: "/srv/restore/sdb.img")
