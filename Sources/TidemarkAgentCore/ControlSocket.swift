@@ -312,9 +312,14 @@ public final class ControlServer: @unchecked Sendable {
         do {
             data = try JSONOutput.encode(response)
         } catch {
-            // Only a number JSON cannot hold (a NaN freeze time) gets here.
-            data = (try? JSONOutput.encode(ControlReply.failure("internal error: the agent's reply cannot be written as JSON: \(error)")))
-                ?? Data(#"{"error":"internal error","ok":false,"version":1}"#.utf8)
+            // Only a number JSON cannot hold (a NaN freeze time) gets here;
+            // a failure reply holds strings only, which always encode.
+            Log.error("control socket: the reply cannot be written as JSON: \(error)")
+            do {
+                data = try JSONOutput.encode(ControlReply.failure("internal error: the agent's reply cannot be written as JSON: \(error)"))
+            } catch {
+                return   // the client reports the connection closed without a reply
+            }
         }
         data.append(UInt8(ascii: "\n"))
         do {

@@ -307,8 +307,8 @@ func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
 
 /// Runs a hook script with `environment` (and a plain PATH); throws when it
 /// cannot be started, fails, or runs longer than `hookTimeoutMs` (it is
-/// stopped then). ChildProcess, not Foundation's Process: the hook must
-/// start with the signals the daemon blocks unblocked (DaemonSignals).
+/// stopped then). ChildProcess, not Foundation's Process: the hook starts
+/// with no signal blocked or ignored and only descriptors 0–2 open.
 func runHook(_ path: String, _ what: String, environment: [String: String]) throws {
     let p: ChildProcess
     do {

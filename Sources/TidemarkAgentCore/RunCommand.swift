@@ -22,9 +22,10 @@ extension AgentCommands {
     /// `testSwitches` are those main read from the environment at start.
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
                            waitForConfig: Bool = false, testSwitches: TestSwitches) async throws {
-        // Before any thread starts: the service group's signal sources must see the signals.
+        // First of all: SIGTERM, SIGINT or SIGHUP during the setup below is
+        // recorded, and replayed once the service group runs (DaemonSignals).
         DaemonSignals.prepare()
-        // First of all: a filesystem a dead agent left frozen is thawed (its
+        // Then: a filesystem a dead agent left frozen is thawed (its
         // freeze record in the run directory says which), whatever else
         // fails after this.
         thawLeftovers()

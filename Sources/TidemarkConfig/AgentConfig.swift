@@ -285,7 +285,7 @@ public struct AgentConfig: Sendable, Equatable {
                     serverHost = endpoint?.host
                     serverPort = endpoint?.port ?? Self.defaultServerPort
                 case "replication.replication_key":
-                    replicationKeyPath = try Validate.absolutePath(value, example: "/etc/tidemark/replication.key")
+                    replicationKeyPath = try Validate.secretPath(value, example: "/etc/tidemark/replication.key")
                     origins.variables[key] = variable
                 case "control_socket": controlSocketPath = try Validate.socketPath(value)
                 case "log_level": logLevel = try Validate.logLevel(value)

@@ -128,12 +128,12 @@ struct ConfigParser {
                 }
             case "key":
                 config.tlsKeyPath = try reader.validated(entry, key: key, expected: "a file path") {
-                    try Validate.absolutePath($0, example: "/etc/tidemark/tls/agent.key")
+                    try Validate.secretPath($0, example: "/etc/tidemark/tls/agent.key")
                 }
                 config.origins.lines[key] = entry.line
             case "replication_key":
                 config.replicationKeyPath = try reader.validated(entry, key: key, expected: "a file path") {
-                    try Validate.absolutePath($0, example: "/etc/tidemark/replication.key")
+                    try Validate.secretPath($0, example: "/etc/tidemark/replication.key")
                 }
                 config.origins.lines[key] = entry.line
             case "compression_level":

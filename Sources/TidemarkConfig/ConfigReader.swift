@@ -43,7 +43,7 @@ struct ConfigReader {
         guard let root, !isNull(root) else { return nil }
         guard case .mapping(let mapping) = root else {
             throw ConfigError(code: .notAMap, file: path, line: root.mark?.line ?? 1, key: nil,
-                              message: "the file must be a map of keys, found \(describe(root))",
+                              message: "the file must be a map of keys, found \(describeWithoutContent(root))",
                               hint: "write one 'key: value' per line, e.g. '\(exampleEntry)'")
         }
         return try mapping.map { keyNode, value in
@@ -138,6 +138,17 @@ struct ConfigReader {
     func isNull(_ node: Node) -> Bool {
         guard case .scalar(let scalar) = node, scalar.style == .plain || scalar.style == .any else { return false }
         return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+    }
+
+    /// What a whole file holds when it is not a map, without quoting it:
+    /// a file that is a single value is likely another file given by
+    /// mistake (a replication key, a PEM private key), whose content must
+    /// not reach the log.
+    func describeWithoutContent(_ node: Node) -> String {
+        if case .scalar(let scalar) = node, !isNull(node) {
+            return "a single value of \(scalar.string.count) characters (not shown: is this the configuration file?)"
+        }
+        return describe(node)
     }
 
     func describe(_ node: Node) -> String {

@@ -243,7 +243,7 @@ struct ServerConfigParser {
                         }
                     case "key":
                         config.tlsKeyPath = try reader.validated(item, key: dotted, expected: "a file path") {
-                            try Validate.absolutePath($0, example: "/etc/tidemark/tls/server.key")
+                            try Validate.secretPath($0, example: "/etc/tidemark/tls/server.key")
                         }
                         config.origins.lines[dotted] = item.line
                     default:

@@ -121,6 +121,20 @@ extension Validate {
         return text
     }
 
+    /// The path of a secret file (a replication key, a TLS private key).
+    /// A wrong value is not quoted: someone may have pasted the key itself
+    /// where its path belongs, and errors reach the log.
+    static func secretPath(_ text: String, example: String) throws -> String {
+        guard !text.isEmpty else {
+            throw InvalidValue(message: "must not be empty", hint: "use an absolute path such as \(example)")
+        }
+        guard text.hasPrefix("/") else {
+            throw InvalidValue(message: "the value (\(text.count) characters, not shown in case it is the key itself) is not an absolute path",
+                               hint: "name the key file by its absolute path, such as \(example); the key stays in that file")
+        }
+        return text
+    }
+
     /// A hook: the absolute path of an executable, or empty for none (nil). Whether it exists and is
     /// executable is checked when it runs, not here: the configuration may be written before the hook.
     static func hook(_ text: String) throws -> String? {

@@ -1,3 +1,4 @@
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkWire
 
@@ -7,8 +8,10 @@ import TidemarkWire
 public enum KeysCommand {
     /// `tidemarkctl keys generate-replication-key --out FILE`: a new random
     /// 256-bit key, mode 0600; an existing file is never overwritten.
-    public static func generateReplicationKey(out: String) throws -> String {
+    /// `json` prints one `GeneratedKeyReport` line instead.
+    public static func generateReplicationKey(out: String, json: Bool = false) throws -> String {
         let key = try ReplicationKey.generate(path: out)
+        if json { return try JSONOutput.line(GeneratedKeyReport(keyID: key.idHex, path: out)) }
         return """
             generated replication key \(key.idHex) in \(out) (mode 0600)
             keep a copy offline: every replicated disk is sealed with it, and without it no point can be recovered

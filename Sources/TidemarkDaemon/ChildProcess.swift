@@ -6,12 +6,18 @@ import TidemarkSystem
 /// post-thaw hooks), started with posix_spawn with an empty signal mask and
 /// every signal's default disposition.
 ///
-/// Why not Foundation's Process: a daemon blocks SIGTERM, SIGINT and SIGHUP
-/// in all its threads (`DaemonSignals.prepare`) and Process passes the
-/// calling thread's mask on, so a hook would start with SIGTERM blocked and
-/// could not be stopped at its timeout. Standard input, output and error are
-/// the daemon's, as with Process; the daemon's own descriptors are
-/// close-on-exec. Not thread-safe: one thread starts, waits for and stops it.
+/// Why not Foundation's Process: a daemon's threads run with nearly every
+/// signal blocked (Swift concurrency's threads are libdispatch workers,
+/// which block them, and threads they start inherit the mask), the daemon
+/// ignores SIGPIPE, and Process passes both on, so a hook would start with
+/// SIGTERM blocked and could not be stopped at its timeout.
+///
+/// Standard input, output and error are the daemon's; every other
+/// descriptor is closed in the child, as Process does: the daemon's own are
+/// close-on-exec, but what it inherited may not be (a supervisor's pipe or
+/// socket), and a hook that outlives the daemon (`sleep` in a hung hook)
+/// would hold it open, so the supervisor would not see the daemon end.
+/// Not thread-safe: one thread starts, waits for and stops it.
 public final class ChildProcess {
     public let pid: pid_t
     public let path: String
@@ -41,8 +47,14 @@ public final class ChildProcess {
             for p in argv { free(p) }
             for p in envp { free(p) }
         }
+        var actions = posix_spawn_file_actions_t()
+        r = posix_spawn_file_actions_init(&actions)
+        guard r == 0 else { throw SystemError(call: "posix_spawn_file_actions_init", errno: r, context: "starting \(path)") }
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        r = Self.closeFromThree(&actions)
+        guard r == 0 else { throw SystemError(call: "posix_spawn_file_actions_addclose", errno: r, context: "starting \(path)") }
         var child = pid_t()
-        r = posix_spawn(&child, path, nil, &attr, argv, envp)
+        r = posix_spawn(&child, path, &actions, &attr, argv, envp)
         guard r == 0 else { throw SystemError(call: "posix_spawn", errno: r, context: "starting \(path)") }
         pid = child
     }
@@ -95,6 +107,31 @@ public final class ChildProcess {
         }
         reaper.name = "reap \(path)"
         reaper.start()
+    }
+
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34 and later),
+    /// which Swift's Glibc module does not import; nil with an older glibc.
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private static let addCloseFrom: AddCloseFrom? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: AddCloseFrom.self)
+    }()
+
+    /// Adds "close every descriptor from 3 up" to `actions`: with
+    /// closefrom where glibc has it, else one close per descriptor open now
+    /// (/proc/self/fd). Returns 0 or an errno value.
+    static func closeFromThree(_ actions: inout posix_spawn_file_actions_t) -> Int32 {
+        if let addCloseFrom { return addCloseFrom(&actions, 3) }
+        guard let dir = opendir("/proc/self/fd") else { return errno }
+        defer { closedir(dir) }
+        let own = dirfd(dir)
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let fd = Int32(name), fd >= 3, fd != own else { continue }
+            let r = posix_spawn_file_actions_addclose(&actions, fd)
+            if r != 0 { return r }
+        }
+        return 0
     }
 
     static func ending(_ s: Int32) -> Ending {

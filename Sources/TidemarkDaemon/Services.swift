@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import ServiceLifecycle
+import Synchronization
 import TidemarkSystem
 import UnixSignals
 
@@ -15,35 +16,80 @@ import UnixSignals
 // shutdown (or the group's cancellation) calls their stop, which they
 // already had.
 
-/// Signals in a daemon: the group's signal sources (signalfd, through
-/// Dispatch) see SIGTERM, SIGINT and SIGHUP only when no thread takes them
-/// first, so the daemon blocks them before it starts any thread; every
-/// thread inherits the block. Children get an empty mask again: the freeze
-/// watchdog through DetachedChild, hook scripts through ChildProcess
-/// (Foundation's Process would pass the block on).
+/// The signals that came before the service group could take them, one
+/// bit per signal number (`1 << SIGTERM`); written by the handler
+/// `DaemonSignals.prepare` installs, taken once by the group.
+private let earlySignals = Atomic<UInt64>(0)
+
+/// Signals in a daemon.
+///
+/// The group's signal sources (UnixSignals, through Dispatch) install
+/// libdispatch's own handler for SIGTERM, SIGINT and SIGHUP when they
+/// register, which is only once the group runs: after the configuration is
+/// read, the disks opened, the TLS files loaded — seconds on a busy host.
+/// Until then the default action would apply, and a SIGHUP (`systemctl
+/// reload` just after start) would kill the daemon, a SIGTERM skip the
+/// graceful stop. So `prepare`, the first thing a daemon does, installs a
+/// handler that only records the signal; the group replays what was
+/// recorded once its sources are registered (`EarlySignalsService`, and
+/// `ReloadService` for SIGHUP).
+///
+/// Any thread may take the signal (the handler is process-wide); threads
+/// of Swift concurrency are libdispatch workers that block nearly every
+/// signal, and threads they start inherit that mask, so children are
+/// started with an empty mask again: the freeze watchdog through
+/// DetachedChild, hook scripts through ChildProcess.
 public enum DaemonSignals {
     /// The signals the service group handles.
     public static let handled: [UnixSignal] = [.sigterm, .sigint]
 
-    /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (call it on
-    /// the main thread before any other starts) and ignores SIGPIPE (a
-    /// peer that went away is an error of the write, not a reason to die).
+    /// Records SIGTERM, SIGINT and SIGHUP until the group takes them over,
+    /// and ignores SIGPIPE (a peer that went away is an error of the write,
+    /// not a reason to die). Call it first, before the daemon's setup.
     public static func prepare() {
+        for s in [SIGTERM, SIGINT, SIGHUP] {
+            signal(s) { sig in earlySignals.bitwiseOr(UInt64(1) << UInt64(sig), ordering: .relaxed) }
+        }
+        // A parent may have started us with these blocked (posix_spawn keeps
+        // the caller's mask): a daemon that cannot be stopped is worse than none.
         var set = sigset_t()
         sigemptyset(&set)
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
     }
 
+    /// Whether `signal` came before the group took it over; true once
+    /// (the bit is cleared).
+    static func takeEarly(_ signal: Int32) -> Bool {
+        let bit = UInt64(1) << UInt64(signal)
+        return earlySignals.bitwiseAnd(~bit, ordering: .relaxed).oldValue & bit != 0
+    }
+
     /// The service group of a daemon: `services` start in order and stop in
-    /// reverse order, one after the other, on SIGTERM or SIGINT; a service
-    /// that throws, or returns while the others run, ends the group.
+    /// reverse order, one after the other, on SIGTERM or SIGINT — also on
+    /// one that came before the group ran; a service that throws, or
+    /// returns while the others run, ends the group.
     public static func group(_ services: [any Service], logger: Logger) -> ServiceGroup {
-        var config = ServiceGroupConfiguration(services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+        var config = ServiceGroupConfiguration(services: ([EarlySignalsService()] + services)
+                                                   .map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
                                                logger: logger)
         config.gracefulShutdownSignals = handled
         return ServiceGroup(configuration: config)
+    }
+}
+
+/// The first service of a daemon's group: the group registers its signal
+/// sources before it starts any service, so a SIGTERM or SIGINT recorded
+/// before (`DaemonSignals.prepare`) is sent again now and starts the
+/// graceful shutdown. Then it waits for the shutdown like the others.
+struct EarlySignalsService: Service {
+    func run() async throws {
+        for s in [SIGTERM, SIGINT] where DaemonSignals.takeEarly(s) {
+            Log.info("signal \(s) came while starting; stopping now")
+            kill(getpid(), s)
+        }
+        try? await gracefulShutdown()
     }
 }
 
@@ -116,7 +162,11 @@ public struct ReloadService: Service {
     public init(reload: @escaping @Sendable () -> Void) { self.reload = reload }
 
     public func run() async throws {
-        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        // Registered: a SIGHUP that came before (DaemonSignals.prepare
+        // recorded it) is a reload still owed.
+        if DaemonSignals.takeEarly(SIGHUP) { reload() }
+        for await _ in signals.cancelOnGracefulShutdown() {
             reload()
         }
     }

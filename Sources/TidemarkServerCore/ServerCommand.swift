@@ -16,7 +16,8 @@ public enum ServerCommands {
     /// connections, lets the uploader and the spool's sync loop finish, and
     /// returns once every thread has (the flush of before).
     public static func run(configPath: String?, listen: String?, spoolDir: String?, targetPath: String?) async throws {
-        // Before any thread starts: the service group's signal sources must see the signals.
+        // First of all: SIGTERM, SIGINT or SIGHUP during the setup below is
+        // recorded, and replayed once the service group runs (DaemonSignals).
         DaemonSignals.prepare()
         let overrides = Overrides(listen: listen, spoolDir: spoolDir, targetPath: targetPath)
         let c = try loadConfig(configPath, overrides)

@@ -71,6 +71,22 @@ public enum Log {
         LoggingSystem.bootstrap { TidemarkLogHandler(label: $0) }
     }
 
+    /// Writes a program's last words (`tidemark-agent: error: ...`, before
+    /// exit status 1) to standard error with one write(2). Under the journal
+    /// each line carries priority 3 (error), so `journalctl -p err` shows
+    /// why a daemon stopped or did not start; elsewhere the text is as given.
+    public static func writeFatal(_ text: String) {
+        let out = fatalText(text, journal: TidemarkLogHandler.stderrIsJournal)
+        _ = out.withCString { Glibc.write(2, $0, strlen($0)) }
+    }
+
+    /// The text `writeFatal` writes: with `journal`, `<3>` before each line.
+    public static func fatalText(_ text: String, journal: Bool) -> String {
+        guard journal else { return text }
+        let body = text.hasSuffix("\n") ? String(text.dropLast()) : text
+        return body.split(separator: "\n", omittingEmptySubsequences: false).map { "<3>" + $0 }.joined(separator: "\n") + "\n"
+    }
+
     public static func debug(_ m: @autoclosure () -> String) { shared.debug("\(m())") }
     public static func info(_ m: @autoclosure () -> String) { shared.info("\(m())") }
     public static func warning(_ m: @autoclosure () -> String) { shared.warning("\(m())") }

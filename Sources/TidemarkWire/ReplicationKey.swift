@@ -6,7 +6,7 @@ import TidemarkSystem
 /// (AES-256-GCM), and it is needed again only to recover. The file holds 64
 /// hex digits and a newline (as `generate` writes it) or 32 raw bytes; it must
 /// be readable by its owner alone.
-public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible {
+public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible, CustomReflectable {
     /// First 8 bytes (big-endian) of SHA-256("tidemark-key-id\0" + key): names
     /// the key in segment headers without revealing it.
     public let id: UInt64
@@ -27,6 +27,10 @@ public struct ReplicationKey: Sendable, Equatable, CustomStringConvertible {
 
     /// Never prints the key itself.
     public var description: String { "replication key \(hex16(id))" }
+
+    /// `dump`, a debugger and the default description of a type that holds
+    /// a key show the id only, never `bytes`: a key must not reach a log.
+    public var customMirror: Mirror { Mirror(self, children: ["id": hex16(id)], displayStyle: .struct) }
 
     /// The key id as 16 hex digits, as messages print it.
     public var idHex: String { hex16(id) }

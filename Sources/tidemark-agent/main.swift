@@ -159,8 +159,7 @@ func runReportingErrors(_ body: () throws -> Void) throws {
 /// `ExitCode` passes through as it is).
 func reportError(_ error: Error) throws -> Never {
     if let e = error as? ExitCode { throw e }
-    let text = "tidemark-agent: error: \(error)\n"
-    _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+    Log.writeFatal("tidemark-agent: error: \(error)\n")
     throw ExitCode(1)
 }
 

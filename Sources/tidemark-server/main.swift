@@ -19,8 +19,7 @@ struct Run: AsyncParsableCommand {
         do {
             try await ServerCommands.run(configPath: config, listen: listen, spoolDir: spoolDir, targetPath: target)
         } catch {
-            let text = "tidemark-server: error: \(error)\n"
-            _ = text.withCString { Glibc.write(2, $0, strlen($0)) }
+            Log.writeFatal("tidemark-server: error: \(error)\n")
             throw ExitCode(1)
         }
     }

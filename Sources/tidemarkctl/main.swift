@@ -134,13 +134,15 @@ struct Recover: ParsableCommand {
     var key: String = RecoverCommand.defaultKeyPath
     @Flag(help: "Accept segment headers written before Tidemark proved them under the key (older targets); the segments opened are still authenticated.")
     var allowUnprovenHeaders = false
+    @Flag(help: "Print the result as one JSON object on one line: {\"bytes\",\"lineage_inferred_below\",\"point\":{...},\"to\",\"unproven_sequences\"}.")
+    var json = false
 
     func run() throws {
         try runReportingErrors {
             let result = try RecoverCommand.run(pointID: point, diskID: disk, to: to, targetDir: target.resolve(), keyPath: key,
                                                 allowUnprovenHeaders: allowUnprovenHeaders,
                                                 progress: ProgressReporter(label: "recovering"))
-            writeAll(1, result.summary + "\n")
+            writeAll(1, try result.output(json: json))
         }
     }
 }
@@ -164,10 +166,12 @@ struct GenerateReplicationKey: ParsableCommand {
         abstract: "Create a new random 256-bit replication key file (mode 0600); never overwrites one.")
     @Option(help: ArgumentHelp("The key file to create (e.g. /etc/tidemark/replication.key).", valueName: "file"))
     var out: String
+    @Flag(help: "Print one JSON object on one line: {\"key_id\",\"path\"} (never the key).")
+    var json = false
 
     func run() throws {
         try runReportingErrors {
-            writeAll(1, try KeysCommand.generateReplicationKey(out: out))
+            writeAll(1, try KeysCommand.generateReplicationKey(out: out, json: json))
         }
     }
 }

@@ -59,5 +59,29 @@ import TidemarkTesting
         let third = try w.point()
         try w.recoverAndCompare(third)
         #expect(kill(agent.pid, 0) == 0, "the agent is still running")
+
+        // SIGTERM: both stop gracefully, with status 0.
+        let agentStatus = agent.stop()
+        #expect(agentStatus == 0, "the agent exited \(agentStatus) on SIGTERM: \(agent.stderr)")
+        let serverStatus = server.stop()
+        #expect(serverStatus == 0, "the server exited \(serverStatus) on SIGTERM: \(server.stderr)")
+
+        // Both logged at debug throughout, and neither logged a secret: not
+        // the replication key, not a line of a TLS private key.
+        let replicationKey = try String(contentsOfFile: w.tls + "/replication.key", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(replicationKey.count == 64)
+        var secrets = [replicationKey.lowercased(), replicationKey.uppercased(), String(replicationKey.prefix(16)).lowercased()]
+        for file in ["server.key", "agent-it.key"] {
+            secrets += try String(contentsOfFile: w.tls + "/" + file, encoding: .utf8)
+                .split(separator: "\n").filter { !$0.hasPrefix("-----") && $0.count >= 16 }.map(String.init)
+        }
+        #expect(secrets.count > 4)
+        for p in [agent, server] {
+            let output = p.stdout + p.stderr
+            for secret in secrets {
+                #expect(!output.contains(secret), "a secret (\(secret.prefix(4))...) was logged")
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import Testing
-import TidemarkDaemon
+@testable import TidemarkDaemon
 import TidemarkSystem
 
 /// The daemons' service building blocks: a thread as a service stops on the
@@ -74,6 +74,22 @@ import TidemarkSystem
         done.wait()
         let ok = result.load(ordering: .relaxed)
         #expect(ok == 1)
+    }
+
+    /// A descriptor the daemon inherited without close-on-exec (a
+    /// supervisor's pipe) does not reach the child: a hook that outlives
+    /// the daemon must not hold it open.
+    @Test func childProcessesGetOnlyStandardDescriptors() throws {
+        let inherited = open("/dev/null", O_RDONLY)   // deliberately not O_CLOEXEC
+        #expect(inherited >= 3)
+        defer { close(inherited) }
+        let check = "[ -e /proc/self/fd/0 ] && [ ! -e /proc/self/fd/\(inherited) ]"
+        let ending = try ChildProcess(path: "/bin/sh", arguments: ["-c", check], environment: ["PATH": "/usr/bin:/bin"]).wait(timeoutMs: 10_000)
+        #expect(ending == .exited(0), "descriptor \(inherited) reached the child")
+        var actions = posix_spawn_file_actions_t()
+        #expect(posix_spawn_file_actions_init(&actions) == 0)
+        #expect(ChildProcess.closeFromThree(&actions) == 0)
+        posix_spawn_file_actions_destroy(&actions)
     }
 
     @Test func childProcessEndingsAndTimeout() throws {

@@ -201,6 +201,15 @@ private func temporaryDirectory() throws -> URL {
 
         let rootList = try #require(failure("- a\n- b\n"))
         #expect(rootList.code == .notAMap && rootList.line == 1)
+
+        // A key file given as the configuration: named, never quoted.
+        let keyHex = "1426a5f46d77c0eaa1ca05ccc1728147420b75a9a117dcd997493f8239dfff92"
+        let keyFile = try #require(failure(keyHex + "\n"))
+        #expect(keyFile.code == .notAMap && keyFile.line == 1)
+        #expect(!"\(keyFile)".contains(keyHex.prefix(8)) && keyFile.message.contains("a single value of 64 characters"), "\(keyFile)")
+        let pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIK7LjleJ/2K4LSMsu1wXgxjJ4LF3KQVCBviM/Vk9NZ10oAoGCCqGSM49\n-----END EC PRIVATE KEY-----\n"
+        let pemFile = try #require(failure(pem))
+        #expect(pemFile.code == .notAMap && !"\(pemFile)".contains("MHcCAQEE"), "\(pemFile)")
     }
 
     @Test func badValues() throws {

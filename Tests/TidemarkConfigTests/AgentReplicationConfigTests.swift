@@ -220,7 +220,8 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             ("replication:\n  ca: tls/ca.crt\n", 2, "replication.ca", "'tls/ca.crt' is not an absolute path"),
             ("replication:\n  cert: ''\n", 2, "replication.cert", "must not be empty"),
             ("replication:\n  key:\n", 2, "replication.key", "has no value"),
-            ("replication:\n  replication_key: repl.key\n", 2, "replication.replication_key", "'repl.key' is not an absolute path"),
+            ("replication:\n  replication_key: repl.key\n", 2, "replication.replication_key", "the value (8 characters, not shown in case it is the key itself) is not an absolute path"),
+            ("replication:\n  key: \(String(repeating: "ab", count: 32))\n", 2, "replication.key", "the value (64 characters, not shown in case it is the key itself) is not an absolute path"),
             ("replication:\n  compression_level: -8\n", 2, "replication.compression_level", "-8 is outside -7..19"),
             ("replication:\n  compression_level: fast\n", 2, "replication.compression_level", "'fast' is not a compression level"),
             ("replication:\n  bandwidth_limit: fast\n", 2, "replication.bandwidth_limit", "'fast' is not a size"),
@@ -328,8 +329,8 @@ private func failure(_ yaml: String, env: [String: String] = [:],
                 + " — use 1 to 64 letters, digits, '.', '_' or '-', e.g. agent-db1, or leave it empty for agent-<host name>"),
             ("TIDEMARK_SERVER", "host:notaport", "environment variable TIDEMARK_SERVER: 'notaport' is not a port number (1..65535)"
                 + " — write host:port or just host (port 9443), e.g. dr.example.com:9443, or \"[::1]:9443\" (quoted) for IPv6"),
-            ("TIDEMARK_REPLICATION_KEY", "repl.key", "environment variable TIDEMARK_REPLICATION_KEY: 'repl.key' is not an absolute path"
-                + " — use an absolute path such as /etc/tidemark/replication.key"),
+            ("TIDEMARK_REPLICATION_KEY", "repl.key", "environment variable TIDEMARK_REPLICATION_KEY: the value (8 characters, not shown in case it is the key itself) is not an absolute path"
+                + " — name the key file by its absolute path, such as /etc/tidemark/replication.key; the key stays in that file"),
             ("TIDEMARK_CONTROL_SOCKET", "", "environment variable TIDEMARK_CONTROL_SOCKET: must not be empty"
                 + " — use an absolute path such as /run/tidemark/agent.sock"),
         ]

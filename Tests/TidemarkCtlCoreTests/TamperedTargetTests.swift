@@ -365,6 +365,10 @@ private let diskID = "agent-a:disk-1"
         let tu = try u.copy("epochs", pruned: false)
         let ru = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img", targetDir: tu.rootLocation, keyPath: u.keyPath, progress: nil)
         #expect(ru.lineageInferredBelow == [5] && ru.summary.contains("lost its record of earlier numbering epochs"), "\(ru.summary)")
+        // `recover --json` carries the same finding.
+        let report = try JSONDecoder().decode(RecoverReport.self, from: Data(try ru.output(json: true).utf8))
+        #expect(report.lineageInferredBelow == [5] && report.unprovenSequences.isEmpty && report.to == u.dir + "/img")
+        #expect(report.point.id == "p3" && report.point.diskID == diskID && report.bytes == ru.bytes)
         #expect(Array(try Data(contentsOf: URL(fileURLWithPath: u.dir + "/img"))) == u.images["p3"])
         // Below an inferred owner, every header must still agree with it.
         let mixed = try u.copy("mixed", pruned: false)

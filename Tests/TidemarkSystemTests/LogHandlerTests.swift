@@ -26,6 +26,14 @@ import Testing
                                           program: "p", pid: 1, unixSeconds: 0) == "<3>first\n<3>second\n")
     }
 
+    /// A daemon's last words (the error it exits 1 with) are priority 3
+    /// under the journal, so `journalctl -p err` shows them; elsewhere as given.
+    @Test func fatalErrorsAreErrorsInTheJournal() {
+        #expect(Log.fatalText("tidemark-agent: error: no disk\n", journal: true) == "<3>tidemark-agent: error: no disk\n")
+        #expect(Log.fatalText("e: a\n  note: b\n", journal: true) == "<3>e: a\n<3>  note: b\n")
+        #expect(Log.fatalText("tidemark-agent: error: no disk\n", journal: false) == "tidemark-agent: error: no disk\n")
+    }
+
     @Test func metadataFollowsTheMessage() {
         let line = TidemarkLogHandler.format(level: .info, message: "connected", metadata: ["peer": "10.0.0.5", "disk": "sdb"],
                                              journal: true, program: "p", pid: 1, unixSeconds: 0)

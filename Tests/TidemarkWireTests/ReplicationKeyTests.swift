@@ -32,6 +32,35 @@ import TidemarkTesting
         }
     }
 
+    /// Every way Swift prints a value (interpolation, `String(reflecting:)`,
+    /// `dump`, the description of a type holding a key) shows the key id and
+    /// never the key, in hex or as bytes; a malformed key file's error does
+    /// not quote its content.
+    @Test func theKeyIsNeverPrinted() throws {
+        let raw: [UInt8] = (0..<32).map { UInt8(truncatingIfNeeded: 0xA0 + $0 * 7) }
+        let k = try ReplicationKey(bytes: raw)
+        struct Holder { var key: ReplicationKey; var path: String }
+        var dumped = ""
+        dump(k, to: &dumped)
+        var dumpedHolder = ""
+        dump(Holder(key: k, path: "/etc/tidemark/replication.key"), to: &dumpedHolder)
+        let texts = ["\(k)", String(reflecting: k), dumped, "\(Holder(key: k, path: "/etc/tidemark/replication.key"))",
+                     String(reflecting: Holder(key: k, path: "/x")), dumpedHolder]
+        let byteList = raw.map(String.init).joined(separator: ", ")
+        for t in texts {
+            #expect(t.contains(k.idHex), "\(t)")
+            #expect(!t.lowercased().contains(hex(raw).prefix(8)), "\(t)")
+            #expect(!t.contains(byteList.prefix(20)), "\(t)")
+        }
+        try withDir { dir in
+            let content = Array(("zz" + hex(raw).dropFirst(2)).utf8)
+            try write(dir + "/bad", content, mode: 0o600)
+            let e = tidemarkError { _ = try ReplicationKey.load(path: dir + "/bad") }
+            let text = e.map { "\($0)" } ?? ""
+            #expect(!text.isEmpty && !text.contains(hex(raw).dropFirst(2).prefix(8)), "\(text)")
+        }
+    }
+
     @Test func formats() throws {
         try withDir { dir in
             let raw: [UInt8] = (0..<32).map { UInt8($0 * 3) }
