@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig"]),
+        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],

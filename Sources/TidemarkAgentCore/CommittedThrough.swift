@@ -10,7 +10,8 @@ import Glibc
 /// the drain that started at T was merged into it: every chunk drained at or
 /// before T is then in a segment numbered ≤ S (S = the last sequence
 /// numbered). When the committed sequence reaches S, T is committed through.
-/// All methods are called under the replicator's lock.
+/// Part of `ReplicationSender` (no clock: drain times come in as
+/// parameters); used under the replicator's lock.
 struct CommittedThroughTracker {
     /// Checkpoints not yet committed, oldest first (T and S increase).
     private var pending: [(unixMs: Int64, sequence: UInt64)] = []
@@ -77,21 +78,20 @@ extension DiskReplicator {
         cond.lock()
         defer { cond.unlock() }
         let now = CommittedThroughTracker.nowUnixMs()
-        var uncommittedChunks: UInt64 = 0
         // Segments at or below the committed sequence stay in `uncommitted`
         // until the main loop clears their bits (clearCommitted): their
         // chunks are committed already and are not backlog.
-        for u in uncommitted where u.sequence > committedSequence { for (_, n) in u.runs { uncommittedChunks += n } }
+        let uncommittedChunks = state.uncommittedChunks
         var d: [String: Any] = [
             "disk": session.device.path,
             "disk_id": diskID,
-            "rpo_ms": committedThrough.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
-            "committed_sequence": committedSequence,
-            "durable_sequence": durableSequence,
-            "next_sequence": nextSequence,
-            "backlog_bytes": (toRead.count + uncommittedChunks) * chunkBytes + windowBytes,
-            "to_read_bytes": toRead.count * chunkBytes,
-            "window_bytes": windowBytes,
+            "rpo_ms": state.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
+            "committed_sequence": state.committedSequence,
+            "durable_sequence": state.durableSequence,
+            "next_sequence": state.nextSequence,
+            "backlog_bytes": (state.toReadCount + uncommittedChunks) * chunkBytes + state.windowBytes,
+            "to_read_bytes": state.toReadCount * chunkBytes,
+            "window_bytes": state.windowBytes,
             "bytes_read": stats.bytesRead,
             "bytes_sent": stats.bytesSent,
             "zero_chunks": stats.zeroChunks,
@@ -100,7 +100,7 @@ extension DiskReplicator {
             "compression_steps_faster": compression?.stepsFaster ?? 0,
             "compression_steps_smaller": compression?.stepsSmaller ?? 0,
         ]
-        if let t = committedThrough.committedThroughUnixMs { d["committed_through_unix_ms"] = t }
+        if let t = state.committedThroughUnixMs { d["committed_through_unix_ms"] = t }
         if let f = freezeMsHistory.last { d["last_freeze_ms"] = f }
         return d
     }

@@ -199,15 +199,12 @@ extension DiskReplicator {
         // below it (the server lost segments, or a spooled one was damaged):
         // the chunks read under the freeze are read again after the thaw, so
         // the point cannot be remade and is reported lost.
-        func lostLocked() -> Bool {
-            restarts.contains { $0.epoch > request.epoch && $0.durable < sequence }
-                || (restarts.count >= Self.restartsKept && restarts[0].epoch > request.epoch + 1)
-        }
-        while committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
+        func lostLocked() -> Bool { state.pointLost(sequence: sequence, epoch: request.epoch) }
+        while state.committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
             if !cond.wait(until: min(commitDeadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= commitDeadline { break }
         }
         let lost = lostLocked()
-        let committed = !lost && committedSequence >= sequence
+        let committed = !lost && state.committedSequence >= sequence
         cond.unlock()
         if lost {
             throw TidemarkError(.state, "recovery point \(tag.id) was lost: the server restarted numbering below its tag #\(sequence) before the tag was durable (it lost or refused segments); the data is re-sent, but this point cannot be remade",
@@ -244,11 +241,10 @@ extension DiskReplicator {
             try drainOnce()
             try clearCommitted()
             cond.lock()
-            let backlog = toRead.count * chunkBytes
-            let roomy = windowBytes < settings.inflightBytesMax / 2
+            let backlog = state.toReadCount * chunkBytes
+            let roomy = state.windowBytes < settings.inflightBytesMax / 2
             // Every numbered segment is sealed: the reader holds no batch.
-            let sealedThrough = max(window.last?.sequence ?? 0, uncommitted.last?.sequence ?? 0, durableSequence)
-            let readerIdle = sealedThrough + 1 >= nextSequence
+            let readerIdle = state.everyNumberedSegmentSealed
             cond.unlock()
             let now = monotonicSeconds()
             if backlog <= ReplicationLimits.pointBacklogBytesMax && roomy {
