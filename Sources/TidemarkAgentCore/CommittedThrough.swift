@@ -54,6 +54,13 @@ struct CommittedThroughTracker {
         if i > 0 { pending.removeFirst(i) }
     }
 
+    /// The server no longer holds commits acknowledged before (another
+    /// target, or a lost one): the committed-through time is unknown until
+    /// a checkpoint commits on this one.
+    mutating func lostCommits() {
+        committedThroughUnixMs = nil
+    }
+
     /// Sequences above `committed` were renumbered (the server restarted
     /// numbering): their checkpoints no longer mean anything.
     mutating func renumbered(committed: UInt64) {

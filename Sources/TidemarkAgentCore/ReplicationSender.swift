@@ -320,8 +320,21 @@ public struct ReplicationSender {
     /// Then, if `lineageRecorded` is false, the caller records `lineage` in
     /// the epoch history (`adoptLineage`, then `lineageStored` once it is
     /// durable), and calls `completeResume`.
-    public mutating func resume(durable: UInt64, committed: UInt64, freshEpochID: () -> [UInt8]) -> Resumption {
-        committedSequence = max(committedSequence, committed)
+    /// Throws, changing nothing, when the answer is impossible: more
+    /// committed than durable.
+    public mutating func resume(durable: UInt64, committed: UInt64, freshEpochID: () -> [UInt8]) throws -> Resumption {
+        guard committed <= durable else {
+            throw TidemarkError(.corrupt, "the server reports #\(committed) committed but only #\(durable) durable; the connection is dropped and nothing is cleared",
+                                hint: "a process server bug or a server speaking for another disk; check its log")
+        }
+        // Only what this server has committed counts from now on (an
+        // honest server never reports less than it acknowledged before): a
+        // committed sequence acknowledged by a server that held more,
+        // perhaps on another target, would let segments numbered anew clear
+        // their bits, and report their point tags committed, while merely
+        // durable here.
+        if committed < committedSequence { committedThrough.lostCommits() }
+        committedSequence = committed
         // The first connection of a run to a server that holds segments
         // of this disk always renumbers after them: whatever the reader
         // sealed before it was numbered from 1.
@@ -443,8 +456,8 @@ public struct ReplicationSender {
     /// also checks every chunk's newest segment (proportional to the chunks
     /// in flight: the tests and the simulation).
     public func invariantViolation(deep: Bool = false) -> String? {
-        guard nextSequence >= 1, durableSequence < nextSequence else {
-            return "durable #\(durableSequence) is not below the next sequence #\(nextSequence)"
+        guard nextSequence >= 1, durableSequence < nextSequence, committedSequence < nextSequence else {
+            return "durable #\(durableSequence) or committed #\(committedSequence) is not below the next sequence #\(nextSequence)"
         }
         guard lineage.epochStart >= 1, lineage.epochStart <= nextSequence else {
             return "the epoch starts at #\(lineage.epochStart), after the next sequence #\(nextSequence)"

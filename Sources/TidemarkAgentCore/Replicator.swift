@@ -637,19 +637,20 @@ public final class DiskReplicator: @unchecked Sendable {
     }
 
     /// After (re)connecting: drop what the server holds durably, and decide
-    /// what to re-send (`ReplicationSender.resume`). Throws when the epoch
-    /// history cannot be written: nothing of a new epoch is sent before it is.
+    /// what to re-send (`ReplicationSender.resume`). Throws when the answer
+    /// is impossible, and when the epoch history cannot be written: nothing
+    /// of a new epoch is sent before it is.
     private func resume(durable: UInt64, committed: UInt64) throws {
         cond.lock()
         defer {
             cond.broadcast()
             cond.unlock()
         }
+        let resumed = try state.resume(durable: durable, committed: committed, freshEpochID: Self.newEpochID)
         // A resync compares only against digests that include everything
         // this server held when we connected (segments of an earlier run, or
         // of a lost target's successor): set on every connection.
         resync.baseline = durable
-        let resumed = state.resume(durable: durable, committed: committed, freshEpochID: Self.newEpochID)
         if let before = resumed.acknowledgedBefore {
             Log.warning("\(diskID): the server has only #\(durable), #\(before) had been acknowledged: re-sending all uncommitted chunks")
         }

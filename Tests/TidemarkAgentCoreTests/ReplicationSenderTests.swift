@@ -30,8 +30,8 @@ import TidemarkWire
     /// What `DiskReplicator.resume` does, with the epoch history in memory.
     @discardableResult
     static func connect(_ s: inout ReplicationSender, durable: UInt64, committed: UInt64, history: inout EpochHistory,
-                        ids: IDs, replicatedBefore: Bool = false) -> (ReplicationSender.Resumption, targetLost: Bool) {
-        let r = s.resume(durable: durable, committed: committed, freshEpochID: ids.fresh)
+                        ids: IDs, replicatedBefore: Bool = false) throws -> (ReplicationSender.Resumption, targetLost: Bool) {
+        let r = try s.resume(durable: durable, committed: committed, freshEpochID: ids.fresh)
         if !s.lineageRecorded {
             s.adoptLineage(history.begin(s.lineage.epochID, start: s.lineage.epochStart))
             s.lineageStored()
@@ -102,7 +102,7 @@ import TidemarkWire
     @Test func theByteBoundStopsNewBatchesUntilDurable() throws {
         var s = Self.sender(bytesMax: 100, chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 20)
         // 40 and 80 bytes leave room; 120 does not.
         while s.windowHasRoom {
@@ -116,7 +116,7 @@ import TidemarkWire
     @Test func theCountBoundCapsBatchesAndFreesWithDurable() throws {
         var s = Self.sender(segmentsMax: 3, chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 20)
         let batch = s.planBatch(segmentsMax: 10)
         #expect(batch.count == 3)
@@ -134,10 +134,10 @@ import TidemarkWire
         #expect(ReplicationLimits.inflightSegmentsMax >= AgentConfig.inflightBytesMaxLimit / UInt64(AgentConfig.segmentSizeBytesMin))
     }
 
-    @Test func sendingGoesInOrderAndStartsOverOnANewConnection() {
+    @Test func sendingGoesInOrderAndStartsOverOnANewConnection() throws {
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 3)
         Self.sealAll(&s)
         #expect(s.nextToSend()?.sequence == 1)
@@ -157,14 +157,14 @@ import TidemarkWire
         }
     }
 
-    @Test func aSegmentSealedInAnEarlierEpochGoesBackToBeRead() {
+    @Test func aSegmentSealedInAnEarlierEpochGoesBackToBeRead() throws {
         var s = Self.sender(chunksPerSegment: 2)
         var history = EpochHistory()
         let ids = IDs()
         s.markToRead(first: 10, count: 2)
         let stale = s.planBatch(segmentsMax: 1)[0]
         // The first connection finds segments of an earlier run: renumbering.
-        let (r, _) = Self.connect(&s, durable: 5, committed: 5, history: &history, ids: ids)
+        let (r, _) = try Self.connect(&s, durable: 5, committed: 5, history: &history, ids: ids)
         #expect(r.renumbered && s.nextSequence == 6 && s.epoch == 1)
         let joined = s.sealed(stale, bytes: [1, 2, 3])
         #expect(!joined)
@@ -177,7 +177,7 @@ import TidemarkWire
     @Test func durableIsCumulativeAndNeverGoesDown() throws {
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 5)
         Self.sealAll(&s)
         try s.ackDurable(3)
@@ -191,7 +191,7 @@ import TidemarkWire
     @Test func acknowledgementsBeyondWhatWasNumberedAreRefusedAndChangeNothing() throws {
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 3)
         Self.sealAll(&s)
         for bad: UInt64 in [4, 1 << 40, UInt64.max] {
@@ -209,7 +209,7 @@ import TidemarkWire
     @Test func onlyCommittedSegmentsClearBitsNotDurableOnes() throws {
         var s = Self.sender(chunksPerSegment: 2)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 6)
         Self.sealAll(&s)   // #1 = 0,1  #2 = 2,3  #3 = 4,5
         #expect(s.takeClearable().isEmpty)
@@ -228,7 +228,7 @@ import TidemarkWire
         // leaves the window (and its chunks are cleared) only once durable.
         var s = Self.sender(chunksPerSegment: 2)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 2)
         Self.sealAll(&s)
         try s.ackCommitted(1)
@@ -240,7 +240,7 @@ import TidemarkWire
     @Test func aChunkDrainedAgainKeepsItsBit() throws {
         var s = Self.sender(chunksPerSegment: 2)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 2)
         Self.sealAll(&s)
         s.markToRead(first: 1, count: 1)                    // written again, not read yet
@@ -253,7 +253,7 @@ import TidemarkWire
     @Test func aChunkInANewerSegmentKeepsItsBitUntilThatCommits() throws {
         var s = Self.sender(chunksPerSegment: 2)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 0, count: 2)
         Self.sealAll(&s)                                    // #1 = 0,1
         s.markToRead(first: 1, count: 1)
@@ -269,7 +269,7 @@ import TidemarkWire
     @Test func matchedChunksAreClearedOnlyWhenNotQueuedOrInFlight() throws {
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         s.markToRead(first: 5, count: 1)
         Self.sealAll(&s)                                    // 5 in flight
         s.markToRead(first: 6, count: 1)                    // 6 queued
@@ -278,12 +278,12 @@ import TidemarkWire
 
     // MARK: Resume
 
-    @Test func aFirstConnectionToAnEmptyServerKeepsNumberingFromOne() {
+    @Test func aFirstConnectionToAnEmptyServerKeepsNumberingFromOne() throws {
         var s = Self.sender()
         var history = EpochHistory()
         s.markToRead(first: 0, count: 4)
         Self.sealAll(&s)
-        let (r, lost) = Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
+        let (r, lost) = try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs())
         #expect(!r.renumbered && !lost && s.epoch == 0 && s.nextSequence == 2)
         #expect(s.lineage == SegmentLineage(epochID: Self.firstID, epochStart: 1, previous: .none))
         #expect(history.entries.count == 1 && history.entries[0].start == 1)
@@ -293,14 +293,14 @@ import TidemarkWire
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
         let ids = IDs()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
         s.markToRead(first: 0, count: 5)
         Self.sealAll(&s)
         for q: UInt64 in 1...5 { s.markSent(q) }
         try s.ackDurable(2)
         s.connectionEnded()
         // The server spooled #3 too before the connection broke.
-        let (r, _) = Self.connect(&s, durable: 3, committed: 1, history: &history, ids: ids)
+        let (r, _) = try Self.connect(&s, durable: 3, committed: 1, history: &history, ids: ids)
         #expect(!r.renumbered && s.epoch == 0 && s.nextSequence == 6)
         #expect(s.durableSequence == 3 && s.committedSequence == 1)
         #expect(s.window.map(\.sequence) == [4, 5] && s.nextToSend()?.sequence == 4)
@@ -311,14 +311,14 @@ import TidemarkWire
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
         let ids = IDs()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
         s.markToRead(first: 0, count: 6)
         Self.sealAll(&s)
         try s.ackDurable(5)
         try s.ackCommitted(2)
         #expect(s.takeClearable() == [0, 1])
         // A new server (or a lost spool): only #3 is held.
-        let (r, _) = Self.connect(&s, durable: 3, committed: 3, history: &history, ids: ids)
+        let (r, _) = try Self.connect(&s, durable: 3, committed: 3, history: &history, ids: ids)
         #expect(r.renumbered && r.acknowledgedBefore == 5)
         #expect(s.nextSequence == 4 && s.durableSequence == 3 && s.epoch == 1)
         #expect(s.window.isEmpty && s.uncommitted.isEmpty && s.chunkSequence.isEmpty)
@@ -337,73 +337,134 @@ import TidemarkWire
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
         let ids = IDs()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
         s.markToRead(first: 0, count: 2)
         Self.sealAll(&s)
         try s.ackDurable(1)
-        let (r, _) = Self.connect(&s, durable: 9, committed: 9, history: &history, ids: ids)
+        let (r, _) = try Self.connect(&s, durable: 9, committed: 9, history: &history, ids: ids)
         #expect(r.renumbered && r.acknowledgedBefore == nil)
         #expect(s.nextSequence == 10 && s.durableSequence == 9)
         #expect(s.restarts == [ReplicationSender.Restart(epoch: 1, durable: 1)])
         #expect(s.toReadContains(0) && s.toReadContains(1))
     }
 
-    @Test func aRunsFirstConnectionToAServerWithHistoryRenumbers() {
+    @Test func aServerThatLostItsTargetCountsOnlyItsOwnCommits() throws {
+        // Committed through #4 on a target that is then lost: the segments
+        // numbered anew from #1 are only durable on the new one, and must
+        // neither clear their bits nor count as committed.
+        var s = Self.sender(chunksPerSegment: 1)
+        var history = EpochHistory()
+        let ids = IDs()
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        s.drained([(0, 0b11_1111)], atUnixMs: 1_000)
+        Self.sealAll(&s)
+        try s.ackDurable(6)
+        try s.ackCommitted(4)
+        #expect(s.takeClearable() == [0, 1, 2, 3])
+        #expect(s.committedThroughUnixMs == nil)
+        try s.ackCommitted(6)
+        #expect(s.takeClearable() == [4, 5] && s.committedThroughUnixMs == 1_000)
+        s.drained([(0, 0b111)], atUnixMs: 2_000)
+        let (r, lost) = try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids, replicatedBefore: true)
+        #expect(r.renumbered && lost && s.nextSequence == 1 && s.committedSequence == 0)
+        #expect(s.committedThroughUnixMs == nil)
+        Self.sealAll(&s)                                    // #1, #2, #3
+        let tag = s.numberPointTag()                        // #4
+        try s.ackDurable(4)
+        #expect(s.takeClearable().isEmpty)
+        #expect(s.committedSequence < tag.sequence)
+        try s.ackCommitted(4)
+        #expect(s.takeClearable() == [0, 1, 2] && s.committedThroughUnixMs == 2_000)
+    }
+
+    @Test func aSpoolLostWithItsTargetKeptKeepsTheCommittedTime() throws {
+        var s = Self.sender(chunksPerSegment: 1)
+        var history = EpochHistory()
+        let ids = IDs()
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        s.drained([(0, 0b11)], atUnixMs: 1_000)
+        Self.sealAll(&s)
+        try s.ackDurable(2)
+        try s.ackCommitted(2)
+        s.drained([(0, 0b100)], atUnixMs: 2_000)
+        Self.sealAll(&s)
+        try s.ackDurable(3)
+        let (r, _) = try Self.connect(&s, durable: 2, committed: 2, history: &history, ids: ids)
+        #expect(r.renumbered && s.committedSequence == 2 && s.committedThroughUnixMs == 1_000)
+    }
+
+    @Test func aDiskStateWithMoreCommittedThanDurableIsRefused() throws {
+        var s = Self.sender(chunksPerSegment: 1)
+        var history = EpochHistory()
+        let ids = IDs()
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        s.markToRead(first: 0, count: 3)
+        Self.sealAll(&s)
+        try s.ackDurable(1)
+        for (d, c): (UInt64, UInt64) in [(1, 2), (0, 1), (5, UInt64.max)] {
+            #expect(throws: TidemarkError.self) { try s.resume(durable: d, committed: c, freshEpochID: ids.fresh) }
+        }
+        #expect(s.epoch == 0 && s.nextSequence == 4 && s.durableSequence == 1 && s.committedSequence == 0)
+        #expect(s.window.map(\.sequence) == [2, 3] && s.restarts.isEmpty)
+    }
+
+    @Test func aRunsFirstConnectionToAServerWithHistoryRenumbers() throws {
         // The reader sealed 1...6 before any connection; the server holds 4
         // segments of an earlier run: those numbers are taken.
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory(entries: [(start: 1, id: [UInt8](repeating: 9, count: 16))])
         s.markToRead(first: 0, count: 6)
         Self.sealAll(&s)
-        let (r, _) = Self.connect(&s, durable: 4, committed: 4, history: &history, ids: IDs())
+        let (r, _) = try Self.connect(&s, durable: 4, committed: 4, history: &history, ids: IDs())
         #expect(r.renumbered && s.nextSequence == 5 && s.window.isEmpty && s.toReadCount == 6)
         #expect(s.lineage.previous == .known(id: [UInt8](repeating: 9, count: 16), start: 1))
         #expect(s.restarts == [ReplicationSender.Restart(epoch: 1, durable: 0)])
     }
 
-    @Test func aLostEpochHistoryLeavesThePreviousEpochUnknown() {
+    @Test func aLostEpochHistoryLeavesThePreviousEpochUnknown() throws {
         var s = Self.sender()
         var history = EpochHistory()
-        let (r, _) = Self.connect(&s, durable: 7, committed: 7, history: &history, ids: IDs())
+        let (r, _) = try Self.connect(&s, durable: 7, committed: 7, history: &history, ids: IDs())
         #expect(r.renumbered && s.lineage.previous == .unknown && s.lineage.epochStart == 8)
     }
 
-    @Test func aTargetHoldingNothingOfAReplicatedDiskIsLost() {
+    @Test func aTargetHoldingNothingOfAReplicatedDiskIsLost() throws {
         var history = EpochHistory()
         var s = Self.sender()
-        #expect(Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost)
+        let lostS = try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost
         var t = Self.sender()
-        #expect(!Self.connect(&t, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: false).targetLost)
+        let lostT = try Self.connect(&t, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: false).targetLost
         var u = Self.sender()
-        #expect(!Self.connect(&u, durable: 3, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost)
+        let lostU = try Self.connect(&u, durable: 3, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost
+        #expect(lostS && !lostT && !lostU)
     }
 
     @Test func restartsAreBoundedAndOldTagsCountAsLost() throws {
         var s = Self.sender()
         var history = EpochHistory()
         let ids = IDs()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
         let tag = s.numberPointTag()                        // #1 in epoch 0
         #expect(!s.pointLost(sequence: tag.sequence, epoch: tag.epoch))
         // A server that is ahead: #1 was never durable, numbering restarts after #5.
-        Self.connect(&s, durable: 5, committed: 5, history: &history, ids: ids)
+        try Self.connect(&s, durable: 5, committed: 5, history: &history, ids: ids)
         #expect(s.pointLost(sequence: tag.sequence, epoch: tag.epoch))
         // A tag the server held when numbering restarted is not lost ...
         let kept = s.numberPointTag()                       // #6 in epoch 1
         try s.ackDurable(6)
-        Self.connect(&s, durable: 9, committed: 6, history: &history, ids: ids)
+        try Self.connect(&s, durable: 9, committed: 6, history: &history, ids: ids)
         #expect(s.restarts.last == ReplicationSender.Restart(epoch: 2, durable: 6))
         #expect(!s.pointLost(sequence: kept.sequence, epoch: kept.epoch))
         // ... but is when a later restart finds it gone.
-        Self.connect(&s, durable: 4, committed: 4, history: &history, ids: ids)
+        try Self.connect(&s, durable: 4, committed: 4, history: &history, ids: ids)
         #expect(s.restarts.last == ReplicationSender.Restart(epoch: 3, durable: 4))
         #expect(s.pointLost(sequence: kept.sequence, epoch: kept.epoch))
         var t = Self.sender()
         var h2 = EpochHistory()
-        Self.connect(&t, durable: 0, committed: 0, history: &h2, ids: ids)
+        try Self.connect(&t, durable: 0, committed: 0, history: &h2, ids: ids)
         let old = t.numberPointTag()
         try? t.ackDurable(1)
-        for d in 0..<100 { Self.connect(&t, durable: UInt64(200 + d * 2), committed: 0, history: &h2, ids: IDs()) }
+        for d in 0..<100 { try Self.connect(&t, durable: UInt64(200 + d * 2), committed: 0, history: &h2, ids: IDs()) }
         #expect(t.restarts.count == ReplicationSender.restartsKept)
         // Every restart kept #1 (it was durable), but the record of the first ones is gone.
         #expect(t.pointLost(sequence: old.sequence, epoch: old.epoch))
@@ -423,7 +484,7 @@ import TidemarkWire
         var s = Self.sender(chunksPerSegment: 1)
         var history = EpochHistory()
         let ids = IDs()
-        Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids)
         s.drained([(0, 0b11)], atUnixMs: 1_000)
         Self.sealAll(&s)                                    // checkpoint (1000, #2)
         s.drained([(0, 0b100)], atUnixMs: 2_000)
@@ -433,7 +494,7 @@ import TidemarkWire
         try s.ackCommitted(2)
         #expect(s.committedThroughUnixMs == 1_000)
         // The server loses #3: its checkpoint means nothing any more.
-        Self.connect(&s, durable: 2, committed: 2, history: &history, ids: ids)
+        try Self.connect(&s, durable: 2, committed: 2, history: &history, ids: ids)
         try s.ackCommitted(2)
         #expect(s.committedThroughUnixMs == 1_000)
         // Every uncommitted chunk is read again: 0, 1, 2 as #3, #4, #5.
@@ -461,8 +522,8 @@ import TidemarkWire
     // MARK: Random runs against an honest server
 
     /// Random drains, numbering, sealing, sends, acknowledgements,
-    /// reconnects (to a server that keeps everything or lost its spool) and
-    /// clears. After every step the invariant holds, and a
+    /// reconnects (to a server that keeps everything, lost its spool, or lost
+    /// its target) and clears. After every step the invariant holds, and a
     /// bit is cleared only when a committed segment the server holds was
     /// read after the chunk's last write.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
@@ -480,10 +541,29 @@ import TidemarkWire
         var stored: [UInt64: (read: Int, chunks: [UInt64])] = [:]
         var serverDurable: UInt64 = 0, serverCommitted: UInt64 = 0
         var connected = false
+        var replicatedBefore = false                         // the .hrl says "@replicated"
+        // What the server had committed when it last told the agent: a target
+        // lost since is noticed at the next connection.
+        var told: [UInt64: (read: Int, chunks: [UInt64])] = [:]
+        func tell() { told = stored.filter { $0.key <= serverCommitted } }
         func check() { #expect(s.invariantViolation(deep: true) == nil, "seed \(seed) step \(step)") }
-        func covered(_ c: UInt64) -> Bool {
-            let newest = stored.filter { $0.key <= serverCommitted && $0.value.chunks.contains(c) }.max { $0.key < $1.key }
+        func covered(_ c: UInt64, by segments: [UInt64: (read: Int, chunks: [UInt64])]) -> Bool {
+            let newest = segments.filter { $0.value.chunks.contains(c) }.max { $0.key < $1.key }
             return newest.map { $0.value.read > lastWrite[Int(c)] } ?? false
+        }
+        func connect() throws {
+            let before = s.epoch
+            let (_, targetLost) = try Self.connect(&s, durable: serverDurable, committed: serverCommitted, history: &history,
+                                                   ids: ids, replicatedBefore: replicatedBefore)
+            tell()
+            if s.epoch != before { readAt = readAt.filter { $0.key <= serverDurable } }
+            if targetLost {
+                // DiskReplicator marks the whole disk dirty and compares it with the
+                // (empty) target: every chunk is read again.
+                s.markToRead(first: 0, count: 128)
+                for c in 0..<UInt64(128) { hrl.insert(c) }
+            }
+            connected = true
         }
         for _ in 0..<3_000 {
             step += 1
@@ -522,34 +602,40 @@ import TidemarkWire
                 if connected && serverCommitted < serverDurable {
                     serverCommitted += UInt64(rng.below(Int(serverDurable - serverCommitted) + 1))
                     try s.ackCommitted(serverCommitted)
+                    tell()
+                    if serverCommitted > 0 { replicatedBefore = true }
                 }
             case 7:
                 for c in s.takeClearable() {
                     // The newest committed segment of c the server holds read it after its last write.
-                    #expect(covered(c), "seed \(seed) step \(step): chunk \(c) cleared without a committed read after its last write")
+                    #expect(covered(c, by: told), "seed \(seed) step \(step): chunk \(c) cleared without a committed read after its last write")
                     hrl.remove(c)
                 }
             case 8:
-                // The connection breaks; sometimes the server loses its spool.
+                // The connection breaks; sometimes the server loses its spool or everything.
                 s.connectionEnded()
-                if rng.below(6) == 0 {
+                switch rng.below(6) {
+                case 0:
                     serverDurable = serverCommitted
                     stored = stored.filter { $0.key <= serverCommitted }
+                case 1:
+                    serverDurable = 0
+                    serverCommitted = 0
+                    stored = [:]
+                default: break
                 }
                 connected = false
             default:
-                if !connected {
-                    let before = s.epoch
-                    Self.connect(&s, durable: serverDurable, committed: serverCommitted, history: &history, ids: ids)
-                    if s.epoch != before { readAt = readAt.filter { $0.key <= serverDurable } }
-                    connected = true
-                }
+                if !connected { try connect() }
             }
             check()
         }
-        // Whatever was written and not covered by a commit is still tracked.
+        // Whatever was written and is not on the server's target is still
+        // tracked (once the agent has heard of a lost target).
+        if !connected { try connect() }
+        let committedNow = stored.filter { $0.key <= serverCommitted }
         for c in 0..<128 where lastWrite[c] >= 0 && !hrl.contains(UInt64(c)) {
-            #expect(covered(UInt64(c)), "seed \(seed): chunk \(c) lost its bit")
+            #expect(covered(UInt64(c), by: committedNow), "seed \(seed): chunk \(c) lost its bit")
         }
     }
 }
