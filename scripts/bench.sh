@@ -12,7 +12,9 @@
 #                                  without TIDEMARK_BENCH_BIN_B)
 #   scripts/bench.sh deps     installs what the benchmarks compare against
 #                             (restic, borgbackup, rsync, fio, zstd)
-# Results are printed; copy them into BENCHMARKS.md with the date.
+# Results are printed; the figure goes into BENCHMARKS.md with the date, the run
+# into its topic file in docs/perf/ (docs/perf/README.md). scripts/bench-compare.sh
+# runs these modes for two revisions alternately.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH

@@ -5,7 +5,7 @@ import TidemarkTracking
 /// One protected disk in this agent: the device, its `.hrl`, its slot in the
 /// pinned tracer, and the drain from the kernel map into the `.hrl`.
 ///
-/// Invariant kept here (DESIGN.md, "The .hrl file"): at every instant, each
+/// Invariant kept here (docs/design.md, "The .hrl tracking file"): at every instant, each
 /// chunk written since the last commit is dirty in the kernel map, in the
 /// `.hrl`, or both. So a drain never clears a kernel bit before the `.hrl`
 /// holding it is durable: it snapshots the words, persists them

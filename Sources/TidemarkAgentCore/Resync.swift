@@ -4,7 +4,7 @@ import TidemarkSystem
 import TidemarkTracking
 import TidemarkWire
 
-/// The digest-compare resync (DESIGN.md, "Change capture", scan): when
+/// The digest-compare resync (docs/design.md, "Change capture"): when
 /// tracking was lost, or the disk is new to this `.hrl`, every chunk still
 /// dirty in the `.hrl` is compared with what the target holds instead of
 /// being sent blindly.

@@ -5,7 +5,7 @@ import TidemarkTarget
 import TidemarkWire
 
 /// The process server: TLS ingest → durable spool → upload to target storage,
-/// with the two acknowledgements of DESIGN.md ("durable", "committed").
+/// with the two acknowledgements of docs/design.md ("durable", "committed").
 ///
 /// Threads: one accept loop, one thread per connection (bounded by
 /// `maxConnections`), one spool sync thread (group commit), one uploader,

@@ -14,8 +14,7 @@ import TidemarkTesting
     /// A deficit of sectors (made here by lowering the slot's stored
     /// offset, as a skipped 4 KiB write would leave it) marks the whole disk
     /// dirty once, durably, and says why.
-    @Test func sectorDeficitMarksWholeDiskDirty() throws {
-        guard TestEnv.requireRoot("completion cross-check") else { return }
+    @Test(.requiresRoot) func sectorDeficitMarksWholeDiskDirty() throws {
         let h = try Harness("xcheck")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -45,8 +44,7 @@ import TidemarkTesting
     /// program only; the offset from before would then hide later misses of
     /// that size. The agent drops it, says so, and establishes a new one
     /// when statistics are back, without marking the disk dirty.
-    @Test func statisticsTurnedOffAndOnRenewTheOffset() throws {
-        guard TestEnv.requireRoot("completion cross-check without statistics") else { return }
+    @Test(.requiresRoot) func statisticsTurnedOffAndOnRenewTheOffset() throws {
         let h = try Harness("xstats")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -79,8 +77,7 @@ import TidemarkTesting
     /// While replicating: a deficit makes the agent compare the whole disk
     /// with the target (digest resync) instead of sending all of it, and
     /// the next point still recovers identical to the frozen source.
-    @Test func deficitWhileReplicatingResyncsByDigest() throws {
-        guard TestEnv.requireRoot("completion cross-check while replicating") else { return }
+    @Test(.requiresRoot) func deficitWhileReplicatingResyncsByDigest() throws {
         let w = try FaultWorld("xrepl")
         defer { w.close() }
         try w.startServer()
@@ -116,9 +113,7 @@ import TidemarkTesting
     /// as fast as possible in three tracefs instances while, for 15 s, writes
     /// of 4 KiB land on distinct chunks. Without the cross-check, each of 4 runs
     /// here lost 1 to 4 writes; with it, every written chunk is dirty.
-    @Test func writesCompletedWhileProbesChangeAreNeverLost() throws {
-        guard TestEnv.requireRoot("completion cross-check under probe churn"),
-              TestEnv.requireTracefs("completion cross-check under probe churn") else { return }
+    @Test(.requiresRoot, .requiresTracefs) func writesCompletedWhileProbesChangeAreNeverLost() throws {
         let h = try Harness("xchurn")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16 << 10, directIO: false)

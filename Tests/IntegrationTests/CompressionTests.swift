@@ -26,8 +26,7 @@ import TidemarkTesting
     /// A narrow link (`bandwidth_limit`): the send window fills, and the
     /// level climbs above where it starts; the point taken afterwards,
     /// made of segments of several levels, recovers identical.
-    @Test func narrowLinkRaisesTheLevel() throws {
-        guard TestEnv.requireRoot("auto compression against a real server") else { return }
+    @Test(.requiresRoot) func narrowLinkRaisesTheLevel() throws {
         let w = try FaultWorld("compress-narrow", diskMiB: 96)
         defer { w.close() }
         // 64 MiB of base64, ~48 MiB sealed: ~24 s at 2 MB/s. The level may
@@ -57,13 +56,8 @@ import TidemarkTesting
     /// identical. With a fixed level, the level never moves. The agent runs
     /// on one CPU and the server on the other, at log level info, so that
     /// sealing is the bottleneck on any machine with two CPUs.
-    @Test func sealingBoundLowersTheLevelAndFixedStays() throws {
-        guard TestEnv.requireRoot("auto compression against a real server") else { return }
-        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        guard cpus >= 2 else {
-            if TestEnv.isCI { Issue.record("this test needs two CPUs, the machine has \(cpus)") }
-            return
-        }
+    @Test(.requiresRoot, .requires("two CPUs", sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2))
+    func sealingBoundLowersTheLevelAndFixedStays() throws {
         let w = try FaultWorld("compress-fast", diskMiB: 160)
         defer { w.close() }
         try Self.fillWords(w, mib: 120)

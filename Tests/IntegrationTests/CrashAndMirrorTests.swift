@@ -5,8 +5,7 @@ import TidemarkTesting
 @Suite(.serialized) struct CrashAndMirrorTests {
     /// kill -9 of the agent during a write load, then restart: nothing missed,
     /// no resync.
-    @Test func killNineDuringLoadMissesNothing() throws {
-        guard TestEnv.requireRoot("kill -9 during load") else { return }
+    @Test(.requiresRoot) func killNineDuringLoadMissesNothing() throws {
         let h = try Harness("kill9")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 64)
@@ -41,8 +40,7 @@ import TidemarkTesting
 
     /// A continuous mirror under a fio random-write load, then quiesce: the
     /// mirror is byte-identical.
-    @Test func mirrorUnderFioLoadIsIdentical() throws {
-        guard TestEnv.requireRoot("mirror under fio") else { return }
+    @Test(.requiresRoot) func mirrorUnderFioLoadIsIdentical() throws {
         let h = try Harness("mirror")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 128)
@@ -64,8 +62,7 @@ import TidemarkTesting
 
     /// The first copy of a mostly empty disk writes only the non-zero chunks
     /// and leaves the rest as holes.
-    @Test func firstCopySkipsZeroChunks() throws {
-        guard TestEnv.requireRoot("mirror first copy") else { return }
+    @Test(.requiresRoot) func firstCopySkipsZeroChunks() throws {
         let h = try Harness("sparse")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 64)
@@ -82,9 +79,8 @@ import TidemarkTesting
     /// Every copy path gives an identical mirror: the zero-copy io_uring
     /// pipeline (O_DIRECT target), the buffered path (tmpfs refuses O_DIRECT),
     /// and pread/pwrite when io_uring is disabled.
-    @Test(arguments: ["pipeline", "tmpfs", "no-io-uring"])
+    @Test(.requiresRoot, arguments: ["pipeline", "tmpfs", "no-io-uring"])
     func everyCopyPathGivesAnIdenticalMirror(_ path: String) throws {
-        guard TestEnv.requireRoot("mirror copy paths") else { return }
         let h = try Harness("paths")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 48)

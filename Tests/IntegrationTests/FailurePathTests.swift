@@ -5,9 +5,8 @@ import TidemarkTesting
 @Suite(.serialized) struct FailurePathTests {
     /// A torn or corrupt .hrl: verify fails clearly; the agent refuses to
     /// trust it and records resync-required with the reason.
-    @Test(arguments: ["flip-header", "flip-bitmap", "truncate", "garbage"])
+    @Test(.requiresRoot, arguments: ["flip-header", "flip-bitmap", "truncate", "garbage"])
     func corruptTrackingFileIsNotTrusted(_ damage: String) throws {
-        guard TestEnv.requireRoot("corrupt .hrl") else { return }
         let h = try Harness("corrupt")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -39,8 +38,7 @@ import TidemarkTesting
         #expect(try sh("ls \(h.stateDir)").contains(".corrupt-"))
     }
 
-    @Test func diskSizeChangeForcesResync() throws {
-        guard TestEnv.requireRoot("disk size change") else { return }
+    @Test(.requiresRoot) func diskSizeChangeForcesResync() throws {
         let h = try Harness("resize")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -53,8 +51,7 @@ import TidemarkTesting
         #expect((header["reason"] as? [String: Any])?["name"] as? String == "disk-size-changed", "\(header)")
     }
 
-    @Test func untrackThenTrackRequiresResync() throws {
-        guard TestEnv.requireRoot("untrack") else { return }
+    @Test(.requiresRoot) func untrackThenTrackRequiresResync() throws {
         let h = try Harness("untrack")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -67,8 +64,7 @@ import TidemarkTesting
         #expect((header["reason"] as? [String: Any])?["name"] as? String == "tracer-detached")
     }
 
-    @Test func badInputIsRefusedAndChangesNothing() throws {
-        guard TestEnv.requireRoot("bad input") else { return }
+    @Test(.requiresRoot) func badInputIsRefusedAndChangesNothing() throws {
         let h = try Harness("badinput")
         defer { h.close() }
         // Missing device.
@@ -96,8 +92,7 @@ import TidemarkTesting
 
     /// A start that fails after the tracer was loaded (here: the .hrl cannot
     /// be created) says why and leaves no idle tracer attached.
-    @Test func failedStartLeavesNoTracerLoaded() throws {
-        guard TestEnv.requireRoot("failed start") else { return }
+    @Test(.requiresRoot) func failedStartLeavesNoTracerLoaded() throws {
         let h = try Harness("failedstart")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -109,8 +104,7 @@ import TidemarkTesting
         #expect(!FileManager.default.fileExists(atPath: h.sandbox.pinDir + "/link"), "an idle tracer stayed loaded")
     }
 
-    @Test func diskTrackedByAnotherAgentIsRefused() throws {
-        guard TestEnv.requireRoot("disk owned by another agent") else { return }
+    @Test(.requiresRoot) func diskTrackedByAnotherAgentIsRefused() throws {
         let h = try Harness("owned")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -128,8 +122,7 @@ import TidemarkTesting
 
     /// A kernel without BPF (the bpf() system call answering ENOSYS, through a
     /// seccomp filter): a clear error, nothing changed.
-    @Test func kernelWithoutBPFGivesAClearError() throws {
-        guard TestEnv.requireRoot("no BPF support") else { return }
+    @Test(.requiresRoot) func kernelWithoutBPFGivesAClearError() throws {
         let h = try Harness("nobpf")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)

@@ -88,8 +88,7 @@ import TidemarkTesting
     /// `kill -9` of the agent while a point holds ext4 frozen: the watchdog
     /// process sees the agent's end of its socket close and thaws at once;
     /// a writer completes within the bound.
-    @Test func agentKilledWhileFrozenIsThawedByItsWatchdog() throws {
-        guard TestEnv.requireRoot("freeze safety: agent killed") else { return }
+    @Test(.requiresRoot) func agentKilledWhileFrozenIsThawedByItsWatchdog() throws {
         let b = try Blocked("freeze-kill")
         defer { b.w.close() }
         let frozenSince = try b.freezeAndHold()
@@ -108,8 +107,7 @@ import TidemarkTesting
 
     /// The agent hangs (SIGSTOP) while frozen: its own watchdog thread is
     /// stopped with it; the watchdog process thaws at the bound.
-    @Test func hungAgentIsThawedAtTheBound() throws {
-        guard TestEnv.requireRoot("freeze safety: agent hung") else { return }
+    @Test(.requiresRoot) func hungAgentIsThawedAtTheBound() throws {
         let b = try Blocked("freeze-hang")
         defer { b.w.close() }
         let frozenSince = try b.freezeAndHold()
@@ -131,8 +129,7 @@ import TidemarkTesting
     /// Agent and watchdog both killed while frozen (nothing is left to
     /// thaw): the restarted agent thaws at start, from the freeze record the
     /// dead one left, and says so.
-    @Test func restartedAgentThawsWhatADeadOneLeftFrozen() throws {
-        guard TestEnv.requireRoot("freeze safety: restart thaws") else { return }
+    @Test(.requiresRoot) func restartedAgentThawsWhatADeadOneLeftFrozen() throws {
         let b = try Blocked("freeze-restart")
         defer { b.w.close() }
         _ = try b.freezeAndHold()
@@ -158,8 +155,7 @@ import TidemarkTesting
     /// One watchdog process serves every point (no fork per point); killed
     /// between points, it is replaced at the next one, which succeeds and
     /// is byte-identical to the frozen source. No freeze record is left.
-    @Test func oneWatchdogServesEveryPointAndIsReplacedWhenGone() throws {
-        guard TestEnv.requireRoot("freeze safety: watchdog reuse") else { return }
+    @Test(.requiresRoot) func oneWatchdogServesEveryPointAndIsReplacedWhenGone() throws {
         let w = try FaultWorld("freeze-reuse")
         defer { w.close() }
         try w.startServer()
@@ -187,8 +183,7 @@ import TidemarkTesting
     /// The command the unit's ExecStopPost runs (read from the unit file):
     /// thaws what a record lists, says so, removes the record; a mount that
     /// is no longer frozen is left as it is; nothing to do is fine.
-    @Test func theUnitsStopCommandThawsLeftovers() throws {
-        guard TestEnv.requireRoot("freeze safety: thaw-leftovers") else { return }
+    @Test(.requiresRoot) func theUnitsStopCommandThawsLeftovers() throws {
         let h = try Harness("thaw-leftovers")
         let d = try h.loop(sizeMiB: 32, directIO: false)
         let mnt = h.dir + "/mnt"

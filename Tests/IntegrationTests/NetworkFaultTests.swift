@@ -13,8 +13,7 @@ import TidemarkWire
     /// flipped inside the TLS stream: the agent reconnects every time (its
     /// io timeout detects the stalled and dead paths) and resumes where the
     /// server's durable sequence says.
-    @Test func cutStalledDeadAndTamperedConnectionsResume() throws {
-        guard TestEnv.requireRoot("network faults between agent and server") else { return }
+    @Test(.requiresRoot) func cutStalledDeadAndTamperedConnectionsResume() throws {
         let w = try FaultWorld("netfault")
         defer { w.close() }
         try w.startServer()
@@ -77,8 +76,7 @@ import TidemarkWire
     /// can, and clients with bad certificates knock: each is refused with a
     /// clear error and its connection closed, nothing wrong lands in the
     /// target, and the legitimate agent keeps replicating throughout.
-    @Test func tamperedFramesAndForeignClientsAreRefused() throws {
-        guard TestEnv.requireRoot("frame tampering against the running server") else { return }
+    @Test(.requiresRoot) func tamperedFramesAndForeignClientsAreRefused() throws {
         let w = try FaultWorld("frames", agents: ["agent-evil"], expiredAgents: ["agent-old"])
         defer { w.close() }
         try w.startServer()
@@ -266,8 +264,7 @@ import TidemarkWire
     /// what followed, and the agent re-sends them. Every point recovers
     /// identical. (With `upload_memory_bytes: 0`: a segment still held in
     /// memory is uploaded from there, and its spool copy is not read.)
-    @Test func fullSpoolHoldsTheAgentBackAndADamagedRecordIsResent() throws {
-        guard TestEnv.requireRoot("spool full") else { return }
+    @Test(.requiresRoot) func fullSpoolHoldsTheAgentBackAndADamagedRecordIsResent() throws {
         let w = try FaultWorld("spoolfull", spoolTmpfsMiB: 96)
         defer { w.close() }
         try w.startServer(spoolMaxBytes: "64m", uploadMemoryBytes: "0")
@@ -325,8 +322,7 @@ import TidemarkWire
     /// agent is held back by the spool, and nothing is lost. A spooled record
     /// damaged meanwhile does not matter: the staged copy is uploaded, not
     /// the spool's. Every point recovers identical.
-    @Test func stagedUploadsRetryAndIgnoreSpoolDamage() throws {
-        guard TestEnv.requireRoot("staged uploads") else { return }
+    @Test(.requiresRoot) func stagedUploadsRetryAndIgnoreSpoolDamage() throws {
         let w = try FaultWorld("staged")
         defer { w.close() }
         try w.startServer()

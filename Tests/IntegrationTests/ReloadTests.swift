@@ -6,8 +6,7 @@ import TidemarkTesting
 /// the agent replicates: reloadable keys apply, restart-only keys are named, a broken
 /// file changes nothing, and replication goes on throughout.
 @Suite(.serialized) struct ReloadTests {
-    @Test func reloadAppliesWhatItCanAndRefusesABrokenFile() throws {
-        guard TestEnv.requireRoot("server reload") else { return }
+    @Test(.requiresRoot) func reloadAppliesWhatItCanAndRefusesABrokenFile() throws {
         let w = try FaultWorld("reload")
         defer { w.close() }
         try w.startServer()

@@ -129,8 +129,7 @@ import TidemarkTesting
         }
     }
 
-    @Test func pointsUnderLoadRecoverIdenticalAcrossCrashes() throws {
-        guard TestEnv.requireRoot("replication end to end") else { return }
+    @Test(.requiresRoot) func pointsUnderLoadRecoverIdenticalAcrossCrashes() throws {
         let w = try World()
         defer { w.close() }
         try w.startServer()
@@ -173,8 +172,7 @@ import TidemarkTesting
         }
     }
 
-    @Test func wrongKeyAndDamagedObjectAreClearErrors() throws {
-        guard TestEnv.requireRoot("replication failure paths") else { return }
+    @Test(.requiresRoot) func wrongKeyAndDamagedObjectAreClearErrors() throws {
         let w = try World()
         defer { w.close() }
         try w.startServer()
@@ -202,8 +200,7 @@ import TidemarkTesting
         #expect(!FileManager.default.fileExists(atPath: out))
     }
 
-    @Test func certificateFromAnotherCAIsRejected() throws {
-        guard TestEnv.requireRoot("TLS rejection") else { return }
+    @Test(.requiresRoot) func certificateFromAnotherCAIsRejected() throws {
         let w = try World()
         defer { w.close() }
         try w.startServer()

@@ -45,8 +45,7 @@ import TidemarkTesting
         return nil
     }
 
-    @Test func lostStateResyncSendsOnlyChangedChunks() throws {
-        guard TestEnv.requireRoot("digest-compare resync end to end") else { return }
+    @Test(.requiresRoot) func lostStateResyncSendsOnlyChangedChunks() throws {
         let w = try ReplicationTests.World()
         defer { w.close() }
         let diskBytes = w.disk.sizeBytes
@@ -110,8 +109,7 @@ import TidemarkTesting
     /// the agent is killed (-9) shortly after it starts, usually mid-scan; the
     /// restarted agent finishes the resync from its `.hrl` and a point taken
     /// after it recovers byte-identical to the frozen source.
-    @Test func resyncUnderLoadSurvivesKill() throws {
-        guard TestEnv.requireRoot("digest-compare resync under load") else { return }
+    @Test(.requiresRoot) func resyncUnderLoadSurvivesKill() throws {
         let w = try ReplicationTests.World()
         defer { w.close() }
         try w.startServer()

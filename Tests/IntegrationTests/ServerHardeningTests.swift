@@ -138,8 +138,7 @@ import TidemarkWire
 
     // MARK: A. Values that used to crash the server
 
-    @Test func overflowingValuesAreRefusedAndTheServerLives() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func overflowingValuesAreRefusedAndTheServerLives() throws {
         let w = try ServerWorld("harden-overflow")
         defer { w.close() }
         let key = try ReplicationKey.load(path: w.tls + "/replication.key")
@@ -218,8 +217,7 @@ import TidemarkWire
     /// damaged one: the server starts, quarantines the disk with one log
     /// line naming the problem, the file and what to do, refuses it with a
     /// clear error each time, and serves other disks.
-    @Test func badDiskRecordIsQuarantined() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func badDiskRecordIsQuarantined() throws {
         let huge = "agent-it-sdy-\(Self.hex)", odd = "agent-it-sdv-\(Self.hex)"
         let w = try ServerWorld("harden-quarantine") { paths in
             try Self.plantDiskRecord(target: paths.target, diskID: huge, owner: "agent-it", sizeBytes: UInt64.max, chunkSizeBytes: 65536)
@@ -280,8 +278,7 @@ import TidemarkWire
     /// older server wrote) is dropped at start with a log line: the disk's
     /// durable sequence stays 0, so the agent is not told that segments it
     /// never sent are durable.
-    @Test func spooledSegmentWithAnImpossibleSequenceIsDropped() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func spooledSegmentWithAnImpossibleSequenceIsDropped() throws {
         let disk = "agent-it-sdz-\(Self.hex)"
         let w = try ServerWorld("harden-spool") { paths in
             let key = try ReplicationKey.load(path: paths.tls + "/replication.key")
@@ -302,8 +299,7 @@ import TidemarkWire
 
     /// A segment frame dribbled at 1 byte/s after openDisk is cut at its
     /// whole-frame deadline (15 s plus its payload at 32 KiB/s), not left open.
-    @Test func dribbledSegmentFrameIsCut() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func dribbledSegmentFrameIsCut() throws {
         let w = try ServerWorld("harden-slowframe")
         defer { w.close() }
         let key = try ReplicationKey.load(path: w.tls + "/replication.key")
@@ -338,8 +334,7 @@ import TidemarkWire
 
     /// The TLS handshake dribbled at 1 byte/s, and a hello dribbled after a
     /// prompt handshake, are both cut 10 s after the accept.
-    @Test func dribbledHandshakeAndHelloAreCut() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func dribbledHandshakeAndHelloAreCut() throws {
         let w = try ServerWorld("harden-slowhello")
         defer { w.close() }
         let bound = 10.0
@@ -392,8 +387,7 @@ import TidemarkWire
     /// A flood of plain TCP connections that send nothing, more than
     /// `max_connections` and more than the unauthenticated pool: an agent
     /// with a valid certificate still gets in within a few seconds.
-    @Test func floodDoesNotKeepAnAgentOut() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func floodDoesNotKeepAnAgentOut() throws {
         let w = try ServerWorld("harden-flood", maxConnections: 8)
         defer { w.close() }
         var flood: [TCPSocket] = []
@@ -439,8 +433,7 @@ import TidemarkWire
     /// `max_connections` bounds authenticated agents: one more is refused
     /// after its hello with error 503 saying so; when one leaves, the next
     /// gets in.
-    @Test func maxConnectionsBoundsAuthenticatedAgents() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func maxConnectionsBoundsAuthenticatedAgents() throws {
         let w = try ServerWorld("harden-maxconn", maxConnections: 2)
         defer { w.close() }
         let a = try w.client(), b = try w.client("agent-b")
@@ -464,8 +457,7 @@ import TidemarkWire
 
     /// Agent B (its own valid certificate) cannot open, nor write, a disk id
     /// of agent A's form, whether A's disk exists yet or not.
-    @Test func anotherAgentsDiskIDIsRefused() throws {
-        guard TestEnv.requireRoot("server hardening") else { return }
+    @Test(.requiresRoot) func anotherAgentsDiskIDIsRefused() throws {
         let w = try ServerWorld("harden-namespace")
         defer { w.close() }
         let key = try ReplicationKey.load(path: w.tls + "/replication.key")

@@ -196,8 +196,7 @@ import TidemarkTracking
     /// start while the filesystem is read-only: no resync, and every chunk
     /// that changed after the agent's last drain is dirty. A copy of a
     /// `.hrl` from before that reboot, restored later, meets a consumed seal.
-    @Test func orderlyRebootNeedsNoResyncAndLosesNoWrite() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func orderlyRebootNeedsNoResyncAndLosesNoWrite() throws {
         let w = try World("seal-ok")
         defer { w.close() }
         try w.prepareTracking()
@@ -251,8 +250,7 @@ import TidemarkTracking
 
     /// The host stopped after the agent but the hook never ran (power loss,
     /// forced reboot): resync, saying so.
-    @Test func withoutTheHookAResyncIsRequired() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func withoutTheHookAResyncIsRequired() throws {
         let w = try World("seal-nohook")
         defer { w.close() }
         try w.prepareTracking()
@@ -270,8 +268,7 @@ import TidemarkTracking
     /// Writes the tracer did not see before the hook ran (a deficit in the
     /// completion cross-check, made here by lowering B's stored offset) make
     /// the hook seal B incomplete: B resyncs, A does not.
-    @Test func unseenCompletionsSealTheDiskIncomplete() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func unseenCompletionsSealTheDiskIncomplete() throws {
         let w = try World("seal-deficit")
         defer { w.close() }
         try w.prepareTracking()
@@ -298,8 +295,7 @@ import TidemarkTracking
     /// A disk whose filesystem was already mounted read-write when the
     /// tracer was attached is not tracked from the start of the boot; the
     /// raw disk B, never mounted, is.
-    @Test func attachAfterAReadWriteMountRequiresAResync() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func attachAfterAReadWriteMountRequiresAResync() throws {
         let w = try World("seal-late")
         defer { w.close() }
         try w.prepareTracking()
@@ -316,8 +312,7 @@ import TidemarkTracking
     }
 
     /// Changed seal bytes, and a seal sealed for another stop, are refused.
-    @Test func damagedOrForeignSealRequiresAResync() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func damagedOrForeignSealRequiresAResync() throws {
         let w = try World("seal-bad")
         defer { w.close() }
         let seal = w.stateDir + "/shutdown.seal"
@@ -349,8 +344,7 @@ import TidemarkTracking
     /// In the same boot, `clean` is only as good as the pinned slot: a
     /// restart resumes it, but with the slot gone (pins removed while the
     /// agent was stopped) writes went unseen.
-    @Test func cleanWithTheSlotGoneInTheSameBootRequiresAResync() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func cleanWithTheSlotGoneInTheSameBootRequiresAResync() throws {
         let w = try World("seal-sameboot")
         defer { w.close() }
         try w.prepareTracking()
@@ -369,8 +363,7 @@ import TidemarkTracking
         try w.stop(p)
     }
 
-    @Test func changedSealBytesRequireAResync() throws {
-        guard TestEnv.requireRoot("shutdown seal") else { return }
+    @Test(.requiresRoot) func changedSealBytesRequireAResync() throws {
         let w = try World("seal-changed")
         defer { w.close() }
         let seal = w.stateDir + "/shutdown.seal"

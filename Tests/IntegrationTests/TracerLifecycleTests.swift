@@ -9,8 +9,7 @@ import TidemarkTesting
 /// unmarked) or to unpin a tracer loaded since. And a completion the kernel
 /// skipped (recursion guard) must make the whole disk dirty.
 @Suite(.serialized) struct TracerLifecycleTests {
-    @Test func staleHandleCannotAttachOrUnpinAndReopenedOneTracks() throws {
-        guard TestEnv.requireRoot("tracer lifecycle") else { return }
+    @Test(.requiresRoot) func staleHandleCannotAttachOrUnpinAndReopenedOneTracks() throws {
         let sandbox = TracerSandbox(tag: "lifecycle")
         defer { sandbox.cleanup() }
         let dir = try TestEnv.tempDir("lifecycle")
@@ -59,8 +58,7 @@ import TidemarkTesting
     /// slot accounted for marks the whole disk dirty, durably, once.
     /// (Real misses cannot be provoked on demand; the agent's test switch
     /// TIDEMARK_TEST_FAKE_RECURSION_MISS makes its first drain see one.)
-    @Test func recursionMissMarksWholeDiskDirtyOnce() throws {
-        guard TestEnv.requireRoot("recursion miss") else { return }
+    @Test(.requiresRoot) func recursionMissMarksWholeDiskDirtyOnce() throws {
         let h = try Harness("recmiss")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)

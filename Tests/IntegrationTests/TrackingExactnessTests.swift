@@ -5,8 +5,7 @@ import TidemarkTesting
 /// The tracked set must equal exactly the chunks written: no chunk missing,
 /// none extra. Real loop devices, the real agent, the real eBPF tracer.
 @Suite(.serialized) struct TrackingExactnessTests {
-    @Test func directWritesDiscardsAndWriteZeroes() throws {
-        guard TestEnv.requireRoot("tracking exactness") else { return }
+    @Test(.requiresRoot) func directWritesDiscardsAndWriteZeroes() throws {
         let h = try Harness("exact")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 64)
@@ -37,8 +36,7 @@ import TidemarkTesting
     /// copies of the disk, every chunk whose bytes changed is marked.
     /// Tracking starts while the filesystem is frozen, right after the first
     /// copy, so nothing before it counts and nothing after it may be missed.
-    @Test func everyChunkAFilesystemChangesIsMarked() throws {
-        guard TestEnv.requireRoot("filesystem churn exactness") else { return }
+    @Test(.requiresRoot) func everyChunkAFilesystemChangesIsMarked() throws {
         let h = try Harness("fschurn")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 64, directIO: false)
@@ -75,8 +73,7 @@ import TidemarkTesting
     /// A discard of 200 GiB spans ~51 k full bitmap words, which the program
     /// fills with bpf_loop: every chunk, from a start inside a chunk to an
     /// end inside another, and nothing else.
-    @Test func hugeDiscardMarksEveryChunk() throws {
-        guard TestEnv.requireRoot("huge discard") else { return }
+    @Test(.requiresRoot) func hugeDiscardMarksEveryChunk() throws {
         let h = try Harness("bigdiscard")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 1 << 20) // 1 TiB, sparse
@@ -96,8 +93,7 @@ import TidemarkTesting
     /// With the agent stopped, tracking stays pinned: writes land in the
     /// kernel map only, and the debug tool shows them as undrained (and says
     /// so); --hrl-only does not. The next agent start drains them.
-    @Test func debugToolShowsUndrainedLiveBits() throws {
-        guard TestEnv.requireRoot("live bits in the debug tool") else { return }
+    @Test(.requiresRoot) func debugToolShowsUndrainedLiveBits() throws {
         let h = try Harness("live")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 32)
@@ -118,8 +114,7 @@ import TidemarkTesting
         #expect(try h.dirtyChunks(d, hrlOnly: true) == drainedChunks.union(liveChunks))
     }
 
-    @Test func bufferedWritesAndSync() throws {
-        guard TestEnv.requireRoot("tracking exactness (buffered)") else { return }
+    @Test(.requiresRoot) func bufferedWritesAndSync() throws {
         let h = try Harness("buffered")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 32, directIO: false)
@@ -134,8 +129,7 @@ import TidemarkTesting
         #expect(try h.dirtyChunks(d, chunk: 4096) == expected)
     }
 
-    @Test func severalDisksAtOnce() throws {
-        guard TestEnv.requireRoot("tracking several disks") else { return }
+    @Test(.requiresRoot) func severalDisksAtOnce() throws {
         let h = try Harness("multi")
         defer { h.close() }
         let a = try h.loop(sizeMiB: 16), b = try h.loop(sizeMiB: 16), c = try h.loop(sizeMiB: 16)
@@ -149,8 +143,7 @@ import TidemarkTesting
         #expect(!FileManager.default.fileExists(atPath: h.hrl(c)))
     }
 
-    @Test func partitionOffsetsAreSubtracted() throws {
-        guard TestEnv.requireRoot("tracking a partition") else { return }
+    @Test(.requiresRoot) func partitionOffsetsAreSubtracted() throws {
         let h = try Harness("part")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 64)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkTesting
 import TidemarkTracking
 @testable import TidemarkBitmapTool
 
@@ -287,11 +288,9 @@ struct DecodedPNG {
 
 /// The executable itself: argument parsing and exit codes.
 @Suite struct Executable {
-    @Test func exitCodes() throws {
-        guard let binary = toolBinary() else {
-            print("SKIP: tidemark-bitmap is not built beside the test bundle")
-            return
-        }
+    @Test(.requires("tidemark-bitmap built beside the test bundle (swift build --build-tests)", toolBinary() != nil))
+    func exitCodes() throws {
+        let binary = try #require(toolBinary())
         let fx = try Fixture()
         let hrl = try fx.hrl(dirty: [1, 2])
         let ok = try runTool(binary, ["verify", hrl])

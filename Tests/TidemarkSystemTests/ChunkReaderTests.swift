@@ -474,13 +474,10 @@ private func run(_ executable: String, _ arguments: [String]) throws -> (status:
 }
 
 @Suite struct ChunkReaderLoopDeviceTests {
-    @Test(arguments: [512, 4096])
+    @Test(.requiresRoot, arguments: [512, 4096])
     func loopDeviceWithDirectIOUring(sectorSize: Int) throws {
-        let losetup = ([ "/usr/sbin/losetup", "/sbin/losetup", "/usr/bin/losetup"] as [String]).first { access($0, X_OK) == 0 }
-        guard requireEnvironment(geteuid() == 0, "not root"),
-              requireEnvironment(losetup != nil, "losetup not found"),
-              let losetup
-        else { return }
+        let losetup = try #require(([ "/usr/sbin/losetup", "/sbin/losetup", "/usr/bin/losetup"] as [String]).first { access($0, X_OK) == 0 },
+                                   "losetup is not executable in /usr/sbin, /sbin or /usr/bin")
 
         let dir = try TempDir()
         let size = 8 << 20

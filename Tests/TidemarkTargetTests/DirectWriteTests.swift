@@ -10,8 +10,7 @@ import TidemarkTesting
 /// ext4 on a loop device with 4 KiB logical sectors, written at 512-byte
 /// alignment, makes the kernel refuse.
 @Suite struct DirectWriteTests {
-    @Test func anAlignmentTheDeviceRefusesFallsBackToBufferedWrites() throws {
-        guard TestEnv.requireRoot("writing objects on a 4 KiB-sector loop device") else { return }
+    @Test(.requiresRoot) func anAlignmentTheDeviceRefusesFallsBackToBufferedWrites() throws {
         let dir = try TestEnv.tempDir("direct-write")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let loop = try LoopDevice(sizeBytes: 64 << 20, in: dir, sectorSize: 4096)

@@ -55,8 +55,7 @@ import TidemarkTesting
         #expect(e3?.message.contains("sequence 2 is neither stored nor pruned") == true)
     }
 
-    @Test func blockDeviceDestination() throws {
-        guard TestEnv.requireRoot("materializing onto a block device") else { return }
+    @Test(.requiresRoot) func blockDeviceDestination() throws {
         let f = try TargetFixture(tag: "mat-blk", sizeBytes: 256 * 4096)
         let loop = try LoopDevice(sizeBytes: 300 * 4096, in: f.dir, directIO: false)
         defer { loop.detach() }

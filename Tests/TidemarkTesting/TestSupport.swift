@@ -2,16 +2,38 @@ import Foundation
 import Testing
 
 /// Helpers shared by Tidemark's tests: real loop devices, real processes,
-/// and the rule that root-only tests fail loudly on CI (CI=true) and skip
-/// with a message elsewhere.
+/// and the rule that a test the machine cannot run fails loudly on CI
+/// (CI=true) and is reported as skipped, with the reason, elsewhere
+/// (`.requiresRoot`, `.requiresTracefs`, `.requires(_:_:)` in Requirements.swift).
 public enum TestEnv {
     public static var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
-    public static var isRoot: Bool { geteuid() == 0 }
+    /// Root, unless `TIDEMARK_TEST_ASSUME_NO_ROOT=1` asks the tests to behave
+    /// as if they ran unprivileged (to check, as root, that root-only tests
+    /// are reported as skipped, and fail under CI=true).
+    public static var isRoot: Bool {
+        geteuid() == 0 && ProcessInfo.processInfo.environment["TIDEMARK_TEST_ASSUME_NO_ROOT"] != "1"
+    }
+
+    /// Why this process cannot use loop devices as root, or nil when it can.
+    public static var rootProblem: String? {
+        if !isRoot {
+            return geteuid() == 0 ? "TIDEMARK_TEST_ASSUME_NO_ROOT=1 makes the tests behave as if not root" : "not root"
+        }
+        if !FileManager.default.fileExists(atPath: "/sbin/losetup") { return "/sbin/losetup is missing (apt install mount)" }
+        return nil
+    }
+
+    /// Why tracefs cannot be used, or nil when it is mounted at /sys/kernel/tracing.
+    public static var tracefsProblem: String? {
+        FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances") ? nil
+            : "tracefs is not mounted at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing; scripts/test.sh does it)"
+    }
 
     /// True when the test may go on. Records a failure on CI when it cannot.
+    @available(*, deprecated, message: "a test that returns early is reported as passed: use @Test(.requiresRoot) instead")
     public static func requireRoot(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
-        if isRoot && FileManager.default.fileExists(atPath: "/sbin/losetup") { return true }
-        let msg = "\(what) needs root and loop devices (losetup)"
+        guard let problem = rootProblem else { return true }
+        let msg = "\(what) needs root and loop devices (losetup): \(problem)"
         if isCI {
             Issue.record("\(msg); CI must run it", sourceLocation: sourceLocation)
         } else {
@@ -20,12 +42,12 @@ public enum TestEnv {
         return false
     }
 
-    /// True when tracefs is mounted at /sys/kernel/tracing (tests that
-    /// switch ftrace probes need it; `scripts/test.sh` mounts it). Otherwise
-    /// records an issue on CI and prints SKIP elsewhere, saying how to mount it.
+    /// True when tracefs is mounted at /sys/kernel/tracing. Otherwise records
+    /// an issue on CI and prints SKIP elsewhere, saying how to mount it.
+    @available(*, deprecated, message: "a test that returns early is reported as passed: use @Test(.requiresTracefs) instead")
     public static func requireTracefs(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
-        if FileManager.default.fileExists(atPath: "/sys/kernel/tracing/instances") { return true }
-        let msg = "\(what) needs tracefs at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing; scripts/test.sh does it)"
+        guard let problem = tracefsProblem else { return true }
+        let msg = "\(what) needs tracefs: \(problem)"
         if isCI {
             Issue.record("\(msg); CI must run it", sourceLocation: sourceLocation)
         } else {
