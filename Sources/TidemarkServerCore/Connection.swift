@@ -3,23 +3,36 @@ import Glibc
 import TidemarkSystem
 import TidemarkWire
 
-/// One agent connection. Its thread does every TLS read and write (OpenSSL
-/// does not allow a read and a write on one stream from two threads):
-/// it waits for a frame with a short poll, and between frames sends the
-/// acknowledgements other threads queued (queuing one wakes the poll). Acknowledgements are cumulative,
-/// so the queue keeps only the newest per disk: its size is bounded by the
-/// disks the connection opened.
+/// One agent connection: the transport of one `ReplicationReceiver`
+/// session. Its thread does every TLS read and write (OpenSSL does not
+/// allow a read and a write on one stream from two threads): it waits for a
+/// frame with a short poll, feeds what arrives to the receiver (through
+/// `ProcessServer.feed`), and between frames sends what was queued for it
+/// and carries out work the receiver addressed to its session from other
+/// threads (queuing wakes the poll). Acknowledgements are cumulative, so
+/// the queue keeps only the newest per disk: its size is bounded by the
+/// disks the connection opened; other messages are replies to its own
+/// frames, sent after each one, and work is at most one item (a session
+/// waits for one thing at a time).
 final class Connection: @unchecked Sendable {
     unowned let server: ProcessServer
+    let id: ReplicationReceiver.SessionID
     let socket: TCPSocket
     let peer: String
     private let lock = NSLock()
+    private var outbox: [WireMessage] = []
     private var durableAcks: [String: UInt64] = [:]
     private var committedAcks: [String: UInt64] = [:]
+    private var work: [ReplicationReceiver.Effect] = []
     private var closed = false
     private var stream: TLSStream?
+    /// The frame reader and writer, used by the connection's thread alone.
+    private var reader: FrameReader?
+    private var writer: FrameWriter?
+    /// The hello was accepted (the connection's thread alone).
+    private var authenticated = false
     /// Wakes the connection's thread from its wait for frames when another
-    /// thread queues an acknowledgement, so it goes out at once.
+    /// thread queues a message or work, so it goes out at once.
     private let ackWake = WakeSignal()
     /// When the connection was accepted (monotonic).
     let acceptedNs: UInt64
@@ -34,8 +47,13 @@ final class Connection: @unchecked Sendable {
     /// The agent id of the certificate, once the TLS handshake is done (for logs).
     private var name = "?"
 
-    init(server: ProcessServer, socket: TCPSocket) {
+    /// The session ended without an error frame to send (the agent sent
+    /// one, or the receiver closed it quietly).
+    struct EndedQuietly: Error {}
+
+    init(server: ProcessServer, id: ReplicationReceiver.SessionID, socket: TCPSocket) {
         self.server = server
+        self.id = id
         self.socket = socket
         self.peer = socket.peerDescription
         self.source = Self.address(ofPeer: socket.peerDescription)
@@ -54,18 +72,17 @@ final class Connection: @unchecked Sendable {
         return peer
     }
 
-    /// The TLS handshake is complete (the peer showed a certificate of the
-    /// CA); the hello may still be missing.
-    var pastTLSHandshake: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return stream != nil
-    }
-
     var logName: String {
         lock.lock()
         defer { lock.unlock() }
         return "\(peer) (\(name))"
+    }
+
+    /// The certificate's name (the agent id once its hello is accepted).
+    var agentName: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return name
     }
 
     private func setDeadline(fromNs start: UInt64, ms: Int, _ what: String) {
@@ -96,16 +113,22 @@ final class Connection: @unchecked Sendable {
         return closed
     }
 
-    func queueAck(disk: String, durable: UInt64) {
+    /// Queues a message for this connection's thread to send (from any thread).
+    func post(_ message: WireMessage) {
         lock.lock()
-        durableAcks[disk] = max(durableAcks[disk] ?? 0, durable)
+        switch message {
+        case .ackDurable(let disk, let seq): durableAcks[disk] = max(durableAcks[disk] ?? 0, seq)
+        case .ackCommitted(let disk, let seq): committedAcks[disk] = max(committedAcks[disk] ?? 0, seq)
+        default: outbox.append(message)
+        }
         lock.unlock()
         ackWake.signal()
     }
 
-    func queueAck(disk: String, committed: UInt64) {
+    /// Queues work the receiver addressed to this session (from another thread).
+    func post(work effect: ReplicationReceiver.Effect) {
         lock.lock()
-        committedAcks[disk] = max(committedAcks[disk] ?? 0, committed)
+        work.append(effect)
         lock.unlock()
         ackWake.signal()
     }
@@ -119,6 +142,17 @@ final class Connection: @unchecked Sendable {
         let s = stream
         lock.unlock()
         if let s { s.shutdown() } else { socket.shutdown() }
+    }
+
+    /// The receiver accepted the hello: frames now carry its version, and
+    /// the handshake deadline gives way to per-frame deadlines.
+    func didAuthenticate(agentID: String, protocolVersion version: UInt16) throws {
+        writer?.version = version
+        reader?.acceptedVersions = version...version
+        authenticated = true
+        clearDeadline()
+        try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
+        Log.info("\(peer): agent \(agentID) connected")
     }
 
     func serve() {
@@ -140,9 +174,12 @@ final class Connection: @unchecked Sendable {
             let reader = FrameReader(s)
             reader.acceptedVersions = WireProtocol.acceptedVersions
             let writer = FrameWriter(s)
+            self.reader = reader
+            self.writer = writer
             agentID = s.peerCommonName
             do {
-                try handle(stream: s, reader: reader, writer: writer, certName: agentID)
+                try server.feed(.tlsEstablished(id, certificateName: agentID), from: self)
+                try handle(stream: s, reader: reader, writer: writer)
             } catch let v as ProtocolViolation {
                 let line = "\(peer) (\(agentID)): \(v.message); closing the connection"
                 if v.logged { Log.debug(line) } else { Log.warning(line) }
@@ -151,102 +188,65 @@ final class Connection: @unchecked Sendable {
                 // .invalidArgument: target storage refused a value from the agent (a disk id it cannot name).
                 Log.warning("\(peer) (\(agentID)): malformed input: \(e.message); closing the connection")
                 try? writer.send(.error(code: 400, message: e.message))
+            } catch is EndedQuietly {
+                // Said in the log where it was decided.
             }
         } catch {
             if !isClosed { Log.warning("\(peer) (\(agentID)): connection ended: \(error)") }
         }
     }
 
-    private func handle(stream s: TLSStream, reader: FrameReader, writer: FrameWriter, certName: String) throws {
-        guard case .hello(let version, let agentID)? = try reader.next() else {
-            throw ProtocolViolation(code: 400, "expected hello as the first message")
-        }
-        guard WireProtocol.acceptedVersions.contains(version) else {
-            throw ProtocolViolation(code: 426, "protocol version \(version) is not supported; this server speaks \(WireProtocol.acceptedVersions.lowerBound) to \(WireProtocol.acceptedVersions.upperBound)")
-        }
-        guard !certName.isEmpty, agentID == certName else {
-            throw ProtocolViolation(code: 403, "agent id '\(agentID)' does not match the certificate's name '\(certName)'; an agent's hello names the agent id its certificate was issued for (docs/wire-format.md, session rule 1)")
-        }
-        // The agent's version, which this server speaks too.
-        writer.version = version
-        reader.acceptedVersions = version...version
-        if let refusal = server.authenticated(self) {
-            throw ProtocolViolation(code: 503, refusal)
-        }
-        try writer.send(.helloOK(protocolVersion: version, serverID: server.options.serverID))
-        clearDeadline()
-        try socket.setTimeouts(readMs: ServerLimits.frameReadTimeoutMs, writeMs: ServerLimits.frameReadTimeoutMs)
-        Log.info("\(peer): agent \(agentID) connected")
-        var opened: Set<String> = []
+    private func handle(stream s: TLSStream, reader: FrameReader, writer: FrameWriter) throws {
         var lastFrame = monotonicNanoseconds()
         while !isClosed && !server.isStopped {
-            // Cleared before the flush: an acknowledgement queued after it
-            // ends the wait below at once.
+            // Cleared before the queue is looked at: anything queued after
+            // it ends the wait below at once.
             ackWake.clear()
-            try flushAcks(writer)
+            try runPostedWork()
+            try flush(writer)
+            if server.isBusy(self) {
+                // It waits for another session's append or a loss to be
+                // forgotten; reading frames meanwhile would feed it messages
+                // it must not get yet (the agent waits for diskState too).
+                waitForWake(timeoutMs: ServerLimits.connectionPollMs)
+                continue
+            }
             guard try reader.hasBufferedBytes || s.waitReadable(timeoutMs: ServerLimits.connectionPollMs, wake: ackWake) else {
                 let idleMs = Int((monotonicNanoseconds() - lastFrame) / 1_000_000)
-                if idleMs >= ServerLimits.idleTimeoutMs {
+                // Before the hello, the handshake deadline is the bound.
+                if authenticated && idleMs >= ServerLimits.idleTimeoutMs {
                     throw ProtocolViolation(code: 408, "idle for \(idleMs / 1000) s")
                 }
                 continue
             }
             lastFrame = monotonicNanoseconds()
             // The whole frame, from its first byte, within its deadline.
-            setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineBaseMs, "a frame")
+            if authenticated { setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineBaseMs, "a frame") }
             guard let frame = try reader.nextFrame() else {
-                Log.info("\(peer): agent \(agentID) disconnected")
+                Log.info("\(peer): agent \(agentName) disconnected")
                 return
             }
-            let message: WireMessage
             switch frame {
             case .segment(let length):
-                setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineMs(payloadBytes: length),
-                            "a segment frame of \(length) bytes")
-                try receiveSegment(length: length, reader: reader, opened: opened)
-                continue
+                if authenticated {
+                    setDeadline(fromNs: lastFrame, ms: ServerLimits.frameDeadlineMs(payloadBytes: length),
+                                "a segment frame of \(length) bytes")
+                }
+                try receiveSegment(length: length, reader: reader)
             case .message(let m):
-                clearDeadline()
-                message = m
-            }
-            switch message {
-            case .openDisk(let diskID, let size, let chunk, let keyID):
-                if !opened.contains(diskID) && opened.count >= ServerLimits.disksPerConnectionMax {
-                    throw ProtocolViolation(code: 400, "more than \(ServerLimits.disksPerConnectionMax) disks on one connection")
-                }
-                let state = try server.openDisk(self, agentID: agentID, diskID: diskID, sizeBytes: size,
-                                                chunkSizeBytes: chunk, keyID: keyID)
-                opened.insert(diskID)
-                try writer.send(.diskState(diskID: diskID, durableSequence: state.durable, committedSequence: state.committed))
-            case .digestRequest(let diskID, let first, let count):
-                guard opened.contains(diskID) else {
-                    throw ProtocolViolation(code: 400, "digest request for disk \(diskID), which this connection has not opened")
-                }
-                var (sequence, states) = try server.chunkStates(diskID: diskID, first: first, count: Int(count))
-                if version < 3 {
-                    // A version 2 agent computes only construction 2 digests.
-                    states = states.map { if case .data(_, .gmacAES) = $0 { .unknown } else { $0 } }
-                }
-                try writer.send(.chunkDigests(diskID: diskID, firstChunk: first, sequence: sequence, states: states))
-            case .ping(let n):
-                try writer.send(.pong(n))
-            case .pong:
-                break
-            case .error(let code, let text):
-                Log.warning("\(peer): agent \(agentID) reports error \(code): \(text)")
-                return
-            default:
-                throw ProtocolViolation(code: 400, "unexpected message \(message.type) from an agent")
+                if authenticated { clearDeadline() }
+                try server.feed(.message(id, m), from: self)
             }
         }
-        try flushAcks(writer)
+        try flush(writer)
     }
 
     /// Reads a segment frame's `length` bytes: its header first (the fixed
     /// part says how long the whole header is), which is checked, then the
-    /// rest straight into the buffer its target object will be written from
-    /// (no copy), or into memory of its own when the staging budget is spent.
-    private func receiveSegment(length: Int, reader: FrameReader, opened: Set<String>) throws {
+    /// rest straight into the buffer its sink offers (the target object's:
+    /// no copy), or into memory of its own when the sink offers none; then
+    /// the receiver decides.
+    private func receiveSegment(length: Int, reader: FrameReader) throws {
         var head = [UInt8](repeating: 0, count: min(length, SegmentFormat.fixedBytes))
         try head.withUnsafeMutableBytes { try reader.readPayload(into: $0) }
         if length > head.count {
@@ -259,31 +259,55 @@ final class Connection: @unchecked Sendable {
             }
         }
         let header = try head.withUnsafeBytes { try SegmentHeader.decode($0, segmentBytes: length).0 }
-        guard opened.contains(header.diskID) else {
-            throw ProtocolViolation(code: 400, "segment for disk \(header.diskID), which this connection has not opened")
+        guard server.mayReceiveSegments(self, diskID: header.diskID) else {
+            // Refused before its payload is read: the receiver says why.
+            try server.feed(.segment(id, header), from: self)
+            throw EndedQuietly()
         }
-        if let staged = server.stage(header, segmentBytes: length) {
-            let into = staged.payloadToFill
+        if let buffer = server.sink.buffer(for: header, segmentBytes: length) {
+            let into = buffer.bytesToFill
             head.withUnsafeBytes { into.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: head.count) }
             try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: into[head.count...]))
             clearDeadline()
-            try server.ingest(self, header: header, bytes: staged.payload, staged: staged)
+            try server.feed(.segment(id, header), from: self,
+                            segment: .init(header: header, bytes: UnsafeRawBufferPointer(into), buffer: buffer))
         } else {
             let from = head.count
             head += [UInt8](repeating: 0, count: length - from)
             try head.withUnsafeMutableBytes { try reader.readPayload(into: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
             clearDeadline()
-            try head.withUnsafeBytes { try server.ingest(self, header: header, bytes: $0, staged: nil) }
+            try head.withUnsafeBytes { try server.feed(.segment(id, header), from: self, segment: .init(header: header, bytes: $0, buffer: nil)) }
         }
     }
 
-    private func flushAcks(_ writer: FrameWriter) throws {
+    /// Carries out the work other threads queued for this session.
+    private func runPostedWork() throws {
         lock.lock()
+        let todo = work
+        work.removeAll()
+        lock.unlock()
+        for effect in todo { try server.performPosted(effect, on: self) }
+    }
+
+    /// Waits until something is queued for this connection, at most `timeoutMs`.
+    private func waitForWake(timeoutMs: Int) {
+        var p = pollfd(fd: ackWake.fd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&p, 1, Int32(timeoutMs))
+    }
+
+    /// Sends what was queued: replies in order, then the newest
+    /// acknowledgements (a disk's after its diskState: the receiver
+    /// acknowledges only disks it answered).
+    private func flush(_ writer: FrameWriter) throws {
+        lock.lock()
+        let messages = outbox
         let d = durableAcks
         let c = committedAcks
+        outbox.removeAll(keepingCapacity: true)
         durableAcks.removeAll(keepingCapacity: true)
         committedAcks.removeAll(keepingCapacity: true)
         lock.unlock()
+        for m in messages { try writer.send(m) }
         for (disk, seq) in d { try writer.send(.ackDurable(diskID: disk, sequence: seq)) }
         for (disk, seq) in c { try writer.send(.ackCommitted(diskID: disk, sequence: seq)) }
     }

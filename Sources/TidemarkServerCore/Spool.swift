@@ -73,7 +73,9 @@ public final class Spool: @unchecked Sendable {
     private var usedBytes: UInt64 = 0
     private var pending: [Record] = []          // appended, not yet durable, in order
     private var appendedCount: UInt64 = 0
-    private var durableCount: UInt64 = 0
+    /// Appended records made durable or dropped whose `onDurable` or
+    /// `onDropped` call has returned.
+    private var reportedCount: UInt64 = 0
     private var stopping = false
 
     /// Called on the sync thread, in append order, when records became durable.
@@ -260,12 +262,17 @@ public final class Spool: @unchecked Sendable {
         public var description: String { detail }
     }
 
-    /// Waits until everything appended before the call is durable (or dropped by a failed sync).
-    public func syncAll() {
+    /// Waits until everything appended before the call is durable (or
+    /// dropped by a failed sync) and `onDurable` or `onDropped` has returned
+    /// for it. False when the spool stopped first. Never call it from
+    /// those callbacks (they would wait for themselves).
+    @discardableResult
+    public func syncAll() -> Bool {
         lock.lock()
         defer { lock.unlock() }
         let target = appendedCount
-        while durableCount < target && !stopping { lock.wait() }
+        while reportedCount < target && !stopping { lock.wait() }
+        return reportedCount >= target
     }
 
     /// The sync thread's loop: one fdatasync per batch of appends.
@@ -300,11 +307,13 @@ public final class Spool: @unchecked Sendable {
                 }
             }
             for index in failedFiles { if let f = files[index] { failLocked(f, because: "fdatasync failed") } }
-            durableCount += UInt64(batch.count)
-            lock.broadcast()
             lock.unlock()
             if !dropped.isEmpty { onDropped(dropped) }
             if !durable.isEmpty { onDurable(durable) }
+            lock.lock()
+            reportedCount += UInt64(batch.count)
+            lock.broadcast()
+            lock.unlock()
         }
     }
 
