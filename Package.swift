@@ -13,7 +13,7 @@ let package = Package(
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
-        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
+        .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -38,11 +38,16 @@ let package = Package(
         // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
         .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Agent modes: track, untrack, mirror.
-        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
+        .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkStorage", "TidemarkTracking", "TidemarkConfig", "TidemarkWire"]),
         // Wire format: frames, sealed segments (zstd + AES-256-GCM), replication keys.
         .target(name: "TidemarkWire", dependencies: ["TidemarkSystem"]),
-        // Target storage: the local-directory backend, recovery points, prune, materialize.
-        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem"]),
+        // Storage backends that know nothing of Tidemark's layout: the ObjectStore
+        // protocol (local directory, memory; S3 later) and ImageWriter (disk images
+        // on files and block devices).
+        .target(name: "TidemarkStorage", dependencies: ["TidemarkSystem"]),
+        // Target storage: TargetRepository (layout, recovery points, prune, digest
+        // index, materialize) above any ObjectStore.
+        .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkStorage"]),
         // The process server: TLS ingest, durable spool, uploader to target storage.
         .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
         // tidemarkctl's commands: points, recover.
@@ -71,15 +76,18 @@ let package = Package(
             dependencies: ["TidemarkCtlCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .target(name: "TidemarkTesting", dependencies: ["TidemarkSystem"], path: "Tests/TidemarkTesting"),
+        // The ObjectStore conformance suite: every store's tests run it (restic's style).
+        .target(name: "TidemarkStorageTesting", dependencies: ["TidemarkStorage", "TidemarkSystem", "TidemarkTesting"], path: "Tests/TidemarkStorageTesting"),
+        .testTarget(name: "TidemarkStorageTests", dependencies: ["TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkSystemTests", dependencies: ["TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]

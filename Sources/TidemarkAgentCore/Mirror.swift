@@ -1,52 +1,43 @@
 import Glibc
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTracking
 
 /// Where a mirror is written: a regular file (made sparse on a full copy) or
-/// a block device at least as large as the source.
+/// a block device at least as large as the source, through an `ImageWriter`
+/// (O_DIRECT writes in flight while the source is read: buffered writes
+/// followed by fdatasync run at a quarter of the device's direct write rate
+/// here).
 public final class MirrorTarget {
     public let path: String
-    public let fd: FileDescriptor
-    public let isBlockDevice: Bool
+    public let image: ImageWriter
     /// Names this target in the `.hrl` (target_id): a different target means a full copy.
     public let identity: String
-    /// The same target opened with O_DIRECT, for aligned writes: buffered
-    /// writes followed by fdatasync run at a quarter of the device's direct
-    /// write rate here. Nil when the filesystem refuses O_DIRECT.
-    private var directFD: FileDescriptor?
-    /// Aligned writes go through io_uring on `directFD`, in flight while the
-    /// source is read; memory: writeQueueDepth × writeBufferBytes.
-    private var writer: AsyncWriter?
-    static let directAlignmentBytes = 4096
+
+    public var fd: FileDescriptor { image.descriptor }
+    public var isBlockDevice: Bool { image.isBlockDevice }
 
     public init(path: String, sourceSizeBytes: UInt64) throws {
         self.path = path
-        if let dev = try? BlockDeviceInfo.inspect(path) {
-            guard dev.sizeBytes >= sourceSizeBytes else {
-                throw TidemarkError(.invalidArgument, "mirror target \(path) holds \(dev.sizeBytes) bytes; the source needs \(sourceSizeBytes)",
-                                    hint: "use a larger device, or a file path")
-            }
-            fd = try FileDescriptor(open: path, .readWrite, purpose: "opening the mirror target")
-            isBlockDevice = true
-            identity = "blockdev:\(dev.identity)"
-        } else {
+        let isDevice = (try? BlockDeviceInfo.inspect(path)) != nil
+        if !isDevice {
             let dir = parentDirectory(path)
             guard fileExists(dir) else {
                 throw TidemarkError(.notFound, "the directory of mirror target \(path) does not exist",
                                     hint: "create \(dir) first")
             }
-            fd = try FileDescriptor(open: path, [.readWrite, .create], mode: 0o600, purpose: "opening the mirror target")
-            let st = try fd.stat()
-            guard (st.st_mode & S_IFMT) == S_IFREG else {
-                throw TidemarkError(.invalidArgument, "mirror target \(path) is neither a regular file nor a block device")
-            }
-            isBlockDevice = false
-            identity = "file:\(realpathString(path) ?? path);ino=\(st.st_ino)"
         }
-        directFD = try? FileDescriptor(open: path, [.readWrite, .direct], purpose: "opening the mirror target for direct I/O")
-        if let directFD {
-            writer = try AsyncWriter(fd: directFD, queueDepth: Limits.writeQueueDepth, bufferBytes: Limits.writeBufferBytes)
+        image = try ImageWriter(path: path, requiredSizeBytes: sourceSizeBytes, mode: .keep, role: "mirror target",
+                                writesInFlight: Limits.writeQueueDepth, writeBufferBytes: Limits.writeBufferBytes) { deviceBytes in
+            TidemarkError(.invalidArgument, "mirror target \(path) holds \(deviceBytes) bytes; the source needs \(sourceSizeBytes)",
+                          hint: "use a larger device, or a file path")
+        }
+        if let dev = image.device {
+            identity = "blockdev:\(dev.identity)"
         } else {
+            identity = "file:\(realpathString(path) ?? path);ino=\(try image.descriptor.stat().st_ino)"
+        }
+        if !image.writesDirect {
             Log.info("\(path): O_DIRECT not available; the mirror writes through the page cache")
         }
     }
@@ -54,46 +45,31 @@ public final class MirrorTarget {
     /// Writes `data` at `offset`: with O_DIRECT when offset, length and
     /// memory are aligned, else buffered (made durable by `sync`).
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        let a = Self.directAlignmentBytes
-        if let writer, offset % UInt64(a) == 0, data.count % a == 0 {
-            try writer.write(data, at: offset)
-            return
-        }
-        try fd.write(data, at: offset)
+        try image.write(data, at: offset)
     }
 
     /// The zero-copy read → write pipeline for a first copy, when the target
     /// takes O_DIRECT and io_uring works; nil otherwise.
     func copyPipeline(sourcePath: String) throws -> CopyPipeline? {
-        guard let directFD else { return nil }
-        return try CopyPipeline(sourcePath: sourcePath, target: directFD, bufferedTarget: fd,
+        guard let directFD = image.directDescriptor else { return nil }
+        return try CopyPipeline(sourcePath: sourcePath, target: directFD, bufferedTarget: image.descriptor,
                                 queueDepth: Limits.readQueueDepth, bufferBytes: Limits.readRequestBytesMax)
     }
 
-    /// Makes every write durable (direct writes too: fdatasync also covers
-    /// the block allocations they made).
+    /// Makes every write durable.
     func sync() throws {
-        try writer?.flush()
-        try fd.dataSync()
+        try image.sync()
     }
 
     /// Before a full copy: a file becomes all holes of the source's size, so
     /// zero chunks need no write at all.
     func prepareForFullCopy(sizeBytes: UInt64) throws {
-        if !isBlockDevice {
-            try fd.truncate(to: 0)
-            try fd.truncate(to: sizeBytes)
-        }
+        try image.resetToHoles(sizeBytes: sizeBytes)
     }
 
     /// Makes a range read as zeros: a hole in a file, BLKZEROOUT on a device.
     func zero(offset: UInt64, length: UInt64) throws {
-        guard length > 0 else { return }
-        if isBlockDevice {
-            try fd.zeroOut(offset: offset, length: length)
-        } else {
-            try fd.punchHole(at: offset, length: length)
-        }
+        try image.zero(offset: offset, length: length)
     }
 }
 

@@ -37,7 +37,7 @@ public enum PointsCommand {
         return "{\"points\":[" + items.joined(separator: ",") + "]}\n"
     }
 
-    static func knownDisksHint(_ target: LocalDirectoryTarget) -> String {
+    static func knownDisksHint(_ target: TargetRepository) -> String {
         let ids = ((try? target.disks()) ?? []).map(\.diskID)
         if ids.isEmpty { return "the target holds no disk yet" }
         return "disks in this target: " + ids.prefix(10).joined(separator: ", ") + (ids.count > 10 ? ", …" : "")

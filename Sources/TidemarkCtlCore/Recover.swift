@@ -130,7 +130,7 @@ public enum RecoverCommand {
         return try OpenedSegment(extents: extents, data: payload, storage: buffer)
     }
 
-    static func choosePoint(_ wanted: String, diskID: String?, target: LocalDirectoryTarget, targetDir: String) throws -> PointRecord {
+    static func choosePoint(_ wanted: String, diskID: String?, target: TargetRepository, targetDir: String) throws -> PointRecord {
         if let diskID, try target.disk(diskID) == nil {
             throw TidemarkError(.notFound, "target storage \(targetDir) has no disk '\(diskID)'",
                                 hint: PointsCommand.knownDisksHint(target))

@@ -16,7 +16,7 @@ public enum TargetLocation {
     /// Opens an existing target for reading, never creating one: a typo in
     /// `--target` must not leave a new empty target behind. Returns nil for
     /// an existing empty directory (a target nothing was written to yet).
-    static func openExisting(_ dir: String) throws -> LocalDirectoryTarget? {
+    static func openExisting(_ dir: String) throws -> TargetRepository? {
         var st = Glibc.stat()
         guard stat(dir, &st) == 0 else {
             let e = errno
@@ -35,7 +35,7 @@ public enum TargetLocation {
             throw TidemarkError(.invalidArgument, "\(dir) is not Tidemark target storage (it has no TIDEMARK-TARGET marker)",
                                 hint: "pass --target with the directory the process server writes to (target.path in server.yaml)")
         }
-        return try LocalDirectoryTarget(root: dir)
+        return try TargetRepository(localDirectory: dir)
     }
 
     private static func isEmptyDirectory(_ dir: String) throws -> Bool {

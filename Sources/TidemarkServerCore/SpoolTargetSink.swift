@@ -19,7 +19,7 @@ import TidemarkWire
 /// the upload queue by the spool's records; `discards` holds at most a few
 /// ranges per disk (pruned as the uploader passes them).
 public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
-    let target: LocalDirectoryTarget
+    let target: TargetRepository
     let spool: Spool
     let uploads = UploadQueue()
     /// Threads that write and fsync the objects of an upload batch beside the uploader's.
@@ -58,7 +58,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
         self.serverID = serverID
         self.spoolDir = spoolDir
         self.targetPath = targetPath
-        self.target = try LocalDirectoryTarget(root: targetPath)
+        self.target = try TargetRepository(localDirectory: targetPath)
         self.staging = SegmentStaging(bytesMax: uploadMemoryBytes, idleBuffersMax: ServerLimits.stagedIdleBuffersMax)
         let (spool, spooled) = try Spool.open(directory: spoolDir, maxBytes: spoolMaxBytes) { bytes in
             let (h, _) = try SegmentHeader.decode(bytes)
@@ -229,7 +229,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
     /// Stores spooled segments in target storage in batches (bounded by
     /// `ServerLimits.uploadBatchSegmentsMax` and `uploadBatchBytesMax`): the
     /// objects of a batch are fsynced in parallel and their directories once
-    /// (`LocalDirectoryTarget.putSegments`), and "committed" is acknowledged
+    /// (`TargetRepository.putSegments`), and "committed" is acknowledged
     /// only for the segments of the batch that are durable there. A failure
     /// is handled as if the segments had been uploaded one at a time: those
     /// before the first one that failed are committed, it is retried (or

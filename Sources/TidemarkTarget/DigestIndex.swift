@@ -35,7 +35,8 @@ public enum IndexedChunk: Equatable, Sendable {
 /// whenever it is missing, damaged or behind: never trusted blindly, since a
 /// wrong entry would let an agent skip a chunk the target does not hold.
 ///
-/// File `<disk-dir>/chunk-digests`: 4096-byte pages; page 0 is the header,
+/// File `<disk-dir>/chunk-digests` in the repository's state directory
+/// (the target directory of a local target): 4096-byte pages; page 0 is the header,
 /// page p ≥ 1 holds chunks [(p−1)·240, p·240), 17 bytes each, and a 16-byte
 /// check. Memory use is one page at a time, whatever the disk size.
 /// Thread-safe (one lock per index); one open index per file at a time
@@ -79,9 +80,13 @@ public final class DigestIndex: @unchecked Sendable {
     /// empty (sequence 0); a header that does not verify, or describes
     /// another disk or geometry, is replaced by an empty index (to be caught
     /// up from the objects: `catchUp`). `damaged` hears why.
-    init(target: LocalDirectoryTarget, disk: DiskRecord, damaged: (String) -> Void) throws {
+    init(target: TargetRepository, disk: DiskRecord, damaged: (String) -> Void) throws {
+        guard let path = try target.statePath(disk.diskID, Self.fileName) else {
+            throw TidemarkError(.unsupported, "disk '\(disk.diskID)': the target at \(target.rootLocation) has no state directory for its chunk digest index",
+                                hint: "open the target with a state directory (a local directory target has one)")
+        }
         self.disk = disk
-        self.path = target.diskDir(disk.diskID) + "/" + Self.fileName
+        self.path = path
         diskIDHash = SHA256.hash(Array(disk.diskID.utf8))
         chunkCount = (disk.sizeBytes + UInt64(disk.chunkSizeBytes) - 1) / UInt64(disk.chunkSizeBytes)
         fd = try FileDescriptor(open: path, [.readWrite, .create, .noFollow], mode: 0o644, purpose: "opening the chunk digest index")
@@ -313,7 +318,7 @@ public final class DigestIndex: @unchecked Sendable {
     /// `digestsOf(sequence, sealed segment bytes)` returns the segment's
     /// chunk digests (nil when its format has none); it must check that the
     /// sealed header's extents are the stored ones.
-    public func catchUp(to committed: UInt64, from target: LocalDirectoryTarget,
+    public func catchUp(to committed: UInt64, from target: TargetRepository,
                         digestsOf: (UInt64, [UInt8], [TargetExtent]) throws -> [StoredDigest]?) throws {
         try lock.withLock {
             guard applied < committed else { return }
@@ -342,7 +347,7 @@ public final class DigestIndex: @unchecked Sendable {
     }
 }
 
-extension LocalDirectoryTarget {
+extension TargetRepository {
     /// Opens the chunk digest index of a disk (creating it empty when
     /// absent or unusable; `damaged` hears why it was replaced).
     public func digestIndex(diskID: String, damaged: (String) -> Void = { _ in }) throws -> DigestIndex {

@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import TidemarkStorage
 import TidemarkSystem
 
 /// One stored segment opened (decrypted, decompressed): its extents in
@@ -69,7 +70,7 @@ public enum MaterializeLimits {
     public static let directAlignmentBytes = 4096
 }
 
-extension LocalDirectoryTarget {
+extension TargetRepository {
     /// `materialize` with the segments read and opened on one thread per
     /// opener (each opener is used by one thread at a time), ahead of the
     /// writes, which stay on the calling thread in the same order. Data in
@@ -218,45 +219,14 @@ extension LocalDirectoryTarget {
             seq -= 1
         }
 
-        // 2. The destination.
-        var st = Glibc.stat()
-        let exists = stat(path, &st) == 0
-        let isBlock = exists && st.st_mode & S_IFMT == S_IFBLK
-        let fd: FileDescriptor
-        if isBlock {
-            let info = try BlockDeviceInfo.inspect(path)
-            guard info.sizeBytes >= record.sizeBytes else {
-                throw TidemarkError(.invalidArgument, "\(path) holds \(info.sizeBytes) bytes, disk '\(diskID)' needs \(record.sizeBytes)",
-                                    hint: "use a block device at least as large as the protected disk")
-            }
-            fd = try FileDescriptor(open: path, .readWrite, purpose: "opening the recovery device")
-        } else {
-            guard !exists || st.st_mode & S_IFMT == S_IFREG else {
-                throw TidemarkError(.invalidArgument, "\(path) is neither a regular file nor a block device")
-            }
-            fd = try FileDescriptor(open: path, [.readWrite, .create, .truncate], mode: 0o600, purpose: "creating the recovery image")
-            try fd.truncate(to: record.sizeBytes)
-        }
-
-        // Data goes through O_DIRECT writes with several in flight (no page
-        // cache copy, no writeback storm at the end) when the destination
-        // takes them; pieces that are not 4 KiB-aligned (a disk's odd tail)
-        // and destinations without O_DIRECT (tmpfs) are written buffered.
-        let direct = try? FileDescriptor(open: path, [.readWrite, .direct], purpose: "opening the recovery target for direct I/O")
-        let writer = try direct.map { try AsyncWriter(fd: $0, queueDepth: MaterializeLimits.directWritesInFlight,
-                                                     bufferBytes: MaterializeLimits.directWriteBytes) }
-        func put(_ piece: UnsafeRawBufferPointer, at offset: UInt64, of segment: OpenedSegment) throws {
-            let a = UInt64(MaterializeLimits.directAlignmentBytes)
-            guard let writer, offset % a == 0, UInt64(piece.count) % a == 0 else {
-                try fd.write(piece, at: offset)
-                return
-            }
-            if let base = piece.baseAddress, UInt(bitPattern: base) % UInt(a) == 0 {
-                // Straight from the opened segment's buffer, which the writer keeps until written.
-                try writer.write(piece, at: offset, keeping: segment)
-            } else {
-                try writer.write(piece, at: offset)
-            }
+        // 2. The destination: a fresh file is all holes; a device must be
+        // large enough. Data goes through O_DIRECT writes where the
+        // destination takes them (ImageWriter).
+        let image = try ImageWriter(path: path, requiredSizeBytes: record.sizeBytes, mode: .holes(sizeBytes: record.sizeBytes),
+                                    role: "recovery destination", writesInFlight: MaterializeLimits.directWritesInFlight,
+                                    writeBufferBytes: MaterializeLimits.directWriteBytes) { deviceBytes in
+            TidemarkError(.invalidArgument, "\(path) holds \(deviceBytes) bytes, disk '\(diskID)' needs \(record.sizeBytes)",
+                          hint: "use a block device at least as large as the protected disk")
         }
 
         // 3. Zeros first. A fresh file is all holes: zero ranges and
@@ -269,7 +239,7 @@ extension LocalDirectoryTarget {
         }
         zeroRanges += covered.missingRuns(0..<covered.chunkCount).map { covered.bytes($0, diskSize: record.sizeBytes) }
         for r in zeroRanges {
-            if isBlock { try fd.zeroOut(offset: r.lowerBound, length: UInt64(r.count)) }
+            try image.zeroFresh(offset: r.lowerBound, length: UInt64(r.count))
             done += UInt64(r.count)
         }
         progress(done, total)
@@ -292,18 +262,18 @@ extension LocalDirectoryTarget {
                 guard let start = o.dataStart else { continue }
                 for r in step.live[i] {
                     let from = start + Int(r.lowerBound - e.offset)
-                    try put(UnsafeRawBufferPointer(rebasing: opened.data[from..<(from + r.count)]), at: r.lowerBound, of: opened)
+                    // Straight from the opened segment's buffer where aligned (the writer keeps it until written).
+                    try image.write(UnsafeRawBufferPointer(rebasing: opened.data[from..<(from + r.count)]), at: r.lowerBound, keeping: opened)
                     done += UInt64(r.count)
                 }
             }
-            if writer == nil, done - writebackStartedAt >= MaterializeLimits.writebackStartBytes {
+            if !image.writesDirect, done - writebackStartedAt >= MaterializeLimits.writebackStartBytes {
                 writebackStartedAt = done
-                try fd.startWriteback()
+                try image.startWriteback()
             }
             progress(done, total)
         }
-        try writer?.flush()
-        try fd.dataSync()
+        try image.sync()
         guard done == total else {
             throw TidemarkError(.state, "materializing point '\(point.id)' of disk '\(diskID)' placed \(done) of \(total) bytes (a bug)")
         }

@@ -1,7 +1,8 @@
 import Glibc
+import TidemarkStorage
 import TidemarkSystem
 
-extension LocalDirectoryTarget {
+extension TargetRepository {
     /// Expires points older than `retainAfterUnixMs` and deletes the segments
     /// no retained point needs (docs/target-layout.md section 6).
     ///
@@ -18,15 +19,12 @@ extension LocalDirectoryTarget {
     ///   segment is rewritten.
     public func prune(diskID: String, retainAfterUnixMs: Int64) throws -> PruneReport {
         let record = try requireDisk(diskID)
-        let lockFD = try FileDescriptor(open: diskDir(diskID) + "/prune.lock", [.readWrite, .create], mode: 0o644,
-                                        purpose: "opening the prune lock")
-        guard try lockFD.tryLockExclusive() else {
-            throw TidemarkError(.busy, "another prune of disk '\(diskID)' is running (\(lockFD.path) is locked)",
-                                hint: "wait for it to finish")
-        }
+        let pruneLock = try PruneLock(self, diskID: diskID)
+        defer { withExtendedLifetime(pruneLock) {} }
         var report = PruneReport(diskID: diskID, expiredPoints: [], retainedPoints: [], oldestRetainedSequence: nil,
                                  segmentsExamined: 0, segmentsPruned: 0, segmentsKept: 0, bytesFreed: 0, tombstoneBytes: 0)
-        try removeStaleTemporaries(diskID: diskID)
+        // Left-overs of crashed writers (never visible as objects).
+        try store.sweepLeftovers(prefix: Self.diskName(diskID) + "/", olderThanSeconds: PruneLimits.leftoverAgeSecondsMin)
 
         let committed = try committedSequence(diskID: diskID)
         let all = try allPoints(diskID: diskID)
@@ -44,10 +42,8 @@ extension LocalDirectoryTarget {
         let horizon = report.retainedPoints.map(\.sequence).min()!
         report.oldestRetainedSequence = horizon
 
-        for p in report.expiredPoints {
-            try ObjectFiles.remove(pointPath(diskID, p.sequence), syncDir: false)
-        }
-        if !report.expiredPoints.isEmpty { try ObjectFiles.syncDirectory(pointsDir(diskID)) }
+        // One durability barrier for all of them, where the store has one.
+        try store.delete(report.expiredPoints.map { pointName(diskID, $0.sequence) })
 
         // Reverse pass from the horizon down: a segment is dead when every
         // chunk it writes is already covered by a later one.
@@ -55,33 +51,34 @@ extension LocalDirectoryTarget {
         var covered = ChunkSet(sizeBytes: record.sizeBytes, chunkSizeBytes: record.chunkSizeBytes)
         let (segments, _) = try listSequences(diskID: diskID)
         let now = Self.nowUnixMs()
-        var deleted = false
+        var dead: [String] = []
         for seq in segments.reversed() where seq <= horizon {
             guard let info = try segmentInfo(diskID: diskID, sequence: seq), !info.pruned else { continue }
             report.segmentsExamined += 1
             let ranges = info.extents.map { covered.chunks(of: $0) }
-            let dead = ranges.allSatisfy { covered.containsAll($0) } && !retainedTags.contains(seq)
+            let isDead = ranges.allSatisfy { covered.containsAll($0) } && !retainedTags.contains(seq)
             for r in ranges { covered.insert(r) }
-            guard dead else {
+            guard isDead else {
                 report.segmentsKept += 1
                 continue
             }
-            let path = segmentPath(diskID, seq)
-            let size = try ObjectFiles.size(path) ?? 0
+            let name = segmentName(diskID, seq)
+            let size = try store.stat(name)?.size ?? 0
             // The tombstone keeps the sealed header and tag, so that a
             // recovery can still prove what the segment held.
             var pruned = info
             // A payload that is not a sealed segment (damaged, or a test's)
             // leaves a tombstone without a copy, which a recovery refuses to
             // take on trust.
-            pruned.sealedHeaderCopy = (try? ObjectFiles.readSealedHeaderCopy(path, diskID: diskID, sequence: seq))??.1
+            pruned.sealedHeaderCopy = (try? ObjectReader.readSealedHeaderCopy(store, name, diskID: diskID, sequence: seq))??.1
             report.tombstoneBytes += try writeTombstone(diskID: diskID, info: pruned, deadAt: horizon, now: now)
-            try ObjectFiles.remove(path, syncDir: false)
-            deleted = true
+            dead.append(name)
             report.segmentsPruned += 1
             report.bytesFreed += size
         }
-        if deleted { try ObjectFiles.syncDirectory(segmentsDir(diskID)) }
+        // Every tombstone is durable (each put is) before any segment goes;
+        // the segments go together, with one durability barrier.
+        try store.delete(dead)
         return report
     }
 
@@ -93,7 +90,12 @@ extension LocalDirectoryTarget {
             let header = Envelope.encodeHeader(kind: .tombstone, diskID: diskID, sequence: info.sequence,
                                                metadata: Metadata.encodeTombstone(info, prunedAtUnixMs: now, deadAt: deadAt), payload: payload,
                                                version: EnvelopeFormat.tombstoneVersion)
-            return (header, try ObjectFiles.create(dir: tombstonesDir(diskID), name: Self.objectName(info.sequence, ".tomb"), header: header, payload: payload))
+            do {
+                try header.withUnsafeBytes { try store.put(tombstoneName(diskID, info.sequence), ObjectContent(head: $0, tail: payload)) }
+                return (header, true)
+            } catch let e as ObjectStoreError where e.kind == .exists {
+                return (header, false)
+            }
         }
         if !created {
             // Left by an interrupted prune: it must describe this very segment.
@@ -107,22 +109,47 @@ extension LocalDirectoryTarget {
         return UInt64(header.count + copy.count)
     }
 
-    /// Temporary files older than an hour are left-overs of crashed writers.
-    private func removeStaleTemporaries(diskID: String) throws {
-        let cutoff = time(nil) - 3600
-        for dir in [diskDir(diskID), segmentsDir(diskID), tombstonesDir(diskID), pointsDir(diskID)] {
-            for name in try ObjectFiles.list(dir) ?? [] where name.hasPrefix(ObjectFiles.tempPrefix) {
-                var st = Glibc.stat()
-                if lstat(dir + "/" + name, &st) == 0, st.st_mtim.tv_sec < cutoff {
-                    _ = unlink(dir + "/" + name)
-                }
-            }
-        }
-    }
-
     static func nowUnixMs() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+public enum PruneLimits {
+    /// Unfinished writes older than this are left-overs of crashed writers,
+    /// which prune removes (docs/target-layout.md section 2).
+    public static let leftoverAgeSecondsMin = 3600
+}
+
+/// The exclusive prune lock of one disk, held while this object lives: an
+/// flock on `prune.lock` in the state directory (so processes exclude each
+/// other), or, without a state directory, a mark in the repository (this
+/// process only).
+final class PruneLock {
+    private let fd: FileDescriptor?
+    private let repository: TargetRepository
+    private let diskID: String
+
+    init(_ repository: TargetRepository, diskID: String) throws {
+        self.repository = repository
+        self.diskID = diskID
+        if let path = try repository.statePath(diskID, "prune.lock") {
+            let fd = try FileDescriptor(open: path, [.readWrite, .create], mode: 0o644, purpose: "opening the prune lock")
+            guard try fd.tryLockExclusive() else {
+                throw TidemarkError(.busy, "another prune of disk '\(diskID)' is running (\(fd.path) is locked)",
+                                    hint: "wait for it to finish")
+            }
+            self.fd = fd
+        } else {
+            guard repository.startPruning(diskID) else {
+                throw TidemarkError(.busy, "another prune of disk '\(diskID)' is running in this process", hint: "wait for it to finish")
+            }
+            self.fd = nil
+        }
+    }
+
+    deinit {
+        if fd == nil { repository.stopPruning(diskID) }
     }
 }

@@ -1,12 +1,14 @@
 import Synchronization
+import TidemarkStorage
 import TidemarkSystem
 
 /// A segment's target object assembled in memory as it arrives: a
 /// page-aligned buffer holding room for the object's envelope header, then
 /// the payload, then padding to the direct-I/O alignment. The uploader fills
-/// in the header and writes the object from this buffer with O_DIRECT
-/// (`ObjectFiles.writeTemporary(dir:name:staged:header:)`): no copy through
-/// the page cache, and no read-back of the payload from the spool.
+/// in the header and hands the store the object as this one buffer
+/// (`ObjectContent(padded:count:)`), which a local store writes with
+/// O_DIRECT: no copy through the page cache, and no read-back of the
+/// payload from the spool.
 ///
 /// Made by `SegmentStaging.stage`, which bounds the bytes all staged
 /// segments hold together; the buffer goes back when the last reference to
@@ -53,7 +55,7 @@ public final class StagedSegment: @unchecked Sendable {
     }
 }
 
-/// Stages segments for `LocalDirectoryTarget.putSegments` in reused aligned
+/// Stages segments for `TargetRepository.putSegments` in reused aligned
 /// buffers, at most `bytesMax` bytes of buffers at a time: `stage` returns
 /// nil when that budget is spent (the caller then keeps the payload some
 /// other way, e.g. reads it back from the spool). Thread-safe.
@@ -64,7 +66,7 @@ public final class SegmentStaging: @unchecked Sendable {
 
     public init(bytesMax: Int, idleBuffersMax: Int) {
         self.bytesMax = bytesMax
-        self.pool = BufferPool(keptMax: idleBuffersMax, alignment: ObjectFiles.directAlignmentBytes)
+        self.pool = BufferPool(keptMax: idleBuffersMax, alignment: ObjectContent.alignmentBytes)
     }
 
     /// Bytes of buffers held by staged segments now.
@@ -90,7 +92,7 @@ public final class SegmentStaging: @unchecked Sendable {
         guard !diskID.utf8.isEmpty, diskID.utf8.count <= EnvelopeFormat.diskIDBytesMax,
               payloadBytes >= 0, UInt64(payloadBytes) <= EnvelopeFormat.payloadBytesMax else { return nil }
         let h = Envelope.headerBytes(diskID: diskID, metadataCount: Metadata.encodeSegment(extents: extents, point: point).count)
-        let a = ObjectFiles.directAlignmentBytes
+        let a = ObjectContent.alignmentBytes
         let need = (h + payloadBytes + a - 1) / a * a
         let size = (need + pool.roundingBytes - 1) / pool.roundingBytes * pool.roundingBytes
         let granted = held.withLock { (held: inout Int) -> Bool in

@@ -119,7 +119,7 @@ public struct SealedHeaderCopy: Equatable, Sendable {
     }
 }
 
-/// The outcome of `LocalDirectoryTarget.prune`.
+/// The outcome of `TargetRepository.prune`.
 public struct PruneReport: Equatable, Sendable {
     public var diskID: String
     /// Points whose manifests were removed.
@@ -143,9 +143,9 @@ public struct PruneReport: Equatable, Sendable {
     public var pointsExpired: Int { expiredPoints.count }
 }
 
-/// One segment to store with `LocalDirectoryTarget.putSegments`: what
+/// One segment to store with `TargetRepository.putSegments`: what
 /// `putSegment` takes, the payload owned: an array, or a `StagedSegment`
-/// (written with O_DIRECT from its aligned buffer).
+/// (written from its aligned buffer, with O_DIRECT in a local store).
 public struct SegmentPut: Sendable {
     public var diskID: String
     public var sequence: UInt64

@@ -37,7 +37,7 @@ struct StoreBench: ParsableCommand {
     func run() throws {
         let root = dir + "/tidemark-store-bench-\(getpid())"
         defer { _ = try? runRemove(root) }
-        let target = try LocalDirectoryTarget(root: root)
+        let target = try TargetRepository(localDirectory: root)
         let chunk: UInt32 = 64 << 10
         let perSegmentChunks = UInt64(segmentKiB) * 1024 / UInt64(chunk)
         let disk = DiskRecord(diskID: "bench", ownerAgentID: "bench", sizeBytes: UInt64(segments) * perSegmentChunks * UInt64(chunk) * UInt64(2 * rounds),

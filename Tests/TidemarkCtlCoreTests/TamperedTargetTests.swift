@@ -37,7 +37,7 @@ private let diskID = "agent-a:disk-1"
             dir = try TestEnv.tempDir(tag)
             keyPath = dir + "/replication.key"
             key = try ReplicationKey.generate(path: keyPath)
-            let target = try LocalDirectoryTarget(root: dir + "/template")
+            let target = try TargetRepository(localDirectory: dir + "/template")
             try target.putDisk(DiskRecord(diskID: diskID, ownerAgentID: "agent-a", sizeBytes: sizeBytes, chunkSizeBytes: chunk, keyID: key.id))
             let sealer = try SegmentSealer(key: key, compressionLevel: 1)
             var disk = [UInt8](repeating: 0, count: Int(sizeBytes))
@@ -89,11 +89,11 @@ private let diskID = "agent-a:disk-1"
         }
 
         /// A fresh copy of the template, pruned (p1 expires: 1 and 3 become tombstones) or not.
-        func copy(_ name: String, pruned: Bool) throws -> LocalDirectoryTarget {
+        func copy(_ name: String, pruned: Bool) throws -> TargetRepository {
             let root = dir + "/" + name
             try? FileManager.default.removeItem(atPath: root)
             try FileManager.default.copyItem(atPath: dir + "/template", toPath: root)
-            let t = try LocalDirectoryTarget(root: root)
+            let t = try TargetRepository(localDirectory: root)
             if pruned {
                 let report = try t.prune(diskID: diskID, retainAfterUnixMs: 1500)
                 #expect(report.segmentsPruned == 2, "\(report)")
@@ -101,10 +101,10 @@ private let diskID = "agent-a:disk-1"
             return t
         }
 
-        func recover(_ t: LocalDirectoryTarget, _ point: String, allowUnproven: Bool = false) throws -> [UInt8] {
+        func recover(_ t: TargetRepository, _ point: String, allowUnproven: Bool = false) throws -> [UInt8] {
             let out = dir + "/image-\(point)"
             try? FileManager.default.removeItem(atPath: out)
-            _ = try RecoverCommand.run(pointID: point, diskID: diskID, to: out, targetDir: t.root, keyPath: keyPath,
+            _ = try RecoverCommand.run(pointID: point, diskID: diskID, to: out, targetDir: t.rootLocation, keyPath: keyPath,
                                        allowUnprovenHeaders: allowUnproven, progress: nil)
             return Array(try Data(contentsOf: URL(fileURLWithPath: out)))
         }
@@ -133,7 +133,7 @@ private let diskID = "agent-a:disk-1"
         #expect(FileManager.default.createFile(atPath: newPath ?? path, contents: Data(header + payload)))
     }
 
-    func editSegment(_ t: LocalDirectoryTarget, _ seq: UInt64, _ edit: (inout [TargetExtent], inout PointRecord?) -> Void) throws {
+    func editSegment(_ t: TargetRepository, _ seq: UInt64, _ edit: (inout [TargetExtent], inout PointRecord?) -> Void) throws {
         try rewrite(t.segmentPath(diskID, seq), kind: .segment, sequence: seq) { m, _ in
             var r = ByteReader(m, path: "test")
             var (extents, point) = try Metadata.decodeSegment(&r, diskID: diskID)
@@ -142,7 +142,7 @@ private let diskID = "agent-a:disk-1"
         }
     }
 
-    func editTombstone(_ t: LocalDirectoryTarget, _ seq: UInt64, version: UInt16? = nil,
+    func editTombstone(_ t: TargetRepository, _ seq: UInt64, version: UInt16? = nil,
                               _ edit: (inout StoredSegment, inout [UInt8]) -> Void) throws {
         var info = try #require(try t.tombstone(diskID: diskID, sequence: seq))
         try rewrite(t.tombstonePath(diskID, seq), kind: .tombstone, sequence: seq, version: version) { m, payload in
@@ -151,7 +151,7 @@ private let diskID = "agent-a:disk-1"
         }
     }
 
-    func editManifest(_ t: LocalDirectoryTarget, _ seq: UInt64, _ edit: (inout PointRecord) -> Void) throws {
+    func editManifest(_ t: TargetRepository, _ seq: UInt64, _ edit: (inout PointRecord) -> Void) throws {
         try rewrite(t.pointPath(diskID, seq), kind: .point, sequence: seq) { m, _ in
             var r = ByteReader(m, path: "test")
             var p = try Metadata.decodePoint(&r, diskID: diskID)
@@ -162,7 +162,7 @@ private let diskID = "agent-a:disk-1"
 
     /// Recovers every point still listed and checks the class invariant:
     /// an error, or the image exactly as the disk was. Returns the errors.
-    func outcomes(_ w: World, _ t: LocalDirectoryTarget, points: [String]) -> [String: String] {
+    func outcomes(_ w: World, _ t: TargetRepository, points: [String]) -> [String: String] {
         var errors: [String: String] = [:]
         for p in points {
             do {
@@ -239,7 +239,7 @@ private let diskID = "agent-a:disk-1"
         let t2 = try w.copy("copy", pruned: false)
         try? FileManager.default.removeItem(atPath: t2.segmentPath(diskID, 6))
         try rewrite(t2.segmentPath(diskID, 7), kind: .segment, sequence: 7, to: t2.segmentPath(diskID, 6), newSequence: 6) { _, _ in }
-        try FileManager.default.copyItem(atPath: w.dir + "/template/" + String(t2.segmentPath(diskID, 7).dropFirst(t2.root.count + 1)),
+        try FileManager.default.copyItem(atPath: w.dir + "/template/" + String(t2.segmentPath(diskID, 7).dropFirst(t2.rootLocation.count + 1)),
                                          toPath: t2.segmentPath(diskID, 7))
         let errors2 = outcomes(w, t2, points: ["p2", "p3"])
         #expect(errors2["p2"] != nil && errors2["p3"] != nil, "\(errors2)")
@@ -356,14 +356,14 @@ private let diskID = "agent-a:disk-1"
         let w = try World(tag: "tamper-epochs")
         defer { w.close() }
         let t = try w.copy("epochs", pruned: false)
-        let r = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: w.dir + "/img", targetDir: t.root, keyPath: w.keyPath, progress: nil)
+        let r = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: w.dir + "/img", targetDir: t.rootLocation, keyPath: w.keyPath, progress: nil)
         #expect(r.lineageInferredBelow.isEmpty && r.unprovenSequences.isEmpty)
         #expect(Array(try Data(contentsOf: URL(fileURLWithPath: w.dir + "/img"))) == w.images["p3"])
 
         let u = try World(tag: "tamper-epochs-unknown", unknownPrevious: true)
         defer { u.close() }
         let tu = try u.copy("epochs", pruned: false)
-        let ru = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img", targetDir: tu.root, keyPath: u.keyPath, progress: nil)
+        let ru = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img", targetDir: tu.rootLocation, keyPath: u.keyPath, progress: nil)
         #expect(ru.lineageInferredBelow == [5] && ru.summary.contains("lost its record of earlier numbering epochs"), "\(ru.summary)")
         #expect(Array(try Data(contentsOf: URL(fileURLWithPath: u.dir + "/img"))) == u.images["p3"])
         // Below an inferred owner, every header must still agree with it.
@@ -381,7 +381,7 @@ private let diskID = "agent-a:disk-1"
                                  point: nil, bytes: $0)
         }
         #expect(throws: TidemarkError.self) {
-            _ = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img2", targetDir: mixed.root, keyPath: u.keyPath, progress: nil)
+            _ = try RecoverCommand.run(pointID: "p3", diskID: diskID, to: u.dir + "/img2", targetDir: mixed.rootLocation, keyPath: u.keyPath, progress: nil)
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
@@ -20,12 +21,14 @@ import TidemarkTesting
         }
     }
 
+    /// What a local store left beside the objects (nothing, after a batch).
     func leftovers(_ f: TargetFixture) throws -> [String] {
-        try FileManager.default.contentsOfDirectory(atPath: f.target.segmentsDir(f.disk.diskID)).filter { $0.hasPrefix(".tmp-") }
+        guard f.kind == .local else { return [] }
+        return try FileManager.default.contentsOfDirectory(atPath: f.target.segmentsDir(f.disk.diskID)).filter { $0.hasPrefix(".tmp-") }
     }
 
-    @Test(arguments: [0, 3]) func batchStoresEverySegmentInOrder(threads: Int) throws {
-        let f = try TargetFixture(tag: "batch-\(threads)")
+    @Test(arguments: StoreKind.allCases, [0, 3]) func batchStoresEverySegmentInOrder(_ kind: StoreKind, threads: Int) throws {
+        let f = try TargetFixture(tag: "batch-\(threads)", kind)
         let pool = WorkerPool(threads: threads)
         defer { pool.shutdown() }
         let batch = puts(f, 1...12, points: [5, 12])
@@ -44,8 +47,8 @@ import TidemarkTesting
         #expect(again.durable == 12 && again.failure == nil)
     }
 
-    @Test func aFailureKeepsThePutsBeforeIt() throws {
-        let f = try TargetFixture(tag: "batch-fail")
+    @Test(arguments: StoreKind.allCases) func aFailureKeepsThePutsBeforeIt(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "batch-fail", kind)
         let pool = WorkerPool(threads: 2)
         defer { pool.shutdown() }
         var batch = puts(f, 1...6, points: [2, 5])
@@ -66,8 +69,8 @@ import TidemarkTesting
         #expect(try f.target.points(diskID: f.disk.diskID).map(\.id) == ["p2", "p5"])
     }
 
-    @Test func storedObjectsAreComparedNotReplaced() throws {
-        let f = try TargetFixture(tag: "batch-existing")
+    @Test(arguments: StoreKind.allCases) func storedObjectsAreComparedNotReplaced(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "batch-existing", kind)
         let batch = puts(f, 1...5)
         #expect(f.target.putSegments(Array(batch[1...2]), pool: nil).durable == 2)
         #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 0, "sequence 1 is missing")
@@ -87,6 +90,33 @@ import TidemarkTesting
         #expect(try leftovers(f).isEmpty)
     }
 
+    /// A store that fails in the middle of a batch (injected into the memory
+    /// store): the puts before the failure are durable and committed, the
+    /// failed one and those after it are not stored, and offered again they
+    /// complete the sequence. A read that fails is reported, not taken for
+    /// a missing object.
+    @Test func storeFailuresStopABatchWhereTheyHappen() throws {
+        let f = try TargetFixture(tag: "batch-faults", .memory)
+        let memory = try #require(f.store as? InMemoryObjectStore)
+        struct Injected: Error {}
+        memory.failNext(.put, prefix: f.segmentName(4), with: Injected())
+        let batch = puts(f, 1...6, points: [2, 5])
+        let r = f.target.putSegments(batch, pool: nil)
+        #expect(r.durable == 3 && r.failure?.index == 3 && r.failure?.error is Injected)
+        #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 3)
+        for seq: UInt64 in 4...6 { #expect(try f.target.segmentInfo(diskID: f.disk.diskID, sequence: seq) == nil) }
+        #expect(try f.target.points(diskID: f.disk.diskID, includeIncomplete: true).map(\.id) == ["p2"])
+        #expect(f.target.putSegments(Array(batch[3...]), pool: nil).durable == 3)
+        #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 6)
+        #expect(try f.target.points(diskID: f.disk.diskID).map(\.id) == ["p2", "p5"])
+
+        memory.failNext(.read, prefix: f.segmentName(2), with: Injected())
+        #expect(throws: Injected.self) { _ = try f.target.readSegment(diskID: f.disk.diskID, sequence: 2) }
+        #expect(try f.target.readSegment(diskID: f.disk.diskID, sequence: 2) == batch[1].bytes)
+        memory.failNext(.stat, prefix: f.target.tombstoneName(f.disk.diskID, 7), with: Injected())
+        #expect(throws: Injected.self) { _ = try f.target.committedSequence(diskID: f.disk.diskID) }
+    }
+
     /// The same puts with their payloads staged (as the process server stages them at ingest).
     func staged(_ puts: [SegmentPut], _ staging: SegmentStaging) -> [SegmentPut] {
         puts.map { p in
@@ -96,16 +126,21 @@ import TidemarkTesting
     }
 
     func objectFile(_ f: TargetFixture, _ seq: UInt64) throws -> [UInt8] {
-        let path = f.target.segmentsDir(f.disk.diskID) + "/" + LocalDirectoryTarget.objectName(seq, ".seg")
-        return [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let bytes = try f.raw(f.segmentName(seq))
+        if f.kind == .local {
+            let path = f.target.segmentsDir(f.disk.diskID) + "/" + TargetRepository.objectName(seq, ".seg")
+            #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) == bytes)
+        }
+        return bytes
     }
 
-    /// A staged put is written with O_DIRECT from its aligned buffer (padded,
-    /// then truncated): the object file is byte for byte the one an array
-    /// put writes, of any payload length, and the buffers go back.
-    @Test(arguments: [0, 3]) func stagedPutsStoreTheSameObjects(threads: Int) throws {
-        let plain = try TargetFixture(tag: "batch-plain-\(threads)")
-        let direct = try TargetFixture(tag: "batch-staged-\(threads)")
+    /// A staged put hands the store its aligned buffer (padded, then cut to
+    /// size; a local store writes it with O_DIRECT): the object is byte for
+    /// byte the one an array put writes, of any payload length, and the
+    /// buffers go back.
+    @Test(arguments: StoreKind.allCases, [0, 3]) func stagedPutsStoreTheSameObjects(_ kind: StoreKind, threads: Int) throws {
+        let plain = try TargetFixture(tag: "batch-plain-\(threads)", kind)
+        let direct = try TargetFixture(tag: "batch-staged-\(threads)", kind)
         let pool = WorkerPool(threads: threads)
         defer { pool.shutdown() }
         let staging = SegmentStaging(bytesMax: 64 << 20, idleBuffersMax: 4)

@@ -93,8 +93,8 @@ import TidemarkTesting
         return out
     }
 
-    @Test func updatedPerCommitMatchesTheModelAndSurvivesReopen() throws {
-        let f = try TargetFixture(tag: "digest-apply", sizeBytes: 500 * 4096)
+    @Test(arguments: StoreKind.allCases) func updatedPerCommitMatchesTheModelAndSurvivesReopen(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-apply", kind, sizeBytes: 500 * 4096)
         var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
         #expect(held!.sequence == 0)
         #expect(try lookupAll(held!, f).allSatisfy { $0 == .unknown })
@@ -129,8 +129,8 @@ import TidemarkTesting
         #expect(bad?.kind == .corrupt)
     }
 
-    @Test func rebuiltFromTheObjectsAloneEvenAfterPrune() throws {
-        let f = try TargetFixture(tag: "digest-rebuild", sizeBytes: 500 * 4096)
+    @Test(arguments: StoreKind.allCases) func rebuiltFromTheObjectsAloneEvenAfterPrune(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-rebuild", kind, sizeBytes: 500 * 4096)
         try Self.history(f)
         // Segment 4 was written by an older agent (format 1, no digests).
         let v1: Set<UInt64> = [4]
@@ -165,8 +165,8 @@ import TidemarkTesting
     /// A version 1 file (written before state 3 existed) is read as it is
     /// and its header becomes version 2 at the next flush; a state byte
     /// beyond 3 is damage.
-    @Test func version1FilesStayReadable() throws {
-        let f = try TargetFixture(tag: "digest-v1", sizeBytes: 500 * 4096)
+    @Test(arguments: StoreKind.allCases) func version1FilesStayReadable(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-v1", kind, sizeBytes: 500 * 4096)
         try Self.history(f)
         var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
         try held!.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
@@ -196,8 +196,8 @@ import TidemarkTesting
         #expect(after[8] == 2 && after[9] == 0)
     }
 
-    @Test func damageAndTamperingAreDetected() throws {
-        let f = try TargetFixture(tag: "digest-tamper", sizeBytes: 500 * 4096)
+    @Test(arguments: StoreKind.allCases) func damageAndTamperingAreDetected(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-tamper", kind, sizeBytes: 500 * 4096)
         try Self.history(f)
         var held: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
         try held!.catchUp(to: 7, from: f.target, digestsOf: Self.digestsOf(f))
@@ -256,8 +256,8 @@ import TidemarkTesting
     /// Applies without a flush write pages but leave the header behind (a
     /// crash then): another opener sees the old sequence and catching up
     /// from the objects repairs it; a flush makes the header current.
-    @Test func headerLagsUntilFlushAndCatchUpRepairs() throws {
-        let f = try TargetFixture(tag: "digest-flush", sizeBytes: 500 * 4096)
+    @Test(arguments: StoreKind.allCases) func headerLagsUntilFlushAndCatchUpRepairs(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-flush", kind, sizeBytes: 500 * 4096)
         try Self.history(f)
         var index: DigestIndex? = try f.target.digestIndex(diskID: f.disk.diskID)
         for seq in f.stored.keys.sorted() {
@@ -277,8 +277,8 @@ import TidemarkTesting
 
     /// Segments without digests (format 1) make their data chunks unknown,
     /// also when they overwrite chunks that had digests.
-    @Test func segmentsWithoutDigestsMakeChunksUnknown() throws {
-        let f = try TargetFixture(tag: "digest-v1", sizeBytes: 64 * 4096)
+    @Test(arguments: StoreKind.allCases) func segmentsWithoutDigestsMakeChunksUnknown(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "digest-v1", kind, sizeBytes: 64 * 4096)
         try f.put([(0, 4, false)])
         try f.put([(2, 4, false), (8, 2, true)])
         let index = try f.target.digestIndex(diskID: f.disk.diskID)

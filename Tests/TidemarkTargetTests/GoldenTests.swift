@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
@@ -37,7 +38,7 @@ import TidemarkTesting
     let extents = [TargetExtent(offset: 0, length: 65536, zero: false), TargetExtent(offset: 65536, length: 65536, zero: true)]
 
     /// Offers `text` as segment 7 of disk sdb with the example's extents.
-    func put(_ target: LocalDirectoryTarget, _ text: String) throws {
+    func put(_ target: TargetRepository, _ text: String) throws {
         try Array(text.utf8).withUnsafeBytes {
             try target.putSegment(diskID: "sdb", sequence: 7, extents: extents, point: nil, bytes: $0)
         }
@@ -54,9 +55,9 @@ import TidemarkTesting
         #expect(ObjectDigest.payload(payload, version: 1) == ObjectDigest.sha256(payload))
     }
 
-    func target(_ tag: String) throws -> (LocalDirectoryTarget, String) {
+    func target(_ tag: String) throws -> (TargetRepository, String) {
         let dir = try TestEnv.tempDir(tag)
-        let target = try LocalDirectoryTarget(root: dir + "/t")
+        let target = try TargetRepository(localDirectory: dir + "/t")
         try target.putDisk(DiskRecord(diskID: "sdb", ownerAgentID: "a", sizeBytes: 1 << 20, chunkSizeBytes: 65536, keyID: 1))
         return (target, dir)
     }
@@ -108,11 +109,10 @@ import TidemarkTesting
         let header = Envelope.encodeHeader(kind: .tombstone, diskID: "sdb", sequence: 7,
                                            metadata: Metadata.encodeTombstone(info, prunedAtUnixMs: 1, deadAt: 9),
                                            payload: UnsafeRawBufferPointer(start: nil, count: 0))
-        try ObjectFiles.makeDirectory(ObjectFiles.parent(of: target.tombstonePath("sdb", 7)))
-        #expect(try ObjectFiles.create(dir: ObjectFiles.parent(of: target.tombstonePath("sdb", 7)),
-                                       name: (target.tombstonePath("sdb", 7) as NSString).lastPathComponent,
-                                       header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0)))
-        try ObjectFiles.remove(target.segmentPath("sdb", 7))
+        #expect(throws: Never.self) {
+            try header.withUnsafeBytes { try target.store.put(target.tombstoneName("sdb", 7), ObjectContent($0)) }
+        }
+        try target.store.delete(target.segmentName("sdb", 7))
         let tomb = try #require(try target.segmentInfo(diskID: "sdb", sequence: 7))
         #expect(tomb.pruned && tomb.checksumVersion == 1 && tomb.payloadChecksum == ObjectDigest.sha256(Array("sealed!".utf8)))
         #expect(throws: Never.self) {

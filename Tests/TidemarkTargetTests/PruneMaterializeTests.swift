@@ -1,13 +1,14 @@
 import Foundation
 import Testing
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
 
 @Suite struct MaterializeTests {
-    @Test func imagesEqualTheModelAtEveryPoint() throws {
+    @Test(arguments: StoreKind.allCases) func imagesEqualTheModelAtEveryPoint(_ kind: StoreKind) throws {
         // A short last chunk, zero extents over data, tag segments with and without extents.
-        let f = try TargetFixture(tag: "mat", sizeBytes: 40 * 4096 + 1024)
+        let f = try TargetFixture(tag: "mat", kind, sizeBytes: 40 * 4096 + 1024)
         try f.put([(0, 8, false), (39, 2, false)])
         try f.put([(4, 2, true), (10, 3, false)], point: ("p1", 1))
         try f.put([(0, 1, false), (40, 1, true)])
@@ -19,8 +20,8 @@ import TidemarkTesting
         }
     }
 
-    @Test func eachSegmentIsReadOnlyIfItHasLiveData() throws {
-        let f = try TargetFixture(tag: "mat-reads")
+    @Test(arguments: StoreKind.allCases) func eachSegmentIsReadOnlyIfItHasLiveData(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "mat-reads", kind)
         try f.put([(0, 4, false)])              // 1: fully overwritten by 3
         try f.put([(4, 4, false)])              // 2: live
         try f.put([(0, 4, true)])               // 3: live, zero only
@@ -36,12 +37,12 @@ import TidemarkTesting
         #expect(UInt64(st.st_blocks) * 512 <= 5 * 4096 + 8192, "only the data chunks are allocated (\(st.st_blocks) blocks)")
     }
 
-    @Test func missingObjectsFailClearly() throws {
-        let f = try TargetFixture(tag: "mat-missing")
+    @Test(arguments: StoreKind.allCases) func missingObjectsFailClearly(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "mat-missing", kind)
         try f.put([(0, 4, false)])
         try f.put([(1, 1, false)])
         let p = try f.put([(2, 1, false)], point: ("p", 1))
-        try FileManager.default.removeItem(atPath: f.segmentPath(2))
+        try f.store.delete(f.segmentName(2))
         // The same instance (which saw 2 before) and a fresh one both refuse.
         let e1 = tidemarkError { _ = try f.materialize(f.points[p]!) }
         #expect(e1?.kind == .notFound)
@@ -79,8 +80,8 @@ import TidemarkTesting
 
 @Suite struct PruneTests {
     /// The worked example of docs/target-layout.md section 6.
-    @Test func pruneDeletesDeadSegmentsOnly() throws {
-        let f = try TargetFixture(tag: "prune", sizeBytes: 16 * 4096)
+    @Test(arguments: StoreKind.allCases) func pruneDeletesDeadSegmentsOnly(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "prune", kind, sizeBytes: 16 * 4096)
         let disk = f.disk.diskID
         try f.put([(0, 4, false)])                               // 1: dead at 5 (overwritten by 4)
         try f.put([(4, 4, false)])                               // 2: partially live (6, 7)
@@ -90,8 +91,8 @@ import TidemarkTesting
         try f.put([(0, 2, false)])                               // 6: above the horizon
         try f.put([(9, 7, false)], point: ("C", 3000))           // 7
         try f.put([(0, 16, false)])                              // 8: overwrites everything, above
-        let above = (6...8).map { inode(f.segmentPath(UInt64($0))) }
-        let sizes = [1, 3].map { fileSize(f.segmentPath(UInt64($0))) }
+        let above = (6...8).map { f.identity(f.segmentName(UInt64($0))) }
+        let sizes = try [1, 3].map { try f.size(f.segmentName(UInt64($0))) }
 
         let r = try f.target.prune(diskID: disk, retainAfterUnixMs: 1500)
         #expect(r.expiredPoints.map(\.id) == ["A"])
@@ -99,10 +100,10 @@ import TidemarkTesting
         #expect(r.oldestRetainedSequence == 5)
         #expect(r.segmentsExamined == 5 && r.segmentsPruned == 2 && r.segmentsKept == 3)
         #expect(r.bytesFreed == sizes.reduce(0, +))
-        #expect(!ObjectFiles.exists(f.segmentPath(1)) && ObjectFiles.exists(f.tombstonePath(1)))
-        #expect(!ObjectFiles.exists(f.segmentPath(3)) && ObjectFiles.exists(f.tombstonePath(3)))
-        for s: UInt64 in [2, 4, 5] { #expect(ObjectFiles.exists(f.segmentPath(s)) && !ObjectFiles.exists(f.tombstonePath(s))) }
-        #expect((6...8).map { inode(f.segmentPath(UInt64($0))) } == above, "nothing above the oldest retained point is touched")
+        #expect(try !f.hasSegment(1) && f.hasTombstone(1))
+        #expect(try !f.hasSegment(3) && f.hasTombstone(3))
+        for s: UInt64 in [2, 4, 5] { #expect(try f.hasSegment(s) && !f.hasTombstone(s)) }
+        #expect((6...8).map { f.identity(f.segmentName(UInt64($0))) } == above, "nothing above the oldest retained point is touched")
         let info = try #require(try f.target.segmentInfo(diskID: disk, sequence: 1))
         #expect(info.pruned && info.deadAtSequence == 5 && info.extents == f.stored[1]!.extents)
 
@@ -123,7 +124,7 @@ import TidemarkTesting
         try s1.sealed.withUnsafeBytes {
             try f.target.putSegment(diskID: disk, sequence: 1, extents: s1.extents, point: nil, bytes: $0)
         }
-        #expect(!ObjectFiles.exists(f.segmentPath(1)))
+        #expect(try !f.hasSegment(1))
         let s3 = f.stored[3]!
         try s3.sealed.withUnsafeBytes {
             try f.target.putSegment(diskID: disk, sequence: 3, extents: s3.extents, point: f.points[3], bytes: $0)
@@ -142,48 +143,47 @@ import TidemarkTesting
         #expect(all.oldestRetainedSequence == 7)
         // At 7: 5 (tag of expired B, chunk 8) is still live, 2's chunks 6-7 too; nothing else is dead.
         #expect(try f.materialize(f.points[7]!) == f.pointImages[7]!)
-        #expect(ObjectFiles.exists(f.segmentPath(8)))
+        #expect(try f.hasSegment(8))
     }
 
-    @Test func pruneWithoutCompletePointsDoesNothing() throws {
-        let f = try TargetFixture(tag: "prune-none")
+    @Test(arguments: StoreKind.allCases) func pruneWithoutCompletePointsDoesNothing(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "prune-none", kind)
         try f.put([(0, 1, false)])
         try f.put([(0, 1, false)])
         let r = try f.target.prune(diskID: f.disk.diskID, retainAfterUnixMs: .max)
         #expect(r.oldestRetainedSequence == nil && r.segmentsPruned == 0)
-        #expect(ObjectFiles.exists(f.segmentPath(1)))
+        #expect(try f.hasSegment(1))
         #expect(tidemarkError { _ = try f.target.prune(diskID: "unknown", retainAfterUnixMs: 0) }?.kind == .notFound)
     }
 
-    @Test func interruptedPruneIsFinishedByTheNextOne() throws {
-        let f = try TargetFixture(tag: "prune-crash")
+    @Test(arguments: StoreKind.allCases) func interruptedPruneIsFinishedByTheNextOne(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "prune-crash", kind)
         try f.put([(0, 2, false)])
         try f.put([(0, 2, false)])
         let p = try f.put([], point: ("p", 5))
         _ = try f.target.prune(diskID: f.disk.diskID, retainAfterUnixMs: 0)
-        #expect(ObjectFiles.exists(f.tombstonePath(1)) && !ObjectFiles.exists(f.segmentPath(1)))
+        #expect(try f.hasTombstone(1) && !f.hasSegment(1))
         // Simulate a crash after the tombstone was written but before the
         // segment was deleted: put the segment object back.
         let s1 = f.stored[1]!
-        _ = try s1.sealed.withUnsafeBytes { payload in
+        try s1.sealed.withUnsafeBytes { payload in
             let header = Envelope.encodeHeader(kind: .segment, diskID: f.disk.diskID, sequence: 1,
                                                metadata: Metadata.encodeSegment(extents: s1.extents, point: nil), payload: payload)
-            return try ObjectFiles.create(dir: f.target.segmentsDir(f.disk.diskID), name: "00000000000000000001.seg",
-                                          header: header, payload: payload)
+            try header.withUnsafeBytes { try f.store.put(f.segmentName(1), ObjectContent(head: $0, tail: payload)) }
         }
         #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 3)
         #expect(try f.materialize(f.points[p]!) == f.pointImages[p]!)
         let r = try f.target.prune(diskID: f.disk.diskID, retainAfterUnixMs: 0)
         #expect(r.segmentsPruned == 1)
-        #expect(!ObjectFiles.exists(f.segmentPath(1)))
+        #expect(try !f.hasSegment(1))
     }
 
     /// Random histories, random prunes: every retained point materializes
     /// to the model image, nothing above the horizon is touched, and what is
     /// deleted is exactly what no retained point needs.
-    @Test(arguments: [UInt64(1), 2, 3, 4, 5, 6])
-    func randomHistories(seed: UInt64) throws {
-        let f = try TargetFixture(tag: "prune-rand-\(seed)", sizeBytes: 48 * 4096 + 2048, seed: seed)
+    @Test(arguments: StoreKind.allCases, [UInt64(1), 2, 3, 4, 5, 6])
+    func randomHistories(_ kind: StoreKind, seed: UInt64) throws {
+        let f = try TargetFixture(tag: "prune-rand-\(seed)", kind, sizeBytes: 48 * 4096 + 2048, seed: seed)
         var rng = SplitMix64(seed: seed &* 7919)
         var time: Int64 = 0
         for round in 0..<4 {
@@ -215,13 +215,13 @@ import TidemarkTesting
             // surviving segment at or below it still has a live chunk there.
             if let horizon = r.oldestRetainedSequence {
                 for s in (horizon + 1)..<f.nextSequence {
-                    #expect(ObjectFiles.exists(f.segmentPath(s)), "sequence \(s) above the horizon \(horizon)")
+                    #expect(try f.hasSegment(s), "sequence \(s) above the horizon \(horizon)")
                 }
                 var newestWriter = [UInt64: UInt64]()
                 for s in 1...horizon { for e in f.stored[s]!.extents { for c in e.offset / f.chunk..<(e.end + f.chunk - 1) / f.chunk { newestWriter[c] = s } } }
                 let needed = Set(newestWriter.values)
                 for s in 1...horizon {
-                    let kept = ObjectFiles.exists(f.segmentPath(s))
+                    let kept = try f.hasSegment(s)
                     #expect(kept == (needed.contains(s) || s == horizon), "seed \(seed): sequence \(s) kept=\(kept) at horizon \(horizon)")
                 }
             }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TidemarkStorage
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
@@ -16,12 +17,12 @@ import TidemarkTesting
 
     @Test func diskIDNamesRoundTrip() {
         for id in ["sdb", "host-a:sdb", "..", ".hidden", "a/b", "ü%20", "x_y-Z9"] {
-            let name = LocalDirectoryTarget.encodeDiskID(id)
+            let name = TargetRepository.encodeDiskID(id)
             #expect(!name.hasPrefix(".") && !name.contains("/"))
-            #expect(LocalDirectoryTarget.decodeDiskID(name) == id)
+            #expect(TargetRepository.decodeDiskID(name) == id)
         }
-        #expect(LocalDirectoryTarget.decodeDiskID("a%2") == nil)
-        #expect(LocalDirectoryTarget.decodeDiskID("%61") == nil, "non-canonical names are not disk directories")
+        #expect(TargetRepository.decodeDiskID("a%2") == nil)
+        #expect(TargetRepository.decodeDiskID("%61") == nil, "non-canonical names are not disk directories")
     }
 }
 
@@ -34,20 +35,52 @@ import TidemarkTesting
         let other = f.dir + "/other"
         try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: other + "/precious.txt", contents: Data("x".utf8))
-        #expect(tidemarkError { _ = try LocalDirectoryTarget(root: other) }?.kind == .invalidArgument)
+        #expect(tidemarkError { _ = try TargetRepository(localDirectory: other) }?.kind == .invalidArgument)
+        // Also when all it holds is hidden.
+        let hidden = f.dir + "/hidden"
+        try FileManager.default.createDirectory(atPath: hidden, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: hidden + "/.precious", contents: Data("x".utf8))
+        #expect(tidemarkError { _ = try TargetRepository(localDirectory: hidden) }?.kind == .invalidArgument)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: hidden) == [".precious"], "nothing is added to it")
         // A later layout version is refused.
         let future = f.dir + "/future"
         try FileManager.default.createDirectory(atPath: future, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: future + "/TIDEMARK-TARGET", contents: Data("tidemark-target layout 2\n".utf8))
-        #expect(tidemarkError { _ = try LocalDirectoryTarget(root: future) }?.kind == .unsupported)
+        #expect(tidemarkError { _ = try TargetRepository(localDirectory: future) }?.kind == .unsupported)
         // Reopening the existing target works.
-        let again = try LocalDirectoryTarget(root: f.root + "/")
+        let again = try TargetRepository(localDirectory: f.root + "/")
         #expect(try again.disk(f.disk.diskID) == f.disk)
         #expect(try again.disks() == [f.disk])
+        // An empty target holds its marker and disks/ (with the disk's directories).
+        let empty = f.dir + "/empty"
+        _ = try TargetRepository(localDirectory: empty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: empty).sorted() == ["TIDEMARK-TARGET", "disks"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.target.diskDir(f.disk.diskID)).sorted() == ["disk", "points", "segments", "tombstones"])
     }
 
-    @Test func diskRecordFirstWriterWins() throws {
-        let f = try TargetFixture(tag: "disk")
+    /// The same rules over any store: a marker object, a store holding
+    /// other objects is not taken over, another layout version is refused.
+    @Test func markerInAnyStore() throws {
+        let store = InMemoryObjectStore(label: "marker")
+        _ = try TargetRepository(store: store, stateDirectory: nil)
+        #expect(try store.get("TIDEMARK-TARGET") == Array("tidemark-target layout 1\n".utf8))
+        #expect(try store.listAll(prefix: "") == ["TIDEMARK-TARGET"])
+        let again = try TargetRepository(store: store, stateDirectory: nil)
+        #expect(try again.disks() == [])
+        let foreign = InMemoryObjectStore(label: "foreign")
+        try [1].withUnsafeBytes { try foreign.put("precious/thing", ObjectContent($0)) }
+        let e = tidemarkError { _ = try TargetRepository(store: foreign, stateDirectory: nil) }
+        #expect(e?.kind == .invalidArgument && e?.message.contains("precious/") == true, "\(String(describing: e))")
+        let future = InMemoryObjectStore(label: "future")
+        try Array("tidemark-target layout 2\n".utf8).withUnsafeBytes { try future.put("TIDEMARK-TARGET", ObjectContent($0)) }
+        #expect(tidemarkError { _ = try TargetRepository(store: future, stateDirectory: nil) }?.kind == .unsupported)
+        let garbage = InMemoryObjectStore(label: "garbage")
+        try Array("hello".utf8).withUnsafeBytes { try garbage.put("TIDEMARK-TARGET", ObjectContent($0)) }
+        #expect(tidemarkError { _ = try TargetRepository(store: garbage, stateDirectory: nil) }?.kind == .corrupt)
+    }
+
+    @Test(arguments: StoreKind.allCases) func diskRecordFirstWriterWins(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "disk", kind)
         try f.target.putDisk(f.disk)
         var other = f.disk
         other.sizeBytes *= 2
@@ -57,8 +90,8 @@ import TidemarkTesting
         #expect(try f.target.disk("nope") == nil)
     }
 
-    @Test func putReadRoundTrip() throws {
-        let f = try TargetFixture(tag: "roundtrip")
+    @Test(arguments: StoreKind.allCases) func putReadRoundTrip(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "roundtrip", kind)
         let s1 = try f.put([(0, 4, false), (10, 2, true), (20, 1, false)])
         let s2 = try f.put([], point: ("p1", 1000))
         #expect(try f.target.readSegment(diskID: f.disk.diskID, sequence: s1) == f.stored[s1]!.sealed)
@@ -72,21 +105,24 @@ import TidemarkTesting
         #expect(try f.target.readSegment(diskID: f.disk.diskID, sequence: s1) == f.stored[s1]!.sealed)
         #expect(try f.target.points(diskID: f.disk.diskID) == [f.points[s2]!])
         // The object is exactly header + payload, read-only, no temporaries left.
-        let names = try FileManager.default.contentsOfDirectory(atPath: f.target.segmentsDir(f.disk.diskID)).sorted()
-        #expect(names == ["00000000000000000001.seg", "00000000000000000002.seg"])
+        #expect(try f.store.listAll(prefix: f.target.segmentsPrefix(f.disk.diskID)) == [f.segmentName(1), f.segmentName(2)])
+        if kind == .local {
+            let names = try FileManager.default.contentsOfDirectory(atPath: f.target.segmentsDir(f.disk.diskID)).sorted()
+            #expect(names == ["00000000000000000001.seg", "00000000000000000002.seg"])
+        }
         let e = tidemarkError { _ = try f.target.readSegment(diskID: f.disk.diskID, sequence: 9) }
         #expect(e?.kind == .notFound)
     }
 
-    @Test func putIsIdempotentAndImmutable() throws {
-        let f = try TargetFixture(tag: "idem")
+    @Test(arguments: StoreKind.allCases) func putIsIdempotentAndImmutable(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "idem", kind)
         let s = try f.put([(0, 2, false)], point: ("p", 5))
-        let before = inode(f.segmentPath(s))
+        let before = try #require(f.identity(f.segmentName(s)))
         let st = f.stored[s]!
         try st.sealed.withUnsafeBytes {
             try f.target.putSegment(diskID: f.disk.diskID, sequence: s, extents: st.extents, point: f.points[s], bytes: $0)
         }
-        #expect(inode(f.segmentPath(s)) == before, "an identical put does not rewrite")
+        #expect(f.identity(f.segmentName(s)) == before, "an identical put does not rewrite")
         var changed = st.sealed
         changed[0] ^= 0xff
         let e1 = tidemarkError {
@@ -109,11 +145,11 @@ import TidemarkTesting
         }
         #expect(e3?.message.contains("point") == true)
         #expect(try f.target.readSegment(diskID: f.disk.diskID, sequence: s) == st.sealed)
-        #expect(inode(f.segmentPath(s)) == before)
+        #expect(f.identity(f.segmentName(s)) == before)
     }
 
-    @Test func putValidatesExtentsAndDisk() throws {
-        let f = try TargetFixture(tag: "validate", sizeBytes: 10 * 4096 + 512)
+    @Test(arguments: StoreKind.allCases) func putValidatesExtentsAndDisk(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "validate", kind, sizeBytes: 10 * 4096 + 512)
         let bytes: [UInt8] = [1, 2, 3]
         func put(_ e: [TargetExtent], disk: String? = nil, seq: UInt64 = 1) -> TidemarkError? {
             tidemarkError {
@@ -133,8 +169,8 @@ import TidemarkTesting
         #expect(put([TargetExtent(offset: 10 * 4096, length: 512, zero: false)]) == nil)
     }
 
-    @Test func committedSequenceWithGaps() throws {
-        let f = try TargetFixture(tag: "committed")
+    @Test(arguments: StoreKind.allCases) func committedSequenceWithGaps(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "committed", kind)
         #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 0)
         #expect(try f.target.committedSequence(diskID: "never-seen") == 0)
         let plain: [UInt8] = [7]
@@ -157,8 +193,8 @@ import TidemarkTesting
         #expect(try f.target.committedSequence(diskID: f.disk.diskID) == 5)
     }
 
-    @Test func pointsAreRebuiltFromTheDirectory() throws {
-        let f = try TargetFixture(tag: "points")
+    @Test(arguments: StoreKind.allCases) func pointsAreRebuiltFromTheDirectory(_ kind: StoreKind) throws {
+        let f = try TargetFixture(tag: "points", kind)
         try f.put([(0, 1, false)])
         let a = try f.put([], point: ("a", 100))
         try f.put([(1, 1, false)])
@@ -183,7 +219,7 @@ import TidemarkTesting
             try x.withUnsafeBytes { try f.target.putSegment(diskID: d2.diskID, sequence: 4, extents: [], point: wrong, bytes: $0) }
         }?.kind == .invalidArgument)
         // A lost manifest is written again by a repeated put.
-        try FileManager.default.removeItem(atPath: f.target.pointPath(f.disk.diskID, b))
+        try f.store.delete(f.target.pointName(f.disk.diskID, b))
         let st = f.stored[b]!
         try st.sealed.withUnsafeBytes {
             try f.target.putSegment(diskID: f.disk.diskID, sequence: b, extents: st.extents, point: f.points[b], bytes: $0)

@@ -1,17 +1,30 @@
 import Foundation
 import Testing
+import TidemarkStorage
+import TidemarkStorageTesting
 import TidemarkSystem
 import TidemarkTesting
 @testable import TidemarkTarget
 
-/// A target in a fresh temp directory, a disk, and an in-memory model: the
-/// image after each sequence is what applying every segment so far, in
-/// order, onto zeros gives. "Sealing" in these tests is a reversible XOR so
-/// `open` must really be called.
+/// The stores the repository tests run over: a local directory (the
+/// layout on files) and memory (as the simulation will use it).
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case local, memory
+    var testDescription: String { rawValue }
+}
+
+/// A target over a fresh store (a local directory in a fresh temp
+/// directory, or memory with its state directory there), a disk, and an
+/// in-memory model: the image after each sequence is what applying every
+/// segment so far, in order, onto zeros gives. "Sealing" in these tests is
+/// a reversible XOR so `open` must really be called.
 final class TargetFixture {
     let dir: String
     let root: String
-    var target: LocalDirectoryTarget
+    let kind: StoreKind
+    /// The store the target is over (kept across `reopen`).
+    let store: any TamperableObjectStore
+    var target: TargetRepository
     let disk: DiskRecord
     var rng: SplitMix64
     var nextSequence: UInt64 = 1
@@ -24,10 +37,20 @@ final class TargetFixture {
     var stored: [UInt64: (extents: [TargetExtent], plain: [UInt8], sealed: [UInt8])] = [:]
     var opened: [UInt64] = []
 
-    init(tag: String, sizeBytes: UInt64 = 64 * 4096, chunk: UInt32 = 4096, seed: UInt64 = 1, diskID: String = "host-a:sdb") throws {
-        dir = try TestEnv.tempDir("target-\(tag)")
+    init(tag: String, _ kind: StoreKind = .local, sizeBytes: UInt64 = 64 * 4096, chunk: UInt32 = 4096, seed: UInt64 = 1,
+         diskID: String = "host-a:sdb") throws {
+        dir = try TestEnv.tempDir("target-\(tag)-\(kind.rawValue)")
         root = dir + "/target"
-        target = try LocalDirectoryTarget(root: root)
+        self.kind = kind
+        switch kind {
+        case .local:
+            target = try TargetRepository(localDirectory: root)
+            store = target.store as! LocalDirectoryObjectStore
+        case .memory:
+            let memory = InMemoryObjectStore(label: tag)
+            store = memory
+            target = try TargetRepository(store: memory, stateDirectory: root)
+        }
         disk = DiskRecord(diskID: diskID, ownerAgentID: "agent-1", sizeBytes: sizeBytes, chunkSizeBytes: chunk, keyID: 0x1234)
         try target.putDisk(disk)
         rng = SplitMix64(seed: seed)
@@ -113,8 +136,35 @@ final class TargetFixture {
 
     func segmentPath(_ seq: UInt64) -> String { target.segmentPath(disk.diskID, seq) }
     func tombstonePath(_ seq: UInt64) -> String { target.tombstonePath(disk.diskID, seq) }
+    func segmentName(_ seq: UInt64) -> String { target.segmentName(disk.diskID, seq) }
+    func tombstoneName(_ seq: UInt64) -> String { target.tombstoneName(disk.diskID, seq) }
 
-    func reopen() throws { target = try LocalDirectoryTarget(root: root) }
+    /// A fresh repository over the same store (nothing cached).
+    func reopen() throws {
+        switch kind {
+        case .local: target = try TargetRepository(localDirectory: root)
+        case .memory: target = try TargetRepository(store: store, stateDirectory: root)
+        }
+    }
+
+    func exists(_ name: String) throws -> Bool { try store.stat(name) != nil }
+    func hasSegment(_ seq: UInt64) throws -> Bool { try exists(segmentName(seq)) }
+    func hasTombstone(_ seq: UInt64) throws -> Bool { try exists(tombstoneName(seq)) }
+
+    /// An object's raw bytes, and changes to them behind the repository's back.
+    func raw(_ name: String) throws -> [UInt8] { try store.get(name) }
+    func tamper(_ name: String, _ edit: (inout [UInt8]) -> Void) throws {
+        var bytes = try raw(name)
+        edit(&bytes)
+        try store.tamper(name, bytes)
+    }
+    /// Flips one byte of an object (`at` from its start).
+    func flip(_ name: String, at offset: UInt64, xor: UInt8 = 0x01) throws {
+        try tamper(name) { $0[Int(offset)] ^= xor }
+    }
+    func size(_ name: String) throws -> UInt64 { try store.stat(name)?.size ?? 0 }
+    /// Equal for the same object, not rewritten in between.
+    func identity(_ name: String) -> String? { store.identity(of: name) }
 }
 
 /// Rewrites one byte of a file (objects are read-only; we are root or the owner).

@@ -22,9 +22,9 @@ public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePoi
 
 let root = Fuzz.scratch + "/target"
 let disk = DiskRecord(diskID: "vdb", ownerAgentID: "agent-1", sizeBytes: 1 << 20, chunkSizeBytes: 4096, keyID: 7)
-nonisolated(unsafe) let target: LocalDirectoryTarget = {
+nonisolated(unsafe) let target: TargetRepository = {
     Fuzz.resetDirectory(root)
-    let t = try! LocalDirectoryTarget(root: root)
+    let t = try! TargetRepository(localDirectory: root)
     try! t.putDisk(disk)
     return t
 }()
@@ -112,7 +112,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 func seeds() throws -> [(String, [UInt8])] {
     // A real index: opened empty, then two segments applied.
     Fuzz.resetDirectory(root + "-seed")
-    let t = try LocalDirectoryTarget(root: root + "-seed")
+    let t = try TargetRepository(localDirectory: root + "-seed")
     try t.putDisk(disk)
     let index = try t.digestIndex(diskID: "vdb")
     try index.apply(sequence: 1, extents: [TargetExtent(offset: 0, length: 8192, zero: false)],

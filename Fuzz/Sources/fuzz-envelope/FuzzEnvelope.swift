@@ -7,7 +7,7 @@
 // 1. In memory: Envelope.decode expecting what the object itself claims,
 //    then the metadata decoder of its kind. Invariant: metadata that decodes
 //    re-encodes to the same bytes (Metadata.encode*), deterministically.
-// 2. On files: the object is written where a LocalDirectoryTarget looks
+// 2. On files: the object is written where a TargetRepository over a local directory looks
 //    for it and read through the target's own readers (disk, segmentInfo,
 //    readSegment, readPoint, tombstone). Errors must be typed.
 import Foundation
@@ -23,7 +23,7 @@ public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePoi
 let root = Fuzz.scratch + "/target"
 nonisolated(unsafe) let setUp: Bool = {
     Fuzz.resetDirectory(root)
-    let t = try! LocalDirectoryTarget(root: root)
+    let t = try! TargetRepository(localDirectory: root)
     try! t.putDisk(DiskRecord(diskID: "vdb", ownerAgentID: "agent-1", sizeBytes: 1 << 20, chunkSizeBytes: 4096, keyID: 7))
     return true
 }()
@@ -92,7 +92,7 @@ func inMemory(_ o: [UInt8]) {
             try r.end()
             if fits(p.id, p.pointClass) { Fuzz.check(Metadata.encodePointManifest(p) == m, "point manifest does not re-encode") }
         case .tombstone:
-            break  // decoded on files (LocalDirectoryTarget.tombstone) below
+            break  // decoded on files (TargetRepository.tombstone) below
         }
     } catch {
         Fuzz.expectTyped(error, "Metadata")
@@ -100,8 +100,8 @@ func inMemory(_ o: [UInt8]) {
 }
 
 func onFiles(_ o: [UInt8], place: Int) {
-    let t: LocalDirectoryTarget
-    do { t = try LocalDirectoryTarget(root: root) } catch { return Fuzz.check(false, "reopening the target: \(error)") }
+    let t: TargetRepository
+    do { t = try TargetRepository(localDirectory: root) } catch { return Fuzz.check(false, "reopening the target: \(error)") }
     let path = [t.diskRecordPath("vdb"), t.segmentPath("vdb", 1), t.pointPath("vdb", 1), t.tombstonePath("vdb", 1)][place]
     let saved = place == 0 ? Fuzz.readFile(path) : []
     Fuzz.writeFile(path, o)
@@ -133,7 +133,7 @@ func onFiles(_ o: [UInt8], place: Int) {
             }
         }
     } catch {
-        Fuzz.expectTyped(error, "LocalDirectoryTarget read")
+        Fuzz.expectTyped(error, "TargetRepository read")
     }
 }
 

@@ -1,18 +1,35 @@
 import Glibc
+import TidemarkStorage
 import TidemarkSystem
 
-/// Target storage in a local directory (layout version 1,
-/// docs/target-layout.md). Every object is immutable once written and
+/// Target storage (layout version 1, docs/target-layout.md) above any
+/// `ObjectStore`: the naming of disks, segments, points and tombstones, the
+/// object envelope, the committed sequence, points, prune, the chunk digest
+/// index and materialize. Every object is immutable once written and
 /// verified on every read; the catalog (disks, points, committed sequences)
-/// is rebuilt from the directory alone.
+/// is rebuilt from the store's listings alone. The store knows nothing of
+/// this layout (docs/target-layout.md section 10 lists what the layout
+/// needs of it).
 ///
-/// Safe to share between threads and processes: objects are created with
-/// link() (never overwritten), prune takes a per-disk flock.
-public final class LocalDirectoryTarget: @unchecked Sendable {
-    public let root: String
+/// Two things are not objects and live in a local `stateDirectory`, laid
+/// out as the disk directories are: the chunk digest index (a mutable
+/// cache, section 9) and the prune lock (an flock). For a local directory
+/// (`init(localDirectory:)`) that is the target directory itself, so the
+/// files are where the layout puts them. Without one, digest indexes are
+/// unavailable and prune locks only within this process.
+///
+/// Safe to share between threads and processes: objects are created once
+/// (never overwritten), prune takes a per-disk lock. The caches below only
+/// grow with the disks and sequences seen (a few words per disk).
+public final class TargetRepository: @unchecked Sendable {
+    public let store: any ObjectStore
+    /// Where the digest indexes and prune locks are kept; nil for none.
+    public let stateDirectory: String?
     public static let layoutVersion = 1
     static let markerName = "TIDEMARK-TARGET"
     static let markerContents = "tidemark-target layout 1\n"
+    /// The prefix of every disk's names.
+    static let disksPrefix = "disks/"
 
     private let lock = Lock()
     /// Per disk: every sequence 1...n is known to be stored or pruned.
@@ -21,65 +38,76 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     private var committedCache: [String: UInt64] = [:]
     /// Disk records, once read (they are immutable).
     private var diskCache: [String: DiskRecord] = [:]
-    /// Per disk: sequences `putSegments` linked whose directory is not
-    /// fsynced yet (their names may not survive a crash): they do not count
+    /// Per disk: sequences `putSegments` stored whose names the store has
+    /// not made durable yet (a crash may lose them): they do not count
     /// towards the committed sequence meanwhile.
     private var unsynced: [String: Set<UInt64>] = [:]
+    /// Disks being pruned by this process (the prune lock without a state
+    /// directory).
+    private var pruning: Set<String> = []
 
-    /// Opens (creating when absent or empty) a target directory.
-    public init(root: String) throws {
-        var r = root
-        while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
-        self.root = r
-        try Self.prepare(root: r)
+    /// Opens target storage in `store`, creating the layout when the store
+    /// is empty. `stateDirectory` holds the digest indexes and prune locks.
+    public init(store: any ObjectStore, stateDirectory: String?) throws {
+        self.store = store
+        var state = stateDirectory
+        while let s = state, s.count > 1 && s.hasSuffix("/") { state!.removeLast() }
+        self.stateDirectory = state
+        try prepare()
     }
 
-    private static func prepare(root: String) throws {
-        let markerPath = root + "/" + markerName
-        if let existing = try readSmallFile(markerPath) {
-            guard existing == Array(markerContents.utf8) else {
+    /// Opens (creating when absent or empty) target storage in a local
+    /// directory: a `LocalDirectoryObjectStore` there, which is also the
+    /// state directory. A non-empty directory without a marker is never
+    /// taken over, whatever it holds (hidden files too).
+    public convenience init(localDirectory root: String) throws {
+        let store = try LocalDirectoryObjectStore(root: root)
+        if try store.stat(Self.markerName) == nil {
+            let foreign = try store.rootEntries().filter { $0 != "disks" && !$0.hasPrefix(LocalDirectoryObjectStore.temporaryPrefix) }
+            guard foreign.isEmpty else {
+                throw TidemarkError(.invalidArgument,
+                                    "\(store.root) is not empty and has no \(Self.markerName) marker (holds \(foreign.prefix(3).joined(separator: ", "))…)",
+                                    hint: "use an empty directory for a new target, or the directory of an existing one")
+            }
+        }
+        try self.init(store: store, stateDirectory: store.root)
+    }
+
+    /// Where the store is, for messages (the directory of a local store).
+    public var rootLocation: String {
+        let marker = store.location(of: Self.markerName)
+        return String(marker.dropLast(Self.markerName.utf8.count + 1))
+    }
+
+    private func prepare() throws {
+        let markerBytes = Array(Self.markerContents.utf8)
+        if let info = try store.stat(Self.markerName) {
+            let existing = try store.get(Self.markerName, range: 0..<min(info.size, 256))
+            guard existing == markerBytes else {
+                let markerPath = store.location(of: Self.markerName)
                 let text = String(decoding: existing.prefix(64), as: UTF8.self)
                 if text.hasPrefix("tidemark-target layout ") {
-                    throw TidemarkError(.unsupported, "\(markerPath): \(text.trimmingSuffixNewline()); this build knows layout \(layoutVersion)",
+                    throw TidemarkError(.unsupported, "\(markerPath): \(text.trimmingSuffixNewline()); this build knows layout \(Self.layoutVersion)",
                                         hint: "use a Tidemark release that knows this layout version")
                 }
                 throw TidemarkError(.corrupt, "\(markerPath): not a Tidemark target marker",
                                     hint: "point the target at a directory made by Tidemark, or at an empty one")
             }
-            try ObjectFiles.makeDirectory(root + "/disks")
+            try store.makeDirectory(Self.disksPrefix)
             return
         }
-        // Parents as needed, then the root.
-        var prefix = root.hasPrefix("/") ? "" : "."
-        for part in root.split(separator: "/") {
-            prefix += "/" + part
-            try ObjectFiles.makeDirectory(prefix)
-        }
-        let names = try ObjectFiles.list(root) ?? []
-        let foreign = names.filter { $0 != "disks" && !$0.hasPrefix(ObjectFiles.tempPrefix) }
+        let foreign = try store.list(prefix: "", startAfter: nil, limit: 4, delimited: true).names.filter { $0 != Self.disksPrefix }
         guard foreign.isEmpty else {
             throw TidemarkError(.invalidArgument,
-                                "\(root) is not empty and has no \(markerName) marker (holds \(foreign.prefix(3).joined(separator: ", "))…)",
-                                hint: "use an empty directory for a new target, or the directory of an existing one")
+                                "\(rootLocation) is not empty and has no \(Self.markerName) marker (holds \(foreign.prefix(3).joined(separator: ", "))…)",
+                                hint: "use an empty store for a new target, or the store of an existing one")
         }
-        try ObjectFiles.makeDirectory(root + "/disks")
-        // The marker comes last: a directory with a marker has the whole layout.
-        let bytes = Array(markerContents.utf8)
-        _ = try bytes.withUnsafeBytes {
-            try ObjectFiles.create(dir: root, name: markerName, header: [], payload: $0)
-        }
-    }
-
-    private static func readSmallFile(_ path: String) throws -> [UInt8]? {
-        let fd: FileDescriptor
+        try store.makeDirectory(Self.disksPrefix)
+        // The marker comes last: a store with a marker has the whole layout.
+        // Another process creating it at the same time wrote the same bytes.
         do {
-            fd = try FileDescriptor(open: path, .readOnly, purpose: "reading the target marker")
-        } catch let e as SystemError where e.errno == ENOENT {
-            return nil
-        }
-        var buf = [UInt8](repeating: 0, count: 256)
-        let n = try buf.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
-        return Array(buf[0..<n])
+            try markerBytes.withUnsafeBytes { try store.put(Self.markerName, ObjectContent($0)) }
+        } catch let e as ObjectStoreError where e.kind == .exists {}
     }
 
     // MARK: - Naming
@@ -147,14 +175,47 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
     }
 
-    public func diskDir(_ id: String) -> String { root + "/disks/" + Self.encodeDiskID(id) }
-    public func diskRecordPath(_ id: String) -> String { diskDir(id) + "/disk" }
-    func segmentsDir(_ id: String) -> String { diskDir(id) + "/segments" }
-    func tombstonesDir(_ id: String) -> String { diskDir(id) + "/tombstones" }
-    func pointsDir(_ id: String) -> String { diskDir(id) + "/points" }
-    func segmentPath(_ id: String, _ seq: UInt64) -> String { segmentsDir(id) + "/" + Self.objectName(seq, ".seg") }
-    func tombstonePath(_ id: String, _ seq: UInt64) -> String { tombstonesDir(id) + "/" + Self.objectName(seq, ".tomb") }
-    func pointPath(_ id: String, _ seq: UInt64) -> String { pointsDir(id) + "/" + Self.objectName(seq, ".point") }
+    // Names in the store.
+    static func diskName(_ id: String) -> String { disksPrefix + encodeDiskID(id) }
+    func diskRecordName(_ id: String) -> String { Self.diskName(id) + "/disk" }
+    func segmentsPrefix(_ id: String) -> String { Self.diskName(id) + "/segments/" }
+    func tombstonesPrefix(_ id: String) -> String { Self.diskName(id) + "/tombstones/" }
+    func pointsPrefix(_ id: String) -> String { Self.diskName(id) + "/points/" }
+    func segmentName(_ id: String, _ seq: UInt64) -> String { segmentsPrefix(id) + Self.objectName(seq, ".seg") }
+    func tombstoneName(_ id: String, _ seq: UInt64) -> String { tombstonesPrefix(id) + Self.objectName(seq, ".tomb") }
+    func pointName(_ id: String, _ seq: UInt64) -> String { pointsPrefix(id) + Self.objectName(seq, ".point") }
+
+    // Where those are, for messages (file paths in a local store).
+    public func diskDir(_ id: String) -> String { store.location(of: Self.diskName(id)) }
+    public func diskRecordPath(_ id: String) -> String { store.location(of: diskRecordName(id)) }
+    func segmentsDir(_ id: String) -> String { store.location(of: Self.diskName(id) + "/segments") }
+    func tombstonesDir(_ id: String) -> String { store.location(of: Self.diskName(id) + "/tombstones") }
+    func pointsDir(_ id: String) -> String { store.location(of: Self.diskName(id) + "/points") }
+    func segmentPath(_ id: String, _ seq: UInt64) -> String { store.location(of: segmentName(id, seq)) }
+    func tombstonePath(_ id: String, _ seq: UInt64) -> String { store.location(of: tombstoneName(id, seq)) }
+    func pointPath(_ id: String, _ seq: UInt64) -> String { store.location(of: pointName(id, seq)) }
+
+    /// Marks a disk as being pruned by this process; false when it is already.
+    func startPruning(_ id: String) -> Bool { lock.withLock { pruning.insert(id).inserted } }
+    func stopPruning(_ id: String) { _ = lock.withLock { pruning.remove(id) } }
+
+    /// True when an object of that name exists.
+    func exists(_ name: String) throws -> Bool { try store.stat(name) != nil }
+
+    /// The path of a disk's side file `file` in the state directory (its
+    /// directory created when missing); nil without a state directory.
+    func statePath(_ id: String, _ file: String) throws -> String? {
+        guard let stateDirectory else { return nil }
+        let full = stateDirectory + "/" + Self.diskName(id)
+        var dir = full.hasPrefix("/") ? "" : "."
+        for part in full.split(separator: "/") {
+            dir += "/" + part
+            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+                throw SystemError(call: "mkdir", errno: errno, context: "creating the state directory \(dir)")
+            }
+        }
+        return full + "/" + file
+    }
 
     // MARK: - Disks
 
@@ -173,16 +234,16 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         guard d.ownerAgentID.utf8.count <= EnvelopeFormat.stringBytesMax else {
             throw TidemarkError(.invalidArgument, "disk '\(d.diskID)': owner agent id longer than \(EnvelopeFormat.stringBytesMax) bytes")
         }
-        let dir = diskDir(d.diskID)
-        try ObjectFiles.makeDirectory(dir)
-        for sub in [segmentsDir(d.diskID), tombstonesDir(d.diskID), pointsDir(d.diskID)] {
-            try ObjectFiles.makeDirectory(sub)
+        // The disk's directories first (where the store has them), as the layout shows them.
+        for prefix in [segmentsPrefix(d.diskID), tombstonesPrefix(d.diskID), pointsPrefix(d.diskID)] {
+            try store.makeDirectory(prefix)
         }
         let header = Envelope.encodeHeader(kind: .disk, diskID: d.diskID, sequence: 0, metadata: Metadata.encodeDisk(d),
                                            payload: UnsafeRawBufferPointer(start: nil, count: 0))
-        if try ObjectFiles.create(dir: dir, name: "disk", header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0)) {
+        do {
+            try header.withUnsafeBytes { try store.put(diskRecordName(d.diskID), ObjectContent($0)) }
             return
-        }
+        } catch let e as ObjectStoreError where e.kind == .exists {}
         guard let existing = try disk(d.diskID) else {
             throw TidemarkError(.state, "\(diskRecordPath(d.diskID)) vanished while being stored")
         }
@@ -197,7 +258,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         try validateDiskID(id)
         if let cached = lock.withLock({ diskCache[id] }) { return cached }
         let path = diskRecordPath(id)
-        guard let (env, _, _) = try ObjectFiles.read(path, kind: .disk, diskID: id, sequence: 0, payload: true) else { return nil }
+        guard let (env, _, _) = try ObjectReader.read(store, diskRecordName(id), kind: .disk, diskID: id, sequence: 0, payload: true) else { return nil }
         let record = try Metadata.decodeDisk(env.metadata, diskID: id, path: path)
         lock.withLock { diskCache[id] = record }
         return record
@@ -205,10 +266,9 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// Every disk with a record, ordered by id.
     public func disks() throws -> [DiskRecord] {
-        let names = try ObjectFiles.list(root + "/disks") ?? []
         var out = [DiskRecord]()
-        for name in names where !name.hasPrefix(".") {
-            guard let id = Self.decodeDiskID(name) else { continue }
+        for entry in try store.listAll(prefix: Self.disksPrefix, delimited: true) where entry.hasSuffix("/") {
+            guard let id = Self.decodeDiskID(String(entry.dropFirst(Self.disksPrefix.count).dropLast())) else { continue }
             if let d = try disk(id) { out.append(d) }
         }
         return out.sorted { $0.diskID < $1.diskID }
@@ -216,7 +276,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     func requireDisk(_ id: String) throws -> DiskRecord {
         guard let d = try disk(id) else {
-            throw TidemarkError(.notFound, "disk '\(id)' is not known to the target at \(root)",
+            throw TidemarkError(.notFound, "disk '\(id)' is not known to the target at \(rootLocation)",
                                 hint: "the disk record is stored when the agent first opens the disk (putDisk)")
         }
         return d
@@ -261,17 +321,18 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     }
 
     /// Stores segments durably, as a batch (docs/target-layout.md section
-    /// 5): each object is written to a temporary file and fsynced (on the
-    /// `pool`'s threads and the caller's, in parallel), then every object is
-    /// linked to its name in the order given, then each segments directory
-    /// is fsynced once; point manifests of tag segments follow. Each put
-    /// means what `putSegment` means.
+    /// 5) with the store's `putBatch`: each object's envelope is computed
+    /// and the object written on the `pool`'s threads and the caller's, in
+    /// parallel; the objects are published in the order given (an existing
+    /// one is compared before any later one is published); one durability
+    /// barrier covers the batch; point manifests of tag segments follow.
+    /// Each put means what `putSegment` means.
     ///
     /// Returns how many puts, from the first, are durable: all of them, or,
     /// with `failure`, the ones before the first that failed (its index and
     /// error; the later ones are not stored, or not known to be durable, and
-    /// are offered again). Until its directory is fsynced, a sequence of the
-    /// batch does not count towards `committedSequence`.
+    /// are offered again). Until the store has made its name durable, a
+    /// sequence of the batch does not count towards `committedSequence`.
     public func putSegments(_ puts: [SegmentPut], pool: WorkerPool?) -> (durable: Int, failure: (index: Int, error: Error)?) {
         var limit = puts.count
         var failure: (index: Int, error: Error)?
@@ -293,81 +354,47 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             }
         }
 
-        // 2. Temporary files, written and fsynced in parallel.
+        // 2–4. The objects, as one batch of the store. A sequence enters
+        // `unsynced` before its name can appear and leaves it once durable.
         let toWrite = (0..<limit).filter { needsWrite[$0] }
-        let temporaries = TemporaryFiles(count: puts.count)
-        defer { temporaries.removeLeftovers() }
-        let write = { [self] (k: Int) in
-            let i = toWrite[k]
+        let objects = toWrite.map { i -> ObjectPut in
             let p = puts[i]
-            do {
-                let tmp = try p.withPayload { bytes in
+            return ObjectPut(name: segmentName(p.diskID, p.sequence)) { write in
+                try p.withPayload { bytes in
                     let header = Envelope.encodeHeader(kind: .segment, diskID: p.diskID, sequence: p.sequence,
                                                        metadata: Metadata.encodeSegment(extents: p.extents, point: p.point),
                                                        payload: bytes)
-                    let dir = segmentsDir(p.diskID), name = Self.objectName(p.sequence, ".seg")
                     if let staged = p.staged, staged.headerBytes == header.count {
-                        return try ObjectFiles.writeTemporary(dir: dir, name: name, staged: staged, header: header)
-                    }
-                    return try ObjectFiles.writeTemporary(dir: dir, name: name, header: header, payload: bytes)
-                }
-                temporaries.set(i, .success(tmp))
-            } catch {
-                temporaries.set(i, .failure(error))
-            }
-        }
-        if let pool { pool.run(count: toWrite.count, write) } else { for k in toWrite.indices { write(k) } }
-        for i in toWrite where i < limit {
-            if case .failure(let e)? = temporaries.result(i) { fail(i, e) }
-        }
-
-        // 3. Names, in order. A sequence linked here does not count towards
-        // the committed sequence until its directory is fsynced (step 4).
-        let toLink = (0..<limit).filter { needsWrite[$0] }
-        let entered = lock.withLock { toLink.filter { unsynced[puts[$0].diskID, default: []].insert(puts[$0].sequence).inserted } }
-        var linked: Set<Int> = []
-        var synced: [Int] = []
-        defer {
-            // What is known durable leaves `unsynced`, and what this call
-            // entered but did not link. A name linked but not synced (here or
-            // by an earlier call that failed) stays out of the committed
-            // sequence until a later put of it has its directory fsynced.
-            lock.withLock {
-                for i in synced { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
-                for i in entered where !linked.contains(i) { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
-                for i in toLink where unsynced[puts[i].diskID]?.isEmpty == true { unsynced[puts[i].diskID] = nil }
-            }
-        }
-        for i in toLink {
-            let p = puts[i]
-            do {
-                guard let tmp = temporaries.take(i) else { continue }
-                let published = try ObjectFiles.publish(temporary: tmp, dir: segmentsDir(p.diskID), name: Self.objectName(p.sequence, ".seg"))
-                if published { linked.insert(i) }
-                if !published {
-                    try p.withPayload {
-                        try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
+                        // The header goes into the staged buffer's room: the
+                        // object is one aligned buffer (written with O_DIRECT
+                        // where the store can).
+                        let padded = staged.assemble(header: header, alignment: ObjectContent.alignmentBytes)
+                        try write(ObjectContent(padded: padded, count: staged.headerBytes + staged.payloadCount))
+                    } else {
+                        try header.withUnsafeBytes { try write(ObjectContent(head: $0, tail: bytes)) }
                     }
                 }
-            } catch {
-                fail(i, error)
-                break
             }
         }
-
-        // 4. One fsync per segments directory, also when the objects existed
-        // already (whoever linked them may not have synced their names).
-        var dirs: [String] = []
-        for p in puts.prefix(limit) where !dirs.contains(segmentsDir(p.diskID)) { dirs.append(segmentsDir(p.diskID)) }
-        for dir in dirs {
-            do {
-                try ObjectFiles.syncDirectory(dir)
-            } catch {
-                fail(0, error)
-                return (0, failure)
+        let entered = lock.withLock { toWrite.filter { unsynced[puts[$0].diskID, default: []].insert(puts[$0].sequence).inserted } }
+        let outcome = store.putBatch(objects, pool: pool) { k in
+            let p = puts[toWrite[k]]
+            try p.withPayload {
+                try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
             }
         }
-        synced = toLink.filter { $0 < limit }
+        // What is durable leaves `unsynced`, and what this call entered but
+        // the store did not leave visible. A name visible but not durable
+        // (here or after an earlier call that failed) stays out of the
+        // committed sequence until a later put of it is durable.
+        let durable = Set(toWrite.prefix(outcome.durable))
+        let visible = Set(outcome.visibleNotDurable.map { toWrite[$0] })
+        lock.withLock {
+            for i in durable { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
+            for i in entered where !durable.contains(i) && !visible.contains(i) { unsynced[puts[i].diskID]?.remove(puts[i].sequence) }
+            for i in toWrite where unsynced[puts[i].diskID]?.isEmpty == true { unsynced[puts[i].diskID] = nil }
+        }
+        if let f = outcome.failure { fail(toWrite[f.index], f.error) }
 
         // 5. Point manifests, each after its tag segment is durable.
         for i in 0..<limit {
@@ -375,7 +402,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             guard let point = p.point else { continue }
             do {
                 // A tombstoned tag segment whose point expired stays expired.
-                if ObjectFiles.exists(tombstonePath(p.diskID, p.sequence)) && !ObjectFiles.exists(pointPath(p.diskID, p.sequence)) {
+                if try exists(tombstoneName(p.diskID, p.sequence)) && !exists(pointName(p.diskID, p.sequence)) {
                     continue
                 }
                 try putPointManifest(point)
@@ -405,7 +432,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
                 throw TidemarkError(.invalidArgument, "point '\(pt.id.prefix(64))': id or class longer than \(EnvelopeFormat.stringBytesMax) bytes")
             }
         }
-        if ObjectFiles.exists(tombstonePath(p.diskID, p.sequence)) {
+        if try exists(tombstoneName(p.diskID, p.sequence)) {
             // Pruned already: never store the bytes again, just confirm they match.
             try p.withPayload {
                 try checkSameSegment(diskID: p.diskID, sequence: p.sequence, extents: p.extents, point: p.point, bytes: $0)
@@ -442,8 +469,10 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     private func putPointManifest(_ p: PointRecord) throws {
         let header = Envelope.encodeHeader(kind: .point, diskID: p.diskID, sequence: p.sequence,
                                            metadata: Metadata.encodePointManifest(p), payload: UnsafeRawBufferPointer(start: nil, count: 0))
-        if try ObjectFiles.create(dir: pointsDir(p.diskID), name: Self.objectName(p.sequence, ".point"), header: header,
-                                  payload: UnsafeRawBufferPointer(start: nil, count: 0)) { return }
+        do {
+            try header.withUnsafeBytes { try store.put(pointName(p.diskID, p.sequence), ObjectContent($0)) }
+            return
+        } catch let e as ObjectStoreError where e.kind == .exists {}
         let stored = try readPoint(diskID: p.diskID, sequence: p.sequence)
         guard stored == p else {
             throw TidemarkError(.state, "disk '\(p.diskID)' sequence \(p.sequence): a different point is already stored (\(String(describing: stored)), offered \(p))",
@@ -455,11 +484,11 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     public func readSegment(diskID: String, sequence: UInt64) throws -> [UInt8] {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
-        if let (env, payload, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: true) {
+        if let (env, payload, _) = try ObjectReader.read(store, segmentName(diskID, sequence), kind: .segment, diskID: diskID, sequence: sequence, payload: true) {
             try checkSegmentMetadata(env, path: path, diskID: diskID)
             return payload!
         }
-        throw missingSegment(diskID: diskID, sequence: sequence)
+        throw try missingSegment(diskID: diskID, sequence: sequence)
     }
 
     /// `readSegment` into a buffer of `pool`: the bytes are the first
@@ -467,11 +496,11 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     public func readSegment(diskID: String, sequence: UInt64, into pool: BufferPool) throws -> (buffer: PooledBuffer?, length: Int) {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
-        if let (env, payload, length) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, into: pool) {
+        if let (env, payload, length) = try ObjectReader.read(store, segmentName(diskID, sequence), kind: .segment, diskID: diskID, sequence: sequence, into: pool) {
             try checkSegmentMetadata(env, path: path, diskID: diskID)
             return (payload, length)
         }
-        throw missingSegment(diskID: diskID, sequence: sequence)
+        throw try missingSegment(diskID: diskID, sequence: sequence)
     }
 
     /// Decoding the metadata checks it is well formed.
@@ -481,9 +510,9 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         try r.end()
     }
 
-    private func missingSegment(diskID: String, sequence: UInt64) -> TidemarkError {
+    private func missingSegment(diskID: String, sequence: UInt64) throws -> TidemarkError {
         let path = segmentPath(diskID, sequence)
-        if ObjectFiles.exists(tombstonePath(diskID, sequence)) {
+        if try exists(tombstoneName(diskID, sequence)) {
             return TidemarkError(.notFound, "disk '\(diskID)' sequence \(sequence) was pruned (\(tombstonePath(diskID, sequence)))",
                                  hint: "its data is overwritten at every retained point")
         }
@@ -496,7 +525,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     public func segmentInfoWithSealedHeader(diskID: String, sequence: UInt64) throws -> (StoredSegment, SealedHeaderCopy?)? {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
-        if let (env, copy) = try ObjectFiles.readSealedHeaderCopy(path, diskID: diskID, sequence: sequence) {
+        if let (env, copy) = try ObjectReader.readSealedHeaderCopy(store, segmentName(diskID, sequence), diskID: diskID, sequence: sequence) {
             return (try segmentInfo(env, path: path, diskID: diskID, sequence: sequence), copy)
         }
         return try tombstone(diskID: diskID, sequence: sequence).map { ($0, $0.sealedHeaderCopy) }
@@ -507,7 +536,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     public func segmentInfo(diskID: String, sequence: UInt64) throws -> StoredSegment? {
         try validateDiskID(diskID)
         let path = segmentPath(diskID, sequence)
-        if let (env, _, _) = try ObjectFiles.read(path, kind: .segment, diskID: diskID, sequence: sequence, payload: false) {
+        if let (env, _, _) = try ObjectReader.read(store, segmentName(diskID, sequence), kind: .segment, diskID: diskID, sequence: sequence, payload: false) {
             return try segmentInfo(env, path: path, diskID: diskID, sequence: sequence)
         }
         return try tombstone(diskID: diskID, sequence: sequence)
@@ -531,7 +560,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
     /// section 7).
     public func sealedHeaderCopy(diskID: String, sequence: UInt64) throws -> SealedHeaderCopy? {
         try validateDiskID(diskID)
-        if let (_, copy) = try ObjectFiles.readSealedHeaderCopy(segmentPath(diskID, sequence), diskID: diskID, sequence: sequence) {
+        if let (_, copy) = try ObjectReader.readSealedHeaderCopy(store, segmentName(diskID, sequence), diskID: diskID, sequence: sequence) {
             return copy
         }
         return try tombstone(diskID: diskID, sequence: sequence)?.sealedHeaderCopy
@@ -539,7 +568,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     func tombstone(diskID: String, sequence: UInt64) throws -> StoredSegment? {
         let path = tombstonePath(diskID, sequence)
-        guard let (env, payload, _) = try ObjectFiles.read(path, kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
+        guard let (env, payload, _) = try ObjectReader.read(store, tombstoneName(diskID, sequence), kind: .tombstone, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
         var r = ByteReader(env.metadata, path: path)
@@ -563,9 +592,14 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// Sequences present as segment objects and as tombstones.
     func listSequences(diskID: String) throws -> (segments: [UInt64], tombstones: [UInt64]) {
-        let segs = (try ObjectFiles.list(segmentsDir(diskID)) ?? []).compactMap { Self.sequence(ofName: $0, suffix: ".seg") }
-        let tombs = (try ObjectFiles.list(tombstonesDir(diskID)) ?? []).compactMap { Self.sequence(ofName: $0, suffix: ".tomb") }
+        let segs = try sequences(under: segmentsPrefix(diskID), suffix: ".seg")
+        let tombs = try sequences(under: tombstonesPrefix(diskID), suffix: ".tomb")
         return (segs.sorted(), tombs.sorted())
+    }
+
+    /// The sequences of the names under `prefix` that are "<seq20><suffix>".
+    func sequences(under prefix: String, suffix: String) throws -> [UInt64] {
+        try store.listAll(prefix: prefix).compactMap { Self.sequence(ofName: String(Substring($0.utf8.dropFirst(prefix.utf8.count))), suffix: suffix) }
     }
 
     /// The highest S such that every sequence 1...S is stored as a segment
@@ -587,8 +621,8 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             // process linked may not be durable yet (it can have died between
             // linking and its directory fsync). Make them durable before they
             // count as committed; a failed fsync is an error, not trusted.
-            for dir in [segmentsDir(diskID), tombstonesDir(diskID)] where ObjectFiles.exists(dir) {
-                try ObjectFiles.syncDirectory(dir)
+            for prefix in [segmentsPrefix(diskID), tombstonesPrefix(diskID)] {
+                try store.syncNames(prefix: prefix)
             }
             let (segs, tombs) = try listSequences(diskID: diskID)
             var all = Set(segs)
@@ -598,7 +632,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
         }
         // Segment first, then tombstone: prune writes the tombstone before
         // deleting the segment, so a sequence is never seen as neither.
-        while (ObjectFiles.exists(segmentPath(diskID, s + 1)) || ObjectFiles.exists(tombstonePath(diskID, s + 1))) && !isUnsynced(s + 1) {
+        while try (exists(segmentName(diskID, s + 1)) || exists(tombstoneName(diskID, s + 1))) && !isUnsynced(s + 1) {
             s += 1
         }
         let result = s
@@ -610,7 +644,7 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     func readPoint(diskID: String, sequence: UInt64) throws -> PointRecord? {
         let path = pointPath(diskID, sequence)
-        guard let (env, _, _) = try ObjectFiles.read(path, kind: .point, diskID: diskID, sequence: sequence, payload: true) else {
+        guard let (env, _, _) = try ObjectReader.read(store, pointName(diskID, sequence), kind: .point, diskID: diskID, sequence: sequence, payload: true) else {
             return nil
         }
         var r = ByteReader(env.metadata, path: path)
@@ -622,9 +656,8 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
 
     /// Every point manifest of a disk, ordered by sequence.
     func allPoints(diskID: String) throws -> [PointRecord] {
-        let names = try ObjectFiles.list(pointsDir(diskID)) ?? []
         var out = [PointRecord]()
-        for seq in names.compactMap({ Self.sequence(ofName: $0, suffix: ".point") }).sorted() {
+        for seq in try sequences(under: pointsPrefix(diskID), suffix: ".point").sorted() {
             if let p = try readPoint(diskID: diskID, sequence: seq) { out.append(p) }
         }
         return out
@@ -647,35 +680,6 @@ public final class LocalDirectoryTarget: @unchecked Sendable {
             }
         }
         return out
-    }
-}
-
-/// The temporary files of one `putSegments` batch: written on several
-/// threads, then linked in order; whatever was not handed to `take` is
-/// removed at the end.
-final class TemporaryFiles: @unchecked Sendable {
-    private let lock = Lock()
-    private var results: [Result<String, Error>?]
-
-    init(count: Int) { results = Array(repeating: nil, count: count) }
-
-    func set(_ i: Int, _ r: Result<String, Error>) { lock.withLock { results[i] = r } }
-    func result(_ i: Int) -> Result<String, Error>? { lock.withLock { results[i] } }
-
-    /// The temporary path of put `i`, which the caller now owns (publish removes it).
-    func take(_ i: Int) -> String? {
-        lock.withLock {
-            guard case .success(let path)? = results[i] else { return nil }
-            results[i] = nil
-            return path
-        }
-    }
-
-    func removeLeftovers() {
-        lock.withLock {
-            for case .success(let path)? in results { _ = unlink(path) }
-            results = results.map { _ in nil }
-        }
     }
 }
 
