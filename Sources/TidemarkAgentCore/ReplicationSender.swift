@@ -211,6 +211,12 @@ public struct ReplicationSender {
                 runs.append(ChunkRun(first: r.first, count: r.count))
                 taken += r.count
             }
+            // `takeRun` wraps around the disk's end: a segment filled across
+            // the wrap would list a run before the one it follows, and a
+            // segment's extents must be in increasing offset order (the
+            // sealer refuses others). Runs never overlap, so sorted they are
+            // valid extents. (Found by the seeded simulation.)
+            runs.sort { $0.first < $1.first }
             let seq = nextSequence
             nextSequence += 1
             for run in runs { for c in run.first..<(run.first + run.count) { chunkSequence[c] = seq } }

@@ -88,6 +88,22 @@ import TidemarkWire
         #expect(s.toReadCount == 7)
     }
 
+    /// The reader's cursor wraps around the disk's end; a segment filled
+    /// across the wrap still lists its runs in increasing order (a segment's
+    /// extents must be, or the sealer refuses it). Found by the seeded
+    /// simulation (docs/simulation.md), seed 104.
+    @Test func aSegmentFilledAcrossTheDisksEndListsItsRunsInOrder() {
+        var s = Self.sender(chunks: 256, chunksPerSegment: 4)
+        s.markToRead(first: 248, count: 2)
+        #expect(s.planBatch(segmentsMax: 1).map { Self.chunks($0.runs) } == [[248, 249]])   // the cursor is at 250 now
+        s.markToRead(first: 254, count: 2)
+        s.markToRead(first: 1, count: 2)
+        let batch = s.planBatch(segmentsMax: 1)
+        #expect(batch.map { Self.chunks($0.runs) } == [[1, 2, 254, 255]])
+        #expect(batch.allSatisfy { n in zip(n.runs, n.runs.dropFirst()).allSatisfy { $0.first + $0.count <= $1.first } })
+        #expect(s.invariantViolation(deep: true) == nil)
+    }
+
     @Test func aChunkDrainedAgainIsNumberedIntoItsNewestSegment() {
         var s = Self.sender()
         s.markToRead(first: 3, count: 1)
