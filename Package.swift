@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "tidemark-bench", targets: ["tidemark-bench"]),
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
+        .executable(name: "tidemark-sim", targets: ["tidemark-sim"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
         .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
@@ -54,6 +55,12 @@ let package = Package(
         .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
         .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking"]),
+        // The seeded simulation of agent, network, server and target storage (docs/simulation.md).
+        .target(name: "TidemarkSimulation", dependencies: ["TidemarkAgentCore", "TidemarkServerCore", "TidemarkTarget", "TidemarkStorage", "TidemarkWire", "TidemarkSystem"]),
+        .executableTarget(
+            name: "tidemark-sim",
+            dependencies: ["TidemarkSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "tidemark-agent",
             dependencies: ["TidemarkAgentCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -88,6 +95,7 @@ let package = Package(
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
         .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting"]),
+        .testTarget(name: "TidemarkSimulationTests", dependencies: ["TidemarkSimulation", "TidemarkTesting"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]
