@@ -134,6 +134,9 @@ public struct ReplicationSender {
     public private(set) var chunkSequence: [UInt64: UInt64] = [:]
     public private(set) var durableSequence: UInt64 = 0
     public private(set) var committedSequence: UInt64 = 0
+    /// `completeResume` found the target lost; the caller has not marked
+    /// the whole disk yet (`wholeDiskMarked`): no point may be tagged.
+    public private(set) var wholeDiskPending = false
     /// Bumps at every restart of numbering; segments carry the one they were numbered in.
     public private(set) var epoch: UInt64 = 0
     /// The numbering epoch segments are sealed in (`SegmentLineage`): made
@@ -228,10 +231,11 @@ public struct ReplicationSender {
     }
 
     /// Numbers a point tag: a segment without chunks, after every segment
-    /// holding what was drained before it. Call only when `toRead` is empty
+    /// holding what was drained before it. Call only when `mayTagPoint`
     /// (not bound by the window: the filesystems are frozen meanwhile).
     public mutating func numberPointTag() -> NumberedSegment {
         precondition(toRead.isEmpty, "ReplicationSender.numberPointTag: chunks drained before the tag are not numbered yet")
+        precondition(!wholeDiskPending, "ReplicationSender.numberPointTag: the target was lost and the whole disk is not marked yet")
         let seq = nextSequence
         nextSequence += 1
         assertInvariant()
@@ -398,9 +402,24 @@ public struct ReplicationSender {
     public mutating func completeResume(durable: UInt64, committed: UInt64, replicatedBefore: Bool) -> Bool {
         committedThrough.advance(committed: committedSequence)
         applyDurable(durable)
+        let lost = durable == 0 && committed == 0 && replicatedBefore
+        if lost { wholeDiskPending = true }
         assertInvariant()
-        return durable == 0 && committed == 0 && replicatedBefore
+        return lost
     }
+
+    /// The caller has marked the whole disk (to read, or to compare with
+    /// the target) after `completeResume` said the target was lost: points
+    /// may be tagged again once that is read.
+    public mutating func wholeDiskMarked() {
+        wholeDiskPending = false
+    }
+
+    /// A point tag may be numbered now: everything drained is numbered, and
+    /// no lost target waits for the whole disk to be marked. (A tag numbered
+    /// in between would name, on the new target, an image holding only what
+    /// was drained since: found by the seeded simulation.)
+    public var mayTagPoint: Bool { toRead.isEmpty && !wholeDiskPending }
 
     // MARK: Clearing tracking bits
 

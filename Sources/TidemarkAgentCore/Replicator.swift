@@ -233,6 +233,7 @@ public final class DiskReplicator: @unchecked Sendable {
         replicatedBefore = false
         cond.lock()
         scheduleScanLocked(all: true)
+        state.wholeDiskMarked()
         cond.unlock()
     }
 
@@ -414,7 +415,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 p.abandoned = true
                 cond.broadcast()
             }
-            if let p = pointRequest, p.sequence == nil, !p.abandoned, state.toReadIsEmpty, !resync.active {
+            if let p = pointRequest, p.sequence == nil, !p.abandoned, state.mayTagPoint, !resync.active {
                 // Everything drained under the freeze is in earlier segments: tag now.
                 let tag = state.numberPointTag()
                 p.sequence = tag.sequence

@@ -384,6 +384,10 @@ import TidemarkWire
         let (r, lost) = try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: ids, replicatedBefore: true)
         #expect(r.renumbered && lost && s.nextSequence == 1 && s.committedSequence == 0)
         #expect(s.committedThroughUnixMs == nil)
+        // The caller marks the whole disk before any point (this test leaves
+        // the other chunks out, to follow how commits count).
+        #expect(!s.mayTagPoint)
+        s.wholeDiskMarked()
         Self.sealAll(&s)                                    // #1, #2, #3
         let tag = s.numberPointTag()                        // #4
         try s.ackDurable(4)
@@ -453,6 +457,30 @@ import TidemarkWire
         var u = Self.sender()
         let lostU = try Self.connect(&u, durable: 3, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost
         #expect(lostS && !lostT && !lostU)
+        #expect(s.wholeDiskPending && !t.wholeDiskPending && !u.wholeDiskPending)
+    }
+
+    /// After a lost target, no point is tagged until the caller has marked
+    /// the whole disk and it is all numbered: a tag numbered before would
+    /// name, on the new target, an image holding only what was drained
+    /// since. Found by the seeded simulation (docs/simulation.md).
+    @Test func noPointIsTaggedBetweenALostTargetAndTheWholeDiskMarked() throws {
+        var history = EpochHistory()
+        var s = Self.sender(chunks: 16)
+        #expect(s.mayTagPoint)
+        let lost = try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: true).targetLost
+        #expect(lost && s.toReadIsEmpty && !s.mayTagPoint)
+        // Reconnecting again does not forget it.
+        s.connectionEnded()
+        try Self.connect(&s, durable: 0, committed: 0, history: &history, ids: IDs(), replicatedBefore: true)
+        #expect(!s.mayTagPoint)
+        s.markToRead(first: 0, count: 16)
+        s.wholeDiskMarked()
+        #expect(!s.mayTagPoint, "the whole disk is not numbered yet")
+        Self.sealAll(&s)
+        #expect(s.mayTagPoint)
+        #expect(s.numberPointTag().sequence == s.nextSequence - 1)
+        #expect(s.invariantViolation(deep: true) == nil)
     }
 
     @Test func restartsAreBoundedAndOldTagsCountAsLost() throws {
