@@ -216,6 +216,7 @@ final class SimAgent {
     private func markWholeDisk() {
         for c in hrl.indices { hrl[c] = true }
         sender!.markToRead(first: 0, count: UInt64(disk.chunkCount))
+        sender!.wholeDiskMarked()
         onWholeDiskMarked()
     }
 
@@ -224,7 +225,7 @@ final class SimAgent {
     private func kickReader() {
         guard running, !readScheduled, pipeline.count < settings.pipelineDepth else { return }
         let s = sender!
-        let tagDue = freeze != nil && s.toReadIsEmpty
+        let tagDue = freeze != nil && s.mayTagPoint
         guard tagDue || (s.windowHasRoom && !s.toReadIsEmpty) else { return }
         readScheduled = true
         scheduler.after(scheduler.rng.between(settings.readNs.lowerBound, settings.readNs.upperBound), .agentRead(run: run))
@@ -239,7 +240,7 @@ final class SimAgent {
         guard running, r == run else { return }
         readScheduled = false
         var batch: [(NumberedSegment, PointTag?)] = []
-        if let f = freeze, sender!.toReadIsEmpty {
+        if let f = freeze, sender!.mayTagPoint {
             // Everything drained under the freeze is in earlier segments: tag now.
             let tag = sender!.numberPointTag()
             batch = [(tag, f.tag)]

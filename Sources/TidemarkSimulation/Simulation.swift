@@ -259,7 +259,10 @@ public final class Simulation {
     }
 
     private func note(_ e: SimEvent) {
-        let line = "\(String(format1: Double(scheduler.nowNs) / 1e6)) ms #\(steps) \(e)"
+        note("\(String(format1: Double(scheduler.nowNs) / 1e6)) ms #\(steps) \(e)")
+    }
+
+    private func note(_ line: String) {
         if options.trace { print(line) }
         trace.append(line)
         if trace.count > Self.traceKept { trace.removeFirst(trace.count - Self.traceKept) }
@@ -344,6 +347,7 @@ public final class Simulation {
             pick -= w
         }
         checks.faults["\(fault)", default: 0] += 1
+        note("  fault: \(fault)")
         let restartNs = scheduler.rng.between(10_000_000, 2_000_000_000)
         switch fault {
         case .crashAgent:
