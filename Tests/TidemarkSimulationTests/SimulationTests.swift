@@ -21,11 +21,11 @@ import TidemarkSimulation
         }
     }
 
-    /// Seeds that once failed (docs/simulation.md lists what they found):
-    /// they run on every test run.
-    @Test(arguments: [100, 101, 108] as [UInt64])
-    func seedsThatOnceFailedPass(seed: UInt64) throws {
-        let outcome = try Simulation(Simulation.Options(seed: seed, steps: Self.steps)).run()
+    /// Seeds that once failed (docs/simulation.md lists what they found),
+    /// with steps enough to reach the failure: they run on every test run.
+    @Test(arguments: [(100, 4_000), (101, 4_000), (108, 4_000), (64_838_639_500_371_140, 16_000)] as [(UInt64, Int)])
+    func seedsThatOnceFailedPass(seed: UInt64, steps: Int) throws {
+        let outcome = try Simulation(Simulation.Options(seed: seed, steps: steps)).run()
         #expect(outcome.failure == nil, "reproduce: \(outcome.replay)\n\(outcome)")
     }
 
