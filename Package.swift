@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "tidemark-bench", targets: ["tidemark-bench"]),
         .executable(name: "tidemark-server", targets: ["tidemark-server"]),
         .executable(name: "tidemarkctl", targets: ["tidemarkctl"]),
+        .executable(name: "tidemark-sim", targets: ["tidemark-sim"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
         .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTransport",
                                                       "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget",
@@ -104,6 +105,13 @@ let package = Package(
         .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig", "TidemarkSurface"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
         .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkSurface"]),
+        // The seeded simulation of agent, network, server and target storage (docs/simulation.md).
+        .target(name: "TidemarkSimulation", dependencies: ["TidemarkAgentCore", "TidemarkServerCore", "TidemarkTarget", "TidemarkStorage", "TidemarkWire",
+                                                           "TidemarkCrypto", "TidemarkSystem"]),
+        .executableTarget(
+            name: "tidemark-sim",
+            dependencies: ["TidemarkSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(
             name: "tidemark-agent",
             dependencies: ["TidemarkAgentCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -144,6 +152,7 @@ let package = Package(
                                                                    .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "TidemarkSurfaceTests", dependencies: ["TidemarkSurface"]),
         .testTarget(name: "TidemarkCtlCoreTests", dependencies: ["TidemarkCtlCore", "TidemarkStorage", "TidemarkTarget", "TidemarkWire", "TidemarkSystem", "TidemarkTesting", "TidemarkSurface"]),
+        .testTarget(name: "TidemarkSimulationTests", dependencies: ["TidemarkSimulation", "TidemarkTesting"]),
         .testTarget(name: "IntegrationTests", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkTracking", "TidemarkWire", "TidemarkTesting"]),
     ],
     swiftLanguageModes: [.v6]

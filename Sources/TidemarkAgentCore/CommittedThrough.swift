@@ -12,7 +12,8 @@ import TidemarkSystem
 /// the drain that started at T was merged into it: every chunk drained at or
 /// before T is then in a segment numbered ≤ S (S = the last sequence
 /// numbered). When the committed sequence reaches S, T is committed through.
-/// All methods are called under the replicator's lock.
+/// Part of `ReplicationSender` (no clock: drain times come in as
+/// parameters); used under the replicator's lock.
 struct CommittedThroughTracker {
     /// Checkpoints not yet committed, oldest first (T and S increase).
     private var pending: [(unixMs: Int64, sequence: UInt64)] = []
@@ -55,6 +56,13 @@ struct CommittedThroughTracker {
         if i > 0 { pending.removeFirst(i) }
     }
 
+    /// The server no longer holds commits acknowledged before (another
+    /// target, or a lost one): the committed-through time is unknown until
+    /// a checkpoint commits on this one.
+    mutating func lostCommits() {
+        committedThroughUnixMs = nil
+    }
+
     /// Sequences above `committed` were renumbered (the server restarted
     /// numbering): their checkpoints no longer mean anything.
     mutating func renumbered(committed: UInt64) {
@@ -76,22 +84,21 @@ extension DiskReplicator {
         cond.lock()
         defer { cond.unlock() }
         let now = CommittedThroughTracker.nowUnixMs()
-        var uncommittedChunks: UInt64 = 0
         // Segments at or below the committed sequence stay in `uncommitted`
         // until the main loop clears their bits (clearCommitted): their
         // chunks are committed already and are not backlog.
-        for u in uncommitted where u.sequence > committedSequence { for (_, n) in u.runs { uncommittedChunks += n } }
+        let uncommittedChunks = state.uncommittedChunks
         return DiskStatus(
             disk: session.device.path,
             diskID: diskID,
-            rpoMs: committedThrough.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
-            committedThroughUnixMs: committedThrough.committedThroughUnixMs,
-            committedSequence: committedSequence,
-            durableSequence: durableSequence,
-            nextSequence: nextSequence,
-            backlogBytes: (toRead.count + uncommittedChunks) * chunkBytes + windowBytes,
-            toReadBytes: toRead.count * chunkBytes,
-            windowBytes: windowBytes,
+            rpoMs: state.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
+            committedThroughUnixMs: state.committedThroughUnixMs,
+            committedSequence: state.committedSequence,
+            durableSequence: state.durableSequence,
+            nextSequence: state.nextSequence,
+            backlogBytes: (state.toReadCount + uncommittedChunks) * chunkBytes + state.windowBytes,
+            toReadBytes: state.toReadCount * chunkBytes,
+            windowBytes: state.windowBytes,
             bytesRead: stats.bytesRead,
             bytesSent: stats.bytesSent,
             segmentsSent: stats.segmentsSent,

@@ -65,6 +65,14 @@ public enum ReplicationLimits {
     /// The reader gives its read buffers back after this long without work
     /// (an idle agent does not keep the memory of its last burst).
     public static let readerIdleReleaseMs = 5_000
+    /// Segments numbered and not yet acknowledged durable, at most (the
+    /// send window's count bound, beside `replication.inflight_bytes`): the
+    /// byte bound alone lets segments that seal small (compressible or zero
+    /// data) put many gigabytes of chunks in flight, each to re-read after a
+    /// renumbering. It is the largest `inflight_bytes` over the smallest
+    /// `segment_size` (1 GiB / 64 KiB), so it never binds before the byte
+    /// bound for full segments that do not compress.
+    public static let inflightSegmentsMax: UInt64 = 16_384
     /// `compression_level: auto` (CompressionGovernor): the zstd levels it
     /// may use (zstd's fast levels below 0; 0 itself is skipped), where it
     /// starts, and how many segments in a row must agree before it moves

@@ -207,9 +207,10 @@ extension DiskReplicator {
         if stopping { return "the agent is stopping" }
         if pointRequest !== p { return "its tag is not armed" }
         if resync.active { return "a resync compares the disk with the target" }
-        if !toRead.isEmpty {
-            return "\(toRead.count * chunkBytes) bytes written before the freeze still to read"
-                + (windowBytes >= settings.inflightBytesMax ? ", the send window full" : "")
+        if state.wholeDiskPending { return "the target was lost and the whole disk is not yet marked to be sent again" }
+        if !state.toReadIsEmpty {
+            return "\(state.toReadCount * chunkBytes) bytes written before the freeze still to read"
+                + (state.windowBytes >= settings.inflightBytesMax ? ", the send window full" : "")
         }
         if !readerWaiting { return "its reader is still reading what was written before the freeze" }
         return nil
@@ -220,15 +221,14 @@ extension DiskReplicator {
     /// holds `cond` and has just seen `tagReadinessLocked(p) == nil` under
     /// the same hold.
     func numberTagLocked(_ p: PointRequest) -> UInt64 {
-        precondition(p.sequence == nil && pointRequest === p && toRead.isEmpty && readerWaiting, "a tag numbered while its disk is not ready")
-        let seq = nextSequence
-        nextSequence += 1
-        p.sequence = seq
-        p.epoch = epoch
-        tagsNumbered.append(Planned(sequence: seq, runs: [], point: p.tag, epoch: epoch, lineage: lineage))
+        precondition(p.sequence == nil && pointRequest === p && state.mayTagPoint && readerWaiting, "a tag numbered while its disk is not ready")
+        let tag = state.numberPointTag()
+        p.sequence = tag.sequence
+        p.epoch = tag.epoch
+        tagsNumbered.append(Planned(numbered: tag, point: p.tag))
         pointRequest = nil
         cond.broadcast()
-        return seq
+        return tag.sequence
     }
 
     enum TagCommit: Equatable {
@@ -244,15 +244,12 @@ extension DiskReplicator {
         // below it (the server lost segments, or a spooled one was damaged):
         // the chunks read under the freeze are read again after the thaw, so
         // the point cannot be remade and is reported lost.
-        func lostLocked() -> Bool {
-            restarts.contains { $0.epoch > p.epoch && $0.durable < sequence }
-                || (restarts.count >= Self.restartsKept && restarts[0].epoch > p.epoch + 1)
-        }
-        while committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
+        func lostLocked() -> Bool { state.pointLost(sequence: sequence, epoch: p.epoch) }
+        while state.committedSequence < sequence && !stopping && !StopSignal.isRequested && !lostLocked() {
             if !cond.wait(until: min(deadline, Date(timeIntervalSinceNow: 0.05))) && Date() >= deadline { break }
         }
         if lostLocked() { return .lost }
-        return committedSequence >= sequence ? .committed : .pending
+        return state.committedSequence >= sequence ? .committed : .pending
     }
 
     /// Drains often until at most `pointBacklogBytesMax` of chunks are unread
@@ -265,11 +262,10 @@ extension DiskReplicator {
             try drainOnce()
             try clearCommitted()
             cond.lock()
-            let backlog = toRead.count * chunkBytes
-            let roomy = windowBytes < settings.inflightBytesMax / 2
+            let backlog = state.toReadCount * chunkBytes
+            let roomy = state.windowBytes < settings.inflightBytesMax / 2
             // Every numbered segment is sealed: the reader holds no batch.
-            let sealedThrough = max(window.last?.sequence ?? 0, uncommitted.last?.sequence ?? 0, durableSequence)
-            let readerIdle = sealedThrough + 1 >= nextSequence
+            let readerIdle = state.everyNumberedSegmentSealed
             cond.unlock()
             let now = monotonicSeconds()
             if backlog <= ReplicationLimits.pointBacklogBytesMax && roomy {

@@ -37,12 +37,18 @@ public struct ReplicationSettings: Sendable {
 /// sender thread (TLS) → "durable" frees the window → "committed" lets the
 /// main thread clear the `.hrl` bits of chunks not written since.
 ///
+/// The rules — numbering, the window, acknowledgements, resume, which bits
+/// are cleared when — are `ReplicationSender`'s (ReplicationSender.swift), a
+/// value without threads or I/O kept in `state` under `cond`; this class is
+/// the shell around it: threads, sockets, files, the tracer and the `.hrl`.
+///
 /// Bounded: the reader takes no new segment while the window holds
-/// `inflightBytesMax` of sealed segments, and bits accumulate (bitmap mode);
-/// the segments it read before (at most one batch of `workers` plus the
-/// seal pipeline's `workers + 1`) still join, so the window exceeds the
-/// limit by at most 2 × workers + 1 segments. The
-/// chunk → newest-segment map holds only chunks of uncommitted segments.
+/// `inflightBytesMax` of sealed segments or `inflightSegmentsMax` segments
+/// are in flight, and bits accumulate (bitmap mode); the segments it read
+/// before (at most one batch of `workers` plus the seal pipeline's
+/// `workers + 1`) still join, so the window exceeds the byte limit by at
+/// most 2 × workers + 1 segments. The chunk → newest-segment map holds only
+/// chunks of uncommitted segments.
 public final class DiskReplicator: @unchecked Sendable {
     public let session: DiskSession
     public let settings: ReplicationSettings
@@ -52,28 +58,9 @@ public final class DiskReplicator: @unchecked Sendable {
 
     // Shared state, guarded by `cond`.
     let cond = NSCondition()
-    var toRead: ChunkSet
-    var nextSequence: UInt64 = 1
-    var window: [Sealed] = []          // sealed, not yet durable, in sequence order
-    var windowBytes: UInt64 = 0
-    var uncommitted: [(sequence: UInt64, runs: [(UInt64, UInt64)])] = []
-    var chunkSequence: [UInt64: UInt64] = [:]
-    var durableSequence: UInt64 = 0
-    var committedSequence: UInt64 = 0
-    var clearedThrough: UInt64 = 0
-    var epoch: UInt64 = 0               // bumps when the server forces a re-send from scratch
-    /// The numbering epoch segments are sealed in (`SegmentLineage`): made
-    /// when the run starts (from sequence 1, good while the server holds
-    /// nothing) and again at every renumbering; recorded in the disk's
-    /// `EpochHistory` before anything sealed in it is sent.
-    var lineage: SegmentLineage
-    /// The lineage was recorded in the epoch history (by `resume`).
-    var lineageStored = false
-    /// Each restart of numbering: the epoch it began and the highest of this
-    /// run's sequences the server still held then. Segments above it, point
-    /// tags included, were thrown away (bounded: the newest `restartsKept`).
-    var restarts: [(epoch: UInt64, durable: UInt64)] = []
-    static let restartsKept = 64
+    /// The replication rules' state (to read, numbering, window,
+    /// acknowledgements, epochs, committed-through time).
+    var state: ReplicationSender
     var stopping = false
     /// The armed tag of the point this disk takes part in (Points.swift):
     /// while it is set, the reader signals its `readyWake` when it waits
@@ -103,8 +90,6 @@ public final class DiskReplicator: @unchecked Sendable {
     var orders: [PointOrder] = []
     /// Freeze durations of the points made, for status and benchmarks (bounded).
     public internal(set) var freezeMsHistory: [Double] = []
-    /// The RPO: the newest drain time whose chunks are all committed (CommittedThrough.swift).
-    var committedThrough = CommittedThroughTracker()
     /// The tracer's count of write completions on the disk, read before the
     /// last drain (`waitForNextDrain`). Main thread only.
     var eventsBeforeLastDrain: UInt64 = 0
@@ -115,13 +100,6 @@ public final class DiskReplicator: @unchecked Sendable {
         freezeMsHistory.append(ms)
         cond.unlock()
         metrics.frozen(ms: ms)
-    }
-
-    struct Sealed {
-        var sequence: UInt64
-        var bytes: [UInt8]
-        var runs: [(UInt64, UInt64)]
-        var sent = false
     }
 
     public struct Stats: Sendable {
@@ -137,17 +115,23 @@ public final class DiskReplicator: @unchecked Sendable {
         self.settings = settings
         chunkBytes = UInt64(session.hrl.header.chunkSizeBytes)
         chunkCount = (session.device.sizeBytes + chunkBytes - 1) / chunkBytes
-        toRead = ChunkSet(chunks: chunkCount)
+        let limits = SendWindowLimits(bytesMax: settings.inflightBytesMax, segmentsMax: ReplicationLimits.inflightSegmentsMax,
+                                      chunksPerSegment: max(1, UInt64(settings.segmentSizeBytes) / chunkBytes),
+                                      runsPerSegmentMax: WireLimits.extentsPerSegmentMax / 2)
+        state = ReplicationSender(chunkCount: chunkCount, limits: limits, initialEpochID: Self.newEpochID())
         resync = ResyncState(chunks: chunkCount)
         senderWake = WakeSignal()
-        // getrandom does not fail on Linux ≥ 3.17 with a valid buffer; if it
-        // did, the all-zero id only weakens the check against superseded
-        // sealings (two runs could share it).
-        lineage = (try? SegmentLineage.newEpoch(start: 1, previous: .none)) ?? .single
         diskID = Self.diskID(agentID: settings.agentID, device: session.device)
         if settings.compressionLevel == .auto { compression = CompressionGovernor() }
         metrics = DiskMetrics(diskID: diskID)
         session.metrics = metrics
+    }
+
+    /// A fresh random epoch id. getrandom does not fail on Linux ≥ 3.17 with
+    /// a valid buffer; if it did, the all-zero id only weakens the check
+    /// against superseded sealings (two runs could share it).
+    static func newEpochID() -> [UInt8] {
+        (try? SecureRandom.bytes(SegmentLineage.idBytes)) ?? [UInt8](repeating: 0, count: SegmentLineage.idBytes)
     }
 
     /// The disk's name on the wire and in target storage: stable across
@@ -227,9 +211,9 @@ public final class DiskReplicator: @unchecked Sendable {
         let words = try session.hrl.dirtyWords()
         cond.lock()
         for e in words.entries {
-            if scanning { scheduleScanLocked(word: e.wordIndex, bits: e.bits) } else { toRead.insert(word: e.wordIndex, bits: e.bits) }
+            if scanning { scheduleScanLocked(word: e.wordIndex, bits: e.bits) } else { state.markToRead(word: e.wordIndex, bits: e.bits) }
         }
-        let n = scanning ? resync.toScan.count : toRead.count
+        let n = scanning ? resync.toScan.count : state.toReadCount
         cond.unlock()
         Log.info("\(session.device.path): \(n) chunks to \(scanning ? "compare with the target" : "replicate") as \(diskID)")
     }
@@ -251,6 +235,7 @@ public final class DiskReplicator: @unchecked Sendable {
         replicatedBefore = false
         cond.lock()
         scheduleScanLocked(all: true)
+        state.wholeDiskMarked()
         cond.unlock()
     }
 
@@ -289,9 +274,7 @@ public final class DiskReplicator: @unchecked Sendable {
             Log.debug("\(diskID): drain at \(monotonicNanoseconds() / 1_000_000) ms: \(result.overflowed ? "overflow, " : "")chunks \(added.map { w, b in (0..<64).filter { b >> $0 & 1 == 1 }.map { String(w * 64 + UInt64($0)) }.joined(separator: ",") }.joined(separator: ","))")
         }
         cond.lock()
-        for (w, b) in added { toRead.insert(word: w, bits: b) }
-        committedThrough.drained(atUnixMs: startedUnixMs, toReadEmpty: toRead.isEmpty,
-                                 lastSequence: nextSequence - 1, committed: committedSequence)
+        state.drained(added, atUnixMs: startedUnixMs)
         let found = !added.isEmpty || result.overflowed
         if found { cond.broadcast() }
         cond.unlock()
@@ -315,7 +298,7 @@ public final class DiskReplicator: @unchecked Sendable {
         targetLost = false
         // During a resync the `.hrl` says "@scan" until the comparison is
         // over and its chunks are committed (finishResyncIfDone).
-        let firstCommit = committedSequence > 0 && !replicatedBefore && !resync.awaitingCommit
+        let firstCommit = state.committedSequence > 0 && !replicatedBefore && !resync.awaitingCommit
         cond.unlock()
         if lost {
             Log.warning("\(session.device.path): the target holds nothing of \(diskID), which was replicated before: sending the whole disk again")
@@ -328,22 +311,10 @@ public final class DiskReplicator: @unchecked Sendable {
             replicatedBefore = true
         }
         cond.lock()
-        var clear = SparseWords()
-        var chunks: [UInt64] = []
-        while let first = uncommitted.first, first.sequence <= committedSequence {
-            uncommitted.removeFirst()
-            for (start, n) in first.runs {
-                for c in start..<(start + n) where chunkSequence[c] == first.sequence {
-                    chunkSequence[c] = nil
-                    if !toRead.contains(c) { chunks.append(c) }
-                }
-            }
-        }
+        let chunks = state.takeClearable()
         cond.unlock()
         if !chunks.isEmpty {
-            chunks.sort()
-            clear = SparseWords(chunks: chunks)
-            try session.hrl.persistClear(clear)
+            try session.hrl.persistClear(SparseWords(chunks: chunks))
         }
         try finishResyncIfDone()
     }
@@ -417,12 +388,11 @@ public final class DiskReplicator: @unchecked Sendable {
     }
 
     struct Planned {
-        var sequence: UInt64
-        var runs: [(UInt64, UInt64)]
+        /// Its sequence, chunks, epoch and lineage (ReplicationSender).
+        var numbered: NumberedSegment
         var point: PointTag?
-        var epoch: UInt64
-        /// The numbering epoch it is sealed in (changes only with `epoch`).
-        var lineage: SegmentLineage
+        var sequence: UInt64 { numbered.sequence }
+        var runs: [ChunkRun] { numbered.runs }
         /// The zstd level chosen for it (`auto`); nil: the sealer's fixed level.
         var compressionLevel: Int32? = nil
         /// Its batch waited for room in the send window (downstream-bound).
@@ -436,7 +406,6 @@ public final class DiskReplicator: @unchecked Sendable {
     private func nextBatch(maxSegments: Int, idleAfterSeconds: Double? = nil) -> [Planned]? {
         cond.lock()
         defer { cond.unlock() }
-        let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
         let idleFrom = monotonicSeconds()
         var waitedForWindow = false
         while true {
@@ -448,12 +417,13 @@ public final class DiskReplicator: @unchecked Sendable {
                 defer { tagsNumbered.removeAll() }
                 return tagsNumbered
             }
-            if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, toRead.isEmpty { return [] }
-            let roomy = windowBytes < settings.inflightBytesMax
-            if roomy && !toRead.isEmpty { break }
-            if !roomy && !toRead.isEmpty { waitedForWindow = true }
-            if let p = pointRequest, toRead.isEmpty, !resync.active {
-                // Nothing left to read under the freeze: the point's
+            if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, state.toReadIsEmpty { return [] }
+            let roomy = state.windowHasRoom
+            if roomy && !state.toReadIsEmpty { break }
+            if !roomy && !state.toReadIsEmpty { waitedForWindow = true }
+            if let p = pointRequest, state.mayTagPoint, !resync.active {
+                // Nothing left to read under the freeze (and no whole disk
+                // still to mark after a lost target): the point's
                 // coordinator may number the tag now (tagReadinessLocked).
                 p.readyWake.signal()
             }
@@ -465,24 +435,11 @@ public final class DiskReplicator: @unchecked Sendable {
         // still mostly full (an acknowledgement freed a little room just
         // before this batch: with a narrow link that alternates with waits).
         let downstreamBound = waitedForWindow
-            || windowBytes >= settings.inflightBytesMax / 4 * 3
-        var batch: [Planned] = []
-        while batch.count < maxSegments && !toRead.isEmpty {
-            var runs: [(UInt64, UInt64)] = []
-            var taken: UInt64 = 0
-            while taken < chunksPerSegment && runs.count < WireLimits.extentsPerSegmentMax / 2,
-                  let r = toRead.takeRun(maxChunks: chunksPerSegment - taken) {
-                runs.append((r.first, r.count))
-                taken += r.count
-            }
-            let seq = nextSequence
-            nextSequence += 1
-            for (start, n) in runs { for c in start..<(start + n) { chunkSequence[c] = seq } }
-            batch.append(Planned(sequence: seq, runs: runs, point: nil, epoch: epoch, lineage: lineage,
-                                 compressionLevel: compression?.level, waitedForWindow: downstreamBound))
+            || state.windowBytes >= settings.inflightBytesMax / 4 * 3
+        let level = compression?.level
+        return state.planBatch(segmentsMax: maxSegments).map {
+            Planned(numbered: $0, point: nil, compressionLevel: level, waitedForWindow: downstreamBound)
         }
-        if toRead.isEmpty { committedThrough.checkpoint(lastSequence: nextSequence - 1, committed: committedSequence) }
-        return batch
     }
 
     /// A segment read: its extents (zero chunks as zero extents), how many
@@ -504,9 +461,9 @@ public final class DiskReplicator: @unchecked Sendable {
         let size = session.device.sizeBytes
         var readBytes: UInt64 = 0
         var payload = SegmentPayloadCompactor(chunkBytes: Int(chunkBytes))
-        let byteExtents = p.runs.map { (start, n) -> ByteExtent in
-            let off = start * chunkBytes
-            return ByteExtent(offset: off, length: min(n * chunkBytes, size - off))
+        let byteExtents = p.runs.map { run -> ByteExtent in
+            let off = run.first * chunkBytes
+            return ByteExtent(offset: off, length: min(run.count * chunkBytes, size - off))
         }
         if !byteExtents.isEmpty {
             precondition(reader.requestedBytes(byteExtents) <= buffer.count, "a segment's chunks exceed its payload buffer")
@@ -548,7 +505,7 @@ public final class DiskReplicator: @unchecked Sendable {
     private func seal(_ p: Planned, _ plan: ReadPlan, payload: UnsafeRawBufferPointer, sealer: SegmentSealer) throws -> [UInt8] {
         try sealer.seal(kind: p.point == nil ? .data : .point, diskID: diskID, sequence: p.sequence,
                         diskSizeBytes: session.device.sizeBytes, chunkSizeBytes: UInt32(chunkBytes),
-                        extents: plan.extents, payload: payload, point: p.point, lineage: p.lineage,
+                        extents: plan.extents, payload: payload, point: p.point, lineage: p.numbered.lineage,
                         compressionLevel: p.compressionLevel)
     }
 
@@ -565,14 +522,11 @@ public final class DiskReplicator: @unchecked Sendable {
                 Log.debug("\(diskID): compression level \(compression!.level) (\(signal == .sealingBound ? "sealing" : "downstream") is the bottleneck)")
             }
         }
-        if p.epoch != epoch {
-            // The server restarted numbering while we read: these chunks go back.
-            for (start, n) in p.runs { toRead.insert(first: start, count: n) }
+        guard state.sealed(p.numbered, bytes: bytes) else {
+            // The server restarted numbering while we read: these chunks went back to be read again.
             cond.broadcast()
             return
         }
-        window.append(Sealed(sequence: p.sequence, bytes: bytes, runs: p.runs))
-        windowBytes += UInt64(bytes.count)
         stats.segmentsSealed += 1
         cond.broadcast()
         if senderIdle { senderWake.signal() }
@@ -595,7 +549,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 Log.warning("\(diskID): connection to \(settings.serverHost):\(settings.serverPort) failed: \(error); retrying in \(backoffMs) ms")
             }
             cond.lock()
-            for i in window.indices { window[i].sent = false }
+            state.connectionEnded()
             senderIdle = false
             cond.unlock()
             connectionEndedForScan()
@@ -627,9 +581,9 @@ public final class DiskReplicator: @unchecked Sendable {
         }
         try writer.send(.openDisk(diskID: diskID, diskSizeBytes: session.device.sizeBytes,
                                   chunkSizeBytes: UInt32(chunkBytes), keyID: settings.key.id))
-        let state = try reader.next()
-        guard case .diskState(_, let durable, let committed)? = state else {
-            if case .error(let code, let message)? = state {
+        let answer = try reader.next()
+        guard case .diskState(_, let durable, let committed)? = answer else {
+            if case .error(let code, let message)? = answer {
                 throw TidemarkError(.state, "the server refused disk \(diskID): \(message) (\(code))")
             }
             throw TidemarkError(.state, "the server did not answer openDisk")
@@ -665,8 +619,7 @@ public final class DiskReplicator: @unchecked Sendable {
             if asked { lastSent = monotonicSeconds() }
             // Send what is unsent, in order.
             cond.lock()
-            let next = window.firstIndex { !$0.sent }
-            let item = next.map { window[$0] }
+            let item = state.nextToSend()
             senderIdle = item == nil
             cond.unlock()
             if let item {
@@ -674,7 +627,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 try writer.send(.segment(item.bytes))
                 lastSent = monotonicSeconds()
                 cond.lock()
-                if let i = window.firstIndex(where: { $0.sequence == item.sequence }) { window[i].sent = true }
+                state.markSent(item.sequence)
                 stats.bytesSent += UInt64(item.bytes.count)
                 stats.segmentsSent += 1
                 cond.unlock()
@@ -693,51 +646,24 @@ public final class DiskReplicator: @unchecked Sendable {
     }
 
     /// After (re)connecting: drop what the server holds durably, and decide
-    /// what to re-send. Throws when the epoch history cannot be written:
-    /// nothing of a new epoch is sent before it is.
+    /// what to re-send (`ReplicationSender.resume`). Throws when the answer
+    /// is impossible, and when the epoch history cannot be written: nothing
+    /// of a new epoch is sent before it is.
     private func resume(durable: UInt64, committed: UInt64) throws {
         cond.lock()
         defer {
             cond.broadcast()
             cond.unlock()
         }
-        committedSequence = max(committedSequence, committed)
+        let resumed = try state.resume(durable: durable, committed: committed, freshEpochID: Self.newEpochID)
         // A resync compares only against digests that include everything
         // this server held when we connected (segments of an earlier run, or
         // of a lost target's successor): set on every connection.
         resync.baseline = durable
-        // The first connection of a run to a server that holds segments
-        // of this disk always renumbers after them: whatever the reader
-        // sealed before it was numbered from 1.
-        let firstWithHistory = !lineageStored && epoch == 0 && durable > 0
-        if durable < durableSequence || durable >= nextSequence || firstWithHistory {
-            // Either the server lost segments it had acknowledged (another
-            // server, a lost spool), or it is further than this agent (a
-            // restarted agent): numbering continues after the server's, and
-            // everything not committed is read again.
-            if durable < durableSequence {
-                Log.warning("\(diskID): the server has only #\(durable), #\(durableSequence) had been acknowledged: re-sending all uncommitted chunks")
-            }
-            for u in uncommitted { for (s, n) in u.runs { toRead.insert(first: s, count: n) } }
-            for w in window { for (s, n) in w.runs { toRead.insert(first: s, count: n) } }
-            uncommitted.removeAll()
-            chunkSequence.removeAll()
-            window.removeAll()
-            windowBytes = 0
-            // This run's segments the server still holds: those it had
-            // acknowledged, up to what it has now (none, when it is ahead).
-            let kept = min(durable, durableSequence)
-            nextSequence = durable + 1
-            durableSequence = durable
-            epoch += 1
-            lineageStored = false
-            lineage = (try? SegmentLineage.newEpoch(start: nextSequence, previous: .unknown))
-                ?? SegmentLineage(epochID: [UInt8](repeating: 0, count: SegmentLineage.idBytes), epochStart: nextSequence, previous: .unknown)
-            restarts.append((epoch, kept))
-            if restarts.count > Self.restartsKept { restarts.removeFirst(restarts.count - Self.restartsKept) }
-            committedThrough.renumbered(committed: committedSequence)
+        if let before = resumed.acknowledgedBefore {
+            Log.warning("\(diskID): the server has only #\(durable), #\(before) had been acknowledged: re-sending all uncommitted chunks")
         }
-        if !lineageStored {
+        if !state.lineageRecorded {
             // Record the epoch before anything sealed in it goes out: the
             // next run names it as the owner of the sequences before its own.
             let path = EpochHistory.path(hrlPath: session.hrl.path)
@@ -746,28 +672,17 @@ public final class DiskReplicator: @unchecked Sendable {
             // sealed nothing yet (the lock is held since it began); the run's
             // first epoch may have, from 1, and beginning at 1 names none, as
             // its segments say.
-            lineage = history.begin(lineage.epochID, start: lineage.epochStart)
+            let recorded = history.begin(state.lineage.epochID, start: state.lineage.epochStart)
+            state.adoptLineage(recorded)
             try history.store(path)
-            lineageStored = true
-            if case .unknown = lineage.previous {
-                Log.warning("\(diskID): numbering continues at #\(lineage.epochStart) with no record of the epochs before it (\(path) is missing or damaged): recoveries will take the epochs of the sequences below #\(lineage.epochStart) from the stored headers and say so")
+            state.lineageStored()
+            if case .unknown = recorded.previous {
+                Log.warning("\(diskID): numbering continues at #\(recorded.epochStart) with no record of the epochs before it (\(path) is missing or damaged): recoveries will take the epochs of the sequences below #\(recorded.epochStart) from the stored headers and say so")
             }
         }
-        if durable == 0 && committed == 0 && replicatedBefore {
+        if state.completeResume(durable: durable, committed: committed, replicatedBefore: replicatedBefore) {
             // The target has nothing of a disk this .hrl says was replicated.
             targetLost = true
-        }
-        committedThrough.advance(committed: committedSequence)
-        ackDurableLocked(durable)
-    }
-
-    /// An acknowledgement is a value from the network: one beyond the
-    /// highest sequence this agent numbered would drop segments from the
-    /// window, or clear tracking bits, of data the server never received.
-    static func checkAck(_ seq: UInt64, numberedThrough: UInt64, what: String) throws {
-        guard seq <= numberedThrough else {
-            throw TidemarkError(.corrupt, "the server acknowledged #\(seq) \(what), beyond #\(numberedThrough), the highest this agent has numbered; the connection is dropped and nothing is cleared",
-                                hint: "a process server bug or a server speaking for another disk; check its log")
         }
     }
 
@@ -775,15 +690,12 @@ public final class DiskReplicator: @unchecked Sendable {
         switch m {
         case .ackDurable(let disk, let seq) where disk == diskID:
             cond.lock()
-            do { try Self.checkAck(seq, numberedThrough: nextSequence - 1, what: "durable") } catch { cond.unlock(); throw error }
-            ackDurableLocked(seq)
+            do { try state.ackDurable(seq) } catch { cond.unlock(); throw error }
             cond.broadcast()
             cond.unlock()
         case .ackCommitted(let disk, let seq) where disk == diskID:
             cond.lock()
-            do { try Self.checkAck(seq, numberedThrough: nextSequence - 1, what: "committed") } catch { cond.unlock(); throw error }
-            committedSequence = max(committedSequence, seq)
-            committedThrough.advance(committed: committedSequence)
+            do { try state.ackCommitted(seq) } catch { cond.unlock(); throw error }
             cond.broadcast()
             cond.unlock()
         case .chunkDigests(let disk, let first, let sequence, let states) where disk == diskID:
@@ -796,15 +708,6 @@ public final class DiskReplicator: @unchecked Sendable {
             throw TidemarkError(.state, "the server reports error \(code): \(message)")
         default:
             throw TidemarkError(.corrupt, "unexpected message \(m.type) from the server")
-        }
-    }
-
-    private func ackDurableLocked(_ seq: UInt64) {
-        durableSequence = max(durableSequence, seq)
-        while let first = window.first, first.sequence <= durableSequence {
-            window.removeFirst()
-            windowBytes -= UInt64(first.bytes.count)
-            uncommitted.append((first.sequence, first.runs))
         }
     }
 

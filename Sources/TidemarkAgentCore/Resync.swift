@@ -156,7 +156,7 @@ extension DiskReplicator {
         cond.lock()
         let matched = resync.matched
         resync.matched.removeAll(keepingCapacity: true)
-        let clear = matched.filter { !toRead.contains($0) && chunkSequence[$0] == nil }
+        let clear = state.clearableMatched(matched)
         cond.unlock()
         guard !clear.isEmpty else { return }
         try session.hrl.persistClear(SparseWords(chunks: clear.sorted()))
@@ -171,11 +171,11 @@ extension DiskReplicator {
     func finishResyncIfDone() throws {
         cond.lock()
         if resync.awaitingCommit && !resync.active {
-            if let end = resync.endSequence, end.epoch != epoch { resync.endSequence = nil }
-            if resync.endSequence == nil && toRead.isEmpty { resync.endSequence = (nextSequence - 1, epoch) }
+            if let end = resync.endSequence, end.epoch != state.epoch { resync.endSequence = nil }
+            if resync.endSequence == nil && state.toReadIsEmpty { resync.endSequence = (state.nextSequence - 1, state.epoch) }
         }
-        let done = resync.awaitingCommit && !resync.active && resync.matched.isEmpty && committedSequence > 0
-            && resync.endSequence.map { committedSequence >= $0.sequence } == true
+        let done = resync.awaitingCommit && !resync.active && resync.matched.isEmpty && state.committedSequence > 0
+            && resync.endSequence.map { state.committedSequence >= $0.sequence } == true
         let s = resync.stats
         let sent = stats.bytesSent - resync.bytesSentAtStart
         let readToSend = stats.bytesRead - resync.bytesReadAtStart
@@ -284,12 +284,12 @@ extension DiskReplicator {
         cond.lock()
         for c in w.chunks {
             resync.stats.chunksScanned += 1
-            if toRead.contains(c) {
+            if state.toReadContains(c) {
                 resync.stats.chunksAlreadyQueued += 1
                 continue
             }
             if case .unknown = states[Int(c - w.first)] {
-                toRead.insert(first: c, count: 1)
+                state.markToRead(first: c, count: 1)
                 resync.stats.chunksUnknown += 1
             } else {
                 toCompare.append(c)
@@ -337,7 +337,7 @@ extension DiskReplicator {
         resync.stats.bytesRead += bytesRead
         resync.stats.chunksIdentical += UInt64(matched.count)
         resync.stats.chunksDiffering += UInt64(differing.count)
-        for c in differing { toRead.insert(first: c, count: 1) }
+        for c in differing { state.markToRead(first: c, count: 1) }
         resync.matched += matched
         cond.broadcast()
         cond.unlock()

@@ -324,7 +324,7 @@ public final class SpoolTargetSink: SegmentSink, @unchecked Sendable {
     }
 
     /// What target storage records of a segment besides its bytes.
-    static func targetShape(_ header: SegmentHeader) -> (extents: [TargetExtent], point: PointRecord?) {
+    public static func targetShape(_ header: SegmentHeader) -> (extents: [TargetExtent], point: PointRecord?) {
         let extents = header.extents.map {
             TargetExtent(offset: $0.offset, length: UInt64($0.length), zero: $0.kind == .zero)
         }

@@ -7,10 +7,10 @@ import TidemarkSystem
 /// clear tracking bits of data the server never had).
 @Suite struct AckCheckTests {
     @Test func acksBeyondWhatWasNumberedAreRefused() throws {
-        try DiskReplicator.checkAck(0, numberedThrough: 0, what: "durable")
-        try DiskReplicator.checkAck(7, numberedThrough: 7, what: "committed")
+        try ReplicationSender.checkAck(0, numberedThrough: 0, what: "durable")
+        try ReplicationSender.checkAck(7, numberedThrough: 7, what: "committed")
         for bad: UInt64 in [8, 1 << 40, UInt64.max] {
-            #expect(throws: TidemarkError.self) { try DiskReplicator.checkAck(bad, numberedThrough: 7, what: "durable") }
+            #expect(throws: TidemarkError.self) { try ReplicationSender.checkAck(bad, numberedThrough: 7, what: "durable") }
         }
     }
 }
