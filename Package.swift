@@ -15,7 +15,7 @@ let package = Package(
         .executable(name: "tidemark-sim", targets: ["tidemark-sim"]),
         // The libraries, for the fuzz package (Fuzz/Package.swift, docs/fuzzing.md).
         .library(name: "TidemarkLibraries", targets: ["TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTransport",
-                                                      "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkStorage", "TidemarkTarget",
+                                                      "TidemarkTracking", "TidemarkConfigFiles", "TidemarkWire", "TidemarkStorage", "TidemarkTarget",
                                                       "TidemarkSurface", "TidemarkDaemon", "TidemarkAgentCore", "TidemarkServerCore"]),
     ],
     dependencies: [
@@ -76,11 +76,12 @@ let package = Package(
                                                        .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // The .hrl change-tracking file and bitmap algorithms (pure logic on top of TidemarkSystem I/O).
         .target(name: "TidemarkTracking", dependencies: ["TidemarkSystem"]),
-        // Configuration files (/etc/tidemark/*.yaml) with file:line errors.
-        .target(name: "TidemarkConfig", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // Configuration files (/etc/tidemark/*.yaml) with file:line errors (the files,
+        // not the configuration server).
+        .target(name: "TidemarkConfigFiles", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Agent modes: track, untrack, mirror, run.
         .target(name: "TidemarkAgentCore", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkTransport", "TidemarkStorage", "TidemarkDaemon",
-                                                          "TidemarkTracking", "TidemarkConfig", "TidemarkWire", "TidemarkSurface",
+                                                          "TidemarkTracking", "TidemarkConfigFiles", "TidemarkWire", "TidemarkSurface",
                                                           .product(name: "Logging", package: "swift-log"),
                                                           .product(name: "Metrics", package: "swift-metrics"),
                                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -96,13 +97,13 @@ let package = Package(
         .target(name: "TidemarkTarget", dependencies: ["TidemarkSystem", "TidemarkCrypto", "TidemarkStorage"]),
         // The process server: TLS ingest, durable spool, uploader to target storage.
         .target(name: "TidemarkServerCore", dependencies: ["TidemarkSystem", "TidemarkTransport", "TidemarkDaemon", "TidemarkWire", "TidemarkTarget",
-                                                           "TidemarkConfig", "TidemarkSurface",
+                                                           "TidemarkConfigFiles", "TidemarkSurface",
                                                            .product(name: "Logging", package: "swift-log"),
                                                            .product(name: "Metrics", package: "swift-metrics"),
                                                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                            .product(name: "UnixSignals", package: "swift-service-lifecycle")]),
         // tidemarkctl's commands: points, recover.
-        .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfig", "TidemarkSurface"]),
+        .target(name: "TidemarkCtlCore", dependencies: ["TidemarkSystem", "TidemarkWire", "TidemarkTarget", "TidemarkConfigFiles", "TidemarkSurface"]),
         // The bitmap debug tool's commands, as a library so tests can call them.
         .target(name: "TidemarkBitmapTool", dependencies: ["TidemarkSystem", "TidemarkTracking", "TidemarkSurface"]),
         // The seeded simulation of agent, network, server and target storage (docs/simulation.md).
@@ -142,11 +143,11 @@ let package = Package(
         .testTarget(name: "TidemarkTrackingTests", dependencies: ["TidemarkTracking", "TidemarkTesting"]),
         .testTarget(name: "TidemarkWireTests", dependencies: ["TidemarkWire", "TidemarkSystem", "TidemarkCrypto", "TidemarkCompression", "TidemarkTesting"]),
         .testTarget(name: "TidemarkTargetTests", dependencies: ["TidemarkTarget", "TidemarkStorage", "TidemarkStorageTesting", "TidemarkSystem", "TidemarkCrypto", "TidemarkTesting"]),
-        .testTarget(name: "TidemarkConfigTests", dependencies: ["TidemarkConfig"]),
+        .testTarget(name: "TidemarkConfigFilesTests", dependencies: ["TidemarkConfigFiles"]),
         .testTarget(name: "TidemarkBitmapToolTests", dependencies: ["TidemarkBitmapTool", "TidemarkTracking", "TidemarkTesting", "TidemarkSurface"]),
         .testTarget(name: "TidemarkServerCoreTests", dependencies: ["TidemarkServerCore", "TidemarkSystem", "TidemarkTesting",
                                                                     .product(name: "MetricsTestKit", package: "swift-metrics")]),
-        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfig", "TidemarkSurface", "TidemarkSystem", "TidemarkCtlCore", "TidemarkDaemon", "TidemarkTesting",
+        .testTarget(name: "TidemarkAgentCoreTests", dependencies: ["TidemarkAgentCore", "TidemarkConfigFiles", "TidemarkSurface", "TidemarkSystem", "TidemarkCtlCore", "TidemarkDaemon", "TidemarkTesting",
                                                                    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                                    .product(name: "Logging", package: "swift-log"),
                                                                    .product(name: "MetricsTestKit", package: "swift-metrics")]),

@@ -1,4 +1,4 @@
-import TidemarkConfig
+import TidemarkConfigFiles
 
 /// Chooses the zstd level of each segment when `replication.compression_level`
 /// is `auto` (the shipped `agent.yaml` and docs/dev/replication-interfaces.md).

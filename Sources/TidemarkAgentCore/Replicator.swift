@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import TidemarkConfig
+import TidemarkConfigFiles
 import TidemarkCrypto
 import TidemarkSystem
 import TidemarkTracking

@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import ServiceLifecycle
-import TidemarkConfig
+import TidemarkConfigFiles
 import TidemarkDaemon
 import TidemarkSurface
 import TidemarkSystem

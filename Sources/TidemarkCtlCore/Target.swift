@@ -1,5 +1,5 @@
 import Glibc
-import TidemarkConfig
+import TidemarkConfigFiles
 import TidemarkSystem
 import TidemarkTarget
 

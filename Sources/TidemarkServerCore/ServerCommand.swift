@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import ServiceLifecycle
-import TidemarkConfig
+import TidemarkConfigFiles
 import TidemarkDaemon
 import TidemarkSystem
 import TidemarkTransport
@@ -77,7 +77,7 @@ public enum ServerCommands {
               bandwidthLimitBytesPerSecond: c.bandwidthLimitBytesPerSecond)
     }
 
-    static func setLogLevel(_ level: TidemarkConfig.LogLevel) {
+    static func setLogLevel(_ level: TidemarkConfigFiles.LogLevel) {
         switch level {
         case .debug: Log.setLevel(.debug)
         case .info: Log.setLevel(.info)

@@ -1,5 +1,5 @@
 import Testing
-import TidemarkConfig
+import TidemarkConfigFiles
 import TidemarkSystem
 import TidemarkTesting
 import TidemarkWire

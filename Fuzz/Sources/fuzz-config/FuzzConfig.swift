@@ -5,7 +5,7 @@
 // trips (parseSize(formatSize(x)) == x, parseDuration(formatDuration(x)) == x).
 import Foundation
 import FuzzSupport
-import TidemarkConfig
+import TidemarkConfigFiles
 
 @_cdecl("fuzz_config_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {

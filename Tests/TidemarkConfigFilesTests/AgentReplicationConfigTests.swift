@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import TidemarkConfig
+@testable import TidemarkConfigFiles
 
 // The agent keys beyond tracking: identity, replication, policy, control socket.
 

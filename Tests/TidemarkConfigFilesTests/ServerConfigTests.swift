@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import TidemarkConfig
+@testable import TidemarkConfigFiles
 
 private let path = "/etc/tidemark/server.yaml"
 
