@@ -55,6 +55,7 @@ extension LogLevel {
 public enum AgentCommands {
     /// `track`: tracer → drain → .hrl until SIGTERM/SIGINT; leaves tracking pinned.
     public static func track(_ s: AgentSettings) throws {
+        AgentLimitRelations.check()
         // Validate every device before changing anything.
         for d in s.disks { _ = try BlockDeviceInfo.inspect(d) }
         StopSignal.install()
@@ -160,6 +161,7 @@ public enum AgentCommands {
 
     /// `mirror`: keep a file or device a continuous copy of one disk.
     public static func mirror(_ s: AgentSettings, once: Bool) throws {
+        AgentLimitRelations.check()
         guard s.disks.count == 1 else {
             throw TidemarkError(.invalidArgument, "mirror takes exactly one --disk (got \(s.disks.count))")
         }

@@ -127,3 +127,71 @@ public enum ReplicationLimits {
     /// status: a status takes the replicator's lock for a few microseconds.
     public static let metricsSampleIntervalMs = 1_000
 }
+
+/// The relations between the agent's limits. Each limit is a constant
+/// above; what one promises often depends on another (a preferred wait
+/// shorter than the longest, a start level inside the range), and a change
+/// of one must not silently break the other. The values are copied here so
+/// a test can break one and see the problem named; `run`, `track` and
+/// `mirror` check the real ones at start (`check()`).
+struct AgentLimitRelations {
+    var pointBacklogBytesMax = ReplicationLimits.pointBacklogBytesMax
+    var pointBacklogBytesLateMax = ReplicationLimits.pointBacklogBytesLateMax
+    var pointPreferredWaitMs = ReplicationLimits.pointPreferredWaitMs
+    var pointPrepareWaitMsMax = ReplicationLimits.pointPrepareWaitMsMax
+    var pointReaderIdleWaitMsMax = ReplicationLimits.pointReaderIdleWaitMsMax
+    var pointPrepareDrainMs = ReplicationLimits.pointPrepareDrainMs
+    var pointReadyPollMs = ReplicationLimits.pointReadyPollMs
+    var reconnectDelayMsMin = ReplicationLimits.reconnectDelayMsMin
+    var reconnectDelayMsMax = ReplicationLimits.reconnectDelayMsMax
+    var compressionAutoLevels = ReplicationLimits.compressionAutoLevels
+    var compressionAutoStartLevel = ReplicationLimits.compressionAutoStartLevel
+    var digestBaselinePollMs = Limits.digestBaselinePollMs
+    var digestBaselineWaitMsMax = Limits.digestBaselineWaitMsMax
+    var watchdogReplyWaitMs = FreezeGuardLimits.watchdogReplyWaitMs
+    var shutdownSealFileBytes = Limits.shutdownSealFileBytes
+    var shutdownSealExtentsMax = Limits.shutdownSealExtentsMax
+    var readRequestBytesMax = Limits.readRequestBytesMax
+    var mirrorCycleBytesMax = Limits.mirrorCycleBytesMax
+
+    /// The first relation that does not hold, in words, or nil.
+    func problem() -> String? {
+        if pointBacklogBytesMax > pointBacklogBytesLateMax {
+            return "pointBacklogBytesMax (\(pointBacklogBytesMax)) exceeds pointBacklogBytesLateMax (\(pointBacklogBytesLateMax)): the late bound must allow at least the preferred one"
+        }
+        if pointPreferredWaitMs >= pointPrepareWaitMsMax {
+            return "pointPreferredWaitMs (\(pointPreferredWaitMs)) is not below pointPrepareWaitMsMax (\(pointPrepareWaitMsMax)): a point would give up before it ever accepts the late bound"
+        }
+        if pointReaderIdleWaitMsMax >= pointPrepareWaitMsMax {
+            return "pointReaderIdleWaitMsMax (\(pointReaderIdleWaitMsMax)) is not below pointPrepareWaitMsMax (\(pointPrepareWaitMsMax))"
+        }
+        if watchdogReplyWaitMs >= pointPrepareWaitMsMax {
+            return "FreezeGuardLimits.watchdogReplyWaitMs (\(watchdogReplyWaitMs)) is not below pointPrepareWaitMsMax (\(pointPrepareWaitMsMax)): arming the watchdog could outlast the preparation"
+        }
+        if pointPrepareDrainMs < 1 || pointReadyPollMs < 1 {
+            return "pointPrepareDrainMs and pointReadyPollMs must be at least 1 ms (a zero poll spins)"
+        }
+        if reconnectDelayMsMin < 1 || reconnectDelayMsMin > reconnectDelayMsMax {
+            return "the reconnect delay must be 1 ms ≤ reconnectDelayMsMin (\(reconnectDelayMsMin)) ≤ reconnectDelayMsMax (\(reconnectDelayMsMax))"
+        }
+        if !compressionAutoLevels.contains(compressionAutoStartLevel) {
+            return "compressionAutoStartLevel (\(compressionAutoStartLevel)) is outside compressionAutoLevels (\(compressionAutoLevels))"
+        }
+        if digestBaselinePollMs < 1 || digestBaselinePollMs >= digestBaselineWaitMsMax {
+            return "digestBaselinePollMs (\(digestBaselinePollMs)) must be at least 1 ms and below digestBaselineWaitMsMax (\(digestBaselineWaitMsMax))"
+        }
+        if shutdownSealExtentsMax < 1 {
+            return "shutdownSealFileBytes (\(shutdownSealFileBytes)) leaves no room for an extent after the seal's fixed part"
+        }
+        if mirrorCycleBytesMax < UInt64(readRequestBytesMax) {
+            return "mirrorCycleBytesMax (\(mirrorCycleBytesMax)) is below readRequestBytesMax (\(readRequestBytesMax)): a mirror cycle could not hold one read"
+        }
+        return nil
+    }
+
+    /// Stops the agent at start when a relation does not hold: a build with
+    /// inconsistent limits must not run (like `ServerLimits.relationProblem`).
+    static func check() {
+        if let problem = AgentLimitRelations().problem() { preconditionFailure("agent limits: \(problem)") }
+    }
+}

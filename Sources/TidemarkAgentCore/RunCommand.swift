@@ -25,6 +25,7 @@ extension AgentCommands {
         // First of all: SIGTERM, SIGINT or SIGHUP during the setup below is
         // recorded, and replayed once the service group runs (DaemonSignals).
         DaemonSignals.prepare()
+        AgentLimitRelations.check()
         // Then: a filesystem a dead agent left frozen is thawed (its
         // freeze record in the run directory says which), whatever else
         // fails after this.
