@@ -263,9 +263,14 @@ public struct ReplicationSender {
     // MARK: Sending
 
     /// The first sealed segment not yet sent on this connection. Nothing
-    /// sealed in an epoch goes out before the epoch history records it.
+    /// sealed in an epoch goes out before the epoch history records it, and
+    /// nothing goes to a target found lost before the whole disk is marked
+    /// (`wholeDiskMarked`): a segment committed there first would make the
+    /// target look replicated to a restarted agent, which would then never
+    /// send the rest of the disk.
     public func nextToSend() -> Sealed? {
         precondition(lineageRecorded, "ReplicationSender.nextToSend: the epoch is not recorded in the epoch history yet")
+        guard !wholeDiskPending else { return nil }
         return window.first { !$0.sent }
     }
 

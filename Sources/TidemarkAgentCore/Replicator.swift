@@ -236,6 +236,8 @@ public final class DiskReplicator: @unchecked Sendable {
         cond.lock()
         scheduleScanLocked(all: true)
         state.wholeDiskMarked()
+        // The sender holds segments back until now (nextToSend).
+        cond.broadcast()
         cond.unlock()
     }
 

@@ -218,6 +218,8 @@ final class SimAgent {
         sender!.markToRead(first: 0, count: UInt64(disk.chunkCount))
         sender!.wholeDiskMarked()
         onWholeDiskMarked()
+        // The sender held the window back until now (nextToSend).
+        kickSender()
     }
 
     // MARK: The reader

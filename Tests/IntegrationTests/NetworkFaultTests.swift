@@ -14,6 +14,30 @@ import TidemarkWire
     /// flipped inside the TLS stream: the agent reconnects every time (its
     /// io timeout detects the stalled and dead paths) and resumes where the
     /// server's durable sequence says.
+    /// The process server comes back with its target and spool gone (a new,
+    /// empty target): the agent sees that the target holds nothing of a disk
+    /// it replicated, marks the whole disk, sends nothing before that, and a
+    /// point taken afterwards recovers the whole disk identical, with every
+    /// sequence of the new target stored once.
+    @Test(.requiresRoot) func aLostTargetGetsTheWholeDiskAgain() throws {
+        let w = try FaultWorld("lost-target")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent()
+        let first = try w.point()
+        try w.recoverAndCompare(first)
+        _ = w.server?.stop()
+        try sh("rm -rf \(w.target) \(w.spoolDir)")
+        try sh("head -c 2M /dev/urandom > \(w.mnt)/after-loss && sync")
+        try w.startServer(port: w.serverPort)
+        try w.waitFor("the agent says the target was lost", timeoutSeconds: 60) {
+            w.agent?.stderr.contains("sending the whole disk again") == true
+        }
+        let second = try w.point()
+        try w.recoverAndCompare(second)
+        try w.expectContiguous(try w.diskID())
+    }
+
     @Test(.requiresRoot) func cutStalledDeadAndTamperedConnectionsResume() throws {
         let w = try FaultWorld("netfault")
         defer { w.close() }

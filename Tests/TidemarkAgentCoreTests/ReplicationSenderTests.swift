@@ -387,8 +387,13 @@ import TidemarkWire
         // The caller marks the whole disk before any point (this test leaves
         // the other chunks out, to follow how commits count).
         #expect(!s.mayTagPoint)
-        s.wholeDiskMarked()
+        // Nor is anything sent to the new target before then: a segment
+        // committed there first would make it look replicated to a
+        // restarted agent, which would never send the rest of the disk.
         Self.sealAll(&s)                                    // #1, #2, #3
+        #expect(s.nextToSend() == nil)
+        s.wholeDiskMarked()
+        #expect(s.nextToSend()?.sequence == 1)
         let tag = s.numberPointTag()                        // #4
         try s.ackDurable(4)
         #expect(s.takeClearable().isEmpty)
