@@ -463,7 +463,7 @@ public final class Simulation {
         }
     }
 
-    /// The `.hrl` invariant (DESIGN.md): a chunk whose bit is clear in the
+    /// The `.hrl` invariant (docs/design.md): a chunk whose bit is clear in the
     /// kernel map and in the `.hrl` holds what the target holds for it.
     private func checkTracking() {
         guard !targetLostUnnoticed else { return }
