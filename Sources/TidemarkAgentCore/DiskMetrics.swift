@@ -7,7 +7,8 @@ import TidemarkSurface
 ///
 /// Counters move where their event happens (a segment sent, a point
 /// committed); the gauges (RPO, backlog) are set from the disk's status by
-/// `observe`, which `MetricsSampler` calls once a second. Thread-safe: the
+/// `observe`, which the agent's sampling service (a `PeriodicService` in
+/// `RunCommand.swift`) calls once a second. Thread-safe: the
 /// metric objects are, and nothing else here changes after init. Memory:
 /// one handler per metric and dimension value, held by the metrics backend.
 public final class DiskMetrics: Sendable {

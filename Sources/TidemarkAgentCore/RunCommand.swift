@@ -17,8 +17,9 @@ extension AgentCommands {
     /// A service group (TidemarkDaemon) owns the long-running parts: the
     /// control socket, the replication of the disks (their threads), the
     /// metrics sampler and the SIGHUP reload. SIGTERM or SIGINT stops them
-    /// gracefully — replication first, then the sampler, the reload and the
-    /// control socket — and then the shutdown seal is armed, as before.
+    /// gracefully, in the reverse order of their start — the point scheduler
+    /// first, then replication, the sampler, the reload and the control
+    /// socket — and then the shutdown seal is armed, as before.
     /// `testSwitches` are those main read from the environment at start.
     public static func run(configPath: String?, disks: [String], stateDir: String?, server: String?,
                            waitForConfig: Bool = false, testSwitches: TestSwitches) async throws {

@@ -108,13 +108,19 @@ public final class ProcessServer: @unchecked Sendable {
         }
     }
 
-    /// Serves until `stop()`; returns after every thread has finished.
+    /// Serves until `stop()`; returns once the connections have ended and
+    /// the server's own threads have (at most `ServerLimits.stopThreadsWaitMs`
+    /// for those: the uploader finishes the batch it is storing).
     public func run() {
-        let syncThread = Thread { self.sink.runSyncLoop() }
-        let uploadThread = Thread { self.sink.runUploader() }
-        let pruneThread = Thread { self.runPruner() }
-        let deadlineThread = Thread { self.runDeadlines() }
-        for t in [syncThread, uploadThread, pruneThread, deadlineThread] { t.start() }
+        let ended = DispatchSemaphore(value: 0)
+        let own: [(String, @Sendable () -> Void)] = [
+            ("spool sync", { self.sink.runSyncLoop() }), ("uploader", { self.sink.runUploader() }),
+            ("pruner", { self.runPruner() }), ("deadlines", { self.runDeadlines() }),
+        ]
+        let running = FinishedNames(own.map(\.0))
+        for (name, body) in own {
+            Thread { body(); running.finished(name); ended.signal() }.start()
+        }
         Log.info("\(options.serverID): listening on \(options.listenHost):\(port) (TLS 1.3, client certificates required); spool \(options.spoolDir); target \(options.targetPath)")
         while let socket = try? listener.accept() {
             // Unauthenticated connections have a pool of their own: a new
@@ -145,8 +151,11 @@ public final class ProcessServer: @unchecked Sendable {
             usleep(10_000)
         }
         sink.stop()
-        usleep(50_000)
-        // A batch still being stored finishes on the uploader's own thread.
+        let deadline = DispatchTime.now() + .milliseconds(ServerLimits.stopThreadsWaitMs)
+        for _ in own where ended.wait(timeout: deadline) == .timedOut {
+            Log.error("\(options.serverID): stopping without waiting longer for \(running.left.joined(separator: ", ")) (\(ServerLimits.stopThreadsWaitMs / 1000) s): what it was storing stays in the spool for the next start")
+            break
+        }
         sink.shutdown()
         Log.info("\(options.serverID): stopped")
     }
@@ -410,4 +419,14 @@ public final class ProcessServer: @unchecked Sendable {
         lock.unlock()
         sink.prune(diskIDs: ids, retentionSeconds: retention)
     }
+}
+
+/// The names of threads still running, for the message of a stop that
+/// gives up waiting. Thread-safe.
+final class FinishedNames: @unchecked Sendable {
+    private let lock = NSLock()
+    private var names: [String]
+    init(_ names: [String]) { self.names = names }
+    func finished(_ name: String) { lock.lock(); names.removeAll { $0 == name }; lock.unlock() }
+    var left: [String] { lock.lock(); defer { lock.unlock() }; return names }
 }

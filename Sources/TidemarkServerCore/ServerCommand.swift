@@ -13,8 +13,9 @@ public enum ServerCommands {
     /// A service group (TidemarkDaemon) owns the server's threads (as one
     /// service), the metrics sampler and the SIGHUP reload. SIGTERM or
     /// SIGINT stops them gracefully: the server closes its listener and
-    /// connections, lets the uploader and the spool's sync loop finish, and
-    /// returns once every thread has (the flush of before).
+    /// connections, lets the uploader finish the batch it is storing and the
+    /// spool's sync loop its last group commit, and returns once its threads
+    /// have ended (bounded by `ServerLimits.stopThreadsWaitMs`).
     public static func run(configPath: String?, listen: String?, spoolDir: String?, targetPath: String?) async throws {
         // First of all: SIGTERM, SIGINT or SIGHUP during the setup below is
         // recorded, and replayed once the service group runs (DaemonSignals).

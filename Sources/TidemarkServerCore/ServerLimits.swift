@@ -60,6 +60,12 @@ public enum ServerLimits {
     /// doubling up to the maximum; the record stays in the spool meanwhile.
     public static let uploadRetryDelayMsMin = 100
     public static let uploadRetryDelayMsMax = 10_000
+    /// At a stop, the server waits this long for its own threads (spool
+    /// sync, uploader, pruner, deadlines) to end: longer than an upload
+    /// retry's sleep, so a batch being stored is finished, not cut; a thread
+    /// stuck in the kernel longer is named and left (the spool keeps its
+    /// segments for the next start).
+    public static let stopThreadsWaitMs = 30_000
     /// The uploader stores the spooled segments waiting for it in batches of
     /// at most this many segments and this many payload bytes (a larger
     /// segment goes alone): one directory fsync per batch, and "committed"
@@ -93,6 +99,7 @@ public enum ServerLimits {
         }
         if frameDeadlineBaseMs > frameReadTimeoutMs { return "the whole-frame deadline base must not exceed the per-read timeout" }
         if deadlineCheckMs * 10 > handshakeTimeoutMs { return "deadlines must be checked at least ten times within the handshake deadline" }
+        if stopThreadsWaitMs <= uploadRetryDelayMsMax { return "a stop must wait longer than an upload retry's sleep, or it cuts a batch being stored" }
         if unauthenticatedPerSourceMax < 1 || unauthenticatedPerSourceMax > unauthenticatedConnectionsMax {
             return "the per-source pool of unauthenticated connections must be 1 … the whole pool"
         }
