@@ -213,14 +213,22 @@ mibps() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.0f", b/s/1048576}'; }
 # disk 0's values separated by spaces (rss_bytes is the process's).
 cat > "$work/status.py" <<'PY'
 import json, socket, sys, time
-def status(path):
+def ask(path, line):
     s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(path)
-    s.sendall(b'{"op":"status"}\n'); buf = b''
+    s.sendall(line); buf = b''
     while not buf.endswith(b'\n'):
         d = s.recv(65536)
         if not d: break
         buf += d
     return json.loads(buf)
+def status(path):
+    # Control protocol version 1 (docs/control-socket.md): the state is under
+    # "status". An agent built before the versioned protocol (bench-compare's
+    # older side) refuses the numeric version and is asked the old way.
+    r = ask(path, b'{"version":1,"op":"status"}\n')
+    if 'version' not in r:
+        r = ask(path, b'{"op":"status"}\n')
+    return r.get('status', r)
 def field(st, k):
     return st[k] if k in st else st['disks'][0].get(k, -1)
 mode = sys.argv[2]
