@@ -593,7 +593,7 @@ public final class DiskReplicator: @unchecked Sendable {
         try resume(durable: durable, committed: committed)
         established = true
         Log.info("\(diskID): connected to \(serverID) at \(settings.serverHost):\(settings.serverPort); server has #\(durable) durable, #\(committed) committed")
-        var bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
+        let bucket = TokenBucket(bytesPerSecond: settings.bandwidthLimitBytesPerSecond)
         // Liveness: a connection can hang without an error (a stalled network
         // path, a server that stopped reading). With nothing else to send, a
         // ping goes out every quarter of the io timeout (it also keeps the
@@ -713,30 +713,6 @@ public final class DiskReplicator: @unchecked Sendable {
         }
     }
 
-}
-
-/// A token bucket for the agent's bandwidth limit; 0 = unlimited.
-struct TokenBucket {
-    let rate: UInt64
-    var tokens: Double
-    var last: Double
-    init(bytesPerSecond: UInt64) {
-        rate = bytesPerSecond
-        tokens = Double(bytesPerSecond)
-        last = monotonicSeconds()
-    }
-
-    mutating func take(_ bytes: UInt64) {
-        guard rate > 0 else { return }
-        let now = monotonicSeconds()
-        tokens = min(Double(rate), tokens + (now - last) * Double(rate))
-        last = now
-        tokens -= Double(bytes)
-        if tokens < 0 {
-            let wait = -tokens / Double(rate)
-            usleep(useconds_t(min(wait, 10) * 1_000_000))
-        }
-    }
 }
 
 func monotonicSeconds() -> Double { SystemClock.monotonicSeconds() }

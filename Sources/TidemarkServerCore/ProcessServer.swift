@@ -84,7 +84,7 @@ public final class ProcessServer: @unchecked Sendable {
     public let metrics: ServerMetrics
     /// The incoming bandwidth cap every connection pays into before it
     /// reads a segment's payload.
-    let ingestBandwidth: IngestBandwidth
+    let ingestBandwidth: TokenBucket
 
     /// The port actually listened on (useful with port 0 in tests).
     public var port: UInt16 { listener.port }
@@ -94,7 +94,7 @@ public final class ProcessServer: @unchecked Sendable {
         self.options = options
         self.currentTLSContext = try TLSContext.server(options.tls)
         self.metrics = ServerMetrics()
-        self.ingestBandwidth = IngestBandwidth(bytesPerSecond: options.bandwidthLimitBytesPerSecond)
+        self.ingestBandwidth = TokenBucket(bytesPerSecond: options.bandwidthLimitBytesPerSecond)
         self.sink = try SpoolTargetSink(serverID: options.serverID, spoolDir: options.spoolDir, spoolMaxBytes: options.spoolMaxBytes,
                                         targetPath: options.targetPath, uploadMemoryBytes: options.uploadMemoryBytes, metrics: metrics)
         self.receiver = ReplicationReceiver(configuration: .init(serverID: options.serverID, maxConnections: options.maxConnections))

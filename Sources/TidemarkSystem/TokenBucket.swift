@@ -1,24 +1,20 @@
 import Foundation
 import Glibc
-import TidemarkSystem
 
-/// The process server's incoming bandwidth cap (`bandwidth_limit` in
-/// server.yaml), shared by every agent connection: a token bucket whose
-/// debt a connection pays by sleeping before it reads a segment frame's
-/// payload. While it sleeps it reads nothing, so TCP's flow control holds
-/// the agent back; no data is dropped and nothing is refused.
+/// A bandwidth cap as a token bucket: the agent's `replication.bandwidth_limit`
+/// (one sender thread) and the process server's `bandwidth_limit` (shared by
+/// every connection). A caller pays before it moves a frame's bytes by
+/// sleeping off the debt; while it sleeps it reads or sends nothing, so TCP's
+/// flow control holds the other side back; nothing is dropped or refused.
 ///
-/// Thread-safe: connection threads call `take` concurrently; the bucket
-/// is touched only under `lock`, the sleep happens outside it. Memory:
-/// constant. The rate is fixed for the process (a change needs a restart,
-/// as `reload` says).
-public final class IngestBandwidth: @unchecked Sendable {
+/// Thread-safe: the bucket is touched only under `lock`, the sleep happens
+/// outside it. Memory: constant. The rate is fixed for the bucket's life.
+public final class TokenBucket: @unchecked Sendable {
     /// Bytes per second; 0 = unlimited.
     public let bytesPerSecond: UInt64
-    /// The longest a connection sleeps for one frame, in milliseconds: a
-    /// frame is at most `SegmentLimits` bytes, and frame deadlines
-    /// (`ServerLimits.frameDeadlineMs`) start after the wait.
-    static let waitMsMax = 10_000
+    /// The longest one `take` sleeps, in milliseconds (the server starts a
+    /// frame's deadline after the wait).
+    public static let waitMsMax = 10_000
     private let lock = NSLock()
     private var tokens: Double
     private var lastNs: UInt64
