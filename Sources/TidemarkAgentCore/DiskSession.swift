@@ -50,6 +50,13 @@ public final class DiskSession {
         self.fakeRecursionMiss = testSwitches.fakeRecursionMiss
     }
 
+    /// A point's freeze begins for this disk: with the test switch
+    /// `fakeRecursionMissUnderFreeze`, the next drain behaves as if the
+    /// kernel had skipped the tracer once. Nothing otherwise.
+    public func enteringFreeze() {
+        if testSwitches.fakeRecursionMissUnderFreeze { fakeRecursionMiss = true }
+    }
+
     /// The state file of `device` in `stateDir`.
     public static func hrlPath(stateDir: String, device: BlockDeviceInfo) -> String {
         stateDir + "/" + device.kernelName + ".hrl"

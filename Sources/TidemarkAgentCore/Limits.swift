@@ -1,3 +1,5 @@
+import TidemarkConfigFiles
+
 /// Every limit of the agent's data path, in one place, units in the names.
 /// Configuration defaults and bounds (chunk size, intervals) live with the
 /// configuration, in `AgentConfig`.
@@ -113,6 +115,14 @@ public enum ReplicationLimits {
     /// whether every disk is ready to be tagged (the readers also wake it
     /// when they run out of work).
     public static let pointReadyPollMs = 5
+    /// Reading and tagging under the freeze slower than this is logged with
+    /// what the tags waited for (at most `pointWaitTraceEntriesMax` changes).
+    public static let pointSlowTagLogMs = 50
+    public static let pointWaitTraceEntriesMax = 32
+    /// A resync that starts under a point's freeze is watched this long
+    /// before its pace decides whether it can end within the freeze (less
+    /// than the smallest freeze bound, 100 ms, so the judgement comes in time).
+    public static let pointResyncJudgeMs = 50
     /// A point request waits this long for its tag to be committed.
     public static let pointCommitWaitMsMax = 120_000
     /// Hook scripts (pre-freeze, post-thaw) are killed after this long.
@@ -142,6 +152,8 @@ struct AgentLimitRelations {
     var pointReaderIdleWaitMsMax = ReplicationLimits.pointReaderIdleWaitMsMax
     var pointPrepareDrainMs = ReplicationLimits.pointPrepareDrainMs
     var pointReadyPollMs = ReplicationLimits.pointReadyPollMs
+    var pointResyncJudgeMs = ReplicationLimits.pointResyncJudgeMs
+    var freezeTimeoutMsMin = AgentConfig.freezeTimeoutMsMin
     var reconnectDelayMsMin = ReplicationLimits.reconnectDelayMsMin
     var reconnectDelayMsMax = ReplicationLimits.reconnectDelayMsMax
     var compressionAutoLevels = ReplicationLimits.compressionAutoLevels
@@ -170,6 +182,9 @@ struct AgentLimitRelations {
         }
         if pointPrepareDrainMs < 1 || pointReadyPollMs < 1 {
             return "pointPrepareDrainMs and pointReadyPollMs must be at least 1 ms (a zero poll spins)"
+        }
+        if pointResyncJudgeMs < 1 || pointResyncJudgeMs >= freezeTimeoutMsMin {
+            return "pointResyncJudgeMs (\(pointResyncJudgeMs)) must be at least 1 and below the smallest freeze bound (\(freezeTimeoutMsMin) ms): a resync under the freeze is judged before the bound"
         }
         if reconnectDelayMsMin < 1 || reconnectDelayMsMin > reconnectDelayMsMax {
             return "the reconnect delay must be 1 ms ≤ reconnectDelayMsMin (\(reconnectDelayMsMin)) ≤ reconnectDelayMsMax (\(reconnectDelayMsMax))"

@@ -53,6 +53,11 @@ public final class PointCoordinator: @unchecked Sendable {
     private var guardMs = 0.0
     private var tFreeze = 0.0, tFrozen = 0.0, tArmed = 0.0, tTagged = 0.0
     private var freezeMs = 0.0
+    /// Why the tags waited under the freeze: each change of the disks'
+    /// reasons, at most `ReplicationLimits.pointWaitTraceEntriesMax`, with
+    /// the milliseconds since the drain; logged when reading and tagging
+    /// took longer than `ReplicationLimits.pointSlowTagLogMs`.
+    private var waitTrace: [(ms: Double, why: String)] = []
 
     /// Points over several disks are made one at a time: two of them would
     /// each hold some disks' main threads while waiting for the others'.
@@ -241,6 +246,7 @@ public final class PointCoordinator: @unchecked Sendable {
         lock.lock()
         tTagged = monotonicSeconds()
         lock.unlock()
+        logSlowTag()
     }
 
     /// Thaws every filesystem (idempotent).
@@ -392,12 +398,37 @@ public final class PointCoordinator: @unchecked Sendable {
         }
         for m in members { m.cond.lock() }
         defer { for m in members.reversed() { m.cond.unlock() } }
-        let notReady = members.indices.map { members[$0].tagReadinessLocked(requests[$0]) }
-        let decision = phases.tagDecision(now: monotonicSeconds(), notReady: notReady)
+        let now = monotonicSeconds()
+        let deadline = phases.tagDeadline ?? now
+        let notReady = members.indices.map { members[$0].tagReadinessLocked(requests[$0], now: now, deadline: deadline) }
+        traceWait(notReady, now: now)
+        let decision = phases.tagDecision(now: now, notReady: notReady)
         if decision == .number && number {
             phases.tagged(members.indices.map { members[$0].numberTagLocked(requests[$0]) })
         }
         return decision
+    }
+
+    /// Records the disks' reasons when they changed (caller holds `lock`).
+    private func traceWait(_ notReady: [PointPhases.NotReady?], now: Double) {
+        guard waitTrace.count < ReplicationLimits.pointWaitTraceEntriesMax else { return }
+        let why = notReady.indices.compactMap { i in notReady[i].map { isMachinePoint ? "\(members[i].session.device.path): \($0.reason)" : $0.reason } }
+            .joined(separator: "; ")
+        // A change of kind, not of a byte count, is a new entry.
+        let kind = { (text: String) in text.filter { !$0.isNumber } }
+        if let last = waitTrace.last, kind(last.why) == kind(why.isEmpty ? "ready" : why) { return }
+        waitTrace.append((ms: (now - (tArmed > 0 ? tArmed : now)) * 1000, why: why.isEmpty ? "ready" : why))
+    }
+
+    /// What the tags waited for, when reading and tagging was slow.
+    private func logSlowTag() {
+        lock.lock()
+        let tagMs = (tTagged - tArmed) * 1000
+        let trace = waitTrace
+        lock.unlock()
+        guard tagMs > Double(ReplicationLimits.pointSlowTagLogMs) else { return }
+        let steps = trace.map { String(format: "+%.1f ms ", $0.ms) + $0.why }.joined(separator: " | ")
+        Log.info("point \(id): reading and tagging under the freeze took \(String(format: "%.1f", tagMs)) ms; waited for: \(steps)")
     }
 
     private func untilReady(number: Bool) throws {

@@ -75,6 +75,20 @@ public struct PointPhases: Sendable {
         case abandoned
     }
 
+    /// Why a disk cannot be tagged at this instant.
+    public struct NotReady: Equatable, Sendable, ExpressibleByStringLiteral {
+        public var reason: String
+        /// Nothing this freeze can wait for ends it (a resync compares the
+        /// whole disk with the target; the agent stops): the point is
+        /// abandoned at once instead of at the bound.
+        public var endsThisFreeze: Bool
+        public init(_ reason: String, endsThisFreeze: Bool = false) {
+            self.reason = reason
+            self.endsThisFreeze = endsThisFreeze
+        }
+        public init(stringLiteral reason: String) { self.init(reason) }
+    }
+
     /// How the commit wait ended.
     public enum Outcome: Equatable, Sendable {
         case complete
@@ -100,6 +114,9 @@ public struct PointPhases: Sendable {
     public private(set) var postThawHookRan = false
     /// Why the point failed (set once, with `phase == .failed`).
     public private(set) var failure: TidemarkError?
+    /// Why each disk could not be tagged when last asked (`tagDecision`):
+    /// what the bound's error names.
+    public private(set) var lastNotReady: [NotReady?]
 
     public init(disks: [String], pointID: String, appConsistent: Bool, freezeTimeoutMs: Int) {
         precondition(!disks.isEmpty, "a point spans at least one disk")
@@ -110,6 +127,7 @@ public struct PointPhases: Sendable {
         self.freezeTimeoutMs = freezeTimeoutMs
         steps = Array(repeating: .waiting, count: disks.count)
         released = Array(repeating: false, count: disks.count)
+        lastNotReady = Array(repeating: nil, count: disks.count)
     }
 
     public var isMachinePoint: Bool { disks.count > 1 }
@@ -231,18 +249,21 @@ public struct PointPhases: Sendable {
     /// is ready (its reader waits with nothing left to read), or says why
     /// not. At or after the deadline the point is abandoned, naming the
     /// disks that were not ready.
-    public mutating func tagDecision(now: Double, notReady: [String?]) -> TagDecision {
+    public mutating func tagDecision(now: Double, notReady: [NotReady?]) -> TagDecision {
         precondition(notReady.count == disks.count)
         if phase == .failed { return .abandoned }
         precondition(phase == .frozen, "tag decision in \(phase)")
+        lastNotReady = notReady
         let deadline = tagDeadline!
+        let hopeless = notReady.indices.filter { notReady[$0]?.endsThisFreeze == true }
+        if !hopeless.isEmpty {
+            fail(cannotTagError(hopeless))
+            return .abandoned
+        }
         let ready = notReady.indices.filter { notReady[$0] == nil && steps[$0] == .armed }
         if ready.count == disks.count && now < deadline { return .number }
         if now >= deadline {
-            let late = notReady.indices.filter { !ready.contains($0) }
-            fail(boundError(late.map { i in
-                disks[i] + (steps[i] != .armed ? " (still draining under the freeze)" : notReady[i].map { " (\($0))" } ?? "")
-            }))
+            fail(boundError(notReady.indices.filter { !ready.contains($0) }))
             return .abandoned
         }
         return .wait(until: deadline)
@@ -261,8 +282,8 @@ public struct PointPhases: Sendable {
     @discardableResult
     public mutating func expire(now: Double) -> Bool {
         guard let deadline = tagDeadline, now >= deadline, phase == .freezing || phase == .frozen else { return false }
-        let late = steps.indices.filter { steps[$0] != .armed }
-        return fail(boundError(late.isEmpty ? disks : late.map { disks[$0] }))
+        let late = steps.indices.filter { steps[$0] != .armed || lastNotReady[$0] != nil }
+        return fail(boundError(late.isEmpty ? Array(disks.indices) : late))
     }
 
     /// Every filesystem is thawed (or, when nothing was frozen, the freeze
@@ -337,12 +358,32 @@ public struct PointPhases: Sendable {
         "the machine point \(pointID) was abandoned on all \(disks.count) disks (none was tagged)"
     }
 
-    func boundError(_ late: [String]) -> TidemarkError {
+    /// Why disk `i` was not tagged, as last seen (empty when unknown).
+    func whyLate(_ i: Int) -> String {
+        if steps[i] == .draining || steps[i] == .prepared { return "still draining under the freeze" }
+        return lastNotReady[i]?.reason ?? ""
+    }
+
+    /// The bound passed before the disks `late` (indices) could be tagged.
+    func boundError(_ late: [Int]) -> TidemarkError {
         if !isMachinePoint {
-            return TidemarkError(.state, "\(disks[0]): the freeze exceeded \(freezeTimeoutMs) ms before the point could be tagged; the filesystems were thawed and the point abandoned",
+            let why = whyLate(0)
+            return TidemarkError(.state, "\(disks[0]): the freeze exceeded \(freezeTimeoutMs) ms before the point could be tagged\(why.isEmpty ? "" : " (\(why))"); the filesystems were thawed and the point abandoned",
                                  hint: "raise policy.freeze_timeout_ms, or lower the write load")
         }
-        return TidemarkError(.state, "the freeze reached policy.freeze_timeout_ms (\(freezeTimeoutMs) ms) before \(late.joined(separator: ", ")) could be tagged; the filesystems were thawed and \(abandonedText)",
+        let names = late.map { i in whyLate(i).isEmpty ? disks[i] : "\(disks[i]) (\(whyLate(i)))" }
+        return TidemarkError(.state, "the freeze reached policy.freeze_timeout_ms (\(freezeTimeoutMs) ms) before \(names.joined(separator: ", ")) could be tagged; the filesystems were thawed and \(abandonedText)",
                              hint: "raise policy.freeze_timeout_ms, or lower the write load")
+    }
+
+    /// The disks `hopeless` (indices) cannot be tagged under this freeze at all.
+    func cannotTagError(_ hopeless: [Int]) -> TidemarkError {
+        let resync = hopeless.contains { lastNotReady[$0]?.reason.contains("resync") == true }
+        let hint = resync ? "take the point once the resync is done (`tidemarkctl status` shows its progress)" : "take the point again once the disk replicates"
+        if !isMachinePoint {
+            return TidemarkError(.state, "\(disks[0]): the point cannot be tagged under this freeze (\(lastNotReady[0]?.reason ?? "")); the filesystems were thawed at once and the point abandoned", hint: hint)
+        }
+        let names = hopeless.map { "\(disks[$0]) (\(lastNotReady[$0]?.reason ?? ""))" }
+        return TidemarkError(.state, "\(names.joined(separator: ", ")) cannot be tagged under this freeze; the filesystems were thawed at once and \(abandonedText)", hint: hint)
     }
 }

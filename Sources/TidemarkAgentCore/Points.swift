@@ -64,6 +64,10 @@ final class PointRequest: @unchecked Sendable {
     var sequence: UInt64?
     /// The numbering epoch the tag was numbered in.
     var epoch: UInt64 = 0
+    /// When the coordinator first saw a resync compare this disk under the
+    /// freeze, and how many chunks it had left then (its progress since
+    /// tells whether it can end within the freeze).
+    var resyncSeen: (at: Double, left: UInt64)?
 
     init(tag: PointTag, readyWake: WakeSignal) {
         self.tag = tag
@@ -146,6 +150,7 @@ extension DiskReplicator {
                     try drainOnce()
                     try clearCommitted()
                 case .drainAndArm:
+                    session.enteringFreeze()
                     try drainOnce()
                     // Tests only: copy the frozen source as ground truth for the point.
                     if let hook = session.testSwitches.frozenHook {
@@ -203,17 +208,57 @@ extension DiskReplicator {
     /// reader waits in `nextBatch` — so every chunk drained under the freeze
     /// is in a segment numbered before and has been read. The caller holds
     /// `cond`.
-    func tagReadinessLocked(_ p: PointRequest) -> String? {
-        if stopping { return "the agent is stopping" }
+    func tagReadinessLocked(_ p: PointRequest, now: Double, deadline: Double) -> PointPhases.NotReady? {
+        if stopping { return .init("the agent is stopping", endsThisFreeze: true) }
         if pointRequest !== p { return "its tag is not armed" }
-        if resync.active { return "a resync compares the disk with the target" }
-        if state.wholeDiskPending { return "the target was lost and the whole disk is not yet marked to be sent again" }
-        if !state.toReadIsEmpty {
-            return "\(state.toReadCount * chunkBytes) bytes written before the freeze still to read"
-                + (state.windowBytes >= settings.inflightBytesMax ? ", the send window full" : "")
+        if resync.active { return resyncUnderFreeze(p, now: now, deadline: deadline) }
+        if state.wholeDiskPending {
+            // Marking the whole disk is this disk's main thread's, which the
+            // point holds until it is tagged or abandoned.
+            return .init("the target was lost and the whole disk is not yet marked to be sent again", endsThisFreeze: true)
         }
-        if !readerWaiting { return "its reader is still reading what was written before the freeze" }
+        if !state.toReadIsEmpty {
+            return .init("\(state.toReadCount * chunkBytes) bytes written before the freeze still to read"
+                + (state.windowHasRoom ? "" : ", the send window full (\(state.segmentsInFlight) segments, \(state.windowBytes) bytes unacknowledged)"))
+        }
+        if !readerWaiting {
+            return .init("its reader is still reading what was written before the freeze"
+                + (state.everyNumberedSegmentSealed ? "" : " (a batch is being read or sealed)"))
+        }
         return nil
+    }
+
+    /// A resync compares the disk under the freeze (a drain under it found
+    /// a skipped probe or an overflow): the tag waits for the comparison,
+    /// which on a small disk ends within milliseconds and on a large one
+    /// long after the bound. Judged by its own pace: once it has compared
+    /// for `ReplicationLimits.pointResyncJudgeMs`, a comparison that at
+    /// that pace ends after `deadline` (or has not moved) ends this
+    /// freeze — the point is abandoned at once, saying why, instead of
+    /// holding the filesystems frozen until the bound. The caller holds `cond`.
+    func resyncUnderFreeze(_ p: PointRequest, now: Double, deadline: Double) -> PointPhases.NotReady {
+        let left = resync.leftToCompare
+        let seen = p.resyncSeen ?? (at: now, left: left)
+        p.resyncSeen = seen
+        let text = "a resync compares the disk with the target (\(left) of its chunks left to compare"
+        guard let late = Self.resyncEndsTooLate(seen: seen, left: left, now: now, deadline: deadline) else { return .init(text + ")") }
+        return .init(text + "; \(late))", endsThisFreeze: true)
+    }
+
+    /// Whether a comparison with `left` chunks to go at `now`, which had
+    /// `seen.left` at `seen.at`, ends after `deadline` at its pace so far:
+    /// nil while it is watched for less than `judgeMs` or ends in time,
+    /// else why not, in words. Pure.
+    static func resyncEndsTooLate(seen: (at: Double, left: UInt64), left: UInt64, now: Double, deadline: Double,
+                                  judgeMs: Int = ReplicationLimits.pointResyncJudgeMs) -> String? {
+        let watched = now - seen.at
+        guard watched * 1000 >= Double(judgeMs) else { return nil }
+        let perSecond = Double(seen.left > left ? seen.left - left : 0) / watched
+        let endsAt = perSecond > 0 ? now + Double(left) / perSecond : Double.infinity
+        guard endsAt >= deadline else { return nil }
+        return perSecond > 0
+            ? String(format: "at %.0f chunks/s it ends %.1f s after the freeze bound", perSecond, endsAt - deadline)
+            : String(format: "it compared nothing in %.0f ms", watched * 1000)
     }
 
     /// Numbers `p`'s tag as the next sequence; the reader, waiting in
@@ -266,9 +311,16 @@ extension DiskReplicator {
             let roomy = state.windowBytes < settings.inflightBytesMax / 2
             // Every numbered segment is sealed: the reader holds no batch.
             let readerIdle = state.everyNumberedSegmentSealed
+            // A resync must end first: no tag is numbered while it compares.
+            let scanLeft = resync.active ? resync.toScan.count : nil
             cond.unlock()
             let now = monotonicSeconds()
-            if backlog <= ReplicationLimits.pointBacklogBytesMax && roomy {
+            if let scanLeft {
+                if now > deadline {
+                    throw TidemarkError(.busy, "\(session.device.path): a resync compares the disk with the target (\(scanLeft) chunks left to compare); a point waits until it is done",
+                                        hint: "take the point once the resync is done (`tidemarkctl status` shows its progress)")
+                }
+            } else if backlog <= ReplicationLimits.pointBacklogBytesMax && roomy {
                 if readerIdle { return }
                 if idleDeadline == nil { idleDeadline = now + Double(ReplicationLimits.pointReaderIdleWaitMsMax) / 1000 }
                 if now > idleDeadline! { return }

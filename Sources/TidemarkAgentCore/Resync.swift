@@ -40,6 +40,8 @@ final class ResyncState: @unchecked Sendable {
     // Guarded by the replicator's `cond`.
     var toScan: ChunkSet
     var windowInProgress = false
+    /// Chunks of the window in progress (0 when none).
+    var windowChunks: UInt64 = 0
     var baseline: UInt64?
     var query: DigestQuery?
     var matched: [UInt64] = []
@@ -59,6 +61,8 @@ final class ResyncState: @unchecked Sendable {
     init(chunks: UInt64) { toScan = ChunkSet(chunks: chunks) }
 
     var active: Bool { !toScan.isEmpty || windowInProgress }
+    /// Chunks not compared yet: to scan, or in the window in progress.
+    var leftToCompare: UInt64 { toScan.count + windowChunks }
 }
 
 struct DigestQuery {
@@ -221,12 +225,14 @@ extension DiskReplicator {
                     cond.lock()
                     for c in window.chunks { resync.toScan.insert(first: c, count: 1) }
                     resync.windowInProgress = false
+                    resync.windowChunks = 0
                     cond.unlock()
                     StopSignal.sleep(milliseconds: ReplicationLimits.reconnectDelayMsMax)
                     continue
                 }
                 cond.lock()
                 resync.windowInProgress = false
+                resync.windowChunks = 0
                 let finished = !resync.active
                 let s = resync.stats
                 cond.broadcast()
@@ -273,6 +279,7 @@ extension DiskReplicator {
             c += 1
         }
         resync.windowInProgress = true
+        resync.windowChunks = UInt64(chunks.count)
         return ScanWindow(first: run.first, count: UInt32(chunks.last! - run.first + 1), chunks: chunks)
     }
 

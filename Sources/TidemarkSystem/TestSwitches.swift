@@ -19,11 +19,17 @@ public struct TestSwitches: Sendable, Equatable {
     /// the kernel had skipped the tracer program once, because real
     /// recursion misses cannot be provoked on demand.
     public var fakeRecursionMiss: Bool
+    /// TIDEMARK_TEST_FAKE_RECURSION_MISS=freeze: instead, every drain under
+    /// a recovery point's freeze behaves so (a resync then starts under
+    /// the freeze).
+    public var fakeRecursionMissUnderFreeze: Bool
 
-    public init(bootID: String? = nil, frozenHook: String? = nil, fakeRecursionMiss: Bool = false) {
+    public init(bootID: String? = nil, frozenHook: String? = nil, fakeRecursionMiss: Bool = false,
+                fakeRecursionMissUnderFreeze: Bool = false) {
         self.bootID = bootID
         self.frozenHook = frozenHook
         self.fakeRecursionMiss = fakeRecursionMiss
+        self.fakeRecursionMissUnderFreeze = fakeRecursionMissUnderFreeze
     }
 
     /// Every switch off: what production runs with.
@@ -34,7 +40,8 @@ public struct TestSwitches: Sendable, Equatable {
         let boot = environment["TIDEMARK_TEST_BOOT_ID"]
         self.init(bootID: boot?.isEmpty == false ? boot : nil,
                   frozenHook: environment["TIDEMARK_TEST_FROZEN_HOOK"],
-                  fakeRecursionMiss: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "1")
+                  fakeRecursionMiss: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "1",
+                  fakeRecursionMissUnderFreeze: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "freeze")
     }
 
     /// The id of this boot of the host (/proc/sys/kernel/random/boot_id,

@@ -62,7 +62,7 @@ final class MachineWorld: @unchecked Sendable {
         serverPort = UInt16(line.split(separator: ":").last!)!
     }
 
-    func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0) throws {
+    func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0, env: [String: String] = [:]) throws {
         try """
         agent_id: agent-it
         state_dir: \(h.stateDir)
@@ -84,7 +84,7 @@ final class MachineWorld: @unchecked Sendable {
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
         let a = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
                                        "--disk", disks[0].path, "--disk", disks[1].path],
-                                      env: h.env.merging(["TIDEMARK_TEST_FROZEN_HOOK": h.dir + "/frozen-hook.sh"]) { $1 },
+                                      env: h.env.merging(["TIDEMARK_TEST_FROZEN_HOOK": h.dir + "/frozen-hook.sh"].merging(env) { $1 }) { $1 },
                                       logDir: h.dir)
         agent = a
         try a.waitForOutput("replicating")
@@ -298,7 +298,7 @@ final class MachineWorld: @unchecked Sendable {
         let r = try run([TestEnv.binary("tidemarkctl"), "point", "create", "--socket", w.socket])
         #expect(!r.ok, "the point was made: \(r.stdout)")
         #expect(r.stderr.contains("no machine point was created"), "\(r.stderr)")
-        #expect(r.stderr.contains("before \(slow.path) (\(ids[1])) could be tagged"), "the slow disk is named: \(r.stderr)")
+        #expect(r.stderr.contains("before \(slow.path) (\(ids[1])) (still draining under the freeze) could be tagged"), "the slow disk is named, and why: \(r.stderr)")
         #expect(!r.stderr.contains("before \(w.disks[0].path)"), "the ready disk is not blamed: \(r.stderr)")
         #expect(r.stderr.contains("was abandoned on all 2 disks (none was tagged)"), "\(r.stderr)")
         let failed = try #require(r.stderr.split(separator: " ").first { $0.hasPrefix("m2-") }.map(String.init), "no point id in \(r.stderr)")
@@ -323,6 +323,67 @@ final class MachineWorld: @unchecked Sendable {
             let cmp = try run(["/usr/bin/cmp", image, w.h.dir + "/truth-\(next)-\(d.name).img"])
             #expect(cmp.ok, "\(next) of \(d.path): \(cmp.stdout)")
         }
+    }
+
+    /// A resync that starts under the freeze (here: every drain under a
+    /// freeze sees a skipped kernel probe, through the test switch) is
+    /// waited for while it can end within the freeze — on these small disks
+    /// it does, and the point is made and equals the frozen disks — and
+    /// otherwise abandons the point at once, long before the bound, naming
+    /// the resync on each disk (here: the server is stopped, so the
+    /// comparison cannot move); both filesystems are thawed, and the next
+    /// point is made once the server is back.
+    @Test(.requiresRoot) func aResyncUnderTheFreezeIsWaitedForOnlyWhileItCanEndWithinIt() throws {
+        let w = try MachineWorld("machine-resync")
+        defer { w.close() }
+        try w.startServer()
+        try w.startAgent(freezeTimeoutMs: 20_000, env: ["TIDEMARK_TEST_FAKE_RECURSION_MISS": "freeze"])
+        let ids = try w.diskIDs()
+        try w.waitFor("the initial copies are done", timeoutSeconds: 120) {
+            (w.agent?.stderr ?? "").components(separatedBy: "resync of ").filter { $0.contains(" complete") }.count >= 2
+        }
+        func resyncsStarted() -> Int { (w.agent?.stderr ?? "").components(separatedBy: "the whole disk counts as dirty").count - 1 }
+        func pointMadeAndEqual(_ what: String) throws {
+            let before = resyncsStarted()
+            var made: String?
+            try w.waitFor(what, timeoutSeconds: 120) {
+                // Refused while an earlier resync still compares.
+                do { made = try w.point().id } catch { return false }
+                return true
+            }
+            let id = try #require(made)
+            #expect(resyncsStarted() >= before + 2, "each disk's drain under the freeze started a resync\(w.logs)")
+            try w.waitFor("\(what): committed", timeoutSeconds: 60) { try w.committed(ids.map { (id, $0) }) }
+            for (i, d) in w.disks.enumerated() {
+                let image = try w.recover(id, diskID: ids[i])
+                let cmp = try run(["/usr/bin/cmp", image, w.h.dir + "/truth-\(id)-\(d.name).img"])
+                #expect(cmp.ok, "\(id) of \(d.path): \(cmp.stdout)")
+            }
+        }
+        try sh("echo one > \(w.mounts[0])/f && echo one > \(w.mounts[1])/f && sync")
+        try pointMadeAndEqual("a point whose resyncs end within the freeze")
+
+        // The server stopped: the comparison cannot move.
+        try sh("echo two > \(w.mounts[0])/f && echo two > \(w.mounts[1])/f && sync")
+        Thread.sleep(forTimeInterval: 1) // sent and acknowledged (drains every 50 ms)
+        let server = try #require(w.server)
+        kill(server.pid, SIGSTOP)
+        defer { kill(server.pid, SIGCONT) }
+        let t0 = Date()
+        let r = try run([TestEnv.binary("tidemarkctl"), "point", "create", "--socket", w.socket])
+        let seconds = Date().timeIntervalSince(t0)
+        #expect(!r.ok, "the point was made: \(r.stdout)")
+        #expect(r.stderr.contains("cannot be tagged under this freeze") && r.stderr.contains("a resync compares the disk with the target"), "\(r.stderr)\(w.logs)")
+        #expect(r.stderr.contains("it compared nothing in"), "\(r.stderr)")
+        for d in w.disks { #expect(r.stderr.contains("\(d.path) ("), "\(d.path) is named: \(r.stderr)") }
+        #expect(r.stderr.contains("thawed at once") && r.stderr.contains("abandoned on all 2 disks (none was tagged)"), "\(r.stderr)")
+        #expect(r.stderr.contains("once the resync is done"), "\(r.stderr)")
+        #expect(seconds < 15, "the point held on for \(seconds) s: the freeze bound is 20 s, the abandon should not wait for it")
+        #expect(w.agent?.stderr.contains("cannot be tagged under this freeze") == true, "the agent's log says why\(w.logs)")
+        try sh("timeout 10 sh -c 'echo three > \(w.mounts[0])/f && echo three > \(w.mounts[1])/f && sync'")
+        kill(server.pid, SIGCONT)
+
+        try pointMadeAndEqual("a point once the server is back")
     }
 
     /// With several disks, the policy's cadence makes machine points.

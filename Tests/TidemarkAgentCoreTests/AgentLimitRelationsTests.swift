@@ -19,6 +19,7 @@ import Testing
         #expect(problem { $0.pointReaderIdleWaitMsMax = $0.pointPrepareWaitMsMax }.hasPrefix("pointReaderIdleWaitMsMax"))
         #expect(problem { $0.watchdogReplyWaitMs = $0.pointPrepareWaitMsMax }.hasPrefix("FreezeGuardLimits.watchdogReplyWaitMs"))
         #expect(problem { $0.pointReadyPollMs = 0 }.hasPrefix("pointPrepareDrainMs and pointReadyPollMs"))
+        #expect(problem { $0.pointResyncJudgeMs = 100 }.hasPrefix("pointResyncJudgeMs (100) must be at least 1 and below the smallest freeze bound (100 ms)"))
         #expect(problem { $0.reconnectDelayMsMin = $0.reconnectDelayMsMax + 1 }.hasPrefix("the reconnect delay"))
         #expect(problem { $0.compressionAutoStartLevel = $0.compressionAutoLevels.upperBound + 1 }.hasPrefix("compressionAutoStartLevel"))
         #expect(problem { $0.digestBaselinePollMs = $0.digestBaselineWaitMsMax }.hasPrefix("digestBaselinePollMs"))

@@ -87,6 +87,55 @@ import TidemarkSystem
         #expect(p.isOver)
     }
 
+    /// A resync that starts under the freeze (the drain found the tracer
+    /// overflowed) cannot end within it: the point is abandoned at once,
+    /// naming the resync, instead of holding the filesystems to the bound.
+    @Test func aResyncUnderTheFreezeAbandonsAtOnceAndSaysSo() throws {
+        var p = frozenAndArmed()
+        let resync = PointPhases.NotReady("a resync compares the disk with the target (65536 chunks left to compare)", endsThisFreeze: true)
+        #expect(p.tagDecision(now: 100.1, notReady: [nil, resync]) == .abandoned)
+        #expect(p.phase == .failed && p.thawOwed)
+        let e = try #require(p.failure)
+        #expect(e.message.contains("/dev/sdc (a-sdc-2) (a resync compares the disk with the target (65536 chunks left to compare)) cannot be tagged under this freeze"), "\(e.message)")
+        #expect(e.message.contains("abandoned on all 2 disks (none was tagged)"), "\(e.message)")
+        #expect(e.hint?.contains("once the resync is done") == true)
+
+        var one = PointPhases(disks: ["/dev/sdb"], pointID: "p-1", appConsistent: false, freezeTimeoutMs: 2_000)
+        _ = one.command(for: 0)
+        one.prepared(0)
+        one.beginFreeze(now: 0)
+        one.frozen()
+        _ = one.command(for: 0)
+        one.armed(0)
+        #expect(one.tagDecision(now: 0.01, notReady: [resync]) == .abandoned)
+        #expect(one.failure?.message == "/dev/sdb: the point cannot be tagged under this freeze (a resync compares the disk with the target (65536 chunks left to compare)); the filesystems were thawed at once and the point abandoned")
+    }
+
+    /// A resync under the freeze is judged by its own pace, once it has
+    /// been watched long enough: in time → waited for; too slow or stuck →
+    /// the freeze ends (with the pace in words).
+    @Test func aResyncIsJudgedByItsPace() {
+        let judge = { (seenLeft: UInt64, left: UInt64, now: Double) in
+            DiskReplicator.resyncEndsTooLate(seen: (at: 10, left: seenLeft), left: left, now: now, deadline: 12, judgeMs: 50)
+        }
+        #expect(judge(65_536, 65_536, 10.04) == nil, "not watched long enough to judge")
+        #expect(judge(65_536, 61_440, 10.1) == nil, "40,960 chunks/s: 61,440 left end at 11.6 s, before the bound")
+        #expect(judge(65_536, 65_000, 10.1) == "at 5360 chunks/s it ends 10.2 s after the freeze bound")
+        #expect(judge(512, 512, 10.053) == "it compared nothing in 53 ms")
+        #expect(judge(512, 0, 10.06) == nil, "done")
+    }
+
+    /// The watchdog's expiry names why each disk was late, as last seen.
+    @Test func theWatchdogsBoundNamesTheLastReason() throws {
+        var p = frozenAndArmed()
+        #expect(p.tagDecision(now: 101.5, notReady: [nil, "its reader is still reading what was written before the freeze"]) == .wait(until: 102))
+        let expired = p.expire(now: 102)
+        #expect(expired)
+        let e = try #require(p.failure)
+        #expect(e.message.contains("/dev/sdc (a-sdc-2) (its reader is still reading what was written before the freeze)"), "\(e.message)")
+        #expect(!e.message.contains("/dev/sdb"), "the ready disk is not blamed: \(e.message)")
+    }
+
     @Test func aDiskNotArmedIsNotReady() {
         var p = machine()
         for i in disks.indices { _ = p.command(for: i); p.prepared(i) }
@@ -157,8 +206,8 @@ import TidemarkSystem
         p.frozen()
         _ = p.command(for: 0)
         p.armed(0)
-        #expect(p.tagDecision(now: 2.5, notReady: ["x"]) == .abandoned)
-        #expect(p.failure?.message == "/dev/sdb: the freeze exceeded 2000 ms before the point could be tagged; the filesystems were thawed and the point abandoned")
+        #expect(p.tagDecision(now: 2.5, notReady: ["4096 bytes still to read"]) == .abandoned)
+        #expect(p.failure?.message == "/dev/sdb: the freeze exceeded 2000 ms before the point could be tagged (4096 bytes still to read); the filesystems were thawed and the point abandoned")
         var q = PointPhases(disks: ["/dev/sdb"], pointID: "p-1", appConsistent: false, freezeTimeoutMs: 2_000)
         _ = q.command(for: 0)
         q.diskFailed(0, TidemarkError(.busy, "/dev/sdb: 9 bytes still to replicate"))
