@@ -257,7 +257,8 @@ extension DiskReplicator {
         let endsAt = perSecond > 0 ? now + Double(left) / perSecond : Double.infinity
         guard endsAt >= deadline else { return nil }
         return perSecond > 0
-            ? String(format: "at %.0f chunks/s it ends %.1f s after the freeze bound", perSecond, endsAt - deadline)
+            ? String(format: "at %.0f chunks/s it ends %@ after the freeze bound", perSecond,
+                     endsAt - deadline < 1 ? String(format: "%.0f ms", (endsAt - deadline) * 1000) : String(format: "%.1f s", endsAt - deadline))
             : String(format: "it compared nothing in %.0f ms", watched * 1000)
     }
 

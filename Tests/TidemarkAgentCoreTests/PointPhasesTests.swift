@@ -122,6 +122,7 @@ import TidemarkSystem
         #expect(judge(65_536, 61_440, 10.1) == nil, "40,960 chunks/s: 61,440 left end at 11.6 s, before the bound")
         #expect(judge(65_536, 65_000, 10.1) == "at 5360 chunks/s it ends 10.2 s after the freeze bound")
         #expect(judge(512, 512, 10.053) == "it compared nothing in 53 ms")
+        #expect(judge(45_056, 43_008, 10.1) == "at 20480 chunks/s it ends 200 ms after the freeze bound")
         #expect(judge(512, 0, 10.06) == nil, "done")
     }
 
