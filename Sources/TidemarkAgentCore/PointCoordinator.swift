@@ -42,8 +42,9 @@ public final class PointCoordinator: @unchecked Sendable {
     let freezeTimeoutMs: Int
     let preFreezeHook: String?
     let postThawHook: String?
-    /// Every disk brings its backlog down by this (monotonic seconds).
-    let prepareDeadline: Double
+    /// Every disk brings its backlog down by this (monotonic seconds);
+    /// guarded by `lock` (`currentPrepareDeadline`).
+    private var prepareDeadline: Double
     /// Signalled by the disks' readers (see `PointRequest.readyWake`).
     let readyWake: WakeSignal
 
@@ -53,6 +54,8 @@ public final class PointCoordinator: @unchecked Sendable {
     private var guardMs = 0.0
     private var tFreeze = 0.0, tFrozen = 0.0, tArmed = 0.0, tTagged = 0.0
     private var freezeMs = 0.0
+    /// How long the pre-freeze hook ran, and bringing down what it wrote took.
+    private var hookMs = 0.0, settleMs = 0.0
     /// Why the tags waited under the freeze: each change of the disks'
     /// reasons, at most `ReplicationLimits.pointWaitTraceEntriesMax`, with
     /// the milliseconds since the drain; logged when reading and tagging
@@ -131,32 +134,57 @@ public final class PointCoordinator: @unchecked Sendable {
     // MARK: Phases
 
     /// Every disk's main thread takes part (behind whatever it is doing) and
-    /// brings its backlog down; then the pre-freeze hook runs, once.
+    /// brings its backlog down; then, for an app-consistent point, the
+    /// pre-freeze hook runs, once, and every disk brings down again what
+    /// the hook made the application write (a checkpoint), so that it is
+    /// read before the freeze, not under it.
     public func prepare() throws {
         for (i, r) in members.enumerated() { r.order(PointOrder(coordinator: self, index: i)) }
-        // A disk's own wait ends at the deadline (it fails then); a little
-        // more for it to say so.
-        let ready = wait(until: prepareDeadline + 1) { $0.phase == .prepared }
-        try throwIfFailed()
-        if !ready {
-            lock.lock()
-            let late = phases.steps.indices.filter { phases.steps[$0] != .prepared }
-            let text = late.map { phases.disks[$0] + (phases.steps[$0] == .waiting
-                ? " (its main loop did not take part: it is busy with another point or a resync)"
-                : " (its backlog did not come down)") }
-            let e = TidemarkError(.busy, "\(text.joined(separator: ", ")) did not get ready for point \(id) within \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s; no disk was tagged",
-                                  hint: "retry when the disk is less busy")
-            phases.fail(e)
-            lock.broadcast()
-            lock.unlock()
-            throw e
-        }
+        try awaitPrepared(after: nil)
         if appConsistent {
-            if let hook = preFreezeHook { try runHook(hook, "pre-freeze", environment: hookEnvironment) }
+            if let hook = preFreezeHook {
+                let t0 = monotonicSeconds()
+                try runHook(hook, "pre-freeze", environment: hookEnvironment)
+                hookMs = (monotonicSeconds() - t0) * 1000
+            }
             lock.lock()
             phases.markQuiesced()
+            prepareDeadline = monotonicSeconds() + Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000
+            lock.broadcast()
             lock.unlock()
+            let t0 = monotonicSeconds()
+            try awaitPrepared(after: "the pre-freeze hook")
+            settleMs = (monotonicSeconds() - t0) * 1000
         }
+    }
+
+    /// Waits until every disk is prepared; fails the point, naming the
+    /// disks that are not, at the preparation's deadline.
+    private func awaitPrepared(after: String?) throws {
+        // A disk's own wait ends at the deadline (it fails then); a little
+        // more for it to say so.
+        let ready = wait(until: currentPrepareDeadline + 1) { $0.phase == .prepared }
+        try throwIfFailed()
+        guard !ready else { return }
+        lock.lock()
+        let late = phases.steps.indices.filter { phases.steps[$0] != .prepared }
+        let text = late.map { phases.disks[$0] + (phases.steps[$0] == .waiting
+            ? " (its main loop did not take part: it is busy with another point or a resync)"
+            : after.map { " (its backlog, with what \($0) wrote, did not come down)" } ?? " (its backlog did not come down)") }
+        let e = TidemarkError(.busy, "\(text.joined(separator: ", ")) did not get ready for point \(id) within \(ReplicationLimits.pointPrepareWaitMsMax / 1000) s\(after.map { " after \($0)" } ?? ""); no disk was tagged",
+                              hint: "retry when the disk is less busy")
+        phases.fail(e)
+        lock.broadcast()
+        lock.unlock()
+        throw e
+    }
+
+    /// Each disk brings its backlog down by this (monotonic seconds); moved
+    /// on once the pre-freeze hook is done.
+    var currentPrepareDeadline: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        return prepareDeadline
     }
 
     /// The freeze record and the watchdog arm for every filesystem of every
@@ -276,9 +304,10 @@ public final class PointCoordinator: @unchecked Sendable {
         let f = freezeMs
         let ms = { (a: Double, b: Double) in String(format: "%.1f", (b - a) * 1000) }
         let timing = "frozen \(String(format: "%.1f", f)) ms (FIFREEZE \(ms(tFreeze, tFrozen)), drain \(ms(tFrozen, tArmed)), read and tag \(ms(tArmed, tTagged))); guarded in \(String(format: "%.1f", guardMs)) ms before"
+            + (appConsistent ? String(format: "; pre-freeze hook %.1f ms, its writes read before the freeze in %.1f ms", hookMs, settleMs) : "")
         lock.unlock()
         for (i, r) in members.enumerated() {
-            Log.info("\(r.session.device.path): recovery point \(id) (\(classes[i].rawValue)) tagged at #\(requests[i].sequence ?? 0)\(isMachinePoint ? " as one of \(members.count) disks" : ""); \(timing)")
+            Log.info("\(r.session.device.path): recovery point \(id) (\(classes[i].rawValue)) tagged at #\(requests[i].sequence ?? 0)\(isMachinePoint ? " as one of \(members.count) disks" : ""); \(timing); \(requests[i].toReadAtArmBytes) bytes to read under the freeze")
             r.recordFreeze(ms: f)
         }
         let deadline = Date(timeIntervalSinceNow: Double(ReplicationLimits.pointCommitWaitMsMax) / 1000)
@@ -355,6 +384,7 @@ public final class PointCoordinator: @unchecked Sendable {
     var hookEnvironment: [String: String] {
         var env = [
             "TIDEMARK_POINT_ID": id,
+            "TIDEMARK_POINT_CLASS": appConsistent ? PointClass.appConsistent.rawValue : PointClass.crashConsistent.rawValue,
             "TIDEMARK_DISKS": members.map(\.session.device.path).joined(separator: " "),
             "TIDEMARK_DISK_IDS": members.map(\.diskID).joined(separator: " "),
         ]

@@ -10,6 +10,11 @@ import TidemarkSystem
 ///                                                                 ↘ incomplete
 ///     failed: from any phase before `tagged` (the point is abandoned)
 ///
+/// An app-consistent point prepares twice: once before its pre-freeze hook
+/// and once after it (`markQuiesced` sends every disk back to prepare), so
+/// that what the hook made the application write — a database's
+/// checkpoint — is read before the freeze, not under it.
+///
 /// Each disk takes part through its own main thread, which asks
 /// `command(for:)` what to do next and reports back (`prepared`, `armed`,
 /// `diskFailed`); the coordinator moves the phases on.
@@ -39,6 +44,9 @@ public struct PointPhases: Sendable {
         case waiting
         /// Bringing its backlog down before the freeze.
         case preparing
+        /// Prepared before the pre-freeze hook; brings its backlog down
+        /// again (what the hook wrote) when it next asks.
+        case settling
         /// Its backlog is small; it keeps it so until the freeze.
         case prepared
         /// Draining under the freeze, then arming its tag request.
@@ -146,7 +154,7 @@ public struct PointPhases: Sendable {
             return .release
         }
         switch steps[i] {
-        case .waiting:
+        case .waiting, .settling:
             steps[i] = .preparing
             return .prepare
         case .prepared:
@@ -205,12 +213,17 @@ public struct PointPhases: Sendable {
     }
 
     /// The pre-freeze hook of an app-consistent point succeeded (or there
-    /// is none): it runs once per point, before the freeze.
+    /// is none): it runs once per point, before the freeze. Every disk
+    /// prepares again (what the hook wrote is read before the freeze); the
+    /// point is `prepared` again when all have.
     /// The point may have failed while the hook ran (a disk's part failed):
     /// the post-thaw hook is owed all the same.
     public mutating func markQuiesced() {
         precondition(appConsistent && !quiesced && (phase == .prepared || phase == .failed), "quiesced twice, out of order, or for a crash point")
         quiesced = true
+        guard phase == .prepared else { return }
+        phase = .preparing
+        steps = steps.map { _ in .settling }
     }
 
     /// Whether the post-thaw hook is to run now: the application was

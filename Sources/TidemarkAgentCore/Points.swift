@@ -68,6 +68,9 @@ final class PointRequest: @unchecked Sendable {
     /// freeze, and how many chunks it had left then (its progress since
     /// tells whether it can end within the freeze).
     var resyncSeen: (at: Double, left: UInt64)?
+    /// Bytes of chunks left to read when the tag was armed (drained under
+    /// the freeze, or not yet read before it): what the freeze waits for.
+    var toReadAtArmBytes: UInt64 = 0
 
     init(tag: PointTag, readyWake: WakeSignal) {
         self.tag = tag
@@ -141,7 +144,7 @@ extension DiskReplicator {
             do {
                 switch command {
                 case .prepare:
-                    try prepareForPoint(c.mounts[i], until: c.prepareDeadline)
+                    try prepareForPoint(c.mounts[i], until: c.currentPrepareDeadline)
                     c.prepared(i)
                 case .hold:
                     // Prepared, waiting for the other disks or the pre-freeze
@@ -191,6 +194,7 @@ extension DiskReplicator {
     /// `p.readyWake` whenever it waits with nothing left to read.
     func arm(_ p: PointRequest) {
         cond.lock()
+        p.toReadAtArmBytes = state.toReadCount * chunkBytes
         pointRequest = p
         cond.broadcast()
         cond.unlock()

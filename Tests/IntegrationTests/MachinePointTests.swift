@@ -62,7 +62,8 @@ final class MachineWorld: @unchecked Sendable {
         serverPort = UInt16(line.split(separator: ":").last!)!
     }
 
-    func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0, env: [String: String] = [:]) throws {
+    func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0, env: [String: String] = [:],
+                    hooks: (preFreeze: String, postThaw: String)? = nil, bandwidthLimit: String? = nil) throws {
         try """
         agent_id: agent-it
         state_dir: \(h.stateDir)
@@ -75,10 +76,12 @@ final class MachineWorld: @unchecked Sendable {
           replication_key: \(tls)/replication.key
           segment_size: 1m
           inflight_bytes: 16m
+        \(bandwidthLimit.map { "  bandwidth_limit: \($0)" } ?? "")
         policy:
           crash_consistent_interval: \(crashIntervalSeconds)
           app_consistent_interval: 0
           freeze_timeout_ms: \(freezeTimeoutMs)
+        \(hooks.map { "  pre_freeze_hook: \($0.preFreeze)\n  post_thaw_hook: \($0.postThaw)" } ?? "")
         control_socket: \(socket)
         log_level: debug
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
@@ -120,10 +123,11 @@ final class MachineWorld: @unchecked Sendable {
     /// `tidemarkctl point create` (a machine point without `disk`); the id
     /// and the whole output. Keeps each disk's frozen copy as
     /// truth-ID-LOOP.img.
-    func point(disk: LoopDevice? = nil, machineFlag: Bool = false) throws -> (id: String, output: String) {
+    func point(disk: LoopDevice? = nil, machineFlag: Bool = false, appConsistent: Bool = false) throws -> (id: String, output: String) {
         var args = [TestEnv.binary("tidemarkctl"), "point", "create", "--socket", socket]
         if let disk { args += ["--disk", disk.path] }
         if machineFlag { args.append("--machine") }
+        if appConsistent { args.append("--app-consistent") }
         let r = try run(args)
         guard r.ok else { throw TestFailure("point create failed: \(r.stderr)\(logs)") }
         let id = String(r.stdout.split(separator: " ")[1])
@@ -384,6 +388,45 @@ final class MachineWorld: @unchecked Sendable {
         kill(server.pid, SIGCONT)
 
         try pointMadeAndEqual("a point once the server is back")
+    }
+
+    /// An app-consistent point whose pre-freeze hook makes the application
+    /// write 256 MiB (a database's checkpoint): what it wrote is read after
+    /// the hook and before the freeze, so little is left to read under the
+    /// freeze; the hooks learn the point's id, class and disks; the
+    /// post-thaw hook runs once; the point equals the frozen disk.
+    @Test(.requiresRoot) func whatThePreFreezeHookWritesIsReadBeforeTheFreeze() throws {
+        let w = try MachineWorld("app-settle", diskMiB: 384)
+        defer { w.close() }
+        let hookEnv = w.h.dir + "/hook-env"
+        try """
+            #!/bin/sh
+            env | grep '^TIDEMARK_' | sort > \(hookEnv)
+            dd if=/dev/urandom of=\(w.mounts[0])/checkpoint bs=1M count=256 status=none
+            """.write(toFile: w.h.dir + "/pre-freeze.sh", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho thawed >> \(w.h.dir)/post-thaw-ran\n".write(toFile: w.h.dir + "/post-thaw.sh", atomically: true, encoding: .utf8)
+        try sh("chmod 755 \(w.h.dir)/pre-freeze.sh \(w.h.dir)/post-thaw.sh")
+        try w.startServer()
+        // A link of 32 MB/s: the hook's 256 MiB take about 7 s to send, so
+        // what is not read before the freeze would be read under it.
+        try w.startAgent(hooks: (w.h.dir + "/pre-freeze.sh", w.h.dir + "/post-thaw.sh"), bandwidthLimit: "32m")
+        let ids = try w.diskIDs()
+        let disk = w.disks[0]
+        let (id, output) = try w.point(disk: disk, appConsistent: true)
+        #expect(output.contains("app-consistent"), "\(output)")
+        let line = try #require((w.agent?.stderr ?? "").split(separator: "\n").first { $0.contains("recovery point \(id)") && $0.contains("tagged at") },
+                                "no tag line\(w.logs)")
+        #expect(line.contains("its writes read before the freeze in"), "\(line)")
+        let underFreeze = try #require(line.components(separatedBy: "; ").last?.split(separator: " ").first.flatMap { UInt64($0) }, "\(line)")
+        #expect(underFreeze < 64 << 20, "\(underFreeze) bytes were left to read under the freeze; the hook's 256 MiB should have been read before it: \(line)")
+        let env = try String(contentsOfFile: hookEnv, encoding: .utf8)
+        #expect(env.contains("TIDEMARK_POINT_ID=\(id)\n") && env.contains("TIDEMARK_POINT_CLASS=app-consistent\n")
+                && env.contains("TIDEMARK_DISK=\(disk.path)\n") && env.contains("TIDEMARK_DISK_IDS=\(ids[0])\n"), "\(env)")
+        #expect(try String(contentsOfFile: w.h.dir + "/post-thaw-ran", encoding: .utf8) == "thawed\n", "the post-thaw hook runs once")
+        try w.waitFor("the point is committed", timeoutSeconds: 120) { try w.committed([(id, ids[0])]) }
+        let image = try w.recover(id, diskID: ids[0])
+        let cmp = try run(["/usr/bin/cmp", image, w.h.dir + "/truth-\(id)-\(disk.name).img"])
+        #expect(cmp.ok, "\(id): \(cmp.stdout)")
     }
 
     /// With several disks, the policy's cadence makes machine points.

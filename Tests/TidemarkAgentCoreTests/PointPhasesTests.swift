@@ -20,7 +20,14 @@ import TidemarkSystem
         var p = machine(app: app)
         for i in disks.indices { #expect(p.command(for: i) == .prepare) }
         for i in disks.indices { p.prepared(i) }
-        if app { p.markQuiesced() }
+        if app {
+            p.markQuiesced()
+            // What the hook wrote is brought down before the freeze.
+            #expect(p.phase == .preparing)
+            for i in disks.indices { #expect(p.command(for: i) == .prepare) }
+            for i in disks.indices { p.prepared(i) }
+            #expect(p.phase == .prepared)
+        }
         #expect(p.beginFreeze(now: 100) == true)
         #expect(p.frozen() == true)
         for i in disks.indices {
@@ -213,6 +220,35 @@ import TidemarkSystem
         _ = q.command(for: 0)
         q.diskFailed(0, TidemarkError(.busy, "/dev/sdb: 9 bytes still to replicate"))
         #expect(q.failure?.message == "/dev/sdb: 9 bytes still to replicate", "a disk point's error is the disk's own")
+    }
+
+    /// An app-consistent point prepares again after its pre-freeze hook:
+    /// every disk brings down what the hook wrote; a disk done holds while
+    /// another still reads; a disk that fails then fails the point (and the
+    /// application, quiesced, is owed its post-thaw hook).
+    @Test func anAppPointPreparesAgainAfterItsHook() {
+        var p = machine(app: true)
+        for i in disks.indices { _ = p.command(for: i); p.prepared(i) }
+        #expect(p.phase == .prepared)
+        p.markQuiesced()
+        #expect(p.phase == .preparing && p.steps == [.settling, .settling])
+        #expect(p.command(for: 0) == .prepare)
+        p.prepared(0)
+        #expect(p.command(for: 0) == .hold, "disk 0 keeps its backlog small while disk 1 reads")
+        #expect(p.phase == .preparing)
+        #expect(p.command(for: 1) == .prepare)
+        p.prepared(1)
+        #expect(p.phase == .prepared)
+        let began = p.beginFreeze(now: 5)
+        #expect(began)
+
+        var q = machine(app: true)
+        for i in disks.indices { _ = q.command(for: i); q.prepared(i) }
+        q.markQuiesced()
+        _ = q.command(for: 1)
+        q.diskFailed(1, TidemarkError(.busy, "/dev/sdc: 268435456 bytes still to replicate"))
+        #expect(q.phase == .failed && q.postThawHookDue)
+        #expect(q.command(for: 0) == .release)
     }
 
     /// The post-thaw hook follows a quiesce, once, after the thaw — also
