@@ -42,6 +42,7 @@ public final class PointCoordinator: @unchecked Sendable {
     let freezeTimeoutMs: Int
     let preFreezeHook: String?
     let postThawHook: String?
+    let hookTimeoutMs: Int
     /// Every disk brings its backlog down by this (monotonic seconds);
     /// guarded by `lock` (`currentPrepareDeadline`).
     private var prepareDeadline: Double
@@ -78,6 +79,7 @@ public final class PointCoordinator: @unchecked Sendable {
         freezeTimeoutMs = settings.freezeTimeoutMs
         preFreezeHook = settings.preFreezeHook
         postThawHook = settings.postThawHook
+        hookTimeoutMs = settings.hookTimeoutMs
         let mounts = members.map { Mounts.filesystems(on: $0.session.device) }
         self.mounts = mounts
         let bare = members.indices.filter { mounts[$0].isEmpty }
@@ -144,7 +146,7 @@ public final class PointCoordinator: @unchecked Sendable {
         if appConsistent {
             if let hook = preFreezeHook {
                 let t0 = monotonicSeconds()
-                try runHook(hook, "pre-freeze", environment: hookEnvironment)
+                try runHook(hook, "pre-freeze", environment: hookEnvironment, timeoutMs: hookTimeoutMs)
                 hookMs = (monotonicSeconds() - t0) * 1000
             }
             lock.lock()
@@ -292,7 +294,7 @@ public final class PointCoordinator: @unchecked Sendable {
         let due = phases.postThawHookDue
         if due { phases.ranPostThawHook() }
         lock.unlock()
-        if due, let hook = postThawHook { try runHook(hook, "post-thaw", environment: hookEnvironment) }
+        if due, let hook = postThawHook { try runHook(hook, "post-thaw", environment: hookEnvironment, timeoutMs: hookTimeoutMs) }
     }
 
     /// Logs the tags, then waits until every disk's tag is committed (or

@@ -359,10 +359,11 @@ func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
 }
 
 /// Runs a hook script with `environment` (and a plain PATH); throws when it
-/// cannot be started, fails, or runs longer than `hookTimeoutMs` (it is
-/// stopped then). ChildProcess, not Foundation's Process: the hook starts
+/// cannot be started, fails, or runs longer than `timeoutMs`
+/// (`policy.hook_timeout`; it is stopped then). ChildProcess, not Foundation's Process: the hook starts
 /// with no signal blocked or ignored and only descriptors 0–2 open.
-func runHook(_ path: String, _ what: String, environment: [String: String]) throws {
+func runHook(_ path: String, _ what: String, environment: [String: String],
+             timeoutMs: Int = ReplicationLimits.hookTimeoutMs) throws {
     let p: ChildProcess
     do {
         p = try ChildProcess(path: path, environment: environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a })
@@ -370,9 +371,10 @@ func runHook(_ path: String, _ what: String, environment: [String: String]) thro
         throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
                             hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
     }
-    guard let ending = p.wait(timeoutMs: ReplicationLimits.hookTimeoutMs) else {
+    guard let ending = p.wait(timeoutMs: timeoutMs) else {
         p.terminate()
-        throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(ReplicationLimits.hookTimeoutMs / 1000) s and was stopped")
+        throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(timeoutMs / 1000) s (policy.hook_timeout) and was stopped",
+                            hint: "make the hook faster, or raise policy.hook_timeout")
     }
     guard ending == .exited(0) else {
         throw TidemarkError(.state, "\(what) hook \(path) failed with \(ending); no app-consistent point was made")

@@ -25,6 +25,8 @@ public struct ReplicationSettings: Sendable {
     public var appIntervalSeconds: Int
     public var preFreezeHook: String?
     public var postThawHook: String?
+    /// A hook running longer is stopped (`policy.hook_timeout`), in milliseconds.
+    public var hookTimeoutMs: Int = ReplicationLimits.hookTimeoutMs
     /// A connection that makes no progress this long is dropped and made
     /// again (`replication.io_timeout_ms`); see `session(over:)`.
     public var ioTimeoutMs: Int

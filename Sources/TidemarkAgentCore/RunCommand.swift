@@ -78,7 +78,7 @@ extension AgentCommands {
             crashIntervalSeconds: config.crashConsistentIntervalSeconds,
             appIntervalSeconds: config.appConsistentIntervalSeconds,
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
-            ioTimeoutMs: config.ioTimeoutMs)
+            hookTimeoutMs: config.hookTimeoutSeconds * 1000, ioTimeoutMs: config.ioTimeoutMs)
         // Started once, reused by every point of every disk (FreezeGuard.swift);
         // a failure here is retried at the first point, which is refused
         // without it.
@@ -181,6 +181,7 @@ extension AgentCommands {
         check("policy.freeze_timeout_ms", a.freezeTimeoutMs != b.freezeTimeoutMs)
         check("policy.pre_freeze_hook", a.preFreezeHook != b.preFreezeHook)
         check("policy.post_thaw_hook", a.postThawHook != b.postThawHook)
+        check("policy.hook_timeout", a.hookTimeoutSeconds != b.hookTimeoutSeconds)
         check("control_socket", a.controlSocketPath != b.controlSocketPath)
         return keys
     }

@@ -69,6 +69,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var preFreezeHook: String?
     /// Executable run after thawing (`policy.post_thaw_hook`); nil when not set.
     public var postThawHook: String?
+    /// A hook running longer is stopped and the point fails (`policy.hook_timeout`).
+    public var hookTimeoutSeconds: Int
 
     /// The agent's local control socket (`control_socket`).
     public var controlSocketPath: String
@@ -99,6 +101,7 @@ public struct AgentConfig: Sendable, Equatable {
                 freezeTimeoutMs: Int = AgentConfig.defaults.freezeTimeoutMs,
                 preFreezeHook: String? = AgentConfig.defaults.preFreezeHook,
                 postThawHook: String? = AgentConfig.defaults.postThawHook,
+                hookTimeoutSeconds: Int = AgentConfig.defaults.hookTimeoutSeconds,
                 controlSocketPath: String = AgentConfig.defaults.controlSocketPath,
                 logLevel: LogLevel = AgentConfig.defaults.logLevel) {
         self.agentID = agentID
@@ -125,6 +128,7 @@ public struct AgentConfig: Sendable, Equatable {
         self.freezeTimeoutMs = freezeTimeoutMs
         self.preFreezeHook = preFreezeHook
         self.postThawHook = postThawHook
+        self.hookTimeoutSeconds = hookTimeoutSeconds
         self.controlSocketPath = controlSocketPath
         self.logLevel = logLevel
     }
@@ -154,6 +158,7 @@ public struct AgentConfig: Sendable, Equatable {
         freezeTimeoutMs = 2000
         preFreezeHook = nil
         postThawHook = nil
+        hookTimeoutSeconds = 60
         controlSocketPath = "/run/tidemark/agent.sock"
         logLevel = .info
     }
@@ -187,6 +192,9 @@ public struct AgentConfig: Sendable, Equatable {
     public static let pointIntervalSecondsMax = 30 * 86_400
     public static let freezeTimeoutMsMin = 100
     public static let freezeTimeoutMsMax = 60_000
+    /// Bounds of `policy.hook_timeout`: 1 s to 1 h.
+    public static let hookTimeoutSecondsMin = 1
+    public static let hookTimeoutSecondsMax = 3_600
 
     /// Every top-level key, in the order of the shipped file.
     public static let knownKeys = ["agent_id", "state_dir", "chunk_size", "disks", "drain_interval_ms", "mirror",
@@ -199,7 +207,7 @@ public struct AgentConfig: Sendable, Equatable {
                                               "io_timeout_ms"]
     /// Every key under `policy:`.
     public static let knownPolicyKeys = ["crash_consistent_interval", "app_consistent_interval", "freeze_timeout_ms",
-                                         "pre_freeze_hook", "post_thaw_hook"]
+                                         "pre_freeze_hook", "post_thaw_hook", "hook_timeout"]
 
     static let schema = ConfigSchema(topLevel: knownKeys, sections: [("mirror", knownMirrorKeys),
                                                                       ("replication", knownReplicationKeys),

@@ -180,6 +180,11 @@ struct ConfigParser {
                 config.preFreezeHook = try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook)
             case "post_thaw_hook":
                 config.postThawHook = try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook)
+            case "hook_timeout":
+                config.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s") {
+                    try Validate.duration($0, in: AgentConfig.hookTimeoutSecondsMin...AgentConfig.hookTimeoutSecondsMax,
+                                          zeroMeansOff: false, example: "60s")
+                }
             default:
                 throw reader.unknownKey(entry, section: "policy")
             }

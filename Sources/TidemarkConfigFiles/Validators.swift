@@ -137,11 +137,24 @@ extension Validate {
 
     /// A hook: the absolute path of an executable, or empty for none (nil). Whether it exists and is
     /// executable is checked when it runs, not here: the configuration may be written before the hook.
+    /// A hook's path: absolute, and — checked when the configuration is
+    /// loaded, not first at a point's freeze — an existing executable file.
     static func hook(_ text: String) throws -> String? {
         if text.isEmpty { return nil }
         guard text.hasPrefix("/") else {
             throw InvalidValue(message: "'\(text)' is not an absolute path",
                                hint: "give the absolute path of an executable, e.g. /usr/local/sbin/db-freeze, or leave it empty for none")
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: text, isDirectory: &isDirectory) else {
+            throw InvalidValue(message: "'\(text)' does not exist",
+                               hint: "install the hook there or correct the path; app-consistent points run it")
+        }
+        guard !isDirectory.boolValue else {
+            throw InvalidValue(message: "'\(text)' is a directory", hint: "give the path of an executable file in it")
+        }
+        guard FileManager.default.isExecutableFile(atPath: text) else {
+            throw InvalidValue(message: "'\(text)' is not executable", hint: "make it executable: chmod 755 \(text)")
         }
         return text
     }

@@ -92,8 +92,9 @@ private func failure(_ yaml: String, env: [String: String] = [:],
               crash_consistent_interval: 30s
               app_consistent_interval: 2h
               freeze_timeout_ms: 500
-              pre_freeze_hook: /usr/local/sbin/db-freeze
-              post_thaw_hook: /usr/local/sbin/db-thaw
+              pre_freeze_hook: /usr/bin/true
+              post_thaw_hook: /usr/bin/false
+              hook_timeout: 2m
             control_socket: /run/tm.sock
             """)
         #expect(config == AgentConfig(agentID: "db1.prod_eu-2", serverHost: "dr.example.com", serverPort: 10443,
@@ -103,7 +104,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
                                       bandwidthLimitBytesPerSecond: 100 << 20, segmentSizeBytes: 1 << 20,
                                       inflightBytesMax: 256 << 20, crashConsistentIntervalSeconds: 30,
                                       appConsistentIntervalSeconds: 7200, freezeTimeoutMs: 500,
-                                      preFreezeHook: "/usr/local/sbin/db-freeze", postThawHook: "/usr/local/sbin/db-thaw",
+                                      preFreezeHook: "/usr/bin/true", postThawHook: "/usr/bin/false", hookTimeoutSeconds: 120,
                                       controlSocketPath: "/run/tm.sock"))
     }
 
@@ -240,6 +241,12 @@ private func failure(_ yaml: String, env: [String: String] = [:],
             ("policy:\n  freeze_timeout_ms: 2s\n", 2, "policy.freeze_timeout_ms", "'2s' is not a whole number of milliseconds"),
             ("policy:\n  pre_freeze_hook: hooks/freeze\n", 2, "policy.pre_freeze_hook", "'hooks/freeze' is not an absolute path"),
             ("policy:\n  post_thaw_hook: thaw.sh\n", 2, "policy.post_thaw_hook", "'thaw.sh' is not an absolute path"),
+            ("policy:\n  pre_freeze_hook: /nonexistent/db-freeze\n", 2, "policy.pre_freeze_hook", "'/nonexistent/db-freeze' does not exist"),
+            ("policy:\n  post_thaw_hook: /tmp\n", 2, "policy.post_thaw_hook", "'/tmp' is a directory"),
+            ("policy:\n  pre_freeze_hook: /etc/passwd\n", 2, "policy.pre_freeze_hook", "'/etc/passwd' is not executable"),
+            ("policy:\n  hook_timeout: 0\n", 2, "policy.hook_timeout", "'0' is outside 1s..1h"),
+            ("policy:\n  hook_timeout: 2h\n", 2, "policy.hook_timeout", "'2h' is outside 1s..1h"),
+            ("policy:\n  hook_timeout: soon\n", 2, "policy.hook_timeout", "'soon' is not a duration"),
             ("control_socket: agent.sock", 1, "control_socket", "'agent.sock' is not an absolute path"),
             ("control_socket: \(longSocket)", 1, "control_socket",
              "'\(longSocket)' is 108 bytes long; a Unix socket path holds at most 107"),
@@ -266,7 +273,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(failure("agentid: x")?.hint == "did you mean 'agent_id'?")
         #expect(failure("control_sock: /x")?.hint == "did you mean 'control_socket'?")
         #expect(failure("policy:\n  zzz: 1\n")?.hint == "known keys: policy.crash_consistent_interval, policy.app_consistent_interval,"
-            + " policy.freeze_timeout_ms, policy.pre_freeze_hook, policy.post_thaw_hook")
+            + " policy.freeze_timeout_ms, policy.pre_freeze_hook, policy.post_thaw_hook, policy.hook_timeout")
     }
 
     @Test func misplacedKeysSayWhereTheyBelong() throws {
