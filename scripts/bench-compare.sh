@@ -21,7 +21,8 @@
 # MODE: the modes of scripts/bench.sh. Default: the figures the regression
 # check names: replicate incremental rpo freeze recover scan (scan is the
 # drain + list figure; rpo gives the RPO p99, the RSS growth during a
-# server stall and the time to catch up). Also: writecost mirror memory idle.
+# server stall and the time to catch up). Also: writecost mirror memory idle
+# appfreeze.
 #
 # Environment:
 #   TIDEMARK_COMPARE_BIN_A=dir, TIDEMARK_COMPARE_BIN_B=dir
@@ -68,8 +69,8 @@ modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(replicate incremental rpo freeze recover scan)
 for m in "${modes[@]}"; do
   case "$m" in
-    scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle) ;;
-    *) echo "bench-compare: '$m' is not a mode of scripts/bench.sh (scan writecost mirror memory replicate incremental rpo freeze recover idle)" >&2; exit 2 ;;
+    scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle) ;;
+    *) echo "bench-compare: '$m' is not a mode of scripts/bench.sh (scan writecost mirror memory replicate incremental rpo freeze appfreeze recover idle)" >&2; exit 2 ;;
   esac
 done
 if [ "$(id -u)" != 0 ]; then
@@ -146,6 +147,8 @@ extract() { # mode log
       sed -n 's/.*back to <= 2000 ms \([0-9.]*\) s after SIGCONT.*/catch_up_s \1/p' "$log" ;;
     freeze)
       sed -n 's/^freeze ms: p50 \([0-9.]*\), p99 \([0-9.]*\),.*/freeze_p50_ms \1\nfreeze_p99_ms \2/p' "$log" ;;
+    appfreeze)
+      sed -n 's/^app freeze ms: p50 \([0-9.]*\), p99 \([0-9.]*\),.*/appfreeze_p50_ms \1\nappfreeze_p99_ms \2/p' "$log" ;;
     recover)
       sed -n 's/^recover\/fio ratio: \([0-9.]*\).*/recover_ratio \1/p' "$log"
       sed -n 's/^fio seq write: .*; recover: \([0-9]*\) MiB\/s.*/recover_MiBps \1/p' "$log" ;;

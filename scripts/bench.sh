@@ -2,7 +2,7 @@
 # Tidemark benchmarks for the targets of issues #2, #3 and #4. Every figure is a
 # ratio against a reference measured in the same run on the same device (these
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
-#   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|recover|idle]
+#   scripts/bench.sh [all|scan|writecost|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle]
 #   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
 #   TIDEMARK_BENCH_BIN_B=dir scripts/bench.sh replicate   alternates rounds with the binaries in dir (A/B)
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
@@ -312,7 +312,8 @@ ${LEVEL:+  compression_level: $LEVEL
 }policy:
   crash_consistent_interval: 0
   app_consistent_interval: 0
-control_socket: $work/agent.sock
+${HOOKS:+$HOOKS
+}control_socket: $work/agent.sock
 Y
   "$BIN/tidemark-agent" run --config "$work/agent.yaml" --disk "$1" >"$work/agent.out" 2>"$work/agent.err" &
   agent=$!
@@ -554,6 +555,48 @@ if [ "$what" = all ] || [ "$what" = freeze ]; then
   umount "$work/fz"; mounts=()
   release_disk "$l"
   rm -rf "$target" "$spool" "$work/state" "$work/fz.img" "$work/fz"
+fi
+
+if [ "$what" = all ] || [ "$what" = appfreeze ]; then
+  # Issue 19's target: an app-consistent point whose pre-freeze hook makes
+  # the application write HOOK_MIB (a database's checkpoint) freezes no
+  # longer than a crash-consistent one; the agent reads what the hook wrote
+  # before the freeze.
+  npoints=${APPFREEZE_POINTS:-20}; hookmib=${HOOK_MIB:-256}
+  echo "== app-consistent point freeze time, the pre-freeze hook writing $hookmib MiB, under 50 MB/s of buffered random writes on ext4, $npoints points"
+  fallocate -l 4G "$work/afz.img"
+  l=$(losetup -f --show --direct-io=on "$work/afz.img"); loops+=("$l")
+  mkfs.ext4 -q -F "$l"; mkdir -p "$work/afz"; mount "$l" "$work/afz"; mounts+=("$work/afz")
+  printf '#!/bin/sh\ndd if=/dev/urandom of=%s/checkpoint bs=1M count=%s status=none\n' "$work/afz" "$hookmib" > "$work/pre-freeze.sh"
+  chmod 755 "$work/pre-freeze.sh"
+  repl_setup; start_server; HOOKS="  pre_freeze_hook: $work/pre-freeze.sh" start_agent "$l"
+  committed_at 300 >/dev/null
+  fio --name=churn --directory="$work/afz" --rw=randwrite --bs=64k --size=1G --ioengine=psync \
+      --rate=50000000 --time_based --runtime=3600 --randrepeat=0 --output=/dev/null &
+  bgpids+=($!); fiopid=$!
+  sleep 5
+  : > "$work/appfreeze.txt"; : > "$work/abandoned.txt"; t0=$(now)
+  for i in $(seq "$npoints"); do
+    if out=$("$BIN/tidemarkctl" point create --app-consistent --disk "$l" --socket "$work/agent.sock" 2>"$work/point.err"); then
+      echo "$out" | sed -n 's/.*freeze \([0-9.]*\) ms.*/\1/p' >> "$work/appfreeze.txt"
+    elif grep -q "cannot be tagged under this freeze\|freeze exceeded\|a resync is comparing\|a point waits until" "$work/point.err"; then
+      head -1 "$work/point.err" >> "$work/abandoned.txt"
+    else
+      cat "$work/point.err" >&2; tail -5 "$work/agent.err" >&2; exit 1
+    fi
+    sleep 0.25
+  done
+  tp=$(elapsed "$t0" "$(now)")
+  kill "$fiopid"; wait "$fiopid" 2>/dev/null || true; bgpids=()
+  stop_repl
+  echo "$npoints points in ${tp} s; last: $out"
+  echo "app freeze ms: p50 $(pct 50 < "$work/appfreeze.txt"), p99 $(pct 99 < "$work/appfreeze.txt"), max $(pct 100 < "$work/appfreeze.txt") (target p99 <= 50)"
+  echo "points not made: $(wc -l < "$work/abandoned.txt") of $npoints"; sed 's/^/  /' "$work/abandoned.txt"
+  echo "all: $(sort -n "$work/appfreeze.txt" | tr '\n' ' ')"
+  echo "slowest, as the agent splits them:"; grep -o 'frozen .*' "$work/agent.err" | sort -k2 -n | tail -3 | sed 's/^/  /'
+  echo "median one: $(grep -o 'frozen .*' "$work/agent.err" | sort -k2 -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+  umount "$work/afz"; mounts=()
+  release_disk "$l"
 fi
 
 if [ "$what" = all ] || [ "$what" = recover ]; then
