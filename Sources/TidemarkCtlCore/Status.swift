@@ -18,11 +18,11 @@ public enum StatusCommand {
 
     /// The human-readable status: the RSS, then one line per disk.
     static func text(_ status: AgentStatus) -> String {
-        var out = "agent RSS \(status.rssBytes >> 20) MiB\n"
+        var out = "agent RSS \(ByteCount.text(status.rssBytes))\n"
         for d in status.disks {
             let rpo = d.rpoMs < 0 ? "unknown (nothing committed yet)" : "\(d.rpoMs) ms"
             let level = d.compressionLevel == 0 ? "off" : "zstd \(d.compressionLevel)"
-            out += "\(d.disk) (\(d.diskID)): RPO \(rpo), committed #\(d.committedSequence), backlog \(d.backlogBytes >> 20) MiB, "
+            out += "\(d.disk) (\(d.diskID)): RPO \(rpo), committed #\(d.committedSequence), backlog \(ByteCount.text(d.backlogBytes)), "
                 + "compression \(level)\(d.compressionAuto ? " (auto)" : "")\n"
         }
         return out
