@@ -326,6 +326,26 @@ stop_repl() {
   [ "$rc" = 0 ] || { echo "bench: the agent exited with status $rc on SIGTERM:" >&2; tail -5 "$work/agent.err" >&2; }
   [ -n "$server" ] && { kill -CONT "$server" 2>/dev/null || true; kill "$server"; wait "$server" || true; server=""; }
 }
+# Makes N points (tidemarkctl point create ARGS...) a quarter second apart;
+# appends each one's freeze in ms to FILE, and each point the agent did not
+# make to $work/abandoned.txt with why (a probe skip under the freeze started
+# a resync that cannot end within it, or the bound passed): an answer the
+# agent gives, its freeze bounded, so counted and shown, not fatal. Sets
+# $out to the last point's output.
+make_points() { # N FILE ARGS...
+  local n=$1 file=$2 i; shift 2
+  : > "$file"; : > "$work/abandoned.txt"
+  for i in $(seq "$n"); do
+    if out=$("$BIN/tidemarkctl" point create "$@" --socket "$work/agent.sock" 2>"$work/point.err"); then
+      echo "$out" | sed -n 's/.*freeze \([0-9.]*\) ms.*/\1/p' >> "$file"
+    elif grep -q "cannot be tagged under this freeze\|freeze exceeded\|a resync is comparing\|a point waits until" "$work/point.err"; then
+      head -1 "$work/point.err" >> "$work/abandoned.txt"
+    else
+      cat "$work/point.err" >&2; tail -5 "$work/agent.err" >&2; exit 1
+    fi
+    sleep 0.25
+  done
+}
 # Waits until every chunk drained since the given time (default now) is
 # committed and nothing is pending; prints when (unix seconds).
 committed_at() { # timeout_s [since_unix_ms [poll_s]]
@@ -527,20 +547,7 @@ if [ "$what" = all ] || [ "$what" = freeze ]; then
       --rate=50000000 --time_based --runtime=3600 --randrepeat=0 --output=/dev/null &
   bgpids+=($!); fiopid=$!
   sleep 5
-  : > "$work/freeze.txt"; : > "$work/abandoned.txt"; t0=$(now)
-  for i in $(seq "$npoints"); do
-    # A point abandoned (a probe skip under the freeze started a resync that
-    # cannot end within it, or the bound passed) is counted and shown, not
-    # fatal: it is an answer the agent gives, and its freeze was bounded.
-    if out=$("$BIN/tidemarkctl" point create --disk "$l" --socket "$work/agent.sock" 2>"$work/point.err"); then
-      echo "$out" | sed -n 's/.*freeze \([0-9.]*\) ms.*/\1/p' >> "$work/freeze.txt"
-    elif grep -q "cannot be tagged under this freeze\|freeze exceeded\|a resync is comparing\|a point waits until" "$work/point.err"; then
-      head -1 "$work/point.err" >> "$work/abandoned.txt"
-    else
-      cat "$work/point.err" >&2; tail -5 "$work/agent.err" >&2; exit 1
-    fi
-    sleep 0.25
-  done
+  t0=$(now); make_points "$npoints" "$work/freeze.txt" --disk "$l"
   tp=$(elapsed "$t0" "$(now)")
   "$BIN/tidemarkctl" status --socket "$work/agent.sock" | sed 's/^/tidemarkctl status: /'
   kill "$fiopid"; wait "$fiopid" 2>/dev/null || true; bgpids=()
@@ -575,17 +582,7 @@ if [ "$what" = all ] || [ "$what" = appfreeze ]; then
       --rate=50000000 --time_based --runtime=3600 --randrepeat=0 --output=/dev/null &
   bgpids+=($!); fiopid=$!
   sleep 5
-  : > "$work/appfreeze.txt"; : > "$work/abandoned.txt"; t0=$(now)
-  for i in $(seq "$npoints"); do
-    if out=$("$BIN/tidemarkctl" point create --app-consistent --disk "$l" --socket "$work/agent.sock" 2>"$work/point.err"); then
-      echo "$out" | sed -n 's/.*freeze \([0-9.]*\) ms.*/\1/p' >> "$work/appfreeze.txt"
-    elif grep -q "cannot be tagged under this freeze\|freeze exceeded\|a resync is comparing\|a point waits until" "$work/point.err"; then
-      head -1 "$work/point.err" >> "$work/abandoned.txt"
-    else
-      cat "$work/point.err" >&2; tail -5 "$work/agent.err" >&2; exit 1
-    fi
-    sleep 0.25
-  done
+  t0=$(now); make_points "$npoints" "$work/appfreeze.txt" --app-consistent --disk "$l"
   tp=$(elapsed "$t0" "$(now)")
   kill "$fiopid"; wait "$fiopid" 2>/dev/null || true; bgpids=()
   stop_repl

@@ -125,9 +125,6 @@ public enum ReplicationLimits {
     public static let pointResyncJudgeMs = 50
     /// A point request waits this long for its tag to be committed.
     public static let pointCommitWaitMsMax = 120_000
-    /// Hook scripts (pre-freeze, post-thaw) are killed after this long,
-    /// unless `policy.hook_timeout` says otherwise.
-    public static let hookTimeoutMs = 60_000
     /// Point requests waiting for a disk's main loop (each point takes one
     /// place in the queue of each of its disks).
     public static let pointRequestsQueuedMax = 16

@@ -90,9 +90,12 @@ public struct PointPhases: Sendable {
         /// whole disk with the target; the agent stops): the point is
         /// abandoned at once instead of at the bound.
         public var endsThisFreeze: Bool
-        public init(_ reason: String, endsThisFreeze: Bool = false) {
+        /// What to do, when it ends this freeze.
+        public var hint: String?
+        public init(_ reason: String, endsThisFreeze: Bool = false, hint: String? = nil) {
             self.reason = reason
             self.endsThisFreeze = endsThisFreeze
+            self.hint = hint
         }
         public init(stringLiteral reason: String) { self.init(reason) }
     }
@@ -391,8 +394,7 @@ public struct PointPhases: Sendable {
 
     /// The disks `hopeless` (indices) cannot be tagged under this freeze at all.
     func cannotTagError(_ hopeless: [Int]) -> TidemarkError {
-        let resync = hopeless.contains { lastNotReady[$0]?.reason.contains("resync") == true }
-        let hint = resync ? "take the point once the resync is done (`tidemarkctl status` shows its progress)" : "take the point again once the disk replicates"
+        let hint = hopeless.lazy.compactMap { self.lastNotReady[$0]?.hint }.first ?? "take the point again"
         if !isMachinePoint {
             return TidemarkError(.state, "\(disks[0]): the point cannot be tagged under this freeze (\(lastNotReady[0]?.reason ?? "")); the filesystems were thawed at once and the point abandoned", hint: hint)
         }

@@ -157,7 +157,7 @@ extension DiskReplicator {
                     try drainOnce()
                     // Tests only: copy the frozen source as ground truth for the point.
                     if let hook = session.testSwitches.frozenHook {
-                        try runHook(hook, "test frozen", environment: hookEnvironment)
+                        try runHook(hook, "test frozen", environment: hookEnvironment, timeoutMs: settings.hookTimeoutMs)
                     }
                     arm(request)
                     c.armed(i)
@@ -213,13 +213,14 @@ extension DiskReplicator {
     /// is in a segment numbered before and has been read. The caller holds
     /// `cond`.
     func tagReadinessLocked(_ p: PointRequest, now: Double, deadline: Double) -> PointPhases.NotReady? {
-        if stopping { return .init("the agent is stopping", endsThisFreeze: true) }
+        if stopping { return .init("the agent is stopping", endsThisFreeze: true, hint: "take the point once the agent runs again") }
         if pointRequest !== p { return "its tag is not armed" }
         if resync.active { return resyncUnderFreeze(p, now: now, deadline: deadline) }
         if state.wholeDiskPending {
             // Marking the whole disk is this disk's main thread's, which the
             // point holds until it is tagged or abandoned.
-            return .init("the target was lost and the whole disk is not yet marked to be sent again", endsThisFreeze: true)
+            return .init("the target was lost and the whole disk is not yet marked to be sent again", endsThisFreeze: true,
+                         hint: "take the point again once the disk replicates to the new target")
         }
         if !state.toReadIsEmpty {
             return .init("\(state.toReadCount * chunkBytes) bytes written before the freeze still to read"
@@ -246,7 +247,8 @@ extension DiskReplicator {
         p.resyncSeen = seen
         let text = "a resync compares the disk with the target (\(left) of its chunks left to compare"
         guard let late = Self.resyncEndsTooLate(seen: seen, left: left, now: now, deadline: deadline) else { return .init(text + ")") }
-        return .init(text + "; \(late))", endsThisFreeze: true)
+        return .init(text + "; \(late))", endsThisFreeze: true,
+                     hint: "take the point once the resync is done (`tidemarkctl status` shows its progress)")
     }
 
     /// Whether a comparison with `left` chunks to go at `now`, which had
@@ -317,7 +319,7 @@ extension DiskReplicator {
             // Every numbered segment is sealed: the reader holds no batch.
             let readerIdle = state.everyNumberedSegmentSealed
             // A resync must end first: no tag is numbered while it compares.
-            let scanLeft = resync.active ? resync.toScan.count : nil
+            let scanLeft = resync.active ? resync.leftToCompare : nil
             cond.unlock()
             let now = monotonicSeconds()
             if let scanLeft {
@@ -362,8 +364,7 @@ func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
 /// cannot be started, fails, or runs longer than `timeoutMs`
 /// (`policy.hook_timeout`; it is stopped then). ChildProcess, not Foundation's Process: the hook starts
 /// with no signal blocked or ignored and only descriptors 0–2 open.
-func runHook(_ path: String, _ what: String, environment: [String: String],
-             timeoutMs: Int = ReplicationLimits.hookTimeoutMs) throws {
+func runHook(_ path: String, _ what: String, environment: [String: String], timeoutMs: Int) throws {
     let p: ChildProcess
     do {
         p = try ChildProcess(path: path, environment: environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a })

@@ -26,7 +26,7 @@ public struct ReplicationSettings: Sendable {
     public var preFreezeHook: String?
     public var postThawHook: String?
     /// A hook running longer is stopped (`policy.hook_timeout`), in milliseconds.
-    public var hookTimeoutMs: Int = ReplicationLimits.hookTimeoutMs
+    public var hookTimeoutMs: Int = AgentConfig.defaults.hookTimeoutSeconds * 1000
     /// A connection that makes no progress this long is dropped and made
     /// again (`replication.io_timeout_ms`); see `session(over:)`.
     public var ioTimeoutMs: Int

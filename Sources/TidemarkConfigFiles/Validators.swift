@@ -135,10 +135,9 @@ extension Validate {
         return text
     }
 
-    /// A hook: the absolute path of an executable, or empty for none (nil). Whether it exists and is
-    /// executable is checked when it runs, not here: the configuration may be written before the hook.
-    /// A hook's path: absolute, and — checked when the configuration is
-    /// loaded, not first at a point's freeze — an existing executable file.
+    /// A hook: the absolute path of an executable, or empty for none (nil). That it exists and is
+    /// executable is checked here, when the configuration is loaded (start and reload), not first at
+    /// a point's freeze; it is checked again when it runs (it may have been removed since).
     static func hook(_ text: String) throws -> String? {
         if text.isEmpty { return nil }
         guard text.hasPrefix("/") else {

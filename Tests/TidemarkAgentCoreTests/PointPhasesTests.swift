@@ -15,6 +15,18 @@ import TidemarkSystem
         PointPhases(disks: disks, pointID: "m2-20250301T101500Z-3fa9c01b7de2", appConsistent: app, freezeTimeoutMs: 2_000)
     }
 
+    /// A point of one disk (/dev/sdb), prepared, frozen at t = 0 (deadline 2), armed.
+    func oneDiskArmed() -> PointPhases {
+        var p = PointPhases(disks: ["/dev/sdb"], pointID: "p-20250301T101500Z-3fa9c01b7de2", appConsistent: false, freezeTimeoutMs: 2_000)
+        _ = p.command(for: 0)
+        p.prepared(0)
+        p.beginFreeze(now: 0)
+        p.frozen()
+        _ = p.command(for: 0)
+        p.armed(0)
+        return p
+    }
+
     /// Every disk prepared, then frozen at t = 100 (deadline 102), every disk armed.
     func frozenAndArmed(app: Bool = false) -> PointPhases {
         var p = machine(app: app)
@@ -99,7 +111,8 @@ import TidemarkSystem
     /// naming the resync, instead of holding the filesystems to the bound.
     @Test func aResyncUnderTheFreezeAbandonsAtOnceAndSaysSo() throws {
         var p = frozenAndArmed()
-        let resync = PointPhases.NotReady("a resync compares the disk with the target (65536 chunks left to compare)", endsThisFreeze: true)
+        let resync = PointPhases.NotReady("a resync compares the disk with the target (65536 chunks left to compare)", endsThisFreeze: true,
+                                          hint: "take the point once the resync is done (`tidemarkctl status` shows its progress)")
         #expect(p.tagDecision(now: 100.1, notReady: [nil, resync]) == .abandoned)
         #expect(p.phase == .failed && p.thawOwed)
         let e = try #require(p.failure)
@@ -107,13 +120,7 @@ import TidemarkSystem
         #expect(e.message.contains("abandoned on all 2 disks (none was tagged)"), "\(e.message)")
         #expect(e.hint?.contains("once the resync is done") == true)
 
-        var one = PointPhases(disks: ["/dev/sdb"], pointID: "p-1", appConsistent: false, freezeTimeoutMs: 2_000)
-        _ = one.command(for: 0)
-        one.prepared(0)
-        one.beginFreeze(now: 0)
-        one.frozen()
-        _ = one.command(for: 0)
-        one.armed(0)
+        var one = oneDiskArmed()
         #expect(one.tagDecision(now: 0.01, notReady: [resync]) == .abandoned)
         #expect(one.failure?.message == "/dev/sdb: the point cannot be tagged under this freeze (a resync compares the disk with the target (65536 chunks left to compare)); the filesystems were thawed at once and the point abandoned")
     }
@@ -206,14 +213,8 @@ import TidemarkSystem
 
     /// A point of one disk keeps the messages of a disk point.
     @Test func aPointOfOneDiskSaysWhatADiskPointSaid() throws {
-        var p = PointPhases(disks: ["/dev/sdb"], pointID: "p-20250301T101500Z-3fa9c01b7de2", appConsistent: false, freezeTimeoutMs: 2_000)
+        var p = oneDiskArmed()
         #expect(!p.isMachinePoint)
-        _ = p.command(for: 0)
-        p.prepared(0)
-        p.beginFreeze(now: 0)
-        p.frozen()
-        _ = p.command(for: 0)
-        p.armed(0)
         #expect(p.tagDecision(now: 2.5, notReady: ["4096 bytes still to read"]) == .abandoned)
         #expect(p.failure?.message == "/dev/sdb: the freeze exceeded 2000 ms before the point could be tagged (4096 bytes still to read); the filesystems were thawed and the point abandoned")
         var q = PointPhases(disks: ["/dev/sdb"], pointID: "p-1", appConsistent: false, freezeTimeoutMs: 2_000)
