@@ -41,7 +41,7 @@ int tm_tracer_load_and_pin(const char *pin_dir, char *errbuf, size_t errlen) {
         bpf_object__close(obj);
         return fail(errbuf, errlen, err, "loading the tracer into the kernel (is BPF enabled and are you root?)");
     }
-    static const char *names[] = { "tm_bitmaps", "tm_disks", "tm_slot_state", "tm_slot_info" };
+    static const char *names[] = { "tm_bitmaps", "tm_disks", "tm_slot_state", "tm_slot_info", "tm_inflight" };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         struct bpf_map *m = bpf_object__find_map_by_name(obj, names[i]);
         snprintf(path, sizeof(path), "%s/%s", pin_dir, names[i]);
@@ -51,23 +51,34 @@ int tm_tracer_load_and_pin(const char *pin_dir, char *errbuf, size_t errlen) {
             return fail(errbuf, errlen, m ? err : -ENOENT, "pinning a tracer map");
         }
     }
-    struct bpf_program *prog = bpf_object__find_program_by_name(obj, "tm_block_rq_complete");
-    struct bpf_link *link = prog ? bpf_program__attach(prog) : NULL; /* tp_btf/block_rq_complete */
-    if (!link) {
-        err = -errno;
-        bpf_object__close(obj);
-        return fail(errbuf, errlen, err, "attaching to tracepoint block:block_rq_complete");
-    }
-    snprintf(path, sizeof(path), "%s/link", pin_dir);
-    err = bpf_link__pin(link, path);
-    if (err) {
+    /* The issue record first, so that a request whose completion the
+     * completion program sees was recorded at issue unless the issue probe
+     * was skipped. Then the completion program, pinned as `link` last: its
+     * pin says the tracer is complete. */
+    static const struct { const char *prog, *pin, *what; } links[] = {
+        { "tm_block_rq_issue", "link-issue", "attaching to tracepoint block:block_rq_issue" },
+        { "tm_block_rq_complete", "link", "attaching to tracepoint block:block_rq_complete" },
+    };
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+        struct bpf_program *prog = bpf_object__find_program_by_name(obj, links[i].prog);
+        struct bpf_link *link = prog ? bpf_program__attach(prog) : NULL;
+        if (!link) {
+            err = -errno;
+            bpf_object__close(obj);
+            return fail(errbuf, errlen, err, links[i].what);
+        }
+        snprintf(path, sizeof(path), "%s/%s", pin_dir, links[i].pin);
+        unlink(path); /* a stale pin from a tracer whose link is gone */
+        err = bpf_link__pin(link, path);
+        if (err) {
+            bpf_link__destroy(link);
+            bpf_object__close(obj);
+            return fail(errbuf, errlen, err, "pinning the tracer link");
+        }
+        bpf_link__disconnect(link);
         bpf_link__destroy(link);
-        bpf_object__close(obj);
-        return fail(errbuf, errlen, err, "pinning the tracer link");
     }
-    /* The pins keep program, link and maps alive after we close our handles. */
-    bpf_link__disconnect(link);
-    bpf_link__destroy(link);
+    /* The pins keep programs, links and maps alive after we close our handles. */
     bpf_object__close(obj);
     return 0;
 }

@@ -107,7 +107,8 @@ extension DiskReplicator {
             compressionAuto: compression != nil,
             compressionStepsFaster: compression?.stepsFaster ?? 0,
             compressionStepsSmaller: compression?.stepsSmaller ?? 0,
-            lastFreezeMs: freezeMsHistory.last)
+            lastFreezeMs: freezeMsHistory.last,
+            tracking: session.trackingHealth)
     }
 }
 

@@ -63,6 +63,14 @@ public final class DiskMetrics: Sendable {
     /// A drain's completion cross-check found writes the tracer did not see.
     func completionDeficit() { completionDeficits.increment() }
 
+    /// A deficit was answered from the issue record (marking `chunks`), or
+    /// with the whole disk (`chunks` the disk's).
+    func deficitAnswered(fromIssueRecord: Bool, chunks: UInt64) {
+        let d = [("disk_id", diskID), ("answer", fromIssueRecord ? "issue_record" : "whole_disk")]
+        Counter(label: MetricName.agentDeficitAnswers, dimensions: d, factory: factory).increment()
+        Counter(label: MetricName.agentDeficitChunks, dimensions: d, factory: factory).increment(by: Int64(chunks))
+    }
+
     /// A point of `pointClass` was committed after a freeze of `freezeMs`.
     func pointCreated(pointClass: String) {
         Counter(label: MetricName.agentPointsCreated, dimensions: [("disk_id", diskID), ("class", pointClass)],

@@ -1,4 +1,6 @@
 import Glibc
+import Synchronization
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTracking
 
@@ -40,7 +42,36 @@ public final class DiskSession {
         /// Chunks newly drained from the kernel (bits set in the kernel map).
         public var chunks: UInt64
         public var overflowed: Bool
+        /// A completion deficit this drain found, and how it was answered.
+        public var deficit: DeficitAnswer? = nil
     }
+
+    /// How a completion deficit (docs/tracer.md) was answered.
+    public enum DeficitAnswer: Sendable, Equatable {
+        /// The chunks of the issue record's requests were marked dirty: the
+        /// writes that could have been missed. Confirmed later by the balance.
+        case issueRecord(sectors: UInt64, chunks: UInt64)
+        /// The whole disk counts as dirty, for the reason given.
+        case wholeDisk(sectors: UInt64, why: String)
+    }
+
+    /// Deficits found and answered since this agent opened the disk (for
+    /// status): written by the drain, read by status.
+    private let health = Mutex(TrackingHealth())
+    public var trackingHealth: TrackingHealth {
+        var h = health.withLock { $0 }
+        h.pendingSectors = bitmap.pendingSectors
+        h.issueRecordBalanced = bitmap.balanceBase != nil
+        return h
+    }
+    /// When the oldest answer still to confirm was given (monotonic ms);
+    /// nil when none (or not since this process started: then at its first drain).
+    private var pendingSinceMs: UInt64?
+    /// Set when a point's freeze begins: the next drain settles any answer
+    /// still to confirm (the disk is still under the freeze).
+    private var settleDeficitNow = false
+    /// Statistics were turned off while an answer waited to be confirmed.
+    private var statisticsLostWithPending = false
 
     private init(device: BlockDeviceInfo, hrl: TrackingFile, tracer: Tracer, slot: TrackedSlot,
                  bitmap: SlotBitmap, startNote: String, deviceLock: FileDescriptor, testSwitches: TestSwitches) {
@@ -54,6 +85,7 @@ public final class DiskSession {
     /// `fakeRecursionMissUnderFreeze`, the next drain behaves as if the
     /// kernel had skipped the tracer once. Nothing otherwise.
     public func enteringFreeze() {
+        settleDeficitNow = true
         if testSwitches.fakeRecursionMissUnderFreeze { fakeRecursionMiss = true }
     }
 
@@ -275,15 +307,57 @@ public final class DiskSession {
         // its probe was skipped (docs/tracer.md, "Completion cross-check").
         keepSectorOffsetValid()
         let deficit = bitmap.sectorDeficit()
+        var answer: DeficitAnswer?
+        var fromRecord = SparseWords()
+        var recordNote: String?
         if let d = deficit {
             metrics?.completionDeficit()
-            Log.warning("\(device.path): the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (the kernel skipped its probe on block:block_rq_complete, as this kernel does now and then under heavy I/O and more often while other tracing tools attach or detach probes there); the whole disk counts as dirty and is compared again")
+            health.withLock { $0.deficits += 1; $0.sectorsUnseen += d.sectors }
+            let unseen = "the kernel completed \(d.sectors) sectors of writes on this disk that the tracer did not see (it skipped the probe on block:block_rq_complete, as this kernel does now and then under heavy I/O and more often while other tools attach or detach probes there)"
+            switch issueRecordWords() {
+            case .success(let w):
+                fromRecord = w
+                answer = .issueRecord(sectors: d.sectors, chunks: w.popcount)
+                recordNote = "\(unseen); marking the \(w.popcount) chunk(s) of the writes the issue record holds (in flight, or completed unseen) dirty, not the whole disk"
+
+            case .failure(let why):
+                answer = .wholeDisk(sectors: d.sectors, why: why.text)
+                Log.warning("\(device.path): \(unseen); the whole disk counts as dirty and is compared again: \(why.text)")
+            }
         }
-        let overflow = bitmap.overflowed || missed || deficit != nil
+        // An answer from the issue record holds if the record missed nothing
+        // either: confirmed, or replaced by the whole disk, when the disk is
+        // next still (docs/tracer.md, "Issue record").
+        let pendingBefore = bitmap.pendingSectors
+        var settle: (base: UInt64?, wholeDiskWhy: String?)?
+        if case .issueRecord(let sectors, _) = answer { bitmap.setPendingSectors(pendingBefore &+ sectors) }
+        if bitmap.pendingSectors > 0 || bitmap.balanceBase == nil {
+            settle = settlePending()
+        }
+        let wholeDiskWhy: String? = {
+            if case .wholeDisk(_, let why) = answer { return why }
+            if statisticsLostWithPending {
+                return "the kernel stopped keeping I/O statistics before an answer from the issue record was confirmed"
+            }
+            return settle?.wholeDiskWhy
+        }()
+        statisticsLostWithPending = false
+        if let why = wholeDiskWhy, deficit == nil || settle?.wholeDiskWhy != nil {
+            Log.warning("\(device.path): \(why); the whole disk counts as dirty and is compared again")
+        }
+        let overflow = bitmap.overflowed || missed || wholeDiskWhy != nil
         DrainScan.snapshot(words, into: &drained)
         if overflow {
-            if !missed && deficit == nil { Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty") }
+            if !missed && wholeDiskWhy == nil { Log.warning("\(device.path): the tracer could not mark one request bit by bit; marking the whole disk dirty") }
             try hrl.markAllDirty()
+        }
+        if let note = recordNote {
+            // The writes of this drain's window, for comparison.
+            Log.warning("\(device.path): \(note); \(drained.popcount) chunk(s) were written since the last drain")
+        }
+        if !fromRecord.isEmpty && !overflow {
+            try hrl.persistSet(fromRecord)
+            if let visit { for e in fromRecord.entries { visit(e.wordIndex, e.bits) } }
         }
         if !drained.isEmpty {
             persisted.assign(drained)
@@ -294,9 +368,86 @@ public final class DiskSession {
         DrainScan.clear(words, drained)
         if overflow { bitmap.clearOverflow() }
         if missed { bitmap.setRecursionMissesSeen(misses); fakeRecursionMiss = false }
-        // Durable now: the deficit up to this sample is covered.
+        // Durable now: the deficit up to this sample is covered, by the
+        // record's chunks (to be confirmed) or the whole disk.
         if let d = deficit { bitmap.setSectorOffset(d.sample) }
-        return DrainResult(chunks: drained.popcount, overflowed: overflow)
+        if let settle {
+            if let b = settle.base { bitmap.setBalanceBase(b) } else { bitmap.clearBalanceBase() }
+            bitmap.setPendingSectors(0)
+            pendingSinceMs = nil
+        } else if overflow && bitmap.pendingSectors > 0 {
+            // The whole disk covers whatever the pending answers missed.
+            bitmap.setPendingSectors(0)
+            pendingSinceMs = nil
+        }
+        if case .issueRecord(_, let chunks)? = answer {
+            health.withLock { $0.answeredFromIssueRecord += 1; $0.chunksFromIssueRecord += chunks }
+            metrics?.deficitAnswered(fromIssueRecord: true, chunks: chunks)
+        }
+        if let why = wholeDiskWhy {
+            health.withLock { $0.wholeDisk += 1; $0.lastWholeDiskWhy = why }
+            metrics?.deficitAnswered(fromIssueRecord: false, chunks: slot.nrChunks)
+            if case .issueRecord(let sectors, _)? = answer { answer = .wholeDisk(sectors: sectors, why: why) }
+            else if answer == nil { answer = .wholeDisk(sectors: 0, why: why) }
+        }
+        return DrainResult(chunks: drained.popcount, overflowed: overflow, deficit: answer)
+    }
+
+    struct DeficitFallback: Error { let text: String }
+
+    /// The chunks of this slot that the issue record's requests touch.
+    func issueRecordWords() -> Result<SparseWords, DeficitFallback> {
+        guard bitmap.balanceBase != nil else {
+            return .failure(DeficitFallback(text: "the disk has not been still since tracking began, so the issue record has no balance to be checked against yet"))
+        }
+        let records: [(sector: UInt64, sectors: UInt32)]
+        do { records = try tracer.issueRecords(wholeDev: slot.wholeDev) } catch {
+            return .failure(DeficitFallback(text: "the issue record could not be read: \(error)"))
+        }
+        var chunks: [UInt64] = []
+        let start = slot.startSector, end = slot.startSector + slot.nrSectors
+        let shift = UInt64(slot.chunkShift)
+        for r in records {
+            let a = max(r.sector, start), b = min(r.sector + UInt64(r.sectors), end)
+            guard a < b else { continue }
+            let first = (a - start) >> shift, last = min((b - 1 - start) >> shift, slot.nrChunks - 1)
+            chunks.append(contentsOf: first...last)
+        }
+        return .success(SparseWords(chunks: chunks))
+    }
+
+    /// Checks the issue record's balance when the disk is still: with an
+    /// answer pending, a balance above the base means the record missed
+    /// writes the completion probe missed too, and the whole disk counts.
+    /// Without the disk still, an answer is settled as the whole disk only
+    /// under a point's freeze or after `Limits.deficitConfirmWaitMsMax`.
+    /// Returns the new base (nil: none until the disk is next still), or nil
+    /// when nothing is settled now.
+    func settlePending() -> (base: UInt64?, wholeDiskWhy: String?)? {
+        let pending = bitmap.pendingSectors
+        let now = monotonicNanoseconds() / 1_000_000
+        if pending > 0 && pendingSinceMs == nil { pendingSinceMs = now }
+        let underFreeze = settleDeficitNow
+        settleDeficitNow = false
+        if let b = bitmap.stillBalance(gapMicroseconds: Limits.stillSampleGapUs) {
+            guard let base = bitmap.balanceBase, pending > 0 else { return (b, nil) }
+            let excess = Int64(bitPattern: b &- base)
+            if excess > 0 {
+                return (b, "the issue record missed \(excess) sectors of writes whose completions were not seen either (both probes skipped)")
+            }
+            health.withLock { $0.confirmed += 1 }
+            Log.info("\(device.path): confirmed: the \(pending) sectors of writes the tracer did not see were all in the issue record, whose chunks were marked dirty")
+            return (b, nil)
+        }
+        guard pending > 0 else { return nil }
+        let waited = now - (pendingSinceMs ?? now)
+        if underFreeze || waited >= UInt64(Limits.deficitConfirmWaitMsMax) {
+            // The base is dropped (what the record missed meanwhile is
+            // unknown); the next still moment sets a new one.
+            let when = underFreeze ? "under the point's freeze" : "for \(waited / 1000) s"
+            return (nil, "the issue record's answer to \(pending) unseen sectors could not be confirmed: the disk was not still \(when)")
+        }
+        return nil
     }
 
     /// While the kernel keeps no statistics for the disk (`queue/iostats`
@@ -307,6 +458,9 @@ public final class DiskSession {
         if bitmap.sectorOffset != nil {
             guard bitmap.sectorSample() == nil else { return }
             bitmap.clearSectorOffset()
+            // The issue record's balance counts the kernel's sectors too.
+            bitmap.clearBalanceBase()
+            if bitmap.pendingSectors > 0 { statisticsLostWithPending = true }
             Log.warning("\(device.path): the kernel stopped keeping I/O statistics for this disk (queue/iostats is 0): writes the tracer might not see cannot be detected until they are turned on again (`echo 1 > /sys/dev/block/\(slot.wholeDev >> 20):\(slot.wholeDev & 0xfffff)/queue/iostats`)")
         } else if bitmap.establishSectorOffset(samples: Limits.crossCheckBaselineSamples,
                                                gapMicroseconds: Limits.crossCheckBaselineSampleGapUs) {

@@ -12,6 +12,13 @@ public enum Limits {
     /// statistics and the program's count.
     public static let crossCheckBaselineSamples = 5
     public static let crossCheckBaselineSampleGapUs: UInt32 = 1_000
+    /// Issue record (docs/tracer.md): the two readings that find a disk
+    /// still are this far apart.
+    public static let stillSampleGapUs: UInt32 = 1_000
+    /// A deficit answered from the issue record is confirmed when the disk
+    /// is next still; if it is not still for this long (nor under a point's
+    /// freeze, which settles it at once), the whole disk counts as dirty.
+    public static let deficitConfirmWaitMsMax = 300_000
     /// Reads in flight while copying (io_uring queue depth).
     public static let readQueueDepth = 8
     /// One read request at most this long; with the queue depth, this bounds

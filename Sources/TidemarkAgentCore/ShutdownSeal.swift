@@ -525,7 +525,10 @@ public enum ShutdownSeal {
             if bitmap.overflowed { result.status = .overflow; continue }
             if misses > bitmap.recursionMissesSeen { result.status = .recursionMiss; continue }
             // No offset (or no statistics) cannot prove completeness either.
-            if bitmap.sectorOffset == nil || bitmap.sectorSample() == nil || bitmap.sectorDeficit() != nil {
+            // Nor can a deficit answered from the issue record and not yet
+            // confirmed by its balance.
+            if bitmap.sectorOffset == nil || bitmap.sectorSample() == nil || bitmap.sectorDeficit() != nil
+                || bitmap.pendingSectors > 0 {
                 result.status = .completionDeficit
                 continue
             }

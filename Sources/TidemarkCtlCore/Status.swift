@@ -24,7 +24,23 @@ public enum StatusCommand {
             let level = d.compressionLevel == 0 ? "off" : "zstd \(d.compressionLevel)"
             out += "\(d.disk) (\(d.diskID)): RPO \(rpo), committed #\(d.committedSequence), backlog \(ByteCount.text(d.backlogBytes)), "
                 + "compression \(level)\(d.compressionAuto ? " (auto)" : "")\n"
+            if let t = d.tracking, let line = trackingLine(t) { out += "  " + line + "\n" }
         }
         return out
+    }
+
+    /// The tracker's deficits in words; nil while there were none and
+    /// nothing stands out.
+    static func trackingLine(_ t: TrackingHealth) -> String? {
+        var parts: [String] = []
+        if t.deficits > 0 {
+            parts.append("\(t.deficits) completion deficit(s) (\(t.sectorsUnseen) sectors the tracer did not see): "
+                         + "\(t.answeredFromIssueRecord) answered from the issue record (\(t.chunksFromIssueRecord) chunks re-sent, \(t.confirmed) confirmed), "
+                         + "\(t.wholeDisk) by the whole disk")
+            if let why = t.lastWholeDiskWhy { parts.append("last whole-disk answer: \(why)") }
+        }
+        if t.pendingSectors > 0 { parts.append("\(t.pendingSectors) sectors answered, to be confirmed when the disk is next still") }
+        if !t.issueRecordBalanced { parts.append("issue record not yet balanced (the disk has not been still): a deficit now takes the whole disk") }
+        return parts.isEmpty ? nil : "tracking: " + parts.joined(separator: "; ")
     }
 }

@@ -228,6 +228,41 @@ public struct AgentStatus: Codable, Sendable, Equatable {
 /// checkpoint is committed); `backlogBytes` counts chunks drained but not
 /// yet read, plus sealed segments not yet durable, plus chunks of durable
 /// segments not yet committed.
+/// What the change tracker of one disk found since the agent opened it: the
+/// completion deficits (writes the kernel completed that the tracer did not
+/// see) and how each was answered (docs/tracer.md).
+public struct TrackingHealth: Codable, Sendable, Equatable {
+    public var deficits: UInt64 = 0
+    public var sectorsUnseen: UInt64 = 0
+    /// Answered by marking the chunks the issue record held.
+    public var answeredFromIssueRecord: UInt64 = 0
+    public var chunksFromIssueRecord: UInt64 = 0
+    /// Issue-record answers the balance confirmed when the disk was still.
+    public var confirmed: UInt64 = 0
+    /// Answered (or later replaced) by the whole disk.
+    public var wholeDisk: UInt64 = 0
+    public var lastWholeDiskWhy: String? = nil
+    /// Sectors of answers still to confirm (0: none).
+    public var pendingSectors: UInt64 = 0
+    /// The issue record has a balance to be checked against (the disk was
+    /// still once since tracking began); without it a deficit takes the whole disk.
+    public var issueRecordBalanced: Bool = false
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case deficits
+        case sectorsUnseen = "sectors_unseen"
+        case answeredFromIssueRecord = "answered_from_issue_record"
+        case chunksFromIssueRecord = "chunks_from_issue_record"
+        case confirmed
+        case wholeDisk = "whole_disk"
+        case lastWholeDiskWhy = "last_whole_disk_why"
+        case pendingSectors = "pending_sectors"
+        case issueRecordBalanced = "issue_record_balanced"
+    }
+}
+
 public struct DiskStatus: Codable, Sendable, Equatable {
     public var disk: String
     public var diskID: String
@@ -251,11 +286,14 @@ public struct DiskStatus: Codable, Sendable, Equatable {
     public var compressionStepsSmaller: UInt64
     /// The freeze of the latest point, in milliseconds (nil before the first).
     public var lastFreezeMs: Double?
+    /// The change tracker's deficits and answers (nil from agents before it).
+    public var tracking: TrackingHealth?
 
     public init(disk: String, diskID: String, rpoMs: Int64, committedThroughUnixMs: Int64?, committedSequence: UInt64,
                 durableSequence: UInt64, nextSequence: UInt64, backlogBytes: UInt64, toReadBytes: UInt64, windowBytes: UInt64,
                 bytesRead: UInt64, bytesSent: UInt64, segmentsSent: UInt64, zeroChunks: UInt64, compressionLevel: Int,
-                compressionAuto: Bool, compressionStepsFaster: UInt64, compressionStepsSmaller: UInt64, lastFreezeMs: Double?) {
+                compressionAuto: Bool, compressionStepsFaster: UInt64, compressionStepsSmaller: UInt64, lastFreezeMs: Double?,
+                tracking: TrackingHealth? = nil) {
         self.disk = disk
         self.diskID = diskID
         self.rpoMs = rpoMs
@@ -275,6 +313,7 @@ public struct DiskStatus: Codable, Sendable, Equatable {
         self.compressionStepsFaster = compressionStepsFaster
         self.compressionStepsSmaller = compressionStepsSmaller
         self.lastFreezeMs = lastFreezeMs
+        self.tracking = tracking
     }
 
     enum CodingKeys: String, CodingKey {
@@ -297,6 +336,7 @@ public struct DiskStatus: Codable, Sendable, Equatable {
         case compressionStepsFaster = "compression_steps_faster"
         case compressionStepsSmaller = "compression_steps_smaller"
         case lastFreezeMs = "last_freeze_ms"
+        case tracking
     }
 }
 

@@ -20,6 +20,11 @@ public enum MetricName {
     public static let agentResyncs = "tidemark_agent_resyncs_total"
     /// Counter: drains whose completion cross-check found writes the tracer missed.
     public static let agentCompletionDeficits = "tidemark_agent_completion_deficits_total"
+    /// Counter (dimension `answer`: `issue_record` or `whole_disk`): how
+    /// completion deficits were answered.
+    public static let agentDeficitAnswers = "tidemark_agent_deficit_answers_total"
+    /// Counter (dimension `answer`): chunks marked dirty by those answers.
+    public static let agentDeficitChunks = "tidemark_agent_deficit_chunks_total"
     /// Counter (dimension `class`): recovery points committed.
     public static let agentPointsCreated = "tidemark_agent_points_created_total"
     /// Counter: recovery points refused or abandoned before they were committed.
@@ -49,6 +54,7 @@ public enum MetricName {
     /// Every name above, for the documentation check.
     public static let all: [String] = [
         agentSentBytes, agentSentSegments, agentRPO, agentBacklog, agentResyncs, agentCompletionDeficits,
+        agentDeficitAnswers, agentDeficitChunks,
         agentPointsCreated, agentPointsAbandoned, agentFreezeDuration,
         serverConnectionsAccepted, serverConnections, serverReceivedSegments, serverReceivedBytes, serverSpoolBytes,
         serverCommitLagSegments, serverCommittedSegments, serverErrors,

@@ -1,5 +1,6 @@
 import CTidemarkSystem
 import Glibc
+import Synchronization
 
 /// Where the tracer lives. Overridable for tests that must not disturb a
 /// production tracer (`TIDEMARK_BPF_PIN_DIR`, `TIDEMARK_RUN_DIR`).
@@ -38,6 +39,12 @@ public final class Tracer: @unchecked Sendable {
     let bitmapsFD: Int32
     let slotStateFD: Int32
     let slotInfoFD: Int32
+    /// The issue record (`tm_inflight`): write requests issued whose final
+    /// completion the program has not seen.
+    let inflightFD: Int32
+    /// The issue program's link, held open like `linkFD`.
+    let issueLinkFD: Int32
+    private let inflightMapping = Mutex<MappedWords?>(nil)
     /// The link, held open: while this process runs, the program stays
     /// attached even if someone removes the pins.
     let linkFD: Int32
@@ -50,12 +57,13 @@ public final class Tracer: @unchecked Sendable {
     public let pinDir: String
 
     deinit {
-        for fd in [disksFD, bitmapsFD, slotStateFD, slotInfoFD, linkFD, progFD] { _ = Glibc.close(fd) }
+        for fd in [disksFD, bitmapsFD, slotStateFD, slotInfoFD, linkFD, inflightFD, issueLinkFD, progFD] { _ = Glibc.close(fd) }
     }
 
     private init(pinDir: String, fds: [Int32], progFD: Int32, linkID: UInt32, slotInfoMapID: UInt32) {
         self.pinDir = pinDir
         (disksFD, bitmapsFD, slotStateFD, slotInfoFD, linkFD) = (fds[0], fds[1], fds[2], fds[3], fds[4])
+        (inflightFD, issueLinkFD) = (fds[5], fds[6])
         self.progFD = progFD
         self.linkID = linkID
         self.slotInfoMapID = slotInfoMapID
@@ -104,6 +112,14 @@ public final class Tracer: @unchecked Sendable {
             guard stateSize == UInt32(MemoryLayout<tm_slot_state>.size) else {
                 throw TidemarkError(.unsupported, "the tracer pinned at \(pinDir) was loaded by a Tidemark build with another map layout (slot state of \(stateSize) bytes; this build uses \(MemoryLayout<tm_slot_state>.size), tracer ABI \(TM_TRACER_ABI_VERSION))",
                                     hint: "stop every agent and run `tidemark-agent untrack` for each tracked disk (their next start resyncs), or reboot")
+            }
+            // Version 3's issue record, pinned before `link`.
+            for name in ["tm_inflight", "link-issue"] {
+                let fd = bpf_obj_get(pinDir + "/" + name)
+                if fd < 0 {
+                    throw SystemError(call: "bpf(BPF_OBJ_GET)", errno: errno, context: "opening the pinned tracer object \(pinDir)/\(name)")
+                }
+                fds.append(fd)
             }
             let prog = bpf_prog_get_fd_by_id(link.prog_id)
             guard prog >= 0 else {
@@ -354,7 +370,7 @@ public final class Tracer: @unchecked Sendable {
     }
 
     private func unpinAll() {
-        for name in ["link", "tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info"] {
+        for name in ["link", "link-issue", "tm_disks", "tm_bitmaps", "tm_slot_state", "tm_slot_info", "tm_inflight"] {
             _ = Glibc.unlink(pinDir + "/" + name)
         }
         _ = Glibc.rmdir(pinDir)
@@ -392,6 +408,54 @@ public final class Tracer: @unchecked Sendable {
         }
         defer { _ = Glibc.close(fd) }
         return try MappedWords(fd: fd, count: max(1, slot.nrWords), writable: writable, what: "the bitmap of slot \(slot.slot)")
+    }
+
+    /// The issue record's entries for one whole disk: write requests issued
+    /// whose final completion the program has not seen (in flight, or
+    /// completed with the completion probe skipped), as whole-disk sector
+    /// ranges. Read from the mapped array without locks: an entry claimed or
+    /// freed meanwhile may be read half-written, which can only add a range
+    /// (of a request in flight); a record of a completion that was skipped
+    /// does not change until a program marks its chunks.
+    public func issueRecords(wholeDev: UInt32) throws -> [(sector: UInt64, sectors: UInt32)] {
+        let table = try inflightTable()
+        var out: [(sector: UInt64, sectors: UInt32)] = []
+        for i in 0..<Int(TM_MAX_INFLIGHT) {
+            let base = i * Tracer.inflightEntryWords
+            guard table.load(base) != 0 else { continue }
+            let devAndSize = table.load(base + 1)
+            guard UInt32(truncatingIfNeeded: devAndSize) == wholeDev else { continue }
+            out.append((table.load(base + 2), UInt32(truncatingIfNeeded: devAndSize >> 32)))
+        }
+        return out
+    }
+
+    /// Adds a record to the issue record under the request address `key`,
+    /// as the issue program does for a request it sees issued. Tests use it
+    /// to stand for a request whose completion the kernel then skipped (its
+    /// record stays).
+    public func insertIssueRecord(key: UInt64, wholeDev: UInt32, sector: UInt64, sectors: UInt32) throws {
+        let table = try inflightTable()
+        let index = Int(truncatingIfNeeded: ((key >> 4) &* 0x9E37_79B9_7F4A_7C15) >> (64 - UInt64(TM_INFLIGHT_SHIFT)))
+        let base = index * Tracer.inflightEntryWords
+        guard table.load(base) == 0 else {
+            throw TidemarkError(.busy, "the issue record's entry \(index) is held by another request")
+        }
+        _ = tm_atomic_exchange_u64(table.base + base + 1, UInt64(wholeDev) | UInt64(sectors) << 32)
+        _ = tm_atomic_exchange_u64(table.base + base + 2, sector)
+        _ = tm_atomic_exchange_u64(table.base + base, key)
+    }
+
+    static let inflightEntryWords = MemoryLayout<tm_issued>.stride / 8
+    /// tm_inflight, mapped once.
+    func inflightTable() throws -> MappedWords {
+        try inflightMapping.withLock { m in
+            if let m { return m }
+            let mapped = try MappedWords(fd: inflightFD, count: Int(TM_MAX_INFLIGHT) * Tracer.inflightEntryWords,
+                                         writable: true, what: "the tracer's issue record")
+            m = mapped
+            return mapped
+        }
     }
 
     /// Maps the per-slot state array (overflow flags and counters).
@@ -568,6 +632,47 @@ public final class SlotBitmap: @unchecked Sendable {
         return kernel &- program
     }
 
+    // MARK: Issue record (docs/tracer.md, "Issue record")
+
+    /// Sectors of write requests the issue program recorded.
+    public var issuedSectors: UInt64 { states.load(stateIndex + 6) }
+    /// Sectors completed on the disk with no record of their issue.
+    public var unmatchedSectors: UInt64 { states.load(stateIndex + 7) }
+    /// Sectors of recorded requests whose skipped completion the programs
+    /// found when the request's address came round again, and marked.
+    public var recoveredSectors: UInt64 { states.load(stateIndex + 8) }
+    /// Issues not recorded because the record was full.
+    public var issuesUnrecorded: UInt64 { states.load(stateIndex + 9) }
+    /// kernel − issued − unmatched sectors at the last still moment (nil: none yet).
+    public var balanceBase: UInt64? {
+        let v = states.load(stateIndex + 10)
+        return v == 0 ? nil : v &- 1
+    }
+    public func setBalanceBase(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 10, v &+ 1) }
+    public func clearBalanceBase() { _ = tm_atomic_exchange_u64(states.base + stateIndex + 10, 0) }
+    /// Deficit sectors answered from the issue record and not yet confirmed.
+    public var pendingSectors: UInt64 { states.load(stateIndex + 11) }
+    public func setPendingSectors(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 11, v) }
+
+    /// kernel − issued − unmatched sectors, if the disk was still while it
+    /// was read: two readings `gapMicroseconds` apart, each of the kernel's
+    /// in-flight counts (requests between their accounting start and end,
+    /// and requests at the driver) and then the kernel's, issued and
+    /// unmatched sector counts, with nothing in flight in either and every
+    /// count the same in both. Then every request issued had completed and
+    /// been accounted, so the value is exact (docs/tracer.md). nil when the
+    /// disk was not still, or has no statistics.
+    public func stillBalance(gapMicroseconds: UInt32) -> UInt64? {
+        func reading() -> [UInt64]? {
+            guard let k = DiskStatistics.stillness(wholeDev: slot.wholeDev), k.inFlight == 0 else { return nil }
+            return [k.sectors, issuedSectors, unmatchedSectors]
+        }
+        guard let a = reading() else { return nil }
+        usleep(gapMicroseconds)
+        guard let b = reading(), a == b else { return nil }
+        return a[0] &- a[1] &- a[2]
+    }
+
     /// Establishes the offset when the slot has none: the largest of a few
     /// samples (a sample can only fall short of the true offset, by a
     /// completion between its two reads, which at worst causes one
@@ -612,6 +717,21 @@ public enum DiskStatistics {
         let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).compactMap { UInt64($0) }
         guard f.count >= 7 else { return nil }
         return f[6] &+ (f.count >= 14 ? f[13] : 0)
+    }
+
+    /// The kernel's write+discard sectors and its in-flight requests of the
+    /// whole disk: `stat` field 9 (requests from the start of their
+    /// accounting to its end, which comes after their sectors are counted)
+    /// plus the write requests at the driver (`inflight`, field 2), the
+    /// first read before the sectors. nil when unreadable or without statistics.
+    public static func stillness(wholeDev: UInt32) -> (sectors: UInt64, inFlight: UInt64)? {
+        let base = "/sys/dev/block/\(wholeDev >> 20):\(wholeDev & 0xfffff)"
+        guard iostatsEnabled(base), let driver = readSmallTextFile(base + "/inflight"),
+              let text = readSmallTextFile(base + "/stat") else { return nil }
+        let d = driver.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).compactMap { UInt64($0) }
+        let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).compactMap { UInt64($0) }
+        guard d.count >= 2, f.count >= 9 else { return nil }
+        return (f[6] &+ (f.count >= 14 ? f[13] : 0), f[8] &+ d[1])
     }
 
     static func readSmallTextFile(_ path: String) -> String? {

@@ -8,13 +8,19 @@ import TidemarkTesting
 /// on block:block_rq_complete now and then (under heavy direct I/O, and
 /// often while other probes are attached to or detached from the
 /// tracepoint), without counting a recursion miss;
-/// such a completion must end in a whole-disk resync, never in a chunk
-/// that is silently not dirty.
+/// such a completion must end in its chunk marked dirty — from the issue
+/// record, or with the whole disk when that cannot be bounded — never in a
+/// chunk that is silently not dirty.
 @Suite(.serialized) struct CompletionCrossCheckTests {
-    /// A deficit of sectors (made here by lowering the slot's stored
-    /// offset, as a skipped 4 KiB write would leave it) marks the whole disk
-    /// dirty once, durably, and says why.
-    @Test(.requiresRoot) func sectorDeficitMarksWholeDiskDirty() throws {
+    /// A deficit of 8 sectors whose request the issue record still holds (a
+    /// write the completion probe skipped: its record stays, the kernel
+    /// counted it; made here by adding the record and lowering the slot's
+    /// offset, as the skipped 4 KiB write would leave them): only that
+    /// write's chunk is marked, the balance confirms it once the disk is
+    /// still, and the whole disk is not touched. Then a deficit the issue
+    /// record missed too (the balance's base lowered by the same 8 sectors)
+    /// marks the whole disk dirty, durably, and says why.
+    @Test(.requiresRoot) func aDeficitMarksOnlyTheIssueRecordsChunksUnlessBothRecordsMissed() throws {
         let h = try Harness("xcheck")
         defer { h.close() }
         let d = try h.loop(sizeMiB: 16)
@@ -31,13 +37,28 @@ import TidemarkTesting
         let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
         let offset = try #require(bitmap.sectorOffset, "the agent established no offset")
         #expect(bitmap.sectorDeficit() == nil)
+        #expect(bitmap.balanceBase != nil, "the disk was still, yet the issue record has no balance")
+        // Chunk 9, 4 KiB into it: a skipped completion's record.
+        try tracer.insertIssueRecord(key: 0xdead_0000_0000, wholeDev: slot.wholeDev, sector: (65536 * 9 + 4096) / 512, sectors: 8)
         bitmap.setSectorOffset(offset &- 8)
+        h.settle()
+        #expect(try h.dirtyChunks(d, hrlOnly: true) == [3, 9], "only the record's chunk is added")
+        #expect(bitmap.sectorDeficit() == nil, "the deficit was not taken as the new offset")
+        #expect(bitmap.pendingSectors == 0, "the answer was not confirmed though the disk is still")
+
+        // Both records missed 8 sectors: the whole disk.
+        let base = try #require(bitmap.balanceBase)
+        bitmap.setBalanceBase(base &- 8)
+        bitmap.setSectorOffset(try #require(bitmap.sectorOffset) &- 8)
         h.settle()
         let all = Set(UInt64(0)..<UInt64(16 << 20) / h.chunk)
         #expect(try h.dirtyChunks(d, hrlOnly: true) == all)
-        #expect(bitmap.sectorDeficit() == nil, "the deficit was not taken as the new offset")
+        #expect(bitmap.balanceBase == base, "the balance was not taken as the new base")
         p.stop()
-        #expect((p.stdout + p.stderr).contains("the tracer did not see"), "\(p.stderr.suffix(2000))")
+        let log = p.stdout + p.stderr
+        #expect(log.contains("marking the 1 chunk(s) of the writes the issue record holds"), "\(log.suffix(2000))")
+        #expect(log.contains("confirmed: the 8 sectors"), "\(log.suffix(2000))")
+        #expect(log.contains("both probes skipped") && log.contains("the whole disk counts as dirty"), "\(log.suffix(2000))")
     }
 
     /// Writes while the kernel keeps no statistics are counted by the
@@ -66,18 +87,23 @@ import TidemarkTesting
         h.settle()
         let after = try #require(bitmap.sectorOffset, "no new offset once statistics were back")
         #expect(after != before)
+        // The issue record's balance went with the offset (the program
+        // counted issues the kernel did not) and is back too.
+        #expect(bitmap.balanceBase != nil, "no balance once statistics were back")
         // A miss after that is still seen.
         bitmap.setSectorOffset(after &- 8)
         h.settle()
-        #expect(try h.dirtyChunks(d, hrlOnly: true).count == 256)
+        #expect(bitmap.sectorDeficit() == nil)
+        #expect(p.stderr.contains("the tracer did not see"), "\(p.stderr.suffix(1500))")
         p.stop()
         #expect(p.stderr.contains("stopped keeping I/O statistics") && p.stderr.contains("cross-check resumed"), "\(p.stderr.suffix(1500))")
     }
 
-    /// While replicating: a deficit makes the agent compare the whole disk
-    /// with the target (digest resync) instead of sending all of it, and
-    /// the next point still recovers identical to the frozen source.
-    @Test(.requiresRoot) func deficitWhileReplicatingResyncsByDigest() throws {
+    /// While replicating: a deficit the issue record answers re-sends only
+    /// the record's chunks; one both records missed makes the agent compare
+    /// the whole disk with the target (digest resync) instead of sending all
+    /// of it; and the next point still recovers identical to the frozen source.
+    @Test(.requiresRoot) func deficitWhileReplicatingResendsTheRecordOrResyncsByDigest() throws {
         let w = try FaultWorld("xrepl")
         defer { w.close() }
         try w.startServer()
@@ -94,13 +120,22 @@ import TidemarkTesting
             return
         }
         let bitmap = try SlotBitmap(tracer: tracer, slot: slot)
+        try w.waitFor("a balance for the issue record", timeoutSeconds: 30) { bitmap.balanceBase != nil }
         let offset = try #require(bitmap.sectorOffset, "the agent established no offset")
+        try tracer.insertIssueRecord(key: 0xdead_0000_0000, wholeDev: slot.wholeDev, sector: 65536 * 5 / 512, sectors: 8)
         bitmap.setSectorOffset(offset &- 8)
+        try w.waitFor("the answer from the issue record", timeoutSeconds: 30) { w.agent!.stderr.contains("confirmed: the 8 sectors") }
+        #expect(!w.agent!.stderr.contains("comparing it with the target"), "\(w.logs)")
+        #expect(w.agent!.stderr.contains("marking the 1 chunk(s)"), "\(w.logs)")
+
+        let base = try #require(bitmap.balanceBase)
+        bitmap.setBalanceBase(base &- 8)
+        bitmap.setSectorOffset(try #require(bitmap.sectorOffset) &- 8)
         try w.waitFor("the digest resync after the deficit", timeoutSeconds: 60) {
             w.agent!.stderr.components(separatedBy: "complete:").count > completedBefore
         }
         let log = w.agent!.stderr
-        #expect(log.contains("the tracer did not see"), "\(w.logs)")
+        #expect(log.contains("both probes skipped"), "\(w.logs)")
         #expect(log.contains("comparing it with the target"), "\(w.logs)")
         // Compared, not re-sent: almost every chunk was found identical.
         let last = log.components(separatedBy: "\n").last { $0.contains("resync of") && $0.contains("complete:") } ?? ""
@@ -112,7 +147,8 @@ import TidemarkTesting
     /// The real thing: ftrace probes on block_rq_complete switched on and off
     /// as fast as possible in three tracefs instances while, for 15 s, writes
     /// of 4 KiB land on distinct chunks. Without the cross-check, each of 4 runs
-    /// here lost 1 to 4 writes; with it, every written chunk is dirty.
+    /// here lost 1 to 4 writes; with it, every written chunk is dirty, and
+    /// with the issue record, the disk is not dirty beyond that.
     @Test(.requiresRoot, .requiresTracefs) func writesCompletedWhileProbesChangeAreNeverLost() throws {
         let h = try Harness("xchurn")
         defer { h.close() }
@@ -155,5 +191,15 @@ import TidemarkTesting
         let dirty = try h.dirtyChunks(d, hrlOnly: true)
         let lost = chunks.subtracting(dirty).sorted()
         #expect(lost.isEmpty, "written but not dirty: \(lost.prefix(10)); agent: \(p.stderr.suffix(1500))")
+        // How the deficits were answered: from the issue record, the dirty
+        // set is what was written (plus the few chunks of writes in flight),
+        // not the whole disk, so the check above means something.
+        let lines = p.stderr.split(separator: "\n")
+        let fromRecord = lines.filter { $0.contains("chunk(s) of the writes the issue record holds") }.count
+        let wholeDisk = lines.filter { $0.contains("the whole disk counts as dirty") }.count
+        print("xchurn: \(chunks.count) chunks written, \(dirty.count) dirty; deficits answered from the issue record \(fromRecord), by the whole disk \(wholeDisk)")
+        if wholeDisk == 0 {
+            #expect(dirty.count < 262144, "the whole disk is dirty without a whole-disk answer")
+        }
     }
 }

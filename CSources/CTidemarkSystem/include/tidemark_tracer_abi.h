@@ -7,7 +7,7 @@
 #ifndef TIDEMARK_TRACER_ABI_H
 #define TIDEMARK_TRACER_ABI_H
 
-#define TM_TRACER_ABI_VERSION 2u
+#define TM_TRACER_ABI_VERSION 3u
 
 /* Maximum number of tracked regions (disks or partitions) on one host. */
 #define TM_MAX_SLOTS 64u
@@ -18,6 +18,17 @@
  * A longer run sets the slot's overflow flag instead, which the agent
  * answers by marking the whole region dirty: never fewer bits. */
 #define TM_MAX_WORDS_PER_EVENT (1u << 23)
+/* Entries of tm_inflight, host-wide: write requests on tracked disks that
+ * were issued and whose completion the program has not seen (in flight, or
+ * completed with the completion probe skipped). A request's entry is
+ * TM_INFLIGHT_INDEX of its address; an entry held by another request leaves
+ * the issue unrecorded, which the agent's issue balance counts. */
+#define TM_INFLIGHT_SHIFT 16u
+#define TM_MAX_INFLIGHT (1u << TM_INFLIGHT_SHIFT)
+/* Fibonacci hashing of the request's address (struct request is larger than
+ * 16 bytes, so its low 4 bits say nothing). */
+#define TM_INFLIGHT_INDEX(addr) \
+    ((unsigned int)((((unsigned long long)(addr) >> 4) * 0x9E3779B97F4A7C15ULL) >> (64u - TM_INFLIGHT_SHIFT)))
 
 /* One tracked region of a whole disk, in 512-byte sectors relative to the
  * start of the whole disk (a partition's /sys/class/block/<part>/start). */
@@ -54,6 +65,41 @@ struct tm_slot_state {
     /* Agents only: 1 + (kernel's write+discard sectors of the whole disk -
      * disk_sectors) when it was established; 0 while not established. */
     unsigned long long sector_offset;
+    /* Version 3: the issue record (docs/tracer.md, "Issue record").
+     * Program: sectors of write-class requests (as disk_sectors counts
+     * them) recorded in tm_inflight when issued (block_rq_issue), once per
+     * request: a request issued again after a requeue is not counted twice. */
+    unsigned long long issued_sectors;
+    /* Program: sectors completed on the whole disk whose request has no
+     * record of its issue (the issue probe was skipped, or tm_inflight
+     * was full). */
+    unsigned long long unmatched_sectors;
+    /* Program: sectors of recorded requests whose completion the program
+     * never saw, found when their request slot was issued or completed
+     * again and marked then. */
+    unsigned long long recovered_sectors;
+    /* Program: issues that could not be recorded because their entry in
+     * tm_inflight was held by another request. */
+    unsigned long long issues_unrecorded;
+    /* Agents only: 1 + (kernel sectors - issued_sectors - unmatched_sectors)
+     * at the last moment the disk was still; 0 while none. */
+    unsigned long long balance_base;
+    /* Agents only: sectors of completion deficits answered from the issue
+     * record and not yet confirmed by the balance; 0 when none. */
+    unsigned long long pending_sectors;
+};
+
+/* Value of tm_inflight (mmapable array, TM_MAX_INFLIGHT entries): one write
+ * request on a tracked disk, recorded when it was issued to the driver.
+ * `rq` 0: the entry is free. The issue program claims an entry with an
+ * atomic compare-and-swap of `rq` from 0 and then writes the rest; the
+ * completion program frees it by swapping `rq` back to 0 (the other fields
+ * keep their old values). */
+struct tm_issued {
+    unsigned long long rq;           /* kernel address of the struct request */
+    unsigned int whole_dev;          /* kernel dev_t of the whole disk */
+    unsigned int nr_sectors;         /* the request's size when issued */
+    unsigned long long sector;       /* its first sector, whole-disk relative */
 };
 
 /* Value of tm_slot_info (array indexed by slot), written only by agents:
