@@ -609,7 +609,9 @@ import TidemarkWire
         var w = World(maxConnections: 3, disksPerSession: 2)
         let disks = ["agent-a-sdb-\(Self.hex)", "agent-a-sdc-\(Self.hex)"]
         var live: [S] = []
-        var closed: Set<S> = []
+        /// In order, not a Set: a Set's order changes from run to run (Swift
+        /// seeds its hashing per process), and the walk must not.
+        var closed: [S] = []
         /// Per session and disk: the highest acknowledged durable and committed.
         var acked: [S: [String: (durable: UInt64, committed: UInt64)]] = [:]
         /// The sink: per disk, the sequences it keeps, what it reported.
@@ -636,7 +638,7 @@ import TidemarkWire
                     diskStates += 1
                 case .close(let s, _):
                     live.removeAll { $0 == s }
-                    closed.insert(s)
+                    if !closed.contains(s) { closed.append(s) }
                 case .append(let s, let d, let q):
                     appending.append((s, d, q))
                 case .lookUpDisk, .createDisk, .settleDisk, .forget:
@@ -728,7 +730,7 @@ import TidemarkWire
                         }
                     }
                 }) else { continue }
-                closed.remove(s)
+                closed.removeAll { $0 == s }
                 apply(w.feed(.ended(s)))
             default:
                 // The sink loses a segment it keeps and has not committed.
