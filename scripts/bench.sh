@@ -2,7 +2,7 @@
 # Tidemark benchmarks for the targets of issues #2, #3 and #4. Every figure is a
 # ratio against a reference measured in the same run on the same device (these
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
-#   scripts/bench.sh [all|scan|writecost|deficit|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle]
+#   scripts/bench.sh [all|scan|writecost|deficit|usedcopy|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle]
 #   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
 #   TIDEMARK_BENCH_BIN_B=dir scripts/bench.sh replicate   alternates rounds with the binaries in dir (A/B)
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
@@ -422,6 +422,42 @@ timed() { local t0; t0=$(now); "$@" >"$work/timed.out" 2>&1 || { cat "$work/time
 export RESTIC_PASSWORD=tidemark-bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 restic_backup() { restic -q -r "$work/restic" backup --stdin --stdin-filename disk.img < "$1"; }
 borg_backup() { borg create "${3:-$work/borg}::$2" - < "$1"; }
+
+if [ "$what" = usedcopy ]; then
+  # The initial copy of a sparse disk whose ext4 uses 10% of it and whose free
+  # space holds old data: used blocks only (FS_IOC_GETFSMAP) against the
+  # whole-disk read of before (TIDEMARK_TEST_WHOLE_DISK_READS=1), alternated
+  # USEDCOPY_ROUNDS times in the same run. USEDCOPY_GIB: the disk's size.
+  gib=${USEDCOPY_GIB:-64}; rounds=${USEDCOPY_ROUNDS:-1}
+  echo "== initial copy of a $gib GiB sparse disk, ext4 10% used, old data in its free space: used blocks vs the whole disk"
+  truncate -s "${gib}G" "$work/uc.img"
+  l=$(losetup -f --show --direct-io=on "$work/uc.img"); loops+=("$l")
+  mkfs.ext4 -q -F -E nodiscard "$l"; mkdir -p "$work/ucm"; mount "$l" "$work/ucm"; mounts+=("$work/ucm")
+  # Files of random data: 10% of the disk kept, as much again written and
+  # deleted (its data stays in free blocks). One 64 MiB random block, copied.
+  head -c $((64 << 20)) /dev/urandom > "$work/rand64"
+  per=$((gib * 1024 / 10 / 64))
+  for i in $(seq "$per"); do cp "$work/rand64" "$work/ucm/keep$i"; cp "$work/rand64" "$work/ucm/gone$i"; done
+  sync; rm -f "$work/ucm"/gone*; sync
+  echo "filesystem: $(df -h --output=used,size "$work/ucm" | tail -1)"
+  repl_setup
+  for round in $(seq "$rounds"); do
+    for side in used whole; do
+      "$BIN/tidemark-agent" untrack --disk "$l" --state-dir "$work/state" >/dev/null 2>&1 || true
+      rm -rf "$target" "$spool" "$work/state"; dropcaches
+      start_server
+      t0=$(now)
+      if [ "$side" = whole ]; then TIDEMARK_TEST_WHOLE_DISK_READS=1 start_agent "$l"; else start_agent "$l"; fi
+      t=$(elapsed "$t0" "$(committed_at 3600 "$(date +%s%3N)" 0.2)")
+      read -r sent rd < <(st get bytes_sent bytes_read)
+      scope=$(grep -o 'the resync reads [^;]*' "$work/agent.err" | head -1)
+      stop_repl
+      echo "round $round, $side: $t s, read $((rd >> 20)) MiB, sent $((sent >> 20)) MiB; $scope"
+      eval "t_$side=\$t"
+    done
+    echo "round $round: used-blocks time / whole-disk time = $(ratio "$t_used" "$t_whole") (target <= 0.15)"
+  done
+fi
 
 if [ "$what" = all ] || [ "$what" = replicate ]; then
   echo "== initial replication of an ext4 disk holding a copy of /usr to a process server on loopback (TLS)"

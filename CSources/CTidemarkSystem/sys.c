@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <linux/falloc.h>
 #include <linux/fiemap.h>
+#include <linux/fsmap.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -185,6 +186,55 @@ int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, 
     }
     *count = n;
     free(fm);
+    return 0;
+}
+
+int tm_getfsmap_free(int fd, uint32_t device, size_t max_pairs, uint64_t **pairs, size_t *count) {
+    enum { RECS = 1024 };
+    struct fsmap_head *h = calloc(1, sizeof(*h) + RECS * sizeof(struct fsmap));
+    size_t cap = 256, n = 0;
+    uint64_t *out = malloc(cap * 2 * sizeof(uint64_t));
+    if (h == NULL || out == NULL) { free(h); free(out); return -ENOMEM; }
+    /* Keys: everything, from (0, 0, 0, 0) to all ones. */
+    h->fmh_keys[1].fmr_device = UINT32_MAX;
+    h->fmh_keys[1].fmr_flags = UINT32_MAX;
+    h->fmh_keys[1].fmr_physical = UINT64_MAX;
+    h->fmh_keys[1].fmr_owner = UINT64_MAX;
+    h->fmh_keys[1].fmr_offset = UINT64_MAX;
+    int err = 0, last = 0;
+    while (!last) {
+        h->fmh_count = RECS;
+        if (ioctl(fd, FS_IOC_GETFSMAP, h) != 0) { err = -errno; break; }
+        if (h->fmh_entries == 0) break;
+        for (uint32_t i = 0; i < h->fmh_entries; i++) {
+            struct fsmap *r = &h->fmh_recs[i];
+            if (r->fmr_flags & FMR_OF_LAST) last = 1;
+            if (r->fmr_device != device || r->fmr_length == 0) continue;
+            if (!((r->fmr_flags & FMR_OF_SPECIAL_OWNER) && r->fmr_owner == FMR_OWN_FREE)) continue;
+            uint64_t a = r->fmr_physical, b = r->fmr_physical + r->fmr_length;
+            if (n > 0 && a <= out[2 * n - 1]) { /* touches or overlaps the last range */
+                if (b > out[2 * n - 1]) out[2 * n - 1] = b;
+                continue;
+            }
+            if (n == max_pairs) { err = -E2BIG; last = 1; break; }
+            if (n == cap) {
+                uint64_t *grown = realloc(out, cap * 4 * sizeof(uint64_t));
+                if (grown == NULL) { err = -ENOMEM; last = 1; break; }
+                out = grown;
+                cap *= 2;
+            }
+            out[2 * n] = a;
+            out[2 * n + 1] = b;
+            n++;
+        }
+        /* The next call starts after the last record returned. */
+        h->fmh_keys[0] = h->fmh_recs[h->fmh_entries - 1];
+    }
+    free(h);
+    if (err != 0) { free(out); return err; }
+    for (size_t i = 0; i < n; i++) out[2 * i + 1] -= out[2 * i]; /* end -> length */
+    *pairs = out;
+    *count = n;
     return 0;
 }
 

@@ -88,11 +88,22 @@ extension DiskReplicator {
         // until the main loop clears their bits (clearCommitted): their
         // chunks are committed already and are not backlog.
         let uncommittedChunks = state.uncommittedChunks
+        let activity = activityLocked()
+        // Nothing is recoverable until the initial copy is committed; during
+        // a resync the target is in step with the disk only as of its start.
+        var through = state.committedThroughUnixMs
+        if resync.active || resync.awaitingCommit {
+            if isInitialCopyLocked {
+                through = nil
+            } else if let t = through {
+                through = min(t, resync.startedUnixMs)
+            }
+        }
         return DiskStatus(
             disk: session.device.path,
             diskID: diskID,
-            rpoMs: state.committedThroughUnixMs.map { max(0, now - $0) } ?? -1,
-            committedThroughUnixMs: state.committedThroughUnixMs,
+            rpoMs: through.map { max(0, now - $0) } ?? -1,
+            committedThroughUnixMs: through,
             committedSequence: state.committedSequence,
             durableSequence: state.durableSequence,
             nextSequence: state.nextSequence,
@@ -108,7 +119,76 @@ extension DiskReplicator {
             compressionStepsFaster: compression?.stepsFaster ?? 0,
             compressionStepsSmaller: compression?.stepsSmaller ?? 0,
             lastFreezeMs: freezeMsHistory.last,
-            tracking: session.trackingHealth)
+            tracking: session.trackingHealth,
+            activity: activity)
+    }
+
+    /// The initial copy is under way (the caller holds `cond`).
+    var isInitialCopyLocked: Bool {
+        (resync.active || resync.awaitingCommit) && resync.kind == .initialCopy
+    }
+
+    /// What the disk is doing (the caller holds `cond`): paused while the
+    /// server is unreachable or the send window is full with chunks waiting;
+    /// otherwise its initial copy, a resync (and why), or protected. An
+    /// initial copy or resync carries its progress: bytes compared or read
+    /// to send of those it began with, the average rate, and the time left
+    /// at that rate.
+    func activityLocked() -> DiskActivity {
+        var a = DiskActivity(state: .protected)
+        if resync.active || resync.awaitingCommit {
+            if isInitialCopyLocked {
+                a.state = .initialCopy
+            } else {
+                a.state = .resync
+                switch resync.kind {
+                case .resync(let why): a.detail = why
+                case .resumed: a.detail = "resumed after a restart; the server has not yet said what it holds"
+                case .initialCopy: break
+                }
+            }
+            a.scope = resync.scope
+            let total = resync.totalChunks * chunkBytes
+            let left = min(total, (resync.leftToCompare + state.toReadCount) * chunkBytes)
+            let done = total - left
+            let seconds = monotonicSeconds() - resync.startedAt
+            a.bytesTotal = total
+            a.bytesDone = done
+            if seconds > 0 && done > 0 {
+                let rate = Double(done) / seconds
+                a.bytesPerSecond = rate
+                a.etaSeconds = Double(left) / rate
+            }
+        }
+        let pausedWhy: String?
+        if !connectionUp {
+            pausedWhy = "the process server at \(settings.serverHost):\(settings.serverPort) is not reachable"
+        } else if !state.windowHasRoom && state.toReadCount > 0 {
+            pausedWhy = "backpressure: the send window is full (\(state.segmentsInFlight) segments, \(state.windowBytes) bytes not yet durable at the server)"
+        } else {
+            pausedWhy = nil
+        }
+        if let why = pausedWhy {
+            let during = a.state == .protected ? "" : ", during the \(a.state == .initialCopy ? "initial copy" : "resync")"
+            a.detail = why + during
+            a.state = .paused
+        }
+        return a
+    }
+
+    /// Logs the progress of an initial copy or resync: every
+    /// `ReplicationLimits.progressTerminalIntervalMs` when the agent's
+    /// standard error is a terminal, every `progressLogIntervalMs` otherwise.
+    func reportProgressIfDue() {
+        cond.lock()
+        guard resync.active || resync.awaitingCommit else { cond.unlock(); return }
+        let now = monotonicSeconds()
+        let interval = Double(isatty(2) == 1 ? ReplicationLimits.progressTerminalIntervalMs : ReplicationLimits.progressLogIntervalMs) / 1000
+        guard now - resync.lastProgressAt >= interval else { cond.unlock(); return }
+        resync.lastProgressAt = now
+        let a = activityLocked()
+        cond.unlock()
+        Log.info("\(session.device.path) (\(diskID)): \(a.text)")
     }
 }
 

@@ -63,6 +63,10 @@ public enum Limits {
 
 /// Every limit of the replication data path, in one place, units in the names.
 public enum ReplicationLimits {
+    /// Progress of an initial copy or resync is logged this often when the
+    /// agent's standard error is a terminal, and this often otherwise.
+    public static let progressTerminalIntervalMs = 2_000
+    public static let progressLogIntervalMs = 30_000
     public static let connectTimeoutMs = 5_000
     /// While a disk is written, the main loop drains it this often instead
     /// of at the drain interval: after a drain that found chunks, and after

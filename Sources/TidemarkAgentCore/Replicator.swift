@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TidemarkConfigFiles
 import TidemarkCrypto
+import TidemarkSurface
 import TidemarkSystem
 import TidemarkTracking
 import TidemarkTransport
@@ -77,6 +78,10 @@ public final class DiskReplicator: @unchecked Sendable {
     var readerBusy = false
     var replicatedBefore = false
     var targetLost = false
+    /// A session with the server is established (guarded by `cond`).
+    var connectionUp = false
+    /// Why the last whole-disk resync read the whole disk (main thread).
+    var wholeDiskWhy = "not asked"
     public internal(set) var stats = Stats()
     /// This disk's metrics (docs/metrics.md).
     public let metrics: DiskMetrics
@@ -175,6 +180,7 @@ public final class DiskReplicator: @unchecked Sendable {
             // Points wait while a resync compares: the target does not
             // match the disk until every chunk has been compared.
             if resyncActive { holdPointOrdersDuringResync() } else { try servePointRequests() }
+            reportProgressIfDue()
             waitForNextDrain(after: started, found: found)
         }
         try drainOnce()
@@ -205,7 +211,11 @@ public final class DiskReplicator: @unchecked Sendable {
         if h.state == .resyncRequired || !known.contains(h.targetID) {
             Log.info("\(session.device.path): resync of \(diskID) by digest comparison (\(h.state == .resyncRequired ? "resync required: \(h.reason)" : "new target"))")
             metrics.resyncStarted(h.state == .resyncRequired ? .resyncRequired : .newTarget)
-            try markWholeDisk()
+            // Whether the target holds the disk already is known once the
+            // server answers (resume): a new .hrl may find it there.
+            let kind: ResyncKind = h.state == .resyncRequired && replicatedBefore
+                ? .resync("resync required: \(h.reason)\(h.reasonText.isEmpty ? "" : ", \(h.reasonText)")") : .resumed
+            try markWholeDisk(kind)
         }
         // A resync interrupted earlier (or an initial replication of an
         // older agent, "pending") compares what is left instead of sending it.
@@ -229,18 +239,61 @@ public final class DiskReplicator: @unchecked Sendable {
     /// Marks the whole disk dirty, durably, and schedules every chunk for
     /// comparison with the target: an interrupted resync resumes from the
     /// `.hrl` (target id "@scan") instead of starting over.
-    func markWholeDisk() throws {
+    func markWholeDisk(_ kind: ResyncKind) throws {
         try session.drain()
-        try session.hrl.markAllDirty()
+        // Used blocks only, when the filesystem can say which: the tracer
+        // was attached before this question (at the session's start), so a
+        // block allocated after the answer is written after it, and tracked.
+        let used = session.testSwitches.wholeDiskReads ? nil : usedChunks()
+        if let used {
+            try session.hrl.persistSet(used.words)
+        } else {
+            try session.hrl.markAllDirty()
+        }
         try session.hrl.setTargetID(scanTargetID)
         try session.hrl.setState(.tracking, reason: .none, text: "")
         replicatedBefore = false
+        let scope = used?.scope ?? wholeDiskScope
+        Log.info("\(session.device.path): the resync reads \(scope)")
         cond.lock()
-        scheduleScanLocked(all: true)
+        if let used {
+            scheduleScanLocked(words: used.words, kind: kind)
+        } else {
+            scheduleScanLocked(all: true, kind: kind)
+        }
+        resync.scope = scope
         state.wholeDiskMarked()
         // The sender holds segments back until now (nextToSend).
         cond.broadcast()
         cond.unlock()
+    }
+
+    /// Why the last `usedChunks` found none (for status and logs).
+    var wholeDiskScope: String {
+        session.testSwitches.wholeDiskReads ? "the whole disk (test switch)" : "the whole disk: \(wholeDiskWhy)"
+    }
+
+    /// The chunks the disk's filesystem uses (and every chunk past its end),
+    /// or nil when it cannot say (`UsedSpace`); then `wholeDiskWhy` says why.
+    func usedChunks() -> (words: SparseWords, scope: String)? {
+        switch UsedSpace.map(session.device) {
+        case .failure(let n):
+            wholeDiskWhy = n.reason
+            return nil
+        case .success(let map):
+            var words = SparseWords()
+            let end = min(map.filesystemBytes, session.device.sizeBytes)
+            for e in map.extents where e.offset < end {
+                let last = min(e.offset + e.length, end) - 1
+                words.appendChunks(first: e.offset / chunkBytes, count: last / chunkBytes - e.offset / chunkBytes + 1)
+            }
+            if end < session.device.sizeBytes {
+                let first = end / chunkBytes
+                words.appendChunks(first: first, count: chunkCount - first)
+            }
+            let scope = "used blocks only: \(map.source) uses \(ByteCount.text(map.usedBytes)) of \(ByteCount.text(session.device.sizeBytes)) (FS_IOC_GETFSMAP), \(words.popcount) of \(chunkCount) chunks"
+            return (words, scope)
+        }
     }
 
     /// Waits until the next drain of the main loop: the configured drain
@@ -289,7 +342,10 @@ public final class DiskReplicator: @unchecked Sendable {
             // sending all of it.
             Log.warning("\(session.device.path): the whole disk counts as dirty; comparing it with the target (digest resync)")
             metrics.resyncStarted(.tracerOverflow)
-            try markWholeDisk()
+            let why: String
+            if case .wholeDisk(_, let w)? = result.deficit { why = "writes the tracer did not see: \(w)" }
+            else { why = "the tracer overflowed or was skipped" }
+            try markWholeDisk(.resync(why))
         }
         return found
     }
@@ -307,7 +363,7 @@ public final class DiskReplicator: @unchecked Sendable {
         if lost {
             Log.warning("\(session.device.path): the target holds nothing of \(diskID), which was replicated before: sending the whole disk again")
             metrics.resyncStarted(.targetLost)
-            try markWholeDisk()
+            try markWholeDisk(.resync("the target lost the disk"))
         }
         try clearMatched()
         if firstCommit {
@@ -555,6 +611,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.lock()
             state.connectionEnded()
             senderIdle = false
+            connectionUp = false
             cond.unlock()
             connectionEndedForScan()
             StopSignal.sleep(milliseconds: backoffMs)
@@ -660,6 +717,12 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         let resumed = try state.resume(durable: durable, committed: committed, freshEpochID: Self.newEpochID)
+        connectionUp = true
+        if resync.kind == .resumed {
+            // A resync found at start: the first copy while the target holds
+            // nothing committed of the disk.
+            resync.kind = committed == 0 ? .initialCopy : .resync("comparing the disk with what the target holds, resumed after a restart or for a new tracking file")
+        }
         // A resync compares only against digests that include everything
         // this server held when we connected (segments of an earlier run, or
         // of a lost target's successor): set on every connection.

@@ -55,14 +55,33 @@ final class ResyncState: @unchecked Sendable {
     /// Point orders have waited for the scan since then (monotonic seconds).
     var ordersWaitingSince: Double?
     var startedAt = 0.0
+    /// When it began (wall clock, for the RPO during a resync).
+    var startedUnixMs: Int64 = 0
     var bytesSentAtStart: UInt64 = 0
     var bytesReadAtStart: UInt64 = 0
+    /// Chunks put to compare since it began: the work to do.
+    var totalChunks: UInt64 = 0
+    /// Why the whole disk (or what is left of it) is compared.
+    var kind: ResyncKind = .initialCopy
+    /// The last progress line (monotonic seconds).
+    var lastProgressAt = 0.0
+    /// What a whole-disk resync reads: used blocks only, or the whole disk and why.
+    var scope: String?
 
     init(chunks: UInt64) { toScan = ChunkSet(chunks: chunks) }
 
     var active: Bool { !toScan.isEmpty || windowInProgress }
     /// Chunks not compared yet: to scan, or in the window in progress.
     var leftToCompare: UInt64 { toScan.count + windowChunks }
+}
+
+/// Why a resync runs: the first copy of the disk to a target that holds none
+/// of it, or a comparison for a reason; a resync found in the `.hrl` at start
+/// is one or the other depending on what the server says it holds.
+enum ResyncKind: Equatable, Sendable {
+    case initialCopy
+    case resync(String)
+    case resumed
 }
 
 struct DigestQuery {
@@ -108,14 +127,31 @@ extension DiskReplicator {
 
     /// Puts chunks to compare (the caller holds `cond`); starts the counters
     /// when a new resync begins.
-    func scheduleScanLocked(word: UInt64? = nil, bits: UInt64 = 0, all: Bool = false) {
+    func scheduleScanLocked(words: SparseWords, kind: ResyncKind?) {
+        if words.isEmpty { scheduleScanLocked(kind: kind) }
+        for e in words.entries { scheduleScanLocked(word: e.wordIndex, bits: e.bits, kind: kind) }
+    }
+
+    func scheduleScanLocked(word: UInt64? = nil, bits: UInt64 = 0, all: Bool = false, kind: ResyncKind? = nil) {
         if !resync.active && !resync.awaitingCommit {
             resync.stats = ResyncStats()
             resync.startedAt = monotonicSeconds()
+            resync.startedUnixMs = CommittedThroughTracker.nowUnixMs()
             resync.bytesSentAtStart = stats.bytesSent
             resync.bytesReadAtStart = stats.bytesRead
+            resync.totalChunks = 0
+            resync.lastProgressAt = resync.startedAt
+            resync.kind = kind ?? .resumed
+            resync.scope = nil
+        } else if let kind, kind != .initialCopy {
+            // A reason to compare everything again outranks the first copy's.
+            if case .initialCopy = resync.kind {} else { resync.kind = kind }
         }
+        // The work grows by the chunks newly put to compare (a chunk put
+        // twice counts once).
+        let before = resync.toScan.count
         if all { resync.toScan.insertAll() } else if let word { resync.toScan.insert(word: word, bits: bits) }
+        resync.totalChunks = min(chunkCount, resync.totalChunks + (resync.toScan.count - before))
         resync.awaitingCommit = true
         resync.endSequence = nil
         cond.broadcast()
@@ -185,13 +221,15 @@ extension DiskReplicator {
         let readToSend = stats.bytesRead - resync.bytesReadAtStart
         let seconds = monotonicSeconds() - resync.startedAt
         if done { resync.awaitingCommit = false }
+        let kind = resync.kind
         cond.unlock()
         guard done else { return }
         if !replicatedBefore {
             try session.hrl.setTargetID(replicatedTargetID)
             replicatedBefore = true
         }
-        Log.info("\(session.device.path): resync of \(diskID) complete: \(s.chunksScanned) chunks compared (\(s.bytesRead) bytes read), \(s.chunksIdentical) identical on the target, \(s.chunksDiffering) differing, \(s.chunksUnknown) unknown to the target, \(s.chunksAlreadyQueued) already queued; read \(readToSend) bytes and sent \(sent) bytes of segments for a \(session.device.sizeBytes)-byte disk in \(String(format: "%.2f", seconds)) s")
+        let what = kind == .initialCopy ? "initial copy of \(diskID) (resync of \(diskID)) complete" : "resync of \(diskID) complete"
+        Log.info("\(session.device.path): \(what): \(s.chunksScanned) chunks compared (\(s.bytesRead) bytes read), \(s.chunksIdentical) identical on the target, \(s.chunksDiffering) differing, \(s.chunksUnknown) unknown to the target, \(s.chunksAlreadyQueued) already queued; read \(readToSend) bytes and sent \(sent) bytes of segments for a \(session.device.sizeBytes)-byte disk in \(String(format: "%.2f", seconds)) s")
     }
 
     // MARK: Scan thread

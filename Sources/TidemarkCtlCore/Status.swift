@@ -20,10 +20,11 @@ public enum StatusCommand {
     static func text(_ status: AgentStatus) -> String {
         var out = "agent RSS \(ByteCount.text(status.rssBytes))\n"
         for d in status.disks {
-            let rpo = d.rpoMs < 0 ? "unknown (nothing committed yet)" : "\(d.rpoMs) ms"
+            let rpo = d.rpoMs < 0 ? "no recoverable point yet" : "\(d.rpoMs) ms"
             let level = d.compressionLevel == 0 ? "off" : "zstd \(d.compressionLevel)"
-            out += "\(d.disk) (\(d.diskID)): RPO \(rpo), committed #\(d.committedSequence), backlog \(ByteCount.text(d.backlogBytes)), "
+            out += "\(d.disk) (\(d.diskID)): \(d.activity.map { $0.text + ", " } ?? "")RPO \(rpo), committed #\(d.committedSequence), backlog \(ByteCount.text(d.backlogBytes)), "
                 + "compression \(level)\(d.compressionAuto ? " (auto)" : "")\n"
+            if let scope = d.activity?.scope { out += "  reads \(scope)\n" }
             if let t = d.tracking, let line = trackingLine(t) { out += "  " + line + "\n" }
         }
         return out

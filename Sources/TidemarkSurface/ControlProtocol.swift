@@ -263,6 +263,75 @@ public struct TrackingHealth: Codable, Sendable, Equatable {
     }
 }
 
+/// What a replicated disk is doing, for operators: its initial copy, a
+/// resync (and why), protected, or paused — with progress for the first two.
+public struct DiskActivity: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable {
+        /// Nothing of the disk is recoverable yet: the whole disk is compared
+        /// with (and sent to) a target that holds none of it.
+        case initialCopy = "initial-copy"
+        /// The disk is compared with the target, for the reason in `detail`.
+        case resync
+        /// Changes are replicated as they come.
+        case protected
+        /// Replication waits, for the reason in `detail` (the process server
+        /// unreachable, or slower than the disk's changes).
+        case paused
+    }
+    public var state: State
+    public var detail: String?
+    /// An initial copy or whole-disk resync: what it reads — "used blocks
+    /// only: ext4 at /srv uses ..." or "the whole disk: <why>".
+    public var scope: String?
+    /// An initial copy or resync: bytes compared or sent so far, of the total.
+    public var bytesDone: UInt64?
+    public var bytesTotal: UInt64?
+    /// Average since it began; nil before there is one.
+    public var bytesPerSecond: Double?
+    public var etaSeconds: Double?
+
+    public init(state: State, detail: String? = nil, bytesDone: UInt64? = nil, bytesTotal: UInt64? = nil,
+                bytesPerSecond: Double? = nil, etaSeconds: Double? = nil) {
+        self.state = state; self.detail = detail; self.bytesDone = bytesDone; self.bytesTotal = bytesTotal
+        self.bytesPerSecond = bytesPerSecond; self.etaSeconds = etaSeconds
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case state, detail, scope
+        case bytesDone = "bytes_done"
+        case bytesTotal = "bytes_total"
+        case bytesPerSecond = "bytes_per_second"
+        case etaSeconds = "eta_seconds"
+    }
+
+    /// "initial copy 45% (1.2 GiB of 2.0 GiB, 120.0 MiB/s, ETA 7 s)", for status and logs.
+    public var text: String {
+        var out: String
+        switch state {
+        case .initialCopy: out = "initial copy"
+        case .resync: out = "resync"
+        case .protected: out = "protected"
+        case .paused: out = "paused"
+        }
+        if let detail { out += " (\(detail))" }
+        if let done = bytesDone, let total = bytesTotal, total > 0 {
+            let pct = Double(min(done, total)) * 100 / Double(total)
+            out += String(format: " %.0f%%", pct) + " (\(ByteCount.text(done)) of \(ByteCount.text(total))"
+            if let rate = bytesPerSecond, rate > 0 { out += ", \(ByteCount.text(UInt64(rate)))/s" }
+            if let eta = etaSeconds { out += ", ETA \(Self.duration(eta))" }
+            out += ")"
+        }
+        return out
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded(.up))
+        if s < 120 { return "\(s) s" }
+        if s < 7200 { return "\(s / 60) min" }
+        return "\(s / 3600) h \(s % 3600 / 60) min"
+    }
+}
+
 public struct DiskStatus: Codable, Sendable, Equatable {
     public var disk: String
     public var diskID: String
@@ -288,12 +357,14 @@ public struct DiskStatus: Codable, Sendable, Equatable {
     public var lastFreezeMs: Double?
     /// The change tracker's deficits and answers (nil from agents before it).
     public var tracking: TrackingHealth?
+    /// What the disk is doing (nil from agents before it).
+    public var activity: DiskActivity?
 
     public init(disk: String, diskID: String, rpoMs: Int64, committedThroughUnixMs: Int64?, committedSequence: UInt64,
                 durableSequence: UInt64, nextSequence: UInt64, backlogBytes: UInt64, toReadBytes: UInt64, windowBytes: UInt64,
                 bytesRead: UInt64, bytesSent: UInt64, segmentsSent: UInt64, zeroChunks: UInt64, compressionLevel: Int,
                 compressionAuto: Bool, compressionStepsFaster: UInt64, compressionStepsSmaller: UInt64, lastFreezeMs: Double?,
-                tracking: TrackingHealth? = nil) {
+                tracking: TrackingHealth? = nil, activity: DiskActivity? = nil) {
         self.disk = disk
         self.diskID = diskID
         self.rpoMs = rpoMs
@@ -314,6 +385,7 @@ public struct DiskStatus: Codable, Sendable, Equatable {
         self.compressionStepsSmaller = compressionStepsSmaller
         self.lastFreezeMs = lastFreezeMs
         self.tracking = tracking
+        self.activity = activity
     }
 
     enum CodingKeys: String, CodingKey {
@@ -337,6 +409,7 @@ public struct DiskStatus: Codable, Sendable, Equatable {
         case compressionStepsSmaller = "compression_steps_smaller"
         case lastFreezeMs = "last_freeze_ms"
         case tracking
+        case activity
     }
 }
 

@@ -19,6 +19,7 @@ public final class FileDescriptor: @unchecked Sendable {
         public static let truncate = Flags(rawValue: O_TRUNC)
         public static let direct = Flags(rawValue: tm_O_DIRECT)
         public static let noFollow = Flags(rawValue: O_NOFOLLOW)
+        public static let directory = Flags(rawValue: O_DIRECTORY)
         /// Opening a FIFO does not wait for its other end.
         public static let nonBlocking = Flags(rawValue: O_NONBLOCK)
     }

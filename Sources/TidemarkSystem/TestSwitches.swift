@@ -23,13 +23,18 @@ public struct TestSwitches: Sendable, Equatable {
     /// a recovery point's freeze behaves so (a resync then starts under
     /// the freeze).
     public var fakeRecursionMissUnderFreeze: Bool
+    /// TIDEMARK_TEST_WHOLE_DISK_READS=1: initial copies and whole-disk
+    /// resyncs read the whole disk even where the filesystem can say which
+    /// blocks it uses (the benchmark's same-run reference).
+    public var wholeDiskReads: Bool
 
     public init(bootID: String? = nil, frozenHook: String? = nil, fakeRecursionMiss: Bool = false,
-                fakeRecursionMissUnderFreeze: Bool = false) {
+                fakeRecursionMissUnderFreeze: Bool = false, wholeDiskReads: Bool = false) {
         self.bootID = bootID
         self.frozenHook = frozenHook
         self.fakeRecursionMiss = fakeRecursionMiss
         self.fakeRecursionMissUnderFreeze = fakeRecursionMissUnderFreeze
+        self.wholeDiskReads = wholeDiskReads
     }
 
     /// Every switch off: what production runs with.
@@ -41,7 +46,8 @@ public struct TestSwitches: Sendable, Equatable {
         self.init(bootID: boot?.isEmpty == false ? boot : nil,
                   frozenHook: environment["TIDEMARK_TEST_FROZEN_HOOK"],
                   fakeRecursionMiss: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "1",
-                  fakeRecursionMissUnderFreeze: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "freeze")
+                  fakeRecursionMissUnderFreeze: environment["TIDEMARK_TEST_FAKE_RECURSION_MISS"] == "freeze",
+                  wholeDiskReads: environment["TIDEMARK_TEST_WHOLE_DISK_READS"] == "1")
     }
 
     /// The id of this boot of the host (/proc/sys/kernel/random/boot_id,

@@ -29,7 +29,11 @@ final class FaultWorld: @unchecked Sendable {
 
     /// `agents`: certificate names to issue besides the agent's own
     /// (`agent-it`); `expiredAgents`: names issued already expired.
-    init(_ tag: String, agents: [String] = [], expiredAgents: [String] = [], spoolTmpfsMiB: Int? = nil, diskMiB: UInt64 = 64) throws {
+    /// `filesystem`: "ext4" (default), "xfs", or "none" (a raw disk, no
+    /// filesystem). `staleFreeSpace`: the device is filled with random bytes
+    /// before mkfs (which then discards nothing), so free blocks hold old data.
+    init(_ tag: String, agents: [String] = [], expiredAgents: [String] = [], spoolTmpfsMiB: Int? = nil, diskMiB: UInt64 = 64,
+         filesystem: String = "ext4", staleFreeSpace: Bool = false) throws {
         h = try Harness(tag)
         tls = h.dir + "/tls"
         var args = [FileManager.default.currentDirectoryPath + "/scripts/make-certs.sh", tls, "--agent", "agent-it"]
@@ -40,9 +44,20 @@ final class FaultWorld: @unchecked Sendable {
         disk = try h.loop(sizeMiB: diskMiB, directIO: false)
         mnt = h.dir + "/mnt"
         spoolDir = h.dir + "/spool"
-        try sh("mkfs.ext4 -q -F \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
-        mounted = true
-        try sh("cp -a /usr/include/linux \(mnt)/; sync")
+        if staleFreeSpace {
+            try sh("dd if=/dev/urandom of=\(disk.path) bs=1M count=\(diskMiB) oflag=direct status=none")
+        }
+        switch filesystem {
+        case "none":
+            try sh("dd if=/dev/urandom of=\(disk.path) bs=1M count=8 oflag=direct status=none")
+        case "xfs":
+            try sh("mkfs.xfs -q -f -K \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
+            mounted = true
+        default:
+            try sh("mkfs.ext4 -q -F -E nodiscard \(disk.path) && mkdir -p \(mnt) && mount \(disk.path) \(mnt)")
+            mounted = true
+        }
+        if mounted { try sh("cp -a /usr/include/linux \(mnt)/; sync") }
         if ProcessInfo.processInfo.environment["TIDEMARK_TEST_FTRACE"] == "1",
            let minor = Int(URL(fileURLWithPath: disk.path).lastPathComponent.dropFirst("loop".count)) {
             let inst = "/sys/kernel/tracing/instances/tidemark-\(getpid())-loop\(minor)"
@@ -198,6 +213,48 @@ final class FaultWorld: @unchecked Sendable {
         #expect(fsck.ok, "fsck -n on point \(id): \(fsck.stdout) \(fsck.stderr)", sourceLocation: sourceLocation)
         try? FileManager.default.removeItem(atPath: out)
         try? FileManager.default.removeItem(atPath: h.dir + "/truth-\(id).img")
+    }
+
+    /// Recovers point `id` and compares what a user can see with its frozen
+    /// truth: the recovered filesystem is clean (`fsck -n` / `xfs_repair -n`)
+    /// and every file is identical (both mounted read-only, `diff -r`). The
+    /// free space need not match: the source's may hold old data. Returns the
+    /// number of 64 KiB chunks of the recovered image that are not all zeros.
+    @discardableResult
+    func recoverAndCompareFiles(_ id: String, filesystem: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Int {
+        let out = h.dir + "/rec-\(id).img", truth = h.dir + "/truth-\(id).img"
+        let r = try run([TestEnv.binary("tidemarkctl"), "recover", "--point", id, "--to", out,
+                         "--target", target, "--key", tls + "/replication.key"])
+        #expect(r.ok, "recover \(id): \(r.stderr)", sourceLocation: sourceLocation)
+        let a = h.dir + "/mnt-rec", b = h.dir + "/mnt-truth"
+        try sh("mkdir -p \(a) \(b)")
+        if filesystem == "xfs" {
+            // A frozen XFS keeps changes in its log, which `xfs_repair -n`
+            // does not replay: mounting once does, as a recovery would.
+            try sh("mount -o loop,nouuid \(out) \(a) && umount \(a) && mount -o loop,nouuid \(truth) \(b) && umount \(b)")
+        }
+        let check = filesystem == "xfs" ? ["/usr/sbin/xfs_repair", "-n", "-f", out] : ["/sbin/fsck.ext4", "-n", "-f", out]
+        let fsck = try run(check)
+        if !fsck.ok {
+            let truthCheck = try run(Array(check.dropLast()) + [truth])
+            Issue.record("\(check[0]) on point \(id): \(fsck.stdout) \(fsck.stderr); on the frozen source: \(truthCheck.status) \(truthCheck.stdout) \(truthCheck.stderr)", sourceLocation: sourceLocation)
+        }
+        let opts = filesystem == "xfs" ? "ro,nouuid" : "ro,noload"
+        try sh("mount -o loop,\(opts) \(out) \(a) && mount -o loop,\(opts) \(truth) \(b)")
+        defer { _ = try? sh("umount \(a); umount \(b)") }
+        let diff = try run(["/usr/bin/diff", "-r", "--no-dereference", a, b])
+        #expect(diff.ok, "files of point \(id) differ from the frozen source: \(diff.stdout.prefix(2000))", sourceLocation: sourceLocation)
+        let nonZero = try run(["/usr/bin/python3", "-c", """
+            import sys
+            n = 0
+            with open(sys.argv[1], 'rb') as f:
+                while True:
+                    b = f.read(65536)
+                    if not b: break
+                    n += b.count(0) != len(b)
+            print(n)
+            """, out])
+        return Int(nonZero.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
     /// The sequences stored in the target for `diskID`, and its points' sequences.

@@ -65,7 +65,8 @@ import TidemarkTesting
         // reached them (the file system writes while the agent starts).
         #expect(initial.identical + initial.differing < initial.compared / 10, "an empty target has nearly nothing to compare: \(initial)")
         #expect(initial.bytesSent > 80 << 20, "the initial replication sends the data: \(initial)")
-        #expect(initial.compared == diskBytes / chunk)
+        // Used blocks only: the data, the headers and ext4's metadata, not its free space.
+        #expect(initial.compared < diskBytes / chunk && initial.compared > (80 << 20) / chunk, "\(initial)")
         let first = try w.point()
 
         // 2. The agent stops, its state directory is lost, ~1% of the disk changes meanwhile.
@@ -79,8 +80,10 @@ import TidemarkTesting
         let changed = try Self.waitForResync(w.agent!)
         let log = w.agent!.stderr
         #expect(log.contains("resync required") && log.contains("by digest comparison"), "\(log.suffix(3000))")
-        #expect(changed.compared == diskBytes / chunk)
-        #expect(changed.differing >= changedBytes / chunk, "the changed chunks must be found: \(changed)")
+        #expect(changed.compared < diskBytes / chunk && changed.compared >= initial.compared, "\(changed)")
+        // Written where the filesystem had free space, which the initial copy
+        // did not send: unknown to the target, or differing.
+        #expect(changed.differing + changed.unknown >= changedBytes / chunk, "the changed chunks must be found: \(changed)")
         #expect(changed.bytesSent < diskBytes / 10, "a resync after a 1% change sent too much: \(changed)")
         #expect(changed.bytesSent >= changedBytes, "random data cannot compress: \(changed)")
         #expect(changed.identical > changed.compared * 8 / 10, "\(changed)")

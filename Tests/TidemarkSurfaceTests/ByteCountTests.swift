@@ -12,3 +12,14 @@ import TidemarkSurface
         #expect(ByteCount.text(bytes) == expected)
     }
 }
+
+@Suite struct DiskActivityTextTests {
+    @Test func progressReadsAsAnOperatorExpects() {
+        let a = DiskActivity(state: .initialCopy, bytesDone: 1 << 30, bytesTotal: 4 << 30, bytesPerSecond: Double(100 << 20), etaSeconds: 30.2)
+        #expect(a.text == "initial copy 25% (1.0 GiB of 4.0 GiB, 100.0 MiB/s, ETA 31 s)")
+        let r = DiskActivity(state: .resync, detail: "the target lost the disk", bytesDone: 0, bytesTotal: 1 << 20)
+        #expect(r.text == "resync (the target lost the disk) 0% (0 bytes of 1.0 MiB)")
+        #expect(DiskActivity(state: .protected).text == "protected")
+        #expect(DiskActivity(state: .resync, bytesDone: 1, bytesTotal: 2, bytesPerSecond: 1, etaSeconds: 9000).text.hasSuffix("ETA 2 h 30 min)"))
+    }
+}

@@ -78,6 +78,16 @@ long long tm_statfs_type(const char *path);
  * max_extents extents into the arrays, their number in *count. 0 or -errno. */
 int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, uint64_t *physical,
               uint64_t *extent_length, uint32_t *flags, uint32_t *count);
+/* ioctl(FS_IOC_GETFSMAP) on an open file or directory of a mounted
+ * filesystem: every record of free space on the filesystem's device `device`
+ * (the kernel's encoding in struct fsmap: major << 8 | minor & 0xff |
+ * (minor & ~0xff) << 12), as byte ranges [offset, offset + length) merged
+ * where they touch, into a malloc'd array of pairs (*pairs, *count pairs;
+ * free() it). Free space, not used space: ext4 leaves some used ranges out
+ * of its answer altogether, so only what is reported free may be skipped.
+ * At most max_pairs pairs: more gives -E2BIG. 0 or -errno (-ENOTTY,
+ * -EOPNOTSUPP: the filesystem cannot say). */
+int tm_getfsmap_free(int fd, uint32_t device, size_t max_pairs, uint64_t **pairs, size_t *count);
 /* fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE) (a GNU extension). 0 or -errno. */
 int tm_punch_hole(int fd, uint64_t offset, uint64_t length);
 

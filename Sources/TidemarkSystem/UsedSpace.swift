@@ -1,0 +1,108 @@
+import CTidemarkSystem
+import Glibc
+
+/// Which bytes of a block device its filesystem uses, so that an initial
+/// copy or whole-disk resync reads those and not free space (docs/design.md,
+/// "Used blocks only"). Asked of a mounted ext4 or XFS through
+/// `FS_IOC_GETFSMAP`, as the complement of the free space it reports: ext4
+/// (6.18) leaves some used ranges out of its answer entirely, so a range
+/// counts as unused only when it is reported free. Every other case is read
+/// whole, and says why.
+///
+/// Safe only with the disk's tracer slot attached before the question: a
+/// block allocated after the answer is written after it too, and that write
+/// is tracked.
+public enum UsedSpace {
+    /// What the filesystem said.
+    public struct Map: Sendable {
+        /// Byte ranges in use (not reported free), sorted, not touching.
+        public var extents: [(offset: UInt64, length: UInt64)]
+        /// Bytes the filesystem spans on the device; what lies beyond (if
+        /// the device is larger) counts as used, since something else may
+        /// keep data there.
+        public var filesystemBytes: UInt64
+        /// "ext4 at /mnt", for logs and status.
+        public var source: String
+        public var usedBytes: UInt64 { extents.reduce(0) { $0 + $1.length } }
+    }
+
+    /// Extents the answer may have (16 bytes each): a filesystem more
+    /// fragmented than that is read whole.
+    public static let extentsMax = 4 << 20
+
+    /// The used space of the filesystem mounted from `device` itself, or why
+    /// there is none to ask: not mounted here, a filesystem other than ext4
+    /// and XFS, or one that does not answer.
+    public static func map(_ device: BlockDeviceInfo) -> Result<Map, NotAvailable> {
+        let mounts: [MountEntry]
+        do { mounts = try MountEntry.current() } catch {
+            return .failure(NotAvailable(reason: "the mount table could not be read (\(error))"))
+        }
+        guard let m = mounts.first(where: { $0.kernelDev == device.kernelDev }) else {
+            if !device.isPartition && !device.writableMounts(in: mounts).isEmpty {
+                return .failure(NotAvailable(reason: "its filesystems are on partitions or devices stacked on it, which are not asked yet"))
+            }
+            return .failure(NotAvailable(reason: "no filesystem of it is mounted on this host (an unmounted disk is not asked yet)"))
+        }
+        guard m.fsType == "ext4" || m.fsType == "xfs" else {
+            return .failure(NotAvailable(reason: "its filesystem (\(m.fsType) at \(m.mountPoint)) cannot list its used blocks; only ext4 and XFS are asked"))
+        }
+        let dir: FileDescriptor
+        do { dir = try FileDescriptor(open: m.mountPoint, [.readOnly, .directory], purpose: "opening the mount point") } catch {
+            return .failure(NotAvailable(reason: "\(m.mountPoint) could not be opened (\(error))"))
+        }
+        let fd = dir.rawValue
+        guard let size = filesystemBytes(devicePath: device.path, type: m.fsType) else {
+            return .failure(NotAvailable(reason: "the \(m.fsType) superblock on \(device.path) could not be read"))
+        }
+        // struct fsmap's device encoding (the kernel's new_encode_dev).
+        let encoded = (m.minor & 0xff) | (m.major << 8) | ((m.minor & ~0xff) << 12)
+        var pairs: UnsafeMutablePointer<UInt64>?
+        var count = 0
+        let rc = tm_getfsmap_free(fd, encoded, extentsMax, &pairs, &count)
+        guard rc == 0, let pairs else {
+            let why = rc == -E2BIG ? "more than \(extentsMax) free extents" : String(cString: strerror(-rc))
+            return .failure(NotAvailable(reason: "\(m.fsType) at \(m.mountPoint) did not list its free space (FS_IOC_GETFSMAP: \(why))"))
+        }
+        defer { free(pairs) }
+        var free: [(offset: UInt64, length: UInt64)] = []
+        free.reserveCapacity(count)
+        for i in 0..<count { free.append((pairs[2 * i], pairs[2 * i + 1])) }
+        return .success(Map(extents: used(outside: free, upTo: size), filesystemBytes: size, source: "\(m.fsType) at \(m.mountPoint)"))
+    }
+
+    /// The ranges of [0, end) outside `free` (sorted, not overlapping): what
+    /// the filesystem did not report free counts as used.
+    public static func used(outside free: [(offset: UInt64, length: UInt64)], upTo end: UInt64) -> [(offset: UInt64, length: UInt64)] {
+        var out: [(offset: UInt64, length: UInt64)] = []
+        var at: UInt64 = 0
+        for f in free {
+            let a = min(f.offset, end), b = min(f.offset + f.length, end)
+            if a > at { out.append((at, a - at)) }
+            at = max(at, b)
+        }
+        if at < end { out.append((at, end - at)) }
+        return out
+    }
+
+    public struct NotAvailable: Error, Sendable { public var reason: String }
+
+    /// The filesystem's size from its superblock: ext4's block count and
+    /// size at byte 1024; XFS's data blocks and block size at byte 0.
+    static func filesystemBytes(devicePath: String, type: String) -> UInt64? {
+        guard let fd = try? FileDescriptor(open: devicePath, [.readOnly], purpose: "reading the superblock") else { return nil }
+        var b = [UInt8](repeating: 0, count: 2048)
+        guard let n = try? b.withUnsafeMutableBytes({ try fd.read(into: $0, at: 0) }), n == 2048 else { return nil }
+        func le32(_ o: Int) -> UInt64 { UInt64(b[o]) | UInt64(b[o + 1]) << 8 | UInt64(b[o + 2]) << 16 | UInt64(b[o + 3]) << 24 }
+        func be32(_ o: Int) -> UInt64 { UInt64(b[o]) << 24 | UInt64(b[o + 1]) << 16 | UInt64(b[o + 2]) << 8 | UInt64(b[o + 3]) }
+        if type == "ext4" {
+            let sb = 1024
+            guard b[sb + 0x38] == 0x53, b[sb + 0x39] == 0xEF else { return nil }
+            var blocks = le32(sb + 4)
+            if le32(sb + 0x60) & 0x80 != 0 { blocks |= le32(sb + 0x150) << 32 }   // INCOMPAT_64BIT
+            return blocks << (10 + le32(sb + 24))
+        }
+        guard b[0] == 0x58, b[1] == 0x46, b[2] == 0x53, b[3] == 0x42 else { return nil }   // "XFSB"
+        return (be32(8) << 32 | be32(12)) * be32(4)
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+import TidemarkTesting
+
+/// The initial copy reads used blocks only (issue 19): a mounted ext4 or
+/// XFS says which blocks it uses (FS_IOC_GETFSMAP); free space, here full of
+/// old data (random bytes under the filesystem, and files written then
+/// deleted), is neither read nor sent, and is recovered as zeros. A raw disk
+/// is read whole, and says so.
+@Suite(.serialized) struct UsedBlocksTests {
+    /// The agent's "N of M chunks" of its used-blocks line.
+    static func usedChunks(_ log: String) -> (used: Int, all: Int)? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("the resync reads used blocks only") }),
+              let r = line.range(of: #"(\d+) of (\d+) chunks"#, options: .regularExpression) else { return nil }
+        let nums = line[r].split(separator: " ").compactMap { Int($0) }
+        return nums.count == 2 ? (nums[0], nums[1]) : nil
+    }
+
+    /// "read B bytes and sent" of the completed initial copy.
+    static func bytesRead(_ log: String) -> UInt64? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("complete: ") && $0.contains("resync of") }),
+              let r = line.range(of: #"read (\d+) bytes and sent"#, options: .regularExpression) else { return nil }
+        return line[r].split(separator: " ").compactMap { UInt64($0) }.first
+    }
+
+    @Test(.requiresRoot, arguments: ["ext4", "xfs"])
+    func theInitialCopyReadsOnlyUsedBlocks(filesystem: String) throws {
+        // 512 MiB: XFS takes no less than 300 MB.
+        let w = try FaultWorld("used-\(filesystem)", diskMiB: 512, filesystem: filesystem, staleFreeSpace: true)
+        defer { w.close() }
+        // 100 MiB of files, 60 MiB of them deleted again: their data stays in free blocks.
+        try sh("for i in $(seq 1 10); do dd if=/dev/urandom of=\(w.mnt)/f$i bs=1M count=10 status=none; done; sync; rm \(w.mnt)/f[1-6]; sync; fstrim -v \(w.mnt) >/dev/null 2>&1 || true")
+        try w.startServer()
+        try w.startAgent()
+        try w.waitFor("the initial copy", timeoutSeconds: 120) { Self.bytesRead(w.agent!.stderr) != nil }
+        let log = w.agent!.stderr
+        let chunks = try #require(Self.usedChunks(log), "no used-blocks line: \(w.logs)")
+        // ~40 MiB of files, the headers, metadata and journal: well under half of 8192 chunks.
+        #expect(chunks.all == 8192 && chunks.used < 4096, "\(chunks)")
+        // The used chunks, and chunks written meanwhile read again (the
+        // journal, ext4's lazy inode-table zeroing): far from the whole disk.
+        let read = try #require(Self.bytesRead(log))
+        #expect(read < UInt64(chunks.all) * 65536 / 2, "read \(read) bytes for \(chunks.used) used chunks of \(chunks.all)")
+        let scope = (try w.diskStatus()["activity"] as? [String: Any])?["scope"] as? String
+        #expect(scope == nil || scope!.contains("used blocks only"), "\(scope ?? "")")
+
+        let id = try w.point()
+        let nonZero = try w.recoverAndCompareFiles(id, filesystem: filesystem)
+        // Free space came back as zeros: only chunks the filesystem used hold data.
+        #expect(nonZero > 0 && nonZero <= chunks.used, "\(nonZero) non-zero chunks recovered, \(chunks.used) used")
+    }
+
+    /// A disk without a filesystem is read whole, and the log and status say why.
+    @Test(.requiresRoot) func aRawDiskIsReadWholeAndSaysSo() throws {
+        let w = try FaultWorld("used-raw", diskMiB: 64, filesystem: "none")
+        defer { w.close() }
+        try w.startServer()
+        // 8 MiB of data at 1 MiB/s: the copy lasts long enough to be seen.
+        try w.startAgent(replication: ["bandwidth_limit: 1m"])
+        try w.waitFor("the whole-disk line", timeoutSeconds: 30) { w.agent!.stderr.contains("the resync reads the whole disk: ") }
+        #expect(w.agent!.stderr.contains("no filesystem of it is mounted"), "\(w.logs)")
+        var scope = ""
+        try w.waitFor("the scope in status", timeoutSeconds: 10) {
+            scope = (try w.diskStatus()["activity"] as? [String: Any])?["scope"] as? String ?? ""
+            return !scope.isEmpty
+        }
+        #expect(scope.hasPrefix("the whole disk: "), "\(scope)")
+    }
+}
