@@ -427,17 +427,27 @@ if [ "$what" = usedcopy ]; then
   # The initial copy of a sparse disk whose ext4 uses 10% of it and whose free
   # space holds old data: used blocks only (FS_IOC_GETFSMAP) against the
   # whole-disk read of before (TIDEMARK_TEST_WHOLE_DISK_READS=1), alternated
-  # USEDCOPY_ROUNDS times in the same run. USEDCOPY_GIB: the disk's size.
-  gib=${USEDCOPY_GIB:-64}; rounds=${USEDCOPY_ROUNDS:-1}
-  echo "== initial copy of a $gib GiB sparse disk, ext4 10% used, old data in its free space: used blocks vs the whole disk"
+  # USEDCOPY_ROUNDS times in the same run. USEDCOPY_GIB: the disk's size;
+  # USEDCOPY_OLD_PCT (80): how much of the disk was written and deleted
+  # before (a disk once nearly full; the rest of the free space was never
+  # written, a hole of the sparse file).
+  gib=${USEDCOPY_GIB:-64}; rounds=${USEDCOPY_ROUNDS:-1}; oldpct=${USEDCOPY_OLD_PCT:-80}
+  echo "== initial copy of a $gib GiB sparse disk, ext4 10% used, $oldpct% of the disk old data in its free space: used blocks vs the whole disk"
+  # The image's written part, and as much again in the target (and spool)
+  # while the whole disk is sent, all on the disk $work is on.
+  need=$(( gib * (10 + oldpct) / 100 * 2 + 4 )); avail=$(( $(df -k --output=avail "$work" | tail -1) >> 20 ))
+  if [ "$avail" -lt "$need" ]; then
+    echo "bench: usedcopy needs about $need GiB free under $work and there are $avail: use a smaller USEDCOPY_GIB or USEDCOPY_OLD_PCT" >&2; exit 1
+  fi
   truncate -s "${gib}G" "$work/uc.img"
   l=$(losetup -f --show --direct-io=on "$work/uc.img"); loops+=("$l")
   mkfs.ext4 -q -F -E nodiscard "$l"; mkdir -p "$work/ucm"; mount "$l" "$work/ucm"; mounts+=("$work/ucm")
   # Files of random data: 10% of the disk kept, as much again written and
   # deleted (its data stays in free blocks). One 64 MiB random block, copied.
   head -c $((64 << 20)) /dev/urandom > "$work/rand64"
-  per=$((gib * 1024 / 10 / 64))
-  for i in $(seq "$per"); do cp "$work/rand64" "$work/ucm/keep$i"; cp "$work/rand64" "$work/ucm/gone$i"; done
+  per=$((gib * 1024 / 10 / 64)); gone=$((gib * 1024 * oldpct / 100 / 64))
+  for i in $(seq "$per"); do cp "$work/rand64" "$work/ucm/keep$i"; done
+  for i in $(seq "$gone"); do cp "$work/rand64" "$work/ucm/gone$i"; done
   sync; rm -f "$work/ucm"/gone*; sync
   echo "filesystem: $(df -h --output=used,size "$work/ucm" | tail -1)"
   repl_setup
