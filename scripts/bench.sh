@@ -2,7 +2,7 @@
 # Tidemark benchmarks for the targets of issues #2, #3 and #4. Every figure is a
 # ratio against a reference measured in the same run on the same device (these
 # machines are noisy: only same-run ratios mean anything). Needs root. Usage:
-#   scripts/bench.sh [all|scan|writecost|deficit|usedcopy|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle]
+#   scripts/bench.sh [all|scan|writecost|deficit|usedcopy|manydisks|mirror|memory|replicate|incremental|rpo|freeze|appfreeze|recover|idle]
 #   TIDEMARK_BENCH_BIN=dir scripts/bench.sh ...   runs the binaries in dir instead of building
 #   TIDEMARK_BENCH_BIN_B=dir scripts/bench.sh replicate   alternates rounds with the binaries in dir (A/B)
 #   LEVEL=N scripts/bench.sh ...   sets the agent's replication.compression_level
@@ -306,6 +306,13 @@ elif mode == 'wait-committed':
             print('%.3f' % time.time()); sys.exit(0)
         time.sleep(poll)
     sys.exit('timed out waiting for the agent to commit: %s' % json.dumps(d))
+elif mode == 'sample-all':
+    # every argv[3] s for argv[4] s: "unix_s rss_bytes rpo_ms(disk 0) rpo_ms(disk 1) ..." lines
+    step = float(sys.argv[3]); end = time.time() + float(sys.argv[4])
+    while time.time() < end:
+        st = status(sys.argv[1])
+        print('%.3f %d %s' % (time.time(), st['rss_bytes'], ' '.join(str(d['rpo_ms']) for d in st['disks'])), flush=True)
+        time.sleep(step)
 elif mode == 'sample':
     # every argv[3] s for argv[4] s: "unix_s rpo_ms rss_bytes backlog_bytes" lines
     step = float(sys.argv[3]); end = time.time() + float(sys.argv[4])
@@ -467,6 +474,41 @@ if [ "$what" = usedcopy ]; then
     done
     echo "round $round: used-blocks time / whole-disk time = $(ratio "$t_used" "$t_whole") (target <= 0.15)"
   done
+fi
+
+if [ "$what" = manydisks ]; then
+  # Issue 19 §5: one agent, MANY_DISKS (8) loop devices, each written with
+  # random 64 KiB O_DIRECT writes at MANY_RATE (12.5 MB/s): the RPO of every
+  # disk (p50/p99/max over MANY_S seconds, sampled every 100 ms) and the
+  # agent's RSS. The single-disk `rpo` mode writes as much to one disk.
+  n=${MANY_DISKS:-8}; rate=${MANY_RATE:-12500000}; secs=${MANY_S:-30}
+  echo "== $n disks, each written at $((rate / 1000000)) MB/s (random 64 KiB, O_DIRECT), one agent: RPO per disk and RSS"
+  disks=()
+  for i in $(seq "$n"); do
+    fallocate -l 1G "$work/many$i.img"; d=$(losetup -f --show --direct-io=on "$work/many$i.img"); loops+=("$d"); disks+=("$d")
+  done
+  repl_setup; start_server
+  # start_agent writes the configuration; the agent then runs with every disk.
+  start_agent "${disks[0]}" 1000; kill "$agent"; wait "$agent" || true; agent=""
+  args=(); for d in "${disks[@]}"; do args+=(--disk "$d"); done
+  "$BIN/tidemark-agent" run --config "$work/agent.yaml" "${args[@]}" >"$work/agent.out" 2>"$work/agent.err" &
+  agent=$!
+  for _ in $(seq 400); do grep -q replicating "$work/agent.out" 2>/dev/null && [ -S "$work/agent.sock" ] && break; sleep 0.05; done
+  sleep 10   # the initial copies of sparse 1 GiB disks
+  jobs=(); for d in "${disks[@]}"; do jobs+=(--name="j$(basename "$d")" --filename="$d"); done
+  fio --rw=randwrite --bs=64k --iodepth=4 --ioengine=io_uring --direct=1 --size=1G --rate="$rate" \
+      --time_based --runtime=$((secs + 10)) --randrepeat=0 --output-format=json "${jobs[@]}" > "$work/many-fio.json" &
+  bgpids+=($!); fiopid=$!
+  sleep 5
+  st sample-all 0.1 "$secs" > "$work/many.txt"
+  wait "$fiopid" || true; bgpids=()
+  stop_repl
+  for i in $(seq "$n"); do
+    col=$((i + 2))
+    echo "disk $i (${disks[$((i - 1))]}): RPO p50 $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 50) ms, p99 $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 99) ms, max $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 100) ms (target p99 <= 500)"
+  done
+  echo "agent RSS: max $(( $(awk '{print $2}' "$work/many.txt" | pct 100) >> 20 )) MiB (target <= 128)"
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"]; print("fio wrote %s MB/s per disk, %.1f MB/s in all" % (" ".join("%.1f" % (x["write"]["bw_bytes"]/1e6) for x in j), sum(x["write"]["bw_bytes"] for x in j)/1e6))' "$work/many-fio.json"
 fi
 
 if [ "$what" = all ] || [ "$what" = replicate ]; then
