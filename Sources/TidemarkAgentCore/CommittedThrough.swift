@@ -128,8 +128,8 @@ extension DiskReplicator {
         (resync.active || resync.awaitingCommit) && resync.kind == .initialCopy
     }
 
-    /// What the disk is doing (the caller holds `cond`): paused while the
-    /// server is unreachable or the send window is full with chunks waiting;
+    /// What the disk is doing (the caller holds `cond`): paused once a
+    /// connection to the server failed or broke and until one is established or the send window is full with chunks waiting;
     /// otherwise its initial copy, a resync (and why), or protected. An
     /// initial copy or resync carries its progress: bytes compared or read
     /// to send of those it began with, the average rate, and the time left
@@ -161,7 +161,7 @@ extension DiskReplicator {
             }
         }
         let pausedWhy: String?
-        if !connectionUp {
+        if serverUnreachable {
             pausedWhy = "the process server at \(settings.serverHost):\(settings.serverPort) is not reachable"
         } else if !state.windowHasRoom && state.toReadCount > 0 {
             pausedWhy = "backpressure: the send window is full (\(state.segmentsInFlight) segments, \(state.windowBytes) bytes not yet durable at the server)"

@@ -404,16 +404,31 @@ public final class DiskSession {
         do { records = try tracer.issueRecords(wholeDev: slot.wholeDev) } catch {
             return .failure(DeficitFallback(text: "the issue record could not be read: \(error)"))
         }
-        var chunks: [UInt64] = []
+        // Runs of chunks, not chunks: one record may be a discard of
+        // terabytes. Sorted and merged, so the words go in increasing order.
+        var runs: [(first: UInt64, last: UInt64)] = []
         let start = slot.startSector, end = slot.startSector + slot.nrSectors
         let shift = UInt64(slot.chunkShift)
         for r in records {
-            let a = max(r.sector, start), b = min(r.sector + UInt64(r.sectors), end)
-            guard a < b else { continue }
-            let first = (a - start) >> shift, last = min((b - 1 - start) >> shift, slot.nrChunks - 1)
-            chunks.append(contentsOf: first...last)
+            // Read from kernel memory without locks: saturate, never trap.
+            let (sum, over) = r.sector.addingReportingOverflow(UInt64(r.sectors))
+            let a = max(r.sector, start), b = min(over ? .max : sum, end)
+            guard a < b, slot.nrChunks > 0 else { continue }
+            runs.append(((a - start) >> shift, min((b - 1 - start) >> shift, slot.nrChunks - 1)))
         }
-        return .success(SparseWords(chunks: chunks))
+        runs.sort { $0.first < $1.first }
+        var words = SparseWords()
+        var current: (first: UInt64, last: UInt64)?
+        for r in runs {
+            if let c = current, r.first <= c.last &+ 1 {
+                current = (c.first, max(c.last, r.last))
+                continue
+            }
+            if let c = current { words.appendChunks(first: c.first, count: c.last - c.first + 1) }
+            current = r
+        }
+        if let c = current { words.appendChunks(first: c.first, count: c.last - c.first + 1) }
+        return .success(words)
     }
 
     /// Checks the issue record's balance when the disk is still: with an

@@ -78,8 +78,9 @@ public final class DiskReplicator: @unchecked Sendable {
     var readerBusy = false
     var replicatedBefore = false
     var targetLost = false
-    /// A session with the server is established (guarded by `cond`).
-    var connectionUp = false
+    /// The last connection to the server failed or ended, and none is
+    /// established since (guarded by `cond`); false while the first is tried.
+    var serverUnreachable = false
     /// Why the last whole-disk resync read the whole disk (main thread).
     var wholeDiskWhy = "not asked"
     public internal(set) var stats = Stats()
@@ -611,7 +612,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.lock()
             state.connectionEnded()
             senderIdle = false
-            connectionUp = false
+            serverUnreachable = true
             cond.unlock()
             connectionEndedForScan()
             StopSignal.sleep(milliseconds: backoffMs)
@@ -717,7 +718,7 @@ public final class DiskReplicator: @unchecked Sendable {
             cond.unlock()
         }
         let resumed = try state.resume(durable: durable, committed: committed, freshEpochID: Self.newEpochID)
-        connectionUp = true
+        serverUnreachable = false
         if resync.kind == .resumed {
             // A resync found at start: the first copy while the target holds
             // nothing committed of the disk.

@@ -143,9 +143,10 @@ extension DiskReplicator {
             resync.lastProgressAt = resync.startedAt
             resync.kind = kind ?? .resumed
             resync.scope = nil
-        } else if let kind, kind != .initialCopy {
-            // A reason to compare everything again outranks the first copy's.
-            if case .initialCopy = resync.kind {} else { resync.kind = kind }
+        } else if let kind, kind != .initialCopy, resync.kind != .initialCopy {
+            // A resync takes the newest reason; an initial copy stays one
+            // (nothing of the disk is recoverable until it is committed).
+            resync.kind = kind
         }
         // The work grows by the chunks newly put to compare (a chunk put
         // twice counts once).

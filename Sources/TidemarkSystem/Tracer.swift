@@ -612,13 +612,19 @@ public final class SlotBitmap: @unchecked Sendable {
     /// The kernel's write+discard sectors of the whole disk minus
     /// `diskSectors`, as established (nil: not yet). Stored in the pinned
     /// slot state, so an agent that restarts keeps it.
-    public var sectorOffset: UInt64? {
-        let v = states.load(stateIndex + 5)
+    public var sectorOffset: UInt64? { optionalWord(5) }
+    public func setSectorOffset(_ v: UInt64) { setOptionalWord(5, v) }
+    /// Forgets the offset (it no longer holds: the kernel stopped counting).
+    public func clearSectorOffset() { setOptionalWord(5, nil) }
+
+    /// An agent-written word of the slot state that holds 1 + a value, 0 for none.
+    private func optionalWord(_ i: Int) -> UInt64? {
+        let v = states.load(stateIndex + i)
         return v == 0 ? nil : v &- 1
     }
-    public func setSectorOffset(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 5, v &+ 1) }
-    /// Forgets the offset (it no longer holds: the kernel stopped counting).
-    public func clearSectorOffset() { _ = tm_atomic_exchange_u64(states.base + stateIndex + 5, 0) }
+    private func setOptionalWord(_ i: Int, _ v: UInt64?) {
+        _ = tm_atomic_exchange_u64(states.base + stateIndex + i, v.map { $0 &+ 1 } ?? 0)
+    }
 
     /// One sample of (kernel sectors - program sectors), the kernel's read
     /// first. The program counts a completion just before the kernel does
@@ -644,12 +650,9 @@ public final class SlotBitmap: @unchecked Sendable {
     /// Issues not recorded because the record was full.
     public var issuesUnrecorded: UInt64 { states.load(stateIndex + 9) }
     /// kernel − issued − unmatched sectors at the last still moment (nil: none yet).
-    public var balanceBase: UInt64? {
-        let v = states.load(stateIndex + 10)
-        return v == 0 ? nil : v &- 1
-    }
-    public func setBalanceBase(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 10, v &+ 1) }
-    public func clearBalanceBase() { _ = tm_atomic_exchange_u64(states.base + stateIndex + 10, 0) }
+    public var balanceBase: UInt64? { optionalWord(10) }
+    public func setBalanceBase(_ v: UInt64) { setOptionalWord(10, v) }
+    public func clearBalanceBase() { setOptionalWord(10, nil) }
     /// Deficit sectors answered from the issue record and not yet confirmed.
     public var pendingSectors: UInt64 { states.load(stateIndex + 11) }
     public func setPendingSectors(_ v: UInt64) { _ = tm_atomic_exchange_u64(states.base + stateIndex + 11, v) }

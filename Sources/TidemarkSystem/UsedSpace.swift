@@ -77,7 +77,8 @@ public enum UsedSpace {
         var out: [(offset: UInt64, length: UInt64)] = []
         var at: UInt64 = 0
         for f in free {
-            let a = min(f.offset, end), b = min(f.offset + f.length, end)
+            let (sum, over) = f.offset.addingReportingOverflow(f.length)
+            let a = min(f.offset, end), b = min(over ? .max : sum, end)
             if a > at { out.append((at, a - at)) }
             at = max(at, b)
         }
@@ -88,7 +89,9 @@ public enum UsedSpace {
     public struct NotAvailable: Error, Sendable { public var reason: String }
 
     /// The filesystem's size from its superblock: ext4's block count and
-    /// size at byte 1024; XFS's data blocks and block size at byte 0.
+    /// size at byte 1024; XFS's data blocks and block size at byte 0. nil
+    /// for a block size outside 1 KiB–64 KiB or a size that overflows (a
+    /// damaged superblock: the disk is then read whole).
     static func filesystemBytes(devicePath: String, type: String) -> UInt64? {
         guard let fd = try? FileDescriptor(open: devicePath, [.readOnly], purpose: "reading the superblock") else { return nil }
         var b = [UInt8](repeating: 0, count: 2048)
@@ -100,9 +103,17 @@ public enum UsedSpace {
             guard b[sb + 0x38] == 0x53, b[sb + 0x39] == 0xEF else { return nil }
             var blocks = le32(sb + 4)
             if le32(sb + 0x60) & 0x80 != 0 { blocks |= le32(sb + 0x150) << 32 }   // INCOMPAT_64BIT
-            return blocks << (10 + le32(sb + 24))
+            let logBlock = le32(sb + 24)
+            guard logBlock <= 6 else { return nil }
+            return bytes(blocks: blocks, blockSize: 1024 << logBlock)
         }
         guard b[0] == 0x58, b[1] == 0x46, b[2] == 0x53, b[3] == 0x42 else { return nil }   // "XFSB"
-        return (be32(8) << 32 | be32(12)) * be32(4)
+        return bytes(blocks: be32(8) << 32 | be32(12), blockSize: be32(4))
+    }
+
+    static func bytes(blocks: UInt64, blockSize: UInt64) -> UInt64? {
+        guard blockSize >= 1024, blockSize <= 65536, blockSize & (blockSize - 1) == 0 else { return nil }
+        let (n, over) = blocks.multipliedReportingOverflow(by: blockSize)
+        return over ? nil : n
     }
 }

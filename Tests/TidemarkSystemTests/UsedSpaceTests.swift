@@ -15,3 +15,17 @@ import Testing
         #expect(UsedSpace.used(outside: [(0, 10)], upTo: 30).map { [$0.offset, $0.length] } == [[10, 20]])
     }
 }
+
+@Suite struct UsedSpaceSuperblockTests {
+    /// Sizes read from a superblock are checked before they are used: a
+    /// block size out of range or a product that overflows reads the disk whole.
+    @Test func damagedSuperblockValuesGiveNoSize() {
+        #expect(UsedSpace.bytes(blocks: 1000, blockSize: 4096) == 4_096_000)
+        #expect(UsedSpace.bytes(blocks: 1000, blockSize: 3000) == nil)
+        #expect(UsedSpace.bytes(blocks: 1000, blockSize: 512) == nil)
+        #expect(UsedSpace.bytes(blocks: 1000, blockSize: 1 << 20) == nil)
+        #expect(UsedSpace.bytes(blocks: .max / 2, blockSize: 4096) == nil)
+        // A free range whose end overflows ends at the filesystem's end.
+        #expect(UsedSpace.used(outside: [(100, .max)], upTo: 1000).map { [$0.offset, $0.length] } == [[0, 100]])
+    }
+}
