@@ -33,7 +33,8 @@ let package = Package(
             path: "CSources/CTidemarkSystem",
             exclude: ["tracer_bpf_object.h"],
             cSettings: [.unsafeFlags(["-O2"])],
-            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring")]
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("uring"),
+                              .linkedLibrary("ext2fs"), .linkedLibrary("com_err")]
         ),
         .target(
             name: "CTidemarkCrypto",

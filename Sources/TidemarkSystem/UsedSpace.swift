@@ -6,8 +6,9 @@ import Glibc
 /// "Used blocks only"). Asked of a mounted ext4 or XFS through
 /// `FS_IOC_GETFSMAP`, as the complement of the free space it reports: ext4
 /// (6.18) leaves some used ranges out of its answer entirely, so a range
-/// counts as unused only when it is reported free. Every other case is read
-/// whole, and says why.
+/// counts as unused only when it is reported free. An unmounted ext2/3/4
+/// is asked through its own block bitmaps (libext2fs). Every other case is
+/// read whole, and says why.
 ///
 /// Safe only with the disk's tracer slot attached before the question: a
 /// block allocated after the answer is written after it too, and that write
@@ -42,7 +43,7 @@ public enum UsedSpace {
             if !device.isPartition && !device.writableMounts(in: mounts).isEmpty {
                 return .failure(NotAvailable(reason: "its filesystems are on partitions or devices stacked on it, which are not asked yet"))
             }
-            return .failure(NotAvailable(reason: "no filesystem of it is mounted on this host (an unmounted disk is not asked yet)"))
+            return unmounted(device)
         }
         guard m.fsType == "ext4" || m.fsType == "xfs" else {
             return .failure(NotAvailable(reason: "its filesystem (\(m.fsType) at \(m.mountPoint)) cannot list its used blocks; only ext4 and XFS are asked"))
@@ -69,6 +70,39 @@ public enum UsedSpace {
         free.reserveCapacity(count)
         for i in 0..<count { free.append((pairs[2 * i], pairs[2 * i + 1])) }
         return .success(Map(extents: used(outside: free, upTo: size), filesystemBytes: size, source: "\(m.fsType) at \(m.mountPoint)"))
+    }
+
+    /// The used space of an unmounted ext2/3/4 on `device`, from its own
+    /// block bitmaps (libext2fs, read-only; `tm_extfs_free`): trusted only
+    /// when it was cleanly unmounted and its superblock reads the same before
+    /// and after (not mounted meanwhile, on this host or another).
+    static func unmounted(_ device: BlockDeviceInfo) -> Result<Map, NotAvailable> {
+        guard let fd = try? FileDescriptor(open: device.path, [.readOnly], purpose: "reading the superblock") else {
+            return .failure(NotAvailable(reason: "\(device.path) could not be opened to look for a filesystem"))
+        }
+        var b = [UInt8](repeating: 0, count: 2048)
+        let n = (try? b.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }) ?? 0
+        guard n == 2048, b[1024 + 0x38] == 0x53, b[1024 + 0x39] == 0xEF else {
+            let xfs = n >= 4 && b[0] == 0x58 && b[1] == 0x46 && b[2] == 0x53 && b[3] == 0x42
+            return .failure(NotAvailable(reason: xfs
+                ? "its XFS is not mounted on this host (an unmounted XFS is not asked; only an unmounted ext2/3/4 is)"
+                : "no filesystem of it is mounted on this host, and it holds no ext2/3/4 filesystem (raw data or another format)"))
+        }
+        var pairs: UnsafeMutablePointer<UInt64>?
+        var count = 0
+        var size: UInt64 = 0
+        var why = [CChar](repeating: 0, count: 256)
+        let rc = tm_extfs_free(device.path, extentsMax, &pairs, &count, &size, &why, why.count)
+        guard rc == 0, let pairs else {
+            let reason = why.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            return .failure(NotAvailable(reason: "it is not mounted on this host and \(reason)"))
+        }
+        defer { free(pairs) }
+        var free: [(offset: UInt64, length: UInt64)] = []
+        free.reserveCapacity(count)
+        for i in 0..<count { free.append((pairs[2 * i], pairs[2 * i + 1])) }
+        return .success(Map(extents: used(outside: free, upTo: size), filesystemBytes: size,
+                            source: "the unmounted ext2/3/4 on \(device.path) (its block bitmaps)"))
     }
 
     /// The ranges of [0, end) outside `free` (sorted, not overlapping): what

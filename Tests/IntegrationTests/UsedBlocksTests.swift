@@ -5,8 +5,9 @@ import TidemarkTesting
 /// The initial copy reads used blocks only (issue 19): a mounted ext4 or
 /// XFS says which blocks it uses (FS_IOC_GETFSMAP); free space, here full of
 /// old data (random bytes under the filesystem, and files written then
-/// deleted), is neither read nor sent, and is recovered as zeros. A raw disk
-/// is read whole, and says so.
+/// deleted), is neither read nor sent, and is recovered as zeros. An
+/// unmounted ext4 says the same through its block bitmaps. A raw disk, or an
+/// ext4 not cleanly unmounted, is read whole, and says so.
 @Suite(.serialized) struct UsedBlocksTests {
     /// The agent's "N of M chunks" of its used-blocks line.
     static func usedChunks(_ log: String) -> (used: Int, all: Int)? {
@@ -50,6 +51,41 @@ import TidemarkTesting
         #expect(nonZero > 0 && nonZero <= chunks.used, "\(nonZero) non-zero chunks recovered, \(chunks.used) used")
     }
 
+    /// An unmounted ext4 is asked through its own block bitmaps (libext2fs):
+    /// the same used blocks only, the same files back.
+    @Test(.requiresRoot) func anUnmountedExt4IsAskedThroughItsBitmaps() throws {
+        let w = try FaultWorld("used-unmounted", diskMiB: 512, filesystem: "ext4", staleFreeSpace: true)
+        defer { w.close() }
+        try sh("for i in $(seq 1 10); do dd if=/dev/urandom of=\(w.mnt)/f$i bs=1M count=10 status=none; done; sync; rm \(w.mnt)/f[1-6]; umount \(w.mnt)")
+        w.mounted = false
+        try w.startServer()
+        try w.startAgent()
+        try w.waitFor("the initial copy", timeoutSeconds: 120) { Self.bytesRead(w.agent!.stderr) != nil }
+        let log = w.agent!.stderr
+        #expect(log.contains("the unmounted ext2/3/4 on \(w.disk.path) (its block bitmaps)"), "\(w.logs)")
+        let chunks = try #require(Self.usedChunks(log), "no used-blocks line: \(w.logs)")
+        #expect(chunks.all == 8192 && chunks.used < 4096, "\(chunks)")
+        // Nothing is written while unmounted: exactly the used chunks are read.
+        let read = try #require(Self.bytesRead(log))
+        #expect(read <= UInt64(chunks.used) * 65536, "read \(read) bytes for \(chunks.used) used chunks of \(chunks.all)")
+        let id = try w.point()
+        let nonZero = try w.recoverAndCompareFiles(id, filesystem: "ext4")
+        #expect(nonZero > 0 && nonZero <= chunks.used, "\(nonZero) non-zero chunks recovered, \(chunks.used) used")
+    }
+
+    /// An ext4 left mounted elsewhere or crashed (its state not clean) may
+    /// hold allocations its bitmaps do not show: read whole, and say why.
+    @Test(.requiresRoot) func anUncleanExt4IsReadWhole() throws {
+        let w = try FaultWorld("used-unclean", diskMiB: 64, filesystem: "ext4")
+        defer { w.close() }
+        try sh("umount \(w.mnt) && debugfs -w -R 'ssv state 0' \(w.disk.path) >/dev/null 2>&1")
+        w.mounted = false
+        try w.startServer()
+        try w.startAgent(replication: ["bandwidth_limit: 1m"])
+        try w.waitFor("the whole-disk line", timeoutSeconds: 30) { w.agent!.stderr.contains("the resync reads the whole disk: ") }
+        #expect(w.agent!.stderr.contains("was not cleanly unmounted"), "\(w.logs)")
+    }
+
     /// A disk without a filesystem is read whole, and the log and status say why.
     @Test(.requiresRoot) func aRawDiskIsReadWholeAndSaysSo() throws {
         let w = try FaultWorld("used-raw", diskMiB: 64, filesystem: "none")
@@ -58,7 +94,7 @@ import TidemarkTesting
         // 8 MiB of data at 1 MiB/s: the copy lasts long enough to be seen.
         try w.startAgent(replication: ["bandwidth_limit: 1m"])
         try w.waitFor("the whole-disk line", timeoutSeconds: 30) { w.agent!.stderr.contains("the resync reads the whole disk: ") }
-        #expect(w.agent!.stderr.contains("no filesystem of it is mounted"), "\(w.logs)")
+        #expect(w.agent!.stderr.contains("it holds no ext2/3/4 filesystem"), "\(w.logs)")
         var scope = ""
         try w.waitFor("the scope in status", timeoutSeconds: 10) {
             scope = (try w.diskStatus()["activity"] as? [String: Any])?["scope"] as? String ?? ""

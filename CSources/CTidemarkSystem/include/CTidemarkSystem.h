@@ -88,6 +88,16 @@ int tm_fiemap(int fd, uint64_t length, uint32_t max_extents, uint64_t *logical, 
  * At most max_pairs pairs: more gives -E2BIG. 0 or -errno (-ENOTTY,
  * -EOPNOTSUPP: the filesystem cannot say). */
 int tm_getfsmap_free(int fd, uint32_t device, size_t max_pairs, uint64_t **pairs, size_t *count);
+/* The free space of the unmounted ext2/3/4 on block device `path`, from its
+ * own block bitmaps (libext2fs, read-only): byte ranges [offset, offset +
+ * length) into a malloc'd array of pairs as tm_getfsmap_free gives them, and
+ * the filesystem's size in *filesystem_bytes. Refused (-1, the reason in
+ * `why`) unless the filesystem was cleanly unmounted (valid state, no errors,
+ * no journal to replay) and its superblock read the same before and after
+ * the bitmaps (not mounted meanwhile, here or elsewhere); more than
+ * max_pairs free extents is refused too. 0 on success. */
+int tm_extfs_free(const char *path, size_t max_pairs, uint64_t **pairs, size_t *count,
+                  uint64_t *filesystem_bytes, char *why, size_t why_len);
 /* fallocate(FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE) (a GNU extension). 0 or -errno. */
 int tm_punch_hole(int fd, uint64_t offset, uint64_t length);
 
