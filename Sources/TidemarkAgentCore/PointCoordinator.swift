@@ -40,9 +40,9 @@ public final class PointCoordinator: @unchecked Sendable {
     let requests: [PointRequest]
     let classes: [PointClass]
     let freezeTimeoutMs: Int
-    let preFreezeHook: String?
-    let postThawHook: String?
-    let hookTimeoutMs: Int
+    /// The hooks of the point's disks: each distinct pair of hooks (with
+    /// its timeout) once, in disk order, with the disks that name it.
+    let hookSets: [HookSet]
     /// Every disk brings its backlog down by this (monotonic seconds);
     /// guarded by `lock` (`currentPrepareDeadline`).
     private var prepareDeadline: Double
@@ -77,9 +77,7 @@ public final class PointCoordinator: @unchecked Sendable {
         self.members = members
         self.appConsistent = appConsistent
         freezeTimeoutMs = settings.freezeTimeoutMs
-        preFreezeHook = settings.preFreezeHook
-        postThawHook = settings.postThawHook
-        hookTimeoutMs = settings.hookTimeoutMs
+        hookSets = HookSet.of(members.map(\.settings))
         let mounts = members.map { Mounts.filesystems(on: $0.session.device) }
         self.mounts = mounts
         let bare = members.indices.filter { mounts[$0].isEmpty }
@@ -144,11 +142,9 @@ public final class PointCoordinator: @unchecked Sendable {
         for (i, r) in members.enumerated() { r.order(PointOrder(coordinator: self, index: i)) }
         try awaitPrepared(after: nil)
         if appConsistent {
-            if let hook = preFreezeHook {
-                let t0 = monotonicSeconds()
-                try runHook(hook, "pre-freeze", environment: hookEnvironment, timeoutMs: hookTimeoutMs)
-                hookMs = (monotonicSeconds() - t0) * 1000
-            }
+            let hooksFrom = monotonicSeconds()
+            try runPreFreezeHooks()
+            hookMs = (monotonicSeconds() - hooksFrom) * 1000
             lock.lock()
             phases.markQuiesced()
             prepareDeadline = monotonicSeconds() + Double(ReplicationLimits.pointPrepareWaitMsMax) / 1000
@@ -294,7 +290,41 @@ public final class PointCoordinator: @unchecked Sendable {
         let due = phases.postThawHookDue
         if due { phases.ranPostThawHook() }
         lock.unlock()
-        if due, let hook = postThawHook { try runHook(hook, "post-thaw", environment: hookEnvironment, timeoutMs: hookTimeoutMs) }
+        if due { try runPostThawHooks(of: hookSets.indices) }
+    }
+
+    /// Each pre-freeze hook in turn. When one fails, the post-thaw hooks of
+    /// those that ran before it run too (their applications were
+    /// quiesced, and nothing will be frozen), then the point fails.
+    private func runPreFreezeHooks() throws {
+        var ran: [Int] = []
+        for (k, set) in hookSets.enumerated() {
+            guard let hook = set.preFreeze else { continue }
+            do {
+                try runHook(hook, "pre-freeze", environment: hookEnvironment(set), timeoutMs: set.timeoutMs)
+                ran.append(k)
+            } catch {
+                guard ran.contains(where: { hookSets[$0].postThaw != nil }) else { throw error }
+                do { try runPostThawHooks(of: ran) } catch let post {
+                    throw TidemarkError(.state, "\(error); then, for the hooks that had run: \(post)")
+                }
+                throw error
+            }
+        }
+    }
+
+    /// The post-thaw hooks of `sets`, every one of them even when one
+    /// fails; the first failure is thrown after.
+    private func runPostThawHooks(of sets: some Sequence<Int>) throws {
+        var first: Error?
+        for k in sets {
+            guard let hook = hookSets[k].postThaw else { continue }
+            do { try runHook(hook, "post-thaw", environment: hookEnvironment(hookSets[k]), timeoutMs: hookSets[k].timeoutMs) } catch {
+                Log.error("point \(id): \(error)")
+                if first == nil { first = error }
+            }
+        }
+        if let first { throw first }
     }
 
     /// Logs the tags, then waits until every disk's tag is committed (or
@@ -381,16 +411,18 @@ public final class PointCoordinator: @unchecked Sendable {
 
     // MARK: Internals
 
-    /// What the pre-freeze and post-thaw hooks learn: every disk, the point's
-    /// id, and for a point of one disk that disk as before.
-    var hookEnvironment: [String: String] {
+    /// What a pre-freeze or post-thaw hook learns: the point's id and class,
+    /// every disk of the point, the disks it is the hook of, and, when that
+    /// is one disk, that disk as TIDEMARK_DISK and TIDEMARK_DISK_ID.
+    func hookEnvironment(_ set: HookSet) -> [String: String] {
         var env = [
             "TIDEMARK_POINT_ID": id,
             "TIDEMARK_POINT_CLASS": appConsistent ? PointClass.appConsistent.rawValue : PointClass.crashConsistent.rawValue,
             "TIDEMARK_DISKS": members.map(\.session.device.path).joined(separator: " "),
             "TIDEMARK_DISK_IDS": members.map(\.diskID).joined(separator: " "),
+            "TIDEMARK_HOOK_DISKS": set.disks.map { members[$0].session.device.path }.joined(separator: " "),
         ]
-        if !isMachinePoint { env.merge(members[0].hookEnvironment) { $1 } }
+        if set.disks.count == 1 { env.merge(members[set.disks[0]].hookEnvironment) { $1 } }
         return env
     }
 
@@ -640,5 +672,29 @@ final class PointScheduler: @unchecked Sendable {
         }
         // A failure is logged by the coordinator.
         _ = try? point.run()
+    }
+}
+
+/// One pair of hooks of a point and the disks whose settings name it: a
+/// point runs each pair once however many of its disks share it.
+struct HookSet: Equatable {
+    var preFreeze: String?
+    var postThaw: String?
+    var timeoutMs: Int
+    /// Indices into the point's disks, in order.
+    var disks: [Int]
+
+    /// The distinct pairs of `settings` (a point's disks, in order), in the
+    /// order their first disk comes; disks with neither hook are in none.
+    static func of(_ settings: [ReplicationSettings]) -> [HookSet] {
+        var sets: [HookSet] = []
+        for (i, s) in settings.enumerated() where s.preFreezeHook != nil || s.postThawHook != nil {
+            if let k = sets.firstIndex(where: { $0.preFreeze == s.preFreezeHook && $0.postThaw == s.postThawHook && $0.timeoutMs == s.hookTimeoutMs }) {
+                sets[k].disks.append(i)
+            } else {
+                sets.append(HookSet(preFreeze: s.preFreezeHook, postThaw: s.postThawHook, timeoutMs: s.hookTimeoutMs, disks: [i]))
+            }
+        }
+        return sets
     }
 }

@@ -94,7 +94,14 @@ extension AgentCommands {
         for session in sessions {
             let d = session.device.path
             Log.info("\(d): \(session.startNote); state \(session.hrl.header.state)")
-            let r = DiskReplicator(session: session, settings: settings)
+            // The disk's own hooks where `disks:` gives them, else the policy's.
+            let listed = config.disks.first { $0 == d || realpathString($0) == realpathString(d) } ?? d
+            let hooks = config.hooks(for: listed)
+            var own = settings
+            own.preFreezeHook = hooks.preFreeze
+            own.postThawHook = hooks.postThaw
+            own.hookTimeoutMs = hooks.timeoutSeconds * 1000
+            let r = DiskReplicator(session: session, settings: own)
             replicators[session.device.path] = r
             if let real = realpathString(d) { replicators[real] = r }
             replicators[r.diskID] = r
@@ -163,7 +170,7 @@ extension AgentCommands {
         check("agent_id", a.agentID != b.agentID)
         check("state_dir", a.stateDir != b.stateDir)
         check("chunk_size", a.chunkSizeBytes != b.chunkSizeBytes)
-        check("disks", a.disks != b.disks)
+        check("disks", a.disks != b.disks || a.diskHooks != b.diskHooks)
         check("drain_interval_ms", a.drainIntervalMs != b.drainIntervalMs)
         check("replication.server", a.serverHost != b.serverHost || a.serverPort != b.serverPort)
         check("replication.server_name", a.serverName != b.serverName)

@@ -21,6 +21,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var chunkSizeBytes: UInt32
     /// Block devices to track (`disks`).
     public var disks: [String]
+    /// Hooks of single disks (`disks:` items written as maps), by the path
+    /// listed in `disks`: each set key replaces the policy's for that disk.
+    public var diskHooks: [String: DiskHooks] = [:]
     /// How often the agent drains the kernel bitmap into the `.hrl` (`drain_interval_ms`).
     public var drainIntervalMs: Int
     /// Mirror target for `tidemark-agent mirror` (`mirror.to`); nil when not set.
@@ -163,6 +166,13 @@ public struct AgentConfig: Sendable, Equatable {
         logLevel = .info
     }
 
+    /// The hooks that apply to `disk` (as listed in `disks`): its own where
+    /// it sets them, else the policy's.
+    public func hooks(for disk: String) -> (preFreeze: String?, postThaw: String?, timeoutSeconds: Int) {
+        let own = diskHooks[disk] ?? DiskHooks()
+        return (own.preFreezeHook ?? preFreezeHook, own.postThawHook ?? postThawHook, own.hookTimeoutSeconds ?? hookTimeoutSeconds)
+    }
+
     /// The value of every key when neither the file nor the environment sets it.
     public static let defaults = AgentConfig(defaultsFor: currentHostName())
 
@@ -205,13 +215,16 @@ public struct AgentConfig: Sendable, Equatable {
     public static let knownReplicationKeys = ["server", "server_name", "ca", "cert", "key", "replication_key",
                                               "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes",
                                               "io_timeout_ms"]
+    /// Every key of a `disks:` item written as a map.
+    public static let knownDiskKeys = ["device", "pre_freeze_hook", "post_thaw_hook", "hook_timeout"]
     /// Every key under `policy:`.
     public static let knownPolicyKeys = ["crash_consistent_interval", "app_consistent_interval", "freeze_timeout_ms",
                                          "pre_freeze_hook", "post_thaw_hook", "hook_timeout"]
 
     static let schema = ConfigSchema(topLevel: knownKeys, sections: [("mirror", knownMirrorKeys),
                                                                       ("replication", knownReplicationKeys),
-                                                                      ("policy", knownPolicyKeys)])
+                                                                      ("policy", knownPolicyKeys),
+                                                                      ("disks", knownDiskKeys)])
 
     /// Loads the file given explicitly (`--config FILE`): a missing file is an error.
     /// Environment overrides are applied on top.
@@ -507,5 +520,18 @@ public enum CompressionSetting: Equatable, Sendable, CustomStringConvertible {
         case .auto: return "auto"
         case .fixed(let level): return String(level)
         }
+    }
+}
+
+/// One disk's own hooks (a `disks:` item written as a map). nil: not set
+/// there, the policy's applies; `.some(nil)` for a hook: none for this disk.
+public struct DiskHooks: Sendable, Equatable {
+    public var preFreezeHook: String??
+    public var postThawHook: String??
+    public var hookTimeoutSeconds: Int?
+    public init(preFreezeHook: String?? = nil, postThawHook: String?? = nil, hookTimeoutSeconds: Int? = nil) {
+        self.preFreezeHook = preFreezeHook
+        self.postThawHook = postThawHook
+        self.hookTimeoutSeconds = hookTimeoutSeconds
     }
 }

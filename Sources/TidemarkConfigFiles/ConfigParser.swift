@@ -28,7 +28,7 @@ struct ConfigParser {
                 config.chunkSizeBytes = try reader.validated(entry, key: key, expected: "a size such as 64k",
                                                              Validate.chunkSize)
             case "disks":
-                config.disks = try disks(entry.value, keyLine: entry.line)
+                (config.disks, config.diskHooks) = try disks(entry.value, keyLine: entry.line)
             case "drain_interval_ms":
                 config.drainIntervalMs = try reader.validated(entry, key: key, expected: "a number of milliseconds",
                                                               Validate.intervalMs)
@@ -52,8 +52,11 @@ struct ConfigParser {
 
     // MARK: Sections
 
-    private func disks(_ value: Node, keyLine: Int?) throws -> [String] {
-        if reader.isNull(value) { return [] }
+    /// `disks:` — each item a device path, or a map of `device` and that
+    /// disk's own hooks (`pre_freeze_hook`, `post_thaw_hook`, `hook_timeout`,
+    /// each replacing the policy's for it; an empty hook means none).
+    private func disks(_ value: Node, keyLine: Int?) throws -> ([String], [String: DiskHooks]) {
+        if reader.isNull(value) { return ([], [:]) }
         guard case .sequence(let sequence) = value else {
             var hint = "write a list, e.g. disks: [/dev/sdb, /dev/sdc1]"
             if case .scalar(let scalar) = value { hint = "write a list, e.g. disks: [\(scalar.string)]" }
@@ -61,17 +64,25 @@ struct ConfigParser {
                               message: "expected a list of block devices, found \(reader.describe(value))", hint: hint)
         }
         var result: [String] = []
+        var hooks: [String: DiskHooks] = [:]
         var firstLine: [String: Int] = [:]
         for item in sequence {
-            let line = item.mark?.line ?? keyLine
-            guard case .scalar(let scalar) = item, !reader.isNull(item) else {
+            var line = item.mark?.line ?? keyLine
+            var own: DiskHooks?
+            var path: String?
+            if case .mapping = item {
+                (path, line, own) = try diskEntry(item, line: line)
+            } else if case .scalar(let scalar) = item, !reader.isNull(item) {
+                path = scalar.string
+            }
+            guard let path else {
                 throw ConfigError(code: .wrongType, file: path, line: line, key: "disks",
                                   message: "expected a block device path, found \(reader.describe(item))",
-                                  hint: "name each block device by its path, e.g. /dev/sdb")
+                                  hint: "name each block device by its path, e.g. /dev/sdb, or give a map such as {device: /dev/sdb, pre_freeze_hook: /usr/local/sbin/db-freeze}")
             }
             let disk: String
             do {
-                disk = try Validate.disk(scalar.string)
+                disk = try Validate.disk(path)
             } catch let invalid as InvalidValue {
                 throw ConfigError(code: .invalidValue, file: path, line: line, key: "disks",
                                   message: invalid.message, hint: invalid.hint)
@@ -82,8 +93,43 @@ struct ConfigParser {
             }
             firstLine[disk] = line ?? 0
             result.append(disk)
+            if let own { hooks[disk] = own }
         }
-        return result
+        return (result, hooks)
+    }
+
+    /// One `disks:` item written as a map: its device (and the line to name
+    /// for it) and its own hooks.
+    private func diskEntry(_ item: Node, line: Int?) throws -> (String, Int?, DiskHooks) {
+        let reader = self.reader
+        let entries = try reader.sectionEntries(item, name: "disks", keyLine: line,
+                                                example: "- device: /dev/sdb\n  pre_freeze_hook: /usr/local/sbin/db-freeze") ?? []
+        var device: (String, Int?)?
+        var hooks = DiskHooks()
+        for entry in entries {
+            let key = "disks.\(entry.key)"
+            switch entry.key {
+            case "device":
+                device = (try reader.validated(entry, key: key, expected: "a block device path") { $0 }, entry.value.mark?.line ?? entry.line)
+            case "pre_freeze_hook":
+                hooks.preFreezeHook = .some(try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook))
+            case "post_thaw_hook":
+                hooks.postThawHook = .some(try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook))
+            case "hook_timeout":
+                hooks.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s") {
+                    try Validate.duration($0, in: AgentConfig.hookTimeoutSecondsMin...AgentConfig.hookTimeoutSecondsMax,
+                                          zeroMeansOff: false, example: "60s")
+                }
+            default:
+                throw reader.unknownKey(entry, section: "disks")
+            }
+        }
+        guard let device else {
+            throw ConfigError(code: .invalidValue, file: path, line: line, key: "disks",
+                              message: "this disk's map has no 'device'",
+                              hint: "name its block device, e.g. '- device: /dev/sdb'")
+        }
+        return (device.0, device.1, hooks)
     }
 
     private func mirror(_ section: ConfigEntry, into config: inout AgentConfig) throws {

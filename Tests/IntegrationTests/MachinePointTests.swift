@@ -63,8 +63,15 @@ final class MachineWorld: @unchecked Sendable {
     }
 
     func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0, env: [String: String] = [:],
-                    hooks: (preFreeze: String, postThaw: String)? = nil, bandwidthLimit: String? = nil) throws {
+                    hooks: (preFreeze: String, postThaw: String)? = nil, bandwidthLimit: String? = nil,
+                    diskHooks: [(preFreeze: String, postThaw: String)]? = nil) throws {
+        // Disks with their own hooks are listed in the file as maps; else on the command line.
+        let diskList = diskHooks.map { own in
+            "disks:\n" + zip(disks, own).map { "  - device: \($0.path)\n    pre_freeze_hook: \($1.preFreeze)\n    post_thaw_hook: \($1.postThaw)" }
+                .joined(separator: "\n")
+        } ?? ""
         try """
+        \(diskList)
         agent_id: agent-it
         state_dir: \(h.stateDir)
         drain_interval_ms: 50
@@ -85,8 +92,8 @@ final class MachineWorld: @unchecked Sendable {
         control_socket: \(socket)
         log_level: debug
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
-        let a = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
-                                       "--disk", disks[0].path, "--disk", disks[1].path],
+        let a = try BackgroundProcess([TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml"]
+                                      + (diskHooks == nil ? ["--disk", disks[0].path, "--disk", disks[1].path] : []),
                                       env: h.env.merging(["TIDEMARK_TEST_FROZEN_HOOK": h.dir + "/frozen-hook.sh"].merging(env) { $1 }) { $1 },
                                       logDir: h.dir)
         agent = a
@@ -427,6 +434,47 @@ final class MachineWorld: @unchecked Sendable {
         let image = try w.recover(id, diskID: ids[0])
         let cmp = try run(["/usr/bin/cmp", image, w.h.dir + "/truth-\(id)-\(disk.name).img"])
         #expect(cmp.ok, "\(id): \(cmp.stdout)")
+    }
+
+    /// Each disk's own hooks: each runs once with its disk in its
+    /// environment; a failing pre-freeze hook fails the point, and the
+    /// post-thaw hook of the disk whose pre-freeze hook had run runs too;
+    /// once both succeed, the point is made and both post-thaw hooks run.
+    @Test(.requiresRoot) func eachDiskRunsItsOwnHooks() throws {
+        let w = try MachineWorld("disk-hooks")
+        defer { w.close() }
+        let dir = w.h.dir
+        for i in 0..<2 {
+            try """
+                #!/bin/sh
+                env | grep '^TIDEMARK_' | sort > \(dir)/env-\(i)
+                echo pre >> \(dir)/ran-\(i)
+                [ -e \(dir)/fail-\(i) ] && exit 3
+                exit 0
+                """.write(toFile: dir + "/pre-\(i).sh", atomically: true, encoding: .utf8)
+            try "#!/bin/sh\necho post >> \(dir)/ran-\(i)\n".write(toFile: dir + "/post-\(i).sh", atomically: true, encoding: .utf8)
+        }
+        try sh("chmod 755 \(dir)/pre-*.sh \(dir)/post-*.sh && touch \(dir)/fail-1")
+        try w.startServer()
+        try w.startAgent(diskHooks: (0..<2).map { (dir + "/pre-\($0).sh", dir + "/post-\($0).sh") })
+        let ids = try w.diskIDs()
+        func ran(_ i: Int) -> String { (try? String(contentsOfFile: dir + "/ran-\(i)", encoding: .utf8)) ?? "" }
+
+        let failed = try run([TestEnv.binary("tidemarkctl"), "point", "create", "--socket", w.socket, "--app-consistent"])
+        #expect(!failed.ok && failed.stderr.contains("pre-freeze hook \(dir)/pre-1.sh failed"), "\(failed.stderr)")
+        // Disk 0's application was quiesced: its post-thaw hook ran; disk 1's hook failed: its did not.
+        #expect(ran(0) == "pre\npost\n" && ran(1) == "pre\n", "\(ran(0)) | \(ran(1))")
+        let env0 = try String(contentsOfFile: dir + "/env-0", encoding: .utf8)
+        #expect(env0.contains("TIDEMARK_HOOK_DISKS=\(w.disks[0].path)\n") && env0.contains("TIDEMARK_DISK=\(w.disks[0].path)\n")
+                && env0.contains("TIDEMARK_DISKS=\(w.disks[0].path) \(w.disks[1].path)\n"), "\(env0)")
+        let env1 = try String(contentsOfFile: dir + "/env-1", encoding: .utf8)
+        #expect(env1.contains("TIDEMARK_DISK=\(w.disks[1].path)\n") && env1.contains("TIDEMARK_DISK_ID=\(ids[1])\n"), "\(env1)")
+
+        try sh("rm \(dir)/fail-1 \(dir)/ran-0 \(dir)/ran-1")
+        let (id, output) = try w.point(appConsistent: true)
+        #expect(output.contains("app-consistent"), "\(output)")
+        #expect(ran(0) == "pre\npost\n" && ran(1) == "pre\npost\n", "\(ran(0)) | \(ran(1))")
+        try w.waitFor("the point is committed", timeoutSeconds: 120) { try w.committed([(id, ids[0]), (id, ids[1])]) }
     }
 
     /// With several disks, the policy's cadence makes machine points.

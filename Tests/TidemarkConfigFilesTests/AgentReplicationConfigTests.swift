@@ -380,3 +380,46 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         }
     }
 }
+
+@Suite struct PerDiskHooks {
+    @Test func aDiskWrittenAsAMapHasItsOwnHooks() throws {
+        let config = try parse("""
+            disks:
+              - /dev/sdb
+              - device: /dev/sdc
+                pre_freeze_hook: /usr/bin/true
+                hook_timeout: 5m
+              - device: /dev/sdd
+                pre_freeze_hook: ""
+            policy:
+              pre_freeze_hook: /usr/bin/false
+              post_thaw_hook: /usr/bin/true
+            """)
+        #expect(config.disks == ["/dev/sdb", "/dev/sdc", "/dev/sdd"])
+        #expect(config.diskHooks == ["/dev/sdc": DiskHooks(preFreezeHook: .some("/usr/bin/true"), hookTimeoutSeconds: 300),
+                                     "/dev/sdd": DiskHooks(preFreezeHook: .some(nil))])
+        // The policy's hooks where the disk sets none; an empty hook is none.
+        #expect(config.hooks(for: "/dev/sdb") == ("/usr/bin/false", "/usr/bin/true", 60))
+        #expect(config.hooks(for: "/dev/sdc") == ("/usr/bin/true", "/usr/bin/true", 300))
+        #expect(config.hooks(for: "/dev/sdd") == (nil, "/usr/bin/true", 60))
+    }
+
+    @Test func badDiskMapsSayWhereAndWhat() throws {
+        let noDevice = try #require(failure("disks:\n  - pre_freeze_hook: /usr/bin/true\n"))
+        #expect(noDevice.line == 2)
+        #expect(noDevice.message == "this disk's map has no 'device'")
+        let unknown = try #require(failure("disks:\n  - device: /dev/sdb\n    pre_freze_hook: /usr/bin/true\n"))
+        #expect(unknown.code == .unknownKey)
+        #expect(unknown.line == 3)
+        #expect(unknown.hint == "did you mean 'disks.pre_freeze_hook'?")
+        let notExecutable = try #require(failure("disks:\n  - device: /dev/sdb\n    post_thaw_hook: /etc/passwd\n"))
+        #expect(notExecutable.line == 3)
+        #expect(notExecutable.key == "disks.post_thaw_hook")
+        #expect(notExecutable.message == "'/etc/passwd' is not executable")
+        let timeout = try #require(failure("disks:\n  - device: /dev/sdb\n    hook_timeout: 2h\n"))
+        #expect(timeout.message == "'2h' is outside 1s..1h")
+        let twice = try #require(failure("disks:\n  - /dev/sdb\n  - device: /dev/sdb\n    hook_timeout: 1m\n"))
+        #expect(twice.line == 3)
+        #expect(twice.message == "'/dev/sdb' is listed twice (also on line 2)")
+    }
+}
