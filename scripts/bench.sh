@@ -377,6 +377,7 @@ replication:
   segment_size: ${3:-4m}
 ${LEVEL:+  compression_level: $LEVEL
 }${INFLIGHT:+  inflight_bytes: $INFLIGHT
+}${BANDWIDTH:+  bandwidth_limit: $BANDWIDTH
 }policy:
   crash_consistent_interval: 0
   app_consistent_interval: 0
@@ -481,6 +482,9 @@ if [ "$what" = manydisks ]; then
   # random 64 KiB O_DIRECT writes at MANY_RATE (12.5 MB/s): the RPO of every
   # disk (p50/p99/max over MANY_S seconds, sampled every 100 ms) and the
   # agent's RSS. The single-disk `rpo` mode writes as much to one disk.
+  # BANDWIDTH=2m: each disk's link slower than its writes, so every send
+  # window fills: what the host's budget (replication.host_inflight_bytes)
+  # bounds, where 8 windows of inflight_bytes would hold 256 MiB.
   n=${MANY_DISKS:-8}; rate=${MANY_RATE:-12500000}; secs=${MANY_S:-30}
   echo "== $n disks, each written at $((rate / 1000000)) MB/s (random 64 KiB, O_DIRECT), one agent: RPO per disk and RSS"
   disks=()
@@ -502,12 +506,15 @@ if [ "$what" = manydisks ]; then
   sleep 5
   st sample-all 0.1 "$secs" > "$work/many.txt"
   wait "$fiopid" || true; bgpids=()
+  "$BIN/tidemarkctl" status --json --socket "$work/agent.sock" > "$work/many-status.json"
   stop_repl
   for i in $(seq "$n"); do
     col=$((i + 2))
     echo "disk $i (${disks[$((i - 1))]}): RPO p50 $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 50) ms, p99 $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 99) ms, max $(awk -v c=$col '{print $c}' "$work/many.txt" | pct 100) ms (target p99 <= 500)"
   done
   echo "agent RSS: max $(( $(awk '{print $2}' "$work/many.txt" | pct 100) >> 20 )) MiB (target <= 128)"
+  python3 -c 'import json,sys; h=json.loads(sys.stdin.read())["host_inflight"]; print("segments in memory over all disks: peak %d MiB of a budget of %d MiB" % (h["peak_bytes"] >> 20, h["budget_bytes"] >> 20))' \
+    < "$work/many-status.json"
   python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"]; print("fio wrote %s MB/s per disk, %.1f MB/s in all" % (" ".join("%.1f" % (x["write"]["bw_bytes"]/1e6) for x in j), sum(x["write"]["bw_bytes"] for x in j)/1e6))' "$work/many-fio.json"
 fi
 

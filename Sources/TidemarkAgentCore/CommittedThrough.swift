@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TidemarkConfigFiles
 import TidemarkSurface
 import TidemarkSystem
 
@@ -73,8 +74,11 @@ struct CommittedThroughTracker {
 extension DiskReplicator {
     /// The level of `compression_level: N`: the sealers' own level. With
     /// `auto` every segment names its level, and status reports the governor's.
-    var fixedCompressionLevel: Int32 {
-        if case .fixed(let level) = settings.compressionLevel { return level }
+    var fixedCompressionLevel: Int32 { Self.sealerLevel(settings.compressionLevel) }
+
+    /// The level sealers are made with: the fixed level, or where `auto` starts.
+    static func sealerLevel(_ setting: CompressionSetting) -> Int32 {
+        if case .fixed(let level) = setting { return level }
         return ReplicationLimits.compressionAutoStartLevel
     }
 

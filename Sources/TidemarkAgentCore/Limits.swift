@@ -1,4 +1,5 @@
 import TidemarkConfigFiles
+import TidemarkWire
 
 /// Every limit of the agent's data path, in one place, units in the names.
 /// Configuration defaults and bounds (chunk size, intervals) live with the
@@ -78,6 +79,10 @@ public enum ReplicationLimits {
     /// The reader gives its read buffers back after this long without work
     /// (an idle agent does not keep the memory of its last burst).
     public static let readerIdleReleaseMs = 5_000
+    /// A reader waiting for room in the host's budget (HostShare) looks
+    /// again after this long, should the broadcast of the disk that freed
+    /// room have come just before it waited.
+    public static let hostBudgetPollMs = 20
     /// Segments numbered and not yet acknowledged durable, at most (the
     /// send window's count bound, beside `replication.inflight_bytes`): the
     /// byte bound alone lets segments that seal small (compressible or zero
@@ -174,6 +179,9 @@ struct AgentLimitRelations {
     var shutdownSealExtentsMax = Limits.shutdownSealExtentsMax
     var readRequestBytesMax = Limits.readRequestBytesMax
     var mirrorCycleBytesMax = Limits.mirrorCycleBytesMax
+    var hostInflightBytesMin = AgentConfig.hostInflightBytesMin
+    var sealedSegmentBytesMax = UInt64(AgentConfig.segmentSizeBytesMax) + UInt64(WireLimits.segmentHeaderBytesMax + SegmentFormat.tagBytes)
+    var hostBudgetPollMs = ReplicationLimits.hostBudgetPollMs
 
     /// The first relation that does not hold, in words, or nil.
     func problem() -> String? {
@@ -209,6 +217,12 @@ struct AgentLimitRelations {
         }
         if mirrorCycleBytesMax < UInt64(readRequestBytesMax) {
             return "mirrorCycleBytesMax (\(mirrorCycleBytesMax)) is below readRequestBytesMax (\(readRequestBytesMax)): a mirror cycle could not hold one read"
+        }
+        if hostInflightBytesMin < sealedSegmentBytesMax {
+            return "AgentConfig.hostInflightBytesMin (\(hostInflightBytesMin)) is below the largest sealed segment (\(sealedSegmentBytesMax)): the host's budget could not admit one segment"
+        }
+        if hostBudgetPollMs < 1 {
+            return "hostBudgetPollMs must be at least 1 ms (a zero poll spins)"
         }
         return nil
     }

@@ -191,9 +191,13 @@ public struct ReplicationSender {
 
     /// Every numbered segment is sealed (in the window, durable, or cleared):
     /// the reader holds no batch.
-    public var everyNumberedSegmentSealed: Bool {
+    public var everyNumberedSegmentSealed: Bool { unsealedSegments == 0 }
+
+    /// Segments numbered and not yet sealed: the reader is reading or
+    /// sealing them (each in a payload buffer of up to a segment's bytes).
+    public var unsealedSegments: UInt64 {
         let sealedThrough = max(window.last?.sequence ?? 0, uncommitted.last?.sequence ?? 0, durableSequence)
-        return sealedThrough + 1 >= nextSequence
+        return nextSequence > sealedThrough + 1 ? nextSequence - 1 - sealedThrough : 0
     }
 
     /// Takes up to `segmentsMax` segments' worth of chunks from `toRead`

@@ -31,6 +31,8 @@ public struct ReplicationSettings: Sendable {
     /// A connection that makes no progress this long is dropped and made
     /// again (`replication.io_timeout_ms`); see `session(over:)`.
     public var ioTimeoutMs: Int
+    /// Bytes of segments all disks together may hold (`replication.host_inflight_bytes`; HostShare).
+    public var hostInflightBytesMax: UInt64 = AgentConfig.defaults.hostInflightBytesMax
 }
 
 /// Continuous replication of one tracked disk to a process server:
@@ -63,7 +65,14 @@ public final class DiskReplicator: @unchecked Sendable {
     let cond = NSCondition()
     /// The replication rules' state (to read, numbering, window,
     /// acknowledgements, epochs, committed-through time).
-    var state: ReplicationSender
+    var state: ReplicationSender {
+        didSet { publishHeld() }
+    }
+    /// What this disk shares with the others of the agent (HostShare.swift).
+    let share: HostShare
+    private(set) var shareIndex = 0
+    /// The bytes last published to `share`. Under `cond`.
+    private var heldPublished: UInt64 = 0
     var stopping = false
     /// The armed tag of the point this disk takes part in (Points.swift):
     /// while it is set, the reader signals its `readyWake` when it waits
@@ -118,9 +127,10 @@ public final class DiskReplicator: @unchecked Sendable {
         public var segmentsSent: UInt64 = 0
     }
 
-    public init(session: DiskSession, settings: ReplicationSettings) {
+    public init(session: DiskSession, settings: ReplicationSettings, share: HostShare) {
         self.session = session
         self.settings = settings
+        self.share = share
         chunkBytes = UInt64(session.hrl.header.chunkSizeBytes)
         chunkCount = (session.device.sizeBytes + chunkBytes - 1) / chunkBytes
         let limits = SendWindowLimits(bytesMax: settings.inflightBytesMax, segmentsMax: ReplicationLimits.inflightSegmentsMax,
@@ -133,6 +143,16 @@ public final class DiskReplicator: @unchecked Sendable {
         if settings.compressionLevel == .auto { compression = CompressionGovernor() }
         metrics = DiskMetrics(diskID: diskID)
         session.metrics = metrics
+        shareIndex = share.register(cond)
+    }
+
+    /// Tells the host's budget what this disk holds now: its window, and a
+    /// payload buffer per segment numbered and not yet sealed. Under `cond`.
+    private func publishHeld(force: Bool = false) {
+        let bytes = state.windowBytes + state.unsealedSegments * share.segmentBytes
+        guard force || bytes != heldPublished else { return }
+        heldPublished = bytes
+        share.publish(shareIndex, bytes: bytes)
     }
 
     /// A fresh random epoch id. getrandom does not fail on Linux ≥ 3.17 with
@@ -400,17 +420,16 @@ public final class DiskReplicator: @unchecked Sendable {
             // `readerIdleReleaseMs` without any, they are given back and
             // made again by the next batch.
             var reader: ChunkReader?
-            var payloads: BufferPool?
-            let workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-            let sealers = try (0..<workers).map { _ in
-                try SegmentSealer(key: settings.key, compressionLevel: fixedCompressionLevel)
-            }
+            let workers = share.sealers.count
             // Each segment is sealed on one of `workers` threads as soon as
-            // it is read, while the next is read here; segments join the
+            // it is read, while the next is read here, with a sealer lent by
+            // the host's pool (shared by every disk); segments join the
             // window in sequence order. At most one segment per worker plus
             // one more waits or is sealed (`SealPipeline.depth`), each in a
-            // pooled payload buffer.
-            let pipeline = SealPipeline(sealers: sealers, depth: workers + 1)
+            // payload buffer of the host's pool, counted in its budget.
+            let pipeline = SealPipeline(pool: share.sealers, threads: workers, depth: workers + 1)
+            var reading = false
+            defer { if reading { share.readerIdle() } }
             // Waits for the last sealing before the reader counts as stopped.
             defer { pipeline.finish() }
             let chunksPerSegment = max(1, UInt64(settings.segmentSizeBytes) / chunkBytes)
@@ -420,14 +439,14 @@ public final class DiskReplicator: @unchecked Sendable {
                 guard let batch = nextBatch(maxSegments: workers, idleAfterSeconds: idle) else { return }
                 if batch.isEmpty {
                     reader = nil
-                    payloads = nil
+                    if reading { share.readerIdle(); reading = false }
                     returnFreeHeapToSystem()
                     continue
                 }
                 let current = try reader ?? ChunkReader(path: session.device.path, options: ChunkReaderOptions()) { Log.warning($0) }
                 reader = current
-                let pool = payloads ?? BufferPool(keptMax: workers + 2, roundingBytes: (payloadBytes + 4095) / 4096 * 4096)
-                payloads = pool
+                if !reading { share.readerStarted(); reading = true }
+                let pool = share.payloads
                 for p in batch {
                     let buffer = pool.take(payloadBytes)
                     let plan = try read(p, reader: current, into: buffer.buffer)
@@ -469,6 +488,9 @@ public final class DiskReplicator: @unchecked Sendable {
         defer { cond.unlock() }
         let idleFrom = monotonicSeconds()
         var waitedForWindow = false
+        var admitted = 0
+        // Not waiting for the host's budget while it reads (or stops).
+        defer { share.stopWaiting(shareIndex) }
         while true {
             if stopping { return nil }
             if !tagsNumbered.isEmpty {
@@ -480,8 +502,13 @@ public final class DiskReplicator: @unchecked Sendable {
             }
             if let idleAfterSeconds, monotonicSeconds() - idleFrom >= idleAfterSeconds, state.toReadIsEmpty { return [] }
             let roomy = state.windowHasRoom
-            if roomy && !state.toReadIsEmpty { break }
-            if !roomy && !state.toReadIsEmpty { waitedForWindow = true }
+            var hostBound = false
+            if roomy && !state.toReadIsEmpty {
+                admitted = share.admit(shareIndex, wanted: maxSegments)
+                if admitted > 0 { break }
+                hostBound = true
+            }
+            if (!roomy || hostBound) && !state.toReadIsEmpty { waitedForWindow = true }
             if let p = pointRequest, state.mayTagPoint, !resync.active {
                 // Nothing left to read under the freeze (and no whole disk
                 // still to mark after a lost target): the point's
@@ -489,7 +516,9 @@ public final class DiskReplicator: @unchecked Sendable {
                 p.readyWake.signal()
             }
             readerWaiting = true
-            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.2))
+            // Room in the host's budget is broadcast on `cond` by the disk
+            // that frees it; a wake-up lost to the race costs one short poll.
+            _ = cond.wait(until: Date(timeIntervalSinceNow: hostBound ? Double(ReplicationLimits.hostBudgetPollMs) / 1000 : 0.2))
             readerWaiting = false
         }
         // Downstream-bound: the reader waited for room, or the window is
@@ -498,9 +527,12 @@ public final class DiskReplicator: @unchecked Sendable {
         let downstreamBound = waitedForWindow
             || state.windowBytes >= settings.inflightBytesMax / 4 * 3
         let level = compression?.level
-        return state.planBatch(segmentsMax: maxSegments).map {
+        let planned = state.planBatch(segmentsMax: admitted).map {
             Planned(numbered: $0, point: nil, compressionLevel: level, waitedForWindow: downstreamBound)
         }
+        // The admission counted `admitted` segments; what was numbered replaces it.
+        publishHeld(force: true)
+        return planned
     }
 
     /// A segment read: its extents (zero chunks as zero extents), how many

@@ -78,7 +78,8 @@ extension AgentCommands {
             crashIntervalSeconds: config.crashConsistentIntervalSeconds,
             appIntervalSeconds: config.appConsistentIntervalSeconds,
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
-            hookTimeoutMs: config.hookTimeoutSeconds * 1000, ioTimeoutMs: config.ioTimeoutMs)
+            hookTimeoutMs: config.hookTimeoutSeconds * 1000, ioTimeoutMs: config.ioTimeoutMs,
+            hostInflightBytesMax: config.hostInflightBytesMax)
         // Started once, reused by every point of every disk (FreezeGuard.swift);
         // a failure here is retried at the first point, which is refused
         // without it.
@@ -91,6 +92,10 @@ extension AgentCommands {
         let sessions = try openSessionsEarly(config.disks, stateDir: config.stateDir, chunkSizeBytes: config.chunkSizeBytes,
                                              testSwitches: testSwitches)
         guard !sessions.isEmpty else { return }
+        // Sealers, payload buffers and the segment budget of every disk (HostShare.swift).
+        let share = try HostShare(budgetBytes: config.hostInflightBytesMax, segmentBytes: UInt64(config.segmentSizeBytes + UInt32(WireLimits.segmentHeaderBytesMax + SegmentFormat.tagBytes)),
+                                  payloadBytes: Int(config.segmentSizeBytes),
+                                  workers: max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))), key: key, compressionLevel: DiskReplicator.sealerLevel(config.compressionLevel))
         for session in sessions {
             let d = session.device.path
             Log.info("\(d): \(session.startNote); state \(session.hrl.header.state)")
@@ -101,7 +106,7 @@ extension AgentCommands {
             own.preFreezeHook = hooks.preFreeze
             own.postThawHook = hooks.postThaw
             own.hookTimeoutMs = hooks.timeoutSeconds * 1000
-            let r = DiskReplicator(session: session, settings: own)
+            let r = DiskReplicator(session: session, settings: own, share: share)
             replicators[session.device.path] = r
             if let real = realpathString(d) { replicators[real] = r }
             replicators[r.diskID] = r
@@ -182,6 +187,7 @@ extension AgentCommands {
         check("replication.bandwidth_limit", a.bandwidthLimitBytesPerSecond != b.bandwidthLimitBytesPerSecond)
         check("replication.segment_size", a.segmentSizeBytes != b.segmentSizeBytes)
         check("replication.inflight_bytes", a.inflightBytesMax != b.inflightBytesMax)
+        check("replication.host_inflight_bytes", a.hostInflightBytesMax != b.hostInflightBytesMax)
         check("replication.io_timeout_ms", a.ioTimeoutMs != b.ioTimeoutMs)
         check("policy.crash_consistent_interval", a.crashConsistentIntervalSeconds != b.crashConsistentIntervalSeconds)
         check("policy.app_consistent_interval", a.appConsistentIntervalSeconds != b.appConsistentIntervalSeconds)
@@ -217,7 +223,7 @@ extension AgentCommands {
             for r in table.values.sorted(by: { $0.diskID < $1.diskID }) where seen.insert(ObjectIdentifier(r)).inserted {
                 disks.append(r.status())
             }
-            return .status(AgentStatus(rssBytes: residentBytes(), disks: disks))
+            return .status(AgentStatus(rssBytes: residentBytes(), disks: disks, hostInflight: table.values.first?.share.status))
         case .createPoint(let disk, let appConsistent):
             // With a disk: a point of that disk. Without: a machine point of
             // every disk (one instant).

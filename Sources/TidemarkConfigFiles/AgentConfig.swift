@@ -57,6 +57,12 @@ public struct AgentConfig: Sendable, Equatable {
     /// 8 MiB…1 GiB. The reader stops once this much waits; segments already read and
     /// being sealed (at most 2 × CPUs + 1) still join the window.
     public var inflightBytesMax: UInt64
+    /// Most bytes of segments being read, sealed or not yet acknowledged
+    /// durable over all disks together (`replication.host_inflight_bytes`):
+    /// 16 MiB…4 GiB, and at least `inflightBytesMax` (one disk can fill its
+    /// window; when not set, it grows to that). Bounds the agent's memory
+    /// per host, not per disk.
+    public var hostInflightBytesMax: UInt64 = 96 << 20
     /// How long a connection to the process server may make no progress
     /// (`replication.io_timeout_ms`): a blocked send, or no frame received
     /// while pings are answered within it; then the agent reconnects. 1000…300000.
@@ -106,7 +112,9 @@ public struct AgentConfig: Sendable, Equatable {
                 postThawHook: String? = AgentConfig.defaults.postThawHook,
                 hookTimeoutSeconds: Int = AgentConfig.defaults.hookTimeoutSeconds,
                 controlSocketPath: String = AgentConfig.defaults.controlSocketPath,
-                logLevel: LogLevel = AgentConfig.defaults.logLevel) {
+                logLevel: LogLevel = AgentConfig.defaults.logLevel,
+                hostInflightBytesMax: UInt64 = AgentConfig.defaults.hostInflightBytesMax) {
+        self.hostInflightBytesMax = hostInflightBytesMax
         self.agentID = agentID
         self.stateDir = stateDir
         self.chunkSizeBytes = chunkSizeBytes
@@ -195,6 +203,8 @@ public struct AgentConfig: Sendable, Equatable {
     public static let segmentSizeBytesMax: UInt32 = 8 << 20
     public static let inflightBytesMin: UInt64 = 8 << 20
     public static let inflightBytesMaxLimit: UInt64 = 1 << 30
+    public static let hostInflightBytesMin: UInt64 = 16 << 20
+    public static let hostInflightBytesMaxLimit: UInt64 = 4 << 30
     public static let ioTimeoutMsMin = 1_000
     public static let ioTimeoutMsMax = 300_000
     /// Bounds of a recovery-point interval that is not 0 (off): 1 s to 30 days.
@@ -213,7 +223,7 @@ public struct AgentConfig: Sendable, Equatable {
     public static let knownMirrorKeys = ["to", "interval_ms"]
     /// Every key under `replication:`.
     public static let knownReplicationKeys = ["server", "server_name", "ca", "cert", "key", "replication_key",
-                                              "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes",
+                                              "compression_level", "bandwidth_limit", "segment_size", "inflight_bytes", "host_inflight_bytes",
                                               "io_timeout_ms"]
     /// Every key of a `disks:` item written as a map.
     public static let knownDiskKeys = ["device", "pre_freeze_hook", "post_thaw_hook", "hook_timeout"]

@@ -155,6 +155,7 @@ struct ConfigParser {
         let reader = self.reader
         guard let entries = try reader.sectionEntries(section.value, name: "replication", keyLine: section.line,
                                                       example: "replication:\n  server: dr.example.com:9443") else { return }
+        var hostInflightLine: Int?
         for entry in entries {
             let key = "replication.\(entry.key)"
             switch entry.key {
@@ -195,12 +196,28 @@ struct ConfigParser {
             case "inflight_bytes":
                 config.inflightBytesMax = try reader.validated(entry, key: key, expected: "a size such as 64m",
                                                                Validate.inflightBytes)
+            case "host_inflight_bytes":
+                config.hostInflightBytesMax = try reader.validated(entry, key: key, expected: "a size such as 256m",
+                                                                   Validate.hostInflightBytes)
+                hostInflightLine = entry.line
             case "io_timeout_ms":
                 config.ioTimeoutMs = try reader.validated(entry, key: key, expected: "a whole number of milliseconds",
                                                           Validate.ioTimeoutMs)
             default:
                 throw reader.unknownKey(entry, section: "replication")
             }
+        }
+        // One disk must be able to fill its own window within the host's:
+        // not set, the budget grows to the window; set, it must hold it.
+        if config.hostInflightBytesMax < config.inflightBytesMax {
+            guard hostInflightLine != nil else {
+                config.hostInflightBytesMax = config.inflightBytesMax
+                return
+            }
+            throw ConfigError(code: .invalidValue, file: path, line: hostInflightLine,
+                              key: "replication.host_inflight_bytes",
+                              message: "replication.host_inflight_bytes (\(config.hostInflightBytesMax >> 20) MiB, over all disks) is below replication.inflight_bytes (\(config.inflightBytesMax >> 20) MiB, one disk's window)",
+                              hint: "raise replication.host_inflight_bytes to at least replication.inflight_bytes, or lower inflight_bytes")
         }
     }
 

@@ -240,6 +240,11 @@ extension Validate {
                         hint: segmentSizeHint))
     }
 
+    static func hostInflightBytes(_ text: String) throws -> UInt64 {
+        try size(text, in: AgentConfig.hostInflightBytesMin...AgentConfig.hostInflightBytesMaxLimit,
+                 hint: "use a size from 16m to 4g, at least replication.inflight_bytes, e.g. 256m")
+    }
+
     static func inflightBytes(_ text: String) throws -> UInt64 {
         try size(text, in: AgentConfig.inflightBytesMin...AgentConfig.inflightBytesMaxLimit, hint: inflightHint)
     }

@@ -18,7 +18,11 @@ public enum StatusCommand {
 
     /// The human-readable status: the RSS, then one line per disk.
     static func text(_ status: AgentStatus) -> String {
-        var out = "agent RSS \(ByteCount.text(status.rssBytes))\n"
+        var out = "agent RSS \(ByteCount.text(status.rssBytes))"
+        if let h = status.hostInflight {
+            out += ", segments in memory \(ByteCount.text(h.heldBytes)) of \(ByteCount.text(h.budgetBytes)) (peak \(ByteCount.text(h.peakBytes)))"
+        }
+        out += "\n"
         for d in status.disks {
             let rpo = d.rpoMs < 0 ? "no recoverable point yet" : "\(d.rpoMs) ms"
             let level = d.compressionLevel == 0 ? "off" : "zstd \(d.compressionLevel)"

@@ -210,15 +210,43 @@ public struct AgentStatus: Codable, Sendable, Equatable {
     public var rssBytes: UInt64
     /// One entry per replicated disk, ordered by disk id.
     public var disks: [DiskStatus]
+    /// The segments all disks hold in memory, against the host's budget
+    /// (`replication.host_inflight_bytes`); absent from older agents.
+    public var hostInflight: HostInflightStatus?
 
-    public init(rssBytes: UInt64, disks: [DiskStatus]) {
+    public init(rssBytes: UInt64, disks: [DiskStatus], hostInflight: HostInflightStatus? = nil) {
         self.rssBytes = rssBytes
         self.disks = disks
+        self.hostInflight = hostInflight
     }
 
     enum CodingKeys: String, CodingKey {
         case rssBytes = "rss_bytes"
         case disks
+        case hostInflight = "host_inflight"
+    }
+}
+
+/// Bytes of segments being read, sealed or waiting for "durable", over all
+/// disks of the agent.
+public struct HostInflightStatus: Codable, Sendable, Equatable {
+    /// The budget (`replication.host_inflight_bytes`).
+    public var budgetBytes: UInt64
+    /// Held now.
+    public var heldBytes: UInt64
+    /// The most held at once since the agent started.
+    public var peakBytes: UInt64
+
+    public init(budgetBytes: UInt64, heldBytes: UInt64, peakBytes: UInt64) {
+        self.budgetBytes = budgetBytes
+        self.heldBytes = heldBytes
+        self.peakBytes = peakBytes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case budgetBytes = "budget_bytes"
+        case heldBytes = "held_bytes"
+        case peakBytes = "peak_bytes"
     }
 }
 

@@ -37,6 +37,15 @@ public final class BufferPool: @unchecked Sendable {
         return PooledBuffer(reused ?? AlignedBuffer(count: size, alignment: alignment, zeroed: false), pool: self)
     }
 
+    /// Frees every idle buffer (when nothing is expected to need one soon).
+    public func trim() {
+        pthread_mutex_lock(&mutex)
+        let dropped = idle
+        idle.removeAll()
+        pthread_mutex_unlock(&mutex)
+        _ = dropped   // freed here, outside the lock
+    }
+
     /// Idle buffers held now (for tests).
     public var idleCount: Int {
         pthread_mutex_lock(&mutex)

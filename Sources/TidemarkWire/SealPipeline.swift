@@ -43,7 +43,22 @@ public final class SealPipeline: @unchecked Sendable {
         sealerCount = sealers.count
         running = sealers.count
         for (i, s) in sealers.enumerated() {
-            let t = Thread { self.work(s) }
+            let t = Thread { self.work { try $0(s) } }
+            t.name = "tidemark-seal-\(i)"
+            t.start()
+        }
+    }
+
+    /// Starts `threads` threads that borrow their sealer from `pool` for
+    /// each segment: several pipelines (the disks of one agent) share the
+    /// pool's sealers, and their memory, instead of each having its own.
+    public init(pool: SealerPool, threads: Int, depth: Int) {
+        precondition(threads >= 1 && depth >= 1)
+        self.depth = depth
+        sealerCount = threads
+        running = threads
+        for i in 0..<threads {
+            let t = Thread { self.work { seal in try pool.with(seal) } }
             t.name = "tidemark-seal-\(i)"
             t.start()
         }
@@ -90,7 +105,7 @@ public final class SealPipeline: @unchecked Sendable {
         cond.unlock()
     }
 
-    private func work(_ sealer: SegmentSealer) {
+    private func work(_ sealing: (Seal) throws -> [UInt8]) {
         cond.lock()
         while true {
             while queue.isEmpty && !stopping { cond.wait() }
@@ -103,7 +118,7 @@ public final class SealPipeline: @unchecked Sendable {
             let job = queue.removeFirst()
             let failed = failure != nil
             cond.unlock()
-            let result: Result<[UInt8], Error> = failed ? .success([]) : Result { try job.seal(sealer) }
+            let result: Result<[UInt8], Error> = failed ? .success([]) : Result { try sealing(job.seal) }
             cond.lock()
             results[job.ticket] = (job.deliver, result)
             // One thread delivers at a time, in ticket order; a result that
@@ -123,5 +138,36 @@ public final class SealPipeline: @unchecked Sendable {
             }
             delivering = false
         }
+    }
+}
+
+/// Sealers lent out one segment at a time (`SealPipeline(pool:threads:depth:)`):
+/// the disks of one agent share as many as the host has CPUs, so the
+/// compression contexts and scratch buffers do not grow with the number of
+/// disks. Thread-safe; `with` waits while every sealer is lent.
+public final class SealerPool: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var free: [SegmentSealer]
+    public let count: Int
+
+    public init(_ sealers: [SegmentSealer]) {
+        precondition(!sealers.isEmpty)
+        free = sealers
+        count = sealers.count
+    }
+
+    /// Runs `body` with a sealer no one else uses meanwhile.
+    public func with<T>(_ body: (SegmentSealer) throws -> T) rethrows -> T {
+        cond.lock()
+        while free.isEmpty { cond.wait() }
+        let sealer = free.removeLast()
+        cond.unlock()
+        defer {
+            cond.lock()
+            free.append(sealer)
+            cond.signal()
+            cond.unlock()
+        }
+        return try body(sealer)
     }
 }

@@ -64,7 +64,7 @@ final class MachineWorld: @unchecked Sendable {
 
     func startAgent(freezeTimeoutMs: Int = 20_000, crashIntervalSeconds: Int = 0, env: [String: String] = [:],
                     hooks: (preFreeze: String, postThaw: String)? = nil, bandwidthLimit: String? = nil,
-                    diskHooks: [(preFreeze: String, postThaw: String)]? = nil) throws {
+                    diskHooks: [(preFreeze: String, postThaw: String)]? = nil, replication: [String] = []) throws {
         // Disks with their own hooks are listed in the file as maps; else on the command line.
         let diskList = diskHooks.map { own in
             "disks:\n" + zip(disks, own).map { "  - device: \($0.path)\n    pre_freeze_hook: \($1.preFreeze)\n    post_thaw_hook: \($1.postThaw)" }
@@ -84,6 +84,7 @@ final class MachineWorld: @unchecked Sendable {
           segment_size: 1m
           inflight_bytes: 16m
         \(bandwidthLimit.map { "  bandwidth_limit: \($0)" } ?? "")
+        \(replication.map { "  " + $0 }.joined(separator: "\n"))
         policy:
           crash_consistent_interval: \(crashIntervalSeconds)
           app_consistent_interval: 0
@@ -475,6 +476,55 @@ final class MachineWorld: @unchecked Sendable {
         #expect(output.contains("app-consistent"), "\(output)")
         #expect(ran(0) == "pre\npost\n" && ran(1) == "pre\npost\n", "\(ran(0)) | \(ran(1))")
         try w.waitFor("the point is committed", timeoutSeconds: 120) { try w.committed([(id, ids[0]), (id, ids[1])]) }
+    }
+
+    /// The host's budget (`replication.host_inflight_bytes`) bounds the
+    /// segments both disks hold together, though each disk's own window
+    /// would allow as much again: over a link too slow for what is written,
+    /// the held bytes reach the budget and never pass it, both disks keep
+    /// committing, and a point afterwards equals the frozen disks.
+    @Test(.requiresRoot) func theHostBudgetBoundsWhatAllDisksHold() throws {
+        let w = try MachineWorld("host-budget", diskMiB: 128)
+        defer { w.close() }
+        try w.startServer()
+        // Each disk's window 16 MiB, the host's 16 MiB; each link 4 MB/s.
+        try w.startAgent(bandwidthLimit: "4m", replication: ["host_inflight_bytes: 16m"])
+        let ids = try w.diskIDs()
+        let budget: UInt64 = 16 << 20
+        try sh("for m in \(w.mounts[0]) \(w.mounts[1]); do dd if=/dev/urandom of=$m/big bs=1M count=40 status=none; done; sync")
+        var peakHeld: UInt64 = 0, peakWindows: UInt64 = 0
+        var committed: [[UInt64]] = [[], []]
+        let end = Date().addingTimeInterval(6)
+        while Date() < end {
+            let r = try run([TestEnv.binary("tidemarkctl"), "status", "--json", "--socket", w.socket])
+            let status = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stderr)")
+            let host = try #require(status["host_inflight"] as? [String: Any], "\(status)")
+            #expect((host["budget_bytes"] as? NSNumber)?.uint64Value == budget)
+            let held = (host["held_bytes"] as? NSNumber)?.uint64Value ?? 0
+            peakHeld = max(peakHeld, (host["peak_bytes"] as? NSNumber)?.uint64Value ?? 0)
+            let disks = status["disks"] as? [[String: Any]] ?? []
+            let windows = disks.reduce(UInt64(0)) { $0 + (($1["window_bytes"] as? NSNumber)?.uint64Value ?? 0) }
+            peakWindows = max(peakWindows, windows)
+            #expect(held <= budget && windows <= budget, "held \(held), windows \(windows)")
+            for d in disks {
+                if let i = ids.firstIndex(of: d["disk_id"] as? String ?? "") {
+                    committed[i].append((d["committed_sequence"] as? NSNumber)?.uint64Value ?? 0)
+                }
+            }
+            usleep(100_000)
+        }
+        // The budget was what held the disks back, and it held.
+        #expect(peakHeld <= budget && peakHeld >= budget / 2, "peak \(peakHeld) of \(budget)")
+        #expect(peakWindows >= budget / 4, "the windows held at most \(peakWindows) bytes together")
+        // Neither disk was starved: both committed more while the other was busy.
+        for i in 0..<2 { #expect((committed[i].last ?? 0) > (committed[i].first ?? 0), "disk \(i): \(committed[i])") }
+        let (id, _) = try w.point()
+        try w.waitFor("the point is committed", timeoutSeconds: 120) { try w.committed([(id, ids[0]), (id, ids[1])]) }
+        for (i, d) in w.disks.enumerated() {
+            let image = try w.recover(id, diskID: ids[i])
+            let cmp = try run(["/usr/bin/cmp", image, w.h.dir + "/truth-\(id)-\(d.name).img"])
+            #expect(cmp.ok, "\(id) disk \(i): \(cmp.stdout)")
+        }
     }
 
     /// With several disks, the policy's cadence makes machine points.

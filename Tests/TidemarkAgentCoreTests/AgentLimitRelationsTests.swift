@@ -25,5 +25,7 @@ import Testing
         #expect(problem { $0.digestBaselinePollMs = $0.digestBaselineWaitMsMax }.hasPrefix("digestBaselinePollMs"))
         #expect(problem { $0.shutdownSealExtentsMax = 0 }.hasPrefix("shutdownSealFileBytes"))
         #expect(problem { $0.mirrorCycleBytesMax = UInt64($0.readRequestBytesMax) - 1 }.hasPrefix("mirrorCycleBytesMax"))
+        #expect(problem { $0.hostInflightBytesMin = $0.sealedSegmentBytesMax - 1 }.hasPrefix("AgentConfig.hostInflightBytesMin"))
+        #expect(problem { $0.hostBudgetPollMs = 0 }.hasPrefix("hostBudgetPollMs"))
     }
 }

@@ -88,6 +88,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
               bandwidth_limit: 100m
               segment_size: 1m
               inflight_bytes: 256m
+              host_inflight_bytes: 512m
             policy:
               crash_consistent_interval: 30s
               app_consistent_interval: 2h
@@ -105,7 +106,7 @@ private func failure(_ yaml: String, env: [String: String] = [:],
                                       inflightBytesMax: 256 << 20, crashConsistentIntervalSeconds: 30,
                                       appConsistentIntervalSeconds: 7200, freezeTimeoutMs: 500,
                                       preFreezeHook: "/usr/bin/true", postThawHook: "/usr/bin/false", hookTimeoutSeconds: 120,
-                                      controlSocketPath: "/run/tm.sock"))
+                                      controlSocketPath: "/run/tm.sock", hostInflightBytesMax: 512 << 20))
     }
 
     @Test(arguments: [("dr.example.com:10443", "dr.example.com", 10443), ("dr.example.com", "dr.example.com", 9443),
@@ -421,5 +422,18 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         let twice = try #require(failure("disks:\n  - /dev/sdb\n  - device: /dev/sdb\n    hook_timeout: 1m\n"))
         #expect(twice.line == 3)
         #expect(twice.message == "'/dev/sdb' is listed twice (also on line 2)")
+    }
+}
+
+@Suite struct HostInflightBytes {
+    @Test func theHostBudgetIsReadAndMustHoldOneDisksWindow() throws {
+        #expect(AgentConfig.defaults.hostInflightBytesMax == 96 << 20)
+        #expect(try parse("replication:\n  host_inflight_bytes: 256m\n").hostInflightBytesMax == 256 << 20)
+        let below = try #require(failure("replication:\n  inflight_bytes: 64m\n  host_inflight_bytes: 32m\n"))
+        #expect(below.line == 3 && below.key == "replication.host_inflight_bytes")
+        #expect(below.message == "replication.host_inflight_bytes (32 MiB, over all disks) is below replication.inflight_bytes (64 MiB, one disk's window)")
+        // Not set, the budget grows to one disk's window.
+        #expect(try parse("replication:\n  inflight_bytes: 128m\n").hostInflightBytesMax == 128 << 20)
+        #expect(failure("replication:\n  host_inflight_bytes: 8m\n")?.message == "'8m' is outside 16m..4g")
     }
 }
