@@ -312,7 +312,7 @@ public final class DiskReplicator: @unchecked Sendable {
                 let first = end / chunkBytes
                 words.appendChunks(first: first, count: chunkCount - first)
             }
-            let scope = "used blocks only: \(map.source) uses \(ByteCount.text(map.usedBytes)) of \(ByteCount.text(session.device.sizeBytes)) (FS_IOC_GETFSMAP), \(words.popcount) of \(chunkCount) chunks"
+            let scope = "used blocks only: \(map.source) uses \(ByteCount.text(map.usedBytes)) of \(ByteCount.text(session.device.sizeBytes)), \(words.popcount) of \(chunkCount) chunks"
             return (words, scope)
         }
     }
