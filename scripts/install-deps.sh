@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tidemark needs on Debian 12, idempotently.
 set -euo pipefail
-pkgs=(libbpf-dev libelf-dev libext2fs-dev liburing-dev libzstd-dev zlib1g-dev libssl-dev openssl zstd fio e2fsprogs xfsprogs util-linux xxd python3-seccomp bpftool
+pkgs=(libbpf-dev libelf-dev libext2fs-dev liburing-dev libzstd-dev zlib1g-dev libssl-dev openssl zstd fio e2fsprogs xfsprogs postgresql util-linux xxd python3-seccomp bpftool
       dpkg-dev fakeroot binutils debootstrap lintian)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

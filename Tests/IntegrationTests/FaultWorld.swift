@@ -112,7 +112,7 @@ final class FaultWorld: @unchecked Sendable {
 
     /// `replication`: more lines under `replication:` (two-space indented keys).
     func startAgent(ioTimeoutMs: Int = 30_000, inflight: String = "16m", replication: [String] = [],
-                    logLevel: String = "debug", cpus: String? = nil, freezeTimeoutMs: Int = 20_000) throws {
+                    logLevel: String = "debug", cpus: String? = nil, freezeTimeoutMs: Int = 20_000, policy: [String] = []) throws {
         let port = proxy?.port ?? serverPort
         try """
         agent_id: agent-it
@@ -131,7 +131,7 @@ final class FaultWorld: @unchecked Sendable {
           crash_consistent_interval: 0
           app_consistent_interval: 0
           freeze_timeout_ms: \(freezeTimeoutMs)
-        control_socket: \(h.dir)/agent.sock
+        \(policy.map { "  " + $0 + "\n" }.joined())control_socket: \(h.dir)/agent.sock
         log_level: \(logLevel)
         """.write(toFile: h.dir + "/agent.yaml", atomically: true, encoding: .utf8)
         let a = try BackgroundProcess(Self.pinned(cpus) + [TestEnv.binary("tidemark-agent"), "run", "--config", h.dir + "/agent.yaml",
