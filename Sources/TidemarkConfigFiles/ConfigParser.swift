@@ -69,20 +69,20 @@ struct ConfigParser {
         for item in sequence {
             var line = item.mark?.line ?? keyLine
             var own: DiskHooks?
-            var path: String?
+            var device: String?
             if case .mapping = item {
-                (path, line, own) = try diskEntry(item, line: line)
+                (device, line, own) = try diskEntry(item, line: line)
             } else if case .scalar(let scalar) = item, !reader.isNull(item) {
-                path = scalar.string
+                device = scalar.string
             }
-            guard let path else {
+            guard let device else {
                 throw ConfigError(code: .wrongType, file: path, line: line, key: "disks",
                                   message: "expected a block device path, found \(reader.describe(item))",
                                   hint: "name each block device by its path, e.g. /dev/sdb, or give a map such as {device: /dev/sdb, pre_freeze_hook: /usr/local/sbin/db-freeze}")
             }
             let disk: String
             do {
-                disk = try Validate.disk(path)
+                disk = try Validate.disk(device)
             } catch let invalid as InvalidValue {
                 throw ConfigError(code: .invalidValue, file: path, line: line, key: "disks",
                                   message: invalid.message, hint: invalid.hint)

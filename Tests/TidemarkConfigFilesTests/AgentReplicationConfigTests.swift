@@ -437,3 +437,13 @@ private func failure(_ yaml: String, env: [String: String] = [:],
         #expect(failure("replication:\n  host_inflight_bytes: 8m\n")?.message == "'8m' is outside 16m..4g")
     }
 }
+
+@Suite struct DiskErrorsNameTheConfigFile {
+    /// Found by the config fuzzer: a bad disk path was given as the file.
+    @Test func aBadDiskNamesTheFileNotTheDisk() throws {
+        let relative = try #require(failure("disks:\n  - dev/vdc1\n"))
+        #expect(relative.file == path && relative.line == 2, "\(relative)")
+        let inMap = try #require(failure("disks:\n  - device: dev/vdc1\n"))
+        #expect(inMap.file == path && inMap.line == 2, "\(inMap)")
+    }
+}
