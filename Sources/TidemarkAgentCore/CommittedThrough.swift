@@ -132,8 +132,9 @@ extension DiskReplicator {
         (resync.active || resync.awaitingCommit) && resync.kind == .initialCopy
     }
 
-    /// What the disk is doing (the caller holds `cond`): paused once a
-    /// connection to the server failed or broke and until one is established or the send window is full with chunks waiting;
+    /// What the disk is doing (the caller holds `cond`): paused from a
+    /// failed or broken connection until one is established, or while the
+    /// send window is full with chunks waiting;
     /// otherwise its initial copy, a resync (and why), or protected. An
     /// initial copy or resync carries its progress: bytes compared or read
     /// to send of those it began with, the average rate, and the time left

@@ -48,8 +48,9 @@ public final class HostShare: @unchecked Sendable {
 
     /// `workers` sealers (one per CPU) with `key` and `compressionLevel`.
     /// `payloadBytes`: a segment's payload buffer (`replication.segment_size`).
-    public init(budgetBytes: UInt64, segmentBytes: UInt64, payloadBytes: Int, workers: Int, key: ReplicationKey, compressionLevel: Int32) throws {
-        precondition(segmentBytes > 0 && budgetBytes >= segmentBytes && workers >= 1)
+    public init(budgetBytes: UInt64, payloadBytes: Int, workers: Int, key: ReplicationKey, compressionLevel: Int32) throws {
+        let segmentBytes = UInt64(WireLimits.sealedSegmentBytesMax(payloadBytes: payloadBytes))
+        precondition(payloadBytes > 0 && budgetBytes >= segmentBytes && workers >= 1)
         self.budgetBytes = budgetBytes
         self.segmentBytes = segmentBytes
         sealers = SealerPool(try (0..<workers).map { _ in try SegmentSealer(key: key, compressionLevel: compressionLevel) })

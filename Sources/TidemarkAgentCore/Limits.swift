@@ -180,7 +180,7 @@ struct AgentLimitRelations {
     var readRequestBytesMax = Limits.readRequestBytesMax
     var mirrorCycleBytesMax = Limits.mirrorCycleBytesMax
     var hostInflightBytesMin = AgentConfig.hostInflightBytesMin
-    var sealedSegmentBytesMax = UInt64(AgentConfig.segmentSizeBytesMax) + UInt64(WireLimits.segmentHeaderBytesMax + SegmentFormat.tagBytes)
+    var sealedSegmentBytesMax = UInt64(WireLimits.sealedSegmentBytesMax(payloadBytes: Int(AgentConfig.segmentSizeBytesMax)))
     var hostBudgetPollMs = ReplicationLimits.hostBudgetPollMs
 
     /// The first relation that does not hold, in words, or nil.

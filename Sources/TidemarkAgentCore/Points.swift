@@ -362,7 +362,7 @@ func syncMounts(_ mounts: [MountedFilesystem]) -> Double {
 
 /// Runs a hook script with `environment` (and a plain PATH); throws when it
 /// cannot be started, fails, or runs longer than `timeoutMs`
-/// (`policy.hook_timeout`; it is stopped then). ChildProcess, not Foundation's Process: the hook starts
+/// (`hook_timeout` of the disk or the policy; it is stopped then). ChildProcess, not Foundation's Process: the hook starts
 /// with no signal blocked or ignored and only descriptors 0–2 open.
 func runHook(_ path: String, _ what: String, environment: [String: String], timeoutMs: Int) throws {
     let p: ChildProcess
@@ -370,12 +370,12 @@ func runHook(_ path: String, _ what: String, environment: [String: String], time
         p = try ChildProcess(path: path, environment: environment.merging(["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]) { a, _ in a })
     } catch {
         throw TidemarkError(.invalidArgument, "\(what) hook \(path) could not be started: \(error)",
-                            hint: "check policy.\(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") and that the file is executable")
+                            hint: "check \(what == "pre-freeze" ? "pre_freeze_hook" : "post_thaw_hook") (under policy: or the disk's entry in disks:) and that the file is executable")
     }
     guard let ending = p.wait(timeoutMs: timeoutMs) else {
         p.terminate()
-        throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(timeoutMs / 1000) s (policy.hook_timeout) and was stopped",
-                            hint: "make the hook faster, or raise policy.hook_timeout")
+        throw TidemarkError(.state, "\(what) hook \(path) ran longer than \(timeoutMs / 1000) s (its hook_timeout) and was stopped",
+                            hint: "make the hook faster, or raise hook_timeout (under policy:, or in the disk's entry in disks: when it sets its own)")
     }
     guard ending == .exited(0) else {
         throw TidemarkError(.state, "\(what) hook \(path) failed with \(ending); no app-consistent point was made")

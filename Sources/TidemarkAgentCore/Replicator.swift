@@ -26,13 +26,11 @@ public struct ReplicationSettings: Sendable {
     public var appIntervalSeconds: Int
     public var preFreezeHook: String?
     public var postThawHook: String?
-    /// A hook running longer is stopped (`policy.hook_timeout`), in milliseconds.
+    /// A hook running longer is stopped (`hook_timeout` of the disk or the policy), in milliseconds.
     public var hookTimeoutMs: Int = AgentConfig.defaults.hookTimeoutSeconds * 1000
     /// A connection that makes no progress this long is dropped and made
     /// again (`replication.io_timeout_ms`); see `session(over:)`.
     public var ioTimeoutMs: Int
-    /// Bytes of segments all disks together may hold (`replication.host_inflight_bytes`; HostShare).
-    public var hostInflightBytesMax: UInt64 = AgentConfig.defaults.hostInflightBytesMax
 }
 
 /// Continuous replication of one tracked disk to a process server:

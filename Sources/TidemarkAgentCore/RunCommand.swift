@@ -78,8 +78,7 @@ extension AgentCommands {
             crashIntervalSeconds: config.crashConsistentIntervalSeconds,
             appIntervalSeconds: config.appConsistentIntervalSeconds,
             preFreezeHook: config.preFreezeHook, postThawHook: config.postThawHook,
-            hookTimeoutMs: config.hookTimeoutSeconds * 1000, ioTimeoutMs: config.ioTimeoutMs,
-            hostInflightBytesMax: config.hostInflightBytesMax)
+            hookTimeoutMs: config.hookTimeoutSeconds * 1000, ioTimeoutMs: config.ioTimeoutMs)
         // Started once, reused by every point of every disk (FreezeGuard.swift);
         // a failure here is retried at the first point, which is refused
         // without it.
@@ -93,8 +92,7 @@ extension AgentCommands {
                                              testSwitches: testSwitches)
         guard !sessions.isEmpty else { return }
         // Sealers, payload buffers and the segment budget of every disk (HostShare.swift).
-        let share = try HostShare(budgetBytes: config.hostInflightBytesMax, segmentBytes: UInt64(config.segmentSizeBytes + UInt32(WireLimits.segmentHeaderBytesMax + SegmentFormat.tagBytes)),
-                                  payloadBytes: Int(config.segmentSizeBytes),
+        let share = try HostShare(budgetBytes: config.hostInflightBytesMax, payloadBytes: Int(config.segmentSizeBytes),
                                   workers: max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))), key: key, compressionLevel: DiskReplicator.sealerLevel(config.compressionLevel))
         for session in sessions {
             let d = session.device.path

@@ -116,10 +116,7 @@ struct ConfigParser {
             case "post_thaw_hook":
                 hooks.postThawHook = .some(try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook))
             case "hook_timeout":
-                hooks.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s") {
-                    try Validate.duration($0, in: AgentConfig.hookTimeoutSecondsMin...AgentConfig.hookTimeoutSecondsMax,
-                                          zeroMeansOff: false, example: "60s")
-                }
+                hooks.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s", Validate.hookTimeout)
             default:
                 throw reader.unknownKey(entry, section: "disks")
             }
@@ -244,10 +241,7 @@ struct ConfigParser {
             case "post_thaw_hook":
                 config.postThawHook = try reader.optional(entry, key: key, expected: "an executable's path", Validate.hook)
             case "hook_timeout":
-                config.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s") {
-                    try Validate.duration($0, in: AgentConfig.hookTimeoutSecondsMin...AgentConfig.hookTimeoutSecondsMax,
-                                          zeroMeansOff: false, example: "60s")
-                }
+                config.hookTimeoutSeconds = try reader.validated(entry, key: key, expected: "a duration such as 60s", Validate.hookTimeout)
             default:
                 throw reader.unknownKey(entry, section: "policy")
             }

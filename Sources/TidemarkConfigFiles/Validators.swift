@@ -240,6 +240,11 @@ extension Validate {
                         hint: segmentSizeHint))
     }
 
+    /// `hook_timeout` (of the policy or of one disk): 1 s to 1 h.
+    static func hookTimeout(_ text: String) throws -> Int {
+        try duration(text, in: AgentConfig.hookTimeoutSecondsMin...AgentConfig.hookTimeoutSecondsMax, zeroMeansOff: false, example: "60s")
+    }
+
     static func hostInflightBytes(_ text: String) throws -> UInt64 {
         try size(text, in: AgentConfig.hostInflightBytesMin...AgentConfig.hostInflightBytesMaxLimit,
                  hint: "use a size from 16m to 4g, at least replication.inflight_bytes, e.g. 256m")

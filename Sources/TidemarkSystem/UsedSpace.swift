@@ -7,8 +7,9 @@ import Glibc
 /// `FS_IOC_GETFSMAP`, as the complement of the free space it reports: ext4
 /// (6.18) leaves some used ranges out of its answer entirely, so a range
 /// counts as unused only when it is reported free. An unmounted ext2/3/4
-/// is asked through its own block bitmaps (libext2fs). Every other case is
-/// read whole, and says why.
+/// is asked through its own block bitmaps (libext2fs); a whole disk with
+/// partitions, partition by partition. Every other case is read whole, and
+/// says why.
 ///
 /// Safe only with the disk's tracer slot attached before the question: a
 /// block allocated after the answer is written after it too, and that write

@@ -21,7 +21,9 @@ public enum WireLimits {
         + chunkDigestsPerSegmentMax * SegmentFormat.chunkDigestBytes + SegmentLineage.encodedBytes + SegmentFormat.headerMACBytes
     /// Largest sealed segment: header, ciphertext (never longer than the
     /// payload: compression is skipped when it does not shrink), tag.
-    public static let segmentBytesMax = segmentHeaderBytesMax + segmentPayloadBytesMax + SegmentFormat.tagBytes
+    public static let segmentBytesMax = sealedSegmentBytesMax(payloadBytes: segmentPayloadBytesMax)
+    /// Largest sealed segment of at most `payloadBytes` of payload.
+    public static func sealedSegmentBytesMax(payloadBytes: Int) -> Int { segmentHeaderBytesMax + payloadBytes + SegmentFormat.tagBytes }
     /// Largest frame payload of any message (a `segment` frame carries one
     /// sealed segment verbatim).
     public static let framePayloadBytesMax = (8 << 20) + (128 << 10)

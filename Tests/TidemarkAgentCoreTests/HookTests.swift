@@ -4,7 +4,7 @@ import Testing
 import TidemarkSystem
 
 /// The pre-freeze and post-thaw hooks are real processes: one that runs
-/// longer than `policy.hook_timeout` is stopped and the point fails saying
+/// longer than its `hook_timeout` is stopped and the point fails saying
 /// so; one that fails is reported with how it ended; the environment reaches it.
 @Suite struct HookTests {
     func script(_ body: String) throws -> (path: String, dir: String) {
@@ -24,8 +24,8 @@ import TidemarkSystem
             try runHook(path, "pre-freeze", environment: [:], timeoutMs: 300)
             Issue.record("a hook sleeping 30 s returned within a 300 ms timeout")
         } catch let e as TidemarkError {
-            #expect(e.message.contains("(policy.hook_timeout) and was stopped"), "\(e.message)")
-            #expect(e.hint == "make the hook faster, or raise policy.hook_timeout")
+            #expect(e.message.contains("(its hook_timeout) and was stopped"), "\(e.message)")
+            #expect(e.hint == "make the hook faster, or raise hook_timeout (under policy:, or in the disk's entry in disks: when it sets its own)")
         }
         #expect(monotonicSeconds() - t0 < 10, "the hook was not stopped at its timeout")
     }
